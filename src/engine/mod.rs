@@ -1,0 +1,214 @@
+//! Engines push a session's datagrams onto the wire; the session logic (`session.rs`) decides
+//! which. The control thread (`server.rs`) creates sessions and feeds them ACKs; an engine
+//! drives each session until it is closed, then releases it.
+
+pub mod uring;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use nix::sys::eventfd::EventFd;
+
+use crate::files::IndexedFile;
+use crate::session::SenderState;
+use crate::stats::ServerStats;
+use crate::wire::Mode;
+
+/// Which engine a server uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EngineKind {
+    /// mmap + io_uring: one ring per session, batched sends, a bounded worker pool.
+    Uring,
+}
+
+impl EngineKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EngineKind::Uring => "uring",
+        }
+    }
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum CloseReason {
+    /// Reliable: the receiver confirmed every datagram. Blast: the client said DONE.
+    Complete = 1,
+    /// The client said DONE without a verified copy.
+    ClientGaveUp = 2,
+    /// Nothing heard from the client for the idle timeout.
+    TimedOut = 3,
+    /// The server is shutting down.
+    Shutdown = 4,
+    /// The engine could not send (setup or socket error).
+    Failed = 5,
+}
+
+impl CloseReason {
+    fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            1 => CloseReason::Complete,
+            2 => CloseReason::ClientGaveUp,
+            3 => CloseReason::TimedOut,
+            4 => CloseReason::Shutdown,
+            5 => CloseReason::Failed,
+            _ => return None,
+        })
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::Complete => "complete",
+            CloseReason::ClientGaveUp => "client gave up",
+            CloseReason::TimedOut => "client silent, timed out",
+            CloseReason::Shutdown => "server shutdown",
+            CloseReason::Failed => "send failed",
+        }
+    }
+}
+
+/// Nanoseconds since the Unix epoch: the clock of the data header's send timestamp, so a
+/// receiver on another host with a synchronised clock can compute one-way delay.
+pub fn unix_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// One client's transfer, shared between the control thread and the engine driving it.
+pub struct Session {
+    pub id: u32,
+    pub peer: SocketAddr,
+    pub file: Arc<IndexedFile>,
+    pub mode: Mode,
+    pub started: Instant,
+    state: Mutex<SenderState>,
+    close_reason: AtomicU8,
+    released: AtomicBool,
+    /// Milliseconds since `started` when the client was last heard.
+    last_heard_ms: AtomicU64,
+    pub send_errors: AtomicU64,
+    waker: OnceLock<Arc<EventFd>>,
+    stats: Arc<ServerStats>,
+}
+
+impl Session {
+    pub fn new(
+        id: u32,
+        peer: SocketAddr,
+        file: Arc<IndexedFile>,
+        state: SenderState,
+        stats: Arc<ServerStats>,
+    ) -> Self {
+        stats.sessions_active.fetch_add(1, Ordering::Relaxed);
+        stats.sessions_started.fetch_add(1, Ordering::Relaxed);
+        Session {
+            id,
+            peer,
+            mode: state.mode(),
+            file,
+            started: Instant::now(),
+            state: Mutex::new(state),
+            close_reason: AtomicU8::new(0),
+            released: AtomicBool::new(false),
+            last_heard_ms: AtomicU64::new(0),
+            send_errors: AtomicU64::new(0),
+            waker: OnceLock::new(),
+            stats,
+        }
+    }
+
+    pub fn state(&self) -> MutexGuard<'_, SenderState> {
+        // A panic while holding the lock would be a bug; keep serving the other sessions.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records that the client was heard from now.
+    pub fn heard(&self) {
+        self.last_heard_ms
+            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Time since the client was last heard.
+    pub fn silent_for(&self) -> std::time::Duration {
+        let last = std::time::Duration::from_millis(self.last_heard_ms.load(Ordering::Relaxed));
+        self.started.elapsed().saturating_sub(last)
+    }
+
+    /// Asks the engine to stop sending; the first reason given sticks.
+    pub fn close(&self, reason: CloseReason) {
+        let _ = self
+            .close_reason
+            .compare_exchange(0, reason as u8, Ordering::AcqRel, Ordering::Acquire);
+        self.wake();
+    }
+
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        CloseReason::from_u8(self.close_reason.load(Ordering::Acquire))
+    }
+
+    /// The engine sets the event it waits on; the control thread signals it after an ACK.
+    pub fn set_waker(&self, waker: Arc<EventFd>) {
+        let _ = self.waker.set(waker);
+    }
+
+    pub fn wake(&self) {
+        if let Some(w) = self.waker.get() {
+            // EAGAIN (counter saturated) still leaves the event readable: ignore.
+            let _ = w.write(1);
+        }
+    }
+
+    pub fn is_released(&self) -> bool {
+        self.released.load(Ordering::Acquire)
+    }
+
+    /// Called once by the engine when it has stopped sending and no send is in flight:
+    /// logs the session's summary and frees its place.
+    pub fn release(&self) {
+        if self.released.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let reason = self.close_reason().unwrap_or(CloseReason::Shutdown);
+        let secs = self.started.elapsed().as_secs_f64();
+        let st = self.state();
+        let stats = &self.stats;
+        stats.sessions_active.fetch_sub(1, Ordering::Relaxed);
+        stats.bytes_sent.fetch_add(st.bytes_sent, Ordering::Relaxed);
+        stats.datagrams_sent.fetch_add(st.datagrams_sent, Ordering::Relaxed);
+        stats.retransmitted.fetch_add(st.retransmitted, Ordering::Relaxed);
+        match reason {
+            CloseReason::Complete => stats.sessions_completed.fetch_add(1, Ordering::Relaxed),
+            CloseReason::TimedOut => stats.sessions_timed_out.fetch_add(1, Ordering::Relaxed),
+            _ => stats.sessions_failed.fetch_add(1, Ordering::Relaxed),
+        };
+        tracing::info!(
+            "[SESSION {:08x}] {} {} -> {}: {} ({} bytes sent in {:.3} s, {:.1} MB/s, {} datagrams, {} retransmitted, {} send errors)",
+            self.id,
+            self.mode.as_str(),
+            self.file.name,
+            self.peer,
+            reason.as_str(),
+            st.bytes_sent,
+            secs,
+            st.bytes_sent as f64 / secs.max(1e-9) / (1024.0 * 1024.0),
+            st.datagrams_sent,
+            st.retransmitted,
+            self.send_errors.load(Ordering::Relaxed),
+        );
+    }
+}
+
+/// What the control thread needs from an engine.
+pub trait Engine: Send + Sync {
+    fn kind(&self) -> EngineKind;
+    /// Starts driving `session` until it is closed; then the engine calls `release`.
+    fn start(&self, session: Arc<Session>);
+    /// Stops every worker after closing its sessions. Idempotent.
+    fn shutdown(&self);
+    /// Number of OS threads the engine runs (for reports: it must not grow with clients).
+    fn threads(&self) -> usize;
+}

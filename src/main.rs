@@ -1,0 +1,251 @@
+//! The `ringblast` command line.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use ringblast::client::{self, GetConfig, Verify, DEFAULT_WINDOW};
+use ringblast::engine::EngineKind;
+use ringblast::server::{Server, ServerConfig};
+use ringblast::wire::{Mode, MAX_DATAGRAM};
+use ringblast::{demo, logging, parse_rate, parse_size, report};
+
+#[derive(Parser)]
+#[command(
+    name = "ringblast",
+    version,
+    about = "Send files over UDP from one server to many clients: io_uring sender, recvmmsg receiver, every byte verified, every transfer measured.",
+    after_help = "Start with `ringblast demo`. Typical use:\n  ringblast serve --dir files\n  ringblast list\n  ringblast get 100MiB.bin --clients 5 --out received"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ModeArg {
+    /// Loss repaired (selective repeat) and flow-controlled: every byte arrives, verified.
+    Reliable,
+    /// The lab's semantics: every datagram sent once, nothing repaired, loss measured.
+    Blast,
+}
+
+impl From<ModeArg> for Mode {
+    fn from(m: ModeArg) -> Mode {
+        match m {
+            ModeArg::Reliable => Mode::Reliable,
+            ModeArg::Blast => Mode::Blast,
+        }
+    }
+}
+
+fn secs(s: &str) -> Result<Duration, String> {
+    let v: f64 = s.parse().map_err(|_| format!("bad duration {s:?}: seconds, e.g. 5 or 0.5"))?;
+    if !(v.is_finite() && v > 0.0) {
+        return Err(format!("bad duration {s:?}: must be positive"));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the regular files directly inside a directory, on one UDP port.
+    Serve {
+        /// Directory whose regular files are served (symlinks and subdirectories are not).
+        #[arg(long, default_value = "files")]
+        dir: PathBuf,
+        /// Address and port to listen on. Every message of every client uses this one port.
+        #[arg(long, default_value = "127.0.0.1:6969")]
+        bind: SocketAddr,
+        /// Send engine: uring = mmap + io_uring, one ring per session, batched sends.
+        #[arg(long, value_enum, default_value_t = EngineKind::Uring)]
+        engine: EngineKind,
+        /// Worker threads driving the rings [default: number of cores].
+        #[arg(long)]
+        workers: Option<usize>,
+        /// Pace each session at this rate, bits/s like iperf3's -b (e.g. 800M, 2G).
+        /// Default: as fast as the receiver's credit allows.
+        #[arg(long, value_parser = parse_rate)]
+        rate: Option<u64>,
+        /// Drop a session whose client has been silent this many seconds.
+        #[arg(long, value_parser = secs, default_value = "10")]
+        idle_timeout: Duration,
+        /// Datagram size on the wire, header included (use ~1472 on a 1500-byte MTU link).
+        #[arg(long, default_value_t = MAX_DATAGRAM)]
+        datagram_size: usize,
+        /// Most concurrent sessions; further requests get a "busy" answer.
+        #[arg(long, default_value_t = 256)]
+        max_sessions: usize,
+    },
+    /// List the files a server offers, with their sizes.
+    List {
+        #[arg(long, default_value = "127.0.0.1:6969")]
+        server: SocketAddr,
+        /// Give up after this many seconds without an answer.
+        #[arg(long, value_parser = secs, default_value = "5")]
+        timeout: Duration,
+    },
+    /// Fetch FILE with N sub-clients at once; each copy is verified before it is kept.
+    Get {
+        /// Name of the file on the server (see `ringblast list`).
+        file: String,
+        #[arg(long, default_value = "127.0.0.1:6969")]
+        server: SocketAddr,
+        /// Sub-clients, each with its own socket, fetching its own whole copy.
+        #[arg(long, default_value_t = 1)]
+        clients: usize,
+        /// Directory for the copies: DIR/FILE for one client, DIR/FILE.1 .. DIR/FILE.N.
+        #[arg(long, default_value = "received", conflicts_with = "discard")]
+        out: PathBuf,
+        /// Receive, check and count everything, but write no file (compare with iperf3).
+        #[arg(long)]
+        discard: bool,
+        #[arg(long, value_enum, default_value_t = ModeArg::Reliable)]
+        mode: ModeArg,
+        /// Fail when the server has been silent this many seconds.
+        #[arg(long, value_parser = secs, default_value = "5")]
+        timeout: Duration,
+        /// Receive window in datagrams: how far ahead of the first missing datagram the
+        /// server may send (flow control).
+        #[arg(long, default_value_t = DEFAULT_WINDOW)]
+        window: u32,
+        /// Final check: content = BLAKE3 of the written file (and the manifest);
+        /// manifest = every datagram's CRC32C against the server's manifest hash only.
+        /// With --discard only the manifest can be checked.
+        #[arg(long, value_enum)]
+        verify: Option<Verify>,
+        /// Refuse a file larger than this (bounds the memory a server can make us use).
+        #[arg(long, value_parser = parse_size, default_value = "1TiB")]
+        max_size: u64,
+    },
+    /// One command: generate a file, serve it on loopback, fetch it with 5 sub-clients and
+    /// print the lab's table.
+    Demo {
+        /// Directory holding the generated file (created if absent).
+        #[arg(long, default_value = "files")]
+        dir: PathBuf,
+        /// Size of the generated file.
+        #[arg(long, value_parser = parse_size, default_value = "100MiB")]
+        size: u64,
+        #[arg(long, default_value_t = 5)]
+        clients: usize,
+        #[arg(long, value_enum, default_value_t = ModeArg::Reliable)]
+        mode: ModeArg,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("ringblast: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve {
+            dir,
+            bind,
+            engine,
+            workers,
+            rate,
+            idle_timeout,
+            datagram_size,
+            max_sessions,
+        } => {
+            logging::init("info");
+            let defaults = ServerConfig::default();
+            let server = Server::start(ServerConfig {
+                dir,
+                bind,
+                engine,
+                workers: workers.unwrap_or(defaults.workers).max(1),
+                datagram_size,
+                idle_timeout,
+                rate_bps: rate,
+                max_sessions: max_sessions.max(1),
+                ..defaults
+            })?;
+            server.wait();
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::List { server, timeout } => {
+            logging::init("warn");
+            let files = client::list(server, timeout)?;
+            for (name, size) in &files {
+                println!("{size:>14}  {name}");
+            }
+            if files.is_empty() {
+                eprintln!("(no files served at {server})");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Get {
+            file,
+            server,
+            clients,
+            out,
+            discard,
+            mode,
+            timeout,
+            window,
+            verify,
+            max_size,
+        } => {
+            logging::init("warn");
+            if discard && verify == Some(Verify::Content) {
+                anyhow::bail!("--verify content needs the written file; with --discard only --verify manifest is possible");
+            }
+            if clients == 0 {
+                anyhow::bail!("--clients must be at least 1");
+            }
+            let mut cfg = GetConfig::new(server, &file);
+            cfg.clients = clients;
+            cfg.out_dir = (!discard).then_some(out);
+            cfg.mode = mode.into();
+            cfg.timeout = timeout;
+            cfg.window = window.max(1);
+            cfg.verify = verify.unwrap_or(if discard { Verify::Manifest } else { Verify::Content });
+            cfg.max_size = max_size;
+            let reports = client::get(&cfg)?;
+            print!("{}", report::table(&file, &reports));
+            let failed: Vec<_> = reports.iter().filter(|r| !r.ok()).collect();
+            if failed.is_empty() {
+                return Ok(ExitCode::SUCCESS);
+            }
+            let first = failed[0]
+                .error
+                .clone()
+                .unwrap_or_else(|| "incomplete".into());
+            eprintln!(
+                "ringblast: error: {} of {} copies failed; client {}: {first}",
+                failed.len(),
+                reports.len(),
+                failed[0].id
+            );
+            Ok(ExitCode::FAILURE)
+        }
+        Command::Demo {
+            dir,
+            size,
+            clients,
+            mode,
+        } => {
+            logging::init("warn");
+            let ok = demo::run(&demo::DemoConfig {
+                dir,
+                size,
+                clients: clients.max(1),
+                mode: mode.into(),
+            })?;
+            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! Batched receive: one `recvmmsg(2)` call fills up to [`BATCH`] datagrams.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+
+use super::addr::to_socket_addr;
+
+/// Datagrams per `recvmmsg` call (quinn-udp uses 32 as well).
+pub const BATCH: usize = 32;
+/// Room for the largest UDP payload plus one byte, so an oversized datagram shows as
+/// truncated instead of silently fitting.
+pub const SLOT_SIZE: usize = 65_536;
+
+/// Fixed buffers for one `recvmmsg` call, allocated (and touched) once.
+pub struct RecvBatch {
+    bufs: Vec<u8>,
+    lens: [usize; BATCH],
+    truncated: [bool; BATCH],
+    addrs: [libc::sockaddr_storage; BATCH],
+    addr_lens: [libc::socklen_t; BATCH],
+    count: usize,
+}
+
+impl Default for RecvBatch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RecvBatch {
+    pub fn new() -> Self {
+        RecvBatch {
+            // vec![0; n] writes every page now, not on the first receive.
+            bufs: vec![0u8; BATCH * SLOT_SIZE],
+            lens: [0; BATCH],
+            truncated: [false; BATCH],
+            // SAFETY: sockaddr_storage is plain old data; all-zero is a valid value.
+            addrs: unsafe { std::mem::zeroed() },
+            addr_lens: [0; BATCH],
+            count: 0,
+        }
+    }
+
+    /// Receives up to [`BATCH`] datagrams: blocks until one arrives (or the socket's
+    /// `SO_RCVTIMEO` passes: `WouldBlock`/`TimedOut`), then takes whatever else is queued.
+    /// Retries on EINTR.
+    pub fn recv(&mut self, sock: &UdpSocket) -> io::Result<usize> {
+        let mut iovecs: [libc::iovec; BATCH] = std::array::from_fn(|i| libc::iovec {
+            iov_base: self.bufs[i * SLOT_SIZE..].as_mut_ptr().cast(),
+            iov_len: SLOT_SIZE,
+        });
+        // SAFETY: mmsghdr is plain old data; all-zero is a valid value, filled in below.
+        let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+        for (i, h) in hdrs.iter_mut().enumerate() {
+            h.msg_hdr.msg_iov = &mut iovecs[i];
+            h.msg_hdr.msg_iovlen = 1;
+            h.msg_hdr.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
+            h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as u32;
+        }
+        loop {
+            // SAFETY: every pointer in `hdrs` points into `self.bufs`, `self.addrs` or
+            // `iovecs`, all of which outlive the call; lengths match the buffers.
+            let n = unsafe {
+                libc::recvmmsg(
+                    sock.as_raw_fd(),
+                    hdrs.as_mut_ptr(),
+                    BATCH as libc::c_uint,
+                    libc::MSG_WAITFORONE,
+                    std::ptr::null_mut(),
+                )
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                self.count = 0;
+                return Err(e);
+            }
+            let n = n as usize;
+            for (i, h) in hdrs.iter().take(n).enumerate() {
+                self.lens[i] = (h.msg_len as usize).min(SLOT_SIZE);
+                self.truncated[i] = h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
+                self.addr_lens[i] = h.msg_hdr.msg_namelen;
+            }
+            self.count = n;
+            return Ok(n);
+        }
+    }
+
+    /// Number of datagrams from the last `recv`.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Datagram `i` of the last batch (`None` if it was truncated: larger than any valid one).
+    pub fn datagram(&self, i: usize) -> Option<&[u8]> {
+        if i >= self.count || self.truncated[i] {
+            return None;
+        }
+        Some(&self.bufs[i * SLOT_SIZE..i * SLOT_SIZE + self.lens[i]])
+    }
+
+    /// Source address of datagram `i`.
+    pub fn source(&self, i: usize) -> Option<SocketAddr> {
+        if i >= self.count {
+            return None;
+        }
+        to_socket_addr(&self.addrs[i], self.addr_lens[i])
+    }
+}
+
+/// True for the errors a receive timeout produces.
+pub fn is_timeout(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn receives_a_batch_with_sources() {
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        for i in 0..5u8 {
+            tx.send_to(&vec![i; 100 + i as usize], rx.local_addr().unwrap())
+                .unwrap();
+        }
+        let big = vec![9u8; 65_507];
+        tx.send_to(&big, rx.local_addr().unwrap()).unwrap();
+        let mut batch = RecvBatch::new();
+        let mut got = Vec::new();
+        while got.len() < 6 {
+            let n = batch.recv(&rx).unwrap();
+            for i in 0..n {
+                assert_eq!(batch.source(i), Some(tx.local_addr().unwrap()));
+                got.push(batch.datagram(i).unwrap().to_vec());
+            }
+        }
+        for i in 0..5u8 {
+            assert_eq!(got[i as usize], vec![i; 100 + i as usize]);
+        }
+        assert_eq!(got[5], big);
+        let e = batch.recv(&rx).unwrap_err();
+        assert!(is_timeout(&e), "{e}");
+    }
+}
