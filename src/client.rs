@@ -188,9 +188,9 @@ impl Conn {
         msg.encode(&mut self.out);
         match self.sock.send(&self.out) {
             Ok(_) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                Err(FetchError::Refused { server: self.server })
-            }
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => Err(FetchError::Refused {
+                server: self.server,
+            }),
             // A full buffer loses this one; the caller's retry or next ACK covers it.
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
             Err(e) => Err(e.into()),
@@ -225,12 +225,15 @@ impl Conn {
                     break;
                 }
                 let wait = (resend_at - now).min(timeout - now.duration_since(alive_at));
-                self.sock.set_read_timeout(Some(wait.max(Duration::from_millis(1))))?;
+                self.sock
+                    .set_read_timeout(Some(wait.max(Duration::from_millis(1))))?;
                 let n = match self.sock.recv(&mut self.buf) {
                     Ok(n) => n,
                     Err(e) if is_timeout(&e) => continue,
                     Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                        return Err(FetchError::Refused { server: self.server })
+                        return Err(FetchError::Refused {
+                            server: self.server,
+                        })
                     }
                     Err(e) => return Err(e.into()),
                 };
@@ -252,16 +255,23 @@ impl Conn {
     /// The address-validation round trip: HELLO (padded) -> RETRY with our token.
     fn token(&mut self, timeout: Duration) -> Result<[u8; TOKEN_LEN], FetchError> {
         let nonce: u64 = rand::random();
-        self.request(&Message::Hello { nonce }, timeout, "waiting for a token", |m| match m {
-            Message::Retry { nonce: n, token } if *n == nonce => Reply::Done(*token),
-            _ => Reply::Ignore,
-        })
+        self.request(
+            &Message::Hello { nonce },
+            timeout,
+            "waiting for a token",
+            |m| match m {
+                Message::Retry { nonce: n, token } if *n == nonce => Reply::Done(*token),
+                _ => Reply::Ignore,
+            },
+        )
     }
 }
 
 fn server_error(code: ErrorCode, text: &str) -> FetchError {
     FetchError::Server(match code {
-        ErrorCode::NotFound | ErrorCode::BadName | ErrorCode::Busy | ErrorCode::Internal => text.to_string(),
+        ErrorCode::NotFound | ErrorCode::BadName | ErrorCode::Busy | ErrorCode::Internal => {
+            text.to_string()
+        }
         other => format!("{text} ({other:?})"),
     })
 }
@@ -273,21 +283,26 @@ pub fn list(server: SocketAddr, timeout: Duration) -> Result<Vec<(String, u64)>,
     let mut files = Vec::new();
     loop {
         let start = files.len() as u32;
-        let (total, page) = conn.request(&Message::List { token, start }, timeout, "listing", |m| match m {
-            Message::Listing {
-                total,
-                start: s,
-                entries,
-            } if *s == start => Reply::Done(Ok((
-                *total,
-                entries
-                    .iter()
-                    .map(|e| (e.name.to_string(), e.size))
-                    .collect::<Vec<_>>(),
-            ))),
-            Message::Error { code, text, .. } => Reply::Done(Err(server_error(*code, text))),
-            _ => Reply::Ignore,
-        })??;
+        let (total, page) = conn.request(
+            &Message::List { token, start },
+            timeout,
+            "listing",
+            |m| match m {
+                Message::Listing {
+                    total,
+                    start: s,
+                    entries,
+                } if *s == start => Reply::Done(Ok((
+                    *total,
+                    entries
+                        .iter()
+                        .map(|e| (e.name.to_string(), e.size))
+                        .collect::<Vec<_>>(),
+                ))),
+                Message::Error { code, text, .. } => Reply::Done(Err(server_error(*code, text))),
+                _ => Reply::Ignore,
+            },
+        )??;
         let got = page.len();
         files.extend(page);
         if got == 0 || files.len() >= total as usize {
@@ -375,12 +390,15 @@ struct Sink {
 impl Sink {
     /// Writes consecutive payloads starting at `offset`, in as few syscalls as possible.
     fn write_run(&self, offset: u64, run: &[IoSlice<'_>]) -> io::Result<()> {
-        let Some(file) = &self.file else { return Ok(()) };
+        let Some(file) = &self.file else {
+            return Ok(());
+        };
         if run.is_empty() {
             return Ok(());
         }
         let want: usize = run.iter().map(|s| s.len()).sum();
-        let done = nix::sys::uio::pwritev(file, run, offset as libc::off_t).map_err(io::Error::from)?;
+        let done =
+            nix::sys::uio::pwritev(file, run, offset as libc::off_t).map_err(io::Error::from)?;
         if done < want {
             // Short write: finish the rest piece by piece.
             let mut pos = 0usize;
@@ -432,7 +450,14 @@ impl Fetch {
         let sink = match &cfg.out_dir {
             Some(dir) => {
                 let final_path = copy_path(dir, &cfg.file, id, clients);
-                let temp = dir.join(format!(".{}.{}.part", final_path.file_name().and_then(|n| n.to_str()).unwrap_or("copy"), std::process::id()));
+                let temp = dir.join(format!(
+                    ".{}.{}.part",
+                    final_path
+                        .file_name()
+                        .and_then(|n| n.to_str())
+                        .unwrap_or("copy"),
+                    std::process::id()
+                ));
                 let file = OpenOptions::new()
                     .read(true)
                     .write(true)
@@ -484,14 +509,20 @@ impl Fetch {
             )));
         }
         if !manifest_ok {
-            return Err(FetchError::Server("whole-file manifest hash mismatch: copy discarded".into()));
+            return Err(FetchError::Server(
+                "whole-file manifest hash mismatch: copy discarded".into(),
+            ));
         }
         let content_ok = match (&sink.file, cfg.verify) {
-            (Some(file), Verify::Content) => content_hash(file, meta.file_size)? == meta.content_hash,
+            (Some(file), Verify::Content) => {
+                content_hash(file, meta.file_size)? == meta.content_hash
+            }
             _ => true,
         };
         if !content_ok {
-            return Err(FetchError::Server("BLAKE3 content hash mismatch: copy discarded".into()));
+            return Err(FetchError::Server(
+                "BLAKE3 content hash mismatch: copy discarded".into(),
+            ));
         }
         self.report.hash_ok = true;
         if let (Some(dir), Some(temp)) = (&cfg.out_dir, self.temp.take()) {
@@ -499,7 +530,10 @@ impl Fetch {
             std::fs::rename(&temp, &final_path)?;
             self.report.path = Some(final_path);
         }
-        tracing::debug!("client {id}: verified in {:.3} s", start.elapsed().as_secs_f64());
+        tracing::debug!(
+            "client {id}: verified in {:.3} s",
+            start.elapsed().as_secs_f64()
+        );
         Ok(())
     }
 
@@ -511,10 +545,16 @@ impl Fetch {
             )));
         }
         if datagram_count(m.file_size, m.payload_size) > u32::MAX as u64 {
-            return Err(FetchError::BadMeta("more datagrams than the protocol can index".into()));
+            return Err(FetchError::BadMeta(
+                "more datagrams than the protocol can index".into(),
+            ));
         }
         if m.mode != cfg.mode {
-            return Err(FetchError::BadMeta(format!("mode {} instead of {}", m.mode.as_str(), cfg.mode.as_str())));
+            return Err(FetchError::BadMeta(format!(
+                "mode {} instead of {}",
+                m.mode.as_str(),
+                cfg.mode.as_str()
+            )));
         }
         Ok(())
     }
@@ -593,12 +633,16 @@ impl Receive {
                 }
                 Err(e) if is_timeout(&e) => true,
                 Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                    return Err(FetchError::Refused { server: conn.server })
+                    return Err(FetchError::Refused {
+                        server: conn.server,
+                    })
                 }
                 Err(e) => return Err(e.into()),
             };
             if let Some(text) = self.session_gone.take() {
-                return Err(FetchError::Server(format!("the server dropped this transfer: {text}")));
+                return Err(FetchError::Server(format!(
+                    "the server dropped this transfer: {text}"
+                )));
             }
             if blast && self.end_seen && idle {
                 // Every datagram was sent once and the socket is drained: what is missing
@@ -691,7 +735,9 @@ impl Receive {
     /// A non-data datagram during the transfer.
     fn control(&mut self, d: &[u8]) {
         match Message::parse(d) {
-            Ok(Message::End { session, .. }) if session == self.meta.session => self.end_seen = true,
+            Ok(Message::End { session, .. }) if session == self.meta.session => {
+                self.end_seen = true
+            }
             Ok(Message::Error {
                 code: ErrorCode::NoSession,
                 text,

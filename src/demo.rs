@@ -51,7 +51,7 @@ pub fn ensure_file(dir: &Path, size: u64) -> anyhow::Result<String> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let name = file_name(size);
     let path = dir.join(&name);
-    if std::fs::metadata(&path).map(|m| m.len()) .ok() != Some(size) {
+    if std::fs::metadata(&path).map(|m| m.len()).ok() != Some(size) {
         eprintln!("generating {} ({size} random bytes)...", path.display());
         generate(&path, size).with_context(|| format!("cannot write {}", path.display()))?;
     }

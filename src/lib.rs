@@ -41,7 +41,9 @@ pub fn parse_rate(s: &str) -> Result<u64, String> {
 /// Parses a size like `100MiB`, `250MB`, `1GiB`, `4096` (bytes).
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let v: f64 = num.parse().map_err(|_| format!("bad size {s:?}"))?;
     let mult = match unit.trim().to_ascii_lowercase().as_str() {
@@ -52,7 +54,13 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "mb" => 1e6,
         "g" | "gib" => 1024.0 * 1024.0 * 1024.0,
         "gb" => 1e9,
-        other => return Err(format!("bad size unit {other:?} in {s:?} (use B, KiB, MiB, GiB, KB, MB, GB)")),
+        "t" | "tib" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        "tb" => 1e12,
+        other => {
+            return Err(format!(
+                "bad size unit {other:?} in {s:?} (use B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)"
+            ))
+        }
     };
     Ok((v * mult) as u64)
 }
@@ -72,6 +80,7 @@ mod tests {
         assert_eq!(parse_size("250MB"), Ok(250_000_000));
         assert_eq!(parse_size("1GiB"), Ok(1 << 30));
         assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("1TiB"), Ok(1 << 40));
         assert!(parse_size("1XB").is_err());
     }
 }

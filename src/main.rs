@@ -43,7 +43,9 @@ impl From<ModeArg> for Mode {
 }
 
 fn secs(s: &str) -> Result<Duration, String> {
-    let v: f64 = s.parse().map_err(|_| format!("bad duration {s:?}: seconds, e.g. 5 or 0.5"))?;
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("bad duration {s:?}: seconds, e.g. 5 or 0.5"))?;
     if !(v.is_finite() && v > 0.0) {
         return Err(format!("bad duration {s:?}: must be positive"));
     }
@@ -212,7 +214,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             cfg.mode = mode.into();
             cfg.timeout = timeout;
             cfg.window = window.max(1);
-            cfg.verify = verify.unwrap_or(if discard { Verify::Manifest } else { Verify::Content });
+            cfg.verify = verify.unwrap_or(if discard {
+                Verify::Manifest
+            } else {
+                Verify::Content
+            });
             cfg.max_size = max_size;
             let reports = client::get(&cfg)?;
             print!("{}", report::table(&file, &reports));
@@ -245,7 +251,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 clients: clients.max(1),
                 mode: mode.into(),
             })?;
-            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
     }
 }

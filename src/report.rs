@@ -10,11 +10,25 @@ const MIB: f64 = 1024.0 * 1024.0;
 pub fn table(file: &str, reports: &[CopyReport]) -> String {
     let mut s = String::new();
     let size = reports.iter().map(|r| r.file_size).max().unwrap_or(0);
-    let _ = writeln!(s, "file {file}: {size} bytes, {} sub-client(s)", reports.len());
+    let _ = writeln!(
+        s,
+        "file {file}: {size} bytes, {} sub-client(s)",
+        reports.len()
+    );
     let _ = writeln!(
         s,
         "{:>6} {:>6} {:>6} {:>14} {:>14} {:>9} {:>9} {:>9} {:>7} {:>7} {:>6}  status",
-        "client", "port", "server", "bytes_recv", "bytes_intact", "seconds", "MiB/s", "datagrams", "lost", "retrans", "dup"
+        "client",
+        "port",
+        "server",
+        "bytes_recv",
+        "bytes_intact",
+        "seconds",
+        "MiB/s",
+        "datagrams",
+        "lost",
+        "retrans",
+        "dup"
     );
     for r in reports {
         let status = match &r.error {
@@ -40,7 +54,11 @@ pub fn table(file: &str, reports: &[CopyReport]) -> String {
         );
     }
     let (ok, total) = (reports.iter().filter(|r| r.ok()).count(), reports.len());
-    let intact: u64 = reports.iter().filter(|r| r.ok()).map(|r| r.bytes_intact).sum();
+    let intact: u64 = reports
+        .iter()
+        .filter(|r| r.ok())
+        .map(|r| r.bytes_intact)
+        .sum();
     let wall = reports.iter().map(|r| r.duration_s).fold(0.0, f64::max);
     let corrupt: u64 = reports.iter().map(|r| r.corrupt).sum();
     let _ = writeln!(

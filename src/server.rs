@@ -84,7 +84,8 @@ impl Server {
         if !cfg.dir.is_dir() {
             anyhow::bail!("{} is not a directory", cfg.dir.display());
         }
-        let sock = UdpSocket::bind(cfg.bind).with_context(|| format!("cannot bind {}", cfg.bind))?;
+        let sock =
+            UdpSocket::bind(cfg.bind).with_context(|| format!("cannot bind {}", cfg.bind))?;
         let local_addr = sock.local_addr()?;
         let rcvbuf = socket::set_recv_buffer(&sock, 8 << 20)?;
         let sndbuf = socket::set_send_buffer(&sock, 8 << 20)?;
@@ -274,7 +275,13 @@ impl Control {
         if let Some(h) = self.indexer.take() {
             let _ = h.join();
         }
-        tracing::info!("[STOPPED] server on {} stopped", self.sock.local_addr().map(|a| a.to_string()).unwrap_or_default());
+        tracing::info!(
+            "[STOPPED] server on {} stopped",
+            self.sock
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default()
+        );
     }
 
     fn send(&mut self, to: SocketAddr, msg: &Message<'_>) {
@@ -435,7 +442,12 @@ impl Control {
             .iter()
             .any(|p| p.peer == req.peer && p.request_id == req.request_id)
         {
-            self.send(req.peer, &Message::Wait { request_id: req.request_id });
+            self.send(
+                req.peer,
+                &Message::Wait {
+                    request_id: req.request_id,
+                },
+            );
             return;
         }
         match self.catalog.cached(&req.name) {
@@ -447,7 +459,12 @@ impl Control {
                     }
                     self.indexing.insert(req.name.clone());
                 }
-                self.send(req.peer, &Message::Wait { request_id: req.request_id });
+                self.send(
+                    req.peer,
+                    &Message::Wait {
+                        request_id: req.request_id,
+                    },
+                );
                 self.pending.push(req);
             }
             Err(e) => self.file_error(&req, &e),
@@ -487,7 +504,12 @@ impl Control {
             return;
         }
         if file.datagrams() > u32::MAX as u64 {
-            self.error(req.peer, req.request_id, ErrorCode::BadRequest, "file too large for this datagram size");
+            self.error(
+                req.peer,
+                req.request_id,
+                ErrorCode::BadRequest,
+                "file too large for this datagram size",
+            );
             return;
         }
         let mut id: u32 = rand::random();
@@ -500,7 +522,15 @@ impl Control {
             .rate_bps
             .map(|bps| Pacer::new(bps, 4 * self.cfg.datagram_size, now));
         let window = req.window.clamp(1, self.cfg.max_window);
-        let state = SenderState::new(req.mode, file.size, file.payload_size, window, pacer, now);
+        let state = SenderState::new(
+            req.mode,
+            file.size,
+            file.payload_size,
+            window,
+            pacer,
+            now,
+            unix_ns(),
+        );
         let session = Arc::new(Session::new(id, req.peer, file, state, self.stats.clone()));
         session.heard();
         tracing::info!(

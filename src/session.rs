@@ -22,7 +22,10 @@ pub const END_SPACING: Duration = Duration::from_millis(5);
 /// What the engine should put on the wire next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Next {
-    Data { index: u32, retransmit: bool },
+    Data {
+        index: u32,
+        retransmit: bool,
+    },
     /// Blast mode's end-of-file marker.
     End,
 }
@@ -89,6 +92,8 @@ pub struct SenderState {
     /// Last send time of each index, in 100 µs ticks since `epoch` (+1; 0 = never sent).
     sent_at: Vec<u32>,
     epoch: Instant,
+    /// `epoch` on the clock of the data header's send timestamps (Unix ns).
+    epoch_unix_ns: u64,
     srtt_us: f64,
     rttvar_us: f64,
     ends_sent: u32,
@@ -104,7 +109,8 @@ fn ticks(since: Duration) -> u32 {
 }
 
 impl SenderState {
-    /// `window`: the receiver's initial credit, in datagrams.
+    /// `window`: the receiver's initial credit, in datagrams. `now_unix_ns`: `now` on the
+    /// clock of send timestamps, to place the ACKs' echoed timestamps.
     pub fn new(
         mode: Mode,
         file_size: u64,
@@ -112,6 +118,7 @@ impl SenderState {
         window: u32,
         pacer: Option<Pacer>,
         now: Instant,
+        now_unix_ns: u64,
     ) -> Self {
         let total = crate::files::datagram_count(file_size, payload_size) as u32;
         let credit_limit = match mode {
@@ -128,8 +135,16 @@ impl SenderState {
             acked_below: 0,
             retransmit_queue: VecDeque::new(),
             queued: vec![0; (total as usize).div_ceil(64)],
-            sent_at: vec![0; if mode == Mode::Reliable { total as usize } else { 0 }],
+            sent_at: vec![
+                0;
+                if mode == Mode::Reliable {
+                    total as usize
+                } else {
+                    0
+                }
+            ],
             epoch: now,
+            epoch_unix_ns: now_unix_ns,
             srtt_us: 0.0,
             rttvar_us: 0.0,
             ends_sent: 0,
@@ -185,10 +200,11 @@ impl SenderState {
         }
     }
 
-    /// Queues `i` for resending if it has been out for longer than `wait`.
-    fn maybe_resend(&mut self, i: u32, now_ticks: u32, wait_ticks: u32) {
+    /// Queues `i` for resending if its last send was at least `wait` before the ACK that
+    /// reports it missing was written (`ack_ticks`): only then is the ACK evidence of loss.
+    fn maybe_resend(&mut self, i: u32, ack_ticks: u32, wait_ticks: u32) {
         let sent = self.sent_at[i as usize];
-        if sent != 0 && !self.is_queued(i) && now_ticks.saturating_sub(sent) >= wait_ticks {
+        if sent != 0 && !self.is_queued(i) && ack_ticks.saturating_sub(sent) >= wait_ticks {
             self.set_queued(i, true);
             self.retransmit_queue.push_back(i);
         }
@@ -197,7 +213,13 @@ impl SenderState {
     /// Applies a receiver's `ACK`. `rtt`: the sample its echoed timestamp gives, if any.
     /// `receiver_idle`: the receiver's socket was empty when it sent this ACK, so anything
     /// sent long enough ago and still not seen is lost (the tail probe).
-    pub fn on_ack(&mut self, ack: &Ack<'_>, rtt: Option<Duration>, receiver_idle: bool, now: Instant) {
+    pub fn on_ack(
+        &mut self,
+        ack: &Ack<'_>,
+        rtt: Option<Duration>,
+        receiver_idle: bool,
+        now: Instant,
+    ) {
         if self.mode != Mode::Reliable {
             return;
         }
@@ -215,19 +237,33 @@ impl SenderState {
         // receiver cannot make it index out of range or resend what it never sent.
         self.acked_below = self.acked_below.max(ack.recv_next.min(self.next_new));
         self.credit_limit = self.credit_limit.max(ack.credit_limit.min(self.total));
-        let now_ticks = ticks(now.saturating_duration_since(self.epoch));
+        // When the receiver wrote this ACK, on our clock: the echoed send timestamp plus the
+        // time the receiver held it (a lower bound: the one-way delay is not added). Judging
+        // by when the ACK is *processed* instead would call everything sent while it queued
+        // lost, and resend it spuriously when the control thread lags.
+        let ack_ticks = if ack.echo_ts_ns != 0 {
+            let written_ns = ack
+                .echo_ts_ns
+                .saturating_add(ack.echo_delay_us as u64 * 1000);
+            ticks(Duration::from_nanos(
+                written_ns.saturating_sub(self.epoch_unix_ns),
+            ))
+            .min(ticks(now.saturating_duration_since(self.epoch)))
+        } else {
+            ticks(now.saturating_duration_since(self.epoch))
+        };
         let rto_ticks = ticks(self.rto()) - 1;
         let seen_end = ack.seen_end.min(self.next_new);
         for r in ack.ranges() {
             let start = r.start.max(self.acked_below);
             let end = r.start.saturating_add(r.len).min(seen_end);
             for i in start..end {
-                self.maybe_resend(i, now_ticks, rto_ticks);
+                self.maybe_resend(i, ack_ticks, rto_ticks);
             }
         }
         if receiver_idle {
             for i in seen_end.max(self.acked_below)..self.next_new {
-                self.maybe_resend(i, now_ticks, rto_ticks);
+                self.maybe_resend(i, ack_ticks, rto_ticks);
             }
         }
     }
@@ -296,9 +332,14 @@ impl SenderState {
     /// When time alone (pacing, END spacing) will let [`SenderState::next`] return something;
     /// `None` if only an ACK can.
     pub fn deadline(&self) -> Option<Instant> {
-        let has_work = !self.retransmit_queue.is_empty() || self.next_new < self.credit_limit.min(self.total);
+        let has_work =
+            !self.retransmit_queue.is_empty() || self.next_new < self.credit_limit.min(self.total);
         if has_work {
-            let i = self.retransmit_queue.front().copied().unwrap_or(self.next_new);
+            let i = self
+                .retransmit_queue
+                .front()
+                .copied()
+                .unwrap_or(self.next_new);
             return Some(match &self.pacer {
                 Some(p) => p.ready_at(payload_len(self.file_size, self.payload_size, i as u64)),
                 None => self.epoch,
@@ -322,7 +363,15 @@ mod tests {
         std::iter::from_fn(|| s.next(now)).collect()
     }
 
-    fn ack(s: &mut SenderState, next: u32, credit: u32, seen: u32, ranges: &[NackRange], idle: bool, now: Instant) {
+    fn ack(
+        s: &mut SenderState,
+        next: u32,
+        credit: u32,
+        seen: u32,
+        ranges: &[NackRange],
+        idle: bool,
+        now: Instant,
+    ) {
         let mut scratch = Vec::new();
         let a = Ack::new(1, next, credit, seen, 0, 0, 0, ranges, &mut scratch);
         s.on_ack(&a, Some(Duration::from_micros(100)), idle, now);
@@ -331,7 +380,7 @@ mod tests {
     #[test]
     fn credit_window_limits_new_data() {
         let t0 = Instant::now();
-        let mut s = SenderState::new(Mode::Reliable, 10 * P as u64, P, 4, None, t0);
+        let mut s = SenderState::new(Mode::Reliable, 10 * P as u64, P, 4, None, t0, 1_000_000_000);
         let sent = drain(&mut s, t0);
         assert_eq!(sent.len(), 4);
         assert_eq!(s.deadline(), None, "nothing to do until an ACK");
@@ -352,7 +401,15 @@ mod tests {
     #[test]
     fn nacked_datagrams_are_resent_once_per_rto() {
         let t0 = Instant::now();
-        let mut s = SenderState::new(Mode::Reliable, 10 * P as u64, P, 10, None, t0);
+        let mut s = SenderState::new(
+            Mode::Reliable,
+            10 * P as u64,
+            P,
+            10,
+            None,
+            t0,
+            1_000_000_000,
+        );
         assert_eq!(drain(&mut s, t0).len(), 10);
         let hole = [NackRange { start: 3, len: 2 }];
         // Too soon: the datagrams were just sent.
@@ -363,8 +420,14 @@ mod tests {
         assert_eq!(
             drain(&mut s, t1),
             vec![
-                Next::Data { index: 3, retransmit: true },
-                Next::Data { index: 4, retransmit: true }
+                Next::Data {
+                    index: 3,
+                    retransmit: true
+                },
+                Next::Data {
+                    index: 4,
+                    retransmit: true
+                }
             ]
         );
         // The same NACK again right away does not resend again.
@@ -378,22 +441,88 @@ mod tests {
     #[test]
     fn tail_is_probed_only_when_receiver_is_idle() {
         let t0 = Instant::now();
-        let mut s = SenderState::new(Mode::Reliable, 5 * P as u64, P, 5, None, t0);
+        let mut s = SenderState::new(Mode::Reliable, 5 * P as u64, P, 5, None, t0, 1_000_000_000);
         drain(&mut s, t0);
         let t1 = t0 + Duration::from_millis(50);
         ack(&mut s, 3, 8, 3, &[], false, t1);
-        assert!(drain(&mut s, t1).is_empty(), "busy receiver: tail may still be queued");
+        assert!(
+            drain(&mut s, t1).is_empty(),
+            "busy receiver: tail may still be queued"
+        );
         ack(&mut s, 3, 8, 3, &[], true, t1);
         assert_eq!(drain(&mut s, t1).len(), 2);
     }
 
     #[test]
+    fn loss_is_judged_by_when_the_ack_was_written() {
+        let t0 = Instant::now();
+        let epoch_ns = 1_000_000_000u64;
+        let mut s = SenderState::new(Mode::Reliable, 10 * P as u64, P, 4, None, t0, epoch_ns);
+        drain(&mut s, t0);
+        // 5 ms later the receiver (idle) has seen datagrams 0..2 only. It wrote the ACK right
+        // away (echoing datagram 1's send time, t0): 2 and 3 had been out for under an RTO.
+        let t1 = t0 + Duration::from_millis(50);
+        let mut scratch = Vec::new();
+        let a = Ack::new(
+            1,
+            2,
+            6,
+            2,
+            epoch_ns,
+            0,
+            crate::wire::ack_flags::IDLE,
+            &[],
+            &mut scratch,
+        );
+        s.on_ack(&a, None, true, t1);
+        assert!(drain(&mut s, t1).iter().all(|n| !matches!(n, Next::Data { retransmit: true, .. })),
+            "an ACK written before an RTO passed is no evidence of loss, however late it is processed");
+        // An ACK written 20 ms after the sends is.
+        let a = Ack::new(
+            1,
+            2,
+            6,
+            2,
+            epoch_ns,
+            20_000,
+            crate::wire::ack_flags::IDLE,
+            &[],
+            &mut scratch,
+        );
+        s.on_ack(&a, None, true, t1);
+        let resent: Vec<_> = drain(&mut s, t1)
+            .into_iter()
+            .filter(|n| {
+                matches!(
+                    n,
+                    Next::Data {
+                        retransmit: true,
+                        ..
+                    }
+                )
+            })
+            .collect();
+        assert_eq!(resent.len(), 2);
+    }
+
+    #[test]
     fn hostile_ack_is_clamped() {
         let t0 = Instant::now();
-        let mut s = SenderState::new(Mode::Reliable, 5 * P as u64, P, 2, None, t0);
+        let mut s = SenderState::new(Mode::Reliable, 5 * P as u64, P, 2, None, t0, 1_000_000_000);
         drain(&mut s, t0);
         let t1 = t0 + Duration::from_secs(1);
-        ack(&mut s, u32::MAX, u32::MAX, u32::MAX, &[NackRange { start: 0, len: u32::MAX }], true, t1);
+        ack(
+            &mut s,
+            u32::MAX,
+            u32::MAX,
+            u32::MAX,
+            &[NackRange {
+                start: 0,
+                len: u32::MAX,
+            }],
+            true,
+            t1,
+        );
         // recv_next beyond what was sent is clamped: not complete, no index past the file.
         assert!(!s.is_complete());
         for n in drain(&mut s, t1) {
@@ -406,7 +535,7 @@ mod tests {
     #[test]
     fn blast_sends_everything_once_then_end_markers() {
         let t0 = Instant::now();
-        let mut s = SenderState::new(Mode::Blast, 3 * P as u64 + 1, P, 1, None, t0);
+        let mut s = SenderState::new(Mode::Blast, 3 * P as u64 + 1, P, 1, None, t0, 1_000_000_000);
         let sent = drain(&mut s, t0);
         assert_eq!(sent.len(), 5, "4 datagrams and the first END");
         assert_eq!(sent[4], Next::End);
@@ -425,7 +554,15 @@ mod tests {
         let t0 = Instant::now();
         // 8 Mbit/s = 1 MB/s, burst of one datagram.
         let pacer = Pacer::new(8_000_000, P as usize, t0);
-        let mut s = SenderState::new(Mode::Blast, 100 * P as u64, P, 1, Some(pacer), t0);
+        let mut s = SenderState::new(
+            Mode::Blast,
+            100 * P as u64,
+            P,
+            1,
+            Some(pacer),
+            t0,
+            1_000_000_000,
+        );
         assert_eq!(drain(&mut s, t0).len(), 1);
         let ready = s.deadline().unwrap();
         assert!(ready > t0 && ready <= t0 + Duration::from_millis(2));
@@ -440,7 +577,7 @@ mod tests {
     #[test]
     fn empty_file() {
         let t0 = Instant::now();
-        let mut s = SenderState::new(Mode::Reliable, 0, P, 8, None, t0);
+        let mut s = SenderState::new(Mode::Reliable, 0, P, 8, None, t0, 1_000_000_000);
         assert!(s.is_complete());
         assert!(drain(&mut s, t0).is_empty());
     }

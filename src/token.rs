@@ -88,7 +88,9 @@ impl TokenKey {
         }
         let now = now_ms();
         // Allow one second of clock step backwards.
-        if issued_ms > now + 1000 || now.saturating_sub(issued_ms) > self.lifetime.as_millis() as u64 {
+        if issued_ms > now + 1000
+            || now.saturating_sub(issued_ms) > self.lifetime.as_millis() as u64
+        {
             return Err(TokenError::Expired);
         }
         Ok(())

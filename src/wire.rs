@@ -258,15 +258,9 @@ pub enum Message<'a> {
     /// C→S `HELLO nonce:u64 padding…` (total length >= [`HELLO_MIN_LEN`]): asks for a token.
     Hello { nonce: u64 },
     /// S→C `RETRY nonce:u64 token:[24]`: the address-validation token for the sender's address.
-    Retry {
-        nonce: u64,
-        token: [u8; TOKEN_LEN],
-    },
+    Retry { nonce: u64, token: [u8; TOKEN_LEN] },
     /// C→S `LIST token:[24] start:u32`: asks for the file list from entry `start`.
-    List {
-        token: [u8; TOKEN_LEN],
-        start: u32,
-    },
+    List { token: [u8; TOKEN_LEN], start: u32 },
     /// S→C `LISTING total:u32 start:u32 count:u16 {size:u64 name_len:u8 name}*`.
     Listing {
         total: u32,
@@ -685,7 +679,12 @@ impl DataHeader {
         if raw_header.len() < DATA_HEADER_LEN {
             return false;
         }
-        let got = u32::from_be_bytes([raw_header[12], raw_header[13], raw_header[14], raw_header[15]]);
+        let got = u32::from_be_bytes([
+            raw_header[12],
+            raw_header[13],
+            raw_header[14],
+            raw_header[15],
+        ]);
         header_crc(payload_crc, raw_header) == got
     }
 }
@@ -712,7 +711,10 @@ mod tests {
             bytes.len()
         };
         for cut in 0..min.min(bytes.len()) {
-            assert!(Message::parse(&bytes[..cut]).is_err(), "prefix {cut} accepted");
+            assert!(
+                Message::parse(&bytes[..cut]).is_err(),
+                "prefix {cut} accepted"
+            );
         }
     }
 
@@ -763,7 +765,17 @@ mod tests {
             NackRange { start: 10, len: 2 },
             NackRange { start: 20, len: 1 },
         ];
-        let ack = Ack::new(77, 10, 600, 25, 123_456_789, 17, ack_flags::IDLE, &ranges, &mut scratch);
+        let ack = Ack::new(
+            77,
+            10,
+            600,
+            25,
+            123_456_789,
+            17,
+            ack_flags::IDLE,
+            &ranges,
+            &mut scratch,
+        );
         assert_eq!(ack.ranges().collect::<Vec<_>>(), ranges);
         roundtrip(Message::Ack(ack));
         roundtrip(Message::Done {
@@ -779,8 +791,14 @@ mod tests {
     #[test]
     fn rejects_foreign_and_future_datagrams() {
         assert_eq!(Message::parse(b"LIST"), Err(WireError::BadMagic));
-        assert_eq!(Message::parse(b"RB\x02\x01abcdefgh"), Err(WireError::BadVersion(2)));
-        assert_eq!(Message::parse(b"RB\x01\xEE"), Err(WireError::UnknownKind(0xEE)));
+        assert_eq!(
+            Message::parse(b"RB\x02\x01abcdefgh"),
+            Err(WireError::BadVersion(2))
+        );
+        assert_eq!(
+            Message::parse(b"RB\x01\xEE"),
+            Err(WireError::UnknownKind(0xEE))
+        );
         assert_eq!(Message::parse(b"R"), Err(WireError::Truncated));
         // A HELLO below the anti-amplification minimum is refused.
         let mut short = Message::Hello { nonce: 1 }.to_vec();
@@ -806,7 +824,9 @@ mod tests {
         }
         .to_vec();
         match Message::parse(&bytes).unwrap() {
-            Message::Error { text, .. } => assert!(text.len() <= MAX_ERROR_TEXT && text.chars().all(|c| c == 'é')),
+            Message::Error { text, .. } => {
+                assert!(text.len() <= MAX_ERROR_TEXT && text.chars().all(|c| c == 'é'))
+            }
             other => panic!("{other:?}"),
         }
     }
@@ -834,11 +854,17 @@ mod tests {
         assert!(DataHeader::crc_ok(&dgram, crc32c::crc32c(body)));
         // The CRC covers the header: a flipped offset bit is caught.
         dgram[20] ^= 1;
-        assert!(!DataHeader::crc_ok(&dgram, crc32c::crc32c(&dgram[DATA_HEADER_LEN..])));
+        assert!(!DataHeader::crc_ok(
+            &dgram,
+            crc32c::crc32c(&dgram[DATA_HEADER_LEN..])
+        ));
         dgram[20] ^= 1;
         // ...and the payload.
         dgram[DATA_HEADER_LEN + 10] ^= 0x80;
-        assert!(!DataHeader::crc_ok(&dgram, crc32c::crc32c(&dgram[DATA_HEADER_LEN..])));
+        assert!(!DataHeader::crc_ok(
+            &dgram,
+            crc32c::crc32c(&dgram[DATA_HEADER_LEN..])
+        ));
         // A length that disagrees with the datagram is refused.
         assert!(DataHeader::parse(&dgram[..dgram.len() - 1]).is_err());
     }

@@ -140,9 +140,12 @@ impl Session {
 
     /// Asks the engine to stop sending; the first reason given sticks.
     pub fn close(&self, reason: CloseReason) {
-        let _ = self
-            .close_reason
-            .compare_exchange(0, reason as u8, Ordering::AcqRel, Ordering::Acquire);
+        let _ = self.close_reason.compare_exchange(
+            0,
+            reason as u8,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
         self.wake();
     }
 
@@ -178,8 +181,12 @@ impl Session {
         let stats = &self.stats;
         stats.sessions_active.fetch_sub(1, Ordering::Relaxed);
         stats.bytes_sent.fetch_add(st.bytes_sent, Ordering::Relaxed);
-        stats.datagrams_sent.fetch_add(st.datagrams_sent, Ordering::Relaxed);
-        stats.retransmitted.fetch_add(st.retransmitted, Ordering::Relaxed);
+        stats
+            .datagrams_sent
+            .fetch_add(st.datagrams_sent, Ordering::Relaxed);
+        stats
+            .retransmitted
+            .fetch_add(st.retransmitted, Ordering::Relaxed);
         match reason {
             CloseReason::Complete => stats.sessions_completed.fetch_add(1, Ordering::Relaxed),
             CloseReason::TimedOut => stats.sessions_timed_out.fetch_add(1, Ordering::Relaxed),

@@ -76,7 +76,9 @@ impl RingSession {
             })
             .collect();
         for slot in slots.iter_mut() {
-            slot.msg.msg_name = (&dest.storage as *const libc::sockaddr_storage).cast_mut().cast();
+            slot.msg.msg_name = (&dest.storage as *const libc::sockaddr_storage)
+                .cast_mut()
+                .cast();
             slot.msg.msg_namelen = dest.len;
             slot.msg.msg_iov = slot.iov.as_mut_ptr();
         }
@@ -101,7 +103,9 @@ impl RingSession {
             }
         }
         if errors > 0 {
-            self.session.send_errors.fetch_add(errors, Ordering::Relaxed);
+            self.session
+                .send_errors
+                .fetch_add(errors, Ordering::Relaxed);
         }
     }
 
@@ -123,7 +127,11 @@ impl RingSession {
                     Next::Data { index, retransmit } => {
                         let payload = file.payload(index as u64);
                         DataHeader {
-                            flags: if retransmit { data_flags::RETRANSMIT } else { 0 },
+                            flags: if retransmit {
+                                data_flags::RETRANSMIT
+                            } else {
+                                0
+                            },
                             payload_len: payload.len() as u16,
                             session: self.session.id,
                             crc: 0,
@@ -183,7 +191,10 @@ impl RingSession {
         if pushed > 0 {
             self.in_flight += pushed;
             if let Err(e) = self.ring.submit() {
-                tracing::warn!("[SESSION {:08x}] io_uring submit failed: {e}", self.session.id);
+                tracing::warn!(
+                    "[SESSION {:08x}] io_uring submit failed: {e}",
+                    self.session.id
+                );
                 self.session.close(CloseReason::Failed);
             }
         }
@@ -227,7 +238,10 @@ impl UringEngine {
     pub fn new(sock: Arc<UdpSocket>, workers: usize) -> io::Result<Self> {
         // Fail early, with a clear message, where io_uring is unavailable.
         IoUring::new(8).map_err(|e| {
-            io::Error::new(e.kind(), format!("io_uring is not available on this kernel: {e}"))
+            io::Error::new(
+                e.kind(),
+                format!("io_uring is not available on this kernel: {e}"),
+            )
         })?;
         let shutdown = Arc::new(AtomicBool::new(false));
         let mut handles = Vec::new();
