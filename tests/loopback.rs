@@ -1,0 +1,390 @@
+//! Real servers and real clients on loopback: every byte compared, every failure bounded.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use rand::RngCore;
+use ringblast::client::{self, CopyReport, GetConfig, Verify};
+use ringblast::server::{Server, ServerConfig};
+use ringblast::wire::{ErrorCode, Message, Mode, MAX_PAYLOAD};
+
+fn random_bytes(n: usize) -> Vec<u8> {
+    let mut v = vec![0u8; n];
+    rand::rng().fill_bytes(&mut v);
+    v
+}
+
+fn server(dir: &Path, tweak: impl FnOnce(&mut ServerConfig)) -> Server {
+    let mut cfg = ServerConfig {
+        dir: dir.to_path_buf(),
+        bind: "127.0.0.1:0".parse().unwrap(),
+        workers: 2,
+        ..ServerConfig::default()
+    };
+    tweak(&mut cfg);
+    Server::start(cfg).expect("server starts")
+}
+
+fn fetch(
+    addr: SocketAddr,
+    name: &str,
+    clients: usize,
+    out: &Path,
+    tweak: impl FnOnce(&mut GetConfig),
+) -> Vec<CopyReport> {
+    let mut cfg = GetConfig::new(addr, name);
+    cfg.clients = clients;
+    cfg.out_dir = Some(out.to_path_buf());
+    cfg.timeout = Duration::from_secs(5);
+    tweak(&mut cfg);
+    client::get(&cfg).expect("get runs")
+}
+
+/// Serves `data` as `name`, fetches it with `clients` sub-clients, compares every copy.
+fn round_trip(data: &[u8], clients: usize, mode: Mode) {
+    let served = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    std::fs::write(served.path().join("f.bin"), data).unwrap();
+    let srv = server(served.path(), |_| {});
+    let reports = fetch(srv.local_addr(), "f.bin", clients, out.path(), |c| {
+        c.mode = mode
+    });
+    assert_eq!(reports.len(), clients);
+    for r in &reports {
+        assert!(
+            r.ok(),
+            "client {} of {clients} ({} bytes): {:?}",
+            r.id,
+            data.len(),
+            r
+        );
+        assert_eq!(r.bytes_intact, data.len() as u64);
+        assert_eq!(r.datagrams_lost, 0);
+        let path = r.path.as_ref().expect("copy kept");
+        let expect = if clients == 1 {
+            out.path().join("f.bin")
+        } else {
+            out.path().join(format!("f.bin.{}", r.id))
+        };
+        assert_eq!(path, &expect);
+        let got = std::fs::read(path).unwrap();
+        assert!(
+            got == data,
+            "client {}: copy differs from the original",
+            r.id
+        );
+    }
+    // Nothing but the copies: no temporary files left behind.
+    assert_eq!(std::fs::read_dir(out.path()).unwrap().count(), clients);
+    srv.shutdown();
+}
+
+#[test]
+fn edge_sizes_arrive_intact() {
+    for size in [
+        0,
+        1,
+        MAX_PAYLOAD - 1,
+        MAX_PAYLOAD,
+        MAX_PAYLOAD + 1,
+        2 * MAX_PAYLOAD,
+    ] {
+        round_trip(&random_bytes(size), 1, Mode::Reliable);
+    }
+}
+
+#[test]
+fn one_client_few_mib() {
+    round_trip(&random_bytes(5 << 20), 1, Mode::Reliable);
+}
+
+#[test]
+fn five_clients_few_mib() {
+    round_trip(&random_bytes(3 << 20), 5, Mode::Reliable);
+}
+
+#[test]
+fn twenty_clients_few_mib() {
+    round_trip(&random_bytes(3 << 20), 20, Mode::Reliable);
+}
+
+#[test]
+fn blast_without_loss_verifies_too() {
+    // Small enough to fit the receive buffer: blast loses nothing and verifies like reliable.
+    round_trip(&random_bytes(MAX_PAYLOAD * 3 + 17), 1, Mode::Blast);
+}
+
+#[test]
+fn blast_counts_loss_exactly_and_keeps_no_partial_copy() {
+    let served = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let data = random_bytes(200 * MAX_PAYLOAD);
+    std::fs::write(served.path().join("big"), &data).unwrap();
+    let srv = server(served.path(), |_| {});
+    // A receive buffer of one datagram: most of a blast is dropped by the kernel.
+    let reports = fetch(srv.local_addr(), "big", 1, out.path(), |c| {
+        c.mode = Mode::Blast;
+        c.recv_buffer = 4096;
+    });
+    let r = &reports[0];
+    assert!(!r.ok());
+    assert!(!r.complete && !r.hash_ok);
+    assert!(r.datagrams_lost > 0, "{r:?}");
+    assert_eq!(r.datagrams_expected, 200);
+    // Exact accounting: what was not lost was received intact, byte for byte.
+    let received = r.datagrams_expected - r.datagrams_lost;
+    assert_eq!(r.bytes_intact, received * MAX_PAYLOAD as u64);
+    assert_eq!(r.datagrams_received, received + r.duplicates + r.corrupt);
+    assert!(r.error.as_deref().unwrap().contains("incomplete"), "{r:?}");
+    assert_eq!(
+        std::fs::read_dir(out.path()).unwrap().count(),
+        0,
+        "partial copy left behind"
+    );
+    srv.shutdown();
+}
+
+#[test]
+fn discard_checks_everything_and_writes_nothing() {
+    let served = tempfile::tempdir().unwrap();
+    let data = random_bytes(4 << 20);
+    std::fs::write(served.path().join("d"), &data).unwrap();
+    let srv = server(served.path(), |_| {});
+    let mut cfg = GetConfig::new(srv.local_addr(), "d");
+    cfg.clients = 3;
+    cfg.verify = Verify::Manifest;
+    let reports = client::get(&cfg).unwrap();
+    for r in &reports {
+        assert!(r.ok(), "{r:?}");
+        assert_eq!(r.bytes_intact, data.len() as u64);
+        assert!(r.path.is_none());
+    }
+}
+
+#[test]
+fn list_shows_regular_files_with_sizes() {
+    let served = tempfile::tempdir().unwrap();
+    std::fs::write(served.path().join("a"), b"12345").unwrap();
+    std::fs::write(served.path().join("b"), b"").unwrap();
+    std::fs::create_dir(served.path().join("sub")).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", served.path().join("link")).unwrap();
+    let srv = server(served.path(), |_| {});
+    let files = client::list(srv.local_addr(), Duration::from_secs(2)).unwrap();
+    assert_eq!(files, vec![("a".into(), 5), ("b".into(), 0)]);
+}
+
+#[test]
+fn missing_file_and_symlink_are_clear_errors() {
+    let served = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", served.path().join("link")).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let srv = server(served.path(), |_| {});
+    let r = &fetch(srv.local_addr(), "nope.bin", 1, out.path(), |_| {})[0];
+    assert!(
+        r.error.as_deref().unwrap().contains("no such file"),
+        "{r:?}"
+    );
+    let r = &fetch(srv.local_addr(), "link", 1, out.path(), |_| {})[0];
+    assert!(
+        r.error.as_deref().unwrap().contains("not a regular file"),
+        "{r:?}"
+    );
+    assert_eq!(std::fs::read_dir(out.path()).unwrap().count(), 0);
+}
+
+/// A hand-driven client speaking the wire protocol directly.
+struct RawClient {
+    sock: UdpSocket,
+    buf: Vec<u8>,
+}
+
+impl RawClient {
+    fn new(server: SocketAddr) -> Self {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.connect(server).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        RawClient {
+            sock,
+            buf: vec![0; 70_000],
+        }
+    }
+    fn send(&self, m: &Message<'_>) {
+        self.sock.send(&m.to_vec()).unwrap();
+    }
+    fn recv(&mut self) -> Option<Vec<u8>> {
+        let n = self.sock.recv(&mut self.buf).ok()?;
+        Some(self.buf[..n].to_vec())
+    }
+    /// Next control message, skipping data.
+    fn recv_control(&mut self) -> Option<Vec<u8>> {
+        loop {
+            let d = self.recv()?;
+            if !ringblast::wire::is_data(&d) {
+                return Some(d);
+            }
+        }
+    }
+    /// Sends a GET until the answer is not WAIT (the file may still be being indexed).
+    fn get(&mut self, m: &Message<'_>) -> Vec<u8> {
+        loop {
+            self.send(m);
+            let d = self.recv_control().expect("an answer to GET");
+            if !matches!(Message::parse(&d), Ok(Message::Wait { .. })) {
+                return d;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    fn token(&mut self) -> [u8; 24] {
+        self.send(&Message::Hello { nonce: 7 });
+        let d = self.recv_control().expect("RETRY");
+        match Message::parse(&d).unwrap() {
+            Message::Retry { nonce: 7, token } => token,
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+#[test]
+fn server_refuses_bad_tokens_and_escaping_names() {
+    let served = tempfile::tempdir().unwrap();
+    std::fs::write(served.path().join("ok"), b"data").unwrap();
+    let srv = server(served.path(), |_| {});
+    let mut c = RawClient::new(srv.local_addr());
+    let get = |token, name| Message::Get {
+        token,
+        request_id: 1,
+        mode: Mode::Reliable,
+        window: 8,
+        name,
+    };
+    c.send(&get([0; 24], "ok"));
+    let d = c.recv_control().unwrap();
+    let m = Message::parse(&d).unwrap();
+    assert!(
+        matches!(
+            m,
+            Message::Error {
+                code: ErrorCode::BadToken,
+                ..
+            }
+        ),
+        "{m:?}"
+    );
+    let token = c.token();
+    for name in ["../ok", "/etc/passwd", "a/b", "..", "x\0y"] {
+        c.send(&get(token, name));
+        let d = c.recv_control().unwrap();
+        assert!(
+            matches!(
+                Message::parse(&d).unwrap(),
+                Message::Error {
+                    code: ErrorCode::BadName,
+                    ..
+                }
+            ),
+            "{name:?} not refused"
+        );
+    }
+    // Garbage is dropped and counted; the server keeps serving.
+    for g in [&b"LIST"[..], b"", b"RB\x01\x09", &[0xFF; 300]] {
+        c.sock.send(g).unwrap();
+    }
+    let token = c.token();
+    let d = c.get(&get(token, "ok"));
+    let m = Message::parse(&d).unwrap();
+    assert!(matches!(m, Message::Meta(_)), "{m:?}");
+    assert!(srv.stats().malformed.load(Ordering::Relaxed) >= 4);
+    assert!(srv.stats().bad_tokens.load(Ordering::Relaxed) >= 1);
+}
+
+#[test]
+fn server_frees_the_session_of_a_client_that_vanishes() {
+    let served = tempfile::tempdir().unwrap();
+    std::fs::write(served.path().join("f"), random_bytes(50 * MAX_PAYLOAD)).unwrap();
+    let srv = server(served.path(), |c| {
+        c.idle_timeout = Duration::from_millis(500)
+    });
+    {
+        let mut c = RawClient::new(srv.local_addr());
+        let token = c.token();
+        let meta = c.get(&Message::Get {
+            token,
+            request_id: 1,
+            mode: Mode::Reliable,
+            window: 8,
+            name: "f",
+        });
+        assert!(matches!(Message::parse(&meta), Ok(Message::Meta(_))));
+        // Take a few datagrams, then vanish without a word.
+        let mut data = 0;
+        while data < 3 {
+            if ringblast::wire::is_data(&c.recv().expect("data")) {
+                data += 1;
+            }
+        }
+        assert_eq!(srv.stats().sessions_active.load(Ordering::Relaxed), 1);
+    }
+    let t = Instant::now();
+    while srv.stats().sessions_active.load(Ordering::Relaxed) != 0 {
+        assert!(t.elapsed() < Duration::from_secs(3), "session not freed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(srv.stats().sessions_timed_out.load(Ordering::Relaxed), 1);
+    // And the server still serves.
+    let out = tempfile::tempdir().unwrap();
+    assert!(fetch(srv.local_addr(), "f", 2, out.path(), |_| {})
+        .iter()
+        .all(|r| r.ok()));
+}
+
+#[test]
+fn client_fails_fast_and_clean_when_the_server_stops_mid_transfer() {
+    let served = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    std::fs::write(served.path().join("slow"), random_bytes(40 * MAX_PAYLOAD)).unwrap();
+    // 10 Mbit/s: the 2.6 MB file would take 2 s.
+    let srv = server(served.path(), |c| c.rate_bps = Some(10_000_000));
+    let addr = srv.local_addr();
+    let stopper = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(400));
+        srv.shutdown();
+    });
+    let t = Instant::now();
+    let reports = fetch(addr, "slow", 3, out.path(), |c| {
+        c.timeout = Duration::from_secs(1)
+    });
+    let took = t.elapsed();
+    stopper.join().unwrap();
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    for r in &reports {
+        assert!(!r.ok());
+        let e = r.error.as_deref().expect("a reason");
+        assert!(!e.contains('\n'), "one line: {e}");
+        assert!(
+            r.bytes_intact > 0 && r.bytes_intact < 40 * MAX_PAYLOAD as u64,
+            "{r:?}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_dir(out.path()).unwrap().count(),
+        0,
+        "partial copy left behind"
+    );
+}
+
+#[test]
+fn client_reports_a_server_that_never_answers() {
+    // A bound socket that never answers: no ICMP, just silence.
+    let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let t = Instant::now();
+    let mut cfg = GetConfig::new(silent.local_addr().unwrap(), "x");
+    cfg.timeout = Duration::from_millis(600);
+    let r = &client::get(&cfg).unwrap()[0];
+    assert!(t.elapsed() < Duration::from_secs(2));
+    assert!(r.error.as_deref().unwrap().contains("no answer"), "{r:?}");
+    // Nothing listening at all: refused, at once.
+    drop(silent);
+}
