@@ -233,6 +233,17 @@ pub struct UringEngine {
     shutdown: Arc<AtomicBool>,
 }
 
+/// Whether this kernel lets this process create an io_uring (it may be compiled out, or
+/// disabled by `kernel.io_uring_disabled`); the error says why not.
+pub fn available() -> io::Result<()> {
+    IoUring::new(8).map(drop).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("io_uring is not available on this kernel: {e}"),
+        )
+    })
+}
+
 impl UringEngine {
     /// Starts `workers` threads that send through `sock` (the server's one port).
     pub fn new(sock: Arc<UdpSocket>, workers: usize) -> io::Result<Self> {

@@ -3,6 +3,7 @@
 //! is `#![deny(unsafe_code)]`; each `unsafe` block here carries a `// SAFETY:` line.
 
 pub mod addr;
+pub mod hugebuf;
 pub mod mmap;
 pub mod recvmmsg;
 pub mod socket;
