@@ -25,7 +25,7 @@ use crate::sys::recvmmsg::{is_timeout, RecvBatch, BATCH};
 use crate::sys::socket;
 use crate::wire::{
     ack_flags, data_flags, Ack, DataHeader, DoneStatus, ErrorCode, Message, Meta, Mode, NackRange,
-    MAX_DATAGRAM, MAX_NACK_RANGES, TOKEN_LEN,
+    MAX_DATAGRAM, MAX_NACK_RANGES, MAX_PAYLOAD, TOKEN_LEN,
 };
 
 /// How often an idle receiver re-sends its ACK (tail probe, lost-ACK recovery, keepalive).
@@ -56,7 +56,8 @@ pub struct GetConfig {
     pub mode: Mode,
     /// The server is declared gone after this long without a word from it.
     pub timeout: Duration,
-    /// Receive window in datagrams (the credit granted beyond the cumulative point).
+    /// Largest receive window in datagrams (the credit granted beyond the cumulative point);
+    /// smaller if the kernel grants a receive buffer that cannot hold it.
     pub window: u32,
     /// Kernel receive buffer asked for, bytes.
     pub recv_buffer: usize,
@@ -84,6 +85,22 @@ impl GetConfig {
 
 /// Default window: 128 datagrams, 8 MiB at the default datagram size.
 pub const DEFAULT_WINDOW: u32 = 128;
+/// Most datagrams a file may take: the receiver keeps a CRC (4 bytes) and a bit for each, so
+/// this bounds what any server can make a client allocate to 2^27 * 4.125 B = 528 MiB.
+pub const MAX_DATAGRAMS: u64 = 1 << 27;
+/// Smallest payload per datagram a client accepts (with MAX_DATAGRAMS: files up to 64 GiB even
+/// at this size, and up to 8 TiB at the default).
+pub const MIN_PAYLOAD: u32 = 512;
+
+/// The window (datagrams) a receive buffer of `granted` bytes can hold without dropping.
+/// Measured on loopback: the kernel charges a 65507-byte datagram about 66.6 KB of buffer,
+/// and a 1472-byte one about 2.3 KB (its bookkeeping), hence payload + header + 2 KiB.
+/// Three quarters of that, so the ACK's round trip does not overflow it.
+pub fn window_for_buffer(granted: usize, payload_size: u32, requested: u32) -> u32 {
+    let per_datagram = payload_size as usize + crate::wire::DATA_HEADER_LEN + 2048;
+    let fits = (granted / per_datagram * 3 / 4).max(4);
+    requested.min(fits.min(u32::MAX as usize) as u32).max(1)
+}
 
 /// Why a sub-client failed. One line each, for the user.
 #[derive(Debug, Error)]
@@ -426,14 +443,15 @@ impl Fetch {
     ) -> Result<(), FetchError> {
         self.report.local_port = conn.sock.local_addr()?.port();
         let rcvbuf = socket::set_recv_buffer(&conn.sock, cfg.recv_buffer)?;
-        tracing::debug!("client {id}: receive buffer {} KiB", rcvbuf / 1024);
+        // Before META the datagram size is unknown: ask for what the largest would allow.
+        let initial_window = window_for_buffer(rcvbuf, MAX_PAYLOAD as u32, cfg.window);
         let token = conn.token(cfg.timeout)?;
         let request_id: u32 = rand::random();
         let get = Message::Get {
             token,
             request_id,
             mode: cfg.mode,
-            window: cfg.window,
+            window: initial_window,
             name: &cfg.file,
         };
         let meta = conn.request(&get, cfg.timeout, "waiting for the file", |m| match m {
@@ -470,7 +488,12 @@ impl Fetch {
             }
             None => Sink { file: None },
         };
-        let mut rx = Receive::new(&meta, cfg);
+        let window = window_for_buffer(rcvbuf, meta.payload_size, cfg.window);
+        tracing::debug!(
+            "client {id}: receive buffer {} KiB, window {window} datagrams",
+            rcvbuf / 1024
+        );
+        let mut rx = Receive::new(&meta, window);
         let outcome = rx.run(&mut conn, &sink, cfg);
         self.report.file_size = meta.file_size;
         self.report.datagrams_expected = rx.tracker.total() as u64;
@@ -544,10 +567,17 @@ impl Fetch {
                 m.file_size, cfg.max_size
             )));
         }
-        if datagram_count(m.file_size, m.payload_size) > u32::MAX as u64 {
-            return Err(FetchError::BadMeta(
-                "more datagrams than the protocol can index".into(),
-            ));
+        if m.payload_size < MIN_PAYLOAD {
+            return Err(FetchError::BadMeta(format!(
+                "{} byte payloads, under the {MIN_PAYLOAD} byte minimum",
+                m.payload_size
+            )));
+        }
+        let datagrams = datagram_count(m.file_size, m.payload_size);
+        if datagrams > MAX_DATAGRAMS {
+            return Err(FetchError::BadMeta(format!(
+                "{datagrams} datagrams, over the {MAX_DATAGRAMS} a client tracks (use a larger datagram size)"
+            )));
         }
         if m.mode != cfg.mode {
             return Err(FetchError::BadMeta(format!(
@@ -574,6 +604,21 @@ fn content_hash(file: &File, len: u64) -> io::Result<[u8; 32]> {
         pos += n as u64;
     }
     Ok(*h.finalize().as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_fits_the_granted_buffer() {
+        // 8 MiB granted (rmem_max 4 MiB, unprivileged): holds 126 full datagrams.
+        let w = window_for_buffer(8 << 20, MAX_PAYLOAD as u32, 128);
+        assert!((64..=126 * 3 / 4 + 1).contains(&w), "{w}");
+        assert_eq!(window_for_buffer(64 << 20, MAX_PAYLOAD as u32, 128), 128);
+        assert_eq!(window_for_buffer(1, MAX_PAYLOAD as u32, 128), 4);
+        assert_eq!(window_for_buffer(64 << 20, MAX_PAYLOAD as u32, 0), 1);
+    }
 }
 
 #[derive(Debug, Default)]
@@ -605,14 +650,14 @@ struct Receive {
 }
 
 impl Receive {
-    fn new(meta: &Meta, cfg: &GetConfig) -> Self {
+    fn new(meta: &Meta, window: u32) -> Self {
         let total = datagram_count(meta.file_size, meta.payload_size) as u32;
         Receive {
             meta: *meta,
             tracker: LossTracker::new(total),
             crcs: vec![0; total as usize],
             counts: Counts::default(),
-            window: cfg.window.max(1),
+            window,
             echo_ts_ns: 0,
             echo_at: Instant::now(),
             end_seen: false,

@@ -75,11 +75,9 @@ impl Server {
     /// Binds the port, starts the engine and the control thread.
     pub fn start(cfg: ServerConfig) -> anyhow::Result<Server> {
         use anyhow::Context;
-        if !(DATA_HEADER_LEN + 1..=MAX_DATAGRAM).contains(&cfg.datagram_size) {
-            anyhow::bail!(
-                "datagram size must be between {} and {MAX_DATAGRAM} bytes",
-                DATA_HEADER_LEN + 1
-            );
+        let min = DATA_HEADER_LEN + crate::client::MIN_PAYLOAD as usize;
+        if !(min..=MAX_DATAGRAM).contains(&cfg.datagram_size) {
+            anyhow::bail!("datagram size must be between {min} and {MAX_DATAGRAM} bytes");
         }
         if !cfg.dir.is_dir() {
             anyhow::bail!("{} is not a directory", cfg.dir.display());

@@ -435,3 +435,59 @@ fn client_reports_a_server_that_never_answers() {
     // Nothing listening at all: refused, at once.
     drop(silent);
 }
+
+/// A fake server answering the handshake with whatever META `meta` builds.
+fn fake_server(meta: impl Fn(u32) -> ringblast::wire::Meta + Send + 'static) -> SocketAddr {
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = sock.local_addr().unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 70_000];
+        while let Ok((n, from)) = sock.recv_from(&mut buf) {
+            let reply = match Message::parse(&buf[..n]) {
+                Ok(Message::Hello { nonce }) => Message::Retry {
+                    nonce,
+                    token: [1; 24],
+                },
+                Ok(Message::Get { request_id, .. }) => Message::Meta(meta(request_id)),
+                _ => continue,
+            };
+            let _ = sock.send_to(&reply.to_vec(), from);
+        }
+    });
+    addr
+}
+
+#[test]
+fn client_refuses_a_meta_that_would_make_it_allocate_without_bound() {
+    let addr = fake_server(|request_id| ringblast::wire::Meta {
+        request_id,
+        session: 1,
+        file_size: 1 << 40,
+        payload_size: 512,
+        mode: Mode::Reliable,
+        manifest_hash: [0; 32],
+        content_hash: [0; 32],
+    });
+    let out = tempfile::tempdir().unwrap();
+    let r = &fetch(addr, "x", 1, out.path(), |c| {
+        c.timeout = Duration::from_secs(2)
+    })[0];
+    let e = r.error.as_deref().unwrap();
+    assert!(e.contains("datagrams, over the"), "{e}");
+    assert_eq!(std::fs::read_dir(out.path()).unwrap().count(), 0);
+
+    let addr = fake_server(|request_id| ringblast::wire::Meta {
+        request_id,
+        session: 1,
+        file_size: 10,
+        payload_size: 100,
+        mode: Mode::Reliable,
+        manifest_hash: [0; 32],
+        content_hash: [0; 32],
+    });
+    let r = &fetch(addr, "x", 1, out.path(), |c| {
+        c.timeout = Duration::from_secs(2)
+    })[0];
+    assert!(r.error.as_deref().unwrap().contains("minimum"), "{r:?}");
+}

@@ -53,6 +53,8 @@ struct RingSession {
     _dest: Box<RawAddr>,
     free: Vec<u16>,
     in_flight: usize,
+    /// Reused to encode END markers: nothing is allocated per datagram.
+    scratch: Vec<u8>,
     _completions: EventFd,
 }
 
@@ -89,6 +91,7 @@ impl RingSession {
             _dest: dest,
             free: (0..SLOTS as u16).rev().collect(),
             in_flight: 0,
+            scratch: Vec::with_capacity(DATA_HEADER_LEN),
             _completions: completions,
         })
     }
@@ -150,16 +153,17 @@ impl RingSession {
                         slot.msg.msg_iovlen = 2;
                     }
                     Next::End => {
-                        let mut end = Vec::with_capacity(16);
+                        self.scratch.clear();
                         Message::End {
                             session: self.session.id,
                             datagrams: state.total(),
                         }
-                        .encode(&mut end);
-                        slot.header[..end.len()].copy_from_slice(&end);
+                        .encode(&mut self.scratch);
+                        let len = self.scratch.len().min(DATA_HEADER_LEN);
+                        slot.header[..len].copy_from_slice(&self.scratch[..len]);
                         slot.iov[0] = libc::iovec {
                             iov_base: slot.header.as_mut_ptr().cast(),
-                            iov_len: end.len(),
+                            iov_len: len,
                         };
                         slot.msg.msg_iovlen = 1;
                     }
