@@ -57,7 +57,8 @@ pub struct GetConfig {
     /// The server is declared gone after this long without a word from it.
     pub timeout: Duration,
     /// Largest receive window in datagrams (the credit granted beyond the cumulative point);
-    /// smaller if the kernel grants a receive buffer that cannot hold it.
+    /// smaller if the kernel grants a receive buffer that cannot hold it. 0: the default
+    /// for this many clients ([`default_window`]).
     pub window: u32,
     /// Kernel receive buffer asked for, bytes.
     pub recv_buffer: usize,
@@ -75,16 +76,26 @@ impl GetConfig {
             out_dir: None,
             mode: Mode::Reliable,
             timeout: Duration::from_secs(5),
-            window: DEFAULT_WINDOW,
-            recv_buffer: 32 << 20,
+            window: 0,
+            recv_buffer: 48 << 20,
             verify: Verify::Content,
             max_size: 1 << 40,
         }
     }
 }
 
-/// Default window: 128 datagrams, 8 MiB at the default datagram size.
-pub const DEFAULT_WINDOW: u32 = 128;
+/// Largest default window: 512 datagrams, 32 MiB at the default datagram size. Measured on
+/// loopback (1 GiB, one client, median of 5): 64 -> 3.0, 128 -> 3.0, 256 -> 3.2,
+/// 512 -> 3.4, 1024 -> 3.7 GiB/s; fewer stalls waiting for credit, more kernel memory.
+pub const DEFAULT_WINDOW: u32 = 512;
+/// The default windows of all sub-clients together stay under this many datagrams (256 MiB
+/// of socket buffers at the default datagram size).
+pub const DEFAULT_TOTAL_WINDOW: u32 = 4096;
+
+/// The default window for each of `clients` sub-clients.
+pub fn default_window(clients: usize) -> u32 {
+    (DEFAULT_TOTAL_WINDOW / clients.max(1) as u32).clamp(64, DEFAULT_WINDOW)
+}
 /// Most datagrams a file may take: the receiver keeps a CRC (4 bytes) and a bit for each, so
 /// this bounds what any server can make a client allocate to 2^27 * 4.125 B = 528 MiB.
 pub const MAX_DATAGRAMS: u64 = 1 << 27;
@@ -344,6 +355,11 @@ pub fn get(cfg: &GetConfig) -> Result<Vec<CopyReport>, FetchError> {
         std::fs::create_dir_all(dir)?;
     }
     let clients = cfg.clients.max(1);
+    let mut cfg = cfg.clone();
+    if cfg.window == 0 {
+        cfg.window = default_window(clients);
+    }
+    let cfg = &cfg;
     let barrier = Arc::new(Barrier::new(clients));
     let handles: Vec<_> = (1..=clients)
         .map(|id| {
@@ -619,6 +635,14 @@ mod tests {
         assert_eq!(window_for_buffer(1, MAX_PAYLOAD as u32, 128), 4);
         assert_eq!(window_for_buffer(64 << 20, MAX_PAYLOAD as u32, 0), 1);
     }
+
+    #[test]
+    fn default_windows_share_a_budget() {
+        assert_eq!(default_window(1), 512);
+        assert_eq!(default_window(10), 409);
+        assert_eq!(default_window(20), 204);
+        assert_eq!(default_window(1000), 64);
+    }
 }
 
 #[derive(Debug, Default)]
@@ -642,6 +666,8 @@ struct Receive {
     /// Send timestamp of the newest datagram and when it arrived (echoed for RTT).
     echo_ts_ns: u64,
     echo_at: Instant,
+    /// When the receiver last looked at its socket (what the next ACK describes).
+    observed_at: Instant,
     end_seen: bool,
     /// The server said our session no longer exists.
     session_gone: Option<String>,
@@ -660,6 +686,7 @@ impl Receive {
             window,
             echo_ts_ns: 0,
             echo_at: Instant::now(),
+            observed_at: Instant::now(),
             end_seen: false,
             session_gone: None,
             ranges: Vec::with_capacity(MAX_NACK_RANGES),
@@ -676,7 +703,12 @@ impl Receive {
         let mut heard_at = Instant::now();
         let blast = self.meta.mode == Mode::Blast;
         while !self.tracker.is_complete() {
-            let idle = match batch.recv(&conn.sock) {
+            let received = batch.recv(&conn.sock);
+            // The state an ACK reports is the state at this instant: its echo delay is
+            // measured to here, not to when it is sent, or a descheduled thread would make
+            // data that arrived meanwhile look lost (and resent for nothing).
+            self.observed_at = Instant::now();
+            let idle = match received {
                 Ok(n) => {
                     heard_at = Instant::now();
                     since_ack += self.absorb(&batch, n, sink)?;
@@ -805,7 +837,11 @@ impl Receive {
         self.ranges.clear();
         t.nack_ranges(t.seen_end(), MAX_NACK_RANGES, &mut self.ranges);
         let credit = t.recv_next().saturating_add(self.window).min(t.total());
-        let delay_us = self.echo_at.elapsed().as_micros().min(u32::MAX as u128) as u32;
+        let delay_us = self
+            .observed_at
+            .saturating_duration_since(self.echo_at)
+            .as_micros()
+            .min(u32::MAX as u128) as u32;
         let ack = Ack::new(
             self.meta.session,
             t.recv_next(),

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use ringblast::client::{self, GetConfig, Verify, DEFAULT_WINDOW};
+use ringblast::client::{self, GetConfig, Verify};
 use ringblast::engine::EngineKind;
 use ringblast::server::{Server, ServerConfig};
 use ringblast::wire::{Mode, MAX_DATAGRAM};
@@ -111,9 +111,10 @@ enum Command {
         #[arg(long, value_parser = secs, default_value = "5")]
         timeout: Duration,
         /// Receive window in datagrams: how far ahead of the first missing datagram the
-        /// server may send (flow control).
-        #[arg(long, default_value_t = DEFAULT_WINDOW)]
-        window: u32,
+        /// server may send (flow control). Default: 512 for one client, less for more
+        /// (4096 in all), and never more than the kernel's receive buffer holds.
+        #[arg(long)]
+        window: Option<u32>,
         /// Final check: content = BLAKE3 of the written file (and the manifest);
         /// manifest = every datagram's CRC32C against the server's manifest hash only.
         /// With --discard only the manifest can be checked.
@@ -213,7 +214,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             cfg.out_dir = (!discard).then_some(out);
             cfg.mode = mode.into();
             cfg.timeout = timeout;
-            cfg.window = window.max(1);
+            cfg.window = window.map_or(0, |w| w.max(1));
             cfg.verify = verify.unwrap_or(if discard {
                 Verify::Manifest
             } else {

@@ -114,8 +114,11 @@ impl RingSession {
 
     /// Fills free slots with what the session may send now and submits them.
     /// Returns how many sends were submitted; updates `deadline` with the session's timer.
-    fn pump(&mut self, sock: RawFd, now: Instant, deadline: &mut Option<Instant>) -> usize {
+    fn pump(&mut self, sock: RawFd, deadline: &mut Option<Instant>) -> usize {
         self.reap();
+        // Read the clock here, not once per worker turn: the sessions before this one took
+        // milliseconds to submit, and a stale send time makes data look lost too early.
+        let now = Instant::now();
         if self.session.close_reason().is_some() {
             return 0;
         }
@@ -383,11 +386,10 @@ impl WorkerCtx {
                     rs.session.close(CloseReason::Shutdown);
                 }
             }
-            let now = Instant::now();
             let mut deadline = None;
             let mut sent = 0;
             for rs in sessions.iter_mut() {
-                sent += rs.pump(sock, now, &mut deadline);
+                sent += rs.pump(sock, &mut deadline);
             }
             sessions.retain_mut(|rs| {
                 if rs.finished() {
@@ -405,7 +407,7 @@ impl WorkerCtx {
                 continue;
             }
             let wait = deadline
-                .map(|d| d.saturating_duration_since(now))
+                .map(|d| d.saturating_duration_since(Instant::now()))
                 .unwrap_or(IDLE_POLL)
                 .min(IDLE_POLL);
             // epoll counts milliseconds: round up, a 0 ms wait would spin.
