@@ -381,7 +381,7 @@ impl Control {
         let Some(s) = self.session_from(src, ack.session) else {
             // Tell a client whose session is gone, so it fails fast instead of waiting out
             // its timeout. The answer is smaller than an ACK: no amplification.
-            self.error(src, 0, ErrorCode::NoSession, "no such session (expired?)");
+            self.error(src, 0, ErrorCode::NoSession, "no such session");
             return;
         };
         s.heard();

@@ -815,6 +815,47 @@ mod tests {
     }
 
     #[test]
+    fn unvalidated_answers_are_smaller_than_what_provokes_them() {
+        // What the server sends to an address it has not validated, or for a session that
+        // does not exist, must be smaller than the request: no amplification.
+        let retry = Message::Retry {
+            nonce: 1,
+            token: [0; TOKEN_LEN],
+        }
+        .to_vec();
+        assert!(retry.len() * 3 < HELLO_MIN_LEN);
+        let mut scratch = Vec::new();
+        let ack = Message::Ack(Ack::new(1, 0, 0, 0, 0, 0, 0, &[], &mut scratch)).to_vec();
+        let no_session = Message::Error {
+            request_id: 0,
+            code: ErrorCode::NoSession,
+            text: "no such session",
+        }
+        .to_vec();
+        assert!(
+            no_session.len() < ack.len(),
+            "{} >= {}",
+            no_session.len(),
+            ack.len()
+        );
+        let get = Message::Get {
+            token: [0; TOKEN_LEN],
+            request_id: 0,
+            mode: Mode::Reliable,
+            window: 1,
+            name: "",
+        }
+        .to_vec();
+        let bad_token = Message::Error {
+            request_id: 0,
+            code: ErrorCode::BadToken,
+            text: "bad token",
+        }
+        .to_vec();
+        assert!(bad_token.len() < get.len());
+    }
+
+    #[test]
     fn error_text_is_truncated_on_a_char_boundary() {
         let long = "é".repeat(300);
         let bytes = Message::Error {
