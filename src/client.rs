@@ -20,8 +20,9 @@ use thiserror::Error;
 
 use crate::files::{datagram_count, manifest_hash, payload_len, validate_name};
 use crate::receiver::LossTracker;
+use crate::stats::Hist;
 use crate::sys::hugebuf::HugeBuf;
-use crate::sys::recvmmsg::{is_timeout, RecvBatch, BATCH};
+use crate::sys::recvmmsg::{enable_timestamps, is_timeout, RecvBatch, BATCH};
 use crate::sys::socket;
 use crate::wire::{
     ack_flags, data_flags, Ack, DataHeader, DoneStatus, ErrorCode, Message, Meta, Mode, NackRange,
@@ -132,6 +133,28 @@ pub enum FetchError {
     Io(#[from] io::Error),
 }
 
+/// What a sub-client measures, per datagram, in microseconds (batch: datagrams per call).
+#[derive(Debug, Clone, Default)]
+pub struct ClientHists {
+    /// Kernel receive time minus the sender's timestamp (same host or synchronised clocks).
+    pub one_way_delay_us: Hist,
+    /// Between consecutive datagrams' kernel receive times.
+    pub inter_arrival_us: Hist,
+    /// Datagrams per `recvmmsg` call.
+    pub recv_batch: Hist,
+    /// From the arrival that revealed a hole to the arrival of the datagram that filled it.
+    pub repair_us: Hist,
+}
+
+impl ClientHists {
+    pub fn merge(&mut self, o: &ClientHists) {
+        self.one_way_delay_us.merge(&o.one_way_delay_us);
+        self.inter_arrival_us.merge(&o.inter_arrival_us);
+        self.recv_batch.merge(&o.recv_batch);
+        self.repair_us.merge(&o.repair_us);
+    }
+}
+
 /// The outcome of one sub-client, like one block of the lab's log.
 #[derive(Debug, Clone, Default)]
 pub struct CopyReport {
@@ -161,6 +184,7 @@ pub struct CopyReport {
     /// Where the verified copy is (`None` with --discard or on failure).
     pub path: Option<PathBuf>,
     pub error: Option<String>,
+    pub hists: ClientHists,
 }
 
 impl CopyReport {
@@ -523,6 +547,7 @@ impl Fetch {
         self.report.duplicates = c.duplicates;
         self.report.corrupt = c.corrupt;
         self.report.malformed = c.malformed;
+        self.report.hists = std::mem::take(&mut rx.hists);
         let manifest_ok = self.report.complete
             && manifest_hash(meta.file_size, meta.payload_size, &rx.crcs) == meta.manifest_hash;
         // Tell the server we are done, whatever happened (it is not acknowledged).
@@ -671,6 +696,10 @@ struct Receive {
     end_seen: bool,
     /// The server said our session no longer exists.
     session_gone: Option<String>,
+    hists: ClientHists,
+    last_arrival_ns: u64,
+    /// Holes seen open: start -> (end, when the arrival that revealed them came, Unix ns).
+    holes: std::collections::BTreeMap<u32, (u32, u64)>,
     ranges: Vec<NackRange>,
     scratch: Vec<u8>,
 }
@@ -689,6 +718,9 @@ impl Receive {
             observed_at: Instant::now(),
             end_seen: false,
             session_gone: None,
+            hists: ClientHists::default(),
+            last_arrival_ns: 0,
+            holes: std::collections::BTreeMap::new(),
             ranges: Vec::with_capacity(MAX_NACK_RANGES),
             scratch: Vec::with_capacity(MAX_NACK_RANGES * 8),
         }
@@ -696,6 +728,9 @@ impl Receive {
 
     fn run(&mut self, conn: &mut Conn, sink: &Sink, cfg: &GetConfig) -> Result<(), FetchError> {
         conn.sock.set_read_timeout(Some(ACK_INTERVAL))?;
+        // Kernel receive timestamps make delay and gaps per datagram; without them (an old
+        // kernel) the batch's return time stands in.
+        let _ = enable_timestamps(&conn.sock);
         let mut batch = RecvBatch::new();
         let ack_every = (self.window / 4).max(1) as u64;
         let mut since_ack = 0u64;
@@ -757,6 +792,8 @@ impl Receive {
     /// datagrams were accepted.
     fn absorb(&mut self, batch: &RecvBatch, n: usize, sink: &Sink) -> Result<u64, FetchError> {
         let payload_size = self.meta.payload_size as u64;
+        let batch_ns = crate::engine::unix_ns();
+        self.hists.recv_batch.record(n as u64);
         let mut run: Vec<IoSlice<'_>> = Vec::with_capacity(BATCH);
         let mut run_start = 0u64;
         let mut run_end = 0u64;
@@ -783,6 +820,8 @@ impl Receive {
                 continue;
             }
             let index = index as u32;
+            let arrival = batch.timestamp_ns(i).unwrap_or(batch_ns);
+            self.record_arrival(arrival, h.send_ts_ns);
             self.counts.datagrams_received += 1;
             self.counts.bytes_received += payload.len() as u64;
             if h.flags & data_flags::RETRANSMIT != 0 {
@@ -797,6 +836,7 @@ impl Receive {
                 self.counts.corrupt += 1;
                 continue;
             }
+            self.note_holes(index, arrival);
             self.tracker.insert(index);
             self.crcs[index as usize] = crc;
             self.counts.bytes_intact += payload.len() as u64;
@@ -813,6 +853,33 @@ impl Receive {
         }
         sink.write_run(run_start, &run)?;
         Ok(accepted)
+    }
+
+    fn record_arrival(&mut self, arrival_ns: u64, send_ts_ns: u64) {
+        if let Some(d) = arrival_ns.checked_sub(send_ts_ns) {
+            self.hists.one_way_delay_us.record(d / 1000);
+        }
+        if self.last_arrival_ns != 0 {
+            let gap = arrival_ns.saturating_sub(self.last_arrival_ns);
+            self.hists.inter_arrival_us.record(gap / 1000);
+        }
+        self.last_arrival_ns = arrival_ns;
+    }
+
+    /// Before `index` is recorded: a jump past `seen_end` opens a hole (remember when), an
+    /// index below it fills one (how long it took).
+    fn note_holes(&mut self, index: u32, arrival_ns: u64) {
+        let seen_end = self.tracker.seen_end();
+        if index > seen_end {
+            self.holes.insert(seen_end, (index, arrival_ns));
+        } else if index < seen_end {
+            if let Some((_, &(end, opened))) = self.holes.range(..=index).next_back() {
+                if index < end {
+                    let us = arrival_ns.saturating_sub(opened) / 1000;
+                    self.hists.repair_us.record(us);
+                }
+            }
+        }
     }
 
     /// A non-data datagram during the transfer.

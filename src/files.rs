@@ -98,6 +98,8 @@ pub struct IndexedFile {
     pub payload_size: u32,
     /// `None` for an empty file (nothing to map).
     pub map: Option<MappedFile>,
+    /// The open file, for engines that read() instead of mapping (the baseline).
+    pub file: File,
     /// CRC32C of each datagram's payload.
     pub crcs: Vec<u32>,
     pub manifest_hash: [u8; 32],
@@ -238,6 +240,7 @@ impl Catalog {
             crcs,
             content_hash,
             map,
+            file,
             identity,
         });
         self.cache

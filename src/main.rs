@@ -62,7 +62,9 @@ enum Command {
         /// Address and port to listen on. Every message of every client uses this one port.
         #[arg(long, default_value = "127.0.0.1:6969")]
         bind: SocketAddr,
-        /// Send engine: uring = mmap + io_uring, one ring per session, batched sends.
+        /// Send engine: uring = mmap + io_uring, one ring per session, batched sends, a fixed
+        /// worker pool; threads = the lab's baseline, one thread per client, read() + sendto()
+        /// per datagram.
         #[arg(long, value_enum, default_value_t = EngineKind::Uring)]
         engine: EngineKind,
         /// Worker threads driving the rings [default: number of cores].
@@ -81,6 +83,9 @@ enum Command {
         /// Most concurrent sessions; further requests get a "busy" answer.
         #[arg(long, default_value_t = 256)]
         max_sessions: usize,
+        /// Print one JSON object per finished session on stdout (logs stay on stderr).
+        #[arg(long)]
+        json: bool,
     },
     /// List the files a server offers, with their sizes.
     List {
@@ -123,6 +128,10 @@ enum Command {
         /// Refuse a file larger than this (bounds the memory a server can make us use).
         #[arg(long, value_parser = parse_size, default_value = "1TiB")]
         max_size: u64,
+        /// Also write the results as one JSON object to PATH ("-": stdout, instead of the
+        /// table).
+        #[arg(long, value_name = "PATH")]
+        json: Option<PathBuf>,
     },
     /// One command: generate a file, serve it on loopback, fetch it with 5 sub-clients and
     /// print the lab's table.
@@ -162,6 +171,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             idle_timeout,
             datagram_size,
             max_sessions,
+            json,
         } => {
             logging::init("info");
             let defaults = ServerConfig::default();
@@ -174,6 +184,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 idle_timeout,
                 rate_bps: rate,
                 max_sessions: max_sessions.max(1),
+                json,
                 ..defaults
             })?;
             server.wait();
@@ -201,6 +212,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             window,
             verify,
             max_size,
+            json,
         } => {
             logging::init("warn");
             if discard && verify == Some(Verify::Content) {
@@ -222,7 +234,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             });
             cfg.max_size = max_size;
             let reports = client::get(&cfg)?;
-            print!("{}", report::table(&file, &reports));
+            let to_stdout = json.as_deref() == Some(std::path::Path::new("-"));
+            if let Some(path) = &json {
+                let text =
+                    serde_json::to_string_pretty(&report::get_json(&file, cfg.mode, &reports))?;
+                if to_stdout {
+                    println!("{text}");
+                } else {
+                    std::fs::write(path, text + "\n")
+                        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+                }
+            }
+            if !to_stdout {
+                print!("{}", report::table(&file, &reports));
+            }
             let failed: Vec<_> = reports.iter().filter(|r| !r.ok()).collect();
             if failed.is_empty() {
                 return Ok(ExitCode::SUCCESS);

@@ -15,8 +15,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::engine::threads::ThreadsEngine;
 use crate::engine::uring::UringEngine;
-use crate::engine::{unix_ns, CloseReason, Engine, EngineKind, Session};
+use crate::engine::{unix_ns, CloseReason, Engine, EngineKind, Session, SessionCtx};
 use crate::files::{Catalog, FileError, IndexedFile};
 use crate::session::{Pacer, SenderState};
 use crate::stats::ServerStats;
@@ -44,6 +45,8 @@ pub struct ServerConfig {
     pub max_sessions: usize,
     /// Cap on the window (datagrams) a client may ask for.
     pub max_window: u32,
+    /// Print one JSON object per finished session on stdout.
+    pub json: bool,
 }
 
 impl Default for ServerConfig {
@@ -58,6 +61,7 @@ impl Default for ServerConfig {
             rate_bps: None,
             max_sessions: 256,
             max_window: 4096,
+            json: false,
         }
     }
 }
@@ -91,6 +95,7 @@ impl Server {
         let sock = Arc::new(sock);
         let engine: Box<dyn Engine> = match cfg.engine {
             EngineKind::Uring => Box::new(UringEngine::new(sock.clone(), cfg.workers)?),
+            EngineKind::Threads => Box::new(ThreadsEngine::new(sock.clone())),
         };
         let engine_threads = engine.threads();
         let stats = Arc::new(ServerStats::default());
@@ -124,11 +129,14 @@ impl Server {
                     }
                 })?
         };
+        let threads = match cfg.engine {
+            EngineKind::Uring => format!("{engine_threads} workers"),
+            EngineKind::Threads => "one thread per session".to_string(),
+        };
         tracing::info!(
-            "[LISTENING] Server is listening on {local_addr}, serving {} (engine {}, {} workers, recv buffer {} KiB, send buffer {} KiB)",
+            "[LISTENING] Server is listening on {local_addr}, serving {} (engine {}, {threads}, recv buffer {} KiB, send buffer {} KiB)",
             cfg.dir.display(),
             cfg.engine.as_str(),
-            engine_threads,
             rcvbuf / 1024,
             sndbuf / 1024
         );
@@ -529,7 +537,12 @@ impl Control {
             now,
             unix_ns(),
         );
-        let session = Arc::new(Session::new(id, req.peer, file, state, self.stats.clone()));
+        let ctx = SessionCtx {
+            stats: self.stats.clone(),
+            engine: self.cfg.engine,
+            json: self.cfg.json,
+        };
+        let session = Arc::new(Session::new(id, req.peer, file, state, ctx));
         session.heard();
         tracing::info!(
             "[TRANSFER] session {:08x}: sending {} ({} bytes, {} mode, window {} datagrams) to {}",

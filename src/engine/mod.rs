@@ -2,6 +2,7 @@
 //! which. The control thread (`server.rs`) creates sessions and feeds them ACKs; an engine
 //! drives each session until it is closed, then releases it.
 
+pub mod threads;
 pub mod uring;
 
 use std::net::SocketAddr;
@@ -13,20 +14,51 @@ use nix::sys::eventfd::EventFd;
 
 use crate::files::IndexedFile;
 use crate::session::SenderState;
-use crate::stats::ServerStats;
+use crate::stats::{Percentiles, SendHists, ServerStats};
 use crate::wire::Mode;
+
+/// What every session of a server shares: where its counters go and how it reports.
+#[derive(Debug, Clone)]
+pub struct SessionCtx {
+    pub stats: Arc<ServerStats>,
+    pub engine: EngineKind,
+    /// Print one JSON object per finished session on stdout (`serve --json`).
+    pub json: bool,
+}
+
+/// One finished session, as `serve --json` prints it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SessionSummary {
+    pub session: String,
+    pub peer: String,
+    pub file: String,
+    pub engine: &'static str,
+    pub mode: &'static str,
+    pub outcome: &'static str,
+    pub bytes_sent: u64,
+    pub datagrams_sent: u64,
+    pub retransmitted: u64,
+    pub duration_s: f64,
+    pub throughput_bps: f64,
+    pub send_latency_us: Percentiles,
+    pub batch_size: Percentiles,
+}
 
 /// Which engine a server uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum EngineKind {
     /// mmap + io_uring: one ring per session, batched sends, a bounded worker pool.
     Uring,
+    /// The lab's baseline: one OS thread per session, read() then one blocking sendto() per
+    /// datagram, no batching, no mmap.
+    Threads,
 }
 
 impl EngineKind {
     pub fn as_str(self) -> &'static str {
         match self {
             EngineKind::Uring => "uring",
+            EngineKind::Threads => "threads",
         }
     }
 }
@@ -92,7 +124,7 @@ pub struct Session {
     last_heard_ms: AtomicU64,
     pub send_errors: AtomicU64,
     waker: OnceLock<Arc<EventFd>>,
-    stats: Arc<ServerStats>,
+    ctx: SessionCtx,
 }
 
 impl Session {
@@ -101,10 +133,10 @@ impl Session {
         peer: SocketAddr,
         file: Arc<IndexedFile>,
         state: SenderState,
-        stats: Arc<ServerStats>,
+        ctx: SessionCtx,
     ) -> Self {
-        stats.sessions_active.fetch_add(1, Ordering::Relaxed);
-        stats.sessions_started.fetch_add(1, Ordering::Relaxed);
+        ctx.stats.sessions_active.fetch_add(1, Ordering::Relaxed);
+        ctx.stats.sessions_started.fetch_add(1, Ordering::Relaxed);
         Session {
             id,
             peer,
@@ -117,7 +149,7 @@ impl Session {
             last_heard_ms: AtomicU64::new(0),
             send_errors: AtomicU64::new(0),
             waker: OnceLock::new(),
-            stats,
+            ctx,
         }
     }
 
@@ -170,42 +202,71 @@ impl Session {
     }
 
     /// Called once by the engine when it has stopped sending and no send is in flight:
-    /// logs the session's summary and frees its place.
-    pub fn release(&self) {
+    /// reports the session (log, and JSON with `serve --json`) and frees its place.
+    pub fn release(&self, hists: &SendHists) {
         if self.released.swap(true, Ordering::AcqRel) {
             return;
         }
         let reason = self.close_reason().unwrap_or(CloseReason::Shutdown);
         let secs = self.started.elapsed().as_secs_f64();
-        let st = self.state();
-        let stats = &self.stats;
+        let summary = {
+            let st = self.state();
+            SessionSummary {
+                session: format!("{:08x}", self.id),
+                peer: self.peer.to_string(),
+                file: self.file.name.clone(),
+                engine: self.ctx.engine.as_str(),
+                mode: self.mode.as_str(),
+                outcome: reason.as_str(),
+                bytes_sent: st.bytes_sent,
+                datagrams_sent: st.datagrams_sent,
+                retransmitted: st.retransmitted,
+                duration_s: secs,
+                throughput_bps: st.bytes_sent as f64 * 8.0 / secs.max(1e-9),
+                send_latency_us: hists.send_latency_us.summary(),
+                batch_size: hists.batch.summary(),
+            }
+        };
+        let stats = &self.ctx.stats;
         stats.sessions_active.fetch_sub(1, Ordering::Relaxed);
-        stats.bytes_sent.fetch_add(st.bytes_sent, Ordering::Relaxed);
+        stats
+            .bytes_sent
+            .fetch_add(summary.bytes_sent, Ordering::Relaxed);
         stats
             .datagrams_sent
-            .fetch_add(st.datagrams_sent, Ordering::Relaxed);
+            .fetch_add(summary.datagrams_sent, Ordering::Relaxed);
         stats
             .retransmitted
-            .fetch_add(st.retransmitted, Ordering::Relaxed);
+            .fetch_add(summary.retransmitted, Ordering::Relaxed);
         match reason {
             CloseReason::Complete => stats.sessions_completed.fetch_add(1, Ordering::Relaxed),
             CloseReason::TimedOut => stats.sessions_timed_out.fetch_add(1, Ordering::Relaxed),
             _ => stats.sessions_failed.fetch_add(1, Ordering::Relaxed),
         };
         tracing::info!(
-            "[SESSION {:08x}] {} {} -> {}: {} ({} bytes sent in {:.3} s, {:.1} MB/s, {} datagrams, {} retransmitted, {} send errors)",
-            self.id,
-            self.mode.as_str(),
-            self.file.name,
-            self.peer,
-            reason.as_str(),
-            st.bytes_sent,
+            "[SESSION {}] {} {} {} -> {}: {} ({} bytes sent in {:.3} s, {:.1} MB/s, {} datagrams, {} retransmitted, {} send errors; send latency us {}; batch {})",
+            summary.session,
+            summary.engine,
+            summary.mode,
+            summary.file,
+            summary.peer,
+            summary.outcome,
+            summary.bytes_sent,
             secs,
-            st.bytes_sent as f64 / secs.max(1e-9) / (1024.0 * 1024.0),
-            st.datagrams_sent,
-            st.retransmitted,
+            summary.bytes_sent as f64 / secs.max(1e-9) / (1024.0 * 1024.0),
+            summary.datagrams_sent,
+            summary.retransmitted,
             self.send_errors.load(Ordering::Relaxed),
+            summary.send_latency_us,
+            summary.batch_size,
         );
+        if self.ctx.json {
+            if let Ok(line) = serde_json::to_string(&summary) {
+                // One object per line; a closed stdout must not take the server down.
+                use std::io::Write;
+                let _ = writeln!(std::io::stdout().lock(), "{line}");
+            }
+        }
     }
 }
 

@@ -24,6 +24,7 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 
 use super::{unix_ns, CloseReason, Engine, EngineKind, Session};
 use crate::session::Next;
+use crate::stats::SendHists;
 use crate::sys::addr::RawAddr;
 use crate::wire::{data_flags, DataHeader, Message, DATA_HEADER_LEN};
 
@@ -41,6 +42,8 @@ struct Slot {
     header: [u8; DATA_HEADER_LEN],
     iov: [libc::iovec; 2],
     msg: libc::msghdr,
+    /// When its send was queued, for the completion-latency histogram.
+    queued_at: Instant,
 }
 
 /// A session as a worker drives it.
@@ -55,6 +58,7 @@ struct RingSession {
     in_flight: usize,
     /// Reused to encode END markers: nothing is allocated per datagram.
     scratch: Vec<u8>,
+    hists: SendHists,
     _completions: EventFd,
 }
 
@@ -75,6 +79,7 @@ impl RingSession {
                 // SAFETY: iovec and msghdr are plain old data; zero is valid (null, 0).
                 iov: unsafe { std::mem::zeroed() },
                 msg: unsafe { std::mem::zeroed() },
+                queued_at: Instant::now(),
             })
             .collect();
         for slot in slots.iter_mut() {
@@ -92,14 +97,19 @@ impl RingSession {
             free: (0..SLOTS as u16).rev().collect(),
             in_flight: 0,
             scratch: Vec::with_capacity(DATA_HEADER_LEN),
+            hists: SendHists::default(),
             _completions: completions,
         })
     }
 
     fn reap(&mut self) {
         let mut errors = 0u64;
+        let now = Instant::now();
         for cqe in self.ring.completion() {
-            self.free.push(cqe.user_data() as u16);
+            let slot = cqe.user_data() as u16;
+            let waited = now.saturating_duration_since(self.slots[slot as usize].queued_at);
+            self.hists.send_latency_us.record(waited.as_micros() as u64);
+            self.free.push(slot);
             self.in_flight -= 1;
             if cqe.result() < 0 {
                 errors += 1;
@@ -171,6 +181,7 @@ impl RingSession {
                         slot.msg.msg_iovlen = 1;
                     }
                 }
+                slot.queued_at = now;
                 let sqe = opcode::SendMsg::new(types::Fd(sock), &slot.msg)
                     .build()
                     .user_data(slot_idx as u64);
@@ -196,6 +207,7 @@ impl RingSession {
             }
         }
         if pushed > 0 {
+            self.hists.batch.record(pushed as u64);
             self.in_flight += pushed;
             if let Err(e) = self.ring.submit() {
                 tracing::warn!(
@@ -311,7 +323,7 @@ impl Engine for UringEngine {
         session.set_waker(w.wake.clone());
         if w.sessions.send(session.clone()).is_err() {
             session.close(CloseReason::Failed);
-            session.release();
+            session.release(&SendHists::default());
             return;
         }
         let _ = w.wake.write(1);
@@ -375,7 +387,7 @@ impl WorkerCtx {
                     Err(e) => {
                         tracing::error!("[SESSION {:08x}] cannot set up io_uring: {e}", s.id);
                         s.close(CloseReason::Failed);
-                        s.release();
+                        s.release(&SendHists::default());
                         self.load.fetch_sub(1, Ordering::Relaxed);
                     }
                 }
@@ -393,7 +405,7 @@ impl WorkerCtx {
             }
             sessions.retain_mut(|rs| {
                 if rs.finished() {
-                    rs.session.release();
+                    rs.session.release(&rs.hists);
                     self.load.fetch_sub(1, Ordering::Relaxed);
                     false
                 } else {

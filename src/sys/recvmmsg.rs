@@ -13,11 +13,17 @@ pub const BATCH: usize = 32;
 /// Room for the largest UDP payload plus one byte, so an oversized datagram shows as
 /// truncated instead of silently fitting.
 pub const SLOT_SIZE: usize = 65_536;
+/// u64 words of control-message space per datagram: one `SCM_TIMESTAMPNS` (a timespec) fits.
+const CMSG_WORDS: usize = 8;
 
 /// Fixed buffers for one `recvmmsg` call, allocated (and touched) once.
 pub struct RecvBatch {
     bufs: HugeBuf,
     lens: [usize; BATCH],
+    /// Control-message space per datagram, for the kernel's receive timestamp.
+    cmsgs: [[u64; CMSG_WORDS]; BATCH],
+    /// Kernel receive time of each datagram (Unix ns), 0 when the socket gives none.
+    stamps: [u64; BATCH],
     truncated: [bool; BATCH],
     addrs: [libc::sockaddr_storage; BATCH],
     addr_lens: [libc::socklen_t; BATCH],
@@ -35,6 +41,8 @@ impl RecvBatch {
         RecvBatch {
             bufs: HugeBuf::new(BATCH * SLOT_SIZE),
             lens: [0; BATCH],
+            cmsgs: [[0; CMSG_WORDS]; BATCH],
+            stamps: [0; BATCH],
             truncated: [false; BATCH],
             // SAFETY: sockaddr_storage is plain old data; all-zero is a valid value.
             addrs: unsafe { std::mem::zeroed() },
@@ -60,6 +68,8 @@ impl RecvBatch {
             h.msg_hdr.msg_iovlen = 1;
             h.msg_hdr.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
             h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as u32;
+            h.msg_hdr.msg_control = self.cmsgs[i].as_mut_ptr().cast();
+            h.msg_hdr.msg_controllen = CMSG_WORDS * 8;
         }
         loop {
             // SAFETY: every pointer in `hdrs` points into `self.bufs`, `self.addrs` or
@@ -86,6 +96,7 @@ impl RecvBatch {
                 self.lens[i] = (h.msg_len as usize).min(SLOT_SIZE);
                 self.truncated[i] = h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
                 self.addr_lens[i] = h.msg_hdr.msg_namelen;
+                self.stamps[i] = receive_timestamp(&h.msg_hdr);
             }
             self.count = n;
             return Ok(n);
@@ -109,6 +120,12 @@ impl RecvBatch {
         Some(&self.bufs.as_slice()[i * SLOT_SIZE..i * SLOT_SIZE + self.lens[i]])
     }
 
+    /// When the kernel received datagram `i` (Unix ns), if the socket has
+    /// [`enable_timestamps`] on.
+    pub fn timestamp_ns(&self, i: usize) -> Option<u64> {
+        (i < self.count && self.stamps[i] != 0).then(|| self.stamps[i])
+    }
+
     /// Source address of datagram `i`.
     pub fn source(&self, i: usize) -> Option<SocketAddr> {
         if i >= self.count {
@@ -116,6 +133,29 @@ impl RecvBatch {
         }
         to_socket_addr(&self.addrs[i], self.addr_lens[i])
     }
+}
+
+/// Asks the kernel to stamp every datagram with its receive time (`SO_TIMESTAMPNS`).
+pub fn enable_timestamps(sock: &UdpSocket) -> io::Result<()> {
+    nix::sys::socket::setsockopt(sock, nix::sys::socket::sockopt::ReceiveTimestampns, &true)
+        .map_err(io::Error::from)
+}
+
+/// The `SCM_TIMESTAMPNS` of a received message, in Unix ns; 0 if there is none.
+fn receive_timestamp(msg: &libc::msghdr) -> u64 {
+    // SAFETY: `msg` was filled in by recvmmsg: msg_control/msg_controllen describe our buffer,
+    // and the CMSG_* macros walk only inside it. The timestamp is read unaligned.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
+                let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                return (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64;
+            }
+            c = libc::CMSG_NXTHDR(msg, c);
+        }
+    }
+    0
 }
 
 /// True for the errors a receive timeout produces.
@@ -136,6 +176,7 @@ mod tests {
         let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
         rx.set_read_timeout(Some(Duration::from_millis(500)))
             .unwrap();
+        enable_timestamps(&rx).unwrap();
         let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
         for i in 0..5u8 {
             tx.send_to(&vec![i; 100 + i as usize], rx.local_addr().unwrap())
@@ -143,12 +184,18 @@ mod tests {
         }
         let big = vec![9u8; 65_507];
         tx.send_to(&big, rx.local_addr().unwrap()).unwrap();
+        let before = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64
+            - 1_000_000_000;
         let mut batch = RecvBatch::new();
         let mut got = Vec::new();
         while got.len() < 6 {
             let n = batch.recv(&rx).unwrap();
             for i in 0..n {
                 assert_eq!(batch.source(i), Some(tx.local_addr().unwrap()));
+                assert!(batch.timestamp_ns(i).unwrap() > before);
                 got.push(batch.datagram(i).unwrap().to_vec());
             }
         }
