@@ -9,6 +9,7 @@ pub mod client;
 pub mod demo;
 pub mod engine;
 pub mod files;
+pub mod legacy;
 pub mod logging;
 pub mod receiver;
 pub mod report;

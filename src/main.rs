@@ -86,6 +86,11 @@ enum Command {
         /// Print one JSON object per finished session on stdout (logs stay on stderr).
         #[arg(long)]
         json: bool,
+        /// Also answer the lab's text protocol (LIST, !CONFIG :file :n, TRANSFER; raw
+        /// datagrams, no header) so its Python clients work unchanged. Off by default: it has
+        /// no address validation, so anyone can make the server blast a file at any address.
+        #[arg(long)]
+        legacy: bool,
     },
     /// List the files a server offers, with their sizes.
     List {
@@ -172,6 +177,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             datagram_size,
             max_sessions,
             json,
+            legacy,
         } => {
             logging::init("info");
             let defaults = ServerConfig::default();
@@ -185,6 +191,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 rate_bps: rate,
                 max_sessions: max_sessions.max(1),
                 json,
+                legacy,
                 ..defaults
             })?;
             server.wait();

@@ -19,14 +19,15 @@ use crate::engine::threads::ThreadsEngine;
 use crate::engine::uring::UringEngine;
 use crate::engine::{unix_ns, CloseReason, Engine, EngineKind, Session, SessionCtx};
 use crate::files::{Catalog, FileError, IndexedFile};
+use crate::legacy::Legacy;
 use crate::session::{Pacer, SenderState};
 use crate::stats::ServerStats;
 use crate::sys::recvmmsg::{is_timeout, RecvBatch};
 use crate::sys::socket;
 use crate::token::{TokenKey, DEFAULT_TOKEN_LIFETIME};
 use crate::wire::{
-    ack_flags, Ack, DoneStatus, ErrorCode, ListEntry, Message, Meta, Mode, DATA_HEADER_LEN,
-    MAX_DATAGRAM, TOKEN_LEN,
+    ack_flags, Ack, DoneStatus, ErrorCode, ListEntry, Message, Meta, Mode, WireError,
+    DATA_HEADER_LEN, MAX_DATAGRAM, TOKEN_LEN,
 };
 
 /// Everything `ringblast serve` can be told.
@@ -47,6 +48,8 @@ pub struct ServerConfig {
     pub max_window: u32,
     /// Print one JSON object per finished session on stdout.
     pub json: bool,
+    /// Also answer the lab's text protocol (an amplifier: off by default).
+    pub legacy: bool,
 }
 
 impl Default for ServerConfig {
@@ -62,6 +65,7 @@ impl Default for ServerConfig {
             max_sessions: 256,
             max_window: 4096,
             json: false,
+            legacy: false,
         }
     }
 }
@@ -149,7 +153,14 @@ impl Server {
                 }
             }
         }
+        let legacy = cfg
+            .legacy
+            .then(|| Legacy::new(sock.clone(), catalog.clone(), cfg.max_sessions));
+        if legacy.is_some() {
+            tracing::warn!("[LEGACY] answering the lab's LIST / !CONFIG / TRANSFER: unauthenticated, any source address can make this server send a whole file anywhere");
+        }
         let control = Control {
+            legacy,
             cfg,
             sock,
             catalog,
@@ -227,6 +238,7 @@ struct PendingGet {
 }
 
 struct Control {
+    legacy: Option<Legacy>,
     cfg: ServerConfig,
     sock: Arc<UdpSocket>,
     catalog: Arc<Catalog>,
@@ -319,6 +331,13 @@ impl Control {
     fn handle(&mut self, src: SocketAddr, dgram: &[u8]) {
         let msg = match Message::parse(dgram) {
             Ok(m) => m,
+            Err(WireError::BadMagic) if self.legacy.is_some() => {
+                let handled = self.legacy.as_mut().is_some_and(|l| l.handle(src, dgram));
+                if !handled {
+                    self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                }
+                return;
+            }
             Err(e) => {
                 self.stats.malformed.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!("dropped datagram from {src}: {e}");

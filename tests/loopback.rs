@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use rand::RngCore;
 use ringblast::client::{self, CopyReport, GetConfig, Verify};
+use ringblast::engine::EngineKind;
 use ringblast::server::{Server, ServerConfig};
 use ringblast::wire::{ErrorCode, Message, Mode, MAX_PAYLOAD};
 
@@ -55,10 +56,14 @@ fn fetch(
 
 /// Serves `data` as `name`, fetches it with `clients` sub-clients, compares every copy.
 fn round_trip(data: &[u8], clients: usize, mode: Mode) {
+    round_trip_with(EngineKind::Uring, data, clients, mode)
+}
+
+fn round_trip_with(engine: EngineKind, data: &[u8], clients: usize, mode: Mode) {
     let served = tempfile::tempdir().unwrap();
     let out = tempfile::tempdir().unwrap();
     std::fs::write(served.path().join("f.bin"), data).unwrap();
-    let srv = server(served.path(), |_| {});
+    let srv = server(served.path(), |c| c.engine = engine);
     let reports = fetch(srv.local_addr(), "f.bin", clients, out.path(), |c| {
         c.mode = mode
     });
@@ -131,6 +136,28 @@ fn twenty_clients_few_mib() {
         return;
     }
     round_trip(&random_bytes(3 << 20), 20, Mode::Reliable);
+}
+
+#[test]
+fn threads_engine_reliable_and_blast() {
+    if no_uring() {
+        return;
+    }
+    for size in [0, 1, MAX_PAYLOAD + 1] {
+        round_trip_with(EngineKind::Threads, &random_bytes(size), 1, Mode::Reliable);
+    }
+    round_trip_with(
+        EngineKind::Threads,
+        &random_bytes(3 << 20),
+        5,
+        Mode::Reliable,
+    );
+    round_trip_with(
+        EngineKind::Threads,
+        &random_bytes(MAX_PAYLOAD * 3 + 5),
+        2,
+        Mode::Blast,
+    );
 }
 
 #[test]

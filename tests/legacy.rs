@@ -1,0 +1,107 @@
+//! `serve --legacy` against a client that speaks exactly the lab's protocol (its Python
+//! client's messages and reads, in Rust).
+
+use std::net::UdpSocket;
+use std::time::Duration;
+
+use ringblast::server::{Server, ServerConfig};
+
+fn skip() -> bool {
+    match ringblast::engine::uring::available() {
+        Ok(()) => false,
+        Err(e) => {
+            eprintln!("SKIPPED: {e}");
+            true
+        }
+    }
+}
+
+fn ask(sock: &UdpSocket, msg: &str) -> Option<String> {
+    sock.send(msg.as_bytes()).unwrap();
+    let mut buf = [0u8; 1024]; // the lab's client reads 1024 bytes
+    let n = sock.recv(&mut buf).ok()?;
+    Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+fn lab_socket(server: std::net::SocketAddr) -> UdpSocket {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.connect(server).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    s
+}
+
+#[test]
+fn the_labs_client_works_unchanged() {
+    if skip() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i * 31 % 251) as u8).collect();
+    std::fs::write(dir.path().join("100mb.mp4"), &data).unwrap();
+    std::fs::write(dir.path().join("250mb.mp4"), b"x").unwrap();
+    let srv = Server::start(ServerConfig {
+        dir: dir.path().into(),
+        bind: "127.0.0.1:0".parse().unwrap(),
+        legacy: true,
+        ..ServerConfig::default()
+    })
+    .unwrap();
+    let main = lab_socket(srv.local_addr());
+    assert_eq!(ask(&main, "LIST").unwrap(), "['100mb.mp4', '250mb.mp4']");
+    assert_eq!(
+        ask(&main, "!CONFIG").unwrap(),
+        "Invalid config format (Empty config). Please use the following format: !CONFIG <file>"
+    );
+    assert_eq!(
+        ask(&main, "!CONFIG :100mb.mp4").unwrap(),
+        "Invalid config format! !CONFIG  100mb.mp4 . Please use the following format: !CONFIG <file> :<num_clients>"
+    );
+    assert_eq!(
+        ask(&main, "!CONFIG :nope.mp4 :2").unwrap(),
+        "File nope.mp4 does not exist"
+    );
+    assert_eq!(ask(&main, "!CONFIG :100mb.mp4 :2").unwrap(), "Config set");
+
+    // Two sub-clients, each on its own socket: TRANSFER, then read until 500 ms of silence
+    // (the lab used 5 s), writing what arrives.
+    for _ in 0..2 {
+        let sub = lab_socket(srv.local_addr());
+        sub.send(b"TRANSFER").unwrap();
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 65_507];
+        while let Ok(n) = sub.recv(&mut buf) {
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(got.len(), data.len());
+        assert!(got == data, "raw transfer differs");
+    }
+}
+
+#[test]
+fn legacy_is_off_by_default() {
+    if skip() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a"), b"x").unwrap();
+    let srv = Server::start(ServerConfig {
+        dir: dir.path().into(),
+        bind: "127.0.0.1:0".parse().unwrap(),
+        ..ServerConfig::default()
+    })
+    .unwrap();
+    let s = lab_socket(srv.local_addr());
+    assert_eq!(
+        ask(&s, "LIST"),
+        None,
+        "answered the lab protocol without --legacy"
+    );
+    assert_eq!(ask(&s, "TRANSFER"), None);
+    assert!(
+        srv.stats()
+            .malformed
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 2
+    );
+}
