@@ -185,6 +185,8 @@ pub struct CopyReport {
     pub path: Option<PathBuf>,
     pub error: Option<String>,
     pub hists: ClientHists,
+    /// CPU seconds this sub-client's thread used (user + system).
+    pub cpu_s: f64,
 }
 
 impl CopyReport {
@@ -418,11 +420,13 @@ fn fetch(cfg: &GetConfig, id: usize, clients: usize, barrier: &Barrier) -> CopyR
     };
     let conn = Conn::open(cfg.server);
     barrier.wait();
+    let cpu_start = crate::stats::cpu_time(true);
     let start = Instant::now();
     let result = conn
         .map_err(FetchError::from)
         .and_then(|conn| f.run(cfg, conn, id, clients, start));
     f.report.duration_s = start.elapsed().as_secs_f64();
+    f.report.cpu_s = (crate::stats::cpu_time(true).saturating_sub(cpu_start)).as_secs_f64();
     if let Err(e) = result {
         f.report.error = Some(e.to_string());
     }

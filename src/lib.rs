@@ -5,6 +5,7 @@
 //! [`engine`]. Raw syscalls live in [`sys`] and [`engine::uring`]; everything else is safe code.
 #![deny(unsafe_code)]
 
+pub mod bench;
 pub mod client;
 pub mod demo;
 pub mod engine;

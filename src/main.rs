@@ -138,6 +138,42 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         json: Option<PathBuf>,
     },
+    /// The lab's experiment matrix: clients x sizes for each engine and mode, repeated;
+    /// writes results.csv, results.json, throughput.svg, loss.svg and prints the medians.
+    Bench {
+        #[arg(long, value_delimiter = ',', default_value = "1,5,10")]
+        clients: Vec<usize>,
+        /// File sizes (generated in --files if missing).
+        #[arg(long, value_delimiter = ',', value_parser = parse_size, default_value = "100MiB,250MiB")]
+        sizes: Vec<u64>,
+        #[arg(
+            long,
+            value_enum,
+            value_delimiter = ',',
+            default_value = "uring,threads"
+        )]
+        engines: Vec<EngineKind>,
+        #[arg(
+            long,
+            value_enum,
+            value_delimiter = ',',
+            default_value = "reliable,blast"
+        )]
+        modes: Vec<ModeArg>,
+        /// Repetitions of each cell; the medians are reported.
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        /// Directory for the results.
+        #[arg(long, default_value = "bench-results")]
+        out: PathBuf,
+        /// Directory of the generated files.
+        #[arg(long, default_value = "files")]
+        files: PathBuf,
+        /// Receive buffer each sub-client asks for (the lab's Python client had the
+        /// kernel default, 208KiB: try it to see the lab's losses in blast mode).
+        #[arg(long, value_parser = parse_size, default_value = "48MiB")]
+        recv_buffer: u64,
+    },
     /// One command: generate a file, serve it on loopback, fetch it with 5 sub-clients and
     /// print the lab's table.
     Demo {
@@ -270,6 +306,38 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 failed[0].id
             );
             Ok(ExitCode::FAILURE)
+        }
+        Command::Bench {
+            clients,
+            sizes,
+            engines,
+            modes,
+            reps,
+            out,
+            files,
+            recv_buffer,
+        } => {
+            logging::init("warn");
+            if clients.contains(&0) || reps == 0 {
+                anyhow::bail!("--clients values and --reps must be at least 1");
+            }
+            let cfg = ringblast::bench::BenchConfig {
+                clients,
+                sizes,
+                engines,
+                modes: modes.into_iter().map(Mode::from).collect(),
+                reps,
+                out: out.clone(),
+                files,
+                recv_buffer: recv_buffer as usize,
+            };
+            let (_, cells) = ringblast::bench::run(&cfg)?;
+            print!("{}", ringblast::bench::table(&cells));
+            println!(
+                "results: {}/results.csv, results.json, throughput.svg, loss.svg",
+                out.display()
+            );
+            Ok(ExitCode::SUCCESS)
         }
         Command::Demo {
             dir,
