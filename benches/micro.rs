@@ -1,0 +1,147 @@
+//! Micro-benchmarks of the per-datagram pieces: header encode/parse, CRC, loss tracking, ACK
+//! encoding, and the sender's batch planning. `cargo bench` runs them (criterion).
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use ringblast::receiver::LossTracker;
+use ringblast::session::SenderState;
+use ringblast::wire::{Ack, DataHeader, Message, Mode, NackRange, DATA_HEADER_LEN, MAX_PAYLOAD};
+
+fn header(c: &mut Criterion) {
+    let payload = vec![0xA5u8; MAX_PAYLOAD];
+    let payload_crc = crc32c::crc32c(&payload);
+    let h = DataHeader {
+        flags: 0,
+        payload_len: MAX_PAYLOAD as u16,
+        session: 7,
+        crc: 0,
+        offset: 1234 * MAX_PAYLOAD as u64,
+        send_ts_ns: 1_700_000_000_000_000_000,
+    };
+    let mut g = c.benchmark_group("header");
+    g.bench_function("emit (CRC chained onto the payload's)", |b| {
+        let mut out = [0u8; DATA_HEADER_LEN];
+        b.iter(|| {
+            black_box(&h).emit(black_box(payload_crc), &mut out);
+            black_box(out);
+        })
+    });
+    let mut dgram = [0u8; DATA_HEADER_LEN].to_vec();
+    h.emit(payload_crc, (&mut dgram[..]).try_into().unwrap());
+    dgram.extend_from_slice(&payload);
+    g.bench_function("parse", |b| {
+        b.iter(|| black_box(DataHeader::parse(black_box(&dgram)).unwrap().0))
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("crc32c");
+    g.throughput(Throughput::Bytes(MAX_PAYLOAD as u64));
+    g.bench_function("payload 65475 B", |b| {
+        b.iter(|| black_box(crc32c::crc32c(black_box(&payload))))
+    });
+    g.bench_function("verify datagram (payload CRC + header)", |b| {
+        b.iter(|| {
+            let crc = crc32c::crc32c(black_box(&dgram[DATA_HEADER_LEN..]));
+            black_box(DataHeader::crc_ok(&dgram, crc))
+        })
+    });
+    g.finish();
+}
+
+fn loss_tracking(c: &mut Criterion) {
+    let mut g = c.benchmark_group("loss tracking");
+    g.throughput(Throughput::Elements(16_400));
+    g.bench_function("insert 1 GiB of datagrams in order", |b| {
+        b.iter_batched(
+            || LossTracker::new(16_400),
+            |mut t| {
+                for i in 0..16_400 {
+                    t.insert(i);
+                }
+                t
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    g.bench_function("insert with 1% holes, then fill them", |b| {
+        b.iter_batched(
+            || LossTracker::new(16_400),
+            |mut t| {
+                for i in (0..16_400).filter(|i| i % 100 != 7) {
+                    t.insert(i);
+                }
+                for i in (0..16_400).filter(|i| i % 100 == 7) {
+                    t.insert(i);
+                }
+                t
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+    let mut t = LossTracker::new(16_400);
+    for i in (0..16_400).filter(|i| i % 50 != 0 || *i < 1000) {
+        t.insert(i);
+    }
+    c.bench_function("nack ranges (128 of 1% holes)", |b| {
+        let mut out = Vec::with_capacity(128);
+        b.iter(|| {
+            out.clear();
+            t.nack_ranges(t.seen_end(), 128, &mut out);
+            black_box(out.len())
+        })
+    });
+    c.bench_function("ack encode + parse (64 ranges)", |b| {
+        let ranges: Vec<NackRange> = (0..64)
+            .map(|i| NackRange {
+                start: i * 10,
+                len: 2,
+            })
+            .collect();
+        let (mut scratch, mut out) = (Vec::new(), Vec::with_capacity(1024));
+        b.iter(|| {
+            let ack = Ack::new(1, 0, 512, 640, 1, 2, 0, &ranges, &mut scratch);
+            out.clear();
+            Message::Ack(ack).encode(&mut out);
+            black_box(Message::parse(&out).is_ok())
+        })
+    });
+}
+
+fn batch_building(c: &mut Criterion) {
+    let mut g = c.benchmark_group("sender");
+    g.throughput(Throughput::Elements(64));
+    g.bench_function("plan a batch of 64 datagrams", |b| {
+        b.iter_batched(
+            || {
+                SenderState::new(
+                    Mode::Reliable,
+                    1 << 30,
+                    MAX_PAYLOAD as u32,
+                    4096,
+                    None,
+                    Instant::now(),
+                    1,
+                )
+            },
+            |mut s| {
+                let now = Instant::now();
+                for _ in 0..64 {
+                    black_box(s.next(now));
+                }
+                s
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().measurement_time(Duration::from_secs(2)).warm_up_time(Duration::from_millis(500));
+    targets = header, loss_tracking, batch_building
+}
+criterion_main!(benches);
