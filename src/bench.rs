@@ -119,16 +119,25 @@ fn get_config(
     g
 }
 
-fn one_run(
-    server: &Server,
-    cfg: &BenchConfig,
+/// One point of the matrix.
+struct Point<'a> {
     engine: EngineKind,
     mode: Mode,
     size: u64,
-    name: &str,
+    name: &'a str,
     clients: usize,
     rep: usize,
-) -> anyhow::Result<Run> {
+}
+
+fn one_run(server: &Server, cfg: &BenchConfig, p: &Point<'_>) -> anyhow::Result<Run> {
+    let Point {
+        engine,
+        mode,
+        size,
+        name,
+        clients,
+        rep,
+    } = *p;
     wait_idle(server);
     let stats = server.stats();
     let sent0 = stats.bytes_sent.load(Ordering::Relaxed);
@@ -211,7 +220,15 @@ pub fn run(cfg: &BenchConfig) -> anyhow::Result<(Vec<Run>, Vec<Cell>)> {
             for (size, name) in &names {
                 for &clients in &cfg.clients {
                     for rep in 1..=cfg.reps {
-                        let r = one_run(&server, cfg, engine, mode, *size, name, clients, rep)?;
+                        let point = Point {
+                            engine,
+                            mode,
+                            size: *size,
+                            name,
+                            clients,
+                            rep,
+                        };
+                        let r = one_run(&server, cfg, &point)?;
                         eprintln!(
                             "{:>7} {:>8} {:>10} x{:<3} rep {rep}: {:>8.1} MiB/s aggregate, {:>5.2}% lost, {} retransmitted, server {:.3} CPU s/GB",
                             r.engine,
@@ -286,7 +303,7 @@ pub fn table(cells: &[Cell]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:>7} {:>8} {:>8} {:>7} {:>12} {:>12} {:>12} {:>8} {:>8} {:>12} {:>9}  {}",
+        "{:>7} {:>8} {:>8} {:>7} {:>12} {:>12} {:>12} {:>8} {:>8} {:>12} {:>9}  intact",
         "engine",
         "mode",
         "size",
@@ -298,7 +315,6 @@ pub fn table(cells: &[Cell]) -> String {
         "retrans",
         "srv CPU s/GB",
         "p99 us",
-        "intact"
     );
     for c in cells {
         let _ = writeln!(
