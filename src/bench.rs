@@ -425,7 +425,7 @@ fn write(path: &Path, text: &str) -> anyhow::Result<()> {
 
 /// A "nice" axis maximum and step for values up to `max`.
 fn nice_axis(max: f64) -> (f64, f64) {
-    if !(max > 0.0) {
+    if max.is_nan() || max <= 0.0 {
         return (1.0, 0.2);
     }
     let raw = max / 5.0;

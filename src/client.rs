@@ -240,7 +240,7 @@ impl Conn {
     fn send(&mut self, msg: &Message<'_>) -> Result<(), FetchError> {
         self.out.clear();
         msg.encode(&mut self.out);
-        match self.sock.send(&self.out) {
+        match socket::retry_eintr(|| self.sock.send(&self.out)) {
             Ok(_) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => Err(FetchError::Refused {
                 server: self.server,
@@ -281,7 +281,7 @@ impl Conn {
                 let wait = (resend_at - now).min(timeout - now.duration_since(alive_at));
                 self.sock
                     .set_read_timeout(Some(wait.max(Duration::from_millis(1))))?;
-                let n = match self.sock.recv(&mut self.buf) {
+                let n = match socket::retry_eintr(|| self.sock.recv(&mut self.buf)) {
                     Ok(n) => n,
                     Err(e) if is_timeout(&e) => continue,
                     Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {

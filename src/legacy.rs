@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::files::{validate_name, Catalog};
+use crate::sys::socket::retry_eintr;
 use crate::wire::MAX_DATAGRAM;
 
 /// Python's `repr()` of a string, as `str(list)` prints it.
@@ -70,7 +71,7 @@ impl Legacy {
     }
 
     fn reply(&self, to: SocketAddr, text: &str) {
-        let _ = self.sock.send_to(text.as_bytes(), to);
+        let _ = retry_eintr(|| self.sock.send_to(text.as_bytes(), to));
     }
 
     fn files(&self) -> Vec<String> {
@@ -174,7 +175,7 @@ fn send_raw(sock: &UdpSocket, path: &std::path::Path, name: &str, to: SocketAddr
         if n == 0 {
             break;
         }
-        let _ = sock.send_to(&buf[..n], to);
+        let _ = retry_eintr(|| sock.send_to(&buf[..n], to));
         if n < buf.len() {
             break;
         }

@@ -306,7 +306,7 @@ impl Control {
         self.out.clear();
         msg.encode(&mut self.out);
         // A full socket buffer or an unreachable client is the client's problem: it retries.
-        let _ = self.sock.send_to(&self.out, to);
+        let _ = socket::retry_eintr(|| self.sock.send_to(&self.out, to));
     }
 
     fn error(&mut self, to: SocketAddr, request_id: u32, code: ErrorCode, text: &str) {
@@ -450,7 +450,7 @@ impl Control {
         };
         self.out.clear();
         msg.encode(&mut self.out);
-        let _ = self.sock.send_to(&self.out, src);
+        let _ = socket::retry_eintr(|| self.sock.send_to(&self.out, src));
     }
 
     fn get(&mut self, req: PendingGet) {

@@ -120,6 +120,26 @@ pub struct SendHists {
     pub batch: Hist,
 }
 
+/// CPU time (user + system) used so far by this process, or by the calling thread.
+pub fn cpu_time(thread_only: bool) -> std::time::Duration {
+    use nix::sys::resource::{getrusage, UsageWho};
+    let who = if thread_only {
+        UsageWho::RUSAGE_THREAD
+    } else {
+        UsageWho::RUSAGE_SELF
+    };
+    match getrusage(who) {
+        Ok(u) => {
+            let tv = |t: nix::sys::time::TimeVal| {
+                std::time::Duration::from_secs(t.tv_sec() as u64)
+                    + std::time::Duration::from_micros(t.tv_usec() as u64)
+            };
+            tv(u.user_time()) + tv(u.system_time())
+        }
+        Err(_) => std::time::Duration::ZERO,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,25 +161,5 @@ mod tests {
         h.merge(&other);
         assert_eq!(h.summary().count, 1002);
         assert_eq!(Hist::new().summary(), Percentiles::default());
-    }
-}
-
-/// CPU time (user + system) used so far by this process, or by the calling thread.
-pub fn cpu_time(thread_only: bool) -> std::time::Duration {
-    use nix::sys::resource::{getrusage, UsageWho};
-    let who = if thread_only {
-        UsageWho::RUSAGE_THREAD
-    } else {
-        UsageWho::RUSAGE_SELF
-    };
-    match getrusage(who) {
-        Ok(u) => {
-            let tv = |t: nix::sys::time::TimeVal| {
-                std::time::Duration::from_secs(t.tv_sec() as u64)
-                    + std::time::Duration::from_micros(t.tv_usec() as u64)
-            };
-            tv(u.user_time()) + tv(u.system_time())
-        }
-        Err(_) => std::time::Duration::ZERO,
     }
 }

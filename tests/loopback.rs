@@ -270,6 +270,8 @@ impl RawClient {
         let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
         sock.connect(server).unwrap();
         sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        // Room for a window of data, so control messages are not crowded out.
+        ringblast::sys::socket::set_recv_buffer(&sock, 4 << 20).unwrap();
         RawClient {
             sock,
             buf: vec![0; 70_000],
@@ -279,7 +281,13 @@ impl RawClient {
         self.sock.send(&m.to_vec()).unwrap();
     }
     fn recv(&mut self) -> Option<Vec<u8>> {
-        let n = self.sock.recv(&mut self.buf).ok()?;
+        let n = match ringblast::sys::socket::retry_eintr(|| self.sock.recv(&mut self.buf)) {
+            Ok(n) => n,
+            Err(e) => {
+                eprintln!("raw client recv: {e}");
+                return None;
+            }
+        };
         Some(self.buf[..n].to_vec())
     }
     /// Next control message, skipping data.
@@ -291,24 +299,31 @@ impl RawClient {
             }
         }
     }
-    /// Sends a GET until the answer is not WAIT (the file may still be being indexed).
+    /// Sends a GET until the answer is not WAIT (the file may still be being indexed),
+    /// resending on silence as a real client does.
     fn get(&mut self, m: &Message<'_>) -> Vec<u8> {
-        loop {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
             self.send(m);
-            let d = self.recv_control().expect("an answer to GET");
-            if !matches!(Message::parse(&d), Ok(Message::Wait { .. })) {
-                return d;
+            match self.recv_control() {
+                Some(d) if !matches!(Message::parse(&d), Ok(Message::Wait { .. })) => return d,
+                _ => std::thread::sleep(Duration::from_millis(20)),
             }
-            std::thread::sleep(Duration::from_millis(20));
         }
+        panic!("no answer to GET in 20 s");
     }
+    /// HELLO until a RETRY comes back (resent on silence, as a real client does).
     fn token(&mut self) -> [u8; 24] {
-        self.send(&Message::Hello { nonce: 7 });
-        let d = self.recv_control().expect("RETRY");
-        match Message::parse(&d).unwrap() {
-            Message::Retry { nonce: 7, token } => token,
-            other => panic!("{other:?}"),
+        for _ in 0..10 {
+            self.send(&Message::Hello { nonce: 7 });
+            if let Some(d) = self.recv_control() {
+                match Message::parse(&d).unwrap() {
+                    Message::Retry { nonce: 7, token } => return token,
+                    other => panic!("{other:?}"),
+                }
+            }
         }
+        panic!("no RETRY after 10 HELLOs");
     }
 }
 

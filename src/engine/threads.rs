@@ -21,6 +21,7 @@ use super::{unix_ns, CloseReason, Engine, EngineKind, Session};
 use crate::files::payload_len;
 use crate::session::Next;
 use crate::stats::SendHists;
+use crate::sys::socket::retry_eintr;
 use crate::wire::{data_flags, DataHeader, Message, Mode, DATA_HEADER_LEN, MAX_DATAGRAM};
 
 /// Longest a session thread sleeps without a reason to wake, so shutdown is noticed.
@@ -200,7 +201,7 @@ fn run_session(sock: &UdpSocket, session: &Session, wake: &EventFd, shutdown: &A
         };
         // The lab's sendto(): one blocking call per datagram.
         let t = Instant::now();
-        if sock.send_to(&buf[..len], session.peer).is_err() {
+        if retry_eintr(|| sock.send_to(&buf[..len], session.peer)).is_err() {
             session.send_errors.fetch_add(1, Ordering::Relaxed);
         }
         hists.send_latency_us.record(t.elapsed().as_micros() as u64);
