@@ -13,12 +13,14 @@ use std::io::{self, IoSlice};
 use std::net::{SocketAddr, UdpSocket};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
 use crate::files::{datagram_count, manifest_hash, payload_len, validate_name};
+use crate::live::{spawn_reporter, ClientLive, Live};
 use crate::receiver::LossTracker;
 use crate::stats::Hist;
 use crate::sys::hugebuf::HugeBuf;
@@ -66,6 +68,10 @@ pub struct GetConfig {
     pub verify: Verify,
     /// Largest file size a server may announce (bounds memory: 4 bytes per datagram).
     pub max_size: u64,
+    /// Print interval reports this often (like iperf3's -i).
+    pub interval: Option<Duration>,
+    /// No progress bar.
+    pub quiet: bool,
 }
 
 impl GetConfig {
@@ -81,6 +87,8 @@ impl GetConfig {
             recv_buffer: 48 << 20,
             verify: Verify::Content,
             max_size: 1 << 40,
+            interval: None,
+            quiet: true,
         }
     }
 }
@@ -387,20 +395,29 @@ pub fn get(cfg: &GetConfig) -> Result<Vec<CopyReport>, FetchError> {
     }
     let cfg = &cfg;
     let barrier = Arc::new(Barrier::new(clients));
+    let live = Live::new(clients);
+    let done = Arc::new(AtomicBool::new(false));
+    let reporter = spawn_reporter(live.clone(), cfg.interval, cfg.quiet, done.clone());
     let handles: Vec<_> = (1..=clients)
         .map(|id| {
             let cfg = cfg.clone();
             let barrier = barrier.clone();
+            let live = live.clone();
             std::thread::Builder::new()
                 .name(format!("client-{id}"))
-                .spawn(move || fetch(&cfg, id, clients, &barrier))
+                .spawn(move || fetch(&cfg, id, clients, &barrier, &live))
         })
         .collect::<Result<_, _>>()?;
-    Ok(handles
+    let joined: Vec<_> = handles.into_iter().map(|h| h.join()).collect();
+    done.store(true, Ordering::Release);
+    if let Some(r) = reporter {
+        let _ = r.join();
+    }
+    Ok(joined
         .into_iter()
         .enumerate()
         .map(|(i, h)| {
-            h.join().unwrap_or_else(|_| CopyReport {
+            h.unwrap_or_else(|_| CopyReport {
                 id: i + 1,
                 error: Some("sub-client panicked".into()),
                 ..Default::default()
@@ -409,7 +426,7 @@ pub fn get(cfg: &GetConfig) -> Result<Vec<CopyReport>, FetchError> {
         .collect())
 }
 
-fn fetch(cfg: &GetConfig, id: usize, clients: usize, barrier: &Barrier) -> CopyReport {
+fn fetch(cfg: &GetConfig, id: usize, clients: usize, barrier: &Barrier, live: &Live) -> CopyReport {
     let mut f = Fetch {
         report: CopyReport {
             id,
@@ -424,7 +441,7 @@ fn fetch(cfg: &GetConfig, id: usize, clients: usize, barrier: &Barrier) -> CopyR
     let start = Instant::now();
     let result = conn
         .map_err(FetchError::from)
-        .and_then(|conn| f.run(cfg, conn, id, clients, start));
+        .and_then(|conn| f.run(cfg, conn, id, clients, start, live));
     f.report.duration_s = start.elapsed().as_secs_f64();
     f.report.cpu_s = (crate::stats::cpu_time(true).saturating_sub(cpu_start)).as_secs_f64();
     if let Err(e) = result {
@@ -484,6 +501,7 @@ impl Fetch {
         id: usize,
         clients: usize,
         start: Instant,
+        live: &Live,
     ) -> Result<(), FetchError> {
         self.report.local_port = conn.sock.local_addr()?.port();
         let rcvbuf = socket::set_recv_buffer(&conn.sock, cfg.recv_buffer)?;
@@ -538,7 +556,9 @@ impl Fetch {
             rcvbuf / 1024
         );
         let mut rx = Receive::new(&meta, window);
-        let outcome = rx.run(&mut conn, &sink, cfg);
+        live.total_bytes
+            .fetch_add(meta.file_size, Ordering::Relaxed);
+        let outcome = rx.run(&mut conn, &sink, cfg, &live.clients[id - 1]);
         self.report.file_size = meta.file_size;
         self.report.datagrams_expected = rx.tracker.total() as u64;
         self.report.datagrams_lost = rx.tracker.missing() as u64;
@@ -730,7 +750,13 @@ impl Receive {
         }
     }
 
-    fn run(&mut self, conn: &mut Conn, sink: &Sink, cfg: &GetConfig) -> Result<(), FetchError> {
+    fn run(
+        &mut self,
+        conn: &mut Conn,
+        sink: &Sink,
+        cfg: &GetConfig,
+        live: &ClientLive,
+    ) -> Result<(), FetchError> {
         conn.sock.set_read_timeout(Some(ACK_INTERVAL))?;
         // Kernel receive timestamps make delay and gaps per datagram; without them (an old
         // kernel) the batch's return time stands in.
@@ -751,6 +777,7 @@ impl Receive {
                 Ok(n) => {
                     heard_at = Instant::now();
                     since_ack += self.absorb(&batch, n, sink)?;
+                    self.publish(live);
                     false
                 }
                 Err(e) if is_timeout(&e) => true,
@@ -857,6 +884,19 @@ impl Receive {
         }
         sink.write_run(run_start, &run)?;
         Ok(accepted)
+    }
+
+    fn publish(&self, live: &ClientLive) {
+        let t = &self.tracker;
+        live.bytes_intact
+            .store(self.counts.bytes_intact, Ordering::Relaxed);
+        live.datagrams
+            .store(self.counts.datagrams_received, Ordering::Relaxed);
+        live.retransmitted
+            .store(self.counts.retransmitted, Ordering::Relaxed);
+        // Everything received lies below seen_end: the rest of that range is holes.
+        live.holes
+            .store((t.seen_end() - t.received()) as u64, Ordering::Relaxed);
     }
 
     fn record_arrival(&mut self, arrival_ns: u64, send_ts_ns: u64) {

@@ -11,6 +11,7 @@ pub mod demo;
 pub mod engine;
 pub mod files;
 pub mod legacy;
+pub mod live;
 pub mod logging;
 pub mod receiver;
 pub mod report;

@@ -137,6 +137,13 @@ enum Command {
         /// table).
         #[arg(long, value_name = "PATH")]
         json: Option<PathBuf>,
+        /// Report bytes, rate, holes and retransmissions every SECONDS, per sub-client and in
+        /// sum (like iperf3's -i).
+        #[arg(short = 'i', long = "interval", value_parser = secs, value_name = "SECONDS")]
+        interval: Option<Duration>,
+        /// No progress bar (it is shown only on a terminal anyway).
+        #[arg(short, long)]
+        quiet: bool,
     },
     /// The lab's experiment matrix: clients x sizes for each engine and mode, repeated;
     /// writes results.csv, results.json, throughput.svg, loss.svg and prints the medians.
@@ -191,6 +198,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    ringblast::sys::default_sigpipe();
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
@@ -256,6 +264,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             verify,
             max_size,
             json,
+            interval,
+            quiet,
         } => {
             logging::init("warn");
             if discard && verify == Some(Verify::Content) {
@@ -276,6 +286,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Verify::Content
             });
             cfg.max_size = max_size;
+            cfg.interval = interval;
+            cfg.quiet = quiet || json.as_deref() == Some(std::path::Path::new("-"));
             let reports = client::get(&cfg)?;
             let to_stdout = json.as_deref() == Some(std::path::Path::new("-"));
             if let Some(path) = &json {

@@ -92,6 +92,62 @@ fn serve_list_get_and_failures() {
         );
     }
 
+    // Interval reports, per client and in sum.
+    let iv = run(&[
+        "get",
+        "seed.bin",
+        "--server",
+        &server,
+        "--discard",
+        "--clients",
+        "2",
+        "-i",
+        "0.01",
+    ]);
+    assert!(iv.status.success(), "{iv:?}");
+    let text = String::from_utf8_lossy(&iv.stdout);
+    assert!(text.contains("[SUM]") && text.contains("[  2]"), "{text}");
+
+    // JSON for scripts: one object with the fields DESIGN.md lists.
+    let js = run(&[
+        "get",
+        "seed.bin",
+        "--server",
+        &server,
+        "--discard",
+        "--clients",
+        "2",
+        "--json",
+        "-",
+    ]);
+    assert!(js.status.success(), "{js:?}");
+    let v: serde_json::Value = serde_json::from_slice(&js.stdout).expect("valid JSON on stdout");
+    assert_eq!(v["file"], "seed.bin");
+    assert_eq!(v["size"], 300_000);
+    assert_eq!(v["mode"], "reliable");
+    let c = &v["clients"][1];
+    for key in [
+        "id",
+        "local_port",
+        "bytes_received",
+        "bytes_intact",
+        "complete",
+        "hash_ok",
+        "duration_s",
+        "goodput_bps",
+        "datagrams_received",
+        "datagrams_lost",
+        "retransmitted",
+        "duplicates",
+    ] {
+        assert!(!c[key].is_null(), "{key} missing: {c}");
+    }
+    for p in ["p50", "p90", "p99", "p999", "max"] {
+        assert!(c["latency_us"][p].is_u64(), "latency_us.{p} missing: {c}");
+    }
+    assert_eq!(c["bytes_intact"], 300_000);
+    assert!(v["goodput_bps"].as_f64().unwrap() > 0.0);
+
     let missing = run(&["get", "nope.bin", "--server", &server, "--discard"]);
     assert!(!missing.status.success());
     let err = String::from_utf8_lossy(&missing.stderr);

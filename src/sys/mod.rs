@@ -7,3 +7,14 @@ pub mod hugebuf;
 pub mod mmap;
 pub mod recvmmsg;
 pub mod socket;
+
+/// Restores the default SIGPIPE action, so `ringblast get ... | head` ends quietly when the
+/// reader goes away instead of panicking in `println!` (Rust ignores SIGPIPE by default).
+/// For the command-line binary only: a library must not change process-wide signals.
+#[allow(unsafe_code)]
+pub fn default_sigpipe() {
+    // SAFETY: called at the start of main, before any thread exists; SIG_DFL needs no handler.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}

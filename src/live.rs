@@ -1,0 +1,144 @@
+//! Live progress of running sub-clients: counters they publish once per receive batch, read
+//! by an interval reporter (`get -i SECONDS`, like iperf3) or a progress bar on a terminal.
+
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// What one sub-client has done so far.
+#[derive(Debug, Default)]
+pub struct ClientLive {
+    pub bytes_intact: AtomicU64,
+    pub datagrams: AtomicU64,
+    pub retransmitted: AtomicU64,
+    /// Datagrams missing below the highest one seen (holes waiting for repair).
+    pub holes: AtomicU64,
+}
+
+/// The counters of every sub-client of one `get`.
+#[derive(Debug)]
+pub struct Live {
+    pub clients: Vec<ClientLive>,
+    /// Bytes all copies will hold when complete (0 until known).
+    pub total_bytes: AtomicU64,
+}
+
+impl Live {
+    pub fn new(clients: usize) -> Arc<Live> {
+        Arc::new(Live {
+            clients: (0..clients).map(|_| ClientLive::default()).collect(),
+            total_bytes: AtomicU64::new(0),
+        })
+    }
+}
+
+#[derive(Clone, Copy, Default)]
+struct Snap {
+    bytes: u64,
+    datagrams: u64,
+    retransmitted: u64,
+}
+
+fn snap(c: &ClientLive) -> Snap {
+    Snap {
+        bytes: c.bytes_intact.load(Ordering::Relaxed),
+        datagrams: c.datagrams.load(Ordering::Relaxed),
+        retransmitted: c.retransmitted.load(Ordering::Relaxed),
+    }
+}
+
+fn line(id: &str, from: f64, to: f64, d: Snap, holes: u64) -> String {
+    let secs = (to - from).max(1e-9);
+    format!(
+        "[{id:>3}] {from:6.2}-{to:6.2} s {:>10.2} MiB {:>9.2} Gbit/s {:>9} dgrams {:>7} holes {:>7} retrans",
+        d.bytes as f64 / 1048576.0,
+        d.bytes as f64 * 8.0 / 1e9 / secs,
+        d.datagrams,
+        holes,
+        d.retransmitted
+    )
+}
+
+/// Starts the reporter: interval lines on stdout every `interval`, or else a progress bar
+/// on stderr when it is a terminal and `quiet` is off. Stops when `done` is set.
+pub fn spawn_reporter(
+    live: Arc<Live>,
+    interval: Option<Duration>,
+    quiet: bool,
+    done: Arc<AtomicBool>,
+) -> Option<JoinHandle<()>> {
+    if interval.is_none() && (quiet || !std::io::stderr().is_terminal()) {
+        return None;
+    }
+    std::thread::Builder::new()
+        .name("reporter".into())
+        .spawn(move || match interval {
+            Some(every) => intervals(&live, every, &done),
+            None => progress_bar(&live, &done),
+        })
+        .ok()
+}
+
+fn intervals(live: &Live, every: Duration, done: &AtomicBool) {
+    let start = Instant::now();
+    let mut last: Vec<Snap> = vec![Snap::default(); live.clients.len()];
+    let mut last_t = 0.0;
+    println!(
+        "[ ID] interval            transfer         rate     datagrams         holes       retrans"
+    );
+    loop {
+        let deadline = Instant::now() + every;
+        while Instant::now() < deadline && !done.load(Ordering::Acquire) {
+            std::thread::sleep(Duration::from_millis(10).min(every));
+        }
+        let finished = done.load(Ordering::Acquire);
+        let t = start.elapsed().as_secs_f64();
+        let mut sum = Snap::default();
+        let mut sum_holes = 0;
+        for (i, c) in live.clients.iter().enumerate() {
+            let now = snap(c);
+            let d = Snap {
+                bytes: now.bytes - last[i].bytes,
+                datagrams: now.datagrams - last[i].datagrams,
+                retransmitted: now.retransmitted - last[i].retransmitted,
+            };
+            let holes = c.holes.load(Ordering::Relaxed);
+            if live.clients.len() > 1 {
+                println!("{}", line(&(i + 1).to_string(), last_t, t, d, holes));
+            }
+            sum.bytes += d.bytes;
+            sum.datagrams += d.datagrams;
+            sum.retransmitted += d.retransmitted;
+            sum_holes += holes;
+            last[i] = now;
+        }
+        println!("{}", line("SUM", last_t, t, sum, sum_holes));
+        last_t = t;
+        if finished {
+            return;
+        }
+    }
+}
+
+fn progress_bar(live: &Live, done: &AtomicBool) {
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40.cyan/blue} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    while !done.load(Ordering::Acquire) {
+        bar.set_length(live.total_bytes.load(Ordering::Relaxed));
+        bar.set_position(
+            live.clients
+                .iter()
+                .map(|c| c.bytes_intact.load(Ordering::Relaxed))
+                .sum(),
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bar.finish_and_clear();
+}
