@@ -218,7 +218,14 @@ struct Conn {
     server: SocketAddr,
     buf: Vec<u8>,
     out: Vec<u8>,
+    /// Data datagrams that arrived while a request was waiting for its answer, with their
+    /// arrival time (Unix ns); kept (up to [`MAX_EARLY`]) while `keep_early` is set.
+    early: Vec<(Vec<u8>, u64)>,
+    keep_early: bool,
 }
+
+/// Most data datagrams kept while waiting for META (16 MiB at the largest datagram size).
+const MAX_EARLY: usize = 256;
 
 /// What a reply means to the request waiting for it.
 enum Reply<T> {
@@ -242,6 +249,8 @@ impl Conn {
             server,
             buf: vec![0; MAX_DATAGRAM + 1],
             out: Vec::with_capacity(2048),
+            early: Vec::new(),
+            keep_early: false,
         })
     }
 
@@ -299,6 +308,13 @@ impl Conn {
                     }
                     Err(e) => return Err(e.into()),
                 };
+                if self.keep_early && crate::wire::is_data(&self.buf[..n]) {
+                    if self.early.len() < MAX_EARLY {
+                        self.early
+                            .push((self.buf[..n].to_vec(), crate::engine::unix_ns()));
+                    }
+                    continue;
+                }
                 let Ok(reply) = Message::parse(&self.buf[..n]) else {
                     continue;
                 };
@@ -516,6 +532,7 @@ impl Fetch {
             window: initial_window,
             name: &cfg.file,
         };
+        conn.keep_early = true;
         let meta = conn.request(&get, cfg.timeout, "waiting for the file", |m| match m {
             Message::Meta(meta) if meta.request_id == request_id => Reply::Done(Ok(*meta)),
             Message::Wait { request_id: r } if *r == request_id => Reply::Alive,
@@ -558,7 +575,12 @@ impl Fetch {
         let mut rx = Receive::new(&meta, window);
         live.total_bytes
             .fetch_add(meta.file_size, Ordering::Relaxed);
-        let outcome = rx.run(&mut conn, &sink, cfg, &live.clients[id - 1]);
+        conn.keep_early = false;
+        let early = std::mem::take(&mut conn.early);
+        let outcome = rx
+            .absorb_early(&early, &sink)
+            .and_then(|()| rx.run(&mut conn, &sink, cfg, &live.clients[id - 1]));
+        drop(early);
         self.report.file_size = meta.file_size;
         self.report.datagrams_expected = rx.tracker.total() as u64;
         self.report.datagrams_lost = rx.tracker.missing() as u64;
@@ -822,7 +844,6 @@ impl Receive {
     /// Checks, records and writes the data datagrams of one batch. Returns how many new
     /// datagrams were accepted.
     fn absorb(&mut self, batch: &RecvBatch, n: usize, sink: &Sink) -> Result<u64, FetchError> {
-        let payload_size = self.meta.payload_size as u64;
         let batch_ns = crate::engine::unix_ns();
         self.hists.recv_batch.record(n as u64);
         let mut run: Vec<IoSlice<'_>> = Vec::with_capacity(BATCH);
@@ -834,56 +855,78 @@ impl Receive {
                 self.counts.malformed += 1;
                 continue;
             };
-            let (h, payload) = match DataHeader::parse(d) {
-                Ok(x) => x,
-                Err(_) => {
-                    self.control(d);
-                    continue;
-                }
-            };
-            let index = h.offset / payload_size;
-            let valid = h.session == self.meta.session
-                && h.offset % payload_size == 0
-                && index < self.tracker.total() as u64
-                && payload.len() == payload_len(self.meta.file_size, self.meta.payload_size, index);
-            if !valid {
-                self.counts.malformed += 1;
-                continue;
-            }
-            let index = index as u32;
             let arrival = batch.timestamp_ns(i).unwrap_or(batch_ns);
-            self.record_arrival(arrival, h.send_ts_ns);
-            self.counts.datagrams_received += 1;
-            self.counts.bytes_received += payload.len() as u64;
-            if h.flags & data_flags::RETRANSMIT != 0 {
-                self.counts.retransmitted += 1;
-            }
-            if self.tracker.contains(index) {
-                self.counts.duplicates += 1;
+            let Some((offset, payload)) = self.accept(d, arrival) else {
                 continue;
-            }
-            let crc = crc32c::crc32c(payload);
-            if !DataHeader::crc_ok(d, crc) {
-                self.counts.corrupt += 1;
-                continue;
-            }
-            self.note_holes(index, arrival);
-            self.tracker.insert(index);
-            self.crcs[index as usize] = crc;
-            self.counts.bytes_intact += payload.len() as u64;
-            self.echo_ts_ns = h.send_ts_ns;
-            self.echo_at = Instant::now();
+            };
             accepted += 1;
-            if h.offset != run_end || run.is_empty() {
+            if offset != run_end || run.is_empty() {
                 sink.write_run(run_start, &run)?;
                 run.clear();
-                run_start = h.offset;
+                run_start = offset;
             }
             run.push(IoSlice::new(payload));
-            run_end = h.offset + payload.len() as u64;
+            run_end = offset + payload.len() as u64;
         }
         sink.write_run(run_start, &run)?;
         Ok(accepted)
+    }
+
+    /// Checks one datagram that arrived at `arrival_ns`: control messages are handled, data is
+    /// validated against the session, counted, CRC-checked and recorded. Returns the offset and
+    /// payload of new intact data, to be written.
+    fn accept<'d>(&mut self, d: &'d [u8], arrival_ns: u64) -> Option<(u64, &'d [u8])> {
+        let payload_size = self.meta.payload_size as u64;
+        let (h, payload) = match DataHeader::parse(d) {
+            Ok(x) => x,
+            Err(_) => {
+                self.control(d);
+                return None;
+            }
+        };
+        let index = h.offset / payload_size;
+        let valid = h.session == self.meta.session
+            && h.offset % payload_size == 0
+            && index < self.tracker.total() as u64
+            && payload.len() == payload_len(self.meta.file_size, self.meta.payload_size, index);
+        if !valid {
+            self.counts.malformed += 1;
+            return None;
+        }
+        let index = index as u32;
+        self.record_arrival(arrival_ns, h.send_ts_ns);
+        self.counts.datagrams_received += 1;
+        self.counts.bytes_received += payload.len() as u64;
+        if h.flags & data_flags::RETRANSMIT != 0 {
+            self.counts.retransmitted += 1;
+        }
+        if self.tracker.contains(index) {
+            self.counts.duplicates += 1;
+            return None;
+        }
+        let crc = crc32c::crc32c(payload);
+        if !DataHeader::crc_ok(d, crc) {
+            self.counts.corrupt += 1;
+            return None;
+        }
+        self.note_holes(index, arrival_ns);
+        self.tracker.insert(index);
+        self.crcs[index as usize] = crc;
+        self.counts.bytes_intact += payload.len() as u64;
+        self.echo_ts_ns = h.send_ts_ns;
+        self.echo_at = Instant::now();
+        Some((h.offset, payload))
+    }
+
+    /// Data that arrived before META (it was lost and the GET resent): checked and written
+    /// now that the session is known, instead of being thrown away.
+    fn absorb_early(&mut self, early: &[(Vec<u8>, u64)], sink: &Sink) -> Result<(), FetchError> {
+        for (d, arrival) in early {
+            if let Some((offset, payload)) = self.accept(d, *arrival) {
+                sink.write_run(offset, &[IoSlice::new(payload)])?;
+            }
+        }
+        Ok(())
     }
 
     fn publish(&self, live: &ClientLive) {

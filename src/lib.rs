@@ -14,6 +14,7 @@ pub mod legacy;
 pub mod live;
 pub mod logging;
 pub mod receiver;
+pub mod relay;
 pub mod report;
 pub mod server;
 pub mod session;

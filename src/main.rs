@@ -181,6 +181,40 @@ enum Command {
         #[arg(long, value_parser = parse_size, default_value = "48MiB")]
         recv_buffer: u64,
     },
+    /// A UDP relay that impairs traffic both ways (no netem needed): forwards each client's
+    /// flow to the server and back, and prints what it did when stopped (Ctrl-C).
+    Relay {
+        /// Where clients send (give this to `get --server`).
+        #[arg(long)]
+        listen: SocketAddr,
+        /// The server.
+        #[arg(long)]
+        to: SocketAddr,
+        /// Drop probability per datagram and direction: 0.05 or 5%.
+        #[arg(long, value_parser = ringblast::relay::parse_probability, default_value = "0")]
+        loss: f64,
+        /// Probability of holding a datagram back ~1-2 ms so later ones overtake it.
+        #[arg(long, value_parser = ringblast::relay::parse_probability, default_value = "0")]
+        reorder: f64,
+        /// Probability of sending a datagram twice.
+        #[arg(long, value_parser = ringblast::relay::parse_probability, default_value = "0")]
+        duplicate: f64,
+        /// Probability of flipping one bit of a datagram.
+        #[arg(long, value_parser = ringblast::relay::parse_probability, default_value = "0")]
+        corrupt: f64,
+        /// Delay added to every datagram, milliseconds.
+        #[arg(long, default_value_t = 0.0)]
+        delay: f64,
+        /// Rate limit per direction, bits/s (e.g. 1G); excess queues, then drops.
+        #[arg(long, value_parser = parse_rate)]
+        rate: Option<u64>,
+        /// Seed of the impairments: the same seed and traffic give the same result.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Stop after this many seconds (default: at Ctrl-C).
+        #[arg(long, value_parser = secs)]
+        duration: Option<Duration>,
+    },
     /// One command: generate a file, serve it on loopback, fetch it with 5 sub-clients and
     /// print the lab's table.
     Demo {
@@ -349,6 +383,52 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "results: {}/results.csv, results.json, throughput.svg, loss.svg",
                 out.display()
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Relay {
+            listen,
+            to,
+            loss,
+            reorder,
+            duplicate,
+            corrupt,
+            delay,
+            rate,
+            seed,
+            duration,
+        } => {
+            logging::init("info");
+            if !(delay.is_finite() && delay >= 0.0) {
+                anyhow::bail!("--delay must be a non-negative number of milliseconds");
+            }
+            let relay = ringblast::relay::Relay::start(ringblast::relay::RelayConfig {
+                listen,
+                to,
+                loss,
+                reorder,
+                duplicate,
+                corrupt,
+                delay: Duration::from_secs_f64(delay / 1000.0),
+                rate_bps: rate,
+                seed,
+                drop_first: Vec::new(),
+            })?;
+            eprintln!(
+                "relay {} -> {to}: loss {loss}, reorder {reorder}, duplicate {duplicate}, corrupt {corrupt}, delay {delay} ms, seed {seed}",
+                relay.local_addr()
+            );
+            let stop = ringblast::sys::stop_on_signals();
+            if let Some(d) = duration {
+                let deadline = std::time::Instant::now() + d;
+                while std::time::Instant::now() < deadline
+                    && !stop.load(std::sync::atomic::Ordering::Acquire)
+                {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                stop.store(true, std::sync::atomic::Ordering::Release);
+            }
+            let stats = relay.wait_for(stop);
+            print!("{stats}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo {

@@ -71,6 +71,8 @@ pub enum WireError {
     Malformed(&'static str),
     #[error("trailing bytes after message")]
     Trailing,
+    #[error("checksum mismatch (corrupted)")]
+    BadChecksum,
 }
 
 /// Transfer mode requested by the client.
@@ -385,10 +387,24 @@ impl<'a> Message<'a> {
     /// Parses a control message. `DATA` is refused here: use [`DataHeader::parse`].
     pub fn parse(buf: &'a [u8]) -> Result<Self, WireError> {
         let k = peek_kind(buf)?;
+        if k == kind::DATA {
+            return Err(WireError::Malformed("DATA is not a control message"));
+        }
+        // Every control message ends with CRC32C(everything before it): a corrupted request,
+        // ACK or META is dropped here, before any of its fields is believed.
+        if buf.len() < 8 {
+            return Err(WireError::Truncated);
+        }
+        let (body, trailer) = buf.split_at(buf.len() - 4);
+        let want = u32::from_be_bytes([trailer[0], trailer[1], trailer[2], trailer[3]]);
+        if crc32c::crc32c(body) != want {
+            return Err(WireError::BadChecksum);
+        }
+        let buf = body;
         let mut r = Reader { buf: &buf[4..] };
         let msg = match k {
             kind::HELLO => {
-                if buf.len() < HELLO_MIN_LEN {
+                if buf.len() + 4 < HELLO_MIN_LEN {
                     return Err(WireError::Malformed("HELLO shorter than 1200 bytes"));
                 }
                 let nonce = r.u64()?;
@@ -496,14 +512,22 @@ impl<'a> Message<'a> {
         Ok(msg)
     }
 
-    /// Appends the encoded message to `out`.
+    /// Appends the encoded message, with its CRC32C trailer, to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
+        let start = out.len();
+        self.encode_body(out);
+        let crc = crc32c::crc32c(&out[start..]);
+        out.extend_from_slice(&crc.to_be_bytes());
+    }
+
+    fn encode_body(&self, out: &mut Vec<u8>) {
         match self {
             Message::Hello { nonce } => {
                 let start = out.len();
                 header(out, kind::HELLO);
                 out.extend_from_slice(&nonce.to_be_bytes());
-                out.resize(start + HELLO_MIN_LEN, 0);
+                // Padded so the whole datagram, trailer included, is HELLO_MIN_LEN bytes.
+                out.resize(start + HELLO_MIN_LEN - 4, 0);
             }
             Message::Retry { nonce, token } => {
                 header(out, kind::RETRY);
@@ -700,6 +724,13 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// `body` with the CRC32C trailer a valid control message carries.
+    fn with_crc(body: &[u8]) -> Vec<u8> {
+        let mut v = body.to_vec();
+        v.extend_from_slice(&crc32c::crc32c(body).to_be_bytes());
+        v
+    }
+
     fn roundtrip(m: Message<'_>) {
         let bytes = m.to_vec();
         let back = Message::parse(&bytes).expect("parses");
@@ -796,8 +827,12 @@ mod tests {
             Err(WireError::BadVersion(2))
         );
         assert_eq!(
-            Message::parse(b"RB\x01\xEE"),
+            Message::parse(&with_crc(b"RB\x01\xEE")),
             Err(WireError::UnknownKind(0xEE))
+        );
+        assert_eq!(
+            Message::parse(b"RB\x01\x0A\x00\x00\x00\x01\x00"),
+            Err(WireError::BadChecksum)
         );
         assert_eq!(Message::parse(b"R"), Err(WireError::Truncated));
         // A HELLO below the anti-amplification minimum is refused.
@@ -811,7 +846,18 @@ mod tests {
         }
         .to_vec();
         done.push(0);
-        assert_eq!(Message::parse(&done), Err(WireError::Trailing));
+        assert_eq!(Message::parse(&done), Err(WireError::BadChecksum));
+        // So is any single flipped bit, anywhere (the CRC trailer).
+        let good = Message::Done {
+            session: 1,
+            status: DoneStatus::Complete,
+        }
+        .to_vec();
+        for i in 0..good.len() * 8 {
+            let mut bad = good.clone();
+            bad[i / 8] ^= 1 << (i % 8);
+            assert!(Message::parse(&bad).is_err(), "bit {i} flip accepted");
+        }
     }
 
     #[test]
@@ -920,8 +966,10 @@ mod tests {
 
         #[test]
         fn control_parser_never_panics_on_valid_prefix(kind in 1u8..=12, rest in proptest::collection::vec(any::<u8>(), 0..600)) {
-            let mut bytes = vec![b'R', b'B', VERSION, kind];
-            bytes.extend_from_slice(&rest);
+            let mut body = vec![b'R', b'B', VERSION, kind];
+            body.extend_from_slice(&rest);
+            // A valid trailer, so the field parsers (not just the checksum) meet random bytes.
+            let bytes = with_crc(&body);
             if let Ok(m) = Message::parse(&bytes) {
                 // Whatever parses re-encodes to something that parses to the same message.
                 let again = m.to_vec();
