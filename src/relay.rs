@@ -294,12 +294,12 @@ impl Engine {
                 if !ready[i + 1] {
                     continue;
                 }
-                loop {
-                    let Some(flow) = self.flows.get(c) else { break };
-                    match retry_eintr(|| flow.upstream.recv(&mut buf)) {
-                        Ok(n) => self.impair(Dir::Down, *c, &buf[..n]),
-                        Err(_) => break,
-                    }
+                while let Some(Ok(n)) = self
+                    .flows
+                    .get(c)
+                    .map(|flow| retry_eintr(|| flow.upstream.recv(&mut buf)))
+                {
+                    self.impair(Dir::Down, *c, &buf[..n]);
                 }
             }
             let idle = Duration::from_secs(60);
