@@ -976,7 +976,7 @@ impl Receive {
                 self.end_seen = true
             }
             Ok(Message::Error {
-                code: ErrorCode::NoSession,
+                code: ErrorCode::NoSession | ErrorCode::FileChanged | ErrorCode::Internal,
                 text,
                 ..
             }) => self.session_gone = Some(text.to_string()),

@@ -24,6 +24,8 @@ pub enum FileError {
     NotFound(String),
     #[error("{0} is not a regular file")]
     NotRegular(String),
+    #[error("{0} changed while it was being read")]
+    Changed(String),
     #[error("cannot read {name}: {source}")]
     Io {
         name: String,
@@ -71,6 +73,34 @@ pub fn manifest_hash(file_size: u64, payload_size: u32, crcs: &[u32]) -> [u8; 32
     *h.finalize().as_bytes()
 }
 
+/// Per-datagram CRC32Cs and the BLAKE3 content hash of the first `len` bytes of `file`, read in
+/// chunks of whole datagrams into a huge-page buffer; the hash runs on all cores.
+fn digest(file: &File, len: u64, payload_size: u32) -> std::io::Result<(Vec<u32>, [u8; 32])> {
+    use std::os::unix::fs::FileExt;
+    let chunk = (8 << 20) / payload_size as usize * payload_size as usize;
+    let mut buf = crate::sys::hugebuf::HugeBuf::new(chunk.max(payload_size as usize));
+    let mut crcs = Vec::with_capacity(datagram_count(len, payload_size) as usize);
+    let mut h = blake3::Hasher::new();
+    let mut pos = 0u64;
+    while pos < len {
+        let n = ((len - pos) as usize).min(buf.as_slice().len());
+        let data = &mut buf.as_mut_slice()[..n];
+        file.read_exact_at(data, pos)?;
+        let data = &buf.as_slice()[..n];
+        std::thread::scope(|s| {
+            let c = s.spawn(|| {
+                data.chunks(payload_size as usize)
+                    .map(crc32c::crc32c)
+                    .collect::<Vec<u32>>()
+            });
+            h.update_rayon(data);
+            crcs.extend(c.join().expect("crc thread"));
+        });
+        pos += n as u64;
+    }
+    Ok((crcs, *h.finalize().as_bytes()))
+}
+
 /// Identity of a file version: a change to any of these means re-index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Identity {
@@ -108,6 +138,15 @@ pub struct IndexedFile {
 }
 
 impl IndexedFile {
+    /// True when the file on disk is no longer the version that was indexed (written to,
+    /// truncated, replaced): its bytes may no longer match the CRCs and hashes.
+    pub fn changed(&self) -> bool {
+        match self.file.metadata() {
+            Ok(md) => Identity::of(&md) != self.identity,
+            Err(_) => true,
+        }
+    }
+
     pub fn datagrams(&self) -> u64 {
         datagram_count(self.size, self.payload_size)
     }
@@ -214,24 +253,19 @@ impl Catalog {
             name: name.to_string(),
             source,
         };
+        let payload_size = self.payload_size;
+        // Read with pread, never through the map: a file truncated while it is read this way
+        // gives a short read (an error here), where a map read in user space would be SIGBUS.
+        // The map is only ever read by the kernel (sendmsg), where a vanished page is EFAULT.
+        let (crcs, content_hash) = digest(&file, md.len(), payload_size).map_err(io_err)?;
+        if Identity::of(&file.metadata().map_err(io_err)?) != identity {
+            return Err(FileError::Changed(name.to_string()));
+        }
         let map = if md.len() > 0 {
             Some(MappedFile::map(&file, md.len()).map_err(io_err)?)
         } else {
             None
         };
-        let data: &[u8] = map.as_ref().map(|m| m.as_slice()).unwrap_or(&[]);
-        let payload_size = self.payload_size;
-        // CRCs on one thread, the content hash (itself parallel) beside it.
-        let (crcs, content_hash) = std::thread::scope(|s| {
-            let crcs = s.spawn(|| {
-                data.chunks(payload_size as usize)
-                    .map(crc32c::crc32c)
-                    .collect::<Vec<u32>>()
-            });
-            let mut h = blake3::Hasher::new();
-            h.update_rayon(data);
-            (crcs.join().expect("crc thread"), *h.finalize().as_bytes())
-        });
         let indexed = Arc::new(IndexedFile {
             name: name.to_string(),
             size: md.len(),

@@ -404,7 +404,31 @@ impl Control {
         }
     }
 
+    /// The error that explains why the server ended session `s`, if it was the server's doing.
+    fn why_ended(s: &Session) -> Option<(ErrorCode, &'static str)> {
+        match s.close_reason()? {
+            CloseReason::FileChanged => Some((
+                ErrorCode::FileChanged,
+                "the file changed on the server while it was being sent",
+            )),
+            CloseReason::Failed => {
+                Some((ErrorCode::Internal, "the server could not send the file"))
+            }
+            _ => None,
+        }
+    }
+
     fn ack(&mut self, src: SocketAddr, ack: &Ack<'_>) {
+        // A session the server ended: say why, not just that it is gone.
+        let ended = self
+            .sessions
+            .get(&ack.session)
+            .filter(|s| s.peer == src)
+            .and_then(|s| Self::why_ended(s));
+        if let Some((code, text)) = ended {
+            self.error(src, 0, code, text);
+            return;
+        }
         let Some(s) = self.session_from(src, ack.session) else {
             // Tell a client whose session is gone, so it fails fast instead of waiting out
             // its timeout. The answer is smaller than an ACK: no amplification.
@@ -501,6 +525,7 @@ impl Control {
             FileError::BadName(_) | FileError::NotRegular(_) => ErrorCode::BadName,
             FileError::NotFound(_) => ErrorCode::NotFound,
             FileError::Io { .. } => ErrorCode::Internal,
+            FileError::Changed(_) => ErrorCode::FileChanged,
         };
         tracing::info!("[REFUSED] {} asked for {:?}: {e}", req.peer, req.name);
         self.error(req.peer, req.request_id, code, &e.to_string());
@@ -593,13 +618,32 @@ impl Control {
         self.send(s.peer, &meta);
     }
 
-    /// Times out silent clients and forgets released sessions.
+    /// Times out silent clients, stops sessions whose file changed, tells clients why the
+    /// server ended their session, and forgets released sessions.
     fn sweep(&mut self) {
         let timeout = self.cfg.idle_timeout;
+        let mut tell = Vec::new();
         for s in self.sessions.values() {
-            if s.close_reason().is_none() && s.silent_for() > timeout {
-                s.close(CloseReason::TimedOut);
+            if s.close_reason().is_none() {
+                if s.silent_for() > timeout {
+                    s.close(CloseReason::TimedOut);
+                } else if s.file.changed() {
+                    tracing::warn!(
+                        "[SESSION {:08x}] {} changed on disk while being sent: transfer stopped",
+                        s.id,
+                        s.file.name
+                    );
+                    s.close(CloseReason::FileChanged);
+                }
             }
+            if let Some(why) = Self::why_ended(s) {
+                if !s.told_client.swap(true, Ordering::AcqRel) {
+                    tell.push((s.peer, why));
+                }
+            }
+        }
+        for (peer, (code, text)) in tell {
+            self.error(peer, 0, code, text);
         }
         let released: Vec<u32> = self
             .sessions

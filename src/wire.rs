@@ -117,6 +117,8 @@ pub enum ErrorCode {
     Internal,
     /// The session id in a client's message is unknown (expired or never existed).
     NoSession,
+    /// The served file changed while it was being sent: the transfer is abandoned.
+    FileChanged,
 }
 
 impl ErrorCode {
@@ -129,6 +131,7 @@ impl ErrorCode {
             ErrorCode::BadRequest => 5,
             ErrorCode::Internal => 6,
             ErrorCode::NoSession => 7,
+            ErrorCode::FileChanged => 8,
         }
     }
     fn from_u8(v: u8) -> Result<Self, WireError> {
@@ -140,6 +143,7 @@ impl ErrorCode {
             5 => ErrorCode::BadRequest,
             6 => ErrorCode::Internal,
             7 => ErrorCode::NoSession,
+            8 => ErrorCode::FileChanged,
             _ => return Err(WireError::Malformed("error code")),
         })
     }

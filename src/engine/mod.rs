@@ -77,6 +77,8 @@ pub enum CloseReason {
     Shutdown = 4,
     /// The engine could not send (setup or socket error).
     Failed = 5,
+    /// The served file changed while it was being sent.
+    FileChanged = 6,
 }
 
 impl CloseReason {
@@ -87,6 +89,7 @@ impl CloseReason {
             3 => CloseReason::TimedOut,
             4 => CloseReason::Shutdown,
             5 => CloseReason::Failed,
+            6 => CloseReason::FileChanged,
             _ => return None,
         })
     }
@@ -97,6 +100,7 @@ impl CloseReason {
             CloseReason::TimedOut => "client silent, timed out",
             CloseReason::Shutdown => "server shutdown",
             CloseReason::Failed => "send failed",
+            CloseReason::FileChanged => "file changed while sending",
         }
     }
 }
@@ -125,6 +129,8 @@ pub struct Session {
     pub send_errors: AtomicU64,
     waker: OnceLock<Arc<EventFd>>,
     ctx: SessionCtx,
+    /// The client was told why the server ended the session.
+    pub told_client: AtomicBool,
 }
 
 impl Session {
@@ -150,6 +156,7 @@ impl Session {
             send_errors: AtomicU64::new(0),
             waker: OnceLock::new(),
             ctx,
+            told_client: AtomicBool::new(false),
         }
     }
 

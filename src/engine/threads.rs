@@ -155,7 +155,11 @@ fn run_session(sock: &UdpSocket, session: &Session, wake: &EventFd, shutdown: &A
                         session.id,
                         file.name
                     );
-                    session.close(CloseReason::Failed);
+                    session.close(if file.changed() {
+                        CloseReason::FileChanged
+                    } else {
+                        CloseReason::Failed
+                    });
                     break;
                 }
                 DataHeader {

@@ -113,6 +113,10 @@ impl RingSession {
             self.in_flight -= 1;
             if cqe.result() < 0 {
                 errors += 1;
+                if cqe.result() == -libc::EFAULT {
+                    // The kernel found a page of the mapped file gone: it was truncated.
+                    self.session.close(CloseReason::FileChanged);
+                }
             }
         }
         if errors > 0 {

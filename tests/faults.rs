@@ -1,0 +1,104 @@
+//! Faults: the served file truncated or rewritten while it is being sent. The server must not
+//! crash (a read of a truncated map is SIGBUS, which would kill this test process), must stop
+//! the transfer and say why, and must keep serving.
+
+use std::os::unix::fs::FileExt;
+use std::time::{Duration, Instant};
+
+use ringblast::client::{self, GetConfig};
+use ringblast::engine::EngineKind;
+use ringblast::server::{Server, ServerConfig};
+use ringblast::wire::MAX_PAYLOAD;
+
+fn no_uring() -> bool {
+    match ringblast::engine::uring::available() {
+        Ok(()) => false,
+        Err(e) => {
+            eprintln!("SKIPPED: {e}");
+            true
+        }
+    }
+}
+
+fn change_mid_transfer(engine: EngineKind, change: fn(&std::path::Path)) {
+    let served = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let path = served.path().join("moving");
+    std::fs::write(&path, vec![7u8; 60 * MAX_PAYLOAD]).unwrap();
+    std::fs::write(served.path().join("other"), vec![1u8; 3 * MAX_PAYLOAD]).unwrap();
+    // 20 Mbit/s: the 3.9 MB file takes ~1.6 s, time to change it underneath.
+    let srv = Server::start(ServerConfig {
+        dir: served.path().into(),
+        bind: "127.0.0.1:0".parse().unwrap(),
+        engine,
+        rate_bps: Some(20_000_000),
+        ..ServerConfig::default()
+    })
+    .unwrap();
+    let changer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(400));
+        change(&path);
+    });
+    let mut g = GetConfig::new(srv.local_addr(), "moving");
+    g.out_dir = Some(out.path().into());
+    g.timeout = Duration::from_secs(3);
+    let t = Instant::now();
+    let r = &client::get(&g).unwrap()[0];
+    changer.join().unwrap();
+    assert!(
+        t.elapsed() < Duration::from_secs(4),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert!(!r.ok());
+    let e = r.error.as_deref().unwrap();
+    assert!(e.contains("changed"), "{engine:?}: unclear reason: {e}");
+    assert_eq!(
+        std::fs::read_dir(out.path()).unwrap().count(),
+        0,
+        "partial copy kept"
+    );
+    // Still serving: another file, and the changed one afresh (re-indexed).
+    let mut g = GetConfig::new(srv.local_addr(), "other");
+    g.out_dir = Some(out.path().into());
+    assert!(client::get(&g).unwrap()[0].ok());
+}
+
+fn truncate(p: &std::path::Path) {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(p)
+        .unwrap()
+        .set_len(1000)
+        .unwrap();
+}
+
+fn rewrite_in_place(p: &std::path::Path) {
+    let f = std::fs::OpenOptions::new().write(true).open(p).unwrap();
+    f.write_all_at(&[9u8; 4096], 50 * MAX_PAYLOAD as u64)
+        .unwrap();
+}
+
+#[test]
+fn file_truncated_while_sending_uring() {
+    if no_uring() {
+        return;
+    }
+    change_mid_transfer(EngineKind::Uring, truncate);
+}
+
+#[test]
+fn file_truncated_while_sending_threads() {
+    if no_uring() {
+        return;
+    }
+    change_mid_transfer(EngineKind::Threads, truncate);
+}
+
+#[test]
+fn file_rewritten_while_sending() {
+    if no_uring() {
+        return;
+    }
+    change_mid_transfer(EngineKind::Uring, rewrite_in_place);
+}
