@@ -83,6 +83,10 @@ enum Command {
         /// Most concurrent sessions; further requests get a "busy" answer.
         #[arg(long, default_value_t = 256)]
         max_sessions: usize,
+        /// Requests (HELLO, LIST, GET) per second one source IP may make (twice that in a
+        /// burst); beyond it they are dropped with a short "busy" answer.
+        #[arg(long, default_value_t = 500.0)]
+        requests_per_ip: f64,
         /// Print one JSON object per finished session on stdout (logs stay on stderr).
         #[arg(long)]
         json: bool,
@@ -202,6 +206,10 @@ enum Command {
         /// Probability of flipping one bit of a datagram.
         #[arg(long, value_parser = ringblast::relay::parse_probability, default_value = "0")]
         corrupt: f64,
+        /// Probability of also sending a garbage datagram (random, truncated, or a valid
+        /// header with random contents) beside a real one.
+        #[arg(long, value_parser = ringblast::relay::parse_probability, default_value = "0")]
+        garbage: f64,
         /// Delay added to every datagram, milliseconds.
         #[arg(long, default_value_t = 0.0)]
         delay: f64,
@@ -256,6 +264,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             max_sessions,
             json,
             legacy,
+            requests_per_ip,
         } => {
             logging::init("info");
             let defaults = ServerConfig::default();
@@ -270,6 +279,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 max_sessions: max_sessions.max(1),
                 json,
                 legacy,
+                requests_per_ip: if requests_per_ip.is_finite() && requests_per_ip > 0.0 {
+                    requests_per_ip
+                } else {
+                    anyhow::bail!("--requests-per-ip must be a positive number");
+                },
                 ..defaults
             })?;
             server.wait();
@@ -392,6 +406,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             reorder,
             duplicate,
             corrupt,
+            garbage,
             delay,
             rate,
             seed,
@@ -408,6 +423,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 reorder,
                 duplicate,
                 corrupt,
+                garbage,
                 delay: Duration::from_secs_f64(delay / 1000.0),
                 rate_bps: rate,
                 seed,

@@ -32,6 +32,9 @@ pub struct RelayConfig {
     pub reorder: f64,
     pub duplicate: f64,
     pub corrupt: f64,
+    /// Probability of sending, beside a datagram, a garbage one: random bytes, a truncated
+    /// copy, or a ringblast header followed by random bytes.
+    pub garbage: f64,
     /// Added to every datagram.
     pub delay: Duration,
     /// Per direction, bits per second; excess is queued (up to [`QUEUE_LIMIT`]) then dropped.
@@ -51,6 +54,7 @@ impl RelayConfig {
             reorder: 0.0,
             duplicate: 0.0,
             corrupt: 0.0,
+            garbage: 0.0,
             delay: Duration::ZERO,
             rate_bps: None,
             seed: 1,
@@ -75,6 +79,7 @@ pub struct DirStats {
     pub corrupted: u64,
     pub rate_dropped: u64,
     pub targeted_drops: u64,
+    pub garbage: u64,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize)]
@@ -92,8 +97,8 @@ impl std::fmt::Display for RelayStats {
         for (name, d) in [("client->server", self.up), ("server->client", self.down)] {
             writeln!(
                 f,
-                "{name}: {} received, {} forwarded, {} dropped, {} reordered, {} duplicated, {} corrupted, {} dropped by rate limit, {} targeted drops",
-                d.received, d.forwarded, d.dropped, d.reordered, d.duplicated, d.corrupted, d.rate_dropped, d.targeted_drops
+                "{name}: {} received, {} forwarded, {} dropped, {} reordered, {} duplicated, {} corrupted, {} dropped by rate limit, {} targeted drops, {} garbage sent",
+                d.received, d.forwarded, d.dropped, d.reordered, d.duplicated, d.corrupted, d.rate_dropped, d.targeted_drops, d.garbage
             )?;
         }
         Ok(())
@@ -114,6 +119,7 @@ impl Relay {
             ("reorder", cfg.reorder),
             ("duplicate", cfg.duplicate),
             ("corrupt", cfg.corrupt),
+            ("garbage", cfg.garbage),
         ] {
             if !(0.0..=1.0).contains(&p) {
                 return Err(io::Error::new(
@@ -338,6 +344,11 @@ impl Engine {
     /// Applies the impairments to one datagram and forwards, holds or drops it.
     fn impair(&mut self, dir: Dir, client: SocketAddr, d: &[u8]) {
         self.dir_stats(dir).received += 1;
+        if self.rng[dir as usize].random::<f64>() < self.cfg.garbage {
+            let junk = self.garbage(dir, d);
+            self.dir_stats(dir).garbage += 1;
+            self.forward(dir, client, &junk);
+        }
         if d.len() >= 4 && d[0..2] == crate::wire::MAGIC {
             if let Some(slot) = self
                 .drops_left
@@ -394,6 +405,30 @@ impl Engine {
                     client,
                     bytes: bytes.clone(),
                 }));
+            }
+        }
+    }
+
+    /// One garbage datagram, shaped after `d`.
+    fn garbage(&mut self, dir: Dir, d: &[u8]) -> Vec<u8> {
+        let rng = &mut self.rng[dir as usize];
+        match rng.random_range(0..3) {
+            // Random bytes.
+            0 => {
+                let mut v = vec![0u8; rng.random_range(0..1500)];
+                rng.fill(&mut v[..]);
+                v
+            }
+            // A truncated copy of the real datagram.
+            1 => d[..rng.random_range(0..=d.len())].to_vec(),
+            // A ringblast header with the real kind, then random bytes of a random length.
+            _ => {
+                let mut v = vec![0u8; rng.random_range(4..=d.len().max(4))];
+                rng.fill(&mut v[..]);
+                v[..2].copy_from_slice(&crate::wire::MAGIC);
+                v[2] = crate::wire::VERSION;
+                v[3] = d.get(3).copied().unwrap_or(0);
+                v
             }
         }
     }

@@ -50,6 +50,9 @@ pub struct ServerConfig {
     pub json: bool,
     /// Also answer the lab's text protocol (an amplifier: off by default).
     pub legacy: bool,
+    /// Requests (HELLO, LIST, GET) per second one source IP may make, on average; twice
+    /// that in a burst.
+    pub requests_per_ip: f64,
 }
 
 impl Default for ServerConfig {
@@ -66,6 +69,7 @@ impl Default for ServerConfig {
             max_window: 4096,
             json: false,
             legacy: false,
+            requests_per_ip: 500.0,
         }
     }
 }
@@ -161,6 +165,7 @@ impl Server {
         }
         let control = Control {
             legacy,
+            budgets: HashMap::new(),
             cfg,
             sock,
             catalog,
@@ -237,8 +242,16 @@ struct PendingGet {
     window: u32,
 }
 
+/// A source address's request budget (token bucket) and when it was last told to slow down.
+struct Budget {
+    tokens: f64,
+    last: Instant,
+    last_busy_reply: Option<Instant>,
+}
+
 struct Control {
     legacy: Option<Legacy>,
+    budgets: HashMap<std::net::IpAddr, Budget>,
     cfg: ServerConfig,
     sock: Arc<UdpSocket>,
     catalog: Arc<Catalog>,
@@ -344,6 +357,13 @@ impl Control {
                 return;
             }
         };
+        if matches!(
+            msg,
+            Message::Hello { .. } | Message::List { .. } | Message::Get { .. }
+        ) && !self.within_budget(src)
+        {
+            return;
+        }
         match msg {
             Message::Hello { nonce } => {
                 let token = self.tokens.mint(&src);
@@ -391,6 +411,38 @@ impl Control {
                 self.stats.malformed.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+
+    /// Charges one request to `src`'s IP. Over budget, the request is dropped; the sender is
+    /// told so with a short "busy" at most every 100 ms (so the answers cannot be a flood).
+    fn within_budget(&mut self, src: SocketAddr) -> bool {
+        let rate = self.cfg.requests_per_ip;
+        let now = Instant::now();
+        let b = self.budgets.entry(src.ip()).or_insert(Budget {
+            tokens: 2.0 * rate,
+            last: now,
+            last_busy_reply: None,
+        });
+        b.tokens = (b.tokens + now.duration_since(b.last).as_secs_f64() * rate).min(2.0 * rate);
+        b.last = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            return true;
+        }
+        self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+        let reply = b
+            .last_busy_reply
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_millis(100));
+        if reply {
+            b.last_busy_reply = Some(now);
+            self.error(
+                src,
+                0,
+                ErrorCode::Busy,
+                "too many requests from your address",
+            );
+        }
+        false
     }
 
     /// The session `id`, if it exists and belongs to `src` (another address cannot steer it).
@@ -645,6 +697,8 @@ impl Control {
         for (peer, (code, text)) in tell {
             self.error(peer, 0, code, text);
         }
+        self.budgets
+            .retain(|_, b| b.last.elapsed() < Duration::from_secs(10));
         let released: Vec<u32> = self
             .sessions
             .iter()

@@ -25,6 +25,8 @@ pub struct ServerStats {
     pub stray: AtomicU64,
     /// GETs refused because the server was at --max-sessions.
     pub busy: AtomicU64,
+    /// Requests dropped because their source IP was over its request rate.
+    pub rate_limited: AtomicU64,
 }
 
 impl ServerStats {

@@ -1,0 +1,285 @@
+//! Abuse: nobody can use the server as an amplifier, flood it, or crash it with garbage; a
+//! hostile server cannot make a client write outside its file.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use ringblast::client::{self, GetConfig};
+use ringblast::relay::{Relay, RelayConfig};
+use ringblast::server::{Server, ServerConfig};
+use ringblast::wire::{Ack, DataHeader, Message, Meta, Mode, DATA_HEADER_LEN, MAX_PAYLOAD};
+
+fn no_uring() -> bool {
+    match ringblast::engine::uring::available() {
+        Ok(()) => false,
+        Err(e) => {
+            eprintln!("SKIPPED: {e}");
+            true
+        }
+    }
+}
+
+fn server(dir: &std::path::Path, tweak: impl FnOnce(&mut ServerConfig)) -> Server {
+    let mut cfg = ServerConfig {
+        dir: dir.into(),
+        bind: "127.0.0.1:0".parse().unwrap(),
+        ..ServerConfig::default()
+    };
+    tweak(&mut cfg);
+    Server::start(cfg).unwrap()
+}
+
+/// Everything an unvalidated address can send, and the bytes it gets back.
+#[test]
+fn an_unvalidated_address_gets_less_than_it_sends() {
+    if no_uring() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("big"), vec![0u8; 100 * MAX_PAYLOAD]).unwrap();
+    let srv = server(dir.path(), |_| {});
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.connect(srv.local_addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let forged = [0x42u8; 24];
+    let mut scratch = Vec::new();
+    let requests: Vec<Vec<u8>> = vec![
+        Message::Hello { nonce: 1 }.to_vec(),
+        Message::List {
+            token: forged,
+            start: 0,
+        }
+        .to_vec(),
+        Message::Get {
+            token: forged,
+            request_id: 1,
+            mode: Mode::Blast,
+            window: 4096,
+            name: "big",
+        }
+        .to_vec(),
+        Message::Ack(Ack::new(12345, 0, 100_000, 0, 0, 0, 0, &[], &mut scratch)).to_vec(),
+        Message::Done {
+            session: 12345,
+            status: ringblast::wire::DoneStatus::Complete,
+        }
+        .to_vec(),
+        b"TRANSFER".to_vec(),
+        b"LIST".to_vec(),
+        vec![0xAB; 60_000],
+    ];
+    let (mut sent, mut got) = (0usize, 0usize);
+    for _ in 0..20 {
+        for r in &requests {
+            s.send(r).unwrap();
+            sent += r.len();
+        }
+    }
+    let mut buf = vec![0u8; 70_000];
+    while let Ok(n) = ringblast::sys::socket::retry_eintr(|| s.recv(&mut buf)) {
+        got += n;
+        assert!(
+            !ringblast::wire::is_data(&buf[..n]),
+            "data sent to an unvalidated address"
+        );
+    }
+    assert!(
+        got * 3 <= sent,
+        "amplification: sent {sent} bytes, got {got}"
+    );
+    assert!(srv.stats().bad_tokens.load(Ordering::Relaxed) >= 40);
+    assert_eq!(srv.stats().sessions_started.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn max_sessions_gives_a_clear_busy_answer() {
+    if no_uring() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("f"), vec![3u8; 30 * MAX_PAYLOAD]).unwrap();
+    // Slow sessions (8 Mbit/s), at most 2 at a time.
+    let srv = server(dir.path(), |c| {
+        c.max_sessions = 2;
+        c.rate_bps = Some(8_000_000);
+    });
+    let mut g = GetConfig::new(srv.local_addr(), "f");
+    g.clients = 4;
+    let reports = client::get(&g).unwrap();
+    let ok = reports.iter().filter(|r| r.ok()).count();
+    let busy: Vec<_> = reports.iter().filter_map(|r| r.error.as_deref()).collect();
+    assert_eq!(ok, 2, "{reports:?}");
+    assert_eq!(busy.len(), 2);
+    for e in busy {
+        assert!(e.contains("busy"), "unclear refusal: {e}");
+    }
+    assert_eq!(srv.stats().busy.load(Ordering::Relaxed), 2);
+    // When the sessions are over, the server serves again.
+    let mut g = GetConfig::new(srv.local_addr(), "f");
+    g.clients = 2;
+    assert!(client::get(&g).unwrap().iter().all(|r| r.ok()));
+}
+
+#[test]
+fn a_request_flood_is_limited_and_the_server_keeps_serving() {
+    if no_uring() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("f"), vec![5u8; 10 * MAX_PAYLOAD]).unwrap();
+    let srv = server(dir.path(), |c| c.requests_per_ip = 200.0);
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.connect(srv.local_addr()).unwrap();
+    let hello = Message::Hello { nonce: 9 }.to_vec();
+    let t = Instant::now();
+    for _ in 0..3000 {
+        s.send(&hello).unwrap();
+    }
+    let flood_s = t.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_millis(200));
+    let limited = srv.stats().rate_limited.load(Ordering::Relaxed);
+    // At most the burst (400) plus 200/s of the flood got through.
+    assert!(
+        limited >= 3000 - 400 - (200.0 * (flood_s + 0.2)) as u64 - 50,
+        "only {limited} limited"
+    );
+    // A legitimate client (same IP: loopback) is served once the budget refills.
+    std::thread::sleep(Duration::from_millis(100));
+    let out = tempfile::tempdir().unwrap();
+    let mut g = GetConfig::new(srv.local_addr(), "f");
+    g.out_dir = Some(out.path().into());
+    assert!(client::get(&g).unwrap()[0].ok());
+}
+
+#[test]
+fn garbage_both_ways_during_a_transfer_is_counted_and_harmless() {
+    if no_uring() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data: Vec<u8> = (0..80 * MAX_PAYLOAD).map(|i| (i * 7 % 253) as u8).collect();
+    std::fs::write(dir.path().join("f"), &data).unwrap();
+    let srv = server(dir.path(), |_| {});
+    let relay = Relay::start(RelayConfig {
+        garbage: 1.0,
+        seed: 11,
+        ..RelayConfig::new("127.0.0.1:0".parse().unwrap(), srv.local_addr())
+    })
+    .unwrap();
+    // Random and truncated datagrams straight at the server's port too.
+    let flood = {
+        let addr = srv.local_addr();
+        std::thread::spawn(move || {
+            let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+            let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+            for i in 0..5000usize {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let len = (x % 1400) as usize;
+                let mut d: Vec<u8> = (0..len).map(|j| (x >> (j % 56)) as u8).collect();
+                if i % 2 == 0 && len >= 4 {
+                    d[..4].copy_from_slice(&[b'R', b'B', 1, (x % 13) as u8]);
+                }
+                let _ = s.send_to(&d, addr);
+            }
+        })
+    };
+    let out = tempfile::tempdir().unwrap();
+    let mut g = GetConfig::new(relay.local_addr(), "f");
+    g.clients = 3;
+    g.out_dir = Some(out.path().into());
+    let reports = client::get(&g).unwrap();
+    flood.join().unwrap();
+    let st = relay.stop();
+    for r in &reports {
+        assert!(r.ok(), "{r:?}");
+        assert_eq!(std::fs::read(r.path.as_ref().unwrap()).unwrap(), data);
+    }
+    let client_rejected: u64 = reports.iter().map(|r| r.malformed + r.corrupt).sum();
+    // One garbage datagram beside each real one (garbage: 1.0), both ways.
+    assert!(st.down.garbage >= 240 && st.up.garbage >= 10, "{st}");
+    assert!(
+        client_rejected > 100,
+        "garbage at the clients not counted: {client_rejected}"
+    );
+    assert!(srv.stats().malformed.load(Ordering::Relaxed) > 2000);
+}
+
+/// A server that answers the handshake, then sends data that does not fit the file it
+/// announced: offsets past the end, misaligned, wrong lengths, another session.
+#[test]
+fn a_hostile_server_cannot_make_a_client_write_outside_its_file() {
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr: SocketAddr = sock.local_addr().unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let payload = 1000u32;
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 70_000];
+        while let Ok((n, from)) = sock.recv_from(&mut buf) {
+            match Message::parse(&buf[..n]) {
+                Ok(Message::Hello { nonce }) => {
+                    let _ = sock.send_to(
+                        &Message::Retry {
+                            nonce,
+                            token: [1; 24],
+                        }
+                        .to_vec(),
+                        from,
+                    );
+                }
+                Ok(Message::Get { request_id, .. }) => {
+                    let meta = Meta {
+                        request_id,
+                        session: 7,
+                        file_size: 3 * payload as u64,
+                        payload_size: payload,
+                        mode: Mode::Reliable,
+                        manifest_hash: [0; 32],
+                        content_hash: [0; 32],
+                    };
+                    let _ = sock.send_to(&Message::Meta(meta).to_vec(), from);
+                    let bad = [
+                        (3 * payload as u64, payload as usize, 7),
+                        (1 << 40, payload as usize, 7),
+                        (17, payload as usize, 7),
+                        (0, 5, 7),
+                        (0, payload as usize, 8),
+                        (u64::MAX - 10, payload as usize, 7),
+                    ];
+                    for (offset, len, session) in bad {
+                        let body = vec![0xEEu8; len];
+                        let mut hdr = [0u8; DATA_HEADER_LEN];
+                        DataHeader {
+                            flags: 0,
+                            payload_len: len as u16,
+                            session,
+                            crc: 0,
+                            offset,
+                            send_ts_ns: 1,
+                        }
+                        .emit(crc32c::crc32c(&body), &mut hdr);
+                        let mut d = hdr.to_vec();
+                        d.extend_from_slice(&body);
+                        for _ in 0..5 {
+                            let _ = sock.send_to(&d, from);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    });
+    let out = tempfile::tempdir().unwrap();
+    let mut g = GetConfig::new(addr, "x");
+    g.out_dir = Some(out.path().into());
+    g.timeout = Duration::from_secs(1);
+    let r = &client::get(&g).unwrap()[0];
+    assert!(!r.ok());
+    assert_eq!(r.bytes_intact, 0);
+    assert!(r.malformed >= 30, "hostile data not rejected: {r:?}");
+    // Nothing written anywhere: the temporary copy is gone, no other file appeared.
+    assert_eq!(std::fs::read_dir(out.path()).unwrap().count(), 0);
+}
