@@ -34,7 +34,7 @@ use crate::wire::{
 /// How often an idle receiver re-sends its ACK (tail probe, lost-ACK recovery, keepalive).
 const ACK_INTERVAL: Duration = Duration::from_millis(2);
 /// First resend delay for control requests; doubles up to [`MAX_RETRY_DELAY`].
-const FIRST_RETRY_DELAY: Duration = Duration::from_millis(200);
+const FIRST_RETRY_DELAY: Duration = Duration::from_millis(100);
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(1);
 /// DONE is sent this many times: it is not acknowledged.
 const DONE_REPEATS: usize = 3;

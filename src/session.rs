@@ -15,6 +15,11 @@ use crate::wire::{Ack, Mode};
 /// Retransmission timeout floor: loopback RTTs are tens of microseconds, but a receiver
 /// draining a full socket buffer takes milliseconds.
 pub const MIN_RTO: Duration = Duration::from_millis(2);
+/// Smallest congestion window (datagrams): the sender never backs off below it.
+pub const MIN_CWND: f64 = 4.0;
+/// Datagrams the congestion window grows by per window's worth of progress.
+const CWND_GROWTH: f64 = 8.0;
+
 /// Blast mode repeats its END marker this many times, this far apart, against its loss.
 pub const END_REPEATS: u32 = 3;
 pub const END_SPACING: Duration = Duration::from_millis(5);
@@ -99,6 +104,13 @@ pub struct SenderState {
     ends_sent: u32,
     next_end_at: Instant,
     pacer: Option<Pacer>,
+    /// Congestion window (datagrams beyond `acked_below`): halved on loss at most once per
+    /// RTT, grown additively with progress. Starts at the receiver's window, so a clean path
+    /// is not slowed; a lossy one is not flooded.
+    cwnd: f64,
+    max_cwnd: f64,
+    last_backoff: Option<Instant>,
+    pub backoffs: u64,
     pub datagrams_sent: u64,
     pub bytes_sent: u64,
     pub retransmitted: u64,
@@ -150,6 +162,10 @@ impl SenderState {
             ends_sent: 0,
             next_end_at: now,
             pacer,
+            cwnd: window.max(1) as f64,
+            max_cwnd: window.max(1) as f64,
+            last_backoff: None,
+            backoffs: 0,
             datagrams_sent: 0,
             bytes_sent: 0,
             retransmitted: 0,
@@ -202,12 +218,20 @@ impl SenderState {
 
     /// Queues `i` for resending if its last send was at least `wait` before the ACK that
     /// reports it missing was written (`ack_ticks`): only then is the ACK evidence of loss.
-    fn maybe_resend(&mut self, i: u32, ack_ticks: u32, wait_ticks: u32) {
+    /// Returns whether it did.
+    fn maybe_resend(&mut self, i: u32, ack_ticks: u32, wait_ticks: u32) -> bool {
         let sent = self.sent_at[i as usize];
         if sent != 0 && !self.is_queued(i) && ack_ticks.saturating_sub(sent) >= wait_ticks {
             self.set_queued(i, true);
             self.retransmit_queue.push_back(i);
+            return true;
         }
+        false
+    }
+
+    /// Current congestion window, datagrams.
+    pub fn cwnd(&self) -> f64 {
+        self.cwnd
     }
 
     /// Applies a receiver's `ACK`. `rtt`: the sample its echoed timestamp gives, if any.
@@ -235,7 +259,12 @@ impl SenderState {
         }
         // Everything is clamped to what this sender actually sent: a confused or hostile
         // receiver cannot make it index out of range or resend what it never sent.
+        let progress = ack
+            .recv_next
+            .min(self.next_new)
+            .saturating_sub(self.acked_below);
         self.acked_below = self.acked_below.max(ack.recv_next.min(self.next_new));
+        self.cwnd = (self.cwnd + progress as f64 * CWND_GROWTH / self.cwnd).min(self.max_cwnd);
         self.credit_limit = self.credit_limit.max(ack.credit_limit.min(self.total));
         // When the receiver wrote this ACK, on our clock: the echoed send timestamp plus the
         // time the receiver held it (a lower bound: the one-way delay is not added). Judging
@@ -254,17 +283,29 @@ impl SenderState {
         };
         let rto_ticks = ticks(self.rto()) - 1;
         let seen_end = ack.seen_end.min(self.next_new);
+        let mut lost = false;
         for r in ack.ranges() {
             let start = r.start.max(self.acked_below);
             let end = r.start.saturating_add(r.len).min(seen_end);
             for i in start..end {
-                self.maybe_resend(i, ack_ticks, rto_ticks);
+                lost |= self.maybe_resend(i, ack_ticks, rto_ticks);
             }
         }
         if receiver_idle {
             for i in seen_end.max(self.acked_below)..self.next_new {
-                self.maybe_resend(i, ack_ticks, rto_ticks);
+                lost |= self.maybe_resend(i, ack_ticks, rto_ticks);
             }
+        }
+        // Loss: back off, at most once per round trip (one loss event, one halving).
+        let rtt = self.srtt().max(MIN_RTO);
+        if lost
+            && self
+                .last_backoff
+                .is_none_or(|t| now.saturating_duration_since(t) >= rtt)
+        {
+            self.cwnd = (self.cwnd / 2.0).max(MIN_CWND);
+            self.last_backoff = Some(now);
+            self.backoffs += 1;
         }
     }
 
@@ -289,7 +330,7 @@ impl SenderState {
                 retransmit: true,
             });
         }
-        if self.next_new < self.credit_limit.min(self.total) {
+        if self.next_new < self.send_limit() {
             let i = self.next_new;
             if !self.pace(i, now) {
                 return None;
@@ -313,6 +354,16 @@ impl SenderState {
         None
     }
 
+    /// New data may be sent below this index: the receiver's credit, the congestion window.
+    fn send_limit(&self) -> u32 {
+        let congestion = self.acked_below.saturating_add(self.cwnd as u32);
+        let limit = match self.mode {
+            Mode::Reliable => self.credit_limit.min(congestion),
+            Mode::Blast => self.credit_limit,
+        };
+        limit.min(self.total)
+    }
+
     fn pace(&mut self, i: u32, now: Instant) -> bool {
         let len = payload_len(self.file_size, self.payload_size, i as u64);
         match &mut self.pacer {
@@ -332,8 +383,7 @@ impl SenderState {
     /// When time alone (pacing, END spacing) will let [`SenderState::next`] return something;
     /// `None` if only an ACK can.
     pub fn deadline(&self) -> Option<Instant> {
-        let has_work =
-            !self.retransmit_queue.is_empty() || self.next_new < self.credit_limit.min(self.total);
+        let has_work = !self.retransmit_queue.is_empty() || self.next_new < self.send_limit();
         if has_work {
             let i = self
                 .retransmit_queue
@@ -503,6 +553,56 @@ mod tests {
             })
             .collect();
         assert_eq!(resent.len(), 2);
+    }
+
+    #[test]
+    fn loss_halves_the_window_once_per_rtt_and_progress_regrows_it() {
+        let t0 = Instant::now();
+        let mut s = SenderState::new(Mode::Reliable, 1000 * P as u64, P, 64, None, t0, 1);
+        assert_eq!(drain(&mut s, t0).len(), 64);
+        assert_eq!(s.cwnd(), 64.0);
+        let t1 = t0 + Duration::from_millis(50);
+        let hole = [NackRange { start: 10, len: 1 }];
+        ack(&mut s, 10, 1000, 64, &hole, false, t1);
+        // Growth is capped at the receiver's window (64), then the loss halves it.
+        assert_eq!(s.cwnd(), 32.0);
+        assert_eq!(s.backoffs, 1);
+        // A second loss report within the same round trip is the same event.
+        let hole2 = [NackRange { start: 20, len: 1 }];
+        ack(&mut s, 10, 1000, 64, &hole2, false, t1);
+        assert_eq!(s.backoffs, 1);
+        // The window now limits new data, whatever the credit (1000).
+        let sent = drain(&mut s, t1);
+        let new = sent
+            .iter()
+            .filter(|n| {
+                matches!(
+                    n,
+                    Next::Data {
+                        retransmit: false,
+                        ..
+                    }
+                )
+            })
+            .count();
+        assert_eq!(
+            new,
+            0,
+            "cwnd {} from index 10 ends below the 64 already sent",
+            s.cwnd()
+        );
+        // Progress regrows it, up to the receiver's window and no further.
+        for k in 1..100u32 {
+            ack(&mut s, (10 + k * 5).min(64), 1000, 64, &[], false, t1);
+        }
+        assert!(s.cwnd() > 32.0 && s.cwnd() <= 64.0, "{}", s.cwnd());
+        // Many losses, round trips apart: never below the floor.
+        for k in 0..20u64 {
+            let t = t1 + Duration::from_millis(100 * (k + 1));
+            let hole = [NackRange { start: 64, len: 1 }];
+            ack(&mut s, 64, 1000, 65, &hole, false, t);
+        }
+        assert!(s.cwnd() >= MIN_CWND);
     }
 
     #[test]
