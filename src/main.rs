@@ -430,8 +430,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 drop_first: Vec::new(),
             })?;
             eprintln!(
-                "relay {} -> {to}: loss {loss}, reorder {reorder}, duplicate {duplicate}, corrupt {corrupt}, delay {delay} ms, seed {seed}",
-                relay.local_addr()
+                "relay {} -> {to}: loss {loss}, reorder {reorder}, duplicate {duplicate}, corrupt {corrupt}, garbage {garbage}, delay {delay} ms, rate {}, seed {seed}",
+                relay.local_addr(),
+                rate.map_or("unlimited".to_string(), |r| format!("{r} bit/s"))
             );
             let stop = ringblast::sys::stop_on_signals();
             if let Some(d) = duration {

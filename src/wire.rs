@@ -961,7 +961,10 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(2000))]
+        // 2000 cases in CI; PROPTEST_CASES=N for a long fuzzing run (docs/RELIABILITY.md).
+        #![proptest_config(ProptestConfig::with_cases(
+            std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(2000)
+        ))]
 
         #[test]
         fn control_parser_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..1500)) {

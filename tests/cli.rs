@@ -201,3 +201,62 @@ fn help_explains_every_command() {
         assert!(get.contains(flag), "{flag} missing from get --help");
     }
 }
+
+#[test]
+fn a_server_killed_mid_transfer_fails_the_client_fast_and_clean() {
+    if let Err(e) = ringblast::engine::uring::available() {
+        eprintln!("SKIPPED: {e}");
+        return;
+    }
+    let served = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    std::fs::write(served.path().join("slow.bin"), vec![1u8; 4_000_000]).unwrap();
+    let port = free_port();
+    let server = format!("127.0.0.1:{port}");
+    // 16 Mbit/s: the 4 MB file takes 2 s.
+    let mut srv = Command::new(BIN)
+        .args(["serve", "--rate", "16M", "--dir"])
+        .arg(served.path())
+        .args(["--bind", &server])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(wait_up(&server).status.success());
+    let get = Command::new(BIN)
+        .args([
+            "get",
+            "slow.bin",
+            "--server",
+            &server,
+            "--clients",
+            "3",
+            "--timeout",
+            "2",
+            "--out",
+        ])
+        .arg(out.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    srv.kill().unwrap(); // SIGKILL: no goodbye
+    let _ = srv.wait();
+    let t = Instant::now();
+    let got = get.wait_with_output().unwrap();
+    assert!(
+        t.elapsed() < Duration::from_secs(4),
+        "client took {:?} to give up",
+        t.elapsed()
+    );
+    assert!(!got.status.success());
+    let err = String::from_utf8_lossy(&got.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(err.contains("3 of 3 copies failed"), "{err}");
+    assert_eq!(
+        std::fs::read_dir(out.path()).unwrap().count(),
+        0,
+        "partial copies left behind"
+    );
+}
