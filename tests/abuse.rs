@@ -1,6 +1,9 @@
 //! Abuse: nobody can use the server as an amplifier, flood it, or crash it with garbage; a
 //! hostile server cannot make a client write outside its file.
 
+mod common;
+use common::no_uring;
+
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -9,16 +12,6 @@ use ringblast::client::{self, GetConfig};
 use ringblast::relay::{Relay, RelayConfig};
 use ringblast::server::{Server, ServerConfig};
 use ringblast::wire::{Ack, DataHeader, Message, Meta, Mode, DATA_HEADER_LEN, MAX_PAYLOAD};
-
-fn no_uring() -> bool {
-    match ringblast::engine::uring::available() {
-        Ok(()) => false,
-        Err(e) => {
-            eprintln!("SKIPPED: {e}");
-            true
-        }
-    }
-}
 
 fn server(dir: &std::path::Path, tweak: impl FnOnce(&mut ServerConfig)) -> Server {
     let mut cfg = ServerConfig {

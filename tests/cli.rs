@@ -1,5 +1,8 @@
 //! The `ringblast` binary as a user runs it: exit codes, output, one-line errors.
 
+mod common;
+use common::no_uring;
+
 use std::net::UdpSocket;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -23,11 +26,13 @@ impl Drop for Serve {
     }
 }
 
-fn serve(dir: &std::path::Path, port: u16) -> Serve {
+/// `ringblast serve` on `port`, with `extra` arguments; killed when dropped.
+fn serve(dir: &std::path::Path, port: u16, extra: &[&str]) -> Serve {
     let child = Command::new(BIN)
         .args(["serve", "--dir"])
         .arg(dir)
         .args(["--bind", &format!("127.0.0.1:{port}")])
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -52,8 +57,7 @@ fn wait_up(server: &str) -> Output {
 
 #[test]
 fn serve_list_get_and_failures() {
-    if let Err(e) = ringblast::engine::uring::available() {
-        eprintln!("SKIPPED: {e}");
+    if no_uring() {
         return;
     }
     let served = tempfile::tempdir().unwrap();
@@ -62,7 +66,7 @@ fn serve_list_get_and_failures() {
     std::fs::write(served.path().join("seed.bin"), &data).unwrap();
     let port = free_port();
     let server = format!("127.0.0.1:{port}");
-    let srv = serve(served.path(), port);
+    let srv = serve(served.path(), port, &[]);
 
     let listed = wait_up(&server);
     assert!(listed.status.success(), "{listed:?}");
@@ -204,8 +208,7 @@ fn help_explains_every_command() {
 
 #[test]
 fn a_server_killed_mid_transfer_fails_the_client_fast_and_clean() {
-    if let Err(e) = ringblast::engine::uring::available() {
-        eprintln!("SKIPPED: {e}");
+    if no_uring() {
         return;
     }
     let served = tempfile::tempdir().unwrap();
@@ -214,14 +217,7 @@ fn a_server_killed_mid_transfer_fails_the_client_fast_and_clean() {
     let port = free_port();
     let server = format!("127.0.0.1:{port}");
     // 16 Mbit/s: the 4 MB file takes 2 s.
-    let mut srv = Command::new(BIN)
-        .args(["serve", "--rate", "16M", "--dir"])
-        .arg(served.path())
-        .args(["--bind", &server])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut srv = serve(served.path(), port, &["--rate", "16M"]);
     assert!(wait_up(&server).status.success());
     let get = Command::new(BIN)
         .args([
@@ -241,8 +237,8 @@ fn a_server_killed_mid_transfer_fails_the_client_fast_and_clean() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(500));
-    srv.kill().unwrap(); // SIGKILL: no goodbye
-    let _ = srv.wait();
+    srv.0.kill().unwrap(); // SIGKILL: no goodbye
+    let _ = srv.0.wait();
     let t = Instant::now();
     let got = get.wait_with_output().unwrap();
     assert!(

@@ -2,6 +2,9 @@
 //! crash (a read of a truncated map is SIGBUS, which would kill this test process), must stop
 //! the transfer and say why, and must keep serving.
 
+mod common;
+use common::no_uring;
+
 use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
@@ -9,16 +12,6 @@ use ringblast::client::{self, GetConfig};
 use ringblast::engine::EngineKind;
 use ringblast::server::{Server, ServerConfig};
 use ringblast::wire::MAX_PAYLOAD;
-
-fn no_uring() -> bool {
-    match ringblast::engine::uring::available() {
-        Ok(()) => false,
-        Err(e) => {
-            eprintln!("SKIPPED: {e}");
-            true
-        }
-    }
-}
 
 fn change_mid_transfer(engine: EngineKind, change: fn(&std::path::Path)) {
     let served = tempfile::tempdir().unwrap();

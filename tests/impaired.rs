@@ -1,6 +1,9 @@
 //! Transfers through `ringblast relay`: loss, reordering, duplication and corruption in both
 //! directions, and the loss of each control message. Every copy must arrive intact.
 
+mod common;
+use common::no_uring;
+
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -10,16 +13,6 @@ use ringblast::client::{self, CopyReport, GetConfig};
 use ringblast::relay::{Relay, RelayConfig, RelayStats};
 use ringblast::server::{Server, ServerConfig};
 use ringblast::wire::{Mode, MAX_PAYLOAD};
-
-fn no_uring() -> bool {
-    match ringblast::engine::uring::available() {
-        Ok(()) => false,
-        Err(e) => {
-            eprintln!("SKIPPED: {e}");
-            true
-        }
-    }
-}
 
 struct Setup {
     _served: tempfile::TempDir,

@@ -1,20 +1,13 @@
 //! `serve --legacy` against a client that speaks exactly the lab's protocol (its Python
 //! client's messages and reads, in Rust).
 
+mod common;
+use common::no_uring;
+
 use std::net::UdpSocket;
 use std::time::Duration;
 
 use ringblast::server::{Server, ServerConfig};
-
-fn skip() -> bool {
-    match ringblast::engine::uring::available() {
-        Ok(()) => false,
-        Err(e) => {
-            eprintln!("SKIPPED: {e}");
-            true
-        }
-    }
-}
 
 fn ask(sock: &UdpSocket, msg: &str) -> Option<String> {
     sock.send(msg.as_bytes()).unwrap();
@@ -37,7 +30,7 @@ fn lab_socket(server: std::net::SocketAddr, patience: Duration) -> UdpSocket {
 
 #[test]
 fn the_labs_client_works_unchanged() {
-    if skip() {
+    if no_uring() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -92,7 +85,7 @@ fn the_labs_client_works_unchanged() {
 
 #[test]
 fn legacy_is_off_by_default() {
-    if skip() {
+    if no_uring() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

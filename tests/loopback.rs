@@ -1,5 +1,8 @@
 //! Real servers and real clients on loopback: every byte compared, every failure bounded.
 
+mod common;
+use common::no_uring;
+
 use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -10,17 +13,6 @@ use ringblast::client::{self, CopyReport, GetConfig, Verify};
 use ringblast::engine::EngineKind;
 use ringblast::server::{Server, ServerConfig};
 use ringblast::wire::{ErrorCode, Message, Mode, MAX_PAYLOAD};
-
-/// True (after saying so) when this kernel has no io_uring for us: the server cannot run.
-fn no_uring() -> bool {
-    match ringblast::engine::uring::available() {
-        Ok(()) => false,
-        Err(e) => {
-            eprintln!("SKIPPED: {e}");
-            true
-        }
-    }
-}
 
 fn random_bytes(n: usize) -> Vec<u8> {
     let mut v = vec![0u8; n];
