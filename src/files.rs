@@ -234,7 +234,7 @@ impl Catalog {
     /// The index of `name` if it is cached and the file has not changed since.
     pub fn cached(&self, name: &str) -> Result<Option<Arc<IndexedFile>>, FileError> {
         let (_, md) = open_plain(&self.dir, name)?;
-        let cache = self.cache.lock().expect("catalog lock");
+        let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         Ok(cache
             .get(name)
             .filter(|f| f.identity == Identity::of(&md))
@@ -279,7 +279,7 @@ impl Catalog {
         });
         self.cache
             .lock()
-            .expect("catalog lock")
+            .unwrap_or_else(|e| e.into_inner())
             .insert(name.to_string(), indexed.clone());
         Ok(indexed)
     }
