@@ -524,9 +524,7 @@ impl Control {
             start,
             entries,
         };
-        self.out.clear();
-        msg.encode(&mut self.out);
-        let _ = socket::retry_eintr(|| self.sock.send_to(&self.out, src));
+        self.send(src, &msg);
     }
 
     fn get(&mut self, req: PendingGet) {
