@@ -2,7 +2,7 @@
 //! session); histograms (hdrhistogram) are owned by the thread that records into them and
 //! merged or summarised at the end, so recording is a few nanoseconds and takes no lock.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -27,12 +27,6 @@ pub struct ServerStats {
     pub busy: AtomicU64,
     /// Requests dropped because their source IP was over its request rate.
     pub rate_limited: AtomicU64,
-}
-
-impl ServerStats {
-    pub fn get(c: &AtomicU64) -> u64 {
-        c.load(Ordering::Relaxed)
-    }
 }
 
 /// A histogram of non-negative integers (microseconds, or counts), values clamped to its range.
@@ -78,14 +72,6 @@ impl Hist {
     pub fn merge(&mut self, other: &Hist) {
         // Same bounds on both sides: cannot fail.
         let _ = self.0.add(&other.0);
-    }
-
-    pub fn len(&self) -> u64 {
-        self.0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
     }
 
     pub fn summary(&self) -> Percentiles {
