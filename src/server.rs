@@ -53,6 +53,8 @@ pub struct ServerConfig {
     /// Requests (HELLO, LIST, GET) per second one source IP may make, on average; twice
     /// that in a burst.
     pub requests_per_ip: f64,
+    /// How long an address-validation token stays valid.
+    pub token_lifetime: Duration,
 }
 
 impl Default for ServerConfig {
@@ -70,6 +72,7 @@ impl Default for ServerConfig {
             json: false,
             legacy: false,
             requests_per_ip: 500.0,
+            token_lifetime: DEFAULT_TOKEN_LIFETIME,
         }
     }
 }
@@ -163,6 +166,7 @@ impl Server {
         if legacy.is_some() {
             tracing::warn!("[LEGACY] answering the lab's LIST / !CONFIG / TRANSFER: unauthenticated, any source address can make this server send a whole file anywhere");
         }
+        let tokens = TokenKey::random(cfg.token_lifetime);
         let control = Control {
             legacy,
             budgets: HashMap::new(),
@@ -170,7 +174,7 @@ impl Server {
             sock,
             catalog,
             engine,
-            tokens: TokenKey::random(DEFAULT_TOKEN_LIFETIME),
+            tokens,
             stats: stats.clone(),
             sessions: HashMap::new(),
             by_request: HashMap::new(),

@@ -276,3 +276,51 @@ fn a_hostile_server_cannot_make_a_client_write_outside_its_file() {
     // Nothing written anywhere: the temporary copy is gone, no other file appeared.
     assert_eq!(std::fs::read_dir(out.path()).unwrap().count(), 0);
 }
+
+#[test]
+fn an_expired_token_is_refused_end_to_end() {
+    if no_uring() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("f"), vec![1u8; 1000]).unwrap();
+    let srv = server(dir.path(), |c| {
+        c.token_lifetime = Duration::from_millis(300)
+    });
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.connect(srv.local_addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut buf = vec![0u8; 70_000];
+    let mut ask = |m: &Message<'_>| -> Vec<u8> {
+        s.send(&m.to_vec()).unwrap();
+        loop {
+            let n = ringblast::sys::socket::retry_eintr(|| s.recv(&mut buf)).expect("an answer");
+            if !ringblast::wire::is_data(&buf[..n]) {
+                return buf[..n].to_vec();
+            }
+        }
+    };
+    let token = match Message::parse(&ask(&Message::Hello { nonce: 5 })).unwrap() {
+        Message::Retry { token, .. } => token,
+        other => panic!("{other:?}"),
+    };
+    // Fresh: accepted (the listing comes back).
+    assert!(matches!(
+        Message::parse(&ask(&Message::List { token, start: 0 })).unwrap(),
+        Message::Listing { .. }
+    ));
+    std::thread::sleep(Duration::from_millis(500));
+    // Expired: refused, and no session is created from it.
+    let get = Message::Get {
+        token,
+        request_id: 1,
+        mode: Mode::Reliable,
+        window: 8,
+        name: "f",
+    };
+    match Message::parse(&ask(&get)).unwrap() {
+        Message::Error { code, .. } => assert_eq!(code, ringblast::wire::ErrorCode::BadToken),
+        other => panic!("expired token accepted: {other:?}"),
+    }
+    assert_eq!(srv.stats().sessions_started.load(Ordering::Relaxed), 0);
+}
