@@ -15,7 +15,7 @@ use nix::sys::eventfd::EventFd;
 use crate::files::IndexedFile;
 use crate::session::SenderState;
 use crate::stats::{Percentiles, SendHists, ServerStats};
-use crate::wire::Mode;
+use crate::wire::{data_flags, DataHeader, Message, Mode, DATA_HEADER_LEN};
 
 /// What every session of a server shares: where its counters go and how it reports.
 #[derive(Debug, Clone)]
@@ -163,6 +163,43 @@ impl Session {
     pub fn state(&self) -> MutexGuard<'_, SenderState> {
         // A panic while holding the lock would be a bug; keep serving the other sessions.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes the header of data datagram `index` (its payload is the file's bytes at its
+    /// offset) into `out`, stamped now, CRC chained onto the payload CRC from the index.
+    /// Returns the payload length. Both engines send exactly this.
+    pub fn data_header(
+        &self,
+        index: u32,
+        retransmit: bool,
+        out: &mut [u8; DATA_HEADER_LEN],
+    ) -> usize {
+        let f = &self.file;
+        let len = crate::files::payload_len(f.size, f.payload_size, index as u64);
+        DataHeader {
+            flags: if retransmit {
+                data_flags::RETRANSMIT
+            } else {
+                0
+            },
+            payload_len: len as u16,
+            session: self.id,
+            crc: 0,
+            offset: index as u64 * f.payload_size as u64,
+            send_ts_ns: unix_ns(),
+        }
+        .emit(f.crcs[index as usize], out);
+        len
+    }
+
+    /// Encodes this session's blast-mode END marker into `out` (cleared first).
+    pub fn end_marker(&self, out: &mut Vec<u8>) {
+        out.clear();
+        Message::End {
+            session: self.id,
+            datagrams: self.file.datagrams() as u32,
+        }
+        .encode(out);
     }
 
     /// Records that the client was heard from now.

@@ -17,12 +17,12 @@ use std::time::{Duration, Instant};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
-use super::{unix_ns, CloseReason, Engine, EngineKind, Session};
+use super::{CloseReason, Engine, EngineKind, Session};
 use crate::files::payload_len;
 use crate::session::Next;
 use crate::stats::SendHists;
 use crate::sys::socket::retry_eintr;
-use crate::wire::{data_flags, DataHeader, Message, Mode, DATA_HEADER_LEN, MAX_DATAGRAM};
+use crate::wire::{Mode, DATA_HEADER_LEN, MAX_DATAGRAM};
 
 /// Longest a session thread sleeps without a reason to wake, so shutdown is noticed.
 const IDLE_POLL: Duration = Duration::from_millis(100);
@@ -162,31 +162,15 @@ fn run_session(sock: &UdpSocket, session: &Session, wake: &EventFd, shutdown: &A
                     });
                     break;
                 }
-                DataHeader {
-                    flags: if retransmit {
-                        data_flags::RETRANSMIT
-                    } else {
-                        0
-                    },
-                    payload_len: len as u16,
-                    session: session.id,
-                    crc: 0,
-                    offset,
-                    send_ts_ns: unix_ns(),
-                }
-                .emit(
-                    file.crcs[index as usize],
+                session.data_header(
+                    index,
+                    retransmit,
                     header.try_into().expect("32-byte header"),
                 );
                 DATA_HEADER_LEN + len
             }
             Some(Next::End) => {
-                end.clear();
-                Message::End {
-                    session: session.id,
-                    datagrams: session.state().total(),
-                }
-                .encode(&mut end);
+                session.end_marker(&mut end);
                 buf[..end.len()].copy_from_slice(&end);
                 end.len()
             }

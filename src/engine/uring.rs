@@ -22,11 +22,11 @@ use io_uring::{opcode, types, IoUring};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
-use super::{unix_ns, CloseReason, Engine, EngineKind, Session};
+use super::{CloseReason, Engine, EngineKind, Session};
 use crate::session::Next;
 use crate::stats::SendHists;
 use crate::sys::addr::RawAddr;
-use crate::wire::{data_flags, DataHeader, Message, DATA_HEADER_LEN};
+use crate::wire::DATA_HEADER_LEN;
 
 /// Send slots (and submission-queue entries) per session ring: the largest batch one
 /// `io_uring_enter` submits for one session.
@@ -146,19 +146,8 @@ impl RingSession {
                 match next {
                     Next::Data { index, retransmit } => {
                         let payload = file.payload(index as u64);
-                        DataHeader {
-                            flags: if retransmit {
-                                data_flags::RETRANSMIT
-                            } else {
-                                0
-                            },
-                            payload_len: payload.len() as u16,
-                            session: self.session.id,
-                            crc: 0,
-                            offset: index as u64 * file.payload_size as u64,
-                            send_ts_ns: unix_ns(),
-                        }
-                        .emit(file.crcs[index as usize], &mut slot.header);
+                        self.session
+                            .data_header(index, retransmit, &mut slot.header);
                         slot.iov[0] = libc::iovec {
                             iov_base: slot.header.as_mut_ptr().cast(),
                             iov_len: DATA_HEADER_LEN,
@@ -170,12 +159,7 @@ impl RingSession {
                         slot.msg.msg_iovlen = 2;
                     }
                     Next::End => {
-                        self.scratch.clear();
-                        Message::End {
-                            session: self.session.id,
-                            datagrams: state.total(),
-                        }
-                        .encode(&mut self.scratch);
+                        self.session.end_marker(&mut self.scratch);
                         let len = self.scratch.len().min(DATA_HEADER_LEN);
                         slot.header[..len].copy_from_slice(&self.scratch[..len]);
                         slot.iov[0] = libc::iovec {
