@@ -158,15 +158,11 @@ impl Relay {
     }
 
     /// Runs until `stop` is set (a signal), then returns the statistics.
-    pub fn wait_for(mut self, stop: &AtomicBool) -> RelayStats {
+    pub fn wait_for(self, stop: &AtomicBool) -> RelayStats {
         while !stop.load(Ordering::Acquire) {
             std::thread::sleep(Duration::from_millis(50));
         }
-        self.stop.store(true, Ordering::Release);
-        self.thread
-            .take()
-            .and_then(|t| t.join().ok())
-            .unwrap_or_default()
+        self.stop()
     }
 }
 
