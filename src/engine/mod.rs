@@ -316,7 +316,6 @@ impl Session {
 
 /// What the control thread needs from an engine.
 pub trait Engine: Send + Sync {
-    fn kind(&self) -> EngineKind;
     /// Starts driving `session` until it is closed; then the engine calls `release`.
     fn start(&self, session: Arc<Session>);
     /// Stops every worker after closing its sessions. Idempotent.

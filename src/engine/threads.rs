@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
-use super::{CloseReason, Engine, EngineKind, Session};
+use super::{CloseReason, Engine, Session};
 use crate::files::payload_len;
 use crate::session::Next;
 use crate::stats::SendHists;
@@ -48,10 +48,6 @@ impl ThreadsEngine {
 }
 
 impl Engine for ThreadsEngine {
-    fn kind(&self) -> EngineKind {
-        EngineKind::Threads
-    }
-
     fn start(&self, session: Arc<Session>) {
         let wake = match EventFd::from_flags(EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC) {
             Ok(w) => Arc::new(w),

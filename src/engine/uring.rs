@@ -22,7 +22,7 @@ use io_uring::{opcode, types, IoUring};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
-use super::{CloseReason, Engine, EngineKind, Session};
+use super::{CloseReason, Engine, Session};
 use crate::session::Next;
 use crate::stats::SendHists;
 use crate::sys::addr::RawAddr;
@@ -297,10 +297,6 @@ impl UringEngine {
 }
 
 impl Engine for UringEngine {
-    fn kind(&self) -> EngineKind {
-        EngineKind::Uring
-    }
-
     fn start(&self, session: Arc<Session>) {
         let w = self
             .workers
