@@ -5,9 +5,11 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use ringblast::receiver::LossTracker;
-use ringblast::session::SenderState;
-use ringblast::wire::{Ack, DataHeader, Message, Mode, NackRange, DATA_HEADER_LEN, MAX_PAYLOAD};
+use ringblast::protocol::loss::LossTracker;
+use ringblast::protocol::sender::SenderState;
+use ringblast::protocol::{
+    Ack, DataHeader, Message, Mode, NackRange, DATA_HEADER_LEN, MAX_PAYLOAD,
+};
 
 fn header(c: &mut Criterion) {
     let payload = vec![0xA5u8; MAX_PAYLOAD];

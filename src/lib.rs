@@ -1,90 +1,37 @@
 //! ringblast: send files over UDP from one server to many clients, as fast as Linux allows,
 //! every byte verified, every transfer measured.
 //!
-//! Data flows one way: socket -> [`wire`] parse -> [`session`] / [`receiver`] logic ->
-//! [`engine`]. Raw syscalls live in [`sys`] and [`engine::uring`]; everything else is safe code.
+//! # The two data paths
+//!
+//! **Server, file to wire.** [`server::catalog`] indexes a file once (mmap, a CRC32C per
+//! datagram, BLAKE3 content and manifest hashes). The control thread ([`server`]) validates a
+//! client's address with a [`protocol::token`], answers its `GET` with `META`, and creates a
+//! [`server::session::Session`] whose [`protocol::sender::SenderState`] decides what to send
+//! next: new data within the receiver's credit and the congestion window, repairs of what the
+//! receiver's `ACK`s report missing, at the [`protocol::pacer`]'s pace. An engine
+//! ([`server::engine`]) pushes those datagrams: `uring` batches `sendmsg`s (a 32-byte
+//! [`protocol::data`] header plus a payload slice of the map, nothing copied in user space)
+//! through one io_uring per session from a fixed pool of workers; `threads` is the lab's
+//! baseline, `pread` + `sendto` per datagram from a thread per session. `ACK`s come back to
+//! the control thread, which applies them and wakes the engine.
+//!
+//! **Client, wire to file.** [`client::get`] starts N sub-clients, each with its own socket
+//! and copy. A sub-client gets a token, sends `GET`, checks `META`, then receives in
+//! [`sys::recvmmsg`] batches: every datagram is parsed ([`protocol::data`]), range- and
+//! CRC-checked, recorded in a [`protocol::loss::LossTracker`] and written at its offset; it
+//! sends `ACK`s (cumulative point, credit, NACK ranges) every quarter window and when idle.
+//! At the end the whole file is checked against the server's manifest (and BLAKE3) hash and
+//! the copy renamed into place, or removed.
+//!
+//! [`report`] turns what both sides counted into the lab's table, JSON and live lines;
+//! [`tools`] holds `demo`, `bench` and `relay`; [`cli`] the command line. Raw syscalls live in
+//! [`sys`] and the io_uring engine; everything else is safe code (docs/ARCHITECTURE.md).
 #![deny(unsafe_code)]
 
-pub mod bench;
+pub mod cli;
 pub mod client;
-pub mod demo;
-pub mod engine;
-pub mod files;
-pub mod legacy;
-pub mod live;
-pub mod logging;
-pub mod receiver;
-pub mod relay;
+pub mod protocol;
 pub mod report;
 pub mod server;
-pub mod session;
-pub mod stats;
 pub mod sys;
-pub mod token;
-pub mod wire;
-
-/// Parses a rate like iperf3's `-b`: bits per second with an optional k/M/G suffix (powers
-/// of 1000), e.g. `500M`, `2G`, `100k`.
-pub fn parse_rate(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let (num, mult) = match s.chars().last() {
-        Some('k' | 'K') => (&s[..s.len() - 1], 1e3),
-        Some('m' | 'M') => (&s[..s.len() - 1], 1e6),
-        Some('g' | 'G') => (&s[..s.len() - 1], 1e9),
-        _ => (s, 1.0),
-    };
-    let v: f64 = num
-        .parse()
-        .map_err(|_| format!("bad rate {s:?}: expected bits/s like 800M or 2.5G"))?;
-    if !(v.is_finite() && v > 0.0) {
-        return Err(format!("bad rate {s:?}: must be positive"));
-    }
-    Ok((v * mult) as u64)
-}
-
-/// Parses a size like `100MiB`, `250MB`, `1GiB`, `4096` (bytes).
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let v: f64 = num.parse().map_err(|_| format!("bad size {s:?}"))?;
-    let mult = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1.0,
-        "k" | "kib" => 1024.0,
-        "kb" => 1e3,
-        "m" | "mib" => 1024.0 * 1024.0,
-        "mb" => 1e6,
-        "g" | "gib" => 1024.0 * 1024.0 * 1024.0,
-        "gb" => 1e9,
-        "t" | "tib" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
-        "tb" => 1e12,
-        other => {
-            return Err(format!(
-                "bad size unit {other:?} in {s:?} (use B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)"
-            ))
-        }
-    };
-    Ok((v * mult) as u64)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rates_and_sizes() {
-        assert_eq!(parse_rate("500M"), Ok(500_000_000));
-        assert_eq!(parse_rate("2.5G"), Ok(2_500_000_000));
-        assert_eq!(parse_rate("100k"), Ok(100_000));
-        assert!(parse_rate("fast").is_err());
-        assert!(parse_rate("-1M").is_err());
-        assert_eq!(parse_size("100MiB"), Ok(100 << 20));
-        assert_eq!(parse_size("250MB"), Ok(250_000_000));
-        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
-        assert_eq!(parse_size("4096"), Ok(4096));
-        assert_eq!(parse_size("1TiB"), Ok(1 << 40));
-        assert!(parse_size("1XB").is_err());
-    }
-}
+pub mod tools;

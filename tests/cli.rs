@@ -1,65 +1,14 @@
-//! The `ringblast` binary as a user runs it: exit codes, output, one-line errors.
+//! The `ringblast` binary as a user runs it: exit codes, output, one-line errors, help.
 
 mod common;
-use common::no_uring;
+use common::{free_port, run, serve, serve_with, wait_up, BIN};
 
-use std::net::UdpSocket;
-use std::process::{Child, Command, Output, Stdio};
+use std::io::Read;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-const BIN: &str = env!("CARGO_BIN_EXE_ringblast");
-
-fn free_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Serve(Child);
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// `ringblast serve` on `port`, with `extra` arguments; killed when dropped.
-fn serve(dir: &std::path::Path, port: u16, extra: &[&str]) -> Serve {
-    let child = Command::new(BIN)
-        .args(["serve", "--dir"])
-        .arg(dir)
-        .args(["--bind", &format!("127.0.0.1:{port}")])
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    Serve(child)
-}
-
-fn run(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).output().unwrap()
-}
-
-/// Waits until `list` answers (the server is up).
-fn wait_up(server: &str) -> Output {
-    let t = Instant::now();
-    loop {
-        let out = run(&["list", "--server", server, "--timeout", "0.5"]);
-        if out.status.success() || t.elapsed() > Duration::from_secs(10) {
-            return out;
-        }
-    }
-}
 
 #[test]
 fn serve_list_get_and_failures() {
-    if no_uring() {
-        return;
-    }
     let served = tempfile::tempdir().unwrap();
     let out = tempfile::tempdir().unwrap();
     let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
@@ -190,27 +139,214 @@ fn help_explains_every_command() {
     let out = run(&["--help"]);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    for cmd in ["serve", "list", "get", "demo"] {
+    let commands = ["serve", "list", "get", "bench", "relay", "demo"];
+    for cmd in commands {
         assert!(text.contains(cmd), "{cmd} missing from --help");
     }
-    let get = String::from_utf8_lossy(&run(&["get", "--help"]).stdout).to_string();
-    for flag in [
-        "--clients",
-        "--out",
-        "--discard",
-        "--mode",
-        "--timeout",
-        "--window",
-    ] {
-        assert!(get.contains(flag), "{flag} missing from get --help");
+    let flags: &[(&str, &[&str])] = &[
+        (
+            "serve",
+            &[
+                "--dir",
+                "--bind",
+                "--engine",
+                "--workers",
+                "--rate",
+                "--idle-timeout",
+                "--datagram-size",
+                "--max-sessions",
+                "--requests-per-ip",
+                "--json",
+                "--legacy",
+            ],
+        ),
+        ("list", &["--server", "--timeout"]),
+        (
+            "get",
+            &[
+                "--server",
+                "--clients",
+                "--out",
+                "--discard",
+                "--mode",
+                "--timeout",
+                "--window",
+                "--verify",
+                "--max-size",
+                "--json",
+                "--interval",
+                "--quiet",
+            ],
+        ),
+        (
+            "bench",
+            &[
+                "--clients",
+                "--sizes",
+                "--engines",
+                "--modes",
+                "--reps",
+                "--out",
+                "--files",
+                "--recv-buffer",
+            ],
+        ),
+        (
+            "relay",
+            &[
+                "--listen",
+                "--to",
+                "--loss",
+                "--reorder",
+                "--duplicate",
+                "--corrupt",
+                "--garbage",
+                "--delay",
+                "--rate",
+                "--queue",
+                "--seed",
+                "--duration",
+            ],
+        ),
+        (
+            "demo",
+            &["--dir", "--size", "--clients", "--mode", "--engine"],
+        ),
+    ];
+    for (cmd, wanted) in flags {
+        let out = run(&[cmd, "--help"]);
+        assert!(out.status.success(), "{cmd} --help failed");
+        let help = String::from_utf8_lossy(&out.stdout).to_string();
+        for flag in *wanted {
+            // The flag, and some words explaining it on its line or the next.
+            let line = help
+                .lines()
+                .position(|l| l.trim_start().starts_with(flag) || l.contains(&format!(", {flag}")))
+                .unwrap_or_else(|| panic!("{flag} missing from {cmd} --help:\n{help}"));
+            let lines: Vec<&str> = help.lines().collect();
+            let described = lines[line]
+                .split("  ")
+                .filter(|p| !p.trim().is_empty())
+                .count()
+                > 1
+                || lines
+                    .get(line + 1)
+                    .is_some_and(|l| !l.trim().is_empty() && !l.trim_start().starts_with('-'));
+            assert!(
+                described,
+                "{flag} has no help text in {cmd} --help:\n{help}"
+            );
+        }
     }
+}
+
+/// Nonsense values are refused before anything starts, with the reason, and never panic.
+#[test]
+fn nonsensical_values_are_refused_up_front() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        (&["serve", "--dir", d, "--rate", "0.5"], "rate"),
+        (&["serve", "--dir", d, "--rate", "0"], "rate"),
+        (
+            &["serve", "--dir", d, "--requests-per-ip", "0.4"],
+            "at least 1",
+        ),
+        (&["serve", "--dir", d, "--workers", "0"], "workers"),
+        (
+            &["serve", "--dir", d, "--max-sessions", "0"],
+            "max-sessions",
+        ),
+        (
+            &["serve", "--dir", d, "--datagram-size", "100"],
+            "datagram-size",
+        ),
+        (&["serve", "--dir", d, "--idle-timeout", "0"], "positive"),
+        (&["get", "f", "--clients", "0"], "clients"),
+        (&["get", "f", "--clients", "100000"], "clients"),
+        (&["get", "f", "--window", "0"], "window"),
+        (&["get", "f", "--timeout=-1"], "timeout"),
+        (&["demo", "--clients", "0"], "clients"),
+        (&["bench", "--clients", "1,0"], "clients"),
+        (&["bench", "--reps", "0"], "reps"),
+        (
+            &[
+                "relay",
+                "--listen",
+                "127.0.0.1:0",
+                "--to",
+                "127.0.0.1:9",
+                "--rate",
+                "0.5",
+            ],
+            "rate",
+        ),
+        (
+            &[
+                "relay",
+                "--listen",
+                "127.0.0.1:0",
+                "--to",
+                "127.0.0.1:9",
+                "--delay",
+                "20",
+            ],
+            "20ms",
+        ),
+        (
+            &[
+                "relay",
+                "--listen",
+                "127.0.0.1:0",
+                "--to",
+                "127.0.0.1:9",
+                "--loss",
+                "2",
+            ],
+            "probability",
+        ),
+    ];
+    for (args, why) in cases {
+        let out = run(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?} accepted: {err}");
+        assert!(err.contains(why), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}
+
+/// The log written to a pipe is plain text (no colour codes), in MiB/s like everything else.
+#[test]
+fn logs_to_a_pipe_are_plain_text() {
+    let served = tempfile::tempdir().unwrap();
+    std::fs::write(served.path().join("f"), vec![3u8; 200_000]).unwrap();
+    let port = free_port();
+    let server = format!("127.0.0.1:{port}");
+    let mut srv = serve_with(served.path(), port, &[], Stdio::piped());
+    assert!(wait_up(&server).status.success());
+    let got = run(&["get", "f", "--server", &server, "--discard"]);
+    assert!(got.status.success(), "{got:?}");
+    // The session's line is logged when it ends; give the control thread a moment.
+    std::thread::sleep(Duration::from_millis(300));
+    srv.0.kill().unwrap();
+    let _ = srv.0.wait();
+    let mut log = String::new();
+    srv.0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    assert!(log.contains("[SESSION"), "{log}");
+    assert!(
+        !log.contains('\x1b'),
+        "colour codes in a piped log: {log:?}"
+    );
+    assert!(log.contains("MiB/s") && !log.contains(" MB/s"), "{log}");
 }
 
 #[test]
 fn a_server_killed_mid_transfer_fails_the_client_fast_and_clean() {
-    if no_uring() {
-        return;
-    }
     let served = tempfile::tempdir().unwrap();
     let out = tempfile::tempdir().unwrap();
     std::fs::write(served.path().join("slow.bin"), vec![1u8; 4_000_000]).unwrap();
@@ -255,4 +391,68 @@ fn a_server_killed_mid_transfer_fails_the_client_fast_and_clean() {
         0,
         "partial copies left behind"
     );
+}
+
+/// `serve --json`: one object per finished session on stdout, printed by the control thread.
+#[test]
+fn serve_json_prints_one_object_per_finished_session() {
+    let served = tempfile::tempdir().unwrap();
+    std::fs::write(served.path().join("f"), vec![5u8; 150_000]).unwrap();
+    let port = free_port();
+    let server = format!("127.0.0.1:{port}");
+    // Killed when dropped, even if an assertion fails first.
+    let mut srv = common::Serve(
+        Command::new(BIN)
+            .args(["serve", "--json", "--dir"])
+            .arg(served.path())
+            .args(["--bind", &server, "--engine", common::engine_arg()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    assert!(wait_up(&server).status.success());
+    let got = run(&[
+        "get",
+        "f",
+        "--server",
+        &server,
+        "--discard",
+        "--clients",
+        "2",
+    ]);
+    assert!(got.status.success(), "{got:?}");
+    std::thread::sleep(Duration::from_millis(300));
+    srv.0.kill().unwrap();
+    let _ = srv.0.wait();
+    let mut out = String::new();
+    srv.0
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    for line in lines {
+        let v: serde_json::Value = serde_json::from_str(line).expect("one JSON object a line");
+        for key in [
+            "peer",
+            "file",
+            "engine",
+            "mode",
+            "bytes_sent",
+            "datagrams_sent",
+            "retransmitted",
+            "duration_s",
+            "throughput_bps",
+        ] {
+            assert!(!v[key].is_null(), "{key} missing: {v}");
+        }
+        for p in ["p50", "p99", "max"] {
+            assert!(v["send_latency_us"][p].is_u64(), "{v}");
+        }
+        assert_eq!(v["bytes_sent"], 150_000);
+        assert_eq!(v["outcome"], "complete");
+    }
 }

@@ -9,9 +9,9 @@ use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
 use ringblast::client::{self, GetConfig};
-use ringblast::engine::EngineKind;
+use ringblast::protocol::MAX_PAYLOAD;
+use ringblast::server::engine::EngineKind;
 use ringblast::server::{Server, ServerConfig};
-use ringblast::wire::MAX_PAYLOAD;
 
 fn change_mid_transfer(engine: EngineKind, change: fn(&std::path::Path)) {
     let served = tempfile::tempdir().unwrap();
@@ -82,9 +82,6 @@ fn file_truncated_while_sending_uring() {
 
 #[test]
 fn file_truncated_while_sending_threads() {
-    if no_uring() {
-        return;
-    }
     change_mid_transfer(EngineKind::Threads, truncate);
 }
 

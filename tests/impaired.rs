@@ -2,17 +2,18 @@
 //! directions, and the loss of each control message. Every copy must arrive intact.
 
 mod common;
-use common::no_uring;
+use common::engine;
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use rand::{RngCore, SeedableRng};
-use ringblast::client::{self, CopyReport, GetConfig};
-use ringblast::relay::{Relay, RelayConfig, RelayStats};
+use ringblast::client::{self, GetConfig};
+use ringblast::protocol::{Mode, MAX_PAYLOAD};
+use ringblast::report::copy::CopyReport;
 use ringblast::server::{Server, ServerConfig};
-use ringblast::wire::{Mode, MAX_PAYLOAD};
+use ringblast::tools::relay::{Impairments, Relay, RelayConfig, RelayStats};
 
 struct Setup {
     _served: tempfile::TempDir,
@@ -29,6 +30,7 @@ fn setup(size: usize, tweak: impl FnOnce(&mut ServerConfig)) -> Setup {
     let mut cfg = ServerConfig {
         dir: served.path().into(),
         bind: "127.0.0.1:0".parse().unwrap(),
+        engine: engine(),
         workers: 2,
         ..ServerConfig::default()
     };
@@ -42,9 +44,9 @@ fn setup(size: usize, tweak: impl FnOnce(&mut ServerConfig)) -> Setup {
     }
 }
 
-fn relay(s: &Setup, tweak: impl FnOnce(&mut RelayConfig)) -> Relay {
+fn relay(s: &Setup, tweak: impl FnOnce(&mut Impairments)) -> Relay {
     let mut cfg = RelayConfig::new("127.0.0.1:0".parse().unwrap(), s.server.local_addr());
-    tweak(&mut cfg);
+    tweak(&mut cfg.impair);
     Relay::start(cfg).unwrap()
 }
 
@@ -80,9 +82,6 @@ fn clean(dir: &Path) {
 
 #[test]
 fn reliable_survives_loss_reordering_duplication_and_corruption() {
-    if no_uring() {
-        return;
-    }
     let s = setup(100 * MAX_PAYLOAD + 123, |_| {});
     let mut total = RelayStats::default();
     let mut total_corrupt = 0;
@@ -90,13 +89,16 @@ fn reliable_survives_loss_reordering_duplication_and_corruption() {
         for clients in [1, 10] {
             let what = format!("{}% loss, {clients} client(s)", loss * 100.0);
             let t = Instant::now();
-            let r = relay(&s, |c| {
-                c.loss = loss;
-                c.reorder = 0.05;
-                c.duplicate = 0.05;
-                c.corrupt = 0.05;
-                c.seed = 42 + clients as u64;
-            });
+            let mut cfg = RelayConfig::new("127.0.0.1:0".parse().unwrap(), s.server.local_addr());
+            cfg.impair = Impairments {
+                loss,
+                reorder: 0.05,
+                duplicate: 0.05,
+                corrupt: 0.05,
+                ..Impairments::default()
+            };
+            cfg.seed = 42 + clients as u64;
+            let r = Relay::start(cfg).unwrap();
             let reports = fetch(&s, &r, clients, |_| {});
             let st: RelayStats = r.stop();
             assert_intact(&s, &reports, &what);
@@ -142,9 +144,6 @@ const END: u8 = 11;
 
 #[test]
 fn losing_each_control_message_is_survived() {
-    if no_uring() {
-        return;
-    }
     let s = setup(30 * MAX_PAYLOAD, |c| {
         c.idle_timeout = Duration::from_millis(700)
     });
@@ -169,11 +168,14 @@ fn losing_each_control_message_is_survived() {
         assert_intact(&s, &reports, name);
         clean(s.out.path());
     }
-    // Every DONE lost: the clients still succeed, the server frees the sessions by timeout.
-    let done_before = s.server.stats().sessions_timed_out.load(Ordering::Relaxed);
+    // Every DONE lost: the clients still succeed, and the server frees the sessions at once:
+    // a reliable session ends when the last ACK confirms everything, DONE or not.
+    let stats = s.server.stats();
+    let timed_out_before = stats.sessions_timed_out.load(Ordering::Relaxed);
+    let completed_before = stats.sessions_completed.load(Ordering::Relaxed);
     let r = relay(&s, |c| c.drop_first = vec![(DONE, 1000)]);
-    let t = Instant::now();
     let reports = fetch(&s, &r, 2, |_| {});
+    let t = Instant::now();
     assert_intact(&s, &reports, "DONE (end of transfer)");
     clean(s.out.path());
     while s.server.stats().sessions_active.load(Ordering::Relaxed) > 0 {
@@ -183,22 +185,31 @@ fn losing_each_control_message_is_survived() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    // Reliable sessions end when the last ACK confirms everything, DONE or not.
-    let _ = done_before;
-    r.stop();
+    assert!(
+        t.elapsed() < Duration::from_millis(700),
+        "freed after {:?}: by the idle timeout, not by the last ACK",
+        t.elapsed()
+    );
+    assert_eq!(
+        stats.sessions_timed_out.load(Ordering::Relaxed),
+        timed_out_before
+    );
+    assert_eq!(
+        stats.sessions_completed.load(Ordering::Relaxed),
+        completed_before + 2
+    );
+    let st = r.stop();
+    assert!(st.up.targeted_drops >= 2, "DONE not dropped: {st}");
 }
 
 #[test]
 fn blast_without_end_marker_ends_by_timeout_and_counts_loss_exactly() {
-    if no_uring() {
-        return;
-    }
     let s = setup(200 * MAX_PAYLOAD, |_| {});
-    let r = relay(&s, |c| {
-        c.loss = 0.1;
-        c.seed = 3;
-        c.drop_first = vec![(END, 1000)];
-    });
+    let mut cfg = RelayConfig::new("127.0.0.1:0".parse().unwrap(), s.server.local_addr());
+    cfg.impair.loss = 0.1;
+    cfg.impair.drop_first = vec![(END, 1000)];
+    cfg.seed = 3;
+    let r = Relay::start(cfg).unwrap();
     let t = Instant::now();
     let reports = fetch(&s, &r, 1, |g| {
         g.mode = Mode::Blast;

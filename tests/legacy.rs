@@ -2,7 +2,7 @@
 //! client's messages and reads, in Rust).
 
 mod common;
-use common::no_uring;
+use common::engine;
 
 use std::net::UdpSocket;
 use std::time::Duration;
@@ -30,9 +30,6 @@ fn lab_socket(server: std::net::SocketAddr, patience: Duration) -> UdpSocket {
 
 #[test]
 fn the_labs_client_works_unchanged() {
-    if no_uring() {
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
     let data: Vec<u8> = (0..200_000u32).map(|i| (i * 31 % 251) as u8).collect();
     std::fs::write(dir.path().join("100mb.mp4"), &data).unwrap();
@@ -40,6 +37,7 @@ fn the_labs_client_works_unchanged() {
     let srv = Server::start(ServerConfig {
         dir: dir.path().into(),
         bind: "127.0.0.1:0".parse().unwrap(),
+        engine: engine(),
         legacy: true,
         ..ServerConfig::default()
     })
@@ -85,14 +83,12 @@ fn the_labs_client_works_unchanged() {
 
 #[test]
 fn legacy_is_off_by_default() {
-    if no_uring() {
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("a"), b"x").unwrap();
     let srv = Server::start(ServerConfig {
         dir: dir.path().into(),
         bind: "127.0.0.1:0".parse().unwrap(),
+        engine: engine(),
         ..ServerConfig::default()
     })
     .unwrap();

@@ -1,11 +1,18 @@
 //! Batched receive: one `recvmmsg(2)` call fills up to [`BATCH`] datagrams.
+//!
+//! Written against libc rather than through nix's `recvmmsg`: that one reuses its headers
+//! across calls without resetting `msg_namelen`/`msg_controllen`, which the kernel shrinks to
+//! what each message used, so a later message's control data would come back truncated.
+//! Here the headers are rebuilt for every call (on the stack, no allocation). Addresses are
+//! read back through nix's `SockaddrStorage`.
 #![allow(unsafe_code)]
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 
-use super::addr::to_socket_addr;
+use nix::sys::socket::{SockaddrLike, SockaddrStorage};
+
 use super::hugebuf::HugeBuf;
 
 /// Datagrams per `recvmmsg` call (quinn-udp uses 32 as well).
@@ -131,7 +138,17 @@ impl RecvBatch {
         if i >= self.count {
             return None;
         }
-        to_socket_addr(&self.addrs[i], self.addr_lens[i])
+        let raw = (&self.addrs[i] as *const libc::sockaddr_storage).cast::<libc::sockaddr>();
+        // SAFETY: `raw` points at a sockaddr_storage (large and aligned enough for any address)
+        // that recvmmsg filled in, and `addr_lens[i]` is the length it reported; nix checks the
+        // family and the length before reading the address.
+        let addr = unsafe { SockaddrStorage::from_raw(raw, Some(self.addr_lens[i])) }?;
+        if let Some(v4) = addr.as_sockaddr_in() {
+            Some(SocketAddr::V4((*v4).into()))
+        } else {
+            addr.as_sockaddr_in6()
+                .map(|v6| SocketAddr::V6((*v6).into()))
+        }
     }
 }
 

@@ -1,13 +1,252 @@
-//! Helpers shared by the integration tests.
+//! Helpers shared by the integration tests: a server on loopback, a fetch, a raw client that
+//! speaks the wire protocol by hand, a fake server, and the `ringblast` binary.
+//!
+//! Tests that do not need io_uring run everywhere: [`engine`] picks the threads engine where
+//! this kernel gives no io_uring. Tests of the io_uring engine itself call [`no_uring`] and
+//! skip with a message. `RINGBLAST_REQUIRE_URING=1` (set by .ci/run) turns a missing io_uring
+//! into a failure instead, so CI cannot skip silently.
+#![allow(dead_code)]
 
-/// True (after saying why) when this kernel gives this process no io_uring, so a server cannot
-/// run: the test is skipped with a message rather than failed.
-pub fn no_uring() -> bool {
-    match ringblast::engine::uring::available() {
-        Ok(()) => false,
+use std::net::{SocketAddr, UdpSocket};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use rand::RngCore;
+use ringblast::client::{self, GetConfig};
+use ringblast::protocol::{is_data, Message, Meta};
+use ringblast::report::copy::CopyReport;
+use ringblast::server::engine::EngineKind;
+use ringblast::server::{Server, ServerConfig};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_ringblast");
+
+/// Whether io_uring can be used here; panics where CI requires it and it is missing.
+pub fn uring_available() -> bool {
+    match ringblast::server::engine::uring::available() {
+        Ok(()) => true,
         Err(e) => {
-            eprintln!("SKIPPED: {e}");
-            true
+            if std::env::var("RINGBLAST_REQUIRE_URING").is_ok_and(|v| v == "1") {
+                panic!("RINGBLAST_REQUIRE_URING=1 but {e}");
+            }
+            false
+        }
+    }
+}
+
+/// True (after saying why) when io_uring is missing: a test of the io_uring engine itself is
+/// skipped with a message rather than failed.
+pub fn no_uring() -> bool {
+    if uring_available() {
+        return false;
+    }
+    eprintln!("SKIPPED: io_uring is not available on this kernel (this test is about it)");
+    true
+}
+
+/// The engine for tests that work with either: io_uring where there is one.
+pub fn engine() -> EngineKind {
+    static SAID: Once = Once::new();
+    if uring_available() {
+        EngineKind::Uring
+    } else {
+        SAID.call_once(|| eprintln!("NOTE: no io_uring here: testing with the threads engine"));
+        EngineKind::Threads
+    }
+}
+
+pub fn random_bytes(n: usize) -> Vec<u8> {
+    let mut v = vec![0u8; n];
+    rand::rng().fill_bytes(&mut v);
+    v
+}
+
+/// A server on 127.0.0.1 (any port) serving `dir` with [`engine`], 2 workers, then `tweak`.
+pub fn server(dir: &Path, tweak: impl FnOnce(&mut ServerConfig)) -> Server {
+    let mut cfg = ServerConfig {
+        dir: dir.to_path_buf(),
+        bind: "127.0.0.1:0".parse().unwrap(),
+        engine: engine(),
+        workers: 2,
+        ..ServerConfig::default()
+    };
+    tweak(&mut cfg);
+    Server::start(cfg).expect("server starts")
+}
+
+/// `get` of `name` from `addr` by `clients` sub-clients into `out`, 5 s timeout, then `tweak`.
+pub fn fetch(
+    addr: SocketAddr,
+    name: &str,
+    clients: usize,
+    out: &Path,
+    tweak: impl FnOnce(&mut GetConfig),
+) -> Vec<CopyReport> {
+    let mut cfg = GetConfig::new(addr, name);
+    cfg.clients = clients;
+    cfg.out_dir = Some(out.to_path_buf());
+    cfg.timeout = Duration::from_secs(5);
+    tweak(&mut cfg);
+    client::get(&cfg).expect("get runs")
+}
+
+/// Files in `dir` (copies and anything left behind).
+pub fn files_in(dir: &Path) -> usize {
+    std::fs::read_dir(dir).unwrap().count()
+}
+
+/// A hand-driven client speaking the wire protocol directly.
+pub struct RawClient {
+    pub sock: UdpSocket,
+    buf: Vec<u8>,
+}
+
+impl RawClient {
+    pub fn new(server: SocketAddr) -> Self {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.connect(server).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        // Room for a window of data, so control messages are not crowded out.
+        ringblast::sys::socket::set_recv_buffer(&sock, 4 << 20).unwrap();
+        RawClient {
+            sock,
+            buf: vec![0; 70_000],
+        }
+    }
+
+    pub fn send(&self, m: &Message<'_>) {
+        self.sock.send(&m.to_vec()).unwrap();
+    }
+
+    pub fn recv(&mut self) -> Option<Vec<u8>> {
+        let n = match ringblast::sys::socket::retry_eintr(|| self.sock.recv(&mut self.buf)) {
+            Ok(n) => n,
+            Err(e) => {
+                eprintln!("raw client recv: {e}");
+                return None;
+            }
+        };
+        Some(self.buf[..n].to_vec())
+    }
+
+    /// Next control message, skipping data.
+    pub fn recv_control(&mut self) -> Option<Vec<u8>> {
+        loop {
+            let d = self.recv()?;
+            if !is_data(&d) {
+                return Some(d);
+            }
+        }
+    }
+
+    /// Sends a GET until the answer is not WAIT (the file may still be being indexed),
+    /// resending on silence as a real client does.
+    pub fn get(&mut self, m: &Message<'_>) -> Vec<u8> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            self.send(m);
+            match self.recv_control() {
+                Some(d) if !matches!(Message::parse(&d), Ok(Message::Wait { .. })) => return d,
+                _ => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+        panic!("no answer to GET in 20 s");
+    }
+
+    /// HELLO until a RETRY comes back (resent on silence, as a real client does).
+    pub fn token(&mut self) -> [u8; 24] {
+        for _ in 0..10 {
+            self.send(&Message::Hello { nonce: 7 });
+            if let Some(d) = self.recv_control() {
+                match Message::parse(&d).unwrap() {
+                    Message::Retry { nonce: 7, token } => return token,
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
+        panic!("no RETRY after 10 HELLOs");
+    }
+}
+
+/// A fake server answering the handshake with whatever META `meta` builds.
+pub fn fake_server(meta: impl Fn(u32) -> Meta + Send + 'static) -> SocketAddr {
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = sock.local_addr().unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 70_000];
+        while let Ok((n, from)) = sock.recv_from(&mut buf) {
+            let reply = match Message::parse(&buf[..n]) {
+                Ok(Message::Hello { nonce }) => Message::Retry {
+                    nonce,
+                    token: [1; 24],
+                },
+                Ok(Message::Get { request_id, .. }) => Message::Meta(meta(request_id)),
+                _ => continue,
+            };
+            let _ = sock.send_to(&reply.to_vec(), from);
+        }
+    });
+    addr
+}
+
+/// A UDP port free right now on 127.0.0.1.
+pub fn free_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A `ringblast serve` process; killed when dropped.
+pub struct Serve(pub Child);
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `ringblast serve` of `dir` on `port` with [`engine`] and `extra` arguments.
+pub fn serve(dir: &Path, port: u16, extra: &[&str]) -> Serve {
+    serve_with(dir, port, extra, Stdio::null())
+}
+
+/// Like [`serve`], with its stderr (the log) going to `stderr`.
+pub fn serve_with(dir: &Path, port: u16, extra: &[&str], stderr: Stdio) -> Serve {
+    let child = Command::new(BIN)
+        .args(["serve", "--dir"])
+        .arg(dir)
+        .args(["--bind", &format!("127.0.0.1:{port}")])
+        .args(["--engine", engine_arg()])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    Serve(child)
+}
+
+/// `--engine` value matching [`engine`].
+pub fn engine_arg() -> &'static str {
+    engine().as_str()
+}
+
+/// Runs the binary with `args` to completion.
+pub fn run(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().unwrap()
+}
+
+/// Waits until `list` answers (the server is up).
+pub fn wait_up(server: &str) -> Output {
+    let t = Instant::now();
+    loop {
+        let out = run(&["list", "--server", server, "--timeout", "0.5"]);
+        if out.status.success() || t.elapsed() > Duration::from_secs(10) {
+            return out;
         }
     }
 }

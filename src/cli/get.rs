@@ -1,0 +1,124 @@
+//! `ringblast get`: the client, its table, its JSON, its exit status.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+
+use super::{values, ModeArg};
+use crate::client::{self, GetConfig, Verify};
+use crate::report::{json, logging, table};
+
+#[derive(Args)]
+pub struct GetArgs {
+    /// Name of the file on the server (see `ringblast list`).
+    file: String,
+    /// The server's address and port.
+    #[arg(long, default_value = "127.0.0.1:6969")]
+    server: SocketAddr,
+    /// Sub-clients (1-1000), each with its own socket, fetching its own whole copy.
+    #[arg(long, default_value_t = 1, value_parser = values::count(1, 1000))]
+    clients: usize,
+    /// Directory for the copies: DIR/FILE for one client, DIR/FILE.1 .. DIR/FILE.N.
+    #[arg(long, default_value = "received", conflicts_with = "discard")]
+    out: PathBuf,
+    /// Receive, check and count everything, but write no file (compare with iperf3).
+    #[arg(long)]
+    discard: bool,
+    /// reliable: loss repaired, flow-controlled, every byte verified; blast: the lab's
+    /// semantics, every datagram sent once and loss measured.
+    #[arg(long, value_enum, default_value_t = ModeArg::Reliable)]
+    mode: ModeArg,
+    /// Fail when the server has been silent this long (e.g. 5, 500ms).
+    #[arg(long, value_parser = values::duration, default_value = "5s")]
+    timeout: Duration,
+    /// Receive window in datagrams: how far ahead of the first missing datagram the
+    /// server may send (flow control). Default: 512 for one client, less for more
+    /// (4096 in all), and never more than the kernel's receive buffer holds.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    window: Option<u32>,
+    /// Final check: content = BLAKE3 of the written file (and the manifest);
+    /// manifest = every datagram's CRC32C against the server's manifest hash only
+    /// [default: content when writing files, manifest with --discard].
+    #[arg(long, value_enum)]
+    verify: Option<Verify>,
+    /// Refuse a file larger than this (bounds the memory a server can make us use).
+    #[arg(long, value_parser = values::size, default_value = "1TiB")]
+    max_size: u64,
+    /// Also write the results as one JSON object to PATH ("-": stdout, instead of the
+    /// table).
+    #[arg(long, value_name = "PATH")]
+    json: Option<PathBuf>,
+    /// Report bytes, rate, holes and retransmissions every interval, per sub-client and in
+    /// sum, like iperf3's -i (e.g. 1, 0.5s, 200ms).
+    #[arg(short = 'i', long = "interval", value_parser = values::duration, value_name = "DURATION")]
+    interval: Option<Duration>,
+    /// No progress bar (it is shown only on a terminal anyway).
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+impl GetArgs {
+    fn json_to_stdout(&self) -> bool {
+        self.json.as_deref() == Some(Path::new("-"))
+    }
+
+    /// The client's config, or why these options cannot go together.
+    pub fn config(&self) -> anyhow::Result<GetConfig> {
+        if self.discard && self.verify == Some(Verify::Content) {
+            anyhow::bail!("--verify content needs the written file; with --discard only --verify manifest is possible");
+        }
+        let mut cfg = GetConfig::new(self.server, &self.file);
+        cfg.clients = self.clients;
+        cfg.out_dir = (!self.discard).then(|| self.out.clone());
+        cfg.mode = self.mode.into();
+        cfg.timeout = self.timeout;
+        cfg.window = self.window.unwrap_or(0);
+        cfg.verify = self.verify.unwrap_or(if self.discard {
+            Verify::Manifest
+        } else {
+            Verify::Content
+        });
+        cfg.max_size = self.max_size;
+        cfg.interval = self.interval;
+        cfg.quiet = self.quiet || self.json_to_stdout();
+        Ok(cfg)
+    }
+
+    pub fn run(self) -> anyhow::Result<ExitCode> {
+        logging::init("warn");
+        let cfg = self.config()?;
+        let reports = client::get(&cfg)?;
+        let to_stdout = self.json_to_stdout();
+        if let Some(path) = &self.json {
+            let text =
+                serde_json::to_string_pretty(&json::get_json(&self.file, cfg.mode, &reports))?;
+            if to_stdout {
+                println!("{text}");
+            } else {
+                std::fs::write(path, text + "\n")
+                    .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+            }
+        }
+        if !to_stdout {
+            print!("{}", table::table(&self.file, &reports));
+        }
+        let failed: Vec<_> = reports.iter().filter(|r| !r.ok()).collect();
+        if failed.is_empty() {
+            return Ok(ExitCode::SUCCESS);
+        }
+        let first = failed[0]
+            .error
+            .clone()
+            .unwrap_or_else(|| "incomplete".into());
+        eprintln!(
+            "ringblast: error: {} of {} copies failed; client {}: {first}",
+            failed.len(),
+            reports.len(),
+            failed[0].id
+        );
+        Ok(ExitCode::FAILURE)
+    }
+}

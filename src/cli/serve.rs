@@ -1,0 +1,112 @@
+//! `ringblast serve` and `ringblast list`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+
+use super::values;
+use crate::client;
+use crate::protocol::{MAX_DATAGRAM, MIN_DATAGRAM};
+use crate::report::logging;
+use crate::server::engine::EngineKind;
+use crate::server::{Server, ServerConfig};
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Directory whose regular files are served (symlinks and subdirectories are not).
+    #[arg(long, default_value = "files")]
+    dir: PathBuf,
+    /// Address and port to listen on. Every message of every client uses this one port.
+    #[arg(long, default_value = "127.0.0.1:6969")]
+    bind: SocketAddr,
+    /// Send engine: uring = mmap + io_uring, one ring per session, batched sends, a fixed
+    /// worker pool; threads = the lab's baseline, one thread per client, read() + sendto()
+    /// per datagram.
+    #[arg(long, value_enum, default_value_t = EngineKind::Uring)]
+    engine: EngineKind,
+    /// Worker threads driving the rings (1-256) [default: number of cores].
+    #[arg(long, value_parser = values::count(1, 256))]
+    workers: Option<usize>,
+    /// Pace each session at this rate, bits/s like iperf3's -b (e.g. 800M, 2G; at least 1k).
+    /// Default: as fast as the receiver's credit allows.
+    #[arg(long, value_parser = values::rate)]
+    rate: Option<u64>,
+    /// Drop a session whose client has been silent this long (e.g. 10, 2.5s, 500ms).
+    #[arg(long, value_parser = values::duration, default_value = "10s")]
+    idle_timeout: Duration,
+    /// Datagram size on the wire in bytes, header included (544-65507; use 1472 on a
+    /// 1500-byte MTU link).
+    #[arg(long, default_value_t = MAX_DATAGRAM,
+          value_parser = values::count(MIN_DATAGRAM as u64, MAX_DATAGRAM as u64))]
+    datagram_size: usize,
+    /// Most concurrent sessions (1-100000); further requests get a "busy" answer.
+    #[arg(long, default_value_t = 256, value_parser = values::count(1, 100_000))]
+    max_sessions: usize,
+    /// Requests (HELLO, LIST, GET) per second one source IP may make (twice that in a
+    /// burst; at least 1); beyond it they are dropped with a short "busy" answer.
+    #[arg(long, default_value = "500", value_parser = values::per_second)]
+    requests_per_ip: f64,
+    /// Print one JSON object per finished session on stdout (logs stay on stderr).
+    #[arg(long)]
+    json: bool,
+    /// Also answer the lab's text protocol (LIST, !CONFIG :file :n, TRANSFER; raw
+    /// datagrams, no header) so its Python clients work unchanged. Off by default: it has
+    /// no address validation, so anyone can make the server blast a file at any address.
+    #[arg(long)]
+    legacy: bool,
+}
+
+impl From<ServeArgs> for ServerConfig {
+    fn from(a: ServeArgs) -> ServerConfig {
+        let defaults = ServerConfig::default();
+        ServerConfig {
+            dir: a.dir,
+            bind: a.bind,
+            engine: a.engine,
+            workers: a.workers.unwrap_or(defaults.workers),
+            datagram_size: a.datagram_size,
+            idle_timeout: a.idle_timeout,
+            rate_bps: a.rate,
+            max_sessions: a.max_sessions,
+            json: a.json,
+            legacy: a.legacy,
+            requests_per_ip: a.requests_per_ip,
+            ..defaults
+        }
+    }
+}
+
+impl ServeArgs {
+    pub fn run(self) -> anyhow::Result<ExitCode> {
+        logging::init("info");
+        Server::start(self.into())?.wait();
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+#[derive(Args)]
+pub struct ListArgs {
+    /// The server's address and port.
+    #[arg(long, default_value = "127.0.0.1:6969")]
+    server: SocketAddr,
+    /// Give up after this long without an answer (e.g. 5, 500ms).
+    #[arg(long, value_parser = values::duration, default_value = "5s")]
+    timeout: Duration,
+}
+
+impl ListArgs {
+    pub fn run(self) -> anyhow::Result<ExitCode> {
+        logging::init("warn");
+        let files = client::list(self.server, self.timeout)?;
+        for (name, size) in &files {
+            println!("{size:>14}  {name}");
+        }
+        if files.is_empty() {
+            eprintln!("(no files served at {})", self.server);
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+}

@@ -1,0 +1,217 @@
+//! `ringblast bench`, `ringblast relay` and `ringblast demo`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+
+use super::{values, ModeArg};
+use crate::protocol::Mode;
+use crate::report::logging;
+use crate::server::engine::EngineKind;
+use crate::tools::bench::{self, BenchConfig};
+use crate::tools::demo::{self, DemoConfig};
+use crate::tools::relay::{Impairments, Relay, RelayConfig};
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Sub-client counts to measure, comma-separated (each 1-1000).
+    #[arg(long, value_delimiter = ',', default_value = "1,5,10",
+          value_parser = values::count(1, 1000))]
+    clients: Vec<usize>,
+    /// File sizes, comma-separated (generated in --files if missing).
+    #[arg(long, value_delimiter = ',', value_parser = values::size, default_value = "100MiB,250MiB")]
+    sizes: Vec<u64>,
+    /// Engines to measure, comma-separated: uring, threads.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "uring,threads"
+    )]
+    engines: Vec<EngineKind>,
+    /// Modes to measure, comma-separated: reliable, blast.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "reliable,blast"
+    )]
+    modes: Vec<ModeArg>,
+    /// Repetitions of each cell (1-100); the medians are reported.
+    #[arg(long, default_value_t = 3, value_parser = values::count(1, 100))]
+    reps: usize,
+    /// Directory for the results.
+    #[arg(long, default_value = "bench-results")]
+    out: PathBuf,
+    /// Directory of the generated files.
+    #[arg(long, default_value = "files")]
+    files: PathBuf,
+    /// Receive buffer each sub-client asks for (the lab's Python client had the
+    /// kernel default, 208KiB: try it to see the lab's losses in blast mode).
+    #[arg(long, value_parser = values::size, default_value = "48MiB")]
+    recv_buffer: u64,
+}
+
+impl From<BenchArgs> for BenchConfig {
+    fn from(a: BenchArgs) -> BenchConfig {
+        BenchConfig {
+            clients: a.clients,
+            sizes: a.sizes,
+            engines: a.engines,
+            modes: a.modes.into_iter().map(Mode::from).collect(),
+            reps: a.reps,
+            out: a.out,
+            files: a.files,
+            recv_buffer: a.recv_buffer.min(usize::MAX as u64) as usize,
+        }
+    }
+}
+
+impl BenchArgs {
+    pub fn run(self) -> anyhow::Result<ExitCode> {
+        logging::init("warn");
+        let cfg = BenchConfig::from(self);
+        let (_, cells) = bench::run(&cfg)?;
+        print!("{}", bench::table(&cells));
+        println!(
+            "results: {}/results.csv, results.json, throughput.svg, loss.svg",
+            cfg.out.display()
+        );
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+#[derive(Args)]
+pub struct RelayArgs {
+    /// Where clients send (give this to `get --server`).
+    #[arg(long)]
+    listen: SocketAddr,
+    /// The server.
+    #[arg(long)]
+    to: SocketAddr,
+    /// Drop probability per datagram and direction: 0.05 or 5%.
+    #[arg(long, value_parser = values::probability, default_value = "0")]
+    loss: f64,
+    /// Probability of holding a datagram back ~1-2 ms so later ones overtake it.
+    #[arg(long, value_parser = values::probability, default_value = "0")]
+    reorder: f64,
+    /// Probability of sending a datagram twice.
+    #[arg(long, value_parser = values::probability, default_value = "0")]
+    duplicate: f64,
+    /// Probability of flipping one bit of a datagram.
+    #[arg(long, value_parser = values::probability, default_value = "0")]
+    corrupt: f64,
+    /// Probability of also sending a garbage datagram (random, truncated, or a valid
+    /// header with random contents) beside a real one.
+    #[arg(long, value_parser = values::probability, default_value = "0")]
+    garbage: f64,
+    /// Delay added to every datagram, with its unit (e.g. 20ms, 0.1s).
+    #[arg(long, value_parser = values::delay, default_value = "0")]
+    delay: Duration,
+    /// Rate limit per direction, bits/s (e.g. 1G); excess queues (up to --queue), then is
+    /// dropped.
+    #[arg(long, value_parser = values::rate)]
+    rate: Option<u64>,
+    /// Bytes the rate limiter queues per direction before it drops (a tail-drop queue).
+    #[arg(long, value_parser = values::size, default_value = "8MiB")]
+    queue: u64,
+    /// Seed of the impairments: the same seed and traffic give the same result.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Stop after this long (e.g. 30, 2m) [default: at Ctrl-C].
+    #[arg(long, value_parser = values::duration)]
+    duration: Option<Duration>,
+}
+
+impl From<&RelayArgs> for RelayConfig {
+    fn from(a: &RelayArgs) -> RelayConfig {
+        RelayConfig {
+            listen: a.listen,
+            to: a.to,
+            impair: Impairments {
+                loss: a.loss,
+                reorder: a.reorder,
+                duplicate: a.duplicate,
+                corrupt: a.corrupt,
+                garbage: a.garbage,
+                delay: a.delay,
+                rate_bps: a.rate,
+                queue_bytes: a.queue.min(usize::MAX as u64) as usize,
+                drop_first: Vec::new(),
+            },
+            seed: a.seed,
+        }
+    }
+}
+
+impl RelayArgs {
+    pub fn run(self) -> anyhow::Result<ExitCode> {
+        logging::init("info");
+        let relay = Relay::start(RelayConfig::from(&self))?;
+        eprintln!(
+            "relay {} -> {}: loss {}, reorder {}, duplicate {}, corrupt {}, garbage {}, delay {:?}, rate {}, queue {} bytes, seed {}",
+            relay.local_addr(),
+            self.to,
+            self.loss,
+            self.reorder,
+            self.duplicate,
+            self.corrupt,
+            self.garbage,
+            self.delay,
+            self.rate.map_or("unlimited".to_string(), |r| format!("{r} bit/s")),
+            self.queue,
+            self.seed
+        );
+        let stop = crate::sys::stop_on_signals();
+        if let Some(d) = self.duration {
+            let deadline = Instant::now() + d;
+            while Instant::now() < deadline && !stop.load(Ordering::Acquire) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            stop.store(true, Ordering::Release);
+        }
+        print!("{}", relay.wait_for(stop));
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+#[derive(Args)]
+pub struct DemoArgs {
+    /// Directory holding the generated file (created if absent).
+    #[arg(long, default_value = "files")]
+    dir: PathBuf,
+    /// Size of the generated file.
+    #[arg(long, value_parser = values::size, default_value = "100MiB")]
+    size: u64,
+    /// Sub-clients fetching it at once (1-1000).
+    #[arg(long, default_value_t = 5, value_parser = values::count(1, 1000))]
+    clients: usize,
+    /// reliable (loss repaired, verified) or blast (sent once, loss measured).
+    #[arg(long, value_enum, default_value_t = ModeArg::Reliable)]
+    mode: ModeArg,
+    /// Send engine of the demo's server (see `serve --help`).
+    #[arg(long, value_enum, default_value_t = EngineKind::Uring)]
+    engine: EngineKind,
+}
+
+impl DemoArgs {
+    pub fn run(self) -> anyhow::Result<ExitCode> {
+        logging::init("warn");
+        let ok = demo::run(&DemoConfig {
+            dir: self.dir,
+            size: self.size,
+            clients: self.clients,
+            mode: self.mode.into(),
+            engine: self.engine,
+        })?;
+        Ok(if ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        })
+    }
+}

@@ -1,0 +1,200 @@
+//! Value parsers of the command line: sizes, rates, durations, probabilities and bounded
+//! counts. Each refuses what makes no sense with a message that says what would, so nothing is
+//! clamped silently later.
+
+use std::time::Duration;
+
+use clap::builder::RangedU64ValueParser;
+
+use crate::protocol::pacer::MIN_RATE_BPS;
+
+/// A count between `min` and `max` (clap's message names the range).
+pub fn count(min: u64, max: u64) -> RangedU64ValueParser<usize> {
+    RangedU64ValueParser::new().range(min..=max)
+}
+
+/// A rate like iperf3's `-b`: bits per second with an optional k/M/G suffix (powers of 1000),
+/// e.g. `500M`, `2G`, `100k`; at least 1 kbit/s.
+pub fn rate(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.chars().last() {
+        Some('k' | 'K') => (&s[..s.len() - 1], 1e3),
+        Some('m' | 'M') => (&s[..s.len() - 1], 1e6),
+        Some('g' | 'G') => (&s[..s.len() - 1], 1e9),
+        _ => (s, 1.0),
+    };
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("bad rate {s:?}: expected bits/s like 800M or 2.5G"))?;
+    let bps = v * mult;
+    if !(bps.is_finite() && bps >= MIN_RATE_BPS as f64 && bps < 1e15) {
+        return Err(format!(
+            "bad rate {s:?}: between 1k ({MIN_RATE_BPS} bit/s) and 1000T"
+        ));
+    }
+    Ok(bps as u64)
+}
+
+/// A size like `100MiB`, `250MB`, `1GiB`, `4096` (bytes).
+pub fn size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let v: f64 = num.parse().map_err(|_| format!("bad size {s:?}"))?;
+    let mult = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kib" => 1024.0,
+        "kb" => 1e3,
+        "m" | "mib" => 1024.0 * 1024.0,
+        "mb" => 1e6,
+        "g" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        "gb" => 1e9,
+        "t" | "tib" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        "tb" => 1e12,
+        other => {
+            return Err(format!(
+                "bad size unit {other:?} in {s:?} (use B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)"
+            ))
+        }
+    };
+    let bytes = v * mult;
+    if !(bytes.is_finite() && bytes < 2f64.powi(63)) {
+        return Err(format!("bad size {s:?}: too large"));
+    }
+    Ok(bytes as u64)
+}
+
+/// A duration: a number with a unit (`25ms`, `0.2s`, `1.5m`, `300us`), or a bare number of
+/// seconds (`5`, `0.5`). Positive, at most a day.
+pub fn duration(s: &str) -> Result<Duration, String> {
+    let d = duration_or_zero(s)?;
+    if d.is_zero() {
+        return Err(format!("bad duration {s:?}: must be positive"));
+    }
+    Ok(d)
+}
+
+/// Like [`duration`], and zero is allowed.
+pub fn duration_or_zero(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("bad duration {s:?}: e.g. 5 (seconds), 0.5s, 25ms"))?;
+    let secs = match unit.trim() {
+        "" | "s" => v,
+        "ms" => v / 1e3,
+        "us" | "µs" => v / 1e6,
+        "m" | "min" => v * 60.0,
+        other => {
+            return Err(format!(
+                "bad duration unit {other:?} in {s:?} (use us, ms, s or m)"
+            ))
+        }
+    };
+    if !(secs.is_finite() && (0.0..=86_400.0).contains(&secs)) {
+        return Err(format!("bad duration {s:?}: at most a day"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// A delay: a duration with its unit (`20ms`, `0.1s`); a bare number is refused (other than
+/// 0), since the relay's `--delay` used to count milliseconds.
+pub fn delay(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    if t.parse::<f64>().is_ok_and(|v| v != 0.0) {
+        return Err(format!("bad delay {s:?}: give a unit, e.g. {t}ms or {t}s"));
+    }
+    duration_or_zero(s)
+}
+
+/// A probability: `0.05` or `5%`.
+pub fn probability(s: &str) -> Result<f64, String> {
+    let s = s.trim();
+    let v = match s.strip_suffix('%') {
+        Some(p) => p.trim().parse::<f64>().map(|v| v / 100.0),
+        None => s.parse::<f64>(),
+    }
+    .map_err(|_| format!("bad probability {s:?}: use 0.05 or 5%"))?;
+    if (0.0..=1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!(
+            "bad probability {s:?}: must be between 0 and 1 (0% and 100%)"
+        ))
+    }
+}
+
+/// A rate of requests per second: at least 1 (below that, a source could never make one).
+pub fn per_second(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad rate {s:?}: a number per second, e.g. 500"))?;
+    if !(v.is_finite() && (1.0..=1e9).contains(&v)) {
+        return Err(format!("bad rate {s:?}: at least 1 per second"));
+    }
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates() {
+        assert_eq!(rate("500M"), Ok(500_000_000));
+        assert_eq!(rate("2.5G"), Ok(2_500_000_000));
+        assert_eq!(rate("100k"), Ok(100_000));
+        assert_eq!(rate("1k"), Ok(1000));
+        for bad in ["fast", "-1M", "0", "0.5", "999", "inf", "NaN"] {
+            assert!(rate(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(size("100MiB"), Ok(100 << 20));
+        assert_eq!(size("250MB"), Ok(250_000_000));
+        assert_eq!(size("1GiB"), Ok(1 << 30));
+        assert_eq!(size("4096"), Ok(4096));
+        assert_eq!(size("1TiB"), Ok(1 << 40));
+        assert!(size("1XB").is_err());
+        assert!(size("99999999999TB").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(duration("5"), Ok(Duration::from_secs(5)));
+        assert_eq!(duration("0.5"), Ok(Duration::from_millis(500)));
+        assert_eq!(duration("25ms"), Ok(Duration::from_millis(25)));
+        assert_eq!(duration("0.2s"), Ok(Duration::from_millis(200)));
+        assert_eq!(duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(duration("300us"), Ok(Duration::from_micros(300)));
+        for bad in ["0", "-1", "x", "5h", "1e30", "2d"] {
+            assert!(duration(bad).is_err(), "{bad} accepted");
+        }
+        assert_eq!(duration_or_zero("0"), Ok(Duration::ZERO));
+        assert_eq!(delay("20ms"), Ok(Duration::from_millis(20)));
+        assert_eq!(delay("0"), Ok(Duration::ZERO));
+        assert!(delay("20").unwrap_err().contains("20ms"));
+    }
+
+    #[test]
+    fn probabilities_and_request_rates() {
+        assert_eq!(probability("0.05"), Ok(0.05));
+        assert_eq!(probability("20%"), Ok(0.2));
+        assert!(probability("120%").is_err());
+        assert!(probability("-0.1").is_err());
+        assert!(probability("x").is_err());
+        assert_eq!(per_second("500"), Ok(500.0));
+        for bad in ["0.4", "0", "-3", "inf", "x"] {
+            assert!(per_second(bad).is_err(), "{bad} accepted");
+        }
+    }
+}

@@ -1,0 +1,311 @@
+//! The client: `list`, and `get` with N sub-clients that each fetch the whole file.
+//!
+//! Each sub-client (`subclient.rs`) has its own socket (`connection.rs`, connected to the
+//! server's one port, so the kernel filters everything else), its own thread and its own copy.
+//! It validates its address with a token, asks for the file, then receives data with
+//! `recvmmsg` batches (`receive.rs`): every datagram is length- and range-checked, its CRC32C
+//! verified, recorded in a [`LossTracker`](crate::protocol::loss::LossTracker) and written at
+//! its offset (`sink.rs`). Feedback (`ACK`: cumulative point, credit from `window.rs`, NACK
+//! ranges) goes back every quarter window and whenever the socket runs dry. A copy is written
+//! under a temporary name and renamed only once the whole file verifies; otherwise removed.
+
+mod connection;
+mod receive;
+mod sink;
+mod subclient;
+pub mod window;
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use thiserror::Error;
+
+use crate::protocol::layout::{validate_name, BadName};
+use crate::protocol::{Message, Mode};
+use crate::report::copy::CopyReport;
+use crate::report::live::{spawn_reporter, Live};
+use connection::{server_error, Connection, Reply};
+use window::default_window;
+
+/// How a copy is verified at the end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Verify {
+    /// BLAKE3 of the written file against the server's content hash (plus the manifest).
+    Content,
+    /// The manifest: every datagram's CRC32C, in order, against the server's manifest hash.
+    Manifest,
+}
+
+/// What `ringblast get` is asked to do.
+#[derive(Debug, Clone)]
+pub struct GetConfig {
+    pub server: SocketAddr,
+    pub file: String,
+    pub clients: usize,
+    /// Where copies go; `None` with `--discard`.
+    pub out_dir: Option<PathBuf>,
+    pub mode: Mode,
+    /// The server is declared gone after this long without a word from it.
+    pub timeout: Duration,
+    /// Largest receive window in datagrams (the credit granted beyond the cumulative point);
+    /// smaller if the kernel grants a receive buffer that cannot hold it. 0: the default
+    /// for this many clients ([`window::default_window`]).
+    pub window: u32,
+    /// Kernel receive buffer asked for, bytes.
+    pub recv_buffer: usize,
+    pub verify: Verify,
+    /// Largest file size a server may announce (bounds memory: 4 bytes per datagram).
+    pub max_size: u64,
+    /// Print interval reports this often (like iperf3's -i).
+    pub interval: Option<Duration>,
+    /// No progress bar.
+    pub quiet: bool,
+}
+
+impl GetConfig {
+    pub fn new(server: SocketAddr, file: impl Into<String>) -> Self {
+        GetConfig {
+            server,
+            file: file.into(),
+            clients: 1,
+            out_dir: None,
+            mode: Mode::Reliable,
+            timeout: Duration::from_secs(5),
+            window: 0,
+            recv_buffer: 48 << 20,
+            verify: Verify::Content,
+            max_size: 1 << 40,
+            interval: None,
+            quiet: true,
+        }
+    }
+}
+
+/// Why a sub-client (or `list`) failed. One line each, for the user.
+#[derive(Debug, Error)]
+pub enum ClientError {
+    #[error("no answer from {server} for {secs:.1} s ({stage})")]
+    ServerSilent {
+        server: SocketAddr,
+        secs: f64,
+        stage: &'static str,
+    },
+    #[error("{server} refused the connection: no server is listening there (or it stopped)")]
+    Refused { server: SocketAddr },
+    /// What the server said.
+    #[error("server error: {0}")]
+    Server(String),
+    #[error("server announced {0}")]
+    BadMeta(String),
+    /// Refused here, before asking any server.
+    #[error(transparent)]
+    BadName(#[from] BadName),
+    /// Blast mode's loss, or a reliable transfer cut short.
+    #[error("transfer ended incomplete: {0}")]
+    Incomplete(String),
+    #[error("verification failed: {0}")]
+    Verification(String),
+    #[error("cannot start sub-client {id} of {clients}: {source}")]
+    Spawn {
+        id: usize,
+        clients: usize,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+/// `ringblast list`: the server's files and sizes.
+pub fn list(server: SocketAddr, timeout: Duration) -> Result<Vec<(String, u64)>, ClientError> {
+    let mut conn = Connection::open(server)?;
+    let token = conn.token(timeout)?;
+    let mut files = Vec::new();
+    loop {
+        let start = files.len() as u32;
+        let (total, page) = conn.request(
+            &Message::List { token, start },
+            timeout,
+            "listing",
+            |m| match m {
+                Message::Listing {
+                    total,
+                    start: s,
+                    entries,
+                } if *s == start => Reply::Done(Ok((
+                    *total,
+                    entries
+                        .iter()
+                        .map(|e| (e.name.to_string(), e.size))
+                        .collect::<Vec<_>>(),
+                ))),
+                Message::Error { code, text, .. } => Reply::Done(Err(server_error(*code, text))),
+                _ => Reply::Ignore,
+            },
+        )??;
+        let got = page.len();
+        files.extend(page);
+        if got == 0 || files.len() >= total as usize {
+            return Ok(files);
+        }
+    }
+}
+
+/// The final path of sub-client `id`'s copy: DIR/FILE for one client, DIR/FILE.i for several.
+pub fn copy_path(dir: &Path, file: &str, id: usize, clients: usize) -> PathBuf {
+    if clients == 1 {
+        dir.join(file)
+    } else {
+        dir.join(format!("{file}.{id}"))
+    }
+}
+
+/// Holds the sub-clients until every one has started, so they begin together (the lab's
+/// clients started at once); opened with go, or with abort when one could not be started.
+pub(crate) struct StartGate {
+    open: Mutex<Option<bool>>,
+    cv: Condvar,
+}
+
+impl StartGate {
+    fn new() -> Self {
+        StartGate {
+            open: Mutex::new(None),
+            cv: Condvar::new(),
+        }
+    }
+
+    /// Blocks until the gate opens; true to go, false to give up.
+    pub(crate) fn wait(&self) -> bool {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(go) = *open {
+                return go;
+            }
+            open = self.cv.wait(open).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn open(&self, go: bool) {
+        *self.open.lock().unwrap_or_else(|e| e.into_inner()) = Some(go);
+        self.cv.notify_all();
+    }
+}
+
+/// Starts `n` sub-clients with `spawn(id, gate)` and opens the gate once all are running. If
+/// one cannot be started, the gate opens with abort, the ones already running are joined
+/// (they return at once) and the error says which one failed.
+fn spawn_all<T>(
+    n: usize,
+    mut spawn: impl FnMut(usize, Arc<StartGate>) -> io::Result<JoinHandle<T>>,
+) -> Result<Vec<JoinHandle<T>>, ClientError> {
+    let gate = Arc::new(StartGate::new());
+    let mut handles = Vec::with_capacity(n);
+    for id in 1..=n {
+        match spawn(id, gate.clone()) {
+            Ok(h) => handles.push(h),
+            Err(source) => {
+                gate.open(false);
+                for h in handles {
+                    let _ = h.join();
+                }
+                return Err(ClientError::Spawn {
+                    id,
+                    clients: n,
+                    source,
+                });
+            }
+        }
+    }
+    gate.open(true);
+    Ok(handles)
+}
+
+/// `ringblast get`: starts every sub-client at once and waits for all of them.
+pub fn get(cfg: &GetConfig) -> Result<Vec<CopyReport>, ClientError> {
+    validate_name(&cfg.file)?;
+    if let Some(dir) = &cfg.out_dir {
+        std::fs::create_dir_all(dir)?;
+    }
+    let clients = cfg.clients.max(1);
+    let mut cfg = cfg.clone();
+    if cfg.window == 0 {
+        cfg.window = default_window(clients);
+    }
+    let cfg = &cfg;
+    let live = Live::new(clients);
+    let done = Arc::new(AtomicBool::new(false));
+    let reporter = spawn_reporter(live.clone(), cfg.interval, cfg.quiet, done.clone());
+    let handles = spawn_all(clients, |id, gate| {
+        let cfg = cfg.clone();
+        let live = live.clone();
+        std::thread::Builder::new()
+            .name(format!("client-{id}"))
+            .spawn(move || subclient::run(&cfg, id, clients, &gate, &live))
+    });
+    let joined: Vec<_> = match handles {
+        Ok(h) => h.into_iter().map(|h| h.join()).collect(),
+        Err(e) => {
+            done.store(true, Ordering::Release);
+            return Err(e);
+        }
+    };
+    done.store(true, Ordering::Release);
+    if let Some(r) = reporter {
+        let _ = r.join();
+    }
+    Ok(joined
+        .into_iter()
+        .enumerate()
+        .map(|(i, h)| {
+            h.unwrap_or_else(|_| CopyReport {
+                id: i + 1,
+                error: Some("sub-client panicked".into()),
+                ..Default::default()
+            })
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn a_sub_client_that_cannot_start_releases_the_others() {
+        // Before: the ones already started waited on a barrier for one that never came.
+        let t = Instant::now();
+        let r = spawn_all(5, |id, gate| {
+            if id == 3 {
+                return Err(io::Error::from_raw_os_error(libc::EAGAIN));
+            }
+            std::thread::Builder::new().spawn(move || gate.wait())
+        });
+        match r {
+            Err(ClientError::Spawn {
+                id: 3, clients: 5, ..
+            }) => {}
+            other => panic!("{:?}", other.map(|v| v.len())),
+        }
+        assert!(t.elapsed() < Duration::from_secs(5));
+        let ok = spawn_all(3, |_, gate| {
+            std::thread::Builder::new().spawn(move || gate.wait())
+        })
+        .unwrap();
+        assert!(ok.into_iter().all(|h| h.join().unwrap()));
+    }
+
+    #[test]
+    fn a_bad_name_is_refused_here_and_not_blamed_on_the_server() {
+        let cfg = GetConfig::new("127.0.0.1:9".parse().unwrap(), "../etc/passwd");
+        let e = get(&cfg).unwrap_err().to_string();
+        assert!(e.starts_with("bad file name"), "{e}");
+        assert!(!e.contains("server"), "{e}");
+    }
+}

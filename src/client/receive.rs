@@ -1,0 +1,314 @@
+//! The receive path of one sub-client: `recvmmsg` batches in, every datagram checked, recorded
+//! and written at its offset; `ACK`s (cumulative point, credit, NACK ranges) out every quarter
+//! window and whenever the socket runs dry.
+
+use std::io::{self, IoSlice};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use super::connection::Connection;
+use super::sink::Sink;
+use super::{ClientError, GetConfig};
+use crate::protocol::layout::{datagram_count, payload_len};
+use crate::protocol::loss::{LossTracker, RepairClock};
+use crate::protocol::{
+    ack_flags, data_flags, unix_ns, Ack, DataHeader, ErrorCode, Message, Meta, Mode, NackRange,
+    MAX_NACK_RANGES,
+};
+use crate::report::copy::ClientHists;
+use crate::report::live::ClientLive;
+use crate::sys::recvmmsg::{enable_timestamps, is_timeout, RecvBatch, BATCH};
+
+/// How often an idle receiver re-sends its ACK (tail probe, lost-ACK recovery, keepalive).
+const ACK_INTERVAL: Duration = Duration::from_millis(2);
+
+/// What a sub-client counted, datagram by datagram.
+#[derive(Debug, Default)]
+pub(super) struct Counts {
+    pub(super) bytes_received: u64,
+    pub(super) bytes_intact: u64,
+    pub(super) datagrams_received: u64,
+    pub(super) retransmitted: u64,
+    pub(super) duplicates: u64,
+    pub(super) corrupt: u64,
+    pub(super) malformed: u64,
+}
+
+/// The data phase of one sub-client.
+pub(super) struct DataReceiver {
+    meta: Meta,
+    pub(super) tracker: LossTracker,
+    pub(super) crcs: Vec<u32>,
+    pub(super) counts: Counts,
+    window: u32,
+    /// Send timestamp of the newest datagram and when it arrived (echoed for RTT).
+    echo_ts_ns: u64,
+    echo_at: Instant,
+    /// When the receiver last looked at its socket (what the next ACK describes).
+    observed_at: Instant,
+    end_seen: bool,
+    /// The server said our session no longer exists.
+    session_gone: Option<String>,
+    pub(super) hists: ClientHists,
+    last_arrival_ns: u64,
+    repair: RepairClock,
+    ranges: Vec<NackRange>,
+    scratch: Vec<u8>,
+}
+
+impl DataReceiver {
+    pub(super) fn new(meta: &Meta, window: u32) -> Self {
+        let total = datagram_count(meta.file_size, meta.payload_size) as u32;
+        DataReceiver {
+            meta: *meta,
+            tracker: LossTracker::new(total),
+            crcs: vec![0; total as usize],
+            counts: Counts::default(),
+            window,
+            echo_ts_ns: 0,
+            echo_at: Instant::now(),
+            observed_at: Instant::now(),
+            end_seen: false,
+            session_gone: None,
+            hists: ClientHists::default(),
+            last_arrival_ns: 0,
+            repair: RepairClock::default(),
+            ranges: Vec::with_capacity(MAX_NACK_RANGES),
+            scratch: Vec::with_capacity(MAX_NACK_RANGES * 8),
+        }
+    }
+
+    pub(super) fn run(
+        &mut self,
+        conn: &mut Connection,
+        sink: &Sink,
+        cfg: &GetConfig,
+        live: &ClientLive,
+    ) -> Result<(), ClientError> {
+        conn.sock.set_read_timeout(Some(ACK_INTERVAL))?;
+        // Kernel receive timestamps make delay and gaps per datagram; without them (an old
+        // kernel) the batch's return time stands in.
+        let _ = enable_timestamps(&conn.sock);
+        let mut batch = RecvBatch::new();
+        let ack_every = (self.window / 4).max(1) as u64;
+        let mut since_ack = 0u64;
+        let mut last_ack = Instant::now();
+        let mut heard_at = Instant::now();
+        let blast = self.meta.mode == Mode::Blast;
+        while !self.tracker.is_complete() {
+            let received = batch.recv(&conn.sock);
+            // The state an ACK reports is the state at this instant: its echo delay is
+            // measured to here, not to when it is sent, or a descheduled thread would make
+            // data that arrived meanwhile look lost (and resent for nothing).
+            self.observed_at = Instant::now();
+            let idle = match received {
+                Ok(n) => {
+                    heard_at = Instant::now();
+                    since_ack += self.absorb(&batch, n, sink)?;
+                    self.publish(live);
+                    false
+                }
+                Err(e) if is_timeout(&e) => true,
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                    return Err(ClientError::Refused {
+                        server: conn.server,
+                    })
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if let Some(text) = self.session_gone.take() {
+                return Err(ClientError::Server(format!(
+                    "the server dropped this transfer: {text}"
+                )));
+            }
+            if blast && self.end_seen && idle {
+                // Every datagram was sent once and the socket is drained: what is missing
+                // now is lost.
+                break;
+            }
+            let silent = heard_at.elapsed();
+            if silent >= cfg.timeout {
+                if blast && self.counts.datagrams_received > 0 {
+                    tracing::debug!("blast transfer ended by idle timeout (no END marker)");
+                    break;
+                }
+                return Err(ClientError::ServerSilent {
+                    server: conn.server,
+                    secs: silent.as_secs_f64(),
+                    stage: "during the transfer",
+                });
+            }
+            if since_ack >= ack_every || (idle && last_ack.elapsed() >= ACK_INTERVAL) {
+                self.send_ack(conn, idle)?;
+                since_ack = 0;
+                last_ack = Instant::now();
+            }
+        }
+        if self.tracker.is_complete() && !blast {
+            // The last word on the data: the server can end the session now, even if every
+            // DONE that follows is lost.
+            self.send_ack(conn, false)?;
+        }
+        Ok(())
+    }
+
+    /// Checks, records and writes the data datagrams of one batch. Returns how many new
+    /// datagrams were accepted.
+    fn absorb(&mut self, batch: &RecvBatch, n: usize, sink: &Sink) -> Result<u64, ClientError> {
+        let batch_ns = unix_ns();
+        self.hists.recv_batch.record(n as u64);
+        let mut run: Vec<IoSlice<'_>> = Vec::with_capacity(BATCH);
+        let mut run_start = 0u64;
+        let mut run_end = 0u64;
+        let mut accepted = 0;
+        for i in 0..n {
+            let Some(d) = batch.datagram(i) else {
+                self.counts.malformed += 1;
+                continue;
+            };
+            let arrival = batch.timestamp_ns(i).unwrap_or(batch_ns);
+            let Some((offset, payload)) = self.accept(d, arrival) else {
+                continue;
+            };
+            accepted += 1;
+            if offset != run_end || run.is_empty() {
+                sink.write_run(run_start, &run)?;
+                run.clear();
+                run_start = offset;
+            }
+            run.push(IoSlice::new(payload));
+            run_end = offset + payload.len() as u64;
+        }
+        sink.write_run(run_start, &run)?;
+        Ok(accepted)
+    }
+
+    /// Checks one datagram that arrived at `arrival_ns`: control messages are handled, data is
+    /// validated against the session, counted, CRC-checked and recorded. Returns the offset and
+    /// payload of new intact data, to be written.
+    fn accept<'d>(&mut self, d: &'d [u8], arrival_ns: u64) -> Option<(u64, &'d [u8])> {
+        let payload_size = self.meta.payload_size as u64;
+        let (h, payload) = match DataHeader::parse(d) {
+            Ok(x) => x,
+            Err(_) => {
+                self.control(d);
+                return None;
+            }
+        };
+        let index = h.offset / payload_size;
+        let valid = h.session == self.meta.session
+            && h.offset % payload_size == 0
+            && index < self.tracker.total() as u64
+            && payload.len() == payload_len(self.meta.file_size, self.meta.payload_size, index);
+        if !valid {
+            self.counts.malformed += 1;
+            return None;
+        }
+        let index = index as u32;
+        self.record_arrival(arrival_ns, h.send_ts_ns);
+        self.counts.datagrams_received += 1;
+        self.counts.bytes_received += payload.len() as u64;
+        if h.flags & data_flags::RETRANSMIT != 0 {
+            self.counts.retransmitted += 1;
+        }
+        if self.tracker.contains(index) {
+            self.counts.duplicates += 1;
+            return None;
+        }
+        let crc = crc32c::crc32c(payload);
+        if !DataHeader::crc_ok(d, crc) {
+            self.counts.corrupt += 1;
+            return None;
+        }
+        if let Some(open_ns) = self.repair.on_arrival(&self.tracker, index, arrival_ns) {
+            self.hists.repair_us.record(open_ns / 1000);
+        }
+        self.tracker.insert(index);
+        self.repair.prune(self.tracker.recv_next());
+        self.crcs[index as usize] = crc;
+        self.counts.bytes_intact += payload.len() as u64;
+        self.echo_ts_ns = h.send_ts_ns;
+        self.echo_at = Instant::now();
+        Some((h.offset, payload))
+    }
+
+    /// Data that arrived before META (it was lost and the GET resent): checked and written
+    /// now that the session is known, instead of being thrown away.
+    pub(super) fn absorb_early(
+        &mut self,
+        early: &[(Vec<u8>, u64)],
+        sink: &Sink,
+    ) -> Result<(), ClientError> {
+        for (d, arrival) in early {
+            if let Some((offset, payload)) = self.accept(d, *arrival) {
+                sink.write_run(offset, &[IoSlice::new(payload)])?;
+            }
+        }
+        Ok(())
+    }
+
+    fn publish(&self, live: &ClientLive) {
+        let t = &self.tracker;
+        live.bytes_intact
+            .store(self.counts.bytes_intact, Ordering::Relaxed);
+        live.datagrams
+            .store(self.counts.datagrams_received, Ordering::Relaxed);
+        live.retransmitted
+            .store(self.counts.retransmitted, Ordering::Relaxed);
+        // Everything received lies below seen_end: the rest of that range is holes.
+        live.holes
+            .store((t.seen_end() - t.received()) as u64, Ordering::Relaxed);
+    }
+
+    fn record_arrival(&mut self, arrival_ns: u64, send_ts_ns: u64) {
+        if let Some(d) = arrival_ns.checked_sub(send_ts_ns) {
+            self.hists.one_way_delay_us.record(d / 1000);
+        }
+        if self.last_arrival_ns != 0 {
+            let gap = arrival_ns.saturating_sub(self.last_arrival_ns);
+            self.hists.inter_arrival_us.record(gap / 1000);
+        }
+        self.last_arrival_ns = arrival_ns;
+    }
+
+    /// A non-data datagram during the transfer.
+    fn control(&mut self, d: &[u8]) {
+        match Message::parse(d) {
+            Ok(Message::End { session, .. }) if session == self.meta.session => {
+                self.end_seen = true
+            }
+            Ok(Message::Error {
+                code: ErrorCode::NoSession | ErrorCode::FileChanged | ErrorCode::Internal,
+                text,
+                ..
+            }) => self.session_gone = Some(text.to_string()),
+            // A repeated META (our GET was resent) or a late RETRY: harmless.
+            Ok(Message::Meta(_)) | Ok(Message::Retry { .. }) | Ok(Message::Wait { .. }) => {}
+            _ => self.counts.malformed += 1,
+        }
+    }
+
+    fn send_ack(&mut self, conn: &mut Connection, idle: bool) -> Result<(), ClientError> {
+        let t = &self.tracker;
+        self.ranges.clear();
+        t.nack_ranges(t.seen_end(), MAX_NACK_RANGES, &mut self.ranges);
+        let credit = t.recv_next().saturating_add(self.window).min(t.total());
+        let delay_us = self
+            .observed_at
+            .saturating_duration_since(self.echo_at)
+            .as_micros()
+            .min(u32::MAX as u128) as u32;
+        let ack = Ack::new(
+            self.meta.session,
+            t.recv_next(),
+            credit,
+            t.seen_end(),
+            self.echo_ts_ns,
+            delay_us,
+            if idle { ack_flags::IDLE } else { 0 },
+            &self.ranges,
+            &mut self.scratch,
+        );
+        conn.send(&Message::Ack(ack))
+    }
+}

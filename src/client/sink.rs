@@ -1,0 +1,87 @@
+//! Where one sub-client's copy goes: a temporary file written at each datagram's offset and
+//! renamed only once verified, or nowhere (`--discard`).
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, IoSlice};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::sys::hugebuf::HugeBuf;
+
+/// The output of one sub-client.
+pub(super) struct Sink {
+    pub(super) file: Option<File>,
+}
+
+impl Sink {
+    pub(super) fn discard() -> Sink {
+        Sink { file: None }
+    }
+
+    /// Creates `temp` (truncated) with room for `size` bytes.
+    pub(super) fn create(temp: &Path, size: u64) -> io::Result<Sink> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(temp)?;
+        file.set_len(size)?;
+        Ok(Sink { file: Some(file) })
+    }
+
+    /// Writes consecutive payloads starting at `offset`, in as few syscalls as possible.
+    pub(super) fn write_run(&self, offset: u64, run: &[IoSlice<'_>]) -> io::Result<()> {
+        let Some(file) = &self.file else {
+            return Ok(());
+        };
+        if run.is_empty() {
+            return Ok(());
+        }
+        let want: usize = run.iter().map(|s| s.len()).sum();
+        let done =
+            nix::sys::uio::pwritev(file, run, offset as libc::off_t).map_err(io::Error::from)?;
+        if done < want {
+            // Short write: finish the rest piece by piece.
+            let mut pos = 0usize;
+            for s in run {
+                let end = pos + s.len();
+                if end > done {
+                    let skip = done.saturating_sub(pos);
+                    file.write_all_at(&s[skip..], offset + (pos + skip) as u64)?;
+                }
+                pos = end;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The temporary name of a copy whose final path is `final_path`: hidden, and tagged with this
+/// process's id so concurrent runs into one directory do not collide.
+pub(super) fn temp_path(dir: &Path, final_path: &Path) -> PathBuf {
+    dir.join(format!(
+        ".{}.{}.part",
+        final_path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("copy"),
+        std::process::id()
+    ))
+}
+
+/// BLAKE3 of the first `len` bytes of `file`, on all cores. Reads in large chunks rather than
+/// mapping the file: faulting in a fresh map page by page costs more than the copy on a VM.
+pub(super) fn content_hash(file: &File, len: u64) -> io::Result<[u8; 32]> {
+    const CHUNK: usize = 8 << 20;
+    let mut h = blake3::Hasher::new();
+    let mut buf = HugeBuf::new(CHUNK.min(len as usize).max(1));
+    let mut pos = 0u64;
+    while pos < len {
+        let n = ((len - pos) as usize).min(CHUNK);
+        file.read_exact_at(&mut buf.as_mut_slice()[..n], pos)?;
+        h.update_rayon(&buf.as_slice()[..n]);
+        pos += n as u64;
+    }
+    Ok(*h.finalize().as_bytes())
+}

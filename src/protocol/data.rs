@@ -1,0 +1,160 @@
+//! The data datagram: a fixed 32-byte header, then `payload_len` bytes of the file.
+//!
+//! The hot path on both sides: the server stamps a header per datagram without reading the
+//! payload, the receiver parses and checks one per datagram. Length checks come before any
+//! field is believed; the property tests feed it random bytes.
+
+use super::limits::DATA_HEADER_LEN;
+use super::{kind, peek_kind, WireError, MAGIC, VERSION};
+
+/// Flags of a data datagram.
+pub mod data_flags {
+    /// This datagram is a retransmission.
+    pub const RETRANSMIT: u8 = 1;
+}
+
+/// Header of a data datagram, followed by `payload_len` bytes of the file.
+///
+/// ```text
+///  0    2   3    4      5      6           8          12      16           24          32
+///  +----+---+----+------+------+-----------+----------+-------+------------+-----------+
+///  | RB | 1 | 12 | flags| rsvd | payload   | session  | crc32c| offset     | send_ts   |
+///  |    |   |    |      |      | len u16   | u32      | u32   | u64        | ns u64    |
+///  +----+---+----+------+------+-----------+----------+-------+------------+-----------+
+/// ```
+///
+/// `crc32c` = CRC32C(payload ‖ header bytes 0..12 ‖ header bytes 16..32): the payload's CRC is
+/// computed once per file by the server's index and the header is appended to it, so the send
+/// path never reads the payload; the receiver's payload CRC is reused for the manifest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DataHeader {
+    pub flags: u8,
+    pub payload_len: u16,
+    pub session: u32,
+    pub crc: u32,
+    pub offset: u64,
+    pub send_ts_ns: u64,
+}
+
+impl DataHeader {
+    /// Writes the header into `out[..32]`, computing the CRC from the payload's CRC.
+    pub fn emit(&self, payload_crc: u32, out: &mut [u8; DATA_HEADER_LEN]) {
+        out[0..2].copy_from_slice(&MAGIC);
+        out[2] = VERSION;
+        out[3] = kind::DATA;
+        out[4] = self.flags;
+        out[5] = 0;
+        out[6..8].copy_from_slice(&self.payload_len.to_be_bytes());
+        out[8..12].copy_from_slice(&self.session.to_be_bytes());
+        out[16..24].copy_from_slice(&self.offset.to_be_bytes());
+        out[24..32].copy_from_slice(&self.send_ts_ns.to_be_bytes());
+        let crc = header_crc(payload_crc, out);
+        out[12..16].copy_from_slice(&crc.to_be_bytes());
+    }
+
+    /// Parses and length-checks a data datagram. Returns the header and the payload slice;
+    /// the CRC is *not* checked here (see [`DataHeader::crc_ok`]).
+    pub fn parse(buf: &[u8]) -> Result<(DataHeader, &[u8]), WireError> {
+        if peek_kind(buf)? != kind::DATA {
+            return Err(WireError::Malformed("not DATA"));
+        }
+        if buf.len() < DATA_HEADER_LEN {
+            return Err(WireError::Truncated);
+        }
+        let h = DataHeader {
+            flags: buf[4],
+            payload_len: u16::from_be_bytes([buf[6], buf[7]]),
+            session: u32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]]),
+            crc: u32::from_be_bytes([buf[12], buf[13], buf[14], buf[15]]),
+            offset: u64::from_be_bytes(buf[16..24].try_into().expect("8 bytes")),
+            send_ts_ns: u64::from_be_bytes(buf[24..32].try_into().expect("8 bytes")),
+        };
+        let payload = &buf[DATA_HEADER_LEN..];
+        if payload.len() != h.payload_len as usize {
+            return Err(WireError::Malformed("payload length"));
+        }
+        Ok((h, payload))
+    }
+
+    /// True when `payload_crc` (CRC32C of the received payload) and the header bytes match
+    /// the CRC the sender put in the header.
+    pub fn crc_ok(raw_header: &[u8], payload_crc: u32) -> bool {
+        if raw_header.len() < DATA_HEADER_LEN {
+            return false;
+        }
+        let got = u32::from_be_bytes([
+            raw_header[12],
+            raw_header[13],
+            raw_header[14],
+            raw_header[15],
+        ]);
+        header_crc(payload_crc, raw_header) == got
+    }
+}
+
+/// CRC32C of payload ‖ header-without-crc, chained from the payload's CRC.
+fn header_crc(payload_crc: u32, header: &[u8]) -> u32 {
+    let c = crc32c::crc32c_append(payload_crc, &header[0..12]);
+    crc32c::crc32c_append(c, &header[16..32])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn data_header_round_trip_and_crc() {
+        let payload: Vec<u8> = (0..1000u32).map(|i| (i * 7) as u8).collect();
+        let h = DataHeader {
+            flags: data_flags::RETRANSMIT,
+            payload_len: payload.len() as u16,
+            session: 0xDEAD_BEEF,
+            crc: 0,
+            offset: 3 * 65_475,
+            send_ts_ns: 1_700_000_000_123_456_789,
+        };
+        let mut hdr = [0u8; DATA_HEADER_LEN];
+        h.emit(crc32c::crc32c(&payload), &mut hdr);
+        let mut dgram = hdr.to_vec();
+        dgram.extend_from_slice(&payload);
+        let (back, body) = DataHeader::parse(&dgram).unwrap();
+        assert_eq!(body, &payload[..]);
+        assert_eq!(back.offset, h.offset);
+        assert_eq!(back.session, h.session);
+        assert_eq!(back.flags, h.flags);
+        assert!(DataHeader::crc_ok(&dgram, crc32c::crc32c(body)));
+        // The CRC covers the header: a flipped offset bit is caught.
+        dgram[20] ^= 1;
+        assert!(!DataHeader::crc_ok(
+            &dgram,
+            crc32c::crc32c(&dgram[DATA_HEADER_LEN..])
+        ));
+        dgram[20] ^= 1;
+        // ...and the payload.
+        dgram[DATA_HEADER_LEN + 10] ^= 0x80;
+        assert!(!DataHeader::crc_ok(
+            &dgram,
+            crc32c::crc32c(&dgram[DATA_HEADER_LEN..])
+        ));
+        // A length that disagrees with the datagram is refused.
+        assert!(DataHeader::parse(&dgram[..dgram.len() - 1]).is_err());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(
+            std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(2000)
+        ))]
+
+        #[test]
+        fn data_parser_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let mut b = bytes.clone();
+            if b.len() >= 4 { b[0] = b'R'; b[1] = b'B'; b[2] = VERSION; b[3] = kind::DATA; }
+            if let Ok((h, p)) = DataHeader::parse(&b) {
+                prop_assert_eq!(h.payload_len as usize, p.len());
+            }
+            let _ = DataHeader::crc_ok(&b, 0);
+        }
+
+    }
+}

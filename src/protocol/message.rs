@@ -1,0 +1,522 @@
+//! Control messages: every ringblast message except data, with its exact layout.
+//!
+//! Parsing is the first thing untrusted bytes meet, so every parser here checks lengths before
+//! reading and returns a [`WireError`] instead of panicking; the property tests below feed it
+//! random and truncated input. Every control message ends with a CRC32C trailer.
+//! docs/PROTOCOL.md describes the exchange.
+
+use super::limits::{
+    HELLO_MIN_LEN, MAX_ERROR_TEXT, MAX_NACK_RANGES, MAX_NAME_LEN, MAX_PAYLOAD, TOKEN_LEN,
+};
+use super::{kind, peek_kind, Mode, WireError, MAGIC, VERSION};
+
+/// Error codes a server sends in `ERROR`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    NotFound,
+    BadName,
+    BadToken,
+    Busy,
+    BadRequest,
+    Internal,
+    /// The session id in a client's message is unknown (expired or never existed).
+    NoSession,
+    /// The served file changed while it was being sent: the transfer is abandoned.
+    FileChanged,
+}
+
+impl ErrorCode {
+    fn to_u8(self) -> u8 {
+        match self {
+            ErrorCode::NotFound => 1,
+            ErrorCode::BadName => 2,
+            ErrorCode::BadToken => 3,
+            ErrorCode::Busy => 4,
+            ErrorCode::BadRequest => 5,
+            ErrorCode::Internal => 6,
+            ErrorCode::NoSession => 7,
+            ErrorCode::FileChanged => 8,
+        }
+    }
+    fn from_u8(v: u8) -> Result<Self, WireError> {
+        Ok(match v {
+            1 => ErrorCode::NotFound,
+            2 => ErrorCode::BadName,
+            3 => ErrorCode::BadToken,
+            4 => ErrorCode::Busy,
+            5 => ErrorCode::BadRequest,
+            6 => ErrorCode::Internal,
+            7 => ErrorCode::NoSession,
+            8 => ErrorCode::FileChanged,
+            _ => return Err(WireError::Malformed("error code")),
+        })
+    }
+}
+
+/// How a client ended a session (`DONE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DoneStatus {
+    /// Every byte arrived and the manifest verified.
+    Complete,
+    /// The client stopped without a verified copy (blast loss, user abort, failure).
+    Incomplete,
+}
+
+/// One entry of a `LISTING`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListEntry<'a> {
+    pub name: &'a str,
+    pub size: u64,
+}
+
+/// Bits of an `ACK`'s flags.
+pub mod ack_flags {
+    /// The receiver's socket was empty when it sent this ACK: whatever it has not seen and
+    /// was sent long enough ago is lost, not queued (lets the sender probe the tail).
+    pub const IDLE: u8 = 1;
+}
+
+/// A run of missing datagram indices `[start, start + len)` reported by a receiver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NackRange {
+    pub start: u32,
+    pub len: u32,
+}
+
+/// The receiver's feedback, sent periodically during a transfer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ack<'a> {
+    pub session: u32,
+    /// Lowest datagram index not yet received: everything below it is in.
+    pub recv_next: u32,
+    /// The sender may send new datagrams with index below this (credit window).
+    pub credit_limit: u32,
+    /// Highest index received so far plus one (0: nothing yet).
+    pub seen_end: u32,
+    /// Send timestamp (ns) of the newest data datagram received, echoed for RTT.
+    pub echo_ts_ns: u64,
+    /// Time (µs) between that datagram's arrival and this ACK, subtracted from the RTT.
+    pub echo_delay_us: u32,
+    /// [`ack_flags`] bits.
+    pub flags: u8,
+    /// Missing ranges inside `[recv_next, seen_end)`, at most [`MAX_NACK_RANGES`].
+    ranges: &'a [u8],
+}
+
+impl<'a> Ack<'a> {
+    /// Builds an ACK whose ranges are encoded from `ranges` into `scratch`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        session: u32,
+        recv_next: u32,
+        credit_limit: u32,
+        seen_end: u32,
+        echo_ts_ns: u64,
+        echo_delay_us: u32,
+        flags: u8,
+        ranges: &[NackRange],
+        scratch: &'a mut Vec<u8>,
+    ) -> Self {
+        scratch.clear();
+        for r in ranges.iter().take(MAX_NACK_RANGES) {
+            scratch.extend_from_slice(&r.start.to_be_bytes());
+            scratch.extend_from_slice(&r.len.to_be_bytes());
+        }
+        Ack {
+            session,
+            recv_next,
+            credit_limit,
+            seen_end,
+            echo_ts_ns,
+            echo_delay_us,
+            flags,
+            ranges: scratch,
+        }
+    }
+
+    /// The NACK ranges carried by this ACK.
+    pub fn ranges(&self) -> impl Iterator<Item = NackRange> + 'a {
+        self.ranges.chunks_exact(8).map(|c| NackRange {
+            start: u32::from_be_bytes([c[0], c[1], c[2], c[3]]),
+            len: u32::from_be_bytes([c[4], c[5], c[6], c[7]]),
+        })
+    }
+
+    pub fn range_count(&self) -> usize {
+        self.ranges.len() / 8
+    }
+}
+
+/// File description sent by the server in answer to `GET`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Meta {
+    pub request_id: u32,
+    pub session: u32,
+    pub file_size: u64,
+    /// File bytes per data datagram (the last one may carry fewer).
+    pub payload_size: u32,
+    pub mode: Mode,
+    /// BLAKE3 over the file's manifest (see `files::manifest_hash`).
+    pub manifest_hash: [u8; 32],
+    /// BLAKE3 of the file's content.
+    pub content_hash: [u8; 32],
+}
+
+/// Every control message. `DATA` has its own fast path, [`DataHeader`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message<'a> {
+    /// C→S `HELLO nonce:u64 padding…` (total length >= [`HELLO_MIN_LEN`]): asks for a token.
+    Hello { nonce: u64 },
+    /// S→C `RETRY nonce:u64 token:[24]`: the address-validation token for the sender's address.
+    Retry { nonce: u64, token: [u8; TOKEN_LEN] },
+    /// C→S `LIST token:[24] start:u32`: asks for the file list from entry `start`.
+    List { token: [u8; TOKEN_LEN], start: u32 },
+    /// S→C `LISTING total:u32 start:u32 count:u16 {size:u64 name_len:u8 name}*`.
+    Listing {
+        total: u32,
+        start: u32,
+        entries: Vec<ListEntry<'a>>,
+    },
+    /// C→S `GET token:[24] request_id:u32 mode:u8 window:u32 name_len:u8 name`.
+    Get {
+        token: [u8; TOKEN_LEN],
+        request_id: u32,
+        mode: Mode,
+        /// Receiver's window in datagrams (upper bound on the credit it will grant).
+        window: u32,
+        name: &'a str,
+    },
+    /// S→C `META request_id:u32 session:u32 file_size:u64 payload_size:u32 mode:u8
+    /// manifest_hash:[32] content_hash:[32]`.
+    Meta(Meta),
+    /// S→C `WAIT request_id:u32`: the request is being prepared (file being indexed).
+    Wait { request_id: u32 },
+    /// S→C `ERROR request_id:u32 code:u8 text_len:u8 text`.
+    Error {
+        request_id: u32,
+        code: ErrorCode,
+        text: &'a str,
+    },
+    /// C→S `ACK session:u32 recv_next:u32 credit_limit:u32 seen_end:u32 echo_ts_ns:u64
+    /// echo_delay_us:u32 flags:u8 count:u16 {start:u32 len:u32}*`.
+    Ack(Ack<'a>),
+    /// C→S `DONE session:u32 status:u8`: the client is finished with the session.
+    Done { session: u32, status: DoneStatus },
+    /// S→C `END session:u32 datagrams:u32`: blast mode, the server sent every datagram once.
+    End { session: u32, datagrams: u32 },
+}
+
+/// Cursor over untrusted bytes: every read is bounds-checked.
+struct Reader<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
+        if self.buf.len() < n {
+            return Err(WireError::Truncated);
+        }
+        let (head, tail) = self.buf.split_at(n);
+        self.buf = tail;
+        Ok(head)
+    }
+    fn u8(&mut self) -> Result<u8, WireError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16, WireError> {
+        let b = self.take(2)?;
+        Ok(u16::from_be_bytes([b[0], b[1]]))
+    }
+    fn u32(&mut self) -> Result<u32, WireError> {
+        let b = self.take(4)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn u64(&mut self) -> Result<u64, WireError> {
+        let b = self.take(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_be_bytes(a))
+    }
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], WireError> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N)?);
+        Ok(a)
+    }
+    /// A length-prefixed (u8) UTF-8 string.
+    fn str8(&mut self, what: &'static str) -> Result<&'a str, WireError> {
+        let len = self.u8()? as usize;
+        std::str::from_utf8(self.take(len)?).map_err(|_| WireError::Malformed(what))
+    }
+    fn finish(&self) -> Result<(), WireError> {
+        if self.buf.is_empty() {
+            Ok(())
+        } else {
+            Err(WireError::Trailing)
+        }
+    }
+}
+
+fn header(out: &mut Vec<u8>, k: u8) {
+    out.extend_from_slice(&MAGIC);
+    out.push(VERSION);
+    out.push(k);
+}
+
+fn put_str8(out: &mut Vec<u8>, s: &str, max: usize) {
+    // Truncate on a char boundary so the receiver always sees valid UTF-8.
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    out.push(end as u8);
+    out.extend_from_slice(&s.as_bytes()[..end]);
+}
+
+impl<'a> Message<'a> {
+    /// Parses a control message. `DATA` is refused here: use [`DataHeader::parse`].
+    pub fn parse(buf: &'a [u8]) -> Result<Self, WireError> {
+        let k = peek_kind(buf)?;
+        if k == kind::DATA {
+            return Err(WireError::Malformed("DATA is not a control message"));
+        }
+        // Every control message ends with CRC32C(everything before it): a corrupted request,
+        // ACK or META is dropped here, before any of its fields is believed.
+        if buf.len() < 8 {
+            return Err(WireError::Truncated);
+        }
+        let (body, trailer) = buf.split_at(buf.len() - 4);
+        let want = u32::from_be_bytes([trailer[0], trailer[1], trailer[2], trailer[3]]);
+        if crc32c::crc32c(body) != want {
+            return Err(WireError::BadChecksum);
+        }
+        let buf = body;
+        let mut r = Reader { buf: &buf[4..] };
+        let msg = match k {
+            kind::HELLO => {
+                if buf.len() + 4 < HELLO_MIN_LEN {
+                    return Err(WireError::Malformed("HELLO shorter than 1200 bytes"));
+                }
+                let nonce = r.u64()?;
+                // The rest is padding, deliberately ignored.
+                return Ok(Message::Hello { nonce });
+            }
+            kind::RETRY => Message::Retry {
+                nonce: r.u64()?,
+                token: r.array()?,
+            },
+            kind::LIST => Message::List {
+                token: r.array()?,
+                start: r.u32()?,
+            },
+            kind::LISTING => {
+                let total = r.u32()?;
+                let start = r.u32()?;
+                let count = r.u16()? as usize;
+                // Each entry takes at least 9 bytes: bound the allocation by what is there.
+                if count > r.buf.len() / 9 {
+                    return Err(WireError::Malformed("listing count"));
+                }
+                let mut entries = Vec::with_capacity(count);
+                for _ in 0..count {
+                    let size = r.u64()?;
+                    let name = r.str8("file name")?;
+                    entries.push(ListEntry { name, size });
+                }
+                Message::Listing {
+                    total,
+                    start,
+                    entries,
+                }
+            }
+            kind::GET => Message::Get {
+                token: r.array()?,
+                request_id: r.u32()?,
+                mode: Mode::from_u8(r.u8()?)?,
+                window: r.u32()?,
+                name: r.str8("file name")?,
+            },
+            kind::META => {
+                let m = Meta {
+                    request_id: r.u32()?,
+                    session: r.u32()?,
+                    file_size: r.u64()?,
+                    payload_size: r.u32()?,
+                    mode: Mode::from_u8(r.u8()?)?,
+                    manifest_hash: r.array()?,
+                    content_hash: r.array()?,
+                };
+                if m.payload_size == 0 || m.payload_size as usize > MAX_PAYLOAD {
+                    return Err(WireError::Malformed("payload size"));
+                }
+                Message::Meta(m)
+            }
+            kind::WAIT => Message::Wait {
+                request_id: r.u32()?,
+            },
+            kind::ERROR => Message::Error {
+                request_id: r.u32()?,
+                code: ErrorCode::from_u8(r.u8()?)?,
+                text: r.str8("error text")?,
+            },
+            kind::ACK => {
+                let session = r.u32()?;
+                let recv_next = r.u32()?;
+                let credit_limit = r.u32()?;
+                let seen_end = r.u32()?;
+                let echo_ts_ns = r.u64()?;
+                let echo_delay_us = r.u32()?;
+                let flags = r.u8()?;
+                let count = r.u16()? as usize;
+                if count > MAX_NACK_RANGES {
+                    return Err(WireError::Malformed("too many NACK ranges"));
+                }
+                let ranges = r.take(count * 8)?;
+                Message::Ack(Ack {
+                    session,
+                    recv_next,
+                    credit_limit,
+                    seen_end,
+                    echo_ts_ns,
+                    echo_delay_us,
+                    flags,
+                    ranges,
+                })
+            }
+            kind::DONE => Message::Done {
+                session: r.u32()?,
+                status: match r.u8()? {
+                    0 => DoneStatus::Complete,
+                    1 => DoneStatus::Incomplete,
+                    _ => return Err(WireError::Malformed("done status")),
+                },
+            },
+            kind::END => Message::End {
+                session: r.u32()?,
+                datagrams: r.u32()?,
+            },
+            kind::DATA => return Err(WireError::Malformed("DATA is not a control message")),
+            other => return Err(WireError::UnknownKind(other)),
+        };
+        r.finish()?;
+        Ok(msg)
+    }
+
+    /// Appends the encoded message, with its CRC32C trailer, to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let start = out.len();
+        self.encode_body(out);
+        let crc = crc32c::crc32c(&out[start..]);
+        out.extend_from_slice(&crc.to_be_bytes());
+    }
+
+    fn encode_body(&self, out: &mut Vec<u8>) {
+        match self {
+            Message::Hello { nonce } => {
+                let start = out.len();
+                header(out, kind::HELLO);
+                out.extend_from_slice(&nonce.to_be_bytes());
+                // Padded so the whole datagram, trailer included, is HELLO_MIN_LEN bytes.
+                out.resize(start + HELLO_MIN_LEN - 4, 0);
+            }
+            Message::Retry { nonce, token } => {
+                header(out, kind::RETRY);
+                out.extend_from_slice(&nonce.to_be_bytes());
+                out.extend_from_slice(token);
+            }
+            Message::List { token, start } => {
+                header(out, kind::LIST);
+                out.extend_from_slice(token);
+                out.extend_from_slice(&start.to_be_bytes());
+            }
+            Message::Listing {
+                total,
+                start,
+                entries,
+            } => {
+                header(out, kind::LISTING);
+                out.extend_from_slice(&total.to_be_bytes());
+                out.extend_from_slice(&start.to_be_bytes());
+                out.extend_from_slice(&(entries.len() as u16).to_be_bytes());
+                for e in entries {
+                    out.extend_from_slice(&e.size.to_be_bytes());
+                    put_str8(out, e.name, MAX_NAME_LEN);
+                }
+            }
+            Message::Get {
+                token,
+                request_id,
+                mode,
+                window,
+                name,
+            } => {
+                header(out, kind::GET);
+                out.extend_from_slice(token);
+                out.extend_from_slice(&request_id.to_be_bytes());
+                out.push(mode.to_u8());
+                out.extend_from_slice(&window.to_be_bytes());
+                put_str8(out, name, MAX_NAME_LEN);
+            }
+            Message::Meta(m) => {
+                header(out, kind::META);
+                out.extend_from_slice(&m.request_id.to_be_bytes());
+                out.extend_from_slice(&m.session.to_be_bytes());
+                out.extend_from_slice(&m.file_size.to_be_bytes());
+                out.extend_from_slice(&m.payload_size.to_be_bytes());
+                out.push(m.mode.to_u8());
+                out.extend_from_slice(&m.manifest_hash);
+                out.extend_from_slice(&m.content_hash);
+            }
+            Message::Wait { request_id } => {
+                header(out, kind::WAIT);
+                out.extend_from_slice(&request_id.to_be_bytes());
+            }
+            Message::Error {
+                request_id,
+                code,
+                text,
+            } => {
+                header(out, kind::ERROR);
+                out.extend_from_slice(&request_id.to_be_bytes());
+                out.push(code.to_u8());
+                put_str8(out, text, MAX_ERROR_TEXT);
+            }
+            Message::Ack(a) => {
+                header(out, kind::ACK);
+                out.extend_from_slice(&a.session.to_be_bytes());
+                out.extend_from_slice(&a.recv_next.to_be_bytes());
+                out.extend_from_slice(&a.credit_limit.to_be_bytes());
+                out.extend_from_slice(&a.seen_end.to_be_bytes());
+                out.extend_from_slice(&a.echo_ts_ns.to_be_bytes());
+                out.extend_from_slice(&a.echo_delay_us.to_be_bytes());
+                out.push(a.flags);
+                let n = a.range_count().min(MAX_NACK_RANGES);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+                out.extend_from_slice(&a.ranges[..n * 8]);
+            }
+            Message::Done { session, status } => {
+                header(out, kind::DONE);
+                out.extend_from_slice(&session.to_be_bytes());
+                out.push(match status {
+                    DoneStatus::Complete => 0,
+                    DoneStatus::Incomplete => 1,
+                });
+            }
+            Message::End { session, datagrams } => {
+                header(out, kind::END);
+                out.extend_from_slice(&session.to_be_bytes());
+                out.extend_from_slice(&datagrams.to_be_bytes());
+            }
+        }
+    }
+
+    /// Encodes into a fresh buffer (control path only).
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(64);
+        self.encode(&mut v);
+        v
+    }
+}
+
+#[cfg(test)]
+#[path = "message_tests.rs"]
+mod tests;

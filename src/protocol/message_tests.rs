@@ -1,0 +1,241 @@
+//! Round trips, rejections and property tests of the control-message codec.
+
+use super::*;
+use proptest::prelude::*;
+
+/// `body` with the CRC32C trailer a valid control message carries.
+fn with_crc(body: &[u8]) -> Vec<u8> {
+    let mut v = body.to_vec();
+    v.extend_from_slice(&crc32c::crc32c(body).to_be_bytes());
+    v
+}
+
+fn roundtrip(m: Message<'_>) {
+    let bytes = m.to_vec();
+    let back = Message::parse(&bytes).expect("parses");
+    assert_eq!(back, m);
+    // Every strict prefix is rejected, never accepted as something else.
+    let min = if matches!(m, Message::Hello { .. }) {
+        HELLO_MIN_LEN
+    } else {
+        bytes.len()
+    };
+    for cut in 0..min.min(bytes.len()) {
+        assert!(
+            Message::parse(&bytes[..cut]).is_err(),
+            "prefix {cut} accepted"
+        );
+    }
+}
+
+#[test]
+fn control_messages_round_trip() {
+    let token = [7u8; TOKEN_LEN];
+    roundtrip(Message::Hello { nonce: 42 });
+    roundtrip(Message::Retry { nonce: 42, token });
+    roundtrip(Message::List { token, start: 3 });
+    roundtrip(Message::Listing {
+        total: 2,
+        start: 0,
+        entries: vec![
+            ListEntry {
+                name: "100mb.mp4",
+                size: 114_283_931,
+            },
+            ListEntry {
+                name: "ñandú.bin",
+                size: 0,
+            },
+        ],
+    });
+    roundtrip(Message::Get {
+        token,
+        request_id: 9,
+        mode: Mode::Blast,
+        window: 512,
+        name: "250mb.mp4",
+    });
+    roundtrip(Message::Meta(Meta {
+        request_id: 9,
+        session: 77,
+        file_size: 1 << 40,
+        payload_size: MAX_PAYLOAD as u32,
+        mode: Mode::Reliable,
+        manifest_hash: [1; 32],
+        content_hash: [2; 32],
+    }));
+    roundtrip(Message::Wait { request_id: 5 });
+    roundtrip(Message::Error {
+        request_id: 5,
+        code: ErrorCode::Busy,
+        text: "server busy: 64 sessions",
+    });
+    let mut scratch = Vec::new();
+    let ranges = [
+        NackRange { start: 10, len: 2 },
+        NackRange { start: 20, len: 1 },
+    ];
+    let ack = Ack::new(
+        77,
+        10,
+        600,
+        25,
+        123_456_789,
+        17,
+        ack_flags::IDLE,
+        &ranges,
+        &mut scratch,
+    );
+    assert_eq!(ack.ranges().collect::<Vec<_>>(), ranges);
+    roundtrip(Message::Ack(ack));
+    roundtrip(Message::Done {
+        session: 77,
+        status: DoneStatus::Incomplete,
+    });
+    roundtrip(Message::End {
+        session: 77,
+        datagrams: 1641,
+    });
+}
+
+#[test]
+fn rejects_foreign_and_future_datagrams() {
+    assert_eq!(Message::parse(b"LIST"), Err(WireError::BadMagic));
+    assert_eq!(
+        Message::parse(b"RB\x02\x01abcdefgh"),
+        Err(WireError::BadVersion(2))
+    );
+    assert_eq!(
+        Message::parse(&with_crc(b"RB\x01\xEE")),
+        Err(WireError::UnknownKind(0xEE))
+    );
+    assert_eq!(
+        Message::parse(b"RB\x01\x0A\x00\x00\x00\x01\x00"),
+        Err(WireError::BadChecksum)
+    );
+    assert_eq!(Message::parse(b"R"), Err(WireError::Truncated));
+    // A HELLO below the anti-amplification minimum is refused.
+    let mut short = Message::Hello { nonce: 1 }.to_vec();
+    short.truncate(HELLO_MIN_LEN - 1);
+    assert!(Message::parse(&short).is_err());
+    // Trailing junk after a fixed-size message is refused.
+    let mut done = Message::Done {
+        session: 1,
+        status: DoneStatus::Complete,
+    }
+    .to_vec();
+    done.push(0);
+    assert_eq!(Message::parse(&done), Err(WireError::BadChecksum));
+    // So is any single flipped bit, anywhere (the CRC trailer).
+    let good = Message::Done {
+        session: 1,
+        status: DoneStatus::Complete,
+    }
+    .to_vec();
+    for i in 0..good.len() * 8 {
+        let mut bad = good.clone();
+        bad[i / 8] ^= 1 << (i % 8);
+        assert!(Message::parse(&bad).is_err(), "bit {i} flip accepted");
+    }
+}
+
+#[test]
+fn unvalidated_answers_are_smaller_than_what_provokes_them() {
+    // What the server sends to an address it has not validated, or for a session that
+    // does not exist, must be smaller than the request: no amplification.
+    let retry = Message::Retry {
+        nonce: 1,
+        token: [0; TOKEN_LEN],
+    }
+    .to_vec();
+    assert!(retry.len() * 3 < HELLO_MIN_LEN);
+    let mut scratch = Vec::new();
+    let ack = Message::Ack(Ack::new(1, 0, 0, 0, 0, 0, 0, &[], &mut scratch)).to_vec();
+    let no_session = Message::Error {
+        request_id: 0,
+        code: ErrorCode::NoSession,
+        text: "no such session",
+    }
+    .to_vec();
+    assert!(
+        no_session.len() < ack.len(),
+        "{} >= {}",
+        no_session.len(),
+        ack.len()
+    );
+    let get = Message::Get {
+        token: [0; TOKEN_LEN],
+        request_id: 0,
+        mode: Mode::Reliable,
+        window: 1,
+        name: "",
+    }
+    .to_vec();
+    let bad_token = Message::Error {
+        request_id: 0,
+        code: ErrorCode::BadToken,
+        text: "bad token",
+    }
+    .to_vec();
+    assert!(bad_token.len() < get.len());
+}
+
+#[test]
+fn error_text_is_truncated_on_a_char_boundary() {
+    let long = "é".repeat(300);
+    let bytes = Message::Error {
+        request_id: 1,
+        code: ErrorCode::Internal,
+        text: &long,
+    }
+    .to_vec();
+    match Message::parse(&bytes).unwrap() {
+        Message::Error { text, .. } => {
+            assert!(text.len() <= MAX_ERROR_TEXT && text.chars().all(|c| c == 'é'))
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+proptest! {
+    // 2000 cases in CI; PROPTEST_CASES=N for a long fuzzing run (docs/RELIABILITY.md).
+    #![proptest_config(ProptestConfig::with_cases(
+        std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(2000)
+    ))]
+
+    #[test]
+    fn control_parser_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..1500)) {
+        let _ = Message::parse(&bytes);
+    }
+
+    #[test]
+    fn control_parser_never_panics_on_valid_prefix(kind in 1u8..=12, rest in proptest::collection::vec(any::<u8>(), 0..600)) {
+        let mut body = vec![b'R', b'B', VERSION, kind];
+        body.extend_from_slice(&rest);
+        // A valid trailer, so the field parsers (not just the checksum) meet random bytes.
+        let bytes = with_crc(&body);
+        if let Ok(m) = Message::parse(&bytes) {
+            // Whatever parses re-encodes to something that parses to the same message.
+            let again = m.to_vec();
+            prop_assert_eq!(Message::parse(&again).unwrap(), m);
+        }
+    }
+
+    #[test]
+    fn ack_round_trips(session: u32, next: u32, credit: u32, seen: u32, ts: u64, delay: u32,
+                       raw in proptest::collection::vec((any::<u32>(), any::<u32>()), 0..200)) {
+        let ranges: Vec<NackRange> = raw.iter().map(|&(start, len)| NackRange { start, len }).collect();
+        let mut scratch = Vec::new();
+        let ack = Ack::new(session, next, credit, seen, ts, delay, 0, &ranges, &mut scratch);
+        let bytes = Message::Ack(ack).to_vec();
+        match Message::parse(&bytes).unwrap() {
+            Message::Ack(back) => {
+                let got: Vec<NackRange> = back.ranges().collect();
+                prop_assert_eq!(&got[..], &ranges[..ranges.len().min(MAX_NACK_RANGES)]);
+                prop_assert_eq!(back.recv_next, next);
+                prop_assert_eq!(back.credit_limit, credit);
+            }
+            other => prop_assert!(false, "{:?}", other),
+        }
+    }
+}

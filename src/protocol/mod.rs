@@ -1,0 +1,132 @@
+//! The wire protocol and the socket-free logic both sides share.
+//!
+//! Everything here is pure: no sockets, no threads, no clocks except the ones callers pass in.
+//! The server and the client are built from these pieces, so each can be tested alone:
+//! - [`message`]: every control message and its exact layout; [`data`]: the data datagram header;
+//! - [`limits`]: the numbers both sides agree on; [`layout`]: how a file maps onto datagrams;
+//! - [`token`]: stateless address validation; [`sender`], [`congestion`] and [`pacer`]: what
+//!   to send next, and when; [`loss`]: the receiver's record of what arrived.
+//!
+//! Every datagram starts with the same 4 bytes; all integers are big-endian:
+//!
+//! ```text
+//!  0      2        3      4
+//!  +------+--------+------+
+//!  | "RB" | ver=1  | kind |
+//!  +------+--------+------+
+//! ```
+
+pub mod congestion;
+pub mod data;
+pub mod layout;
+pub mod limits;
+pub mod loss;
+pub mod message;
+pub mod pacer;
+pub mod sender;
+pub mod token;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use thiserror::Error;
+
+pub use data::{data_flags, DataHeader};
+pub use limits::*;
+pub use message::{ack_flags, Ack, DoneStatus, ErrorCode, ListEntry, Message, Meta, NackRange};
+
+/// First two bytes of every ringblast datagram.
+pub const MAGIC: [u8; 2] = *b"RB";
+/// Protocol version carried in byte 2. A peer speaking another version is rejected.
+pub const VERSION: u8 = 1;
+
+/// Message kinds (byte 3).
+pub(crate) mod kind {
+    pub const HELLO: u8 = 1;
+    pub const RETRY: u8 = 2;
+    pub const LIST: u8 = 3;
+    pub const LISTING: u8 = 4;
+    pub const GET: u8 = 5;
+    pub const META: u8 = 6;
+    pub const WAIT: u8 = 7;
+    pub const ERROR: u8 = 8;
+    pub const ACK: u8 = 9;
+    pub const DONE: u8 = 10;
+    pub const END: u8 = 11;
+    pub const DATA: u8 = 12;
+}
+
+/// Why a datagram was rejected. Receivers count these and drop the datagram.
+#[derive(Debug, Error, Clone, Copy, PartialEq, Eq)]
+pub enum WireError {
+    #[error("datagram too short")]
+    Truncated,
+    #[error("bad magic number")]
+    BadMagic,
+    #[error("unsupported protocol version {0}")]
+    BadVersion(u8),
+    #[error("unknown message kind {0}")]
+    UnknownKind(u8),
+    #[error("malformed field: {0}")]
+    Malformed(&'static str),
+    #[error("trailing bytes after message")]
+    Trailing,
+    #[error("checksum mismatch (corrupted)")]
+    BadChecksum,
+}
+
+/// Transfer mode requested by the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// Selective repeat + credit window: every byte arrives.
+    Reliable,
+    /// The lab's semantics: every datagram sent once, loss measured.
+    Blast,
+}
+
+impl Mode {
+    fn to_u8(self) -> u8 {
+        match self {
+            Mode::Reliable => 0,
+            Mode::Blast => 1,
+        }
+    }
+    fn from_u8(v: u8) -> Result<Self, WireError> {
+        match v {
+            0 => Ok(Mode::Reliable),
+            1 => Ok(Mode::Blast),
+            _ => Err(WireError::Malformed("mode")),
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Reliable => "reliable",
+            Mode::Blast => "blast",
+        }
+    }
+}
+/// Checks the common 4-byte header and returns the message kind.
+pub fn peek_kind(buf: &[u8]) -> Result<u8, WireError> {
+    if buf.len() < 4 {
+        return Err(WireError::Truncated);
+    }
+    if buf[0..2] != MAGIC {
+        return Err(WireError::BadMagic);
+    }
+    if buf[2] != VERSION {
+        return Err(WireError::BadVersion(buf[2]));
+    }
+    Ok(buf[3])
+}
+
+/// True when the datagram claims to be `DATA` (header checks only).
+pub fn is_data(buf: &[u8]) -> bool {
+    peek_kind(buf) == Ok(kind::DATA)
+}
+/// Nanoseconds since the Unix epoch: the clock of the data header's send timestamp, so a
+/// receiver on another host with a synchronised clock can compute one-way delay.
+pub fn unix_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,89 @@
+//! Token-bucket pacing at a fixed rate (`serve --rate`): how many bytes a session may put on the
+//! wire now, and when the next datagram may go. Clock-free: callers pass `now`.
+
+use std::time::{Duration, Instant};
+
+/// Slowest pace a [`Pacer`] keeps: below it (a rate that rounds to 0 bit/s) it would never
+/// send again, and its timer arithmetic would overflow. The CLI refuses such rates; this is
+/// the library's own guard.
+pub const MIN_RATE_BPS: u64 = 1_000;
+/// Longest a pacer ever asks a caller to wait: a deadline further out is no deadline at all.
+const MAX_WAIT: Duration = Duration::from_secs(3600);
+
+/// Token-bucket pacing.
+#[derive(Debug, Clone)]
+pub struct Pacer {
+    bytes_per_s: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl Pacer {
+    /// `bits_per_s` as iperf3's `-b` (at least [`MIN_RATE_BPS`]); bursts of up to
+    /// `burst_bytes`.
+    pub fn new(bits_per_s: u64, burst_bytes: usize, now: Instant) -> Self {
+        Pacer {
+            bytes_per_s: bits_per_s.max(MIN_RATE_BPS) as f64 / 8.0,
+            burst: burst_bytes as f64,
+            tokens: burst_bytes as f64,
+            last: now,
+        }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let dt = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + dt * self.bytes_per_s).min(self.burst);
+        self.last = now;
+    }
+
+    /// Takes `bytes` if available now.
+    pub fn take(&mut self, bytes: usize, now: Instant) -> bool {
+        self.refill(now);
+        if self.tokens >= bytes as f64 {
+            self.tokens -= bytes as f64;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// When `bytes` will be available (never more than an hour ahead).
+    pub fn ready_at(&self, bytes: usize) -> Instant {
+        let missing = (bytes as f64 - self.tokens).max(0.0);
+        let wait = Duration::try_from_secs_f64(missing / self.bytes_per_s)
+            .unwrap_or(MAX_WAIT)
+            .min(MAX_WAIT);
+        self.last.checked_add(wait).unwrap_or(self.last)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rate_below_one_bit_per_second_neither_panics_nor_stalls_forever() {
+        // `serve --rate 0.5` used to reach here as 0 bit/s: the wait became infinite and
+        // Duration::from_secs_f64 panicked the worker thread.
+        let t0 = Instant::now();
+        let mut p = Pacer::new(0, 1000, t0);
+        assert!(p.take(1000, t0));
+        let at = p.ready_at(65_507);
+        assert!(at > t0 && at <= t0 + MAX_WAIT, "{:?}", at - t0);
+    }
+
+    #[test]
+    fn refills_at_the_rate_up_to_the_burst() {
+        let t0 = Instant::now();
+        // 8 Mbit/s = 1 MB/s.
+        let mut p = Pacer::new(8_000_000, 1000, t0);
+        assert!(p.take(1000, t0));
+        assert!(!p.take(1, t0));
+        assert_eq!(p.ready_at(1000), t0 + Duration::from_millis(1));
+        assert!(p.take(1000, t0 + Duration::from_millis(1)));
+        // A long pause refills only up to the burst.
+        assert!(p.take(1000, t0 + Duration::from_secs(10)));
+        assert!(!p.take(1000, t0 + Duration::from_secs(10)));
+    }
+}

@@ -1,0 +1,132 @@
+//! Stateless address-validation tokens (as QUIC Retry tokens or DTLS cookies).
+//!
+//! Before the server sends anything bigger than a request, the client must echo a token that
+//! only the server could have minted for the client's address: a spoofed source address never
+//! sees its token, so it cannot turn the server into an amplifier. The server keeps no state
+//! per token: `token = issued_at_ms:u64 ‖ MAC(key, address ‖ issued_at_ms)[..16]`.
+
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::limits::TOKEN_LEN;
+
+/// How long a token stays valid after it was issued.
+pub const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
+
+/// Mints and checks tokens with a random per-process key.
+pub struct TokenKey {
+    key: [u8; 32],
+    lifetime: Duration,
+}
+
+/// Why a token was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenError {
+    /// The MAC does not match this address (forged, or minted for someone else).
+    Invalid,
+    /// Older than the lifetime, or issued in the future.
+    Expired,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl TokenKey {
+    pub fn random(lifetime: Duration) -> Self {
+        TokenKey {
+            key: rand::random(),
+            lifetime,
+        }
+    }
+
+    fn mac(&self, addr: &SocketAddr, issued_ms: u64) -> [u8; 16] {
+        let mut h = blake3::Hasher::new_keyed(&self.key);
+        match addr {
+            SocketAddr::V4(a) => {
+                h.update(&[4]);
+                h.update(&a.ip().octets());
+            }
+            SocketAddr::V6(a) => {
+                h.update(&[6]);
+                h.update(&a.ip().octets());
+            }
+        }
+        h.update(&addr.port().to_be_bytes());
+        h.update(&issued_ms.to_be_bytes());
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&h.finalize().as_bytes()[..16]);
+        out
+    }
+
+    /// A token for `addr`, valid from now for the key's lifetime.
+    pub fn mint(&self, addr: &SocketAddr) -> [u8; TOKEN_LEN] {
+        self.mint_at(addr, now_ms())
+    }
+
+    fn mint_at(&self, addr: &SocketAddr, issued_ms: u64) -> [u8; TOKEN_LEN] {
+        let mut t = [0u8; TOKEN_LEN];
+        t[..8].copy_from_slice(&issued_ms.to_be_bytes());
+        t[8..].copy_from_slice(&self.mac(addr, issued_ms));
+        t
+    }
+
+    /// Checks that `token` was minted by this key for `addr` and has not expired.
+    pub fn check(&self, addr: &SocketAddr, token: &[u8; TOKEN_LEN]) -> Result<(), TokenError> {
+        let issued_ms = u64::from_be_bytes(token[..8].try_into().expect("8 bytes"));
+        // Compare all 16 bytes without an early exit, so timing says nothing about the MAC.
+        let expect = self.mac(addr, issued_ms);
+        let diff = expect
+            .iter()
+            .zip(&token[8..])
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        if diff != 0 {
+            return Err(TokenError::Invalid);
+        }
+        let now = now_ms();
+        // Allow one second of clock step backwards.
+        if issued_ms > now + 1000
+            || now.saturating_sub(issued_ms) > self.lifetime.as_millis() as u64
+        {
+            return Err(TokenError::Expired);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_binds_address_and_time() {
+        let k = TokenKey::random(Duration::from_secs(60));
+        let a: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:5001".parse().unwrap();
+        let t = k.mint(&a);
+        assert_eq!(k.check(&a, &t), Ok(()));
+        assert_eq!(k.check(&b, &t), Err(TokenError::Invalid));
+        // Another server (another key) does not accept it.
+        let other = TokenKey::random(Duration::from_secs(60));
+        assert_eq!(other.check(&a, &t), Err(TokenError::Invalid));
+        // A flipped bit anywhere invalidates it.
+        for i in 0..TOKEN_LEN {
+            let mut bad = t;
+            bad[i] ^= 1;
+            assert!(k.check(&a, &bad).is_err(), "bit flip at {i} accepted");
+        }
+    }
+
+    #[test]
+    fn expired_token_is_refused() {
+        let k = TokenKey::random(Duration::from_secs(60));
+        let a: SocketAddr = "[::1]:9".parse().unwrap();
+        let old = k.mint_at(&a, now_ms() - 61_000);
+        assert_eq!(k.check(&a, &old), Err(TokenError::Expired));
+        let future = k.mint_at(&a, now_ms() + 10_000);
+        assert_eq!(k.check(&a, &future), Err(TokenError::Expired));
+    }
+}

@@ -1,0 +1,87 @@
+//! The lab's table, for people: one row per sub-client, then the aggregate and the
+//! percentiles of every histogram over all sub-clients.
+
+use std::fmt::Write as _;
+
+use super::copy::{aggregate_goodput_bps, ClientHists, CopyReport};
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// The lab's table: one row per sub-client, then the aggregate and the percentiles.
+pub fn table(file: &str, reports: &[CopyReport]) -> String {
+    let mut s = String::new();
+    let size = reports.iter().map(|r| r.file_size).max().unwrap_or(0);
+    let _ = writeln!(
+        s,
+        "file {file}: {size} bytes, {} sub-client(s)",
+        reports.len()
+    );
+    let _ = writeln!(
+        s,
+        "{:>6} {:>6} {:>6} {:>14} {:>14} {:>9} {:>9} {:>9} {:>7} {:>7} {:>6}  status",
+        "client",
+        "port",
+        "server",
+        "bytes_recv",
+        "bytes_intact",
+        "seconds",
+        "MiB/s",
+        "datagrams",
+        "lost",
+        "retrans",
+        "dup"
+    );
+    for r in reports {
+        let status = match &r.error {
+            Some(e) => format!("FAILED: {e}"),
+            None if r.ok() => "ok, verified".to_string(),
+            None => "incomplete".to_string(),
+        };
+        let _ = writeln!(
+            s,
+            "{:>6} {:>6} {:>6} {:>14} {:>14} {:>9.3} {:>9.1} {:>9} {:>7} {:>7} {:>6}  {}",
+            r.id,
+            r.local_port,
+            r.server_port,
+            r.bytes_received,
+            r.bytes_intact,
+            r.duration_s,
+            r.bytes_intact as f64 / MIB / r.duration_s.max(1e-9),
+            r.datagrams_received,
+            r.datagrams_lost,
+            r.retransmitted,
+            r.duplicates,
+            status
+        );
+    }
+    let (ok, total) = (reports.iter().filter(|r| r.ok()).count(), reports.len());
+    let wall = reports.iter().map(|r| r.duration_s).fold(0.0, f64::max);
+    let bps = aggregate_goodput_bps(reports);
+    let corrupt: u64 = reports.iter().map(|r| r.corrupt).sum();
+    let _ = writeln!(
+        s,
+        "{ok}/{total} copies intact and verified; aggregate goodput {:.1} MiB/s ({:.2} Gbit/s) over {:.3} s{}",
+        bps / 8.0 / MIB,
+        bps / 1e9,
+        wall,
+        if corrupt > 0 { format!("; {corrupt} corrupt datagrams caught by CRC32C and repaired") } else { String::new() }
+    );
+    let mut all = ClientHists::default();
+    for r in reports {
+        all.merge(&r.hists);
+    }
+    let _ = writeln!(s, "all clients, percentiles:");
+    let _ = writeln!(
+        s,
+        "  one-way delay us    {}",
+        all.one_way_delay_us.summary()
+    );
+    let _ = writeln!(
+        s,
+        "  inter-arrival us    {}",
+        all.inter_arrival_us.summary()
+    );
+    let _ = writeln!(s, "  recvmmsg batch      {}", all.recv_batch.summary());
+    let _ = writeln!(s, "  loss repair us      {}", all.repair_us.summary());
+    s
+}

@@ -1,0 +1,205 @@
+//! `serve --legacy`: the lab's text protocol, answered as the lab's Python server did, so the
+//! lab's own clients work unchanged.
+//!
+//! `LIST` -> the file list as Python prints a list (`['100mb.mp4', '250mb.mp4']`);
+//! `!CONFIG :file :n` -> `Config set` (or the lab's error texts); `TRANSFER` -> the configured
+//! file, raw, in 65507-byte datagrams with no header, from a new thread, once. Like the lab,
+//! the configured file is one server-wide setting. Off by default: `TRANSFER` needs no address
+//! validation, so a spoofed request makes the server blast a whole file at a victim.
+
+use std::fs::File;
+use std::io::Read;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use super::catalog::Catalog;
+use crate::protocol::layout::validate_name;
+use crate::protocol::MAX_DATAGRAM;
+use crate::sys::socket::retry_eintr;
+
+/// Python's `repr()` of a string, as `str(list)` prints it.
+fn py_repr(s: &str) -> String {
+    let quote = if s.contains('\'') && !s.contains('"') {
+        '"'
+    } else {
+        '\''
+    };
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push(quote);
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c == quote => {
+                out.push('\\');
+                out.push(c);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push(quote);
+    out
+}
+
+/// Python's `str()` of a list of file names.
+pub fn py_list(names: &[String]) -> String {
+    let items: Vec<String> = names.iter().map(|n| py_repr(n)).collect();
+    format!("[{}]", items.join(", "))
+}
+
+/// The lab server's state and answers.
+pub struct Legacy {
+    sock: Arc<UdpSocket>,
+    catalog: Arc<Catalog>,
+    /// The lab's `file_to_be_sent`: one for the whole server.
+    file_to_be_sent: Option<String>,
+    transfers: Arc<AtomicUsize>,
+    max_transfers: usize,
+}
+
+impl Legacy {
+    pub fn new(sock: Arc<UdpSocket>, catalog: Arc<Catalog>, max_transfers: usize) -> Self {
+        Legacy {
+            sock,
+            catalog,
+            file_to_be_sent: None,
+            transfers: Arc::new(AtomicUsize::new(0)),
+            max_transfers,
+        }
+    }
+
+    fn reply(&self, to: SocketAddr, text: &str) {
+        let _ = retry_eintr(|| self.sock.send_to(text.as_bytes(), to));
+    }
+
+    fn files(&self) -> Vec<String> {
+        self.catalog
+            .list()
+            .map(|l| l.into_iter().map(|(n, _)| n).collect())
+            .unwrap_or_default()
+    }
+
+    /// Handles one datagram of the lab's protocol. Returns false if it is not one.
+    pub fn handle(&mut self, src: SocketAddr, dgram: &[u8]) -> bool {
+        let Ok(data) = std::str::from_utf8(dgram) else {
+            return false;
+        };
+        tracing::info!("[RECEIVED] Received data from client {src}: {data}");
+        if data == "LIST" {
+            self.reply(src, &py_list(&self.files()));
+        } else if data.contains("CONFIG") {
+            let commands: Vec<&str> = data.split(':').collect();
+            if commands.len() <= 1 {
+                self.reply(src, "Invalid config format (Empty config). Please use the following format: !CONFIG <file>");
+            } else if commands.len() != 3 {
+                let msg_str: String = commands.iter().map(|c| format!("{c} ")).collect();
+                self.reply(src, &format!("Invalid config format! {msg_str}. Please use the following format: !CONFIG <file> :<num_clients>"));
+            } else {
+                let name = commands[1].trim_end();
+                if !self.files().iter().any(|f| f == name) {
+                    self.reply(src, &format!("File {name} does not exist"));
+                } else {
+                    self.file_to_be_sent = Some(name.to_string());
+                    self.reply(src, "Config set");
+                }
+            }
+        } else if data == "TRANSFER" {
+            self.transfer(src);
+        } else {
+            return false;
+        }
+        true
+    }
+
+    fn transfer(&self, to: SocketAddr) {
+        let Some(name) = self.file_to_be_sent.clone() else {
+            self.reply(
+                to,
+                "No file configured: send !CONFIG :<file> :<num_clients> first",
+            );
+            return;
+        };
+        if validate_name(&name).is_err() {
+            return;
+        }
+        if self.transfers.fetch_add(1, Ordering::AcqRel) >= self.max_transfers {
+            self.transfers.fetch_sub(1, Ordering::AcqRel);
+            tracing::warn!(
+                "[TRANSFER] refused {to}: {} legacy transfers running",
+                self.max_transfers
+            );
+            return;
+        }
+        let path = self.catalog.dir().join(&name);
+        let sock = self.sock.clone();
+        let transfers = self.transfers.clone();
+        let spawned = std::thread::Builder::new()
+            .name("legacy-transfer".into())
+            .spawn(move || {
+                send_raw(&sock, &path, &name, to);
+                transfers.fetch_sub(1, Ordering::AcqRel);
+            });
+        if spawned.is_err() {
+            self.transfers.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// The lab's send_file: read 65507 bytes, sendto, until the file ends.
+fn send_raw(sock: &UdpSocket, path: &std::path::Path, name: &str, to: SocketAddr) {
+    let mut f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!("[TRANSFER] cannot open {name}: {e}");
+            return;
+        }
+    };
+    let size = f.metadata().map(|m| m.len()).unwrap_or(0);
+    tracing::info!("[TRANSFER] Sending file {name} to client {to}");
+    tracing::info!("[TRANSFER] File size: {size} bytes. Client {to}");
+    let t = std::time::Instant::now();
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    loop {
+        // Fill the whole datagram, as Python's f.read(65507) does on a regular file.
+        let mut n = 0;
+        while n < buf.len() {
+            match f.read(&mut buf[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        if n == 0 {
+            break;
+        }
+        let _ = retry_eintr(|| sock.send_to(&buf[..n], to));
+        if n < buf.len() {
+            break;
+        }
+    }
+    tracing::info!("[TRANSFER] File {name} sent to client {to}");
+    tracing::info!(
+        "[TRANSFER] Time taken to send file: {} seconds. Client {to}",
+        t.elapsed().as_secs_f64()
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_print_like_python() {
+        assert_eq!(
+            py_list(&["100mb.mp4".into(), "250mb.mp4".into()]),
+            "['100mb.mp4', '250mb.mp4']"
+        );
+        assert_eq!(py_list(&[]), "[]");
+        assert_eq!(py_list(&["it's".into()]), "[\"it's\"]");
+        assert_eq!(py_list(&["a\\b".into()]), "['a\\\\b']");
+    }
+}

@@ -1,0 +1,289 @@
+//! The server: one UDP port for every client and every message, one control thread.
+//!
+//! The control thread (`control.rs`) receives everything that arrives on the port (`recvmmsg`
+//! batches), admits requests (`admission.rs`: tokens, per-IP and per-session budgets), answers
+//! `LIST`, turns `GET`s into [`Session`](session::Session)s (kept in `table.rs`) handed to an
+//! engine (`engine/`),
+//! applies `ACK`s to their sender state and wakes the engine, times out silent clients, and
+//! logs what engines report back. Indexing a file (`catalog.rs`, `indexer.rs`) takes time
+//! proportional to its size, so it runs on an indexer thread; a client asking meanwhile is told
+//! to `WAIT`. `legacy.rs` answers the lab's text protocol when asked to.
+
+pub mod admission;
+pub mod catalog;
+mod control;
+pub mod engine;
+pub mod indexer;
+pub mod legacy;
+pub mod session;
+pub mod stats;
+mod table;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::protocol::pacer::MIN_RATE_BPS;
+use crate::protocol::token::DEFAULT_TOKEN_LIFETIME;
+use crate::protocol::{MAX_DATAGRAM, MIN_DATAGRAM};
+use crate::sys::socket;
+use control::Control;
+use engine::threads::ThreadsEngine;
+use engine::uring::UringEngine;
+use engine::{Engine, EngineKind};
+use stats::ServerStats;
+
+/// Everything `ringblast serve` can be told.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub dir: PathBuf,
+    pub bind: SocketAddr,
+    pub engine: EngineKind,
+    pub workers: usize,
+    /// Datagram size on the wire, header included (65507: the lab's, the IPv4 maximum).
+    pub datagram_size: usize,
+    /// A session whose client is silent this long is dropped.
+    pub idle_timeout: Duration,
+    /// Per-session pacing, bits per second (`None`: as fast as credit allows).
+    pub rate_bps: Option<u64>,
+    pub max_sessions: usize,
+    /// Cap on the window (datagrams) a client may ask for.
+    pub max_window: u32,
+    /// Print one JSON object per finished session on stdout.
+    pub json: bool,
+    /// Also answer the lab's text protocol (an amplifier: off by default).
+    pub legacy: bool,
+    /// Requests (HELLO, LIST, GET) per second one source IP may make, on average; twice
+    /// that in a burst.
+    pub requests_per_ip: f64,
+    /// ACKs per second one session may send (a tenth of a second's worth in a burst); beyond
+    /// it they are dropped unread. A receiver sends one per quarter window or per 2 ms idle.
+    pub acks_per_session: f64,
+    /// How long an address-validation token stays valid.
+    pub token_lifetime: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            dir: PathBuf::from("files"),
+            bind: "127.0.0.1:6969".parse().expect("literal address"),
+            engine: EngineKind::Uring,
+            workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            datagram_size: MAX_DATAGRAM,
+            idle_timeout: Duration::from_secs(10),
+            rate_bps: None,
+            max_sessions: 256,
+            max_window: 4096,
+            json: false,
+            legacy: false,
+            requests_per_ip: 500.0,
+            acks_per_session: 100_000.0,
+            token_lifetime: DEFAULT_TOKEN_LIFETIME,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Refuses settings that cannot work, with the reason (the CLI's value parsers refuse
+    /// them earlier; this guards the library's other callers).
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if !(MIN_DATAGRAM..=MAX_DATAGRAM).contains(&self.datagram_size) {
+            anyhow::bail!("datagram size must be between {MIN_DATAGRAM} and {MAX_DATAGRAM} bytes");
+        }
+        if self.workers == 0 || self.max_sessions == 0 || self.max_window == 0 {
+            anyhow::bail!("workers, max sessions and max window must be at least 1");
+        }
+        if !(self.requests_per_ip.is_finite() && self.requests_per_ip >= 1.0) {
+            anyhow::bail!("requests per IP must be at least 1 per second");
+        }
+        if !(self.acks_per_session.is_finite() && self.acks_per_session >= 10.0) {
+            anyhow::bail!("ACKs per session must be at least 10 per second");
+        }
+        if self.rate_bps.is_some_and(|r| r < MIN_RATE_BPS) {
+            anyhow::bail!("the rate must be at least {MIN_RATE_BPS} bit/s");
+        }
+        if self.idle_timeout.is_zero() {
+            anyhow::bail!("the idle timeout must be positive");
+        }
+        if !self.dir.is_dir() {
+            anyhow::bail!("{} is not a directory", self.dir.display());
+        }
+        Ok(())
+    }
+}
+
+/// A running server. Dropping it shuts it down.
+pub struct Server {
+    local_addr: SocketAddr,
+    stats: Arc<ServerStats>,
+    stop: Arc<AtomicBool>,
+    control: Option<JoinHandle<()>>,
+    engine_threads: usize,
+}
+
+impl Server {
+    /// Binds the port, starts the engine and the control thread.
+    pub fn start(cfg: ServerConfig) -> anyhow::Result<Server> {
+        cfg.validate()?;
+        let sock =
+            UdpSocket::bind(cfg.bind).with_context(|| format!("cannot bind {}", cfg.bind))?;
+        let local_addr = sock.local_addr()?;
+        let rcvbuf = socket::set_recv_buffer(&sock, 8 << 20)?;
+        let sndbuf = socket::set_send_buffer(&sock, 8 << 20)?;
+        sock.set_read_timeout(Some(Duration::from_millis(20)))?;
+        let sock = Arc::new(sock);
+        let stats = Arc::new(ServerStats::default());
+        let engine: Box<dyn Engine> = match cfg.engine {
+            EngineKind::Uring => {
+                Box::new(UringEngine::new(sock.clone(), cfg.workers, stats.clone())?)
+            }
+            EngineKind::Threads => Box::new(ThreadsEngine::new(sock.clone(), stats.clone())),
+        };
+        let engine_threads = engine.threads();
+        let threads = match cfg.engine {
+            EngineKind::Uring => format!("{engine_threads} workers"),
+            EngineKind::Threads => "one thread per session".to_string(),
+        };
+        tracing::info!(
+            "[LISTENING] Server is listening on {local_addr}, serving {} (engine {}, {threads}, recv buffer {} KiB, send buffer {} KiB)",
+            cfg.dir.display(),
+            cfg.engine.as_str(),
+            rcvbuf / 1024,
+            sndbuf / 1024
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        let control = Control::new(cfg, sock, engine, stats.clone())?;
+        let stop2 = stop.clone();
+        let control = std::thread::Builder::new()
+            .name("control".into())
+            .spawn(move || control.run(&stop2))?;
+        Ok(Server {
+            local_addr,
+            stats,
+            stop,
+            control: Some(control),
+            engine_threads,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn stats(&self) -> &ServerStats {
+        &self.stats
+    }
+
+    /// Threads the engine runs (not counting the control and indexer threads).
+    pub fn engine_threads(&self) -> usize {
+        self.engine_threads
+    }
+
+    /// Blocks until the server stops (it runs until shut down or the process ends).
+    pub fn wait(mut self) {
+        if let Some(h) = self.control.take() {
+            let _ = h.join();
+        }
+    }
+
+    /// Stops accepting, closes every session and joins all threads.
+    pub fn shutdown(mut self) {
+        self.stop_now();
+    }
+
+    fn stop_now(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(h) = self.control.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop_now();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nonsensical_settings_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = ServerConfig {
+            dir: dir.path().into(),
+            ..ServerConfig::default()
+        };
+        assert!(ok.validate().is_ok());
+        let cases: Vec<(ServerConfig, &str)> = vec![
+            (
+                ServerConfig {
+                    rate_bps: Some(0),
+                    ..ok.clone()
+                },
+                "rate",
+            ),
+            (
+                ServerConfig {
+                    requests_per_ip: 0.4,
+                    ..ok.clone()
+                },
+                "requests",
+            ),
+            (
+                ServerConfig {
+                    requests_per_ip: f64::NAN,
+                    ..ok.clone()
+                },
+                "requests",
+            ),
+            (
+                ServerConfig {
+                    workers: 0,
+                    ..ok.clone()
+                },
+                "workers",
+            ),
+            (
+                ServerConfig {
+                    max_sessions: 0,
+                    ..ok.clone()
+                },
+                "sessions",
+            ),
+            (
+                ServerConfig {
+                    datagram_size: 100,
+                    ..ok.clone()
+                },
+                "datagram size",
+            ),
+            (
+                ServerConfig {
+                    idle_timeout: Duration::ZERO,
+                    ..ok.clone()
+                },
+                "timeout",
+            ),
+            (
+                ServerConfig {
+                    dir: dir.path().join("nope"),
+                    ..ok.clone()
+                },
+                "not a directory",
+            ),
+        ];
+        for (cfg, why) in cases {
+            let e = cfg.validate().unwrap_err().to_string();
+            assert!(e.contains(why), "{e}");
+        }
+    }
+}

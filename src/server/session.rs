@@ -1,0 +1,293 @@
+//! One client's transfer as the server keeps it: the [`Session`] the control thread creates,
+//! feeds ACKs and times out, and an engine drives until it is closed.
+//!
+//! The sender logic itself (what to send next) is [`SenderState`], shared by both engines;
+//! a session wraps it with what the server needs around it: peer, file, close reason, the
+//! waker of the engine driving it, and the channel on which its summary goes back to the
+//! control thread when it ends (engine threads never log or print: a slow stderr or stdout
+//! pipe must not stall sending).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use nix::sys::eventfd::EventFd;
+use serde::Serialize;
+
+use super::catalog::IndexedFile;
+use super::engine::EngineKind;
+use super::stats::ServerStats;
+use crate::protocol::layout::payload_len;
+use crate::protocol::sender::SenderState;
+use crate::protocol::{data_flags, unix_ns, DataHeader, Message, Mode, DATA_HEADER_LEN};
+use crate::report::hist::{Percentiles, SendHists};
+
+/// What every session of a server shares: where its counters go and how it reports.
+#[derive(Clone)]
+pub struct SessionCtx {
+    pub stats: Arc<ServerStats>,
+    pub engine: EngineKind,
+    /// Where a finished session's summary goes: the control thread logs it (and prints it
+    /// with `serve --json`).
+    pub summaries: Sender<SessionSummary>,
+}
+
+/// One finished session, as `serve --json` prints it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionSummary {
+    pub session: String,
+    pub peer: String,
+    pub file: String,
+    pub engine: &'static str,
+    pub mode: &'static str,
+    pub outcome: &'static str,
+    pub bytes_sent: u64,
+    pub datagrams_sent: u64,
+    pub retransmitted: u64,
+    pub send_errors: u64,
+    pub duration_s: f64,
+    pub throughput_bps: f64,
+    pub send_latency_us: Percentiles,
+    pub batch_size: Percentiles,
+    /// What went wrong, when the engine ended the session on an error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum CloseReason {
+    /// Reliable: the receiver confirmed every datagram. Blast: the client said DONE.
+    Complete = 1,
+    /// The client said DONE without a verified copy.
+    ClientGaveUp = 2,
+    /// Nothing heard from the client for the idle timeout.
+    TimedOut = 3,
+    /// The server is shutting down.
+    Shutdown = 4,
+    /// The engine could not send (setup or socket error).
+    Failed = 5,
+    /// The served file changed while it was being sent.
+    FileChanged = 6,
+}
+
+impl CloseReason {
+    fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            1 => CloseReason::Complete,
+            2 => CloseReason::ClientGaveUp,
+            3 => CloseReason::TimedOut,
+            4 => CloseReason::Shutdown,
+            5 => CloseReason::Failed,
+            6 => CloseReason::FileChanged,
+            _ => return None,
+        })
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::Complete => "complete",
+            CloseReason::ClientGaveUp => "client gave up",
+            CloseReason::TimedOut => "client silent, timed out",
+            CloseReason::Shutdown => "server shutdown",
+            CloseReason::Failed => "send failed",
+            CloseReason::FileChanged => "file changed while sending",
+        }
+    }
+}
+
+/// One client's transfer, shared between the control thread and the engine driving it.
+pub struct Session {
+    pub id: u32,
+    pub peer: SocketAddr,
+    pub file: Arc<IndexedFile>,
+    pub mode: Mode,
+    pub started: Instant,
+    state: Mutex<SenderState>,
+    close_reason: AtomicU8,
+    released: AtomicBool,
+    /// Milliseconds since `started` when the client was last heard.
+    last_heard_ms: AtomicU64,
+    pub send_errors: AtomicU64,
+    waker: OnceLock<Arc<EventFd>>,
+    ctx: SessionCtx,
+    /// Why the engine failed the session (first problem only).
+    problem: OnceLock<String>,
+    /// Tests set it to make the engine's code for this session panic.
+    #[cfg(test)]
+    pub(crate) fail_point: AtomicBool,
+    /// The client was told why the server ended the session.
+    pub told_client: AtomicBool,
+}
+
+impl Session {
+    pub fn new(
+        id: u32,
+        peer: SocketAddr,
+        file: Arc<IndexedFile>,
+        state: SenderState,
+        ctx: SessionCtx,
+    ) -> Self {
+        ctx.stats.sessions_active.fetch_add(1, Ordering::Relaxed);
+        ctx.stats.sessions_started.fetch_add(1, Ordering::Relaxed);
+        Session {
+            id,
+            peer,
+            mode: state.mode(),
+            file,
+            started: Instant::now(),
+            state: Mutex::new(state),
+            close_reason: AtomicU8::new(0),
+            released: AtomicBool::new(false),
+            last_heard_ms: AtomicU64::new(0),
+            send_errors: AtomicU64::new(0),
+            waker: OnceLock::new(),
+            ctx,
+            problem: OnceLock::new(),
+            #[cfg(test)]
+            fail_point: AtomicBool::new(false),
+            told_client: AtomicBool::new(false),
+        }
+    }
+
+    pub fn state(&self) -> MutexGuard<'_, SenderState> {
+        // A panic while holding the lock would be a bug; keep serving the other sessions.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes the header of data datagram `index` (its payload is the file's bytes at its
+    /// offset) into `out`, stamped now, CRC chained onto the payload CRC from the index.
+    /// Returns the payload length. Both engines send exactly this.
+    pub fn data_header(
+        &self,
+        index: u32,
+        retransmit: bool,
+        out: &mut [u8; DATA_HEADER_LEN],
+    ) -> usize {
+        let f = &self.file;
+        let len = payload_len(f.size, f.payload_size, index as u64);
+        DataHeader {
+            flags: if retransmit {
+                data_flags::RETRANSMIT
+            } else {
+                0
+            },
+            payload_len: len as u16,
+            session: self.id,
+            crc: 0,
+            offset: index as u64 * f.payload_size as u64,
+            send_ts_ns: unix_ns(),
+        }
+        .emit(f.crcs[index as usize], out);
+        len
+    }
+
+    /// Encodes this session's blast-mode END marker into `out` (cleared first).
+    pub fn end_marker(&self, out: &mut Vec<u8>) {
+        out.clear();
+        Message::End {
+            session: self.id,
+            datagrams: self.file.datagrams() as u32,
+        }
+        .encode(out);
+    }
+
+    /// Records that the client was heard from now.
+    pub fn heard(&self) {
+        self.last_heard_ms
+            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Time since the client was last heard.
+    pub fn silent_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last_heard_ms.load(Ordering::Relaxed));
+        self.started.elapsed().saturating_sub(last)
+    }
+
+    /// Asks the engine to stop sending; the first reason given sticks.
+    pub fn close(&self, reason: CloseReason) {
+        let _ = self.close_reason.compare_exchange(
+            0,
+            reason as u8,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+        self.wake();
+    }
+
+    /// Closes the session because the engine failed it, remembering why for its summary.
+    pub fn fail(&self, reason: CloseReason, problem: String) {
+        let _ = self.problem.set(problem);
+        self.close(reason);
+    }
+
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        CloseReason::from_u8(self.close_reason.load(Ordering::Acquire))
+    }
+
+    /// The engine sets the event it waits on; the control thread signals it after an ACK.
+    pub fn set_waker(&self, waker: Arc<EventFd>) {
+        let _ = self.waker.set(waker);
+    }
+
+    pub fn wake(&self) {
+        if let Some(w) = self.waker.get() {
+            // EAGAIN (counter saturated) still leaves the event readable: ignore.
+            let _ = w.write(1);
+        }
+    }
+
+    pub fn is_released(&self) -> bool {
+        self.released.load(Ordering::Acquire)
+    }
+
+    /// Called once by the engine when it has stopped sending and no send is in flight:
+    /// frees its place, counts it, and sends its summary to the control thread.
+    pub fn release(&self, hists: &SendHists) {
+        if self.released.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let reason = self.close_reason().unwrap_or(CloseReason::Shutdown);
+        let secs = self.started.elapsed().as_secs_f64();
+        let summary = {
+            let st = self.state();
+            SessionSummary {
+                session: format!("{:08x}", self.id),
+                peer: self.peer.to_string(),
+                file: self.file.name.clone(),
+                engine: self.ctx.engine.as_str(),
+                mode: self.mode.as_str(),
+                outcome: reason.as_str(),
+                bytes_sent: st.bytes_sent,
+                datagrams_sent: st.datagrams_sent,
+                retransmitted: st.retransmitted,
+                send_errors: self.send_errors.load(Ordering::Relaxed),
+                duration_s: secs,
+                throughput_bps: st.bytes_sent as f64 * 8.0 / secs.max(1e-9),
+                send_latency_us: hists.send_latency_us.summary(),
+                batch_size: hists.batch.summary(),
+                problem: self.problem.get().cloned(),
+            }
+        };
+        let stats = &self.ctx.stats;
+        stats.sessions_active.fetch_sub(1, Ordering::Relaxed);
+        stats
+            .bytes_sent
+            .fetch_add(summary.bytes_sent, Ordering::Relaxed);
+        stats
+            .datagrams_sent
+            .fetch_add(summary.datagrams_sent, Ordering::Relaxed);
+        stats
+            .retransmitted
+            .fetch_add(summary.retransmitted, Ordering::Relaxed);
+        match reason {
+            CloseReason::Complete => stats.sessions_completed.fetch_add(1, Ordering::Relaxed),
+            CloseReason::TimedOut => stats.sessions_timed_out.fetch_add(1, Ordering::Relaxed),
+            _ => stats.sessions_failed.fetch_add(1, Ordering::Relaxed),
+        };
+        // The control thread may be gone (shutdown): then nobody is listening.
+        let _ = self.ctx.summaries.send(summary);
+    }
+}

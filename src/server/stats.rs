@@ -1,0 +1,34 @@
+//! The server's counters: atomics written off the hot path (per batch, per session, per
+//! control message) and read by reports, tests and `bench`.
+
+use std::sync::atomic::AtomicU64;
+
+#[derive(Debug, Default)]
+pub struct ServerStats {
+    pub sessions_active: AtomicU64,
+    pub sessions_started: AtomicU64,
+    pub sessions_completed: AtomicU64,
+    pub sessions_timed_out: AtomicU64,
+    pub sessions_failed: AtomicU64,
+    pub bytes_sent: AtomicU64,
+    pub datagrams_sent: AtomicU64,
+    pub retransmitted: AtomicU64,
+    /// Datagrams that were not ringblast messages, or not valid ones.
+    pub malformed: AtomicU64,
+    /// Requests with a missing, forged or expired token.
+    pub bad_tokens: AtomicU64,
+    /// Messages for a session that does not exist or from the wrong address.
+    pub stray: AtomicU64,
+    /// GETs refused because the server was at --max-sessions.
+    pub busy: AtomicU64,
+    /// Requests dropped because their source IP was over its request rate.
+    pub rate_limited: AtomicU64,
+    /// ACKs applied to a session's sender state.
+    pub acks: AtomicU64,
+    /// ACKs dropped because their session sent more than its ACK rate allows.
+    pub acks_rate_limited: AtomicU64,
+    /// Datagram indices examined for resending, over all ACKs (the control thread's work).
+    pub resend_checks: AtomicU64,
+    /// Panics caught in one session's or one message's handling (a bug: the rest went on).
+    pub panics: AtomicU64,
+}

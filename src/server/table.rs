@@ -1,0 +1,127 @@
+//! The session table: every session the control thread knows, by id and by the request that
+//! created it, and the sweep that times out silent clients and stops sessions whose file
+//! changed on disk.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::admission::RateBudget;
+use super::catalog::changed_among;
+use super::session::{CloseReason, Session};
+use crate::protocol::ErrorCode;
+
+/// A session as the control thread keeps it.
+pub(super) struct Entry {
+    pub session: Arc<Session>,
+    /// Its ACK budget: ACKs beyond it are dropped unread.
+    pub acks: RateBudget,
+}
+
+#[derive(Default)]
+pub(super) struct SessionTable {
+    entries: HashMap<u32, Entry>,
+    /// (peer, request id) -> session id: a repeated GET gets the same session's META again.
+    by_request: HashMap<(SocketAddr, u32), u32>,
+}
+
+/// What a client is told when the server ended its session.
+pub(super) type Telling = (SocketAddr, ErrorCode, &'static str);
+
+impl SessionTable {
+    /// A fresh, non-zero session id.
+    pub fn new_id(&self) -> u32 {
+        loop {
+            let id: u32 = rand::random();
+            if id != 0 && !self.entries.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
+    /// Sessions not yet released by their engine.
+    pub fn active(&self) -> usize {
+        self.entries
+            .values()
+            .filter(|e| !e.session.is_released())
+            .count()
+    }
+
+    pub fn insert(&mut self, entry: Entry, request_id: u32) {
+        let s = &entry.session;
+        self.by_request.insert((s.peer, request_id), s.id);
+        self.entries.insert(s.id, entry);
+    }
+
+    /// The session a previous GET `(peer, request_id)` created, if any.
+    pub fn for_request(&self, peer: SocketAddr, request_id: u32) -> Option<Arc<Session>> {
+        let id = self.by_request.get(&(peer, request_id))?;
+        self.entries.get(id).map(|e| e.session.clone())
+    }
+
+    /// Session `id` if it belongs to `src` (another address cannot steer it), released or not.
+    pub fn of_peer(&mut self, src: SocketAddr, id: u32) -> Option<&mut Entry> {
+        self.entries.get_mut(&id).filter(|e| e.session.peer == src)
+    }
+
+    pub fn sessions(&self) -> impl Iterator<Item = &Arc<Session>> {
+        self.entries.values().map(|e| &e.session)
+    }
+
+    /// The error that explains why the server ended session `s`, if it was the server's doing.
+    pub fn why_ended(s: &Session) -> Option<(ErrorCode, &'static str)> {
+        match s.close_reason()? {
+            CloseReason::FileChanged => Some((
+                ErrorCode::FileChanged,
+                "the file changed on the server while it was being sent",
+            )),
+            CloseReason::Failed => {
+                Some((ErrorCode::Internal, "the server could not send the file"))
+            }
+            _ => None,
+        }
+    }
+
+    /// Times out silent clients, stops sessions whose file changed (one fstat per file, not
+    /// per session), forgets released sessions, and returns whom to tell that the server ended
+    /// their session (each once).
+    pub fn sweep(&mut self, idle_timeout: Duration) -> Vec<Telling> {
+        let open = || {
+            self.entries
+                .values()
+                .map(|e| &e.session)
+                .filter(|s| s.close_reason().is_none())
+        };
+        for s in open() {
+            if s.silent_for() > idle_timeout {
+                s.close(CloseReason::TimedOut);
+            }
+        }
+        let changed = changed_among(open().map(|s| &s.file));
+        for s in open().filter(|s| changed.iter().any(|f| Arc::ptr_eq(f, &s.file))) {
+            tracing::warn!(
+                "[SESSION {:08x}] {} changed on disk while being sent: transfer stopped",
+                s.id,
+                s.file.name
+            );
+            s.close(CloseReason::FileChanged);
+        }
+        let mut tell = Vec::new();
+        for s in self.sessions() {
+            if let Some((code, text)) = Self::why_ended(s) {
+                if !s.told_client.swap(true, Ordering::AcqRel) {
+                    tell.push((s.peer, code, text));
+                }
+            }
+        }
+        let before = self.entries.len();
+        self.entries.retain(|_, e| !e.session.is_released());
+        if self.entries.len() != before {
+            let entries = &self.entries;
+            self.by_request.retain(|_, id| entries.contains_key(id));
+        }
+        tell
+    }
+}

@@ -1,0 +1,7 @@
+//! The tools built on the client and the server: `demo` (the lab's experiment in one
+//! command), `bench` (the lab's experiment matrix, repeated and measured) and `relay` (an
+//! impairing UDP relay, for experiments without netem).
+
+pub mod bench;
+pub mod demo;
+pub mod relay;
