@@ -38,7 +38,8 @@ fn an_unvalidated_address_gets_less_than_it_sends() {
             token: forged,
             request_id: 1,
             mode: Mode::Blast,
-            window: 4096,
+            window_bytes: 4096 * MAX_PAYLOAD as u32,
+            max_datagram: 0,
             name: "big",
         }
         .to_vec(),
@@ -295,7 +296,8 @@ fn an_expired_token_is_refused_end_to_end() {
         token,
         request_id: 1,
         mode: Mode::Reliable,
-        window: 8,
+        window_bytes: 8 * MAX_PAYLOAD as u32,
+        max_datagram: 0,
         name: "f",
     };
     match Message::parse(&ask(&get)).unwrap() {
@@ -313,7 +315,7 @@ fn a_hostile_ack_storm_costs_bounded_work_and_is_rate_limited() {
     std::fs::write(dir.path().join("f"), vec![9u8; 300 * MAX_PAYLOAD]).unwrap();
     let srv = server(dir.path(), |c| {
         c.acks_per_session = 200.0;
-        c.max_window = 256;
+        c.max_window_bytes = 256 * MAX_PAYLOAD as u64;
     });
     let mut c = RawClient::new(srv.local_addr());
     let token = c.token();
@@ -321,7 +323,8 @@ fn a_hostile_ack_storm_costs_bounded_work_and_is_rate_limited() {
         token,
         request_id: 1,
         mode: Mode::Reliable,
-        window: 256,
+        window_bytes: 256 * MAX_PAYLOAD as u32,
+        max_datagram: 0,
         name: "f",
     });
     let session = match Message::parse(&meta).unwrap() {

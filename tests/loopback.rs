@@ -196,7 +196,8 @@ fn server_refuses_bad_tokens_and_escaping_names() {
         token,
         request_id: 1,
         mode: Mode::Reliable,
-        window: 8,
+        window_bytes: 8 * MAX_PAYLOAD as u32,
+        max_datagram: 0,
         name,
     };
     c.send(&get([0; 24], "ok"));
@@ -253,7 +254,8 @@ fn server_frees_the_session_of_a_client_that_vanishes() {
             token,
             request_id: 1,
             mode: Mode::Reliable,
-            window: 8,
+            window_bytes: 8 * MAX_PAYLOAD as u32,
+            max_datagram: 0,
             name: "f",
         });
         assert!(matches!(Message::parse(&meta), Ok(Message::Meta(_))));
@@ -372,4 +374,102 @@ fn client_refuses_a_meta_that_would_make_it_allocate_without_bound() {
         c.timeout = Duration::from_secs(2)
     })[0];
     assert!(r.error.as_deref().unwrap().contains("minimum"), "{r:?}");
+}
+
+/// At an Ethernet datagram size (1472) on loopback, the io_uring engine sends GSO batches and
+/// the client receives coalesced buffers; with --no-gso / --no-gro, one datagram a call. Every
+/// copy is intact either way.
+#[test]
+fn gso_and_gro_carry_ethernet_sized_datagrams() {
+    use ringblast::protocol::layout::DatagramSize;
+    let served = tempfile::tempdir().unwrap();
+    let data = random_bytes(3 << 20);
+    std::fs::write(served.path().join("f"), &data).unwrap();
+    for (gso, gro) in [(true, true), (false, false), (true, false), (false, true)] {
+        let srv = server(served.path(), |c| {
+            c.datagram_size = DatagramSize::Fixed(1472);
+            c.gso = gso;
+        });
+        let out = tempfile::tempdir().unwrap();
+        let reports = fetch(srv.local_addr(), "f", 2, out.path(), |c| c.gro = gro);
+        let datagrams = data.len().div_ceil(1440) as u64;
+        for r in &reports {
+            assert!(r.ok(), "gso {gso} gro {gro}: {r:?}");
+            assert_eq!(std::fs::read(r.path.as_ref().unwrap()).unwrap(), data);
+            assert_eq!(r.datagram_size, 1472);
+            assert_eq!(r.datagrams_expected, datagrams);
+            assert_eq!(r.gro, gro);
+            // Coalesced: far fewer receive calls than datagrams (when the sender batched).
+            if gro && gso && engine() == EngineKind::Uring {
+                assert!(r.recv_calls * 4 < datagrams, "{} calls", r.recv_calls);
+            }
+        }
+        srv.shutdown();
+    }
+}
+
+/// The client's own limit lowers the server's datagram size; one the path cannot carry is
+/// refused up front with the limit named.
+#[test]
+fn the_datagram_size_is_negotiated_down_to_the_client_s() {
+    use ringblast::protocol::layout::DatagramSize;
+    let served = tempfile::tempdir().unwrap();
+    let data = random_bytes(200_000);
+    std::fs::write(served.path().join("f"), &data).unwrap();
+    let srv = server(served.path(), |_| {});
+    let out = tempfile::tempdir().unwrap();
+    let r = &fetch(srv.local_addr(), "f", 1, out.path(), |c| {
+        c.datagram_size = DatagramSize::Fixed(9000)
+    })[0];
+    assert!(r.ok(), "{r:?}");
+    assert_eq!(r.datagram_size, 9000);
+    // On loopback (MTU 65536) auto means the lab's 65507.
+    let r = &fetch(srv.local_addr(), "f", 1, out.path(), |_| {})[0];
+    assert_eq!(r.datagram_size, 65_507);
+}
+
+/// A client or server of another protocol version is told so, in one line, instead of timing
+/// out on answers it cannot read.
+#[test]
+fn another_protocol_version_is_named_both_ways() {
+    // An old client's HELLO (version 1) at a server of this version.
+    let served = tempfile::tempdir().unwrap();
+    let srv = server(served.path(), |_| {});
+    let mut hello = Message::Hello { nonce: 1 }.to_vec();
+    hello[2] = 1;
+    let body = hello.len() - 4;
+    let crc = crc32c::crc32c(&hello[..body]);
+    hello[body..].copy_from_slice(&crc.to_be_bytes());
+    let c = RawClient::new(srv.local_addr());
+    c.sock.send(&hello).unwrap();
+    let mut buf = [0u8; 2048];
+    let n = c.sock.recv(&mut buf).unwrap();
+    match Message::parse(&buf[..n]).unwrap() {
+        Message::Error { code, text, .. } => {
+            assert_eq!(code, ErrorCode::BadVersion);
+            assert!(text.contains("version 2"), "{text}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(srv.stats().version_mismatch.load(Ordering::Relaxed), 1);
+
+    // A newer server (version 3) answering this client.
+    let future = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = future.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while let Ok((_, from)) = future.recv_from(&mut buf) {
+            let _ = future.send_to(b"RB\x03\x02future", from);
+        }
+    });
+    let mut cfg = GetConfig::new(addr, "f");
+    cfg.timeout = Duration::from_secs(5);
+    let t = Instant::now();
+    let r = &client::get(&cfg).unwrap()[0];
+    let e = r.error.as_deref().unwrap();
+    assert!(
+        e.contains("protocol version 3") && e.contains("speaks 2"),
+        "{e}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(2));
 }

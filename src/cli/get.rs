@@ -3,20 +3,22 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::str::FromStr;
 use std::time::Duration;
 
 use clap::Args;
 
 use super::{values, ModeArg};
 use crate::client::{self, GetConfig, Verify};
+use crate::protocol::layout::DatagramSize;
 use crate::report::{json, logging, table};
 
 #[derive(Args)]
 pub struct GetArgs {
     /// Name of the file on the server (see `ringblast list`).
     file: String,
-    /// The server's address and port.
-    #[arg(long, default_value = "127.0.0.1:6969")]
+    /// The server: address or host name, port (default 6969).
+    #[arg(long, default_value = "127.0.0.1:6969", value_parser = values::socket_addr)]
     server: SocketAddr,
     /// Sub-clients (1-1000), each with its own socket, fetching its own whole copy.
     #[arg(long, default_value_t = 1, value_parser = values::count(1, 1000))]
@@ -34,11 +36,18 @@ pub struct GetArgs {
     /// Fail when the server has been silent this long (e.g. 5, 500ms).
     #[arg(long, value_parser = values::duration, default_value = "5s")]
     timeout: Duration,
-    /// Receive window in datagrams: how far ahead of the first missing datagram the
-    /// server may send (flow control). Default: 512 for one client, less for more
-    /// (4096 in all), and never more than the kernel's receive buffer holds.
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
-    window: Option<u32>,
+    /// Receive window: how many bytes past the first missing datagram the server may send
+    /// (flow control). Default: 32MiB for one client, less for more (256MiB in all), and
+    /// never more than the kernel's receive buffer holds.
+    #[arg(long, value_parser = values::window)]
+    window: Option<u64>,
+    /// Largest datagram to receive, header included: auto = the path MTU to the server less
+    /// the IP and UDP headers, or bytes (544-65507, refused if the path cannot carry it).
+    #[arg(long, default_value = "auto", value_parser = DatagramSize::from_str)]
+    datagram_size: DatagramSize,
+    /// Receive one datagram per buffer instead of coalesced ones (UDP GRO), to compare.
+    #[arg(long)]
+    no_gro: bool,
     /// Final check: content = BLAKE3 of the written file (and the manifest);
     /// manifest = every datagram's CRC32C against the server's manifest hash only
     /// [default: content when writing files, manifest with --discard].
@@ -75,7 +84,9 @@ impl GetArgs {
         cfg.out_dir = (!self.discard).then(|| self.out.clone());
         cfg.mode = self.mode.into();
         cfg.timeout = self.timeout;
-        cfg.window = self.window.unwrap_or(0);
+        cfg.window_bytes = self.window.unwrap_or(0);
+        cfg.datagram_size = self.datagram_size;
+        cfg.gro = !self.no_gro;
         cfg.verify = self.verify.unwrap_or(if self.discard {
             Verify::Manifest
         } else {

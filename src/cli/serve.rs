@@ -3,13 +3,14 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::str::FromStr;
 use std::time::Duration;
 
 use clap::Args;
 
 use super::values;
 use crate::client;
-use crate::protocol::{MAX_DATAGRAM, MIN_DATAGRAM};
+use crate::protocol::layout::DatagramSize;
 use crate::report::logging;
 use crate::server::engine::EngineKind;
 use crate::server::{Server, ServerConfig};
@@ -19,8 +20,9 @@ pub struct ServeArgs {
     /// Directory whose regular files are served (symlinks and subdirectories are not).
     #[arg(long, default_value = "files")]
     dir: PathBuf,
-    /// Address and port to listen on. Every message of every client uses this one port.
-    #[arg(long, default_value = "127.0.0.1:6969")]
+    /// Address and port to listen on (port 6969 if none; IPv6 as [addr]:port, link-local as
+    /// [fe80::1%eth0]:port). Every message of every client uses this one port.
+    #[arg(long, default_value = "127.0.0.1:6969", value_parser = values::socket_addr)]
     bind: SocketAddr,
     /// Send engine: uring = mmap + io_uring, one ring per session, batched sends, a fixed
     /// worker pool; threads = the lab's baseline, one thread per client, read() + sendto()
@@ -37,11 +39,14 @@ pub struct ServeArgs {
     /// Drop a session whose client has been silent this long (e.g. 10, 2.5s, 500ms).
     #[arg(long, value_parser = values::duration, default_value = "10s")]
     idle_timeout: Duration,
-    /// Datagram size on the wire in bytes, header included (544-65507; use 1472 on a
-    /// 1500-byte MTU link).
-    #[arg(long, default_value_t = MAX_DATAGRAM,
-          value_parser = values::count(MIN_DATAGRAM as u64, MAX_DATAGRAM as u64))]
-    datagram_size: usize,
+    /// Datagram size on the wire, header included: auto = each client's path MTU less the
+    /// IP and UDP headers (65507 on loopback, 1472 on Ethernet, never fragmented), or bytes
+    /// (544-65507). A client's own limit lowers it.
+    #[arg(long, default_value = "auto", value_parser = DatagramSize::from_str)]
+    datagram_size: DatagramSize,
+    /// Send one datagram per sendmsg instead of up to 64 with UDP GSO (to compare).
+    #[arg(long)]
+    no_gso: bool,
     /// Most concurrent sessions (1-100000); further requests get a "busy" answer.
     #[arg(long, default_value_t = 256, value_parser = values::count(1, 100_000))]
     max_sessions: usize,
@@ -68,6 +73,7 @@ impl From<ServeArgs> for ServerConfig {
             engine: a.engine,
             workers: a.workers.unwrap_or(defaults.workers),
             datagram_size: a.datagram_size,
+            gso: !a.no_gso,
             idle_timeout: a.idle_timeout,
             rate_bps: a.rate,
             max_sessions: a.max_sessions,
@@ -89,8 +95,8 @@ impl ServeArgs {
 
 #[derive(Args)]
 pub struct ListArgs {
-    /// The server's address and port.
-    #[arg(long, default_value = "127.0.0.1:6969")]
+    /// The server: address or host name, port (default 6969).
+    #[arg(long, default_value = "127.0.0.1:6969", value_parser = values::socket_addr)]
     server: SocketAddr,
     /// Give up after this long without an answer (e.g. 5, 500ms).
     #[arg(long, value_parser = values::duration, default_value = "5s")]

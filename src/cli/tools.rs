@@ -88,10 +88,10 @@ impl BenchArgs {
 #[derive(Args)]
 pub struct RelayArgs {
     /// Where clients send (give this to `get --server`).
-    #[arg(long)]
+    #[arg(long, value_parser = values::socket_addr)]
     listen: SocketAddr,
     /// The server.
-    #[arg(long)]
+    #[arg(long, value_parser = values::socket_addr)]
     to: SocketAddr,
     /// Drop probability per datagram and direction: 0.05 or 5%.
     #[arg(long, value_parser = values::probability, default_value = "0")]

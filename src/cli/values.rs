@@ -2,6 +2,7 @@
 //! counts. Each refuses what makes no sense with a message that says what would, so nothing is
 //! clamped silently later.
 
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
 use clap::builder::RangedU64ValueParser;
@@ -64,6 +65,91 @@ pub fn size(s: &str) -> Result<u64, String> {
         return Err(format!("bad size {s:?}: too large"));
     }
     Ok(bytes as u64)
+}
+
+/// The port a server address means when it names none.
+pub const DEFAULT_PORT: u16 = 6969;
+
+/// A server address: `10.0.0.1:6969`, `[2001:db8::1]:6969`, a host name (`localhost:6969`),
+/// any of them without a port (6969), or an IPv6 link-local address with its interface
+/// (`[fe80::1%eth0]:6969` or `%2`). A link-local address without one is refused: it is
+/// ambiguous on a host with several links.
+pub fn socket_addr(s: &str) -> Result<SocketAddr, String> {
+    let t = s.trim();
+    let addr = parse_addr(t)?;
+    if let SocketAddr::V6(v6) = addr {
+        let link_local = (v6.ip().segments()[0] & 0xffc0) == 0xfe80;
+        if link_local && v6.scope_id() == 0 {
+            return Err(format!(
+                "{t}: a link-local address needs its interface, e.g. [{}%eth0]:{}",
+                v6.ip(),
+                v6.port()
+            ));
+        }
+    }
+    Ok(addr)
+}
+
+fn parse_addr(t: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = t.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    if let Ok(ip) = t
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>()
+    {
+        return Ok(SocketAddr::new(ip, DEFAULT_PORT));
+    }
+    // [v6%interface]:port or [v6%interface]: the interface by name.
+    if let Some(rest) = t.strip_prefix('[') {
+        let (inside, after) = rest
+            .split_once(']')
+            .ok_or_else(|| format!("bad address {t:?}: missing ]"))?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => p
+                .parse::<u16>()
+                .map_err(|_| format!("bad port {p:?} in {t:?}"))?,
+            None if after.is_empty() => DEFAULT_PORT,
+            None => return Err(format!("bad address {t:?}")),
+        };
+        let (ip, scope) = inside.split_once('%').unwrap_or((inside, ""));
+        let ip: std::net::Ipv6Addr = ip
+            .parse()
+            .map_err(|_| format!("bad IPv6 address {ip:?} in {t:?}"))?;
+        let scope_id = if scope.is_empty() {
+            0
+        } else {
+            match scope.parse::<u32>() {
+                Ok(n) => n,
+                Err(_) => nix::net::if_::if_nametoindex(scope)
+                    .map_err(|_| format!("{t}: no network interface named {scope:?}"))?,
+            }
+        };
+        return Ok(SocketAddr::V6(std::net::SocketAddrV6::new(
+            ip, port, 0, scope_id,
+        )));
+    }
+    // A host name, with or without a port.
+    let with_port = if t.contains(':') {
+        t.to_string()
+    } else {
+        format!("{t}:{DEFAULT_PORT}")
+    };
+    with_port
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {t:?}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("cannot resolve {t:?}: no address"))
+}
+
+/// A receive window: a size of at least 64 KiB (one of the largest datagrams) and at most 4 GiB.
+pub fn window(s: &str) -> Result<u64, String> {
+    let v = size(s)?;
+    if !(65_536..=(4u64 << 30) - 1).contains(&v) {
+        return Err(format!("bad window {s:?}: between 64KiB and 4GiB"));
+    }
+    Ok(v)
 }
 
 /// A duration: a number with a unit (`25ms`, `0.2s`, `1.5m`, `300us`), or a bare number of
@@ -183,6 +269,29 @@ mod tests {
         assert_eq!(delay("20ms"), Ok(Duration::from_millis(20)));
         assert_eq!(delay("0"), Ok(Duration::ZERO));
         assert!(delay("20").unwrap_err().contains("20ms"));
+    }
+
+    #[test]
+    fn addresses() {
+        let a = |s: &str| socket_addr(s).map(|a| a.to_string());
+        assert_eq!(a("10.0.0.1:7000").unwrap(), "10.0.0.1:7000");
+        assert_eq!(a("10.0.0.1").unwrap(), "10.0.0.1:6969");
+        assert_eq!(a("[2001:db8::1]:7").unwrap(), "[2001:db8::1]:7");
+        assert_eq!(a("2001:db8::1").unwrap(), "[2001:db8::1]:6969");
+        assert_eq!(a("[2001:db8::1]").unwrap(), "[2001:db8::1]:6969");
+        assert_eq!(a("[fe80::1%2]:80").unwrap(), "[fe80::1%2]:80");
+        assert_eq!(a("[fe80::1%lo]:80").unwrap(), "[fe80::1%1]:80");
+        assert!(a("localhost:6969").unwrap().ends_with(":6969"));
+        assert!(a("localhost").unwrap().ends_with(":6969"));
+        let e = a("[fe80::1]:80").unwrap_err();
+        assert!(e.contains("needs its interface"), "{e}");
+        assert!(a("[fe80::1%nosuchif0]:80")
+            .unwrap_err()
+            .contains("no network interface"));
+        assert!(a("no.such.host.invalid")
+            .unwrap_err()
+            .contains("cannot resolve"));
+        assert!(a("10.0.0.1:99999").is_err());
     }
 
     #[test]

@@ -7,7 +7,9 @@ use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use super::ClientError;
-use crate::protocol::{is_data, unix_ns, ErrorCode, Message, MAX_DATAGRAM, TOKEN_LEN};
+use crate::protocol::{
+    foreign_version, is_data, unix_ns, ErrorCode, Message, MAX_DATAGRAM, TOKEN_LEN, VERSION,
+};
 use crate::sys::recvmmsg::is_timeout;
 use crate::sys::socket;
 
@@ -116,6 +118,13 @@ impl Connection {
                         self.early.push((self.buf[..n].to_vec(), unix_ns()));
                     }
                     continue;
+                }
+                if let Some(theirs) = foreign_version(&self.buf[..n]) {
+                    return Err(ClientError::Version {
+                        server: self.server,
+                        theirs,
+                        ours: VERSION,
+                    });
                 }
                 let Ok(reply) = Message::parse(&self.buf[..n]) else {
                     continue;

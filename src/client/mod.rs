@@ -25,12 +25,12 @@ use std::time::Duration;
 
 use thiserror::Error;
 
-use crate::protocol::layout::{validate_name, BadName};
+use crate::protocol::layout::{validate_name, BadName, DatagramSize};
 use crate::protocol::{Message, Mode};
 use crate::report::copy::CopyReport;
 use crate::report::live::{spawn_reporter, Live};
 use connection::{server_error, Connection, Reply};
-use window::default_window;
+use window::default_window_bytes;
 
 /// How a copy is verified at the end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -52,10 +52,15 @@ pub struct GetConfig {
     pub mode: Mode,
     /// The server is declared gone after this long without a word from it.
     pub timeout: Duration,
-    /// Largest receive window in datagrams (the credit granted beyond the cumulative point);
+    /// Largest receive window in bytes (the credit granted beyond the cumulative point);
     /// smaller if the kernel grants a receive buffer that cannot hold it. 0: the default
-    /// for this many clients ([`window::default_window`]).
-    pub window: u32,
+    /// for this many clients ([`window::default_window_bytes`]).
+    pub window_bytes: u64,
+    /// The largest datagram this client takes: auto (its path MTU to the server less the IP
+    /// and UDP headers) or fixed. The server picks the session's size up to it.
+    pub datagram_size: DatagramSize,
+    /// Receive coalesced datagrams (`UDP_GRO`) where the kernel can.
+    pub gro: bool,
     /// Kernel receive buffer asked for, bytes.
     pub recv_buffer: usize,
     pub verify: Verify,
@@ -76,7 +81,9 @@ impl GetConfig {
             out_dir: None,
             mode: Mode::Reliable,
             timeout: Duration::from_secs(5),
-            window: 0,
+            window_bytes: 0,
+            datagram_size: DatagramSize::Auto,
+            gro: true,
             recv_buffer: 48 << 20,
             verify: Verify::Content,
             max_size: 1 << 40,
@@ -110,14 +117,28 @@ pub enum ClientError {
     Incomplete(String),
     #[error("verification failed: {0}")]
     Verification(String),
-    #[error("cannot start sub-client {id} of {clients}: {source}")]
+    /// The server runs another release of ringblast.
+    #[error("{server} speaks ringblast protocol version {theirs}, this client speaks {ours}: run the same release on both sides")]
+    Version {
+        server: SocketAddr,
+        theirs: u8,
+        ours: u8,
+    },
+    /// `--datagram-size` larger than the path to the server carries whole.
+    #[error("--datagram-size {asked} is above what the path to {server} carries whole (MTU {mtu}: at most {max}); use --datagram-size auto or smaller")]
+    AbovePathMtu {
+        asked: usize,
+        server: SocketAddr,
+        mtu: usize,
+        max: usize,
+    },
+    #[error("cannot start sub-client {id} of {clients}: {error}")]
     Spawn {
         id: usize,
         clients: usize,
-        #[source]
-        source: io::Error,
+        error: io::Error,
     },
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] io::Error),
 }
 
@@ -217,7 +238,7 @@ fn spawn_all<T>(
                 return Err(ClientError::Spawn {
                     id,
                     clients: n,
-                    source,
+                    error: source,
                 });
             }
         }
@@ -234,8 +255,8 @@ pub fn get(cfg: &GetConfig) -> Result<Vec<CopyReport>, ClientError> {
     }
     let clients = cfg.clients.max(1);
     let mut cfg = cfg.clone();
-    if cfg.window == 0 {
-        cfg.window = default_window(clients);
+    if cfg.window_bytes == 0 {
+        cfg.window_bytes = default_window_bytes(clients);
     }
     let cfg = &cfg;
     let live = Live::new(clients);

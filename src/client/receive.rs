@@ -17,10 +17,12 @@ use crate::protocol::{
 };
 use crate::report::copy::ClientHists;
 use crate::report::live::ClientLive;
-use crate::sys::recvmmsg::{enable_timestamps, is_timeout, RecvBatch, BATCH};
+use crate::sys::recvmmsg::{enable_timestamps, is_timeout, RecvBatch};
 
 /// How often an idle receiver re-sends its ACK (tail probe, lost-ACK recovery, keepalive).
 const ACK_INTERVAL: Duration = Duration::from_millis(2);
+/// Most payloads written by one `pwritev` (the kernel's IOV_MAX).
+const MAX_RUN: usize = 1024;
 
 /// What a sub-client counted, datagram by datagram.
 #[derive(Debug, Default)]
@@ -32,6 +34,8 @@ pub(super) struct Counts {
     pub(super) duplicates: u64,
     pub(super) corrupt: u64,
     pub(super) malformed: u64,
+    /// `recvmmsg` calls that returned data.
+    pub(super) recv_calls: u64,
 }
 
 /// The data phase of one sub-client.
@@ -156,30 +160,36 @@ impl DataReceiver {
     /// datagrams were accepted.
     fn absorb(&mut self, batch: &RecvBatch, n: usize, sink: &Sink) -> Result<u64, ClientError> {
         let batch_ns = unix_ns();
-        self.hists.recv_batch.record(n as u64);
-        let mut run: Vec<IoSlice<'_>> = Vec::with_capacity(BATCH);
+        let mut run: Vec<IoSlice<'_>> = Vec::with_capacity(MAX_RUN);
         let mut run_start = 0u64;
         let mut run_end = 0u64;
         let mut accepted = 0;
+        let mut datagrams = 0;
         for i in 0..n {
-            let Some(d) = batch.datagram(i) else {
+            if batch.datagram(i).is_none() {
+                // Truncated: larger than any datagram (or GRO buffer) can be.
                 self.counts.malformed += 1;
                 continue;
-            };
-            let arrival = batch.timestamp_ns(i).unwrap_or(batch_ns);
-            let Some((offset, payload)) = self.accept(d, arrival) else {
-                continue;
-            };
-            accepted += 1;
-            if offset != run_end || run.is_empty() {
-                sink.write_run(run_start, &run)?;
-                run.clear();
-                run_start = offset;
             }
-            run.push(IoSlice::new(payload));
-            run_end = offset + payload.len() as u64;
+            let arrival = batch.timestamp_ns(i).unwrap_or(batch_ns);
+            for d in batch.segments(i) {
+                datagrams += 1;
+                let Some((offset, payload)) = self.accept(d, arrival) else {
+                    continue;
+                };
+                accepted += 1;
+                if offset != run_end || run.len() == MAX_RUN {
+                    sink.write_run(run_start, &run)?;
+                    run.clear();
+                    run_start = offset;
+                }
+                run.push(IoSlice::new(payload));
+                run_end = offset + payload.len() as u64;
+            }
         }
         sink.write_run(run_start, &run)?;
+        self.hists.recv_batch.record(datagrams);
+        self.counts.recv_calls += 1;
         Ok(accepted)
     }
 

@@ -12,8 +12,10 @@ use super::receive::DataReceiver;
 use super::sink::{content_hash, temp_path, Sink};
 use super::window::window_for_buffer;
 use super::{copy_path, ClientError, GetConfig, StartGate, Verify};
-use crate::protocol::layout::{datagram_count, manifest_hash};
-use crate::protocol::{DoneStatus, Message, Meta, MAX_DATAGRAMS, MAX_PAYLOAD, MIN_PAYLOAD};
+use crate::protocol::layout::{datagram_count, manifest_hash, DatagramSize};
+use crate::protocol::{
+    DoneStatus, Message, Meta, DATA_HEADER_LEN, MAX_DATAGRAM, MAX_DATAGRAMS, MIN_PAYLOAD,
+};
 use crate::report::copy::CopyReport;
 use crate::report::cpu::cpu_time;
 use crate::report::live::Live;
@@ -80,15 +82,19 @@ impl SubClient {
     ) -> Result<(), ClientError> {
         self.report.local_port = conn.sock.local_addr()?.port();
         let rcvbuf = socket::set_recv_buffer(&conn.sock, cfg.recv_buffer)?;
-        // Before META the datagram size is unknown: ask for what the largest would allow.
-        let initial_window = window_for_buffer(rcvbuf, MAX_PAYLOAD as u32, cfg.window);
+        let max_datagram = max_datagram(cfg, &conn)?;
+        // Before META the datagram size is not known: size the window for the largest.
+        let payload_guess = (max_datagram - DATA_HEADER_LEN) as u32;
+        let initial_window = window_for_buffer(rcvbuf, payload_guess, cfg.window_bytes);
         let token = conn.token(cfg.timeout)?;
         let request_id: u32 = rand::random();
         let get = Message::Get {
             token,
             request_id,
             mode: cfg.mode,
-            window: initial_window,
+            window_bytes: (initial_window as u64 * payload_guess as u64).min(u32::MAX as u64)
+                as u32,
+            max_datagram: max_datagram as u16,
             name: &cfg.file,
         };
         conn.keep_early = true;
@@ -102,7 +108,10 @@ impl SubClient {
             } if *r == request_id => Reply::Done(Err(server_error(*code, text))),
             _ => Reply::Ignore,
         })??;
-        check_meta(cfg, &meta)?;
+        check_meta(cfg, &meta, max_datagram)?;
+        self.report.datagram_size = meta.payload_size as usize + DATA_HEADER_LEN;
+        // Coalesced receives from here on: what arrived before META was read one by one.
+        self.report.gro = cfg.gro && socket::enable_gro(&conn.sock);
         let sink = match &cfg.out_dir {
             Some(dir) => {
                 let temp = temp_path(dir, &copy_path(dir, &cfg.file, id, clients));
@@ -111,7 +120,7 @@ impl SubClient {
             }
             None => Sink::discard(),
         };
-        let window = window_for_buffer(rcvbuf, meta.payload_size, cfg.window);
+        let window = window_for_buffer(rcvbuf, meta.payload_size, cfg.window_bytes);
         tracing::debug!(
             "client {id}: receive buffer {} KiB, window {window} datagrams",
             rcvbuf / 1024
@@ -138,6 +147,7 @@ impl SubClient {
         r.duplicates = c.duplicates;
         r.corrupt = c.corrupt;
         r.malformed = c.malformed;
+        r.recv_calls = c.recv_calls;
         r.hists = std::mem::take(&mut rx.hists);
         let manifest_ok = r.complete
             && manifest_hash(meta.file_size, meta.payload_size, &rx.crcs) == meta.manifest_hash;
@@ -190,9 +200,32 @@ impl SubClient {
     }
 }
 
+/// The largest datagram this client takes from the server: its path MTU to the server less
+/// the IP and UDP headers (auto), or `--datagram-size` if the path carries that whole.
+fn max_datagram(cfg: &GetConfig, conn: &Connection) -> Result<usize, ClientError> {
+    let mtu = socket::path_mtu(&conn.sock)?;
+    let path_max = socket::datagram_size_for_mtu(mtu, &conn.server);
+    match cfg.datagram_size {
+        DatagramSize::Auto => Ok(path_max.min(MAX_DATAGRAM)),
+        DatagramSize::Fixed(n) if n <= path_max => Ok(n),
+        DatagramSize::Fixed(n) => Err(ClientError::AbovePathMtu {
+            asked: n,
+            server: conn.server,
+            mtu,
+            max: path_max,
+        }),
+    }
+}
+
 /// Refuses a META that would make this client allocate without bound, or that does not match
 /// what was asked.
-fn check_meta(cfg: &GetConfig, m: &Meta) -> Result<(), ClientError> {
+fn check_meta(cfg: &GetConfig, m: &Meta, max_datagram: usize) -> Result<(), ClientError> {
+    if m.payload_size as usize + DATA_HEADER_LEN > max_datagram {
+        return Err(ClientError::BadMeta(format!(
+            "{}-byte datagrams, over the {max_datagram} this client takes",
+            m.payload_size as usize + DATA_HEADER_LEN
+        )));
+    }
     if m.file_size > cfg.max_size {
         return Err(ClientError::BadMeta(format!(
             "a {} byte file, over the {} byte limit (--max-size)",

@@ -3,7 +3,48 @@
 
 use thiserror::Error;
 
-use super::limits::MAX_NAME_LEN;
+use super::limits::{MAX_DATAGRAM, MAX_NAME_LEN, MIN_DATAGRAM};
+
+/// The size of data datagrams on the wire, header included.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatagramSize {
+    /// The path's MTU less the IP and UDP headers, at most 65507: 65507 on loopback, 1472 on
+    /// an Ethernet path, so nothing is ever fragmented.
+    Auto,
+    /// This many bytes, whatever the path (sends fail if the path cannot carry them whole).
+    Fixed(usize),
+}
+
+impl std::str::FromStr for DatagramSize {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if s.eq_ignore_ascii_case("auto") {
+            return Ok(DatagramSize::Auto);
+        }
+        let n: usize = s
+            .parse()
+            .map_err(|_| format!("bad datagram size {s:?}: \"auto\" or bytes, e.g. 1472"))?;
+        if !(MIN_DATAGRAM..=MAX_DATAGRAM).contains(&n) {
+            return Err(format!(
+                "bad datagram size {n}: between {MIN_DATAGRAM} (a {} byte header and {} bytes of payload) and {MAX_DATAGRAM} (the largest UDP datagram)",
+                super::DATA_HEADER_LEN,
+                MIN_DATAGRAM - super::DATA_HEADER_LEN
+            ));
+        }
+        Ok(DatagramSize::Fixed(n))
+    }
+}
+
+impl std::fmt::Display for DatagramSize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DatagramSize::Auto => write!(f, "auto"),
+            DatagramSize::Fixed(n) => write!(f, "{n}"),
+        }
+    }
+}
 
 /// A file name that could escape the served directory, or that the wire cannot carry.
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
@@ -62,6 +103,21 @@ mod tests {
         for good in ["100mb.mp4", "..hidden", "a b", "ñ"] {
             assert!(validate_name(good).is_ok(), "{good:?} refused");
         }
+    }
+
+    #[test]
+    fn datagram_sizes_parse_with_their_limits() {
+        assert_eq!("auto".parse(), Ok(DatagramSize::Auto));
+        assert_eq!("1472".parse(), Ok(DatagramSize::Fixed(1472)));
+        assert_eq!("65507".parse(), Ok(DatagramSize::Fixed(65_507)));
+        for bad in ["33", "543", "65508", "big", "-1"] {
+            let e = bad.parse::<DatagramSize>().unwrap_err();
+            assert!(e.contains("544") || e.contains("auto"), "{bad}: {e}");
+        }
+        assert!("65508"
+            .parse::<DatagramSize>()
+            .unwrap_err()
+            .contains("65507"));
     }
 
     #[test]

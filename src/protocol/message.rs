@@ -23,6 +23,8 @@ pub enum ErrorCode {
     NoSession,
     /// The served file changed while it was being sent: the transfer is abandoned.
     FileChanged,
+    /// The request came in another protocol version.
+    BadVersion,
 }
 
 impl ErrorCode {
@@ -36,6 +38,7 @@ impl ErrorCode {
             ErrorCode::Internal => 6,
             ErrorCode::NoSession => 7,
             ErrorCode::FileChanged => 8,
+            ErrorCode::BadVersion => 9,
         }
     }
     fn from_u8(v: u8) -> Result<Self, WireError> {
@@ -48,6 +51,7 @@ impl ErrorCode {
             6 => ErrorCode::Internal,
             7 => ErrorCode::NoSession,
             8 => ErrorCode::FileChanged,
+            9 => ErrorCode::BadVersion,
             _ => return Err(WireError::Malformed("error code")),
         })
     }
@@ -177,13 +181,17 @@ pub enum Message<'a> {
         start: u32,
         entries: Vec<ListEntry<'a>>,
     },
-    /// C→S `GET token:[24] request_id:u32 mode:u8 window:u32 name_len:u8 name`.
+    /// C→S `GET token:[24] request_id:u32 mode:u8 window_bytes:u32 max_datagram:u16
+    /// name_len:u8 name`.
     Get {
         token: [u8; TOKEN_LEN],
         request_id: u32,
         mode: Mode,
-        /// Receiver's window in datagrams (upper bound on the credit it will grant).
-        window: u32,
+        /// Receiver's window in bytes of payload (upper bound on the credit it will grant).
+        window_bytes: u32,
+        /// Largest datagram (header included) the receiver takes: its path MTU less the IP
+        /// and UDP headers, or what its user set. 0: no limit of its own.
+        max_datagram: u16,
         name: &'a str,
     },
     /// S→C `META request_id:u32 session:u32 file_size:u64 payload_size:u32 mode:u8
@@ -332,7 +340,8 @@ impl<'a> Message<'a> {
                 token: r.array()?,
                 request_id: r.u32()?,
                 mode: Mode::from_u8(r.u8()?)?,
-                window: r.u32()?,
+                window_bytes: r.u32()?,
+                max_datagram: r.u16()?,
                 name: r.str8("file name")?,
             },
             kind::META => {
@@ -446,14 +455,16 @@ impl<'a> Message<'a> {
                 token,
                 request_id,
                 mode,
-                window,
+                window_bytes,
+                max_datagram,
                 name,
             } => {
                 header(out, kind::GET);
                 out.extend_from_slice(token);
                 out.extend_from_slice(&request_id.to_be_bytes());
                 out.push(mode.to_u8());
-                out.extend_from_slice(&window.to_be_bytes());
+                out.extend_from_slice(&window_bytes.to_be_bytes());
+                out.extend_from_slice(&max_datagram.to_be_bytes());
                 put_str8(out, name, MAX_NAME_LEN);
             }
             Message::Meta(m) => {

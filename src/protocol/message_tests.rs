@@ -52,7 +52,8 @@ fn control_messages_round_trip() {
         token,
         request_id: 9,
         mode: Mode::Blast,
-        window: 512,
+        window_bytes: 32 << 20,
+        max_datagram: 1472,
         name: "250mb.mp4",
     });
     roundtrip(Message::Meta(Meta {
@@ -102,15 +103,23 @@ fn control_messages_round_trip() {
 fn rejects_foreign_and_future_datagrams() {
     assert_eq!(Message::parse(b"LIST"), Err(WireError::BadMagic));
     assert_eq!(
-        Message::parse(b"RB\x02\x01abcdefgh"),
-        Err(WireError::BadVersion(2))
+        Message::parse(b"RB\x03\x01abcdefgh"),
+        Err(WireError::BadVersion(3))
     );
+    // Version 1 (before the datagram size was negotiated) is another version.
     assert_eq!(
-        Message::parse(&with_crc(b"RB\x01\xEE")),
+        Message::parse(b"RB\x01\x01abcdefgh"),
+        Err(WireError::BadVersion(1))
+    );
+    assert_eq!(crate::protocol::foreign_version(b"RB\x01\x01"), Some(1));
+    assert_eq!(crate::protocol::foreign_version(b"RB\x02\x01"), None);
+    assert_eq!(crate::protocol::foreign_version(b"XX\x01\x01"), None);
+    assert_eq!(
+        Message::parse(&with_crc(b"RB\x02\xEE")),
         Err(WireError::UnknownKind(0xEE))
     );
     assert_eq!(
-        Message::parse(b"RB\x01\x0A\x00\x00\x00\x01\x00"),
+        Message::parse(b"RB\x02\x0A\x00\x00\x00\x01\x00"),
         Err(WireError::BadChecksum)
     );
     assert_eq!(Message::parse(b"R"), Err(WireError::Truncated));
@@ -167,7 +176,8 @@ fn unvalidated_answers_are_smaller_than_what_provokes_them() {
         token: [0; TOKEN_LEN],
         request_id: 0,
         mode: Mode::Reliable,
-        window: 1,
+        window_bytes: 1,
+        max_datagram: 0,
         name: "",
     }
     .to_vec();

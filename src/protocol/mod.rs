@@ -36,8 +36,10 @@ pub use message::{ack_flags, Ack, DoneStatus, ErrorCode, ListEntry, Message, Met
 
 /// First two bytes of every ringblast datagram.
 pub const MAGIC: [u8; 2] = *b"RB";
-/// Protocol version carried in byte 2. A peer speaking another version is rejected.
-pub const VERSION: u8 = 1;
+/// Protocol version carried in byte 2. A peer speaking another version is rejected, with a
+/// message that says so (see [`foreign_version`]). Version 2: datagram size negotiated per
+/// session (`GET` carries the receiver's limit), window in bytes.
+pub const VERSION: u8 = 2;
 
 /// Message kinds (byte 3).
 pub(crate) mod kind {
@@ -116,6 +118,12 @@ pub fn peek_kind(buf: &[u8]) -> Result<u8, WireError> {
         return Err(WireError::BadVersion(buf[2]));
     }
     Ok(buf[3])
+}
+
+/// The version a ringblast datagram of another version claims (magic right, version not
+/// ours): the peer runs another release of ringblast.
+pub fn foreign_version(buf: &[u8]) -> Option<u8> {
+    (buf.len() >= 4 && buf[0..2] == MAGIC && buf[2] != VERSION).then(|| buf[2])
 }
 
 /// True when the datagram claims to be `DATA` (header checks only).

@@ -167,6 +167,15 @@ impl SenderState {
         false
     }
 
+    /// Datagram `index` never left: its send failed locally (a GSO send the device refused).
+    /// It goes out again first, without waiting for the receiver to report it.
+    pub fn resend_now(&mut self, index: u32) {
+        if index < self.next_new && index >= self.acked_below && !self.is_queued(index) {
+            self.set_queued(index, true);
+            self.retransmit_queue.push_front(index);
+        }
+    }
+
     /// Current congestion window, datagrams.
     pub fn cwnd(&self) -> f64 {
         self.congestion.cwnd()

@@ -327,3 +327,28 @@ fn empty_file() {
     assert!(s.is_complete());
     assert!(drain(&mut s, t0).is_empty());
 }
+
+#[test]
+fn a_send_that_failed_locally_goes_out_again_first() {
+    let t0 = Instant::now();
+    let mut s = SenderState::new(Mode::Blast, 10 * P as u64, P, 1, None, t0, 1);
+    let first: Vec<_> = (0..4).map(|_| s.next(t0).unwrap()).collect();
+    assert_eq!(first.len(), 4);
+    s.resend_now(2);
+    s.resend_now(2);
+    s.resend_now(9); // never sent: ignored
+    assert_eq!(
+        s.next(t0),
+        Some(NextDatagram::Data {
+            index: 2,
+            retransmit: true
+        })
+    );
+    assert_eq!(
+        s.next(t0),
+        Some(NextDatagram::Data {
+            index: 4,
+            retransmit: false
+        })
+    );
+}

@@ -26,7 +26,7 @@ impl Default for ClientHists {
         ClientHists {
             one_way_delay_us: Hist::latency_us(),
             inter_arrival_us: Hist::latency_us(),
-            recv_batch: Hist::with_max(1024),
+            recv_batch: Hist::with_max(4096),
             repair_us: Hist::latency_us(),
         }
     }
@@ -68,6 +68,10 @@ pub struct CopyReport {
     pub local_port: u16,
     pub server_port: u16,
     pub file_size: u64,
+    /// Bytes per datagram on the wire, header included, as the server chose for this path.
+    pub datagram_size: usize,
+    /// Datagrams were received coalesced (`UDP_GRO`).
+    pub gro: bool,
     /// Payload bytes of every data datagram that arrived (duplicates and corrupt included).
     pub bytes_received: u64,
     /// Distinct file bytes that arrived with a valid CRC.
@@ -83,6 +87,8 @@ pub struct CopyReport {
     pub corrupt: u64,
     /// Datagrams that were not valid for this session.
     pub malformed: u64,
+    /// `recvmmsg` calls that returned something (with GRO, each may carry many datagrams).
+    pub recv_calls: u64,
     pub complete: bool,
     pub hash_ok: bool,
     /// From the first request to the end of verification.

@@ -93,13 +93,19 @@ pub struct SendHists {
     pub send_latency_us: Hist,
     /// Datagrams per io_uring_enter (uring; always 1 for threads).
     pub batch: Hist,
+    /// `sendmsg`/`sendto` calls (one per datagram, or per GSO batch).
+    pub send_calls: u64,
+    /// `io_uring_enter` calls that submitted sends (0 for threads).
+    pub enters: u64,
 }
 
 impl Default for SendHists {
     fn default() -> Self {
         SendHists {
             send_latency_us: Hist::latency_us(),
-            batch: Hist::with_max(1024),
+            batch: Hist::with_max(4096),
+            send_calls: 0,
+            enters: 0,
         }
     }
 }

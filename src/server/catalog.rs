@@ -4,7 +4,9 @@
 //! CRC32Cs computed, and two BLAKE3 digests taken: the content hash and the manifest hash (over
 //! the CRC list). The CRC list lets the send path stamp datagrams without reading payloads; the
 //! manifest hash lets a receiver verify the whole file from CRCs it computes anyway. The
-//! digest itself is `indexer.rs`; this file decides what may be served and caches the result.
+//! digest itself is `indexer.rs`; this file decides what may be served and caches the result,
+//! per file and payload size (the CRCs are per datagram, so each datagram size a path needs
+//! has its own index).
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -144,8 +146,7 @@ pub fn changed_among<'a>(
 /// The served directory and the index of its files.
 pub struct Catalog {
     dir: PathBuf,
-    payload_size: u32,
-    cache: Mutex<HashMap<String, Arc<IndexedFile>>>,
+    cache: Mutex<HashMap<(String, u32), Arc<IndexedFile>>>,
 }
 
 fn open_plain(dir: &Path, name: &str) -> Result<(File, std::fs::Metadata), FileError> {
@@ -175,10 +176,9 @@ fn open_plain(dir: &Path, name: &str) -> Result<(File, std::fs::Metadata), FileE
 }
 
 impl Catalog {
-    pub fn new(dir: impl Into<PathBuf>, payload_size: u32) -> Self {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
         Catalog {
             dir: dir.into(),
-            payload_size,
             cache: Mutex::new(HashMap::new()),
         }
     }
@@ -208,20 +208,25 @@ impl Catalog {
         Ok(out)
     }
 
-    /// The index of `name` if it is cached and the file has not changed since.
-    pub fn cached(&self, name: &str) -> Result<Option<Arc<IndexedFile>>, FileError> {
+    /// The index of `name` at `payload_size` bytes per datagram, if it is cached and the file
+    /// has not changed since.
+    pub fn cached(
+        &self,
+        name: &str,
+        payload_size: u32,
+    ) -> Result<Option<Arc<IndexedFile>>, FileError> {
         let (_, md) = open_plain(&self.dir, name)?;
         let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         Ok(cache
-            .get(name)
+            .get(&(name.to_string(), payload_size))
             .filter(|f| f.identity == Identity::of(&md))
             .cloned())
     }
 
     /// Indexes `name` (maps it, computes CRCs and hashes) unless a fresh index is cached.
     /// Takes time proportional to the file size: call it off the control path.
-    pub fn index(&self, name: &str) -> Result<Arc<IndexedFile>, FileError> {
-        if let Some(f) = self.cached(name)? {
+    pub fn index(&self, name: &str, payload_size: u32) -> Result<Arc<IndexedFile>, FileError> {
+        if let Some(f) = self.cached(name, payload_size)? {
             return Ok(f);
         }
         let (file, md) = open_plain(&self.dir, name)?;
@@ -230,7 +235,6 @@ impl Catalog {
             name: name.to_string(),
             source,
         };
-        let payload_size = self.payload_size;
         // Read with pread, never through the map: a file truncated while it is read this way
         // gives a short read (an error here), where a map read in user space would be SIGBUS.
         // The map is only ever read by the kernel (sendmsg), where a vanished page is EFAULT.
@@ -259,7 +263,7 @@ impl Catalog {
         self.cache
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(name.to_string(), indexed.clone());
+            .insert((name.to_string(), payload_size), indexed.clone());
         Ok(indexed)
     }
 }
@@ -276,27 +280,40 @@ mod tests {
         std::fs::write(dir.path().join("empty"), b"").unwrap();
         std::fs::create_dir(dir.path().join("sub")).unwrap();
         std::os::unix::fs::symlink("/etc/hostname", dir.path().join("link")).unwrap();
-        let cat = Catalog::new(dir.path(), 10);
+        let cat = Catalog::new(dir.path());
         assert_eq!(
             cat.list().unwrap(),
             vec![("a.bin".to_string(), 25), ("empty".to_string(), 0)]
         );
-        let f = cat.index("a.bin").unwrap();
+        let f = cat.index("a.bin", 10).unwrap();
         assert_eq!(f.datagrams(), 3);
         assert_eq!(f.payload(2), &data[20..25]);
         assert_eq!(f.crcs[1], crc32c::crc32c(&data[10..20]));
         assert_eq!(f.content_hash, *blake3::hash(&data).as_bytes());
         assert_eq!(f.manifest_hash, manifest_hash(25, 10, &f.crcs));
         // Cached until the file changes.
-        assert!(Arc::ptr_eq(&f, &cat.index("a.bin").unwrap()));
+        assert!(Arc::ptr_eq(&f, &cat.index("a.bin", 10).unwrap()));
         std::fs::write(dir.path().join("a.bin"), b"changed!").unwrap();
-        assert_eq!(cat.index("a.bin").unwrap().size, 8);
-        let e = cat.index("empty").unwrap();
+        assert_eq!(cat.index("a.bin", 10).unwrap().size, 8);
+        // Another datagram size is another index of the same file.
+        let coarse = cat.index("a.bin", 4).unwrap();
+        assert_eq!((coarse.payload_size, coarse.datagrams()), (4, 2));
+        assert_eq!(cat.index("a.bin", 10).unwrap().payload_size, 10);
+        let e = cat.index("empty", 10).unwrap();
         assert_eq!((e.size, e.datagrams()), (0, 0));
-        assert!(matches!(cat.index("link"), Err(FileError::NotRegular(_))));
-        assert!(matches!(cat.index("sub"), Err(FileError::NotRegular(_))));
-        assert!(matches!(cat.index("nope"), Err(FileError::NotFound(_))));
-        assert!(matches!(cat.index("../a.bin"), Err(FileError::BadName(_))));
+        assert!(matches!(
+            cat.index("link", 10),
+            Err(FileError::NotRegular(_))
+        ));
+        assert!(matches!(
+            cat.index("sub", 10),
+            Err(FileError::NotRegular(_))
+        ));
+        assert!(matches!(cat.index("nope", 10), Err(FileError::NotFound(_))));
+        assert!(matches!(
+            cat.index("../a.bin", 10),
+            Err(FileError::BadName(_))
+        ));
     }
 
     #[test]
@@ -304,8 +321,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("f"), vec![1u8; 100]).unwrap();
         std::fs::write(dir.path().join("g"), vec![2u8; 100]).unwrap();
-        let cat = Catalog::new(dir.path(), 10);
-        let (f, g) = (cat.index("f").unwrap(), cat.index("g").unwrap());
+        let cat = Catalog::new(dir.path());
+        let (f, g) = (cat.index("f", 10).unwrap(), cat.index("g", 10).unwrap());
         // 50 sessions of f and 50 of g: one fstat per file, not per session.
         let sessions: Vec<Arc<IndexedFile>> = (0..100)
             .map(|i| if i % 2 == 0 { f.clone() } else { g.clone() })

@@ -16,18 +16,19 @@ use std::time::{Duration, Instant};
 use super::admission::{Admit, RateBudget, RequestBudgets};
 use super::catalog::{Catalog, FileError, IndexedFile};
 use super::engine::{panic_text, Engine};
-use super::indexer::{Indexed, Indexer};
+use super::indexer::{IndexJob, Indexed, Indexer};
 use super::legacy::Legacy;
 use super::session::{CloseReason, Session, SessionCtx, SessionSummary};
 use super::stats::ServerStats;
 use super::table::{Entry, SessionTable};
 use super::ServerConfig;
+use crate::protocol::layout::DatagramSize;
 use crate::protocol::pacer::Pacer;
 use crate::protocol::sender::SenderState;
 use crate::protocol::token::TokenKey;
 use crate::protocol::{
     ack_flags, unix_ns, Ack, DoneStatus, ErrorCode, ListEntry, Message, Meta, Mode, WireError,
-    DATA_HEADER_LEN, MAX_DATAGRAM, TOKEN_LEN,
+    DATA_HEADER_LEN, MAX_DATAGRAM, MAX_PAYLOAD, MIN_DATAGRAM, TOKEN_LEN, VERSION,
 };
 use crate::sys::recvmmsg::{is_timeout, RecvBatch};
 use crate::sys::socket;
@@ -35,13 +36,15 @@ use crate::sys::socket;
 /// How often silent clients and changed files are looked for.
 const SWEEP_EVERY: Duration = Duration::from_millis(50);
 
-/// A GET waiting for its file to be indexed.
+/// A GET, while its file is (being) indexed at the datagram size chosen for its path.
 struct PendingGet {
     peer: SocketAddr,
     request_id: u32,
     name: String,
     mode: Mode,
-    window: u32,
+    window_bytes: u32,
+    /// File bytes per datagram for this client.
+    payload_size: u32,
 }
 
 pub(super) struct Control {
@@ -55,10 +58,12 @@ pub(super) struct Control {
     stats: Arc<ServerStats>,
     sessions: SessionTable,
     pending: Vec<PendingGet>,
-    indexing: HashSet<String>,
+    indexing: HashSet<IndexJob>,
     indexer: Indexer,
     summaries: Receiver<SessionSummary>,
     summaries_tx: Sender<SessionSummary>,
+    /// Sessions may use UDP GSO.
+    gso: bool,
     out: Vec<u8>,
 }
 
@@ -68,18 +73,22 @@ impl Control {
         sock: Arc<UdpSocket>,
         engine: Box<dyn Engine>,
         stats: Arc<ServerStats>,
+        gso: bool,
     ) -> anyhow::Result<Control> {
-        let catalog = Arc::new(Catalog::new(
-            cfg.dir.clone(),
-            (cfg.datagram_size - DATA_HEADER_LEN) as u32,
-        ));
+        let catalog = Arc::new(Catalog::new(cfg.dir.clone()));
         let indexer = Indexer::spawn(catalog.clone())?;
-        // Index what is there now, so the first client does not wait for it.
+        // Index what is there now, so the first client does not wait for it: at the fixed
+        // size, or with auto at loopback's (other paths are indexed when first asked for).
+        let payload_size = match cfg.datagram_size {
+            DatagramSize::Fixed(n) => (n - DATA_HEADER_LEN) as u32,
+            DatagramSize::Auto => MAX_PAYLOAD as u32,
+        };
         let mut indexing = HashSet::new();
         if let Ok(list) = catalog.list() {
             for (name, _) in list {
-                if indexer.request(&name) {
-                    indexing.insert(name);
+                let job = IndexJob { name, payload_size };
+                if indexer.request(job.clone()) {
+                    indexing.insert(job);
                 }
             }
         }
@@ -105,6 +114,7 @@ impl Control {
             indexer,
             summaries,
             summaries_tx,
+            gso,
             out: Vec::with_capacity(MAX_DATAGRAM),
         })
     }
@@ -165,7 +175,7 @@ impl Control {
     fn report_finished(&mut self) {
         while let Ok(s) = self.summaries.try_recv() {
             tracing::info!(
-                "[SESSION {}] {} {} {} -> {}: {} ({} bytes sent in {:.3} s, {:.1} MiB/s, {} datagrams, {} retransmitted, {} send errors; send latency us {}; batch {}){}",
+                "[SESSION {}] {} {} {} -> {}: {} ({} bytes sent in {:.3} s, {:.1} MiB/s, {} datagrams of {} bytes, {} retransmitted, {} send errors; {} sends of up to {} datagrams, {} io_uring_enter; send latency us {}; datagrams per submit {}){}{}",
                 s.session,
                 s.engine,
                 s.mode,
@@ -176,10 +186,15 @@ impl Control {
                 s.duration_s,
                 s.bytes_sent as f64 / s.duration_s.max(1e-9) / (1024.0 * 1024.0),
                 s.datagrams_sent,
+                s.datagram_size,
                 s.retransmitted,
                 s.send_errors,
+                s.send_calls,
+                s.gso_segments,
+                s.io_uring_enters,
                 s.send_latency_us,
                 s.batch_size,
+                s.gso_fallback.as_deref().map(|p| format!("; {p}")).unwrap_or_default(),
                 s.problem.as_deref().map(|p| format!(": {p}")).unwrap_or_default(),
             );
             if self.cfg.json {
@@ -228,6 +243,12 @@ impl Control {
                 }
                 return;
             }
+            Err(WireError::BadVersion(v)) => {
+                self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                self.stats.version_mismatch.fetch_add(1, Ordering::Relaxed);
+                self.other_version(src, v, dgram.len());
+                return;
+            }
             Err(e) => {
                 self.stats.malformed.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!("dropped datagram from {src}: {e}");
@@ -258,19 +279,28 @@ impl Control {
                 token,
                 request_id,
                 mode,
-                window,
+                window_bytes,
+                max_datagram,
                 name,
             } => {
                 if !self.token_ok(src, &token) {
                     self.error(src, request_id, ErrorCode::BadToken, "bad token");
                     return;
                 }
+                let payload_size = match self.datagram_size_for(src, max_datagram) {
+                    Ok(size) => (size - DATA_HEADER_LEN) as u32,
+                    Err(text) => {
+                        self.error(src, request_id, ErrorCode::BadRequest, &text);
+                        return;
+                    }
+                };
                 self.get(PendingGet {
                     peer: src,
                     request_id,
                     name: name.to_string(),
                     mode,
-                    window,
+                    window_bytes,
+                    payload_size,
                 });
             }
             Message::Ack(ack) => self.ack(src, &ack),
@@ -288,6 +318,50 @@ impl Control {
                 self.stats.malformed.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+
+    /// A ringblast datagram of another protocol version: say so, in this version (a client of
+    /// this release or a later one reads it as "other version"; older ones drop it), only to a
+    /// request at least as large as the answer, and within the sender's request budget.
+    fn other_version(&mut self, src: SocketAddr, theirs: u8, request_len: usize) {
+        if !self.admit(src) {
+            return;
+        }
+        tracing::info!(
+            "[REFUSED] {src} speaks ringblast protocol version {theirs}; this server speaks {VERSION}"
+        );
+        let text = format!("this server speaks ringblast protocol version {VERSION}");
+        let reply = Message::Error {
+            request_id: 0,
+            code: ErrorCode::BadVersion,
+            text: &text,
+        };
+        self.out.clear();
+        reply.encode(&mut self.out);
+        if self.out.len() <= request_len {
+            let _ = socket::retry_eintr(|| self.sock.send_to(&self.out, src));
+        }
+    }
+
+    /// The datagram size for a client at `peer` whose own limit is `client_max` (0: none):
+    /// the server's (fixed, or its path MTU to the peer), lowered to the client's.
+    fn datagram_size_for(&self, peer: SocketAddr, client_max: u16) -> Result<usize, String> {
+        let ours = match self.cfg.datagram_size {
+            DatagramSize::Fixed(n) => n,
+            DatagramSize::Auto => socket::route_mtu(peer)
+                .map(|mtu| socket::datagram_size_for_mtu(mtu, &peer))
+                .unwrap_or(MAX_DATAGRAM),
+        };
+        let size = match client_max as usize {
+            0 => ours,
+            theirs => ours.min(theirs),
+        };
+        if size < MIN_DATAGRAM {
+            return Err(format!(
+                "datagrams of {size} bytes are below the {MIN_DATAGRAM}-byte minimum (the path MTU or --datagram-size is too small)"
+            ));
+        }
+        Ok(size)
     }
 
     /// Charges one request to `src`'s IP (see [`RequestBudgets`]).
@@ -330,7 +404,7 @@ impl Control {
             .as_ref()
             .and_then(|e| SessionTable::why_ended(&e.session))
         {
-            self.error(src, 0, code, text);
+            self.error(src, 0, code, &text);
             return;
         }
         let Some(entry) = entry.filter(|e| !e.session.is_released()) else {
@@ -413,11 +487,15 @@ impl Control {
             );
             return;
         }
-        match self.catalog.cached(&req.name) {
+        match self.catalog.cached(&req.name, req.payload_size) {
             Ok(Some(file)) => self.create_session(req, file),
             Ok(None) => {
-                if !self.indexing.contains(&req.name) && self.indexer.request(&req.name) {
-                    self.indexing.insert(req.name.clone());
+                let job = IndexJob {
+                    name: req.name.clone(),
+                    payload_size: req.payload_size,
+                };
+                if !self.indexing.contains(&job) && self.indexer.request(job.clone()) {
+                    self.indexing.insert(job);
                 }
                 self.send(
                     req.peer,
@@ -443,20 +521,21 @@ impl Control {
     }
 
     fn indexed(&mut self, done: Indexed) {
-        let Indexed { name, result, took } = done;
+        let Indexed { job, result, took } = done;
         if let Ok(f) = &result {
             tracing::info!(
-                "[INDEX] {} indexed: {} bytes, {} datagrams, in {:.3} s",
-                name,
+                "[INDEX] {} indexed: {} bytes, {} datagrams of {} bytes, in {:.3} s",
+                job.name,
                 f.size,
                 f.datagrams(),
+                f.payload_size as usize + DATA_HEADER_LEN,
                 took.as_secs_f64()
             );
         }
-        self.indexing.remove(&name);
+        self.indexing.remove(&job);
         let (ready, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending)
             .into_iter()
-            .partition(|p| p.name == name);
+            .partition(|p| p.name == job.name && p.payload_size == job.payload_size);
         self.pending = rest;
         for req in ready {
             match &result {
@@ -485,11 +564,14 @@ impl Control {
         }
         let id = self.sessions.new_id();
         let now = Instant::now();
+        let datagram_size = file.payload_size as usize + DATA_HEADER_LEN;
         let pacer = self
             .cfg
             .rate_bps
-            .map(|bps| Pacer::new(bps, 4 * self.cfg.datagram_size, now));
-        let window = req.window.clamp(1, self.cfg.max_window);
+            .map(|bps| Pacer::new(bps, 4 * datagram_size, now));
+        let max_window = (self.cfg.max_window_bytes / file.payload_size as u64).max(1);
+        let window =
+            (req.window_bytes / file.payload_size).clamp(1, max_window.min(u32::MAX as u64) as u32);
         let state = SenderState::new(
             req.mode,
             file.size,
@@ -503,15 +585,17 @@ impl Control {
             stats: self.stats.clone(),
             engine: self.cfg.engine,
             summaries: self.summaries_tx.clone(),
+            gso: self.gso,
         };
         let session = Arc::new(Session::new(id, req.peer, file, state, ctx));
         session.heard();
         tracing::info!(
-            "[TRANSFER] session {:08x}: sending {} ({} bytes, {} mode, window {} datagrams) to {}",
+            "[TRANSFER] session {:08x}: sending {} ({} bytes, {} mode, {}-byte datagrams, window {} datagrams) to {}",
             id,
             session.file.name,
             session.file.size,
             req.mode.as_str(),
+            datagram_size,
             window,
             req.peer
         );
@@ -545,7 +629,7 @@ impl Control {
     /// Sweeps the session table and tells clients why the server ended their session.
     fn sweep(&mut self) {
         for (peer, code, text) in self.sessions.sweep(self.cfg.idle_timeout) {
-            self.error(peer, 0, code, text);
+            self.error(peer, 0, code, &text);
         }
         self.requests.forget_idle(Instant::now());
     }

@@ -44,32 +44,39 @@ pub fn digest(file: &File, len: u64, payload_size: u32) -> std::io::Result<(Vec<
     Ok((crcs, *h.finalize().as_bytes()))
 }
 
+/// What to index: a file, at a payload size.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct IndexJob {
+    pub name: String,
+    pub payload_size: u32,
+}
+
 /// The result of indexing one file.
 pub struct Indexed {
-    pub name: String,
+    pub job: IndexJob,
     pub result: Result<Arc<IndexedFile>, FileError>,
     pub took: Duration,
 }
 
 /// The indexer thread and its two channels.
 pub struct Indexer {
-    jobs: Option<Sender<String>>,
+    jobs: Option<Sender<IndexJob>>,
     pub done: Receiver<Indexed>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Indexer {
     pub fn spawn(catalog: Arc<Catalog>) -> std::io::Result<Indexer> {
-        let (jobs, job_rx) = mpsc::channel::<String>();
+        let (jobs, job_rx) = mpsc::channel::<IndexJob>();
         let (done_tx, done) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("indexer".into())
             .spawn(move || {
-                for name in job_rx {
+                for job in job_rx {
                     let t = Instant::now();
-                    let result = catalog.index(&name);
+                    let result = catalog.index(&job.name, job.payload_size);
                     let took = t.elapsed();
-                    if done_tx.send(Indexed { name, result, took }).is_err() {
+                    if done_tx.send(Indexed { job, result, took }).is_err() {
                         return;
                     }
                 }
@@ -81,11 +88,9 @@ impl Indexer {
         })
     }
 
-    /// Queues `name` for indexing; false if the indexer is gone.
-    pub fn request(&self, name: &str) -> bool {
-        self.jobs
-            .as_ref()
-            .is_some_and(|j| j.send(name.to_string()).is_ok())
+    /// Queues `job`; false if the indexer is gone.
+    pub fn request(&self, job: IndexJob) -> bool {
+        self.jobs.as_ref().is_some_and(|j| j.send(job).is_ok())
     }
 
     /// Stops taking jobs and waits for the current one.

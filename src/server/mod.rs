@@ -28,6 +28,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+use crate::protocol::layout::DatagramSize;
 use crate::protocol::pacer::MIN_RATE_BPS;
 use crate::protocol::token::DEFAULT_TOKEN_LIFETIME;
 use crate::protocol::{MAX_DATAGRAM, MIN_DATAGRAM};
@@ -45,15 +46,18 @@ pub struct ServerConfig {
     pub bind: SocketAddr,
     pub engine: EngineKind,
     pub workers: usize,
-    /// Datagram size on the wire, header included (65507: the lab's, the IPv4 maximum).
-    pub datagram_size: usize,
+    /// Datagram size on the wire, header included: auto (each client's path MTU, 65507 on
+    /// loopback) or fixed. A client's own limit (its `GET`) lowers it.
+    pub datagram_size: DatagramSize,
+    /// Send several datagrams per call with UDP GSO where the kernel can (uring engine).
+    pub gso: bool,
     /// A session whose client is silent this long is dropped.
     pub idle_timeout: Duration,
     /// Per-session pacing, bits per second (`None`: as fast as credit allows).
     pub rate_bps: Option<u64>,
     pub max_sessions: usize,
-    /// Cap on the window (datagrams) a client may ask for.
-    pub max_window: u32,
+    /// Cap on the window (bytes of payload in flight) a client may ask for.
+    pub max_window_bytes: u64,
     /// Print one JSON object per finished session on stdout.
     pub json: bool,
     /// Also answer the lab's text protocol (an amplifier: off by default).
@@ -75,11 +79,12 @@ impl Default for ServerConfig {
             bind: "127.0.0.1:6969".parse().expect("literal address"),
             engine: EngineKind::Uring,
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
-            datagram_size: MAX_DATAGRAM,
+            datagram_size: DatagramSize::Auto,
+            gso: true,
             idle_timeout: Duration::from_secs(10),
             rate_bps: None,
             max_sessions: 256,
-            max_window: 4096,
+            max_window_bytes: 256 << 20,
             json: false,
             legacy: false,
             requests_per_ip: 500.0,
@@ -93,11 +98,15 @@ impl ServerConfig {
     /// Refuses settings that cannot work, with the reason (the CLI's value parsers refuse
     /// them earlier; this guards the library's other callers).
     pub fn validate(&self) -> anyhow::Result<()> {
-        if !(MIN_DATAGRAM..=MAX_DATAGRAM).contains(&self.datagram_size) {
-            anyhow::bail!("datagram size must be between {MIN_DATAGRAM} and {MAX_DATAGRAM} bytes");
+        if let DatagramSize::Fixed(n) = self.datagram_size {
+            if !(MIN_DATAGRAM..=MAX_DATAGRAM).contains(&n) {
+                anyhow::bail!(
+                    "datagram size must be between {MIN_DATAGRAM} and {MAX_DATAGRAM} bytes"
+                );
+            }
         }
-        if self.workers == 0 || self.max_sessions == 0 || self.max_window == 0 {
-            anyhow::bail!("workers, max sessions and max window must be at least 1");
+        if self.workers == 0 || self.max_sessions == 0 || self.max_window_bytes < 65_536 {
+            anyhow::bail!("workers and max sessions must be at least 1, max window 64 KiB");
         }
         if !(self.requests_per_ip.is_finite() && self.requests_per_ip >= 1.0) {
             anyhow::bail!("requests per IP must be at least 1 per second");
@@ -136,6 +145,14 @@ impl Server {
         let local_addr = sock.local_addr()?;
         let rcvbuf = socket::set_recv_buffer(&sock, 8 << 20)?;
         let sndbuf = socket::set_send_buffer(&sock, 8 << 20)?;
+        // A datagram the path cannot carry whole fails loudly instead of fragmenting.
+        socket::forbid_fragmentation(&sock).context("cannot forbid IP fragmentation")?;
+        let gso = match (cfg.gso, cfg.engine) {
+            (false, _) => "off (--no-gso)",
+            (true, EngineKind::Threads) => "off (the threads engine sends one datagram per call)",
+            (true, EngineKind::Uring) if socket::gso_supported(&sock) => "on",
+            (true, EngineKind::Uring) => "off (this kernel has no UDP_SEGMENT)",
+        };
         sock.set_read_timeout(Some(Duration::from_millis(20)))?;
         let sock = Arc::new(sock);
         let stats = Arc::new(ServerStats::default());
@@ -151,14 +168,16 @@ impl Server {
             EngineKind::Threads => "one thread per session".to_string(),
         };
         tracing::info!(
-            "[LISTENING] Server is listening on {local_addr}, serving {} (engine {}, {threads}, recv buffer {} KiB, send buffer {} KiB)",
+            "[LISTENING] Server is listening on {local_addr}, serving {} (engine {}, {threads}, datagram size {}, GSO {gso}, recv buffer {} KiB, send buffer {} KiB)",
             cfg.dir.display(),
             cfg.engine.as_str(),
+            cfg.datagram_size,
             rcvbuf / 1024,
             sndbuf / 1024
         );
         let stop = Arc::new(AtomicBool::new(false));
-        let control = Control::new(cfg, sock, engine, stats.clone())?;
+        let use_gso = gso == "on";
+        let control = Control::new(cfg, sock, engine, stats.clone(), use_gso)?;
         let stop2 = stop.clone();
         let control = std::thread::Builder::new()
             .name("control".into())
@@ -261,7 +280,7 @@ mod tests {
             ),
             (
                 ServerConfig {
-                    datagram_size: 100,
+                    datagram_size: DatagramSize::Fixed(100),
                     ..ok.clone()
                 },
                 "datagram size",

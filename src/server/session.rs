@@ -32,6 +32,9 @@ pub struct SessionCtx {
     /// Where a finished session's summary goes: the control thread logs it (and prints it
     /// with `serve --json`).
     pub summaries: Sender<SessionSummary>,
+    /// The engine may send several datagrams per call with UDP GSO (probed, and not
+    /// `serve --no-gso`).
+    pub gso: bool,
 }
 
 /// One finished session, as `serve --json` prints it.
@@ -47,6 +50,17 @@ pub struct SessionSummary {
     pub datagrams_sent: u64,
     pub retransmitted: u64,
     pub send_errors: u64,
+    /// Bytes per datagram on the wire, header included.
+    pub datagram_size: usize,
+    /// Most datagrams one send carried (UDP GSO; 1 without it).
+    pub gso_segments: u64,
+    /// `sendmsg`/`sendto` calls made.
+    pub send_calls: u64,
+    /// `io_uring_enter` calls that submitted sends (uring).
+    pub io_uring_enters: u64,
+    /// Why GSO was given up during the session, if it was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gso_fallback: Option<String>,
     pub duration_s: f64,
     pub throughput_bps: f64,
     pub send_latency_us: Percentiles,
@@ -115,9 +129,16 @@ pub struct Session {
     ctx: SessionCtx,
     /// Why the engine failed the session (first problem only).
     problem: OnceLock<String>,
+    /// Most datagrams one send carried.
+    pub gso_segments: AtomicU64,
+    /// Why the engine stopped using GSO for this session.
+    pub gso_fallback: OnceLock<String>,
     /// Tests set it to make the engine's code for this session panic.
     #[cfg(test)]
     pub(crate) fail_point: AtomicBool,
+    /// Tests set it to make the engine see its next GSO send refused (EIO).
+    #[cfg(test)]
+    pub(crate) fail_gso: AtomicBool,
     /// The client was told why the server ended the session.
     pub told_client: AtomicBool,
 }
@@ -146,8 +167,12 @@ impl Session {
             waker: OnceLock::new(),
             ctx,
             problem: OnceLock::new(),
+            gso_segments: AtomicU64::new(0),
+            gso_fallback: OnceLock::new(),
             #[cfg(test)]
             fail_point: AtomicBool::new(false),
+            #[cfg(test)]
+            fail_gso: AtomicBool::new(false),
             told_client: AtomicBool::new(false),
         }
     }
@@ -155,6 +180,16 @@ impl Session {
     pub fn state(&self) -> MutexGuard<'_, SenderState> {
         // A panic while holding the lock would be a bug; keep serving the other sessions.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Bytes per datagram on the wire, header included.
+    pub fn datagram_size(&self) -> usize {
+        self.file.payload_size as usize + DATA_HEADER_LEN
+    }
+
+    /// Whether the engine may use UDP GSO for this session.
+    pub fn gso_allowed(&self) -> bool {
+        self.ctx.gso
     }
 
     /// Writes the header of data datagram `index` (its payload is the file's bytes at its
@@ -223,6 +258,11 @@ impl Session {
         self.close(reason);
     }
 
+    /// Why the engine failed the session, if it did.
+    pub fn problem(&self) -> Option<&str> {
+        self.problem.get().map(String::as_str)
+    }
+
     pub fn close_reason(&self) -> Option<CloseReason> {
         CloseReason::from_u8(self.close_reason.load(Ordering::Acquire))
     }
@@ -264,6 +304,11 @@ impl Session {
                 datagrams_sent: st.datagrams_sent,
                 retransmitted: st.retransmitted,
                 send_errors: self.send_errors.load(Ordering::Relaxed),
+                datagram_size: self.datagram_size(),
+                gso_segments: self.gso_segments.load(Ordering::Relaxed),
+                send_calls: hists.send_calls,
+                io_uring_enters: hists.enters,
+                gso_fallback: self.gso_fallback.get().cloned(),
                 duration_s: secs,
                 throughput_bps: st.bytes_sent as f64 * 8.0 / secs.max(1e-9),
                 send_latency_us: hists.send_latency_us.summary(),

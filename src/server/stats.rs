@@ -29,6 +29,8 @@ pub struct ServerStats {
     pub acks_rate_limited: AtomicU64,
     /// Datagram indices examined for resending, over all ACKs (the control thread's work).
     pub resend_checks: AtomicU64,
+    /// Datagrams in another version of the ringblast protocol (also counted as malformed).
+    pub version_mismatch: AtomicU64,
     /// Panics caught in one session's or one message's handling (a bug: the rest went on).
     pub panics: AtomicU64,
 }

@@ -28,7 +28,7 @@ pub(super) struct SessionTable {
 }
 
 /// What a client is told when the server ended its session.
-pub(super) type Telling = (SocketAddr, ErrorCode, &'static str);
+pub(super) type Telling = (SocketAddr, ErrorCode, String);
 
 impl SessionTable {
     /// A fresh, non-zero session id.
@@ -71,15 +71,19 @@ impl SessionTable {
     }
 
     /// The error that explains why the server ended session `s`, if it was the server's doing.
-    pub fn why_ended(s: &Session) -> Option<(ErrorCode, &'static str)> {
+    pub fn why_ended(s: &Session) -> Option<(ErrorCode, String)> {
         match s.close_reason()? {
             CloseReason::FileChanged => Some((
                 ErrorCode::FileChanged,
-                "the file changed on the server while it was being sent",
+                "the file changed on the server while it was being sent".into(),
             )),
-            CloseReason::Failed => {
-                Some((ErrorCode::Internal, "the server could not send the file"))
-            }
+            CloseReason::Failed => Some((
+                ErrorCode::Internal,
+                match s.problem() {
+                    Some(p) => format!("the server could not send the file: {p}"),
+                    None => "the server could not send the file".into(),
+                },
+            )),
             _ => None,
         }
     }

@@ -20,7 +20,8 @@ pub const BATCH: usize = 32;
 /// Room for the largest UDP payload plus one byte, so an oversized datagram shows as
 /// truncated instead of silently fitting.
 pub const SLOT_SIZE: usize = 65_536;
-/// u64 words of control-message space per datagram: one `SCM_TIMESTAMPNS` (a timespec) fits.
+/// u64 words of control-message space per datagram: one `SCM_TIMESTAMPNS` (a timespec, 32
+/// bytes with its header) and one `UDP_GRO` (an int, 24 bytes) fit.
 const CMSG_WORDS: usize = 8;
 
 /// Fixed buffers for one `recvmmsg` call, allocated (and touched) once.
@@ -31,6 +32,8 @@ pub struct RecvBatch {
     cmsgs: [[u64; CMSG_WORDS]; BATCH],
     /// Kernel receive time of each datagram (Unix ns), 0 when the socket gives none.
     stamps: [u64; BATCH],
+    /// Segment size of each coalesced buffer (`UDP_GRO`), 0 for a single datagram.
+    segment_sizes: [usize; BATCH],
     truncated: [bool; BATCH],
     addrs: [libc::sockaddr_storage; BATCH],
     addr_lens: [libc::socklen_t; BATCH],
@@ -50,6 +53,7 @@ impl RecvBatch {
             lens: [0; BATCH],
             cmsgs: [[0; CMSG_WORDS]; BATCH],
             stamps: [0; BATCH],
+            segment_sizes: [0; BATCH],
             truncated: [false; BATCH],
             // SAFETY: sockaddr_storage is plain old data; all-zero is a valid value.
             addrs: unsafe { std::mem::zeroed() },
@@ -103,7 +107,9 @@ impl RecvBatch {
                 self.lens[i] = (h.msg_len as usize).min(SLOT_SIZE);
                 self.truncated[i] = h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
                 self.addr_lens[i] = h.msg_hdr.msg_namelen;
-                self.stamps[i] = receive_timestamp(&h.msg_hdr);
+                let (stamp, segment) = control_data(&h.msg_hdr);
+                self.stamps[i] = stamp;
+                self.segment_sizes[i] = segment;
             }
             self.count = n;
             return Ok(n);
@@ -120,11 +126,23 @@ impl RecvBatch {
     }
 
     /// Datagram `i` of the last batch (`None` if it was truncated: larger than any valid one).
+    /// With `UDP_GRO` it may hold several datagrams: see [`RecvBatch::segments`].
     pub fn datagram(&self, i: usize) -> Option<&[u8]> {
         if i >= self.count || self.truncated[i] {
             return None;
         }
         Some(&self.bufs.as_slice()[i * SLOT_SIZE..i * SLOT_SIZE + self.lens[i]])
+    }
+
+    /// The datagrams in buffer `i`: one, or with `UDP_GRO` every `segment size` bytes (the last
+    /// may be shorter). Empty if the buffer was truncated.
+    pub fn segments(&self, i: usize) -> impl Iterator<Item = &[u8]> {
+        let buf = self.datagram(i).unwrap_or(&[]);
+        let step = match self.segment_sizes.get(i) {
+            Some(&s) if s > 0 && i < self.count => s,
+            _ => buf.len().max(1),
+        };
+        buf.chunks(step)
     }
 
     /// When the kernel received datagram `i` (Unix ns), if the socket has
@@ -158,21 +176,30 @@ pub fn enable_timestamps(sock: &UdpSocket) -> io::Result<()> {
         .map_err(io::Error::from)
 }
 
-/// The `SCM_TIMESTAMPNS` of a received message, in Unix ns; 0 if there is none.
-fn receive_timestamp(msg: &libc::msghdr) -> u64 {
+/// The `SCM_TIMESTAMPNS` (Unix ns, 0 if none) and `UDP_GRO` segment size (0 if none) of a
+/// received message.
+fn control_data(msg: &libc::msghdr) -> (u64, usize) {
+    let (mut stamp, mut segment) = (0, 0);
     // SAFETY: `msg` was filled in by recvmmsg: msg_control/msg_controllen describe our buffer,
-    // and the CMSG_* macros walk only inside it. The timestamp is read unaligned.
+    // and the CMSG_* macros walk only inside it. The payloads are read unaligned.
     unsafe {
         let mut c = libc::CMSG_FIRSTHDR(msg);
         while !c.is_null() {
-            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
-                let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
-                return (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64;
+            match ((*c).cmsg_level, (*c).cmsg_type) {
+                (libc::SOL_SOCKET, libc::SCM_TIMESTAMPNS) => {
+                    let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                    stamp = (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64;
+                }
+                (libc::SOL_UDP, libc::UDP_GRO) => {
+                    let size: libc::c_int = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                    segment = size.max(0) as usize;
+                }
+                _ => {}
             }
             c = libc::CMSG_NXTHDR(msg, c);
         }
     }
-    0
+    (stamp, segment)
 }
 
 /// True for the errors a receive timeout produces.
@@ -222,5 +249,35 @@ mod tests {
         assert_eq!(got[5], big);
         let e = batch.recv(&rx).unwrap_err();
         assert!(is_timeout(&e), "{e}");
+    }
+
+    #[test]
+    fn coalesced_datagrams_come_apart_at_the_segment_size() {
+        use crate::sys::socket::{enable_gro, gso_supported};
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        if !enable_gro(&rx) || !gso_supported(&tx) {
+            eprintln!("SKIPPED: this kernel has no UDP GSO/GRO");
+            return;
+        }
+        // One GSO send of 10 x 1000 bytes and a 300-byte tail. Over loopback the kernel hands
+        // a UDP_GRO socket the GSO packet whole.
+        let mut payload = Vec::new();
+        for i in 0..10u8 {
+            payload.extend_from_slice(&[i; 1000]);
+        }
+        payload.extend_from_slice(&[0xEE; 300]);
+        nix::sys::socket::setsockopt(&tx, nix::sys::socket::sockopt::UdpGsoSegment, &1000).unwrap();
+        tx.send_to(&payload, rx.local_addr().unwrap()).unwrap();
+        let mut batch = RecvBatch::new();
+        let n = batch.recv(&rx).unwrap();
+        let segments: Vec<&[u8]> = (0..n).flat_map(|i| batch.segments(i)).collect();
+        assert_eq!(segments.len(), 11, "{n} buffers");
+        for (i, s) in segments[..10].iter().enumerate() {
+            assert_eq!(*s, &[i as u8; 1000][..]);
+        }
+        assert_eq!(segments[10], &[0xEE; 300][..]);
     }
 }

@@ -1,9 +1,14 @@
-//! Socket options: kernel buffer sizes (forced past `rmem_max` when privileged) and timeouts.
+//! Socket options: kernel buffer sizes (forced past `rmem_max` when privileged), the path MTU
+//! and never fragmenting, UDP GSO and GRO.
+#![allow(unsafe_code)]
 
 use std::io;
-use std::net::UdpSocket;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
 
 use nix::sys::socket::{getsockopt, setsockopt, sockopt};
+
+use crate::protocol::MAX_DATAGRAM;
 
 /// Asks for a receive buffer of `bytes`. Tries `SO_RCVBUFFORCE` (root, or CAP_NET_ADMIN) and
 /// falls back to `SO_RCVBUF`, which the kernel caps at `net.core.rmem_max`. Returns the size
@@ -21,6 +26,131 @@ pub fn set_send_buffer(sock: &UdpSocket, bytes: usize) -> io::Result<usize> {
         setsockopt(sock, sockopt::SndBuf, &bytes).map_err(io::Error::from)?;
     }
     getsockopt(sock, sockopt::SndBuf).map_err(io::Error::from)
+}
+
+fn set_int(
+    sock: &UdpSocket,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: `value` is a live c_int and its size is passed; the fd is open for the call.
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn get_int(sock: &UdpSocket, level: libc::c_int, name: libc::c_int) -> io::Result<libc::c_int> {
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `value` and `len` are live and describe a c_int-sized buffer the kernel fills.
+    let r = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            level,
+            name,
+            (&mut value as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if r == 0 {
+        Ok(value)
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Forbids fragmentation on `sock`: a datagram larger than the path MTU fails with EMSGSIZE
+/// instead of leaving as IP fragments (one lost fragment loses the whole datagram, and
+/// fragments of competing flows interleave at a bottleneck).
+pub fn forbid_fragmentation(sock: &UdpSocket) -> io::Result<()> {
+    if sock.local_addr()?.is_ipv4() {
+        set_int(
+            sock,
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            libc::IP_PMTUDISC_DO,
+        )
+    } else {
+        set_int(
+            sock,
+            libc::IPPROTO_IPV6,
+            libc::IPV6_MTU_DISCOVER,
+            libc::IPV6_PMTUDISC_DO,
+        )?;
+        // An IPv6 socket may also send to IPv4-mapped addresses.
+        let _ = set_int(
+            sock,
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            libc::IP_PMTUDISC_DO,
+        );
+        set_int(sock, libc::IPPROTO_IPV6, libc::IPV6_DONTFRAG, 1)
+    }
+}
+
+/// The path MTU of a connected socket (the route's MTU, or less if the kernel learned a
+/// smaller one), bytes of IP packet.
+pub fn path_mtu(sock: &UdpSocket) -> io::Result<usize> {
+    let mtu = if sock.peer_addr()?.is_ipv4() {
+        getsockopt(sock, sockopt::IpMtu).map_err(io::Error::from)?
+    } else {
+        get_int(sock, libc::IPPROTO_IPV6, libc::IPV6_MTU)?
+    };
+    Ok(mtu.max(0) as usize)
+}
+
+/// The path MTU towards `peer`, from a throwaway socket connected to it (no packet is sent).
+pub fn route_mtu(peer: SocketAddr) -> io::Result<usize> {
+    let any: SocketAddr = if peer.is_ipv4() {
+        "0.0.0.0:0".parse().expect("literal")
+    } else {
+        "[::]:0".parse().expect("literal")
+    };
+    let sock = UdpSocket::bind(any)?;
+    sock.connect(peer)?;
+    path_mtu(&sock)
+}
+
+/// The largest UDP payload a packet of `mtu` bytes carries to `peer`: the MTU minus the IP
+/// header (20 bytes for IPv4, 40 for IPv6) and the UDP header (8), at most 65507.
+pub fn datagram_size_for_mtu(mtu: usize, peer: &SocketAddr) -> usize {
+    let ip_header = if peer.is_ipv4() || is_v4_mapped(peer) {
+        20
+    } else {
+        40
+    };
+    mtu.saturating_sub(ip_header + 8).min(MAX_DATAGRAM)
+}
+
+fn is_v4_mapped(a: &SocketAddr) -> bool {
+    matches!(a, SocketAddr::V6(v6) if v6.ip().to_ipv4_mapped().is_some())
+}
+
+/// Whether this kernel sends UDP GSO (`UDP_SEGMENT`), probed the way quinn-udp does: set the
+/// socket option, then turn it off again so segmentation is asked per send (a cmsg).
+pub fn gso_supported(sock: &UdpSocket) -> bool {
+    if setsockopt(sock, sockopt::UdpGsoSegment, &1472).is_err() {
+        return false;
+    }
+    let _ = setsockopt(sock, sockopt::UdpGsoSegment, &0);
+    true
+}
+
+/// Asks the kernel to deliver coalesced datagrams (`UDP_GRO`); false where it cannot.
+pub fn enable_gro(sock: &UdpSocket) -> bool {
+    setsockopt(sock, sockopt::UdpGroSegment, &true).is_ok()
 }
 
 /// Runs a socket call again while it fails with EINTR.
@@ -41,6 +171,36 @@ pub fn retry_eintr<T>(mut f: impl FnMut() -> io::Result<T>) -> io::Result<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn path_mtu_and_datagram_sizes() {
+        // Loopback's MTU is 65536 here: the lab's 65507-byte datagrams fit it whole.
+        let lo = route_mtu("127.0.0.1:9".parse().unwrap()).unwrap();
+        assert!(lo >= 1500, "{lo}");
+        let v4: SocketAddr = "10.0.0.1:1".parse().unwrap();
+        let v6: SocketAddr = "[2001:db8::1]:1".parse().unwrap();
+        let mapped: SocketAddr = "[::ffff:10.0.0.1]:1".parse().unwrap();
+        assert_eq!(datagram_size_for_mtu(1500, &v4), 1472);
+        assert_eq!(datagram_size_for_mtu(1500, &v6), 1452);
+        assert_eq!(datagram_size_for_mtu(1500, &mapped), 1472);
+        assert_eq!(datagram_size_for_mtu(9000, &v4), 8972);
+        assert_eq!(datagram_size_for_mtu(65536, &v4), MAX_DATAGRAM);
+    }
+
+    #[test]
+    fn an_oversize_datagram_fails_instead_of_fragmenting() {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        forbid_fragmentation(&s).unwrap();
+        assert_eq!(
+            get_int(&s, libc::IPPROTO_IP, libc::IP_MTU_DISCOVER).unwrap(),
+            libc::IP_PMTUDISC_DO
+        );
+        // Loopback's MTU holds any UDP datagram, so only the option can be checked here;
+        // tests/netns.rs sends one past a 1500-byte MTU.
+        let dst = UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.send_to(&[0u8; 65_507], dst.local_addr().unwrap())
+            .unwrap();
+    }
 
     #[test]
     fn eintr_is_retried_and_other_errors_are_not() {

@@ -7,6 +7,8 @@
 //! into a failure instead, so CI cannot skip silently.
 #![allow(dead_code)]
 
+pub mod netns;
+
 use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};

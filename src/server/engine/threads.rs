@@ -210,5 +210,6 @@ fn run_session(
         }
         hists.send_latency_us.record(t.elapsed().as_micros() as u64);
         hists.batch.record(1);
+        hists.send_calls += 1;
     }
 }

@@ -2,8 +2,10 @@
 //!
 //! A worker owns the rings of the sessions it was given. Each turn it reaps completions,
 //! asks each session's [`SenderState`](crate::protocol::sender::SenderState) for datagrams to
-//! fill its free send slots, and submits them with one `io_uring_enter` per ring: a batch of up
-//! to [`SLOTS`] `sendmsg`s, each a 32-byte header plus a payload slice of the mmap'd file.
+//! fill its free send slots, and submits them with one `io_uring_enter` per ring: a batch of
+//! `sendmsg`s. Each `sendmsg` carries one datagram, or with UDP GSO up to 64 (as many as fit a
+//! 64 KiB GSO packet: 44 of 1472 bytes), each a 32-byte header plus a payload slice of the
+//! mmap'd file: an iovec per header and per payload, no byte of the file copied in user space.
 //! Nothing is allocated and no syscall is made per datagram. With nothing to send, a worker
 //! sleeps in `epoll_wait` on an eventfd the control thread signals after ACKs, plus one eventfd
 //! per ring (registered with the ring, so a completion wakes it).
@@ -36,18 +38,33 @@ use crate::server::session::{CloseReason, Session};
 use crate::server::stats::ServerStats;
 
 /// Send slots (and submission-queue entries) per session ring: the largest batch one
-/// `io_uring_enter` submits for one session.
+/// `io_uring_enter` submits for one session, one datagram per slot.
 pub const SLOTS: usize = 64;
+/// Slots per ring when each carries a GSO batch (up to 64 datagrams): 16 x 64 KiB per submit.
+pub const GSO_SLOTS: usize = 16;
+/// Most datagrams one GSO send carries (the kernel's `UDP_MAX_SEGMENTS`).
+pub const MAX_GSO_SEGMENTS: usize = 64;
+/// Most bytes one GSO send carries: one UDP packet's worth (IPv4's limit, the smaller).
+const MAX_GSO_BYTES: usize = crate::protocol::MAX_DATAGRAM;
+/// Index recorded for an END marker's segment (it is never resent).
+const END_SEGMENT: u32 = u32::MAX;
+/// Control-message space for one `UDP_SEGMENT` (CMSG_SPACE of a u16), in u64 words.
+const CMSG_WORDS: usize = 3;
 /// Longest a worker sleeps without a reason to wake, so shutdown is noticed.
 const IDLE_POLL: Duration = Duration::from_millis(100);
 /// epoll data value of a worker's own wake-up eventfd.
 const WAKE_TOKEN: u64 = u64::MAX;
 
-/// One in-flight `sendmsg`: header, iovecs and msghdr at a fixed address until it completes.
-#[repr(C)]
+/// One in-flight `sendmsg` of one or more datagrams: headers, iovecs, the GSO control message
+/// and the msghdr at fixed addresses until it completes.
 struct Slot {
-    header: [u8; DATA_HEADER_LEN],
-    iov: [libc::iovec; 2],
+    headers: Box<[[u8; DATA_HEADER_LEN]]>,
+    /// Two per datagram: its header, its payload (one for an END marker).
+    iov: Box<[libc::iovec]>,
+    /// The datagram index of each segment, to resend it if the send fails.
+    indices: Box<[u32]>,
+    segments: usize,
+    cmsg: [u64; CMSG_WORDS],
     msg: libc::msghdr,
     /// When its send was queued, for the completion-latency histogram.
     queued_at: Instant,
@@ -62,15 +79,31 @@ struct SessionRing {
     /// Boxed: every slot's msghdr points at it (kept alive, never read from Rust).
     _dest: Box<SockaddrStorage>,
     book: SlotBook,
+    /// Datagrams per send: 1, or the GSO batch while GSO works.
+    max_segments: usize,
+    /// An END marker taken from the sender while a GSO batch was being filled: it goes next.
+    pending_end: bool,
     /// Reused to encode END markers: nothing is allocated per datagram.
     scratch: Vec<u8>,
     hists: SendHists,
     _completions: EventFd,
 }
 
+/// Datagrams one send may carry for a session of `datagram_size` bytes per datagram.
+fn gso_segments(gso: bool, datagram_size: usize) -> usize {
+    if gso {
+        (MAX_GSO_BYTES / datagram_size.max(1)).clamp(1, MAX_GSO_SEGMENTS)
+    } else {
+        1
+    }
+}
+
 impl SessionRing {
     fn new(session: Arc<Session>, epoll: &Epoll) -> io::Result<Self> {
-        let ring = IoUring::new(SLOTS as u32)?;
+        let datagram_size = session.datagram_size();
+        let max_segments = gso_segments(session.gso_allowed(), datagram_size);
+        let slot_count = if max_segments > 1 { GSO_SLOTS } else { SLOTS };
+        let ring = IoUring::new(slot_count as u32)?;
         let completions = EventFd::from_flags(EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)?;
         ring.submitter()
             .register_eventfd(completions.as_fd().as_raw_fd())?;
@@ -79,11 +112,21 @@ impl SessionRing {
             EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLET, session.id as u64),
         )?;
         let dest = Box::new(SockaddrStorage::from(session.peer));
-        let mut slots: Box<[Slot]> = (0..SLOTS)
+        let mut slots: Box<[Slot]> = (0..slot_count)
             .map(|_| Slot {
-                header: [0; DATA_HEADER_LEN],
-                // SAFETY: iovec and msghdr are plain old data; zero is valid (null, 0).
-                iov: unsafe { std::mem::zeroed() },
+                headers: vec![[0; DATA_HEADER_LEN]; max_segments].into_boxed_slice(),
+                iov: vec![
+                    libc::iovec {
+                        iov_base: std::ptr::null_mut(),
+                        iov_len: 0
+                    };
+                    2 * max_segments
+                ]
+                .into_boxed_slice(),
+                indices: vec![0; max_segments].into_boxed_slice(),
+                segments: 0,
+                cmsg: [0; CMSG_WORDS],
+                // SAFETY: msghdr is plain old data; zero is valid (null pointers, 0 lengths).
                 msg: unsafe { std::mem::zeroed() },
                 queued_at: Instant::now(),
             })
@@ -92,13 +135,33 @@ impl SessionRing {
             slot.msg.msg_name = dest.as_ptr().cast_mut().cast();
             slot.msg.msg_namelen = dest.len();
             slot.msg.msg_iov = slot.iov.as_mut_ptr();
+            if max_segments > 1 {
+                slot.msg.msg_control = slot.cmsg.as_mut_ptr().cast();
+                // SAFETY: msg_control points at the slot's own cmsg words, CMSG_SPACE(2) = 24
+                // bytes long (checked by the assert); the CMSG macros stay inside them.
+                unsafe {
+                    let space = libc::CMSG_SPACE(std::mem::size_of::<u16>() as u32) as usize;
+                    assert!(space <= CMSG_WORDS * 8);
+                    slot.msg.msg_controllen = space;
+                    let c = libc::CMSG_FIRSTHDR(&slot.msg);
+                    (*c).cmsg_level = libc::SOL_UDP;
+                    (*c).cmsg_type = libc::UDP_SEGMENT;
+                    (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<u16>() as u32) as usize;
+                    std::ptr::write_unaligned(
+                        libc::CMSG_DATA(c).cast::<u16>(),
+                        datagram_size as u16,
+                    );
+                }
+            }
         }
         Ok(SessionRing {
             session,
             ring,
             slots,
             _dest: dest,
-            book: SlotBook::new(SLOTS),
+            book: SlotBook::new(slot_count),
+            max_segments,
+            pending_end: false,
             scratch: Vec::with_capacity(DATA_HEADER_LEN),
             hists: SendHists::default(),
             _completions: completions,
@@ -106,13 +169,21 @@ impl SessionRing {
     }
 
     fn reap(&mut self) {
-        reap_into(
+        let gso_failed = reap_into(
             &mut self.ring,
             &mut self.book,
             &self.slots,
             &mut self.hists,
             &self.session,
         );
+        if gso_failed {
+            // The datagrams of the failed sends were queued again; from now on, one a send.
+            self.max_segments = 1;
+            for slot in self.slots.iter_mut() {
+                slot.msg.msg_control = std::ptr::null_mut();
+                slot.msg.msg_controllen = 0;
+            }
+        }
     }
 
     /// Fills free slots with what the session may send now and submits them. Returns how
@@ -132,57 +203,99 @@ impl SessionRing {
             return (self.submit(), None);
         }
         let file = &self.session.file;
+        let datagram_size = self.session.datagram_size();
         let mut pushed = 0;
         let mut deadline = None;
         {
             let mut state = self.session.state();
-            while self.book.has_free() {
-                let Some(next) = state.next(now) else { break };
-                let slot_idx = self.book.take().expect("a free slot");
+            while let Some(slot_idx) = self.book.peek_free() {
                 let slot = &mut self.slots[slot_idx as usize];
-                match next {
-                    NextDatagram::Data { index, retransmit } => {
-                        let payload = file.payload(index as u64);
-                        self.session
-                            .data_header(index, retransmit, &mut slot.header);
-                        slot.iov[0] = libc::iovec {
-                            iov_base: slot.header.as_mut_ptr().cast(),
-                            iov_len: DATA_HEADER_LEN,
-                        };
-                        slot.iov[1] = libc::iovec {
-                            iov_base: payload.as_ptr().cast_mut().cast(),
-                            iov_len: payload.len(),
-                        };
-                        slot.msg.msg_iovlen = 2;
-                    }
-                    NextDatagram::End => {
-                        self.session.end_marker(&mut self.scratch);
-                        let len = self.scratch.len().min(DATA_HEADER_LEN);
-                        slot.header[..len].copy_from_slice(&self.scratch[..len]);
-                        slot.iov[0] = libc::iovec {
-                            iov_base: slot.header.as_mut_ptr().cast(),
-                            iov_len: len,
-                        };
-                        slot.msg.msg_iovlen = 1;
+                let mut segments = 0;
+                let mut iovs = 0;
+                while segments < self.max_segments {
+                    let next = if std::mem::take(&mut self.pending_end) {
+                        NextDatagram::End
+                    } else {
+                        match state.next(now) {
+                            Some(n) => n,
+                            None => break,
+                        }
+                    };
+                    match next {
+                        NextDatagram::Data { index, retransmit } => {
+                            let payload = file.payload(index as u64);
+                            let header = &mut slot.headers[segments];
+                            self.session.data_header(index, retransmit, header);
+                            slot.iov[iovs] = libc::iovec {
+                                iov_base: header.as_mut_ptr().cast(),
+                                iov_len: DATA_HEADER_LEN,
+                            };
+                            slot.iov[iovs + 1] = libc::iovec {
+                                iov_base: payload.as_ptr().cast_mut().cast(),
+                                iov_len: payload.len(),
+                            };
+                            iovs += 2;
+                            slot.indices[segments] = index;
+                            segments += 1;
+                            // A short datagram (the file's last) can only end a GSO batch.
+                            if DATA_HEADER_LEN + payload.len() < datagram_size {
+                                break;
+                            }
+                        }
+                        NextDatagram::End if segments > 0 => {
+                            self.pending_end = true;
+                            break;
+                        }
+                        NextDatagram::End => {
+                            self.session.end_marker(&mut self.scratch);
+                            let len = self.scratch.len().min(DATA_HEADER_LEN);
+                            let header = &mut slot.headers[0];
+                            header[..len].copy_from_slice(&self.scratch[..len]);
+                            slot.iov[0] = libc::iovec {
+                                iov_base: header.as_mut_ptr().cast(),
+                                iov_len: len,
+                            };
+                            iovs = 1;
+                            slot.indices[0] = END_SEGMENT;
+                            segments = 1;
+                            break;
+                        }
                     }
                 }
+                if segments == 0 {
+                    break;
+                }
+                slot.segments = segments;
+                slot.msg.msg_iovlen = iovs;
+                // One datagram needs no segmentation: its send carries no UDP_SEGMENT.
+                slot.msg.msg_controllen = if segments > 1 {
+                    // SAFETY: computes a length only.
+                    unsafe { libc::CMSG_SPACE(std::mem::size_of::<u16>() as u32) as usize }
+                } else {
+                    0
+                };
                 slot.queued_at = now;
                 let sqe = opcode::SendMsg::new(types::Fd(sock), &slot.msg)
                     .build()
                     .user_data(slot_idx as u64);
-                // SAFETY: the SQE points at `slot.msg`, its iovecs, `self.dest` and a payload
-                // inside the session's mmap. The slot is not reused until its completion is
-                // reaped (the SlotBook hands it out again only then), `slots` and `dest` are
-                // boxed (fixed addresses) and freed only when nothing is in flight, and the
-                // session (holding the mmap's Arc) outlives this ring. The queue has room: one
-                // entry per slot.
+                // SAFETY: the SQE points at `slot.msg`, its iovecs, headers and cmsg (all in
+                // boxed slots at fixed addresses), `self.dest` and payloads inside the
+                // session's mmap. The slot is not reused until its completion is reaped (the
+                // SlotBook hands it out again only then), slots are freed only when nothing is
+                // in flight, and the session (holding the mmap's Arc) outlives this ring. The
+                // queue has room: one entry per slot.
                 unsafe {
                     self.ring
                         .submission()
                         .push(&sqe)
                         .expect("one SQE per free slot");
                 }
-                pushed += 1;
+                self.book.take();
+                self.hists.send_calls += 1;
+                self.session
+                    .gso_segments
+                    .fetch_max(segments as u64, Ordering::Relaxed);
+                pushed += segments;
             }
             if state.mode() == Mode::Reliable && state.is_complete() {
                 self.session.close(CloseReason::Complete);
@@ -204,6 +317,7 @@ impl SessionRing {
         if self.book.queued() == 0 {
             return 0;
         }
+        self.hists.enters += 1;
         match self.ring.submit() {
             Ok(n) => {
                 self.book.submitted(n);
@@ -224,32 +338,67 @@ impl SessionRing {
     }
 }
 
-/// Takes every completion there is: frees its slot, records its latency, notes errors.
+/// Takes every completion there is: frees its slot, records its latency, handles errors.
+/// Returns true when a GSO send failed the way a device without segmentation offload fails
+/// (EIO, EINVAL, as quinn-udp found): its datagrams are queued to go again, one per send.
 fn reap_into(
     ring: &mut IoUring,
     book: &mut SlotBook,
     slots: &[Slot],
     hists: &mut SendHists,
     session: &Session,
-) {
+) -> bool {
     let mut errors = 0u64;
+    let mut gso_failed = false;
     let now = Instant::now();
     for cqe in ring.completion() {
-        let slot = cqe.user_data() as u16;
-        let waited = now.saturating_duration_since(slots[slot as usize].queued_at);
+        let slot_idx = cqe.user_data() as u16;
+        let slot = &slots[slot_idx as usize];
+        let waited = now.saturating_duration_since(slot.queued_at);
         hists.send_latency_us.record(waited.as_micros() as u64);
-        book.completed(slot);
-        if cqe.result() < 0 {
-            errors += 1;
-            if cqe.result() == -libc::EFAULT {
-                // The kernel found a page of the mapped file gone: it was truncated.
-                session.close(CloseReason::FileChanged);
+        book.completed(slot_idx);
+        #[allow(unused_mut)]
+        let mut err = -cqe.result();
+        #[cfg(test)]
+        if slot.segments > 1 && session.fail_gso.swap(false, Ordering::Relaxed) {
+            // As a device without checksum offload answers a GSO send.
+            err = libc::EIO;
+        }
+        if err <= 0 {
+            continue;
+        }
+        errors += 1;
+        match err {
+            // The kernel found a page of the mapped file gone: it was truncated.
+            libc::EFAULT => session.close(CloseReason::FileChanged),
+            libc::EMSGSIZE => session.fail(
+                CloseReason::Failed,
+                format!(
+                    "{}-byte datagrams do not fit the path MTU to {}: use a smaller --datagram-size (or auto)",
+                    session.datagram_size(),
+                    session.peer
+                ),
+            ),
+            libc::EIO | libc::EINVAL if slot.segments > 1 => {
+                let _ = session.gso_fallback.set(format!(
+                    "a GSO send failed ({}): one datagram per send from then on",
+                    io::Error::from_raw_os_error(err)
+                ));
+                gso_failed = true;
+                let mut state = session.state();
+                for &index in slot.indices[..slot.segments].iter().rev() {
+                    if index != END_SEGMENT {
+                        state.resend_now(index);
+                    }
+                }
             }
+            _ => {}
         }
     }
     if errors > 0 {
         session.send_errors.fetch_add(errors, Ordering::Relaxed);
     }
+    gso_failed
 }
 
 /// A session ring's parts that waiting for completions needs.
@@ -265,7 +414,7 @@ impl Completions for Draining<'_> {
         self.ring.submit_and_wait(1)
     }
     fn reap(&mut self, book: &mut SlotBook) {
-        reap_into(self.ring, book, self.slots, self.hists, self.session);
+        let _ = reap_into(self.ring, book, self.slots, self.hists, self.session);
     }
 }
 
@@ -514,6 +663,61 @@ mod tests {
     }
 
     #[test]
+    fn a_gso_send_the_device_refuses_falls_back_to_one_datagram_a_send() {
+        if let Err(e) = available() {
+            eprintln!("SKIPPED: {e}");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f"), vec![3u8; 100 * 1440]).unwrap();
+        let file = Catalog::new(dir.path()).index("f", 1440).unwrap();
+        let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
+        crate::sys::socket::set_recv_buffer(&sink, 8 << 20).unwrap();
+        sink.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let sock = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
+        if !crate::sys::socket::gso_supported(&sock) {
+            eprintln!("SKIPPED: no UDP GSO here");
+            return;
+        }
+        let stats = Arc::new(ServerStats::default());
+        let engine = UringEngine::new(sock, 1, stats.clone()).unwrap();
+        let (tx, summaries) = mpsc::channel();
+        let now = Instant::now();
+        let state = SenderState::new(Mode::Blast, file.size, 1440, 1, None, now, unix_ns());
+        let ctx = SessionCtx {
+            stats,
+            engine: EngineKind::Uring,
+            summaries: tx,
+            gso: true,
+        };
+        let session = Arc::new(Session::new(
+            7,
+            sink.local_addr().unwrap(),
+            file,
+            state,
+            ctx,
+        ));
+        session.fail_gso.store(true, Ordering::Relaxed);
+        engine.start(session.clone());
+        // Every datagram arrives once, including those of the refused GSO send.
+        let mut seen = std::collections::BTreeSet::new();
+        let mut buf = [0u8; 2048];
+        while let Ok(n) = sink.recv(&mut buf) {
+            if let Ok((h, _)) = crate::protocol::DataHeader::parse(&buf[..n]) {
+                seen.insert(h.offset / 1440);
+            }
+        }
+        assert_eq!(seen.len(), 100, "{} of 100 datagrams arrived", seen.len());
+        session.close(CloseReason::Complete);
+        let s = summaries.recv_timeout(Duration::from_secs(5)).unwrap();
+        let why = s.gso_fallback.expect("the fallback is reported");
+        assert!(why.contains("GSO send failed"), "{why}");
+        assert_eq!(s.send_errors, 1);
+        engine.shutdown();
+    }
+
+    #[test]
     fn a_panicking_session_fails_alone_and_the_worker_goes_on() {
         if let Err(e) = available() {
             eprintln!("SKIPPED: {e}");
@@ -521,8 +725,8 @@ mod tests {
         }
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("f"), vec![7u8; 40_000]).unwrap();
-        let catalog = Catalog::new(dir.path(), 1000);
-        let file = catalog.index("f").unwrap();
+        let catalog = Catalog::new(dir.path());
+        let file = catalog.index("f", 1000).unwrap();
         let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
         let sock = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
         let stats = Arc::new(ServerStats::default());
@@ -536,6 +740,7 @@ mod tests {
                 stats: stats.clone(),
                 engine: EngineKind::Uring,
                 summaries: tx.clone(),
+                gso: true,
             };
             Arc::new(Session::new(
                 id,

@@ -1,0 +1,227 @@
+//! Hosts on one machine: network namespaces joined by veth pairs (`ip netns`, `ip link`), for
+//! tests of what crosses a real link (MTU, fragmentation, GSO/GRO, IPv6).
+//!
+//! Needs root and iproute2; [`Hosts::two`] returns `None` after saying why when they are
+//! missing, so the test skips. Everything a `Hosts` creates (namespaces, their veths, the
+//! processes started in them) is removed when it is dropped, failed test or not; namespaces
+//! left by a killed test run (their name holds its pid) are removed by the next one.
+
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+
+/// Prefix of every namespace these tests create.
+const PREFIX: &str = "rbt";
+
+/// Server side IPv4/IPv6 addresses, client side, on the link between them.
+pub const SERVER_V4: &str = "10.77.0.1";
+pub const CLIENT_V4: &str = "10.77.0.2";
+pub const SERVER_V6: &str = "fd77::1";
+pub const CLIENT_V6: &str = "fd77::2";
+
+/// Two hosts, a server and a client, joined by one veth pair.
+pub struct Hosts {
+    pub server: String,
+    pub client: String,
+    children: Vec<Child>,
+}
+
+fn ip(args: &[&str]) -> Output {
+    Command::new("ip")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("ip {args:?}: {e}"))
+}
+
+fn ip_ok(args: &[&str]) {
+    let out = ip(args);
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Why namespaces cannot be made here, if they cannot.
+fn unavailable() -> Option<String> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let euid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or("");
+    if euid != "0" {
+        return Some("not root (network namespaces need it)".into());
+    }
+    match Command::new("ip").arg("-V").output() {
+        Ok(o) if o.status.success() => {}
+        _ => return Some("no `ip` command (iproute2)".into()),
+    }
+    let probe = format!("{PREFIX}probe{}", std::process::id());
+    if !ip(&["netns", "add", &probe]).status.success() {
+        return Some("`ip netns add` failed".into());
+    }
+    ip(&["netns", "del", &probe]);
+    None
+}
+
+/// Removes namespaces of earlier runs whose process is gone.
+fn remove_stale() {
+    let list = String::from_utf8_lossy(&ip(&["netns", "list"]).stdout).to_string();
+    for name in list.lines().filter_map(|l| l.split_whitespace().next()) {
+        let Some(rest) = name.strip_prefix(PREFIX) else {
+            continue;
+        };
+        let pid: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+        let alive = !pid.is_empty() && std::path::Path::new(&format!("/proc/{pid}")).exists();
+        if !alive && !pid.is_empty() {
+            kill_all_in(name);
+            ip(&["netns", "del", name]);
+        }
+    }
+}
+
+fn kill_all_in(ns: &str) {
+    let pids = String::from_utf8_lossy(&ip(&["netns", "pids", ns]).stdout).to_string();
+    for pid in pids.split_whitespace() {
+        let _ = Command::new("kill").args(["-9", pid]).status();
+    }
+}
+
+impl Hosts {
+    /// A server and a client namespace joined by a veth pair of `mtu`, with IPv4 and IPv6
+    /// addresses ([`SERVER_V4`] ... [`CLIENT_V6`]). `None` (after a message) when namespaces
+    /// cannot be made here.
+    pub fn two(mtu: u32) -> Option<Hosts> {
+        Self::two_with(mtu, mtu)
+    }
+
+    /// Like [`Hosts::two`], with another MTU on each end of the link.
+    pub fn two_with(server_mtu: u32, client_mtu: u32) -> Option<Hosts> {
+        static WHY: OnceLock<Option<String>> = OnceLock::new();
+        let why = WHY.get_or_init(|| {
+            let why = unavailable();
+            if why.is_none() {
+                remove_stale();
+            }
+            why
+        });
+        if let Some(why) = why {
+            if std::env::var("RINGBLAST_REQUIRE_NETNS").is_ok_and(|v| v == "1") {
+                panic!("RINGBLAST_REQUIRE_NETNS=1 but {why}");
+            }
+            eprintln!("SKIPPED: {why}");
+            return None;
+        }
+        static N: AtomicU32 = AtomicU32::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        let tag = format!("{pid}x{n}");
+        let hosts = Hosts {
+            server: format!("{PREFIX}{tag}s"),
+            client: format!("{PREFIX}{tag}c"),
+            children: Vec::new(),
+        };
+        // veth names live in the root namespace first: short (15 bytes) and unique.
+        let (va, vb) = (
+            format!("rb{}a{n}", pid % 100_000),
+            format!("rb{}b{n}", pid % 100_000),
+        );
+        ip_ok(&["netns", "add", &hosts.server]);
+        ip_ok(&["netns", "add", &hosts.client]);
+        ip_ok(&[
+            "link",
+            "add",
+            &va,
+            "netns",
+            &hosts.server,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &vb,
+            "netns",
+            &hosts.client,
+        ]);
+        for (ns, dev, v4, v6, mtu) in [
+            (&hosts.server, &va, SERVER_V4, SERVER_V6, server_mtu),
+            (&hosts.client, &vb, CLIENT_V4, CLIENT_V6, client_mtu),
+        ] {
+            ip_ok(&["-n", ns, "link", "set", "lo", "up"]);
+            ip_ok(&["-n", ns, "link", "set", dev, "mtu", &mtu.to_string(), "up"]);
+            ip_ok(&["-n", ns, "addr", "add", &format!("{v4}/24"), "dev", dev]);
+            ip_ok(&[
+                "-n",
+                ns,
+                "-6",
+                "addr",
+                "add",
+                &format!("{v6}/64"),
+                "dev",
+                dev,
+                "nodad",
+            ]);
+        }
+        Some(hosts)
+    }
+
+    /// `program args` run inside namespace `ns`.
+    pub fn command(&self, ns: &str, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", ns, program]);
+        c
+    }
+
+    /// Starts `cmd` and keeps it, to be killed when the hosts go.
+    pub fn spawn(&mut self, mut cmd: Command) -> &mut Child {
+        let child = cmd.spawn().expect("spawn in a namespace");
+        self.children.push(child);
+        self.children.last_mut().expect("just pushed")
+    }
+
+    /// Stops every process started with [`Hosts::spawn`] and hands them back (their piped
+    /// output can still be read).
+    pub fn stop_all(&mut self) -> Vec<Child> {
+        let mut children = std::mem::take(&mut self.children);
+        for c in &mut children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        children
+    }
+
+    /// A counter of `/proc/net/snmp` inside `ns`, e.g. ("Ip", "ReasmReqds").
+    pub fn snmp(&self, ns: &str, group: &str, field: &str) -> u64 {
+        let out = self
+            .command(ns, "cat")
+            .arg("/proc/net/snmp")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let prefix = format!("{group}:");
+        let mut rows = text.lines().filter(|l| l.starts_with(&prefix));
+        let (names, values) = (rows.next().unwrap_or(""), rows.next().unwrap_or(""));
+        names
+            .split_whitespace()
+            .zip(values.split_whitespace())
+            .find(|(n, _)| *n == field)
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or_else(|| panic!("{group} {field} not in /proc/net/snmp of {ns}"))
+    }
+}
+
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for ns in [&self.server, &self.client] {
+            kill_all_in(ns);
+            // Deleting a namespace deletes the veth end in it, and with it the pair.
+            ip(&["netns", "del", ns]);
+        }
+    }
+}
