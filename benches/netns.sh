@@ -78,9 +78,9 @@ ip netns exec $S "$BIN" serve --dir "$WORK" --bind [::]:6970 --json --no-gso > "
 snmp() { ip netns exec $C awk -v f="$1" '/^Ip:/{ if (!n) { for (i=1;i<=NF;i++) if ($i==f) c=i; n=1 } else print $c }' /proc/net/snmp; }
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 # Warm up: the server indexes the file at this path's datagram size, the page cache fills.
-for port in 6969 6970; do
+for server in $SV4:6969 $SV4:6970 "[$SV6]:6969"; do
   for _ in $(seq 50); do
-    ip netns exec $C "$BIN" get f.bin --server $SV4:$port --discard --timeout 30 > /dev/null 2>&1 && break
+    ip netns exec $C "$BIN" get f.bin --server "$server" --discard --timeout 30 > /dev/null 2>&1 && break
     sleep 0.2
   done
 done

@@ -11,9 +11,15 @@ const MIB: f64 = 1024.0 * 1024.0;
 pub fn table(file: &str, reports: &[CopyReport]) -> String {
     let mut s = String::new();
     let size = reports.iter().map(|r| r.file_size).max().unwrap_or(0);
+    let datagram_size = reports.iter().map(|r| r.datagram_size).max().unwrap_or(0);
+    let gro = if reports.iter().any(|r| r.gro) {
+        "on"
+    } else {
+        "off"
+    };
     let _ = writeln!(
         s,
-        "file {file}: {size} bytes, {} sub-client(s)",
+        "file {file}: {size} bytes, {} sub-client(s), {datagram_size}-byte datagrams, GRO {gro}",
         reports.len()
     );
     let _ = writeln!(
