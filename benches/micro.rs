@@ -5,8 +5,9 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use ringblast::protocol::congestion::CcKind;
 use ringblast::protocol::loss::LossTracker;
-use ringblast::protocol::sender::SenderState;
+use ringblast::protocol::sender::{SenderConfig, SenderState};
 use ringblast::protocol::{
     Ack, DataHeader, Message, Mode, NackRange, DATA_HEADER_LEN, MAX_PAYLOAD,
 };
@@ -104,7 +105,14 @@ fn loss_tracking(c: &mut Criterion) {
             .collect();
         let (mut scratch, mut out) = (Vec::new(), Vec::with_capacity(1024));
         b.iter(|| {
-            let ack = Ack::new(1, 0, 512, 640, 1, 2, 0, &ranges, &mut scratch);
+            let ack = Ack {
+                credit_limit: 512,
+                seen_end: 640,
+                echo_ts_ns: 1,
+                echo_delay_us: 2,
+                ..Ack::new(1)
+            }
+            .with_ranges(&ranges, &mut scratch);
             out.clear();
             Message::Ack(ack).encode(&mut out);
             black_box(Message::parse(&out).is_ok())
@@ -119,11 +127,15 @@ fn batch_building(c: &mut Criterion) {
         b.iter_batched(
             || {
                 SenderState::new(
-                    Mode::Reliable,
-                    1 << 30,
-                    MAX_PAYLOAD as u32,
-                    4096,
-                    None,
+                    SenderConfig {
+                        mode: Mode::Reliable,
+                        file_size: 1 << 30,
+                        payload_size: MAX_PAYLOAD as u32,
+                        window: 4096,
+                        cc: CcKind::Bbr,
+                        rate_cap_bps: None,
+                        seed: 1,
+                    },
                     Instant::now(),
                     1,
                 )

@@ -43,7 +43,14 @@ fn an_unvalidated_address_gets_less_than_it_sends() {
             name: "big",
         }
         .to_vec(),
-        Message::Ack(Ack::new(12345, 0, 100_000, 0, 0, 0, 0, &[], &mut scratch)).to_vec(),
+        Message::Ack(
+            Ack {
+                credit_limit: 100_000,
+                ..Ack::new(12345)
+            }
+            .with_ranges(&[], &mut scratch),
+        )
+        .to_vec(),
         Message::Done {
             session: 12345,
             status: DoneStatus::Complete,
@@ -338,17 +345,15 @@ fn a_hostile_ack_storm_costs_bounded_work_and_is_rate_limited() {
         len: u32::MAX,
     }; MAX_NACK_RANGES];
     let mut scratch = Vec::new();
-    let ack = Message::Ack(Ack::new(
-        session,
-        0,
-        256,
-        256,
-        0,
-        0,
-        1,
-        &hostile,
-        &mut scratch,
-    ))
+    let ack = Message::Ack(
+        Ack {
+            credit_limit: 256,
+            seen_end: 256,
+            flags: 1,
+            ..Ack::new(session)
+        }
+        .with_ranges(&hostile, &mut scratch),
+    )
     .to_vec();
     for i in 0..2000 {
         let _ = c.sock.send(&ack);

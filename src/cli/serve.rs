@@ -10,10 +10,29 @@ use clap::Args;
 
 use super::values;
 use crate::client;
+use crate::protocol::congestion::CcKind;
 use crate::protocol::layout::DatagramSize;
 use crate::report::logging;
 use crate::server::engine::EngineKind;
 use crate::server::{Server, ServerConfig};
+
+/// `--cc`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum CcArg {
+    /// BBR: paces at the estimated bottleneck bandwidth (the default).
+    Bbr,
+    /// No congestion control: credit-limited, paced only at --rate.
+    Fixed,
+}
+
+impl From<CcArg> for CcKind {
+    fn from(c: CcArg) -> CcKind {
+        match c {
+            CcArg::Bbr => CcKind::Bbr,
+            CcArg::Fixed => CcKind::Fixed,
+        }
+    }
+}
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -32,10 +51,15 @@ pub struct ServeArgs {
     /// Worker threads driving the rings (1-256) [default: number of cores].
     #[arg(long, value_parser = values::count(1, 256))]
     workers: Option<usize>,
-    /// Pace each session at this rate, bits/s like iperf3's -b (e.g. 800M, 2G; at least 1k).
-    /// Default: as fast as the receiver's credit allows.
+    /// Cap each session at this rate, bits/s like iperf3's -b (e.g. 800M, 2G; at least 1k),
+    /// whatever the congestion controller estimates.
     #[arg(long, value_parser = values::rate)]
     rate: Option<u64>,
+    /// Congestion control: bbr = estimate the path's bandwidth and RTT and pace at it (fills
+    /// a bottleneck, shares it, keeps its rate under random loss); fixed = none, as fast as
+    /// the receiver's credit allows, paced only at --rate (for experiments).
+    #[arg(long, value_enum, default_value_t = CcArg::Bbr)]
+    cc: CcArg,
     /// Drop a session whose client has been silent this long (e.g. 10, 2.5s, 500ms).
     #[arg(long, value_parser = values::duration, default_value = "10s")]
     idle_timeout: Duration,
@@ -76,6 +100,7 @@ impl From<ServeArgs> for ServerConfig {
             gso: !a.no_gso,
             idle_timeout: a.idle_timeout,
             rate_bps: a.rate,
+            cc: a.cc.into(),
             max_sessions: a.max_sessions,
             json: a.json,
             legacy: a.legacy,

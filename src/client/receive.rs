@@ -13,7 +13,7 @@ use crate::protocol::layout::{datagram_count, payload_len};
 use crate::protocol::loss::{LossTracker, RepairClock};
 use crate::protocol::{
     ack_flags, data_flags, unix_ns, Ack, DataHeader, ErrorCode, Message, Meta, Mode, NackRange,
-    MAX_NACK_RANGES,
+    Status, MAX_NACK_RANGES,
 };
 use crate::report::copy::ClientHists;
 use crate::report::live::ClientLive;
@@ -21,6 +21,10 @@ use crate::sys::recvmmsg::{enable_timestamps, is_timeout, RecvBatch};
 
 /// How often an idle receiver re-sends its ACK (tail probe, lost-ACK recovery, keepalive).
 const ACK_INTERVAL: Duration = Duration::from_millis(2);
+/// While data flows, an ACK goes back once two datagrams came and this long passed since the
+/// last: the sender's delivery-rate samples and loss detection need a steady clock, and the
+/// control thread no more than ~5000 ACKs a second per receiver.
+const ACK_SPACING: Duration = Duration::from_micros(200);
 /// Most payloads written by one `pwritev` (the kernel's IOV_MAX).
 const MAX_RUN: usize = 1024;
 
@@ -45,7 +49,8 @@ pub(super) struct DataReceiver {
     pub(super) crcs: Vec<u32>,
     pub(super) counts: Counts,
     window: u32,
-    /// Send timestamp of the newest datagram and when it arrived (echoed for RTT).
+    /// The latest send timestamp among the datagrams received, and when that one arrived:
+    /// echoed for the RTT and for the sender's loss detection.
     echo_ts_ns: u64,
     echo_at: Instant,
     /// When the receiver last looked at its socket (what the next ACK describes).
@@ -53,10 +58,14 @@ pub(super) struct DataReceiver {
     end_seen: bool,
     /// The server said our session no longer exists.
     session_gone: Option<String>,
+    /// The sender's latest report of its congestion controller.
+    pub(super) status: Option<Status>,
     pub(super) hists: ClientHists,
     last_arrival_ns: u64,
     repair: RepairClock,
     ranges: Vec<NackRange>,
+    /// Where the next ACK's NACK ranges start (see [`LossTracker::nack_ranges_from`]).
+    nack_cursor: u32,
     scratch: Vec<u8>,
 }
 
@@ -74,10 +83,12 @@ impl DataReceiver {
             observed_at: Instant::now(),
             end_seen: false,
             session_gone: None,
+            status: None,
             hists: ClientHists::default(),
             last_arrival_ns: 0,
             repair: RepairClock::default(),
             ranges: Vec::with_capacity(MAX_NACK_RANGES),
+            nack_cursor: 0,
             scratch: Vec::with_capacity(MAX_NACK_RANGES * 8),
         }
     }
@@ -107,8 +118,13 @@ impl DataReceiver {
             self.observed_at = Instant::now();
             let idle = match received {
                 Ok(n) => {
-                    heard_at = Instant::now();
+                    // Silence is counted in data: a server that only says how it is doing
+                    // (STATUS) while nothing moves is as good as gone.
+                    let before = self.counts.datagrams_received;
                     since_ack += self.absorb(&batch, n, sink)?;
+                    if self.counts.datagrams_received > before || self.end_seen {
+                        heard_at = Instant::now();
+                    }
                     self.publish(live);
                     false
                 }
@@ -139,10 +155,14 @@ impl DataReceiver {
                 return Err(ClientError::ServerSilent {
                     server: conn.server,
                     secs: silent.as_secs_f64(),
-                    stage: "during the transfer",
+                    stage: "no data during the transfer",
                 });
             }
-            if since_ack >= ack_every || (idle && last_ack.elapsed() >= ACK_INTERVAL) {
+            let since = last_ack.elapsed();
+            if since_ack >= ack_every
+                || (since_ack >= 2 && since >= ACK_SPACING)
+                || (idle && since >= ACK_INTERVAL)
+            {
                 self.send_ack(conn, idle)?;
                 since_ack = 0;
                 last_ack = Instant::now();
@@ -237,8 +257,10 @@ impl DataReceiver {
         self.repair.prune(self.tracker.recv_next());
         self.crcs[index as usize] = crc;
         self.counts.bytes_intact += payload.len() as u64;
-        self.echo_ts_ns = h.send_ts_ns;
-        self.echo_at = Instant::now();
+        if h.send_ts_ns > self.echo_ts_ns {
+            self.echo_ts_ns = h.send_ts_ns;
+            self.echo_at = Instant::now();
+        }
         Some((h.offset, payload))
     }
 
@@ -268,6 +290,9 @@ impl DataReceiver {
         // Everything received lies below seen_end: the rest of that range is holes.
         live.holes
             .store((t.seen_end() - t.received()) as u64, Ordering::Relaxed);
+        if let Some(st) = &self.status {
+            live.set_status(st);
+        }
     }
 
     fn record_arrival(&mut self, arrival_ns: u64, send_ts_ns: u64) {
@@ -292,6 +317,7 @@ impl DataReceiver {
                 text,
                 ..
             }) => self.session_gone = Some(text.to_string()),
+            Ok(Message::Status(st)) if st.session == self.meta.session => self.status = Some(st),
             // A repeated META (our GET was resent) or a late RETRY: harmless.
             Ok(Message::Meta(_)) | Ok(Message::Retry { .. }) | Ok(Message::Wait { .. }) => {}
             _ => self.counts.malformed += 1,
@@ -301,24 +327,31 @@ impl DataReceiver {
     fn send_ack(&mut self, conn: &mut Connection, idle: bool) -> Result<(), ClientError> {
         let t = &self.tracker;
         self.ranges.clear();
-        t.nack_ranges(t.seen_end(), MAX_NACK_RANGES, &mut self.ranges);
+        let from = if self.nack_cursor >= t.seen_end() {
+            0
+        } else {
+            self.nack_cursor
+        };
+        self.nack_cursor =
+            t.nack_ranges_from(from, t.seen_end(), MAX_NACK_RANGES, &mut self.ranges);
         let credit = t.recv_next().saturating_add(self.window).min(t.total());
         let delay_us = self
             .observed_at
             .saturating_duration_since(self.echo_at)
             .as_micros()
             .min(u32::MAX as u128) as u32;
-        let ack = Ack::new(
-            self.meta.session,
-            t.recv_next(),
-            credit,
-            t.seen_end(),
-            self.echo_ts_ns,
-            delay_us,
-            if idle { ack_flags::IDLE } else { 0 },
-            &self.ranges,
-            &mut self.scratch,
-        );
+        let ack = Ack {
+            recv_next: t.recv_next(),
+            credit_limit: credit,
+            seen_end: t.seen_end(),
+            received: t.received(),
+            duplicates: self.counts.duplicates.min(u32::MAX as u64) as u32,
+            echo_ts_ns: self.echo_ts_ns,
+            echo_delay_us: delay_us,
+            flags: if idle { ack_flags::IDLE } else { 0 },
+            ..Ack::new(self.meta.session)
+        }
+        .with_ranges(&self.ranges, &mut self.scratch);
         conn.send(&Message::Ack(ack))
     }
 }

@@ -149,6 +149,7 @@ impl SubClient {
         r.malformed = c.malformed;
         r.recv_calls = c.recv_calls;
         r.hists = std::mem::take(&mut rx.hists);
+        r.sender = rx.status;
         let manifest_ok = r.complete
             && manifest_hash(meta.file_size, meta.payload_size, &rx.crcs) == meta.manifest_hash;
         // Tell the server we are done, whatever happened (it is not acknowledged).

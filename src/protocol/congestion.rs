@@ -1,41 +1,118 @@
-//! How fast a session may go on the path: the round-trip estimate and retransmission timeout
-//! (RFC 6298), and the congestion window (additive increase, multiplicative decrease on loss).
-//! Pure: the sender feeds it samples, progress and loss events with the caller's clock.
+//! How fast a session may go on its path: the round-trip estimate, and the congestion
+//! controller that models the path and paces.
+//!
+//! The default controller is BBR (Cardwell et al., "BBR: Congestion-Based Congestion Control",
+//! and draft-cardwell-iccrg-bbr-congestion-control, version 1): it estimates the path's
+//! bottleneck bandwidth (the max of recent delivery-rate samples, over 10 round trips) and its
+//! minimum RTT (the min over 10 s), paces at a gain times that bandwidth and keeps about two
+//! bandwidth-delay products in flight. Random loss does not lower its estimate, so a lossy
+//! long path keeps its rate; a queue that builds raises the RTT it sees and its ProbeRTT phase
+//! drains it, which is how flows sharing a bottleneck converge. `Fixed` paces at a set rate (or
+//! not at all) for experiments. Pure: the sender feeds it events with the caller's clock.
 
 use std::time::{Duration, Instant};
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
 
 /// Retransmission timeout floor: loopback RTTs are tens of microseconds, but a receiver
 /// draining a full socket buffer takes milliseconds.
 pub const MIN_RTO: Duration = Duration::from_millis(2);
 /// Retransmission timeout before the first RTT sample.
-const INITIAL_RTO: Duration = Duration::from_millis(10);
-/// Smallest congestion window (datagrams): the sender never backs off below it.
+const INITIAL_RTO: Duration = Duration::from_millis(100);
+/// How long a minimum RTT sample stays the minimum: after that BBR drains the queue to
+/// measure it again (ProbeRTT). 5 s, as BBR v2: flows sharing a bottleneck converge at each.
+const MIN_RTT_WINDOW: Duration = Duration::from_secs(5);
+/// Round trips the bandwidth max-filter spans (BBR's BtlBwFilterLen).
+const BW_WINDOW_ROUNDS: u64 = 10;
+/// Smallest congestion window, datagrams.
 pub const MIN_CWND: f64 = 4.0;
-/// Datagrams the congestion window grows by per window's worth of progress.
-const CWND_GROWTH: f64 = 8.0;
+/// Window before the first measurement, datagrams.
+pub const INITIAL_CWND: f64 = 16.0;
+/// 2/ln(2): Startup doubles the sending rate each round trip.
+const HIGH_GAIN: f64 = 2.885;
+/// Startup's window gain: 2 (as BBR v3), so it overshoots a shallow queue by one BDP, not two.
+const STARTUP_CWND_GAIN: f64 = 2.0;
+/// ProbeBW's gain cycle: probe for more bandwidth, drain the queue that made, cruise.
+const CYCLE_GAINS: [f64; 8] = [1.25, 0.75, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0];
+/// ProbeBW's cruise gain while a queue stands.
+const CRUISE_DRAIN_GAIN: f64 = 0.9;
+/// ProbeRTT lasts this long at half a BDP.
+const PROBE_RTT_TIME: Duration = Duration::from_millis(200);
+/// The window covers at least this much time at the estimated bandwidth, however short the
+/// minimum RTT. A sender and a receiver that each work in batches (a submit of 64 sends, a
+/// `recvmmsg` of 32, an ACK every 200 µs) keep about a millisecond of data in their pipeline
+/// even on loopback, where the empty-pipe RTT is 20 µs: a window of 2 x 20 µs starves it.
+/// Pacing, not the window, keeps the queue at a real bottleneck short.
+const MIN_PIPE_TIME: Duration = Duration::from_millis(1);
 
-/// Smoothed round-trip time and its variation.
+/// Smoothed round-trip time, its variation (RFC 6298), and the minimum over a window.
+///
+/// The minimum is what the path takes with no queue. Once it is older than its window, a new
+/// sample does not simply replace it (with a queue standing, every sample is inflated): the
+/// lowest sample since then is kept aside, and becomes the minimum when the controller has
+/// drained the queue to measure it (BBR's ProbeRTT, [`RttEstimator::refresh_min_rtt`]), or
+/// after a second window for controllers that never drain.
 #[derive(Debug, Clone, Default)]
 pub struct RttEstimator {
     srtt_us: f64,
     rttvar_us: f64,
+    min_rtt: Option<Duration>,
+    min_rtt_stamp: Option<Instant>,
+    /// The lowest sample since the minimum expired.
+    fresh_min: Option<Duration>,
 }
 
 impl RttEstimator {
-    pub fn sample(&mut self, rtt: Duration) {
+    pub fn sample(&mut self, rtt: Duration, now: Instant) {
         let s = rtt.as_micros() as f64;
         if self.srtt_us == 0.0 {
-            self.srtt_us = s;
+            self.srtt_us = s.max(1.0);
             self.rttvar_us = s / 2.0;
         } else {
             self.rttvar_us = 0.75 * self.rttvar_us + 0.25 * (self.srtt_us - s).abs();
             self.srtt_us = 0.875 * self.srtt_us + 0.125 * s;
+        }
+        if self.min_rtt.is_none_or(|m| rtt <= m) {
+            self.min_rtt = Some(rtt);
+            self.min_rtt_stamp = Some(now);
+            self.fresh_min = None;
+            return;
+        }
+        if self.min_rtt_expired(now) {
+            self.fresh_min = Some(self.fresh_min.map_or(rtt, |m| m.min(rtt)));
+            let stale = self
+                .min_rtt_stamp
+                .is_some_and(|t| now.saturating_duration_since(t) > 2 * MIN_RTT_WINDOW);
+            if stale {
+                self.refresh_min_rtt(now);
+            }
         }
     }
 
     /// Zero before the first sample.
     pub fn srtt(&self) -> Duration {
         Duration::from_micros(self.srtt_us as u64)
+    }
+
+    /// The smallest RTT seen in the last 10 s (or the last sample if older), if any.
+    pub fn min_rtt(&self) -> Option<Duration> {
+        self.min_rtt
+    }
+
+    /// True when the minimum is older than its window: BBR's cue to probe for it.
+    pub fn min_rtt_expired(&self, now: Instant) -> bool {
+        self.min_rtt_stamp
+            .is_some_and(|t| now.saturating_duration_since(t) > MIN_RTT_WINDOW)
+    }
+
+    /// Takes the lowest sample since the minimum expired as the minimum, and restarts its
+    /// window (after a ProbeRTT drained the queue to measure it).
+    pub fn refresh_min_rtt(&mut self, now: Instant) {
+        if let Some(m) = self.fresh_min.take() {
+            self.min_rtt = Some(m);
+        }
+        self.min_rtt_stamp = Some(now);
     }
 
     /// Current retransmission timeout: SRTT + 4 RTTVAR, at least [`MIN_RTO`].
@@ -47,55 +124,464 @@ impl RttEstimator {
     }
 }
 
-/// The congestion window, in datagrams beyond the receiver's cumulative point: halved on loss
-/// at most once per round trip, grown additively with progress, never above the receiver's
-/// window (it starts there, so a clean path is not slowed; a lossy one is not flooded).
-#[derive(Debug, Clone)]
-pub struct Aimd {
-    cwnd: f64,
-    max_cwnd: f64,
-    last_backoff: Option<Instant>,
-    backoffs: u64,
+/// One delivery-rate sample (draft-cheng-iccrg-delivery-rate-estimation): datagrams delivered
+/// over the interval between a datagram's send and its acknowledgement.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateSample {
+    /// Bytes per second.
+    pub delivery_rate: f64,
+    /// The sender had less to send than it could (credit or end of file) when the datagram
+    /// left: a low rate says nothing about the path.
+    pub app_limited: bool,
+    /// The delivery count when the sampled datagram was sent.
+    pub prior_delivered: u64,
 }
 
-impl Aimd {
-    pub fn new(window: u32) -> Self {
-        let w = window.max(1) as f64;
-        Aimd {
-            cwnd: w,
-            max_cwnd: w,
-            last_backoff: None,
-            backoffs: 0,
+/// What the sender learned from one ACK.
+#[derive(Debug, Clone, Copy)]
+pub struct AckEvent {
+    pub now: Instant,
+    /// Datagrams delivered so far (distinct).
+    pub delivered: u64,
+    /// Delivered by this ACK.
+    pub newly_delivered: u64,
+    /// Declared lost by this ACK.
+    pub newly_lost: u64,
+    /// Datagrams in flight after it.
+    pub inflight: u64,
+    pub sample: Option<RateSample>,
+    /// The RTT this ACK measured, if it did.
+    pub rtt: Option<Duration>,
+}
+
+/// Which controller a session uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CcKind {
+    /// Model-based: paces at the estimated bottleneck bandwidth.
+    Bbr,
+    /// No congestion control: as fast as the receiver's credit allows, paced only at the
+    /// server's `--rate` if set (for experiments, and the lab's behaviour).
+    Fixed,
+}
+
+impl CcKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CcKind::Bbr => "bbr",
+            CcKind::Fixed => "fixed",
+        }
+    }
+}
+
+/// A session's congestion controller.
+#[derive(Debug, Clone)]
+pub enum Controller {
+    Bbr(Box<Bbr>),
+    Fixed,
+}
+
+impl Controller {
+    /// `mss`: payload bytes per datagram; `seed`: spreads the controllers' probing phases
+    /// (flows that probe in step never converge to a fair share).
+    pub fn new(kind: CcKind, mss: u32, now: Instant, seed: u64) -> Self {
+        match kind {
+            CcKind::Bbr => Controller::Bbr(Box::new(Bbr::new(mss, now, seed))),
+            CcKind::Fixed => Controller::Fixed,
         }
     }
 
-    pub fn cwnd(&self) -> f64 {
-        self.cwnd
+    pub fn on_ack(&mut self, ev: &AckEvent, rtt: &mut RttEstimator) {
+        if let Controller::Bbr(b) = self {
+            b.on_ack(ev, rtt);
+        }
     }
 
-    /// Times the window was halved.
-    pub fn backoffs(&self) -> u64 {
-        self.backoffs
+    /// A probe timeout fired: the path may have lost everything in flight.
+    pub fn on_timeout(&mut self) {
+        if let Controller::Bbr(b) = self {
+            b.cwnd = b.cwnd.min(b.bdp().max(MIN_CWND));
+        }
     }
 
-    /// `datagrams` more were confirmed received.
-    pub fn on_progress(&mut self, datagrams: u32) {
-        self.cwnd = (self.cwnd + datagrams as f64 * CWND_GROWTH / self.cwnd).min(self.max_cwnd);
+    /// The rate to pace at, bytes per second (`None`: unpaced).
+    pub fn pacing_rate(&self) -> Option<f64> {
+        match self {
+            Controller::Bbr(b) => Some(b.pacing_rate),
+            Controller::Fixed => None,
+        }
     }
 
-    /// A loss was detected at `now`: halves the window unless it was halved less than `rtt`
-    /// ago (one loss event, one halving).
-    pub fn on_loss(&mut self, now: Instant, rtt: Duration) {
-        let rtt = rtt.max(MIN_RTO);
-        if self
-            .last_backoff
-            .is_none_or(|t| now.saturating_duration_since(t) >= rtt)
+    /// Datagrams that may be in flight.
+    pub fn cwnd(&self) -> u64 {
+        match self {
+            Controller::Bbr(b) => b.cwnd as u64,
+            Controller::Fixed => u64::MAX,
+        }
+    }
+
+    /// The estimated bottleneck bandwidth, bytes per second (0: no estimate).
+    pub fn delivery_rate(&self) -> f64 {
+        match self {
+            Controller::Bbr(b) => b.max_bw(),
+            Controller::Fixed => 0.0,
+        }
+    }
+
+    /// Short name of its state, for reports.
+    pub fn state(&self) -> &'static str {
+        match self {
+            Controller::Bbr(b) => b.state.as_str(),
+            Controller::Fixed => "fixed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BbrState {
+    Startup,
+    Drain,
+    ProbeBw,
+    ProbeRtt,
+}
+
+impl BbrState {
+    fn as_str(self) -> &'static str {
+        match self {
+            BbrState::Startup => "startup",
+            BbrState::Drain => "drain",
+            BbrState::ProbeBw => "probe_bw",
+            BbrState::ProbeRtt => "probe_rtt",
+        }
+    }
+}
+
+/// BBR, version 1, with an allowance for the ACK aggregation of a receiver that acknowledges
+/// every few hundred microseconds (BBR's extra_acked).
+#[derive(Debug, Clone)]
+pub struct Bbr {
+    mss: f64,
+    state: BbrState,
+    /// (round, max delivery rate sampled in it), for the last [`BW_WINDOW_ROUNDS`] rounds.
+    bw_samples: [(u64, f64); BW_WINDOW_ROUNDS as usize],
+    round: u64,
+    /// Rounds outside ProbeRTT: the bandwidth filter's clock.
+    bw_round: u64,
+    next_round_delivered: u64,
+    round_start: bool,
+    full_bw: f64,
+    full_bw_rounds: u32,
+    filled_pipe: bool,
+    pacing_gain: f64,
+    cwnd_gain: f64,
+    pacing_rate: f64,
+    cwnd: f64,
+    cycle: usize,
+    cycle_stamp: Instant,
+    probe_rtt_done: Option<Instant>,
+    prior_cwnd: f64,
+    /// Datagrams delivered since the aggregation epoch began, and when it began.
+    ack_epoch_delivered: f64,
+    ack_epoch_start: Instant,
+    /// Max excess of delivered over what the bandwidth estimate explains, per round window.
+    extra_acked: [(u64, f64); BW_WINDOW_ROUNDS as usize],
+    /// The RTT estimator's minimum as of the last ACK (1 ms before any sample).
+    min_rtt_cached: Duration,
+    /// Picks where each ProbeBW cycle starts.
+    rng: SmallRng,
+    /// The lowest RTT sampled in the current ProbeBW cycle and the one before: if even that
+    /// stays well above the path's minimum, a queue stands that no flow's drain phase empties.
+    cycle_min_rtt: [Option<Duration>; 2],
+    /// The lowest RTT sampled in the current round, and in the last complete one.
+    round_min_rtt: Option<Duration>,
+    last_round_min_rtt: Option<Duration>,
+    /// Datagrams delivered and lost in the current round.
+    round_delivered: u64,
+    round_lost: u64,
+}
+
+impl Bbr {
+    pub fn new(mss: u32, now: Instant, seed: u64) -> Self {
+        let mss = mss.max(1) as f64;
+        Bbr {
+            rng: SmallRng::seed_from_u64(seed),
+            cycle_min_rtt: [None, None],
+            mss,
+            state: BbrState::Startup,
+            bw_samples: [(0, 0.0); BW_WINDOW_ROUNDS as usize],
+            round: 0,
+            bw_round: 0,
+            next_round_delivered: 0,
+            round_start: false,
+            full_bw: 0.0,
+            full_bw_rounds: 0,
+            filled_pipe: false,
+            pacing_gain: HIGH_GAIN,
+            cwnd_gain: STARTUP_CWND_GAIN,
+            // Before any sample: the initial window per millisecond, doubled each round.
+            pacing_rate: HIGH_GAIN * INITIAL_CWND * mss / 1e-3,
+            cwnd: INITIAL_CWND,
+            cycle: 0,
+            cycle_stamp: now,
+            probe_rtt_done: None,
+            prior_cwnd: INITIAL_CWND,
+            ack_epoch_delivered: 0.0,
+            ack_epoch_start: now,
+            extra_acked: [(0, 0.0); BW_WINDOW_ROUNDS as usize],
+            min_rtt_cached: Duration::from_millis(1),
+            round_delivered: 0,
+            round_lost: 0,
+            round_min_rtt: None,
+            last_round_min_rtt: None,
+        }
+    }
+
+    /// Bottleneck bandwidth estimate, bytes/s.
+    pub fn max_bw(&self) -> f64 {
+        windowed_max(&self.bw_samples, self.bw_round)
+    }
+
+    fn min_rtt(rtt: &RttEstimator) -> Duration {
+        rtt.min_rtt().unwrap_or(Duration::from_millis(1))
+    }
+
+    /// The bandwidth-delay product, datagrams.
+    fn bdp(&self) -> f64 {
+        self.max_bw() * self.min_rtt_cached.as_secs_f64() / self.mss
+    }
+
+    /// What the window is sized from: the BDP, or [`MIN_PIPE_TIME`] of the bandwidth.
+    fn pipe(&self) -> f64 {
+        let time = self.min_rtt_cached.max(MIN_PIPE_TIME);
+        self.max_bw() * time.as_secs_f64() / self.mss
+    }
+
+    fn on_ack(&mut self, ev: &AckEvent, rtt: &mut RttEstimator) {
+        let min_rtt = Self::min_rtt(rtt);
+        self.min_rtt_cached = min_rtt;
+        self.update_round(ev);
+        // ProbeRTT's deliberately low rate says nothing about the path, and its rounds (10 at
+        // a 20 ms RTT) would age the estimate out: the filter neither takes its samples nor
+        // counts its rounds.
+        if let Some(s) = ev.sample.filter(|_| self.state != BbrState::ProbeRtt) {
+            if s.delivery_rate >= self.max_bw() || !s.app_limited {
+                let r = self.bw_round;
+                let slot = &mut self.bw_samples[(r % BW_WINDOW_ROUNDS) as usize];
+                if slot.0 != r {
+                    *slot = (r, 0.0);
+                }
+                slot.1 = slot.1.max(s.delivery_rate);
+            }
+        }
+        self.update_ack_aggregation(ev);
+        self.check_full_pipe(ev);
+        self.update_state(ev, rtt);
+        let min_rtt = Self::min_rtt(rtt);
+        self.min_rtt_cached = min_rtt;
+        // Pacing: gain x bandwidth; during Startup only ever up.
+        let bw = self.max_bw();
+        if bw > 0.0 {
+            let rate = self.pacing_gain * bw;
+            if self.filled_pipe || rate > self.pacing_rate {
+                self.pacing_rate = rate;
+            }
+        }
+        self.set_cwnd(ev);
+    }
+
+    fn update_round(&mut self, ev: &AckEvent) {
+        self.round_start = false;
+        if let Some(s) = ev.sample {
+            if s.prior_delivered >= self.next_round_delivered {
+                self.next_round_delivered = ev.delivered;
+                self.round += 1;
+                self.round_start = true;
+                if self.state != BbrState::ProbeRtt {
+                    self.bw_round += 1;
+                }
+            }
+        }
+    }
+
+    /// Datagrams delivered beyond what the bandwidth estimate explains since the last time
+    /// they did not exceed it: the burst a receiver's delayed ACKs release at once.
+    fn update_ack_aggregation(&mut self, ev: &AckEvent) {
+        let bw = self.max_bw();
+        if bw <= 0.0 || ev.newly_delivered == 0 {
+            return;
+        }
+        let expected = bw
+            * ev.now
+                .saturating_duration_since(self.ack_epoch_start)
+                .as_secs_f64()
+            / self.mss;
+        if self.ack_epoch_delivered <= expected {
+            self.ack_epoch_delivered = 0.0;
+            self.ack_epoch_start = ev.now;
+        }
+        self.ack_epoch_delivered += ev.newly_delivered as f64;
+        let extra = (self.ack_epoch_delivered - expected).max(0.0);
+        let slot = &mut self.extra_acked[(self.round % BW_WINDOW_ROUNDS) as usize];
+        if slot.0 != self.round {
+            *slot = (self.round, 0.0);
+        }
+        slot.1 = slot.1.max(extra);
+    }
+
+    fn check_full_pipe(&mut self, ev: &AckEvent) {
+        if self.round_start {
+            self.round_lost = 0;
+            self.round_delivered = 0;
+            self.last_round_min_rtt = self.round_min_rtt.take();
+        }
+        if let Some(r) = ev.rtt {
+            self.round_min_rtt = Some(self.round_min_rtt.map_or(r, |m| m.min(r)));
+        }
+        // A queue building in Startup (even the lowest RTT of a whole round a quarter above
+        // the path's minimum, as HyStart tells): the pipe is full, before it overflows.
+        if !self.filled_pipe
+            && self
+                .last_round_min_rtt
+                .is_some_and(|m| m > self.min_rtt_cached * 5 / 4 + Duration::from_micros(500))
         {
-            self.cwnd = (self.cwnd / 2.0).max(MIN_CWND);
-            self.last_backoff = Some(now);
-            self.backoffs += 1;
+            self.filled_pipe = true;
+            return;
+        }
+        self.round_delivered += ev.newly_delivered;
+        self.round_lost += ev.newly_lost;
+        // Startup overshoots into the bottleneck's queue: loss past 2% of the round so far
+        // (and more than a handful) says the pipe is full (BBR v2's startup exit), at once,
+        // once the delivery rate has stopped growing (random loss on a path with room to
+        // spare must not end Startup early).
+        let (lost, delivered) = (self.round_lost, self.round_delivered);
+        if !self.filled_pipe
+            && self.full_bw_rounds >= 1
+            && lost >= 8
+            && lost * 50 > lost + delivered
+        {
+            self.filled_pipe = true;
+            return;
+        }
+        if self.filled_pipe || !self.round_start || ev.sample.is_none_or(|s| s.app_limited) {
+            return;
+        }
+        if self.max_bw() >= self.full_bw * 1.25 {
+            self.full_bw = self.max_bw();
+            self.full_bw_rounds = 0;
+            return;
+        }
+        self.full_bw_rounds += 1;
+        if self.full_bw_rounds >= 3 {
+            self.filled_pipe = true;
         }
     }
+
+    fn update_state(&mut self, ev: &AckEvent, rtt: &mut RttEstimator) {
+        let bdp = self.bdp();
+        match self.state {
+            BbrState::Startup if self.filled_pipe => {
+                self.state = BbrState::Drain;
+                self.pacing_gain = 1.0 / HIGH_GAIN;
+                self.cwnd_gain = HIGH_GAIN;
+            }
+            BbrState::Drain if ev.inflight as f64 <= bdp => self.enter_probe_bw(ev.now),
+            BbrState::ProbeBw => {
+                if let Some(r) = ev.rtt {
+                    let m = &mut self.cycle_min_rtt[0];
+                    *m = Some(m.map_or(r, |m| m.min(r)));
+                }
+                let elapsed = ev.now.saturating_duration_since(self.cycle_stamp);
+                let gain = CYCLE_GAINS[self.cycle];
+                let next = elapsed > self.min_rtt_cached
+                    && (gain <= 1.0 || ev.newly_lost > 0 || ev.inflight as f64 >= gain * bdp)
+                    || (gain < 1.0 && ev.inflight as f64 <= bdp);
+                if next {
+                    self.cycle = (self.cycle + 1) % CYCLE_GAINS.len();
+                    self.cycle_stamp = ev.now;
+                    if self.cycle == 0 {
+                        self.cycle_min_rtt = [None, self.cycle_min_rtt[0]];
+                    }
+                    self.pacing_gain = CYCLE_GAINS[self.cycle];
+                    // Cruising while a queue stands (flows together over-estimating the
+                    // bottleneck, each pacing at its own peak): cruise a little below the
+                    // estimate until it drains. Every flow sees the same queue, so all slow
+                    // down; then the probe and drain phases trade bandwidth between them.
+                    if self.pacing_gain == 1.0 && self.standing_queue() {
+                        self.pacing_gain = CRUISE_DRAIN_GAIN;
+                    }
+                }
+            }
+            _ => {}
+        }
+        // ProbeRTT: every 5 s without a new minimum, drain to half a BDP for 200 ms.
+        if self.state != BbrState::ProbeRtt && rtt.min_rtt_expired(ev.now) {
+            self.state = BbrState::ProbeRtt;
+            self.pacing_gain = 1.0;
+            self.prior_cwnd = self.cwnd;
+            self.probe_rtt_done = None;
+        }
+        if self.state == BbrState::ProbeRtt {
+            if self.probe_rtt_done.is_none() && ev.inflight as f64 <= (0.5 * bdp).max(MIN_CWND) {
+                self.probe_rtt_done = Some(ev.now + PROBE_RTT_TIME.max(self.min_rtt_cached));
+            }
+            if self.probe_rtt_done.is_some_and(|t| ev.now >= t) {
+                rtt.refresh_min_rtt(ev.now);
+                self.cwnd = self.cwnd.max(self.prior_cwnd);
+                if self.filled_pipe {
+                    self.enter_probe_bw(ev.now);
+                } else {
+                    self.state = BbrState::Startup;
+                    self.pacing_gain = HIGH_GAIN;
+                    self.cwnd_gain = STARTUP_CWND_GAIN;
+                }
+            }
+        }
+    }
+
+    /// Whether the lowest RTT of the last two ProbeBW cycles stayed above the path's minimum
+    /// by a quarter (and half a millisecond): a queue no drain phase emptied.
+    fn standing_queue(&self) -> bool {
+        let lowest = match self.cycle_min_rtt {
+            [Some(a), Some(b)] => a.min(b),
+            _ => return false,
+        };
+        lowest > self.min_rtt_cached * 5 / 4 + Duration::from_micros(500)
+    }
+
+    fn enter_probe_bw(&mut self, now: Instant) {
+        self.state = BbrState::ProbeBw;
+        self.cwnd_gain = 2.0;
+        // Start anywhere but in the drain phase, at random: flows whose phases line up
+        // never trade bandwidth (one's drain is what another's probe picks up).
+        let r = self.rng.random_range(0..7);
+        self.cycle = if r == 0 { 0 } else { r + 1 };
+        self.cycle_stamp = now;
+        self.pacing_gain = CYCLE_GAINS[self.cycle];
+    }
+
+    fn set_cwnd(&mut self, ev: &AckEvent) {
+        if self.state == BbrState::ProbeRtt {
+            // Half a BDP (BBR v2): enough to drain the queue, not the pipe.
+            self.cwnd = (0.5 * self.bdp()).max(MIN_CWND);
+            return;
+        }
+        let extra = windowed_max(&self.extra_acked, self.round);
+        let target = (self.cwnd_gain * self.pipe() + extra + 3.0).max(MIN_CWND);
+        if self.filled_pipe {
+            self.cwnd = (self.cwnd + ev.newly_delivered as f64).min(target);
+        } else if self.cwnd < target || self.max_bw() == 0.0 {
+            // Startup: grow with every delivery, but not past gain x the BDP measured so far.
+            self.cwnd += ev.newly_delivered as f64;
+        }
+        self.cwnd = self.cwnd.max(MIN_CWND);
+    }
+}
+
+fn windowed_max(slots: &[(u64, f64)], round: u64) -> f64 {
+    slots
+        .iter()
+        .filter(|(r, _)| round.saturating_sub(*r) < BW_WINDOW_ROUNDS)
+        .map(|(_, v)| *v)
+        .fold(0.0, f64::max)
 }
 
 #[cfg(test)]
@@ -103,34 +589,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn rto_follows_the_samples_with_a_floor() {
+    fn rto_follows_the_samples_with_a_floor_and_min_rtt_expires() {
+        let t0 = Instant::now();
         let mut r = RttEstimator::default();
         assert_eq!(r.rto(), INITIAL_RTO);
-        r.sample(Duration::from_millis(40));
+        r.sample(Duration::from_millis(40), t0);
         assert_eq!(r.srtt(), Duration::from_millis(40));
         assert_eq!(r.rto(), Duration::from_millis(40 + 4 * 20));
         for _ in 0..100 {
-            r.sample(Duration::from_micros(30));
+            r.sample(Duration::from_micros(30), t0);
         }
         assert_eq!(r.rto(), MIN_RTO);
-    }
-
-    #[test]
-    fn one_halving_per_round_trip_never_below_the_floor() {
-        let t0 = Instant::now();
-        let mut w = Aimd::new(64);
-        w.on_loss(t0, Duration::from_millis(10));
-        w.on_loss(t0 + Duration::from_millis(5), Duration::from_millis(10));
-        assert_eq!((w.cwnd(), w.backoffs()), (32.0, 1));
-        w.on_loss(t0 + Duration::from_millis(10), Duration::from_millis(10));
-        assert_eq!(w.cwnd(), 16.0);
-        for k in 0..20u64 {
-            w.on_loss(t0 + Duration::from_secs(k + 1), Duration::from_millis(10));
-        }
-        assert_eq!(w.cwnd(), MIN_CWND);
-        for _ in 0..1000 {
-            w.on_progress(64);
-        }
-        assert_eq!(w.cwnd(), 64.0, "capped at the receiver's window");
+        assert_eq!(r.min_rtt(), Some(Duration::from_micros(30)));
+        // Expired, a larger sample (a queue) does not replace it until the queue was drained
+        // and the minimum measured again.
+        let later = t0 + MIN_RTT_WINDOW + Duration::from_secs(1);
+        assert!(r.min_rtt_expired(later));
+        r.sample(Duration::from_millis(5), later);
+        r.sample(Duration::from_millis(2), later);
+        assert_eq!(r.min_rtt(), Some(Duration::from_micros(30)));
+        r.refresh_min_rtt(later);
+        assert_eq!(r.min_rtt(), Some(Duration::from_millis(2)));
+        assert!(!r.min_rtt_expired(later));
     }
 }

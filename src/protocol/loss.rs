@@ -87,8 +87,22 @@ impl LossTracker {
     /// `up_to` is clamped to the file; the client passes `seen_end`, or `total` once the
     /// sender has said it sent everything.
     pub fn nack_ranges(&self, up_to: u32, max: usize, out: &mut Vec<NackRange>) {
+        self.nack_ranges_from(self.recv_next, up_to, max, out);
+    }
+
+    /// Like [`LossTracker::nack_ranges`], from `from` (at least `recv_next`) on. Returns where
+    /// the scan stopped: `up_to` when it found fewer than `max`, else the end of the last run.
+    /// A receiver with more holes than one ACK lists resumes from there in the next one, so
+    /// the sender hears of every hole within a few ACKs, not one RTT per 128 holes.
+    pub fn nack_ranges_from(
+        &self,
+        from: u32,
+        up_to: u32,
+        max: usize,
+        out: &mut Vec<NackRange>,
+    ) -> u32 {
         let end = up_to.min(self.total);
-        let mut i = self.recv_next;
+        let mut i = from.max(self.recv_next);
         let mut found = 0;
         while i < end && found < max {
             // Skip received datagrams a word at a time.
@@ -110,6 +124,11 @@ impl LossTracker {
                 len: stop - start,
             });
             found += 1;
+        }
+        if found < max {
+            end
+        } else {
+            i.min(end)
         }
     }
 
@@ -211,6 +230,23 @@ mod tests {
         assert!(t.is_complete());
         assert_eq!(t.recv_next(), 300);
         assert!(ranges(&t, 300).is_empty());
+    }
+
+    #[test]
+    fn many_holes_are_reported_a_window_at_a_time() {
+        let mut t = LossTracker::new(1000);
+        for i in (0..1000).filter(|i| i % 3 != 1) {
+            t.insert(i);
+        }
+        // 333 holes, 128 per ACK: three ACKs cover them all, in order, then it starts over.
+        let (mut from, mut seen) = (0, Vec::new());
+        for _ in 0..3 {
+            let mut out = Vec::new();
+            from = t.nack_ranges_from(from, 1000, 128, &mut out);
+            seen.extend(out.iter().map(|r| r.start));
+        }
+        assert_eq!(from, 1000);
+        assert_eq!(seen, (0..1000).filter(|i| i % 3 == 1).collect::<Vec<u32>>());
     }
 
     #[test]

@@ -97,58 +97,92 @@ pub struct Ack<'a> {
     pub credit_limit: u32,
     /// Highest index received so far plus one (0: nothing yet).
     pub seen_end: u32,
-    /// Send timestamp (ns) of the newest data datagram received, echoed for RTT.
+    /// Distinct datagrams received so far: the sender's delivery count, for its rate samples.
+    pub received: u32,
+    /// Datagrams received more than once so far: a retransmission that arrives after its
+    /// original shows the sender it judged a late datagram lost (a spurious retransmission).
+    pub duplicates: u32,
+    /// The latest send timestamp (ns) among the data datagrams received, echoed: the RTT, and
+    /// for loss detection the send time of the most recent datagram known delivered.
     pub echo_ts_ns: u64,
     /// Time (µs) between that datagram's arrival and this ACK, subtracted from the RTT.
     pub echo_delay_us: u32,
     /// [`ack_flags`] bits.
     pub flags: u8,
-    /// Missing ranges inside `[recv_next, seen_end)`, at most [`MAX_NACK_RANGES`].
-    ranges: &'a [u8],
+    /// Missing ranges inside `[recv_next, seen_end)`, at most [`MAX_NACK_RANGES`]: set with
+    /// [`Ack::with_ranges`], read with [`Ack::ranges`].
+    pub nacks: NackRanges<'a>,
+}
+
+/// The encoded NACK ranges of an [`Ack`] (8 bytes each).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NackRanges<'a>(&'a [u8]);
+
+impl Ack<'static> {
+    /// An ACK for `session` with every field zero and no ranges; set the fields with struct
+    /// update syntax, the ranges with [`Ack::with_ranges`].
+    pub fn new(session: u32) -> Self {
+        Ack {
+            session,
+            recv_next: 0,
+            credit_limit: 0,
+            seen_end: 0,
+            received: 0,
+            duplicates: 0,
+            echo_ts_ns: 0,
+            echo_delay_us: 0,
+            flags: 0,
+            nacks: NackRanges(&[]),
+        }
+    }
 }
 
 impl<'a> Ack<'a> {
-    /// Builds an ACK whose ranges are encoded from `ranges` into `scratch`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        session: u32,
-        recv_next: u32,
-        credit_limit: u32,
-        seen_end: u32,
-        echo_ts_ns: u64,
-        echo_delay_us: u32,
-        flags: u8,
-        ranges: &[NackRange],
-        scratch: &'a mut Vec<u8>,
-    ) -> Self {
+    /// This ACK with `ranges` (at most [`MAX_NACK_RANGES`]) encoded into `scratch`.
+    pub fn with_ranges<'b>(self, ranges: &[NackRange], scratch: &'b mut Vec<u8>) -> Ack<'b> {
         scratch.clear();
         for r in ranges.iter().take(MAX_NACK_RANGES) {
             scratch.extend_from_slice(&r.start.to_be_bytes());
             scratch.extend_from_slice(&r.len.to_be_bytes());
         }
         Ack {
-            session,
-            recv_next,
-            credit_limit,
-            seen_end,
-            echo_ts_ns,
-            echo_delay_us,
-            flags,
-            ranges: scratch,
+            nacks: NackRanges(scratch),
+            ..self
         }
     }
 
     /// The NACK ranges carried by this ACK.
     pub fn ranges(&self) -> impl Iterator<Item = NackRange> + 'a {
-        self.ranges.chunks_exact(8).map(|c| NackRange {
+        self.nacks.0.chunks_exact(8).map(|c| NackRange {
             start: u32::from_be_bytes([c[0], c[1], c[2], c[3]]),
             len: u32::from_be_bytes([c[4], c[5], c[6], c[7]]),
         })
     }
 
     pub fn range_count(&self) -> usize {
-        self.ranges.len() / 8
+        self.nacks.0.len() / 8
     }
+}
+
+/// The sender's congestion controller, as it reports itself (`STATUS`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Status {
+    pub session: u32,
+    /// The rate the sender paces at, bits/s.
+    pub pacing_bps: u64,
+    /// Its estimate of the path's delivery rate (bottleneck bandwidth), bits/s.
+    pub delivery_bps: u64,
+    pub srtt_us: u32,
+    pub min_rtt_us: u32,
+    /// Datagrams sent and not yet known delivered or lost.
+    pub inflight: u32,
+    /// The congestion window, datagrams.
+    pub cwnd: u32,
+    /// Rounds in which loss was detected.
+    pub loss_events: u32,
+    pub retransmitted: u32,
+    /// Retransmissions that turned out unneeded (the original arrived).
+    pub spurious: u32,
 }
 
 /// File description sent by the server in answer to `GET`.
@@ -205,9 +239,13 @@ pub enum Message<'a> {
         code: ErrorCode,
         text: &'a str,
     },
-    /// C→S `ACK session:u32 recv_next:u32 credit_limit:u32 seen_end:u32 echo_ts_ns:u64
-    /// echo_delay_us:u32 flags:u8 count:u16 {start:u32 len:u32}*`.
+    /// C→S `ACK session:u32 recv_next:u32 credit_limit:u32 seen_end:u32 received:u32
+    /// duplicates:u32 echo_ts_ns:u64 echo_delay_us:u32 flags:u8 count:u16 {start:u32 len:u32}*`.
     Ack(Ack<'a>),
+    /// S→C `STATUS session:u32 pacing_bps:u64 delivery_bps:u64 srtt_us:u32 min_rtt_us:u32
+    /// inflight:u32 cwnd:u32 loss_events:u32 retransmitted:u32 spurious:u32`: the sender's
+    /// view of the path, every 100 ms during a transfer (for `get -i` and `--json`).
+    Status(Status),
     /// C→S `DONE session:u32 status:u8`: the client is finished with the session.
     Done { session: u32, status: DoneStatus },
     /// S→C `END session:u32 datagrams:u32`: blast mode, the server sent every datagram once.
@@ -372,6 +410,8 @@ impl<'a> Message<'a> {
                 let recv_next = r.u32()?;
                 let credit_limit = r.u32()?;
                 let seen_end = r.u32()?;
+                let received = r.u32()?;
+                let duplicates = r.u32()?;
                 let echo_ts_ns = r.u64()?;
                 let echo_delay_us = r.u32()?;
                 let flags = r.u8()?;
@@ -385,12 +425,26 @@ impl<'a> Message<'a> {
                     recv_next,
                     credit_limit,
                     seen_end,
+                    received,
+                    duplicates,
                     echo_ts_ns,
                     echo_delay_us,
                     flags,
-                    ranges,
+                    nacks: NackRanges(ranges),
                 })
             }
+            kind::STATUS => Message::Status(Status {
+                session: r.u32()?,
+                pacing_bps: r.u64()?,
+                delivery_bps: r.u64()?,
+                srtt_us: r.u32()?,
+                min_rtt_us: r.u32()?,
+                inflight: r.u32()?,
+                cwnd: r.u32()?,
+                loss_events: r.u32()?,
+                retransmitted: r.u32()?,
+                spurious: r.u32()?,
+            }),
             kind::DONE => Message::Done {
                 session: r.u32()?,
                 status: match r.u8()? {
@@ -497,12 +551,31 @@ impl<'a> Message<'a> {
                 out.extend_from_slice(&a.recv_next.to_be_bytes());
                 out.extend_from_slice(&a.credit_limit.to_be_bytes());
                 out.extend_from_slice(&a.seen_end.to_be_bytes());
+                out.extend_from_slice(&a.received.to_be_bytes());
+                out.extend_from_slice(&a.duplicates.to_be_bytes());
                 out.extend_from_slice(&a.echo_ts_ns.to_be_bytes());
                 out.extend_from_slice(&a.echo_delay_us.to_be_bytes());
                 out.push(a.flags);
                 let n = a.range_count().min(MAX_NACK_RANGES);
                 out.extend_from_slice(&(n as u16).to_be_bytes());
-                out.extend_from_slice(&a.ranges[..n * 8]);
+                out.extend_from_slice(&a.nacks.0[..n * 8]);
+            }
+            Message::Status(st) => {
+                header(out, kind::STATUS);
+                out.extend_from_slice(&st.session.to_be_bytes());
+                out.extend_from_slice(&st.pacing_bps.to_be_bytes());
+                out.extend_from_slice(&st.delivery_bps.to_be_bytes());
+                for v in [
+                    st.srtt_us,
+                    st.min_rtt_us,
+                    st.inflight,
+                    st.cwnd,
+                    st.loss_events,
+                    st.retransmitted,
+                    st.spurious,
+                ] {
+                    out.extend_from_slice(&v.to_be_bytes());
+                }
             }
             Message::Done { session, status } => {
                 header(out, kind::DONE);

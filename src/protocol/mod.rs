@@ -24,6 +24,8 @@ pub mod loss;
 pub mod message;
 pub mod pacer;
 pub mod sender;
+#[cfg(test)]
+pub mod sim;
 pub mod token;
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -32,7 +34,9 @@ use thiserror::Error;
 
 pub use data::{data_flags, DataHeader};
 pub use limits::*;
-pub use message::{ack_flags, Ack, DoneStatus, ErrorCode, ListEntry, Message, Meta, NackRange};
+pub use message::{
+    ack_flags, Ack, DoneStatus, ErrorCode, ListEntry, Message, Meta, NackRange, Status,
+};
 
 /// First two bytes of every ringblast datagram.
 pub const MAGIC: [u8; 2] = *b"RB";
@@ -55,6 +59,7 @@ pub(crate) mod kind {
     pub const DONE: u8 = 10;
     pub const END: u8 = 11;
     pub const DATA: u8 = 12;
+    pub const STATUS: u8 = 13;
 }
 
 /// Why a datagram was rejected. Receivers count these and drop the datagram.

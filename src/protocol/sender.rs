@@ -2,21 +2,39 @@
 //!
 //! Engine-independent (both engines ask it for the next datagram) and clock-free (callers pass
 //! `now`), so it is tested here without sockets. Reliable mode is selective repeat driven by
-//! the receiver: its `ACK`s carry a cumulative point, a credit limit (flow control) and NACK
-//! ranges; the sender resends a NACKed datagram once it has been out for longer than the
-//! retransmission timeout, and probes the tail when the receiver reports it is idle.
+//! the receiver's `ACK`s: a cumulative point, a credit limit (flow control), the count of
+//! datagrams received (delivery-rate samples), the latest send time received, and NACK ranges.
+//!
+//! - Loss detection is time-based with a reordering window (RACK, RFC 8985): a NACKed datagram
+//!   is lost when one sent more than `reo_wnd` after it has been delivered. A retransmission
+//!   that turns out spurious (the receiver counts the duplicate) widens the window.
+//! - A probe timeout (RFC 9002's PTO) resends the newest datagram in flight when ACKs stop, so
+//!   no session waits on a lost tail or lost ACKs; an idle receiver's ACKs probe the tail too.
+//! - How fast: the congestion controller ([`congestion`](super::congestion)) sets a pacing rate
+//!   and a window; the receiver's credit caps both; `serve --rate` caps the rate.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use super::congestion::{Aimd, RttEstimator};
+use super::congestion::{AckEvent, CcKind, Controller, RateSample, RttEstimator};
 use super::layout::{datagram_count, payload_len};
 use super::pacer::Pacer;
-use super::{Ack, Mode};
+use super::{Ack, Mode, Status};
 
 /// Blast mode repeats its END marker this many times, this far apart, against its loss.
 pub const END_REPEATS: u32 = 3;
 pub const END_SPACING: Duration = Duration::from_millis(5);
+/// The clock of per-datagram send times: 10 µs ticks (a u32 lasts 11.9 hours).
+const TICK_NS: u64 = 10_000;
+/// Largest factor of min_rtt/4 the reordering window grows to after spurious retransmissions.
+const MAX_REO_MULT: u32 = 16;
+/// The reordering window may always reach this, whatever the RTT: reordering of a few
+/// milliseconds (a relay, a bonded link) must not be taken for loss.
+const REO_WND_CAP_FLOOR: Duration = Duration::from_millis(4);
+/// Loss recoveries without a spurious retransmission after which the window shrinks back.
+const REO_DECAY_RECOVERIES: u32 = 16;
+/// An echoed delay longer than this is not believed (a confused or hostile receiver).
+const MAX_ECHO_DELAY: Duration = Duration::from_secs(10);
 
 /// What the engine should put on the wire next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,9 +42,22 @@ pub enum NextDatagram {
     Data {
         index: u32,
         retransmit: bool,
+        /// The send timestamp to stamp in its header (Unix ns, unique per send).
+        send_ts_ns: u64,
     },
     /// Blast mode's end-of-file marker.
     End,
+}
+
+/// One transmission, kept until an ACK echoes a later one: what a delivery-rate sample needs.
+#[derive(Debug, Clone, Copy)]
+struct SendRecord {
+    sent_ns: u64,
+    sent_at: Instant,
+    delivered: u64,
+    delivered_time: Instant,
+    first_sent_time: Instant,
+    app_limited: bool,
 }
 
 /// Sender state of one session.
@@ -44,49 +75,92 @@ pub struct SenderState {
     acked_below: u32,
     retransmit_queue: VecDeque<u32>,
     queued: Vec<u64>,
-    /// Last send time of each index, in 100 µs ticks since `epoch` (+1; 0 = never sent).
+    /// Last send time of each index, in ticks since `epoch` (+1; 0 = never sent).
     sent_at: Vec<u32>,
     epoch: Instant,
     /// `epoch` on the clock of the data header's send timestamps (Unix ns).
     epoch_unix_ns: u64,
+    last_send_ns: u64,
     rtt: RttEstimator,
+    cc: Controller,
+    /// Paces the controller's rate (and `serve --rate`); `None`: unpaced.
+    pacer: Option<Pacer>,
+    /// `serve --rate`, bits/s.
+    rate_cap_bps: Option<u64>,
+    records: VecDeque<SendRecord>,
+    delivered: u64,
+    delivered_time: Instant,
+    first_sent_time: Instant,
+    /// Sends are app-limited (credit, end of file) until this much is delivered.
+    app_limited_until: u64,
+    /// RACK: the reordering window is `reo_mult` x min_rtt / 4.
+    reo_mult: u32,
+    recoveries_clean: u32,
+    duplicates_seen: u32,
+    /// Round (delivery count) of the last loss event, to count one per round trip.
+    loss_round_end: u64,
+    last_ack_at: Instant,
+    pto_count: u32,
     ends_sent: u32,
     next_end_at: Instant,
-    pacer: Option<Pacer>,
-    congestion: Aimd,
     /// Datagram indices examined for resending, over all ACKs (bounded per ACK by what is in
     /// flight: see [`SenderState::on_ack`]).
     pub resend_checks: u64,
     pub datagrams_sent: u64,
     pub bytes_sent: u64,
     pub retransmitted: u64,
+    /// Rounds with loss.
+    pub loss_events: u64,
+    /// Retransmissions that were not needed.
+    pub spurious: u64,
+    /// Probe timeouts that fired.
+    pub probes: u64,
+    /// ACKs whose timestamps or delays were not believed.
+    pub bad_acks: u64,
 }
 
-fn ticks(since: Duration) -> u32 {
-    (since.as_micros() / 100).min(u32::MAX as u128 - 1) as u32 + 1
+/// What a session is told at creation.
+#[derive(Debug, Clone, Copy)]
+pub struct SenderConfig {
+    pub mode: Mode,
+    pub file_size: u64,
+    pub payload_size: u32,
+    /// The receiver's initial credit, datagrams.
+    pub window: u32,
+    pub cc: CcKind,
+    /// `serve --rate`, bits/s.
+    pub rate_cap_bps: Option<u64>,
+    /// Seeds the controller's randomness (its probing phases).
+    pub seed: u64,
 }
 
 impl SenderState {
-    /// `window`: the receiver's initial credit, in datagrams. `now_unix_ns`: `now` on the
-    /// clock of send timestamps, to place the ACKs' echoed timestamps.
-    pub fn new(
-        mode: Mode,
-        file_size: u64,
-        payload_size: u32,
-        window: u32,
-        pacer: Option<Pacer>,
-        now: Instant,
-        now_unix_ns: u64,
-    ) -> Self {
-        let total = datagram_count(file_size, payload_size) as u32;
-        let credit_limit = match mode {
-            Mode::Reliable => window.max(1).min(total),
+    /// `now_unix_ns`: `now` on the clock of send timestamps, to place the ACKs' echoes.
+    pub fn new(cfg: SenderConfig, now: Instant, now_unix_ns: u64) -> Self {
+        let total = datagram_count(cfg.file_size, cfg.payload_size) as u32;
+        let credit_limit = match cfg.mode {
+            Mode::Reliable => cfg.window.max(1).min(total),
             Mode::Blast => total,
         };
+        // Blast mode is the lab's: as fast as it goes (or at --rate), no control loop.
+        let cc = match cfg.mode {
+            Mode::Reliable => Controller::new(cfg.cc, cfg.payload_size, now, cfg.seed),
+            Mode::Blast => Controller::Fixed,
+        };
+        let datagram = cfg.payload_size as usize + super::DATA_HEADER_LEN;
+        let pacer = match (cc.pacing_rate(), cfg.rate_cap_bps) {
+            (None, None) => None,
+            (rate, cap) => {
+                let bps = rate
+                    .map_or(u64::MAX, |r| (r * 8.0) as u64)
+                    .min(cap.unwrap_or(u64::MAX));
+                Some(Pacer::new(bps, burst_for(bps, datagram), now))
+            }
+        };
         SenderState {
-            mode,
-            file_size,
-            payload_size,
+            mode: cfg.mode,
+            file_size: cfg.file_size,
+            payload_size: cfg.payload_size,
             total,
             next_new: 0,
             credit_limit,
@@ -95,7 +169,7 @@ impl SenderState {
             queued: vec![0; (total as usize).div_ceil(64)],
             sent_at: vec![
                 0;
-                if mode == Mode::Reliable {
+                if cfg.mode == Mode::Reliable {
                     total as usize
                 } else {
                     0
@@ -103,15 +177,32 @@ impl SenderState {
             ],
             epoch: now,
             epoch_unix_ns: now_unix_ns,
+            last_send_ns: 0,
             rtt: RttEstimator::default(),
+            cc,
+            pacer,
+            rate_cap_bps: cfg.rate_cap_bps,
+            records: VecDeque::new(),
+            delivered: 0,
+            delivered_time: now,
+            first_sent_time: now,
+            app_limited_until: 0,
+            reo_mult: 1,
+            recoveries_clean: 0,
+            duplicates_seen: 0,
+            loss_round_end: 0,
+            last_ack_at: now,
+            pto_count: 0,
             ends_sent: 0,
             next_end_at: now,
-            pacer,
-            congestion: Aimd::new(window),
             resend_checks: 0,
             datagrams_sent: 0,
             bytes_sent: 0,
             retransmitted: 0,
+            loss_events: 0,
+            spurious: 0,
+            probes: 0,
+            bad_acks: 0,
         }
     }
 
@@ -141,6 +232,40 @@ impl SenderState {
         self.rtt.srtt()
     }
 
+    /// Current congestion window, datagrams (`u64::MAX`: none).
+    pub fn cwnd(&self) -> u64 {
+        self.cc.cwnd()
+    }
+
+    /// Datagrams sent and not known delivered, less those known lost and waiting to go again.
+    pub fn inflight(&self) -> u64 {
+        (self.next_new as u64)
+            .saturating_sub(self.delivered)
+            .saturating_sub(self.retransmit_queue.len() as u64)
+    }
+
+    /// The controller's view, for `STATUS` and reports.
+    pub fn status(&self, session: u32) -> Status {
+        let us = |d: Duration| d.as_micros().min(u32::MAX as u128) as u32;
+        Status {
+            session,
+            pacing_bps: self.pacer.as_ref().map_or(0, |p| p.rate_bps()),
+            delivery_bps: (self.cc.delivery_rate() * 8.0) as u64,
+            srtt_us: us(self.rtt.srtt()),
+            min_rtt_us: us(self.rtt.min_rtt().unwrap_or_default()),
+            inflight: self.inflight().min(u32::MAX as u64) as u32,
+            cwnd: self.cc.cwnd().min(u32::MAX as u64) as u32,
+            loss_events: self.loss_events.min(u32::MAX as u64) as u32,
+            retransmitted: self.retransmitted.min(u32::MAX as u64) as u32,
+            spurious: self.spurious.min(u32::MAX as u64) as u32,
+        }
+    }
+
+    /// The controller's state name (`startup`, `probe_bw`, ...).
+    pub fn cc_state(&self) -> &'static str {
+        self.cc.state()
+    }
+
     fn is_queued(&self, i: u32) -> bool {
         self.queued[i as usize / 64] & (1 << (i % 64)) != 0
     }
@@ -154,17 +279,26 @@ impl SenderState {
         }
     }
 
-    /// Queues `i` for resending if its last send was at least `wait` before the ACK that
-    /// reports it missing was written (`ack_ticks`): only then is the ACK evidence of loss.
-    /// Returns whether it did.
-    fn maybe_resend(&mut self, i: u32, ack_ticks: u32, wait_ticks: u32) -> bool {
+    fn tick(&self, t: Instant) -> u32 {
+        ticks_of(t.saturating_duration_since(self.epoch).as_nanos() as u64)
+    }
+
+    /// `unix_ns` on the tick clock (saturating at the epoch and at `now`).
+    fn tick_of_unix(&self, unix_ns: u64, now: Instant) -> u32 {
+        ticks_of(unix_ns.saturating_sub(self.epoch_unix_ns)).min(self.tick(now))
+    }
+
+    /// Queues `i` for resending. Returns whether it did (not already queued, sent at least
+    /// once, not resent within the last round trip: a receiver cannot make the sender resend
+    /// one datagram more than once per RTT).
+    fn mark_lost(&mut self, i: u32, now_tick: u32, min_gap_ticks: u32) -> bool {
         let sent = self.sent_at[i as usize];
-        if sent != 0 && !self.is_queued(i) && ack_ticks.saturating_sub(sent) >= wait_ticks {
-            self.set_queued(i, true);
-            self.retransmit_queue.push_back(i);
-            return true;
+        if sent == 0 || self.is_queued(i) || now_tick.saturating_sub(sent) < min_gap_ticks {
+            return false;
         }
-        false
+        self.set_queued(i, true);
+        self.retransmit_queue.push_back(i);
+        true
     }
 
     /// Datagram `index` never left: its send failed locally (a GSO send the device refused).
@@ -176,14 +310,13 @@ impl SenderState {
         }
     }
 
-    /// Current congestion window, datagrams.
-    pub fn cwnd(&self) -> f64 {
-        self.congestion.cwnd()
-    }
-
-    /// Times the congestion window was halved.
-    pub fn backoffs(&self) -> u64 {
-        self.congestion.backoffs()
+    /// The RACK reordering window.
+    fn reo_wnd(&self) -> Duration {
+        let Some(min_rtt) = self.rtt.min_rtt() else {
+            return Duration::ZERO;
+        };
+        let cap = self.rtt.srtt().max(REO_WND_CAP_FLOOR);
+        (min_rtt * self.reo_mult / 4).min(cap)
     }
 
     /// Applies a receiver's `ACK`. `rtt`: the sample its echoed timestamp gives, if any.
@@ -199,40 +332,139 @@ impl SenderState {
         if self.mode != Mode::Reliable {
             return;
         }
+        let now_tick = self.tick(now);
+        // An echo from before the session began, from the future, or held for ages is not
+        // believed: no RTT, rate or loss decision rests on it.
+        let echo_ok = ack.echo_ts_ns >= self.epoch_unix_ns
+            && ack.echo_ts_ns <= self.last_send_ns
+            && Duration::from_micros(ack.echo_delay_us as u64) <= MAX_ECHO_DELAY;
+        if ack.echo_ts_ns != 0 && !echo_ok {
+            self.bad_acks += 1;
+        }
+        let rtt = rtt.filter(|_| echo_ok);
         if let Some(rtt) = rtt {
-            self.rtt.sample(rtt);
+            self.rtt.sample(rtt, now);
         }
         // Everything is clamped to what this sender actually sent: a confused or hostile
         // receiver cannot make it index out of range or resend what it never sent.
-        let progress = ack
-            .recv_next
-            .min(self.next_new)
-            .saturating_sub(self.acked_below);
-        self.acked_below = self.acked_below.max(ack.recv_next.min(self.next_new));
-        self.congestion.on_progress(progress);
+        let recv_next = ack.recv_next.min(self.next_new);
+        if recv_next > self.acked_below {
+            self.acked_below = recv_next;
+            self.pto_count = 0;
+            self.last_ack_at = now;
+        }
         self.credit_limit = self.credit_limit.max(ack.credit_limit.min(self.total));
-        // When the receiver wrote this ACK, on our clock: the echoed send timestamp plus the
-        // time the receiver held it (a lower bound: the one-way delay is not added). Judging
-        // by when the ACK is *processed* instead would call everything sent while it queued
-        // lost, and resend it spuriously when the control thread lags.
-        let ack_ticks = if ack.echo_ts_ns != 0 {
-            let written_ns = ack
-                .echo_ts_ns
-                .saturating_add(ack.echo_delay_us as u64 * 1000);
-            ticks(Duration::from_nanos(
-                written_ns.saturating_sub(self.epoch_unix_ns),
-            ))
-            .min(ticks(now.saturating_duration_since(self.epoch)))
+        let received = (ack.received as u64).min(self.next_new as u64);
+        let newly_delivered = received.saturating_sub(self.delivered);
+        if newly_delivered > 0 {
+            // Progress: the probe timer restarts (ACKs that bring none do not hold it off).
+            self.delivered = received;
+            self.delivered_time = now;
+            self.pto_count = 0;
+            self.last_ack_at = now;
+        }
+        let sample = if echo_ok {
+            self.rate_sample(ack.echo_ts_ns, now)
         } else {
-            ticks(now.saturating_duration_since(self.epoch))
+            None
         };
-        let rto_ticks = ticks(self.rto()) - 1;
+        // Spurious retransmissions: every duplicate the receiver counted. Reordering was
+        // taken for loss: widen the window.
+        if ack.duplicates > self.duplicates_seen {
+            self.spurious += (ack.duplicates - self.duplicates_seen) as u64;
+            self.duplicates_seen = ack.duplicates;
+            self.reo_mult = (self.reo_mult + 1).min(MAX_REO_MULT);
+            self.recoveries_clean = 0;
+        }
+        let lost = self.detect_losses(ack, receiver_idle, echo_ok, now, now_tick);
+        // One loss event per round trip, however many datagrams it lost.
+        if lost > 0 && self.delivered >= self.loss_round_end {
+            self.loss_events += 1;
+            self.loss_round_end = self.delivered + self.inflight();
+            self.recoveries_clean += 1;
+            if self.recoveries_clean >= REO_DECAY_RECOVERIES {
+                self.reo_mult = 1;
+                self.recoveries_clean = 0;
+            }
+        }
+        let ev = AckEvent {
+            now,
+            delivered: self.delivered,
+            newly_delivered,
+            newly_lost: lost,
+            inflight: self.inflight(),
+            sample,
+            rtt,
+        };
+        self.cc.on_ack(&ev, &mut self.rtt);
+        self.update_pacer(now);
+    }
+
+    /// The delivery-rate sample of the send the ACK echoes; forgets the sends before it.
+    fn rate_sample(&mut self, echo_ns: u64, now: Instant) -> Option<RateSample> {
+        let k = self.records.partition_point(|r| r.sent_ns <= echo_ns);
+        if k == 0 {
+            return None;
+        }
+        let r = self.records[k - 1];
+        self.records.drain(..k);
+        if r.sent_ns != echo_ns {
+            return None;
+        }
+        self.first_sent_time = r.sent_at;
+        let send_elapsed = r.sent_at.saturating_duration_since(r.first_sent_time);
+        let ack_elapsed = now.saturating_duration_since(r.delivered_time);
+        let interval = send_elapsed.max(ack_elapsed).as_secs_f64();
+        let delivered = self.delivered.saturating_sub(r.delivered);
+        if interval <= 0.0 || delivered == 0 {
+            return None;
+        }
+        Some(RateSample {
+            delivery_rate: delivered as f64 * self.payload_size as f64 / interval,
+            app_limited: r.app_limited,
+            prior_delivered: r.delivered,
+        })
+    }
+
+    /// RACK over the NACKed ranges, and the idle receiver's tail. Returns how many datagrams
+    /// were newly declared lost.
+    fn detect_losses(
+        &mut self,
+        ack: &Ack<'_>,
+        receiver_idle: bool,
+        echo_ok: bool,
+        now: Instant,
+        now_tick: u32,
+    ) -> u64 {
+        let min_gap = ticks_of(self.rtt.min_rtt().unwrap_or_default().as_nanos() as u64);
         let seen_end = ack.seen_end.min(self.next_new);
-        let mut lost = false;
+        let mut lost = 0u64;
+        // When the receiver wrote this ACK, on our clock: the echoed send time plus the time it
+        // held the ACK (a lower bound).
+        let written = if echo_ok {
+            self.tick_of_unix(
+                ack.echo_ts_ns
+                    .saturating_add(ack.echo_delay_us as u64 * 1000),
+                now,
+            )
+        } else {
+            now_tick
+        };
+        let rto = ticks_of(self.rto().as_nanos() as u64);
+        // RACK: lost when a datagram sent more than reo_wnd after it was delivered. The most
+        // recent delivered send time is the echo (the receiver echoes the latest it has seen).
+        // And when the receiver is idle (its socket empty), a hole sent more than an RTO
+        // before the ACK was written is lost whatever was sent after it: a lost
+        // retransmission with nothing newer in flight (credit exhausted at the hole) is found.
+        let reo = ticks_of(self.reo_wnd().as_nanos() as u64);
+        let rack_tick = if echo_ok {
+            self.tick_of_unix(ack.echo_ts_ns, now)
+        } else {
+            0
+        };
         // A receiver lists its holes in increasing order, without overlap. Only that much is
         // believed: each range is clipped to start where the previous one ended, so one ACK
-        // examines each in-flight index at most once, however its 128 ranges are drawn (a
-        // hostile client repeating one huge range cost ~500k checks per ACK before).
+        // examines each in-flight index at most once, however its 128 ranges are drawn.
         let mut floor = self.acked_below;
         for r in ack.ranges() {
             let start = r.start.max(floor);
@@ -241,25 +473,72 @@ impl SenderState {
                 continue;
             }
             for i in start..end {
-                lost |= self.maybe_resend(i, ack_ticks, rto_ticks);
+                let sent = self.sent_at[i as usize];
+                let by_rack = sent.saturating_add(reo) < rack_tick;
+                let by_time = receiver_idle && sent.saturating_add(rto) <= written;
+                if sent != 0 && (by_rack || by_time) && self.mark_lost(i, now_tick, min_gap) {
+                    lost += 1;
+                }
             }
             self.resend_checks += (end - start) as u64;
             floor = end;
         }
+        // The tail: an idle receiver has seen nothing past `seen_end`; what was sent more than
+        // an RTO before the ACK was written is lost.
         if receiver_idle {
-            let start = seen_end.max(floor);
+            let start = seen_end.max(self.acked_below);
             for i in start..self.next_new {
-                lost |= self.maybe_resend(i, ack_ticks, rto_ticks);
+                let sent = self.sent_at[i as usize];
+                if sent != 0
+                    && sent.saturating_add(rto) <= written
+                    && self.mark_lost(i, now_tick, min_gap)
+                {
+                    lost += 1;
+                }
             }
             self.resend_checks += self.next_new.saturating_sub(start) as u64;
         }
-        if lost {
-            self.congestion.on_loss(now, self.srtt());
+        lost
+    }
+
+    fn update_pacer(&mut self, now: Instant) {
+        let datagram = self.payload_size as usize + super::DATA_HEADER_LEN;
+        let rate = self.cc.pacing_rate().map(|r| (r * 8.0) as u64);
+        let bps = match (rate, self.rate_cap_bps) {
+            (None, None) => return,
+            (r, c) => r.unwrap_or(u64::MAX).min(c.unwrap_or(u64::MAX)),
+        };
+        if let Some(p) = &mut self.pacer {
+            p.set_rate(bps, burst_for(bps, datagram), now);
         }
+    }
+
+    /// When the probe timeout fires (RFC 9002: SRTT + 4 RTTVAR, doubling each time it fires
+    /// without an answer), if anything is in flight.
+    fn pto_at(&self) -> Option<Instant> {
+        if self.mode != Mode::Reliable || self.inflight() == 0 || self.is_complete() {
+            return None;
+        }
+        let pto = self.rtt.rto().max(Duration::from_millis(10)) * (1 << self.pto_count.min(10));
+        Some(self.last_ack_at + pto)
     }
 
     /// The next datagram to send, if any may be sent now. Records it as sent.
     pub fn next(&mut self, now: Instant) -> Option<NextDatagram> {
+        if self.pto_at().is_some_and(|t| now >= t) {
+            // No ACK for a PTO: probe with the newest datagram in flight (the likeliest lost
+            // tail); its ACK, or the lack of one, tells the rest.
+            let probe = (self.next_new - 1).max(self.acked_below);
+            if !self.is_queued(probe) {
+                self.set_queued(probe, true);
+                self.retransmit_queue.push_front(probe);
+            }
+            self.pto_count += 1;
+            self.probes += 1;
+            self.last_ack_at = now;
+            self.cc.on_timeout();
+        }
+        let cwnd_room = self.inflight() < self.cc.cwnd();
         while let Some(&i) = self.retransmit_queue.front() {
             if i < self.acked_below {
                 // Arrived meanwhile (a late original or an earlier resend).
@@ -272,24 +551,20 @@ impl SenderState {
             }
             self.retransmit_queue.pop_front();
             self.set_queued(i, false);
-            self.record(i, now);
             self.retransmitted += 1;
-            return Some(NextDatagram::Data {
-                index: i,
-                retransmit: true,
-            });
+            return Some(self.record(i, true, now));
         }
-        if self.next_new < self.send_limit() {
+        if self.next_new < self.credit_limit.min(self.total) && cwnd_room {
             let i = self.next_new;
             if !self.pace(i, now) {
                 return None;
             }
             self.next_new += 1;
-            self.record(i, now);
-            return Some(NextDatagram::Data {
-                index: i,
-                retransmit: false,
-            });
+            return Some(self.record(i, false, now));
+        }
+        if self.next_new < self.total && cwnd_room {
+            // Credit, not the network, is what stops us: samples taken now say little.
+            self.app_limited_until = self.delivered + self.inflight();
         }
         if self.mode == Mode::Blast
             && self.next_new >= self.total
@@ -303,18 +578,6 @@ impl SenderState {
         None
     }
 
-    /// New data may be sent below this index: the receiver's credit, the congestion window.
-    fn send_limit(&self) -> u32 {
-        let congestion = self
-            .acked_below
-            .saturating_add(self.congestion.cwnd() as u32);
-        let limit = match self.mode {
-            Mode::Reliable => self.credit_limit.min(congestion),
-            Mode::Blast => self.credit_limit,
-        };
-        limit.min(self.total)
-    }
-
     fn pace(&mut self, i: u32, now: Instant) -> bool {
         let len = payload_len(self.file_size, self.payload_size, i as u64);
         match &mut self.pacer {
@@ -323,34 +586,80 @@ impl SenderState {
         }
     }
 
-    fn record(&mut self, i: u32, now: Instant) {
+    fn record(&mut self, i: u32, retransmit: bool, now: Instant) -> NextDatagram {
+        let unix = self.epoch_unix_ns + now.saturating_duration_since(self.epoch).as_nanos() as u64;
+        let send_ts_ns = unix.max(self.last_send_ns + 1);
+        self.last_send_ns = send_ts_ns;
+        let tick = self.tick(now);
         if let Some(slot) = self.sent_at.get_mut(i as usize) {
-            *slot = ticks(now.saturating_duration_since(self.epoch));
+            *slot = tick;
+        }
+        if self.mode == Mode::Reliable {
+            self.records.push_back(SendRecord {
+                sent_ns: send_ts_ns,
+                sent_at: now,
+                delivered: self.delivered,
+                delivered_time: self.delivered_time,
+                first_sent_time: if self.inflight() == 0 {
+                    now
+                } else {
+                    self.first_sent_time
+                },
+                app_limited: self.delivered < self.app_limited_until,
+            });
         }
         self.datagrams_sent += 1;
         self.bytes_sent += payload_len(self.file_size, self.payload_size, i as u64) as u64;
+        NextDatagram::Data {
+            index: i,
+            retransmit,
+            send_ts_ns,
+        }
     }
 
-    /// When time alone (pacing, END spacing) will let [`SenderState::next`] return something;
-    /// `None` if only an ACK can.
+    /// When time alone (pacing, END spacing, a probe timeout) will let
+    /// [`SenderState::next`] return something; `None` if only an ACK can.
     pub fn deadline(&self) -> Option<Instant> {
-        let has_work = !self.retransmit_queue.is_empty() || self.next_new < self.send_limit();
-        if has_work {
+        let pto = self.pto_at();
+        let cwnd_room = self.inflight() < self.cc.cwnd();
+        let has_work = !self.retransmit_queue.is_empty()
+            || (self.next_new < self.credit_limit.min(self.total) && cwnd_room);
+        let work = if has_work {
             let i = self
                 .retransmit_queue
                 .front()
                 .copied()
                 .unwrap_or(self.next_new);
-            return Some(match &self.pacer {
+            Some(match &self.pacer {
                 Some(p) => p.ready_at(payload_len(self.file_size, self.payload_size, i as u64)),
                 None => self.epoch,
-            });
+            })
+        } else if self.mode == Mode::Blast
+            && self.next_new >= self.total
+            && self.ends_sent < END_REPEATS
+        {
+            Some(self.next_end_at)
+        } else {
+            None
+        };
+        match (work, pto) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
-        if self.mode == Mode::Blast && self.next_new >= self.total && self.ends_sent < END_REPEATS {
-            return Some(self.next_end_at);
-        }
-        None
     }
+}
+
+/// Ticks of a duration in ns, +1 (0 means never), saturating.
+fn ticks_of(ns: u64) -> u32 {
+    (ns / TICK_NS).min(u32::MAX as u64 - 1) as u32 + 1
+}
+
+/// The pacer's burst at `bps`: 2 ms of sending (an engine sleeps in whole milliseconds and
+/// sends what it may in one batch when it wakes: tokens that overflowed meanwhile would be
+/// rate lost), at least 2 datagrams.
+fn burst_for(bps: u64, datagram: usize) -> usize {
+    let two_ms = (bps / 8 / 500).min(usize::MAX as u64) as usize;
+    two_ms.max(2 * datagram)
 }
 
 #[cfg(test)]

@@ -100,6 +100,9 @@ pub struct CopyReport {
     pub error: Option<String>,
     #[serde(flatten)]
     pub hists: ClientHists,
+    /// The sender's congestion controller as it last reported it (`STATUS`): pacing rate,
+    /// smoothed and minimum RTT, datagrams in flight, loss events, spurious retransmissions.
+    pub sender: Option<crate::protocol::Status>,
     /// CPU seconds this sub-client's thread used (user + system).
     pub cpu_s: f64,
 }

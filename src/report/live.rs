@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// What one sub-client has done so far.
+/// What one sub-client has done so far, and what its sender last said of its controller.
 #[derive(Debug, Default)]
 pub struct ClientLive {
     pub bytes_intact: AtomicU64,
@@ -15,6 +15,40 @@ pub struct ClientLive {
     pub retransmitted: AtomicU64,
     /// Datagrams missing below the highest one seen (holes waiting for repair).
     pub holes: AtomicU64,
+    pub pacing_bps: AtomicU64,
+    pub srtt_us: AtomicU64,
+    pub min_rtt_us: AtomicU64,
+    pub inflight: AtomicU64,
+    pub loss_events: AtomicU64,
+    pub spurious: AtomicU64,
+}
+
+impl ClientLive {
+    /// Publishes the sender's latest `STATUS`.
+    pub fn set_status(&self, st: &crate::protocol::Status) {
+        self.pacing_bps.store(st.pacing_bps, Ordering::Relaxed);
+        self.srtt_us.store(st.srtt_us as u64, Ordering::Relaxed);
+        self.min_rtt_us
+            .store(st.min_rtt_us as u64, Ordering::Relaxed);
+        self.inflight.store(st.inflight as u64, Ordering::Relaxed);
+        self.loss_events
+            .store(st.loss_events as u64, Ordering::Relaxed);
+        self.spurious.store(st.spurious as u64, Ordering::Relaxed);
+    }
+
+    /// The sender's view, as an interval line's tail.
+    fn controller(&self) -> String {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        format!(
+            " | pacing {:>7.3} Gbit/s rtt {:>6} us min {:>6} us inflight {:>6} losses {:>4} spurious {:>4}",
+            load(&self.pacing_bps) as f64 / 1e9,
+            load(&self.srtt_us),
+            load(&self.min_rtt_us),
+            load(&self.inflight),
+            load(&self.loss_events),
+            load(&self.spurious)
+        )
+    }
 }
 
 /// The counters of every sub-client of one `get`.
@@ -86,7 +120,7 @@ fn intervals(live: &Live, every: Duration, done: &AtomicBool) {
     let mut last: Vec<Snap> = vec![Snap::default(); live.clients.len()];
     let mut last_t = 0.0;
     println!(
-        "[ ID] interval            transfer         rate     datagrams         holes       retrans"
+        "[ ID] interval            transfer         rate     datagrams         holes       retrans | the sender's congestion controller"
     );
     loop {
         let deadline = Instant::now() + every;
@@ -106,7 +140,11 @@ fn intervals(live: &Live, every: Duration, done: &AtomicBool) {
             };
             let holes = c.holes.load(Ordering::Relaxed);
             if live.clients.len() > 1 {
-                println!("{}", line(&(i + 1).to_string(), last_t, t, d, holes));
+                println!(
+                    "{}{}",
+                    line(&(i + 1).to_string(), last_t, t, d, holes),
+                    c.controller()
+                );
             }
             sum.bytes += d.bytes;
             sum.datagrams += d.datagrams;
@@ -114,7 +152,12 @@ fn intervals(live: &Live, every: Duration, done: &AtomicBool) {
             sum_holes += holes;
             last[i] = now;
         }
-        println!("{}", line("SUM", last_t, t, sum, sum_holes));
+        let tail = if live.clients.len() == 1 {
+            live.clients[0].controller()
+        } else {
+            String::new()
+        };
+        println!("{}{tail}", line("SUM", last_t, t, sum, sum_holes));
         last_t = t;
         if finished {
             return;

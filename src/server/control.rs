@@ -23,8 +23,7 @@ use super::stats::ServerStats;
 use super::table::{Entry, SessionTable};
 use super::ServerConfig;
 use crate::protocol::layout::DatagramSize;
-use crate::protocol::pacer::Pacer;
-use crate::protocol::sender::SenderState;
+use crate::protocol::sender::{SenderConfig, SenderState};
 use crate::protocol::token::TokenKey;
 use crate::protocol::{
     ack_flags, unix_ns, Ack, DoneStatus, ErrorCode, ListEntry, Message, Meta, Mode, WireError,
@@ -64,6 +63,7 @@ pub(super) struct Control {
     summaries_tx: Sender<SessionSummary>,
     /// Sessions may use UDP GSO.
     gso: bool,
+    sweeps: u64,
     out: Vec<u8>,
 }
 
@@ -115,6 +115,7 @@ impl Control {
             summaries,
             summaries_tx,
             gso,
+            sweeps: 0,
             out: Vec::with_capacity(MAX_DATAGRAM),
         })
     }
@@ -175,7 +176,7 @@ impl Control {
     fn report_finished(&mut self) {
         while let Ok(s) = self.summaries.try_recv() {
             tracing::info!(
-                "[SESSION {}] {} {} {} -> {}: {} ({} bytes sent in {:.3} s, {:.1} MiB/s, {} datagrams of {} bytes, {} retransmitted, {} send errors; {} sends of up to {} datagrams, {} io_uring_enter; send latency us {}; datagrams per submit {}){}{}",
+                "[SESSION {}] {} {} {} -> {}: {} ({} bytes sent in {:.3} s, {:.1} MiB/s, {} datagrams of {} bytes, {} retransmitted ({} spurious), {} loss events, {} probes, {} send errors; {} sends of up to {} datagrams, {} io_uring_enter; {}: pacing {:.3} Gbit/s, rtt {} us (min {}); send latency us {}; datagrams per submit {}){}{}",
                 s.session,
                 s.engine,
                 s.mode,
@@ -188,10 +189,17 @@ impl Control {
                 s.datagrams_sent,
                 s.datagram_size,
                 s.retransmitted,
+                s.congestion.spurious,
+                s.congestion.loss_events,
+                s.probes,
                 s.send_errors,
                 s.send_calls,
                 s.gso_segments,
                 s.io_uring_enters,
+                s.controller,
+                s.congestion.pacing_bps as f64 / 1e9,
+                s.congestion.srtt_us,
+                s.congestion.min_rtt_us,
                 s.send_latency_us,
                 s.batch_size,
                 s.gso_fallback.as_deref().map(|p| format!("; {p}")).unwrap_or_default(),
@@ -565,19 +573,19 @@ impl Control {
         let id = self.sessions.new_id();
         let now = Instant::now();
         let datagram_size = file.payload_size as usize + DATA_HEADER_LEN;
-        let pacer = self
-            .cfg
-            .rate_bps
-            .map(|bps| Pacer::new(bps, 4 * datagram_size, now));
         let max_window = (self.cfg.max_window_bytes / file.payload_size as u64).max(1);
         let window =
             (req.window_bytes / file.payload_size).clamp(1, max_window.min(u32::MAX as u64) as u32);
         let state = SenderState::new(
-            req.mode,
-            file.size,
-            file.payload_size,
-            window,
-            pacer,
+            SenderConfig {
+                mode: req.mode,
+                file_size: file.size,
+                payload_size: file.payload_size,
+                window,
+                cc: self.cfg.cc,
+                rate_cap_bps: self.cfg.rate_bps,
+                seed: rand::random(),
+            },
             now,
             unix_ns(),
         );
@@ -590,13 +598,14 @@ impl Control {
         let session = Arc::new(Session::new(id, req.peer, file, state, ctx));
         session.heard();
         tracing::info!(
-            "[TRANSFER] session {:08x}: sending {} ({} bytes, {} mode, {}-byte datagrams, window {} datagrams) to {}",
+            "[TRANSFER] session {:08x}: sending {} ({} bytes, {} mode, {}-byte datagrams, window {} datagrams, congestion control {}) to {}",
             id,
             session.file.name,
             session.file.size,
             req.mode.as_str(),
             datagram_size,
             window,
+            self.cfg.cc.as_str(),
             req.peer
         );
         let rate = self.cfg.acks_per_session;
@@ -626,11 +635,24 @@ impl Control {
         self.send(s.peer, &meta);
     }
 
-    /// Sweeps the session table and tells clients why the server ended their session.
+    /// Sweeps the session table and tells clients why the server ended their session; every
+    /// other sweep (100 ms), tells each reliable session's client its sender's view (`STATUS`).
     fn sweep(&mut self) {
         for (peer, code, text) in self.sessions.sweep(self.cfg.idle_timeout) {
             self.error(peer, 0, code, &text);
         }
         self.requests.forget_idle(Instant::now());
+        self.sweeps += 1;
+        if self.sweeps % 2 == 0 {
+            let statuses: Vec<_> = self
+                .sessions
+                .sessions()
+                .filter(|s| s.mode == Mode::Reliable && s.close_reason().is_none())
+                .map(|s| (s.peer, s.state().status(s.id)))
+                .collect();
+            for (peer, status) in statuses {
+                self.send(peer, &Message::Status(status));
+            }
+        }
     }
 }

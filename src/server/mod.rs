@@ -28,6 +28,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+use crate::protocol::congestion::CcKind;
 use crate::protocol::layout::DatagramSize;
 use crate::protocol::pacer::MIN_RATE_BPS;
 use crate::protocol::token::DEFAULT_TOKEN_LIFETIME;
@@ -53,8 +54,10 @@ pub struct ServerConfig {
     pub gso: bool,
     /// A session whose client is silent this long is dropped.
     pub idle_timeout: Duration,
-    /// Per-session pacing, bits per second (`None`: as fast as credit allows).
+    /// Per-session rate cap, bits per second (`None`: none beyond congestion control).
     pub rate_bps: Option<u64>,
+    /// The congestion controller of each session.
+    pub cc: CcKind,
     pub max_sessions: usize,
     /// Cap on the window (bytes of payload in flight) a client may ask for.
     pub max_window_bytes: u64,
@@ -83,6 +86,7 @@ impl Default for ServerConfig {
             gso: true,
             idle_timeout: Duration::from_secs(10),
             rate_bps: None,
+            cc: CcKind::Bbr,
             max_sessions: 256,
             max_window_bytes: 256 << 20,
             json: false,

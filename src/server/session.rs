@@ -21,7 +21,7 @@ use super::engine::EngineKind;
 use super::stats::ServerStats;
 use crate::protocol::layout::payload_len;
 use crate::protocol::sender::SenderState;
-use crate::protocol::{data_flags, unix_ns, DataHeader, Message, Mode, DATA_HEADER_LEN};
+use crate::protocol::{data_flags, DataHeader, Message, Mode, Status, DATA_HEADER_LEN};
 use crate::report::hist::{Percentiles, SendHists};
 
 /// What every session of a server shares: where its counters go and how it reports.
@@ -65,6 +65,15 @@ pub struct SessionSummary {
     pub throughput_bps: f64,
     pub send_latency_us: Percentiles,
     pub batch_size: Percentiles,
+    /// The congestion controller at the end: pacing rate, delivery-rate estimate, smoothed and
+    /// minimum RTT, loss events, spurious retransmissions.
+    pub congestion: Status,
+    /// Its name and state (`bbr probe_bw`, `fixed`).
+    pub controller: String,
+    /// Probe timeouts that fired (ACKs stopped).
+    pub probes: u64,
+    /// ACKs whose timestamps or delays were not believed.
+    pub bad_acks: u64,
     /// What went wrong, when the engine ended the session on an error.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,
@@ -193,12 +202,14 @@ impl Session {
     }
 
     /// Writes the header of data datagram `index` (its payload is the file's bytes at its
-    /// offset) into `out`, stamped now, CRC chained onto the payload CRC from the index.
+    /// offset) into `out`, stamped `send_ts_ns` (the sender's record of this send), CRC
+    /// chained onto the payload CRC from the index.
     /// Returns the payload length. Both engines send exactly this.
     pub fn data_header(
         &self,
         index: u32,
         retransmit: bool,
+        send_ts_ns: u64,
         out: &mut [u8; DATA_HEADER_LEN],
     ) -> usize {
         let f = &self.file;
@@ -213,7 +224,7 @@ impl Session {
             session: self.id,
             crc: 0,
             offset: index as u64 * f.payload_size as u64,
-            send_ts_ns: unix_ns(),
+            send_ts_ns,
         }
         .emit(f.crcs[index as usize], out);
         len
@@ -313,6 +324,10 @@ impl Session {
                 throughput_bps: st.bytes_sent as f64 * 8.0 / secs.max(1e-9),
                 send_latency_us: hists.send_latency_us.summary(),
                 batch_size: hists.batch.summary(),
+                congestion: st.status(self.id),
+                controller: st.cc_state().to_string(),
+                probes: st.probes,
+                bad_acks: st.bad_acks,
                 problem: self.problem.get().cloned(),
             }
         };

@@ -164,7 +164,11 @@ fn run_session(
             (next, state.deadline())
         };
         let len = match next {
-            Some(NextDatagram::Data { index, retransmit }) => {
+            Some(NextDatagram::Data {
+                index,
+                retransmit,
+                send_ts_ns,
+            }) => {
                 let len = payload_len(file.size, file.payload_size, index as u64);
                 let offset = index as u64 * file.payload_size as u64;
                 let (header, payload) = buf.split_at_mut(DATA_HEADER_LEN);
@@ -181,6 +185,7 @@ fn run_session(
                 session.data_header(
                     index,
                     retransmit,
+                    send_ts_ns,
                     header.try_into().expect("32-byte header"),
                 );
                 DATA_HEADER_LEN + len

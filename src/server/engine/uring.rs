@@ -222,10 +222,15 @@ impl SessionRing {
                         }
                     };
                     match next {
-                        NextDatagram::Data { index, retransmit } => {
+                        NextDatagram::Data {
+                            index,
+                            retransmit,
+                            send_ts_ns,
+                        } => {
                             let payload = file.payload(index as u64);
                             let header = &mut slot.headers[segments];
-                            self.session.data_header(index, retransmit, header);
+                            self.session
+                                .data_header(index, retransmit, send_ts_ns, header);
                             slot.iov[iovs] = libc::iovec {
                                 iov_base: header.as_mut_ptr().cast(),
                                 iov_len: DATA_HEADER_LEN,
@@ -641,11 +646,24 @@ impl WorkerCtx {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::sender::SenderState;
+    use crate::protocol::congestion::CcKind;
+    use crate::protocol::sender::{SenderConfig, SenderState};
     use crate::protocol::unix_ns;
     use crate::server::catalog::Catalog;
     use crate::server::engine::EngineKind;
     use crate::server::session::SessionCtx;
+
+    fn blast(file_size: u64, payload_size: u32) -> SenderConfig {
+        SenderConfig {
+            mode: Mode::Blast,
+            file_size,
+            payload_size,
+            window: 1,
+            cc: CcKind::Fixed,
+            rate_cap_bps: None,
+            seed: 0,
+        }
+    }
 
     #[test]
     fn a_worker_never_spins() {
@@ -684,7 +702,7 @@ mod tests {
         let engine = UringEngine::new(sock, 1, stats.clone()).unwrap();
         let (tx, summaries) = mpsc::channel();
         let now = Instant::now();
-        let state = SenderState::new(Mode::Blast, file.size, 1440, 1, None, now, unix_ns());
+        let state = SenderState::new(blast(file.size, 1440), now, unix_ns());
         let ctx = SessionCtx {
             stats,
             engine: EngineKind::Uring,
@@ -735,7 +753,7 @@ mod tests {
         let (tx, summaries) = mpsc::channel();
         let session = |id| {
             let now = Instant::now();
-            let state = SenderState::new(Mode::Blast, file.size, 1000, 1, None, now, unix_ns());
+            let state = SenderState::new(blast(file.size, 1000), now, unix_ns());
             let ctx = SessionCtx {
                 stats: stats.clone(),
                 engine: EngineKind::Uring,
