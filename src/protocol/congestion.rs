@@ -35,6 +35,11 @@ const HIGH_GAIN: f64 = 2.885;
 const STARTUP_CWND_GAIN: f64 = 2.0;
 /// ProbeBW's gain cycle: probe for more bandwidth, drain the queue that made, cruise.
 const CYCLE_GAINS: [f64; 8] = [1.25, 0.75, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0];
+/// Shortest round trip the model counts, and shortest ProbeBW phase: on a path of tens of
+/// microseconds, a sender pacing in bursts of a millisecond or two and a receiver acknowledging
+/// every 200 µs produce rounds that measure nothing, and a probe phase that ends before the
+/// pacer has released anything at its gain.
+const MIN_ROUND_TIME: Duration = Duration::from_millis(2);
 /// ProbeBW's cruise gain while a queue stands.
 const CRUISE_DRAIN_GAIN: f64 = 0.9;
 /// ProbeRTT lasts this long at half a BDP.
@@ -266,6 +271,8 @@ pub struct Bbr {
     round: u64,
     /// Rounds outside ProbeRTT: the bandwidth filter's clock.
     bw_round: u64,
+    /// When the current round began.
+    round_stamp: Instant,
     next_round_delivered: u64,
     round_start: bool,
     full_bw: f64,
@@ -310,6 +317,7 @@ impl Bbr {
             bw_samples: [(0, 0.0); BW_WINDOW_ROUNDS as usize],
             round: 0,
             bw_round: 0,
+            round_stamp: now,
             next_round_delivered: 0,
             round_start: false,
             full_bw: 0.0,
@@ -391,7 +399,9 @@ impl Bbr {
     fn update_round(&mut self, ev: &AckEvent) {
         self.round_start = false;
         if let Some(s) = ev.sample {
-            if s.prior_delivered >= self.next_round_delivered {
+            let long_enough = ev.now.saturating_duration_since(self.round_stamp) >= MIN_ROUND_TIME;
+            if s.prior_delivered >= self.next_round_delivered && long_enough {
+                self.round_stamp = ev.now;
                 self.next_round_delivered = ev.delivered;
                 self.round += 1;
                 self.round_start = true;
@@ -436,12 +446,12 @@ impl Bbr {
         if let Some(r) = ev.rtt {
             self.round_min_rtt = Some(self.round_min_rtt.map_or(r, |m| m.min(r)));
         }
-        // A queue building in Startup (even the lowest RTT of a whole round a quarter above
-        // the path's minimum, as HyStart tells): the pipe is full, before it overflows.
+        // A queue building in Startup (even the lowest RTT of a whole round well above the
+        // path's minimum, as HyStart tells): the pipe is full, before it overflows.
         if !self.filled_pipe
             && self
                 .last_round_min_rtt
-                .is_some_and(|m| m > self.min_rtt_cached * 5 / 4 + Duration::from_micros(500))
+                .is_some_and(|m| m > self.min_rtt_cached + queue_threshold(self.min_rtt_cached))
         {
             self.filled_pipe = true;
             return;
@@ -491,7 +501,7 @@ impl Bbr {
                 }
                 let elapsed = ev.now.saturating_duration_since(self.cycle_stamp);
                 let gain = CYCLE_GAINS[self.cycle];
-                let next = elapsed > self.min_rtt_cached
+                let next = elapsed > self.phase_time()
                     && (gain <= 1.0 || ev.newly_lost > 0 || ev.inflight as f64 >= gain * bdp)
                     || (gain < 1.0 && ev.inflight as f64 <= bdp);
                 if next {
@@ -537,14 +547,27 @@ impl Bbr {
         }
     }
 
+    /// How long a ProbeBW phase lasts at least: a round trip, [`MIN_ROUND_TIME`], and the time
+    /// to send 16 datagrams at the estimated rate (a slow flow on a fast path would otherwise
+    /// probe for less time than its pacer takes to release anything, and never grow).
+    fn phase_time(&self) -> Duration {
+        let bw = self.max_bw();
+        let sixteen = if bw > 0.0 {
+            Duration::from_secs_f64((16.0 * self.mss / bw).min(1.0))
+        } else {
+            Duration::ZERO
+        };
+        self.min_rtt_cached.max(MIN_ROUND_TIME).max(sixteen)
+    }
+
     /// Whether the lowest RTT of the last two ProbeBW cycles stayed above the path's minimum
-    /// by a quarter (and half a millisecond): a queue no drain phase emptied.
+    /// by more than [`queue_threshold`]: a queue no drain phase emptied.
     fn standing_queue(&self) -> bool {
         let lowest = match self.cycle_min_rtt {
             [Some(a), Some(b)] => a.min(b),
             _ => return false,
         };
-        lowest > self.min_rtt_cached * 5 / 4 + Duration::from_micros(500)
+        lowest > self.min_rtt_cached + queue_threshold(self.min_rtt_cached)
     }
 
     fn enter_probe_bw(&mut self, now: Instant) {
@@ -568,12 +591,20 @@ impl Bbr {
         let target = (self.cwnd_gain * self.pipe() + extra + 3.0).max(MIN_CWND);
         if self.filled_pipe {
             self.cwnd = (self.cwnd + ev.newly_delivered as f64).min(target);
-        } else if self.cwnd < target || self.max_bw() == 0.0 {
-            // Startup: grow with every delivery, but not past gain x the BDP measured so far.
+        } else if self.cwnd < target || ev.delivered < 4 * INITIAL_CWND as u64 {
+            // Startup: grow with every delivery, but not past gain x the BDP measured so far
+            // (once there is a measurement worth the name).
             self.cwnd += ev.newly_delivered as f64;
         }
         self.cwnd = self.cwnd.max(MIN_CWND);
     }
+}
+
+/// How much an RTT must exceed the minimum to say a queue stands: a quarter of the minimum,
+/// between 4 and 16 ms (HyStart++, RFC 9406). The floor absorbs the jitter of hosts that
+/// send, receive and acknowledge in batches (hundreds of microseconds on loopback or veth).
+fn queue_threshold(min_rtt: Duration) -> Duration {
+    (min_rtt / 4).clamp(Duration::from_millis(4), Duration::from_millis(16))
 }
 
 fn windowed_max(slots: &[(u64, f64)], round: u64) -> f64 {

@@ -595,16 +595,18 @@ impl SenderState {
             *slot = tick;
         }
         if self.mode == Mode::Reliable {
+            if self.inflight() == 0 {
+                // Nothing in flight: the sampling interval starts now, not at the last
+                // delivery (the sender was idle, or just started, in between).
+                self.first_sent_time = now;
+                self.delivered_time = now;
+            }
             self.records.push_back(SendRecord {
                 sent_ns: send_ts_ns,
                 sent_at: now,
                 delivered: self.delivered,
                 delivered_time: self.delivered_time,
-                first_sent_time: if self.inflight() == 0 {
-                    now
-                } else {
-                    self.first_sent_time
-                },
+                first_sent_time: self.first_sent_time,
                 app_limited: self.delivered < self.app_limited_until,
             });
         }

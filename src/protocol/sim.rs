@@ -496,4 +496,41 @@ mod tests {
             r.spurious
         );
     }
+
+    #[test]
+    fn a_flow_that_starts_on_a_full_link_grows_when_it_empties() {
+        // The first flow fills a gigabit link with a sub-millisecond RTT; the second starts
+        // 1 s later, when there is no room, and must take the link once the first is done.
+        let l = Link {
+            rate_bps: 1e9,
+            queue_bytes: 6_250_000,
+            delay: Duration::from_micros(50),
+            loss: 0.0,
+            reorder: 0.0,
+            reorder_hold: Duration::ZERO,
+        };
+        let f = |start, datagrams| Flow {
+            start: Duration::from_millis(start),
+            datagrams,
+            payload: 1440,
+            cc: CcKind::Bbr,
+            window: 200_000,
+        };
+        let r = run(
+            &l,
+            &[f(0, 200_000), f(1000, 2_000_000)],
+            Duration::from_secs(10),
+            9,
+        );
+        let done = r[0].complete_at.expect("the first completes");
+        // Whole seconds of the second flow's life (it started at 1 s) from half a second
+        // after the first completed.
+        let from = (done.as_secs_f64() - 0.5).ceil() as usize;
+        let g = goodput_bps(&r[1], from, from + 3);
+        assert!(
+            g >= 0.8e9,
+            "second flow after the first left: {:.1} Mbit/s",
+            g / 1e6
+        );
+    }
 }
