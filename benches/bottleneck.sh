@@ -22,6 +22,7 @@ BIN=$PWD/target/release/ringblast
 
 head -c $((SIZE_MIB << 20)) /dev/urandom > "$WORK/f.bin"
 ip netns exec $S "$BIN" serve --dir "$WORK" --bind [::]:6969 --json > "$WORK/serve.json" 2> "$WORK/serve.log" &
+disown
 ip netns exec $S iperf3 -s -p 5201 -D --pidfile "$WORK/iperf.pid"
 for _ in $(seq 100); do
   ip netns exec $C "$BIN" get f.bin --server $SV4:6969 --discard --timeout 60 > /dev/null 2>&1 && break
@@ -65,7 +66,8 @@ n=max(1,int(dur)); sel=iv[1:1+n] or iv; print(sum(sel)/len(sel))")")
   printf 'run %s: tcp %.0f | ringblast %s Mbit/s, %s resent (%s) | two at once %s + %s Mbit/s in %s s and %s s (%s %s) | with tcp: ringblast %s, tcp %.0f Mbit/s (%s)\n' \
     "$run" "${t[-1]}" "${a[-1]}" "${ar[-1]}" "$ok" "$g1" "$g2" "$d1" "$d2" "$ok1" "$ok2" "$gs" "${st[-1]}" "$oks"
 done
-med() { printf '%s\n' "$@" | median; }
-echo "medians: iperf3 TCP alone $(med "${t[@]}") Mbit/s; ringblast alone $(med "${a[@]}") Mbit/s ($(python3 -c "print(round($(med "${a[@]}")/$(med "${t[@]}"),2))")x TCP), retransmitted $(med "${ar[@]}") of datagrams"
-echo "         two at once: $(med "${p1[@]}") and $(med "${p2[@]}") Mbit/s, slower/faster completion time $(med "${pr[@]}")"
-echo "         with TCP: ringblast $(med "${sr[@]}"), TCP $(med "${st[@]}") Mbit/s"
+med() { printf "%s\n" "$@" | median; }
+mbit() { printf "%.0f" "$(med "$@")"; }
+echo "medians: iperf3 TCP alone $(mbit "${t[@]}") Mbit/s; ringblast alone $(mbit "${a[@]}") Mbit/s ($(python3 -c "print(round($(med "${a[@]}")/$(med "${t[@]}"),2))")x TCP), retransmitted $(med "${ar[@]}") of datagrams"
+echo "         two at once: $(mbit "${p1[@]}") and $(mbit "${p2[@]}") Mbit/s, slower/faster completion time $(med "${pr[@]}")"
+echo "         with TCP: ringblast $(mbit "${sr[@]}"), TCP $(mbit "${st[@]}") Mbit/s"

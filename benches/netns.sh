@@ -30,8 +30,10 @@ BIN=$PWD/target/release/ringblast
 
 head -c $((SIZE_MIB << 20)) /dev/urandom > "$WORK/f.bin"
 ip netns exec $S "$BIN" serve --dir "$WORK" --bind [::]:6969 --json > "$WORK/serve-6969.json" 2> "$WORK/serve.log" &
+disown
 # The same server without GSO, for the comparison.
 ip netns exec $S "$BIN" serve --dir "$WORK" --bind [::]:6970 --json --no-gso > "$WORK/serve-6970.json" 2> "$WORK/serve-nogso.log" &
+disown
 snmp() { ip netns exec $C awk -v f="$1" '/^Ip:/{ if (!n) { for (i=1;i<=NF;i++) if ($i==f) c=i; n=1 } else print $c }' /proc/net/snmp; }
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 # Warm up: the server indexes the file at this path's datagram size, the page cache fills.

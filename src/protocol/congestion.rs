@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
+use super::pacer::BURST_TIME;
+
 /// Retransmission timeout floor: loopback RTTs are tens of microseconds, but a receiver
 /// draining a full socket buffer takes milliseconds.
 pub const MIN_RTO: Duration = Duration::from_millis(2);
@@ -40,6 +42,8 @@ const CYCLE_GAINS: [f64; 8] = [1.25, 0.75, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0];
 /// every 200 µs produce rounds that measure nothing, and a probe phase that ends before the
 /// pacer has released anything at its gain.
 const MIN_ROUND_TIME: Duration = Duration::from_millis(2);
+/// The shortest ProbeBW phase, in pacing bursts ([`BURST_TIME`]).
+const PHASE_BURSTS: u32 = 4;
 /// ProbeBW's cruise gain while a queue stands.
 const CRUISE_DRAIN_GAIN: f64 = 0.9;
 /// ProbeRTT lasts this long at half a BDP.
@@ -447,8 +451,11 @@ impl Bbr {
             self.round_min_rtt = Some(self.round_min_rtt.map_or(r, |m| m.min(r)));
         }
         // A queue building in Startup (even the lowest RTT of a whole round well above the
-        // path's minimum, as HyStart tells): the pipe is full, before it overflows.
+        // path's minimum, as HyStart tells) once the delivery rate has stopped doubling: the
+        // pipe is full, before it overflows. While the rate still grows, the queue is another
+        // flow's (its own Startup, say), and leaving now would start this one at a crawl.
         if !self.filled_pipe
+            && self.full_bw_rounds >= 1
             && self
                 .last_round_min_rtt
                 .is_some_and(|m| m > self.min_rtt_cached + queue_threshold(self.min_rtt_cached))
@@ -547,9 +554,11 @@ impl Bbr {
         }
     }
 
-    /// How long a ProbeBW phase lasts at least: a round trip, [`MIN_ROUND_TIME`], and the time
-    /// to send 16 datagrams at the estimated rate (a slow flow on a fast path would otherwise
-    /// probe for less time than its pacer takes to release anything, and never grow).
+    /// How long a ProbeBW phase lasts at least: a round trip, [`PHASE_BURSTS`] pacing bursts,
+    /// and the time to send 16 datagrams at the estimated rate. A probe shorter than that is
+    /// no probe: the pacer may release no more during it than at gain 1 (a slow flow pacing
+    /// a burst every 2 ms would never grow), and its extra data would be lost in a queue of a
+    /// few milliseconds, diluted in rate samples that each span a round trip.
     fn phase_time(&self) -> Duration {
         let bw = self.max_bw();
         let sixteen = if bw > 0.0 {
@@ -557,17 +566,19 @@ impl Bbr {
         } else {
             Duration::ZERO
         };
-        self.min_rtt_cached.max(MIN_ROUND_TIME).max(sixteen)
+        self.min_rtt_cached
+            .max(BURST_TIME * PHASE_BURSTS)
+            .max(sixteen)
     }
 
     /// Whether the lowest RTT of the last two ProbeBW cycles stayed above the path's minimum
-    /// by more than [`queue_threshold`]: a queue no drain phase emptied.
+    /// by more than [`standing_threshold`]: a queue no drain phase emptied.
     fn standing_queue(&self) -> bool {
         let lowest = match self.cycle_min_rtt {
             [Some(a), Some(b)] => a.min(b),
             _ => return false,
         };
-        lowest > self.min_rtt_cached + queue_threshold(self.min_rtt_cached)
+        lowest > self.min_rtt_cached + standing_threshold(self.min_rtt_cached)
     }
 
     fn enter_probe_bw(&mut self, now: Instant) {
@@ -605,6 +616,16 @@ impl Bbr {
 /// send, receive and acknowledge in batches (hundreds of microseconds on loopback or veth).
 fn queue_threshold(min_rtt: Duration) -> Duration {
     (min_rtt / 4).clamp(Duration::from_millis(4), Duration::from_millis(16))
+}
+
+/// How much the lowest RTT of two whole ProbeBW cycles must exceed the minimum to say a queue
+/// stands: a quarter of the minimum, between half of [`MIN_PIPE_TIME`] and 16 ms. Lower than
+/// Startup's threshold: a minimum over two cycles (dozens of samples, each drain phase among
+/// them) is not fooled by batching jitter, and flows that are window-limited on a path of
+/// microseconds build a queue of about one [`MIN_PIPE_TIME`] plus their ACK aggregation
+/// allowance, which must show.
+fn standing_threshold(min_rtt: Duration) -> Duration {
+    (min_rtt / 4).clamp(MIN_PIPE_TIME / 2, Duration::from_millis(16))
 }
 
 fn windowed_max(slots: &[(u64, f64)], round: u64) -> f64 {

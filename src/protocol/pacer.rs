@@ -14,6 +14,11 @@ pub const MIN_RATE_BPS: u64 = 1_000;
 /// Longest a pacer ever asks a caller to wait: a deadline further out is no deadline at all.
 const MAX_WAIT: Duration = Duration::from_secs(3600);
 
+/// How much sending a pacer lets accumulate: an engine sleeps in whole milliseconds and sends
+/// what it may in one batch when it wakes, so tokens that overflowed meanwhile would be rate
+/// lost.
+pub const BURST_TIME: Duration = Duration::from_millis(2);
+
 /// Smallest quantum, bytes.
 const MIN_QUANTUM: f64 = 65_536.0;
 

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use super::congestion::{AckEvent, CcKind, Controller, RateSample, RttEstimator};
 use super::layout::{datagram_count, payload_len};
-use super::pacer::Pacer;
+use super::pacer::{Pacer, BURST_TIME};
 use super::{Ack, Mode, Status};
 
 /// Blast mode repeats its END marker this many times, this far apart, against its loss.
@@ -595,9 +595,13 @@ impl SenderState {
             *slot = tick;
         }
         if self.mode == Mode::Reliable {
-            if self.inflight() == 0 {
-                // Nothing in flight: the sampling interval starts now, not at the last
-                // delivery (the sender was idle, or just started, in between).
+            // `inflight()` already counts this datagram (the caller advanced `next_new` or
+            // took it off the retransmission queue).
+            if self.inflight() <= 1 {
+                // Nothing else in flight: the sampling interval starts now, not at the last
+                // delivery (the sender was idle, or paced, in between). Counting from the last
+                // delivery would measure the pacer's own gaps, and a flow that paces in small
+                // bursts would never see more than the rate it already has.
                 self.first_sent_time = now;
                 self.delivered_time = now;
             }
@@ -656,12 +660,10 @@ fn ticks_of(ns: u64) -> u32 {
     (ns / TICK_NS).min(u32::MAX as u64 - 1) as u32 + 1
 }
 
-/// The pacer's burst at `bps`: 2 ms of sending (an engine sleeps in whole milliseconds and
-/// sends what it may in one batch when it wakes: tokens that overflowed meanwhile would be
-/// rate lost), at least 2 datagrams.
+/// The pacer's burst at `bps`: [`BURST_TIME`] of sending, at least 2 datagrams.
 fn burst_for(bps: u64, datagram: usize) -> usize {
-    let two_ms = (bps / 8 / 500).min(usize::MAX as u64) as usize;
-    two_ms.max(2 * datagram)
+    let burst = (bps as f64 / 8.0 * BURST_TIME.as_secs_f64()).min(usize::MAX as f64) as usize;
+    burst.max(2 * datagram)
 }
 
 #[cfg(test)]

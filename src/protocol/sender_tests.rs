@@ -429,3 +429,44 @@ fn a_send_that_failed_locally_goes_out_again_first() {
     assert_eq!(indices(&[s.next(t0).unwrap()], true), vec![2]);
     assert_eq!(indices(&[s.next(t0).unwrap()], false), vec![4]);
 }
+
+#[test]
+fn a_flight_sent_after_an_idle_gap_is_measured_from_its_own_first_send() {
+    // A flow that sends a flight, waits for its ACK (100 µs later) and sends the next 3 ms
+    // later, as a slow paced flow does. Each flight's rate sample must span that flight (n
+    // datagrams in 100 µs), not the 3 ms since the last delivery: measured that way, a flow
+    // only ever sees the pace it already has and never grows (a flow stuck at 7 Mbit/s on
+    // an empty gigabit link, before this was fixed).
+    let t0 = Instant::now();
+    let mut s = sender(Mode::Reliable, 100_000, 100_000, CcKind::Bbr, t0);
+    let mut t = t0;
+    let mut next = 0u32;
+    let mut last_flight = 0;
+    for _ in 0..6 {
+        let sent = drain(&mut s, t);
+        assert!(!sent.is_empty());
+        last_flight = sent.len() as u32;
+        next += last_flight;
+        ack(
+            &mut s,
+            AckSpec {
+                next,
+                credit: 100_000,
+                seen: next,
+                received: next,
+                echo: ts_of(&sent, next - 1),
+                ranges: &[],
+                idle: true,
+            },
+            t + Duration::from_micros(100),
+        );
+        t += Duration::from_millis(3);
+    }
+    let bw = s.status(1).delivery_bps as f64 / 8.0;
+    let flight_in_rtt = last_flight as f64 * P as f64 / 100e-6;
+    assert!(
+        bw >= flight_in_rtt / 2.0,
+        "estimate {:.2} MB/s for flights of {last_flight} datagrams delivered in 100 µs",
+        bw / 1e6
+    );
+}
