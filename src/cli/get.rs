@@ -37,8 +37,9 @@ pub struct GetArgs {
     #[arg(long, value_parser = values::duration, default_value = "5s")]
     timeout: Duration,
     /// Receive window: how many bytes past the first missing datagram the server may send
-    /// (flow control). Default: 32MiB for one client, less for more (256MiB in all), and
-    /// never more than the kernel's receive buffer holds.
+    /// (flow control). Given, it is fixed. Default: 32MiB for one client, less for more
+    /// (256MiB in all) and no more than the kernel's receive buffer holds, then growing to 4
+    /// bandwidth-delay products as the sender measures the path (at most 256MiB; 1GiB in all).
     #[arg(long, value_parser = values::window)]
     window: Option<u64>,
     /// Largest datagram to receive, header included: auto = the path MTU to the server less

@@ -30,7 +30,7 @@ use crate::protocol::{Message, Mode};
 use crate::report::copy::CopyReport;
 use crate::report::live::{spawn_reporter, Live};
 use connection::{server_error, Connection, Reply};
-use window::default_window_bytes;
+use window::{auto_window_max_bytes, default_window_bytes};
 
 /// How a copy is verified at the end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -56,6 +56,10 @@ pub struct GetConfig {
     /// smaller if the kernel grants a receive buffer that cannot hold it. 0: the default
     /// for this many clients ([`window::default_window_bytes`]).
     pub window_bytes: u64,
+    /// How far the window may grow once the path's bandwidth-delay product is known (from
+    /// the sender's `STATUS`): with the default window (`window_bytes` 0), `get` sets it
+    /// from [`window::auto_window_max_bytes`]; an explicit window is also the most.
+    pub window_max_bytes: u64,
     /// The largest datagram this client takes: auto (its path MTU to the server less the IP
     /// and UDP headers) or fixed. The server picks the session's size up to it.
     pub datagram_size: DatagramSize,
@@ -82,6 +86,7 @@ impl GetConfig {
             mode: Mode::Reliable,
             timeout: Duration::from_secs(5),
             window_bytes: 0,
+            window_max_bytes: 0,
             datagram_size: DatagramSize::Auto,
             gro: true,
             recv_buffer: 48 << 20,
@@ -257,7 +262,9 @@ pub fn get(cfg: &GetConfig) -> Result<Vec<CopyReport>, ClientError> {
     let mut cfg = cfg.clone();
     if cfg.window_bytes == 0 {
         cfg.window_bytes = default_window_bytes(clients);
+        cfg.window_max_bytes = auto_window_max_bytes(clients);
     }
+    cfg.window_max_bytes = cfg.window_max_bytes.max(cfg.window_bytes);
     let cfg = &cfg;
     let live = Live::new(clients);
     let done = Arc::new(AtomicBool::new(false));

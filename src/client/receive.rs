@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::connection::Connection;
 use super::sink::Sink;
+use super::window::window_for_path;
 use super::{ClientError, GetConfig};
 use crate::protocol::layout::{datagram_count, payload_len};
 use crate::protocol::loss::{LossTracker, RepairClock};
@@ -49,6 +50,8 @@ pub(super) struct DataReceiver {
     pub(super) crcs: Vec<u32>,
     pub(super) counts: Counts,
     window: u32,
+    /// The most `window` may grow to (datagrams).
+    window_max: u32,
     /// The latest send timestamp among the datagrams received, and when that one arrived:
     /// echoed for the RTT and for the sender's loss detection.
     echo_ts_ns: u64,
@@ -64,13 +67,15 @@ pub(super) struct DataReceiver {
     last_arrival_ns: u64,
     repair: RepairClock,
     ranges: Vec<NackRange>,
-    /// Where the next ACK's NACK ranges start (see [`LossTracker::nack_ranges_from`]).
+    /// Where the next ACK's NACK ranges start (see [`LossTracker::ack_ranges`]).
     nack_cursor: u32,
     scratch: Vec<u8>,
 }
 
 impl DataReceiver {
-    pub(super) fn new(meta: &Meta, window: u32) -> Self {
+    /// `window`: the credit to grant at first, datagrams; `window_max`: how far it may grow
+    /// once the sender reports the path ([`window_for_path`]).
+    pub(super) fn new(meta: &Meta, window: u32, window_max: u32) -> Self {
         let total = datagram_count(meta.file_size, meta.payload_size) as u32;
         DataReceiver {
             meta: *meta,
@@ -78,6 +83,7 @@ impl DataReceiver {
             crcs: vec![0; total as usize],
             counts: Counts::default(),
             window,
+            window_max: window_max.max(window),
             echo_ts_ns: 0,
             echo_at: Instant::now(),
             observed_at: Instant::now(),
@@ -317,7 +323,27 @@ impl DataReceiver {
                 text,
                 ..
             }) => self.session_gone = Some(text.to_string()),
-            Ok(Message::Status(st)) if st.session == self.meta.session => self.status = Some(st),
+            Ok(Message::Status(st)) if st.session == self.meta.session => {
+                // The window follows the path: a few bandwidth-delay products as the sender
+                // measures them (never shrinking: credit granted stays granted).
+                let rtt = Duration::from_micros(st.srtt_us as u64);
+                let want = window_for_path(
+                    st.delivery_bps,
+                    rtt,
+                    self.meta.payload_size,
+                    self.window_max,
+                );
+                if want > self.window {
+                    tracing::debug!(
+                        "window {} -> {want} datagrams (path {} Mbit/s x {} ms)",
+                        self.window,
+                        st.delivery_bps / 1_000_000,
+                        st.srtt_us / 1000
+                    );
+                    self.window = want;
+                }
+                self.status = Some(st);
+            }
             // A repeated META (our GET was resent) or a late RETRY: harmless.
             Ok(Message::Meta(_)) | Ok(Message::Retry { .. }) | Ok(Message::Wait { .. }) => {}
             _ => self.counts.malformed += 1,
@@ -327,13 +353,7 @@ impl DataReceiver {
     fn send_ack(&mut self, conn: &mut Connection, idle: bool) -> Result<(), ClientError> {
         let t = &self.tracker;
         self.ranges.clear();
-        let from = if self.nack_cursor >= t.seen_end() {
-            0
-        } else {
-            self.nack_cursor
-        };
-        self.nack_cursor =
-            t.nack_ranges_from(from, t.seen_end(), MAX_NACK_RANGES, &mut self.ranges);
+        t.ack_ranges(&mut self.nack_cursor, MAX_NACK_RANGES, &mut self.ranges);
         let credit = t.recv_next().saturating_add(self.window).min(t.total());
         let delay_us = self
             .observed_at

@@ -2,6 +2,8 @@
 //! send (its credit), from the number of sub-clients and the receive buffer the kernel grants.
 //! Kept in bytes, so it means the same whatever the datagram size the path allows.
 
+use std::time::Duration;
+
 use crate::protocol::DATA_HEADER_LEN;
 
 /// Largest default window: 32 MiB (512 datagrams of 64 KiB, 23,000 of 1472 bytes). Measured
@@ -13,6 +15,31 @@ pub const DEFAULT_WINDOW_BYTES: u64 = 32 << 20;
 pub const DEFAULT_TOTAL_WINDOW_BYTES: u64 = 256 << 20;
 /// No default window is smaller than this.
 pub const MIN_DEFAULT_WINDOW_BYTES: u64 = 4 << 20;
+
+/// The default windows of all sub-clients together may grow to this once the sender reports
+/// the path's bandwidth-delay product: a window is only credit (the receiver's memory does not
+/// grow with it, and a paced sender does not burst it into the socket buffer), and a long lossy
+/// path needs several BDPs of it (1 Gbit/s x 200 ms is 25 MB in flight, and a hole holds the
+/// window's start for two round trips while it is repaired).
+pub const AUTO_TOTAL_WINDOW_BYTES: u64 = 1 << 30;
+/// No sub-client's window grows past this.
+pub const AUTO_MAX_WINDOW_BYTES: u64 = 256 << 20;
+/// The window grows to this many times the bandwidth-delay product the sender reports.
+pub const WINDOW_BDPS: f64 = 4.0;
+
+/// How far each of `clients` sub-clients' default window may grow, bytes.
+pub fn auto_window_max_bytes(clients: usize) -> u64 {
+    (AUTO_TOTAL_WINDOW_BYTES / clients.max(1) as u64)
+        .clamp(default_window_bytes(clients), AUTO_MAX_WINDOW_BYTES)
+}
+
+/// The window (datagrams of `payload_size`) a path of `delivery_bps` and `srtt` needs:
+/// [`WINDOW_BDPS`] bandwidth-delay products, at most `max` datagrams.
+pub fn window_for_path(delivery_bps: u64, srtt: Duration, payload_size: u32, max: u32) -> u32 {
+    let bdp = delivery_bps as f64 / 8.0 * srtt.as_secs_f64();
+    let want = WINDOW_BDPS * bdp / payload_size.max(1) as f64;
+    want.min(max as f64) as u32
+}
 
 /// The default window for each of `clients` sub-clients, bytes.
 pub fn default_window_bytes(clients: usize) -> u64 {
@@ -53,6 +80,22 @@ mod tests {
         // The same bytes are many more datagrams on an Ethernet path.
         assert_eq!(window_for_buffer(96 << 20, 1440, 32 << 20), 21_447);
         assert_eq!(window_for_buffer(48 << 20, 1440, 32 << 20), 10_723);
+    }
+
+    #[test]
+    fn a_window_grows_with_the_path_up_to_its_most() {
+        // 1 Gbit/s x 200 ms = 25 MB; four of them in 64 KiB datagrams.
+        let w = window_for_path(1_000_000_000, Duration::from_millis(200), 65_475, 100_000);
+        assert_eq!(w, 1527);
+        assert_eq!(
+            window_for_path(1_000_000_000, Duration::from_millis(200), 65_475, 1000),
+            1000
+        );
+        // Loopback: microseconds, a window far below the default.
+        assert!(window_for_path(40_000_000_000, Duration::from_micros(30), 65_475, 4096) < 10);
+        assert_eq!(auto_window_max_bytes(1), 256 << 20);
+        assert_eq!(auto_window_max_bytes(10), (1 << 30) / 10);
+        assert_eq!(auto_window_max_bytes(1000), 4 << 20);
     }
 
     #[test]

@@ -46,6 +46,8 @@ const MIN_ROUND_TIME: Duration = Duration::from_millis(2);
 const PHASE_BURSTS: u32 = 4;
 /// ProbeBW's cruise gain while a queue stands.
 const CRUISE_DRAIN_GAIN: f64 = 0.9;
+/// RTT samples of a round that tell Startup a queue is building (HyStart++'s N_RTT_SAMPLE).
+const HYSTART_SAMPLES: u32 = 8;
 /// ProbeRTT lasts this long at half a BDP.
 const PROBE_RTT_TIME: Duration = Duration::from_millis(200);
 /// The window covers at least this much time at the estimated bandwidth, however short the
@@ -285,6 +287,8 @@ pub struct Bbr {
     pacing_gain: f64,
     cwnd_gain: f64,
     pacing_rate: f64,
+    /// The pacing rate has been set from a measured RTT.
+    rtt_known: bool,
     cwnd: f64,
     cycle: usize,
     cycle_stamp: Instant,
@@ -305,6 +309,8 @@ pub struct Bbr {
     /// The lowest RTT sampled in the current round, and in the last complete one.
     round_min_rtt: Option<Duration>,
     last_round_min_rtt: Option<Duration>,
+    /// RTT samples in the current round.
+    round_rtt_samples: u32,
     /// Datagrams delivered and lost in the current round.
     round_delivered: u64,
     round_lost: u64,
@@ -331,6 +337,7 @@ impl Bbr {
             cwnd_gain: STARTUP_CWND_GAIN,
             // Before any sample: the initial window per millisecond, doubled each round.
             pacing_rate: HIGH_GAIN * INITIAL_CWND * mss / 1e-3,
+            rtt_known: false,
             cwnd: INITIAL_CWND,
             cycle: 0,
             cycle_stamp: now,
@@ -344,6 +351,7 @@ impl Bbr {
             round_lost: 0,
             round_min_rtt: None,
             last_round_min_rtt: None,
+            round_rtt_samples: 0,
         }
     }
 
@@ -389,6 +397,17 @@ impl Bbr {
         self.update_state(ev, rtt);
         let min_rtt = Self::min_rtt(rtt);
         self.min_rtt_cached = min_rtt;
+        // Before the first round trip is known the initial window goes out at once (paced
+        // as if the RTT were 1 ms); from the first RTT sample, Startup paces at its gain x
+        // the initial window per round trip (BBR's initial pacing rate, which TCP takes from
+        // the handshake). Left at the 1 ms guess, a 100 ms path would see its first rounds
+        // unpaced, and Startup overshoot by far more than one round.
+        if !self.rtt_known {
+            if let Some(r) = ev.rtt.filter(|r| !r.is_zero()) {
+                self.rtt_known = true;
+                self.pacing_rate = HIGH_GAIN * INITIAL_CWND * self.mss / r.as_secs_f64();
+            }
+        }
         // Pacing: gain x bandwidth; during Startup only ever up.
         let bw = self.max_bw();
         if bw > 0.0 {
@@ -446,19 +465,20 @@ impl Bbr {
             self.round_lost = 0;
             self.round_delivered = 0;
             self.last_round_min_rtt = self.round_min_rtt.take();
+            self.round_rtt_samples = 0;
         }
         if let Some(r) = ev.rtt {
             self.round_min_rtt = Some(self.round_min_rtt.map_or(r, |m| m.min(r)));
+            self.round_rtt_samples += 1;
         }
-        // A queue building in Startup (even the lowest RTT of a whole round well above the
-        // path's minimum, as HyStart tells) once the delivery rate has stopped doubling: the
-        // pipe is full, before it overflows. While the rate still grows, the queue is another
-        // flow's (its own Startup, say), and leaving now would start this one at a crawl.
-        if !self.filled_pipe
-            && self.full_bw_rounds >= 1
-            && self
-                .last_round_min_rtt
-                .is_some_and(|m| m > self.min_rtt_cached + queue_threshold(self.min_rtt_cached))
+        // A queue building in Startup (even the lowest RTT of a round's first samples well
+        // above the path's minimum, as HyStart++ tells): the pipe is full, before it overflows.
+        // Not waiting for the round to end: Startup sends twice what the path takes meanwhile.
+        let limit = self.min_rtt_cached + queue_threshold(self.min_rtt_cached);
+        let this_round = self
+            .round_min_rtt
+            .filter(|_| self.round_rtt_samples >= HYSTART_SAMPLES);
+        if !self.filled_pipe && (self.last_round_min_rtt.or(this_round)).is_some_and(|m| m > limit)
         {
             self.filled_pipe = true;
             return;

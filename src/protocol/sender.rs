@@ -31,6 +31,9 @@ const MAX_REO_MULT: u32 = 16;
 /// The reordering window may always reach this, whatever the RTT: reordering of a few
 /// milliseconds (a relay, a bonded link) must not be taken for loss.
 const REO_WND_CAP_FLOOR: Duration = Duration::from_millis(4);
+/// The reordering window after the first spurious retransmission, at least; it doubles with
+/// each further one (towards [`REO_WND_CAP_FLOOR`], or the SRTT if longer).
+const REO_WND_STEP: Duration = Duration::from_micros(250);
 /// Loss recoveries without a spurious retransmission after which the window shrinks back.
 const REO_DECAY_RECOVERIES: u32 = 16;
 /// An echoed delay longer than this is not believed (a confused or hostile receiver).
@@ -93,7 +96,8 @@ pub struct SenderState {
     first_sent_time: Instant,
     /// Sends are app-limited (credit, end of file) until this much is delivered.
     app_limited_until: u64,
-    /// RACK: the reordering window is `reo_mult` x min_rtt / 4.
+    /// RACK: the reordering window is `reo_mult` x min_rtt / 4, or after spurious
+    /// retransmissions at least [`REO_WND_STEP`] doubled `reo_mult - 2` times.
     reo_mult: u32,
     recoveries_clean: u32,
     duplicates_seen: u32,
@@ -316,7 +320,14 @@ impl SenderState {
             return Duration::ZERO;
         };
         let cap = self.rtt.srtt().max(REO_WND_CAP_FLOOR);
-        (min_rtt * self.reo_mult / 4).min(cap)
+        // On a path of microseconds a multiple of min_rtt/4 never covers reordering of a
+        // millisecond: after spurious retransmissions the window also doubles from
+        // REO_WND_STEP, up to the cap.
+        let doubled = match self.reo_mult {
+            0 | 1 => Duration::ZERO,
+            m => REO_WND_STEP * (1u32 << (m - 2).min(16)),
+        };
+        (min_rtt * self.reo_mult / 4).max(doubled).min(cap)
     }
 
     /// Applies a receiver's `ACK`. `rtt`: the sample its echoed timestamp gives, if any.

@@ -349,12 +349,7 @@ pub fn run(link: &Link, flows: &[Flow], duration: Duration, seed: u64) -> Vec<Fl
 fn make_ack(r: &mut Receiver, now: Duration, idle: bool) -> AckData {
     let t = &r.tracker;
     let mut ranges = Vec::new();
-    let from = if r.nack_cursor >= t.seen_end() {
-        0
-    } else {
-        r.nack_cursor
-    };
-    r.nack_cursor = t.nack_ranges_from(from, t.seen_end(), MAX_NACK_RANGES, &mut ranges);
+    t.ack_ranges(&mut r.nack_cursor, MAX_NACK_RANGES, &mut ranges);
     r.since_ack = 0;
     r.last_ack = now;
     AckData {
