@@ -36,6 +36,8 @@ const REO_WND_CAP_FLOOR: Duration = Duration::from_millis(4);
 const REO_WND_STEP: Duration = Duration::from_micros(250);
 /// Loss recoveries without a spurious retransmission after which the window shrinks back.
 const REO_DECAY_RECOVERIES: u32 = 16;
+/// New datagrams a probe timeout sends past the congestion window (RFC 9002: up to two).
+const PROBE_DATAGRAMS: u32 = 2;
 /// An echoed delay longer than this is not believed (a confused or hostile receiver).
 const MAX_ECHO_DELAY: Duration = Duration::from_secs(10);
 
@@ -121,6 +123,10 @@ pub struct SenderState {
     pub probes: u64,
     /// ACKs whose timestamps or delays were not believed.
     pub bad_acks: u64,
+    /// New datagrams a fired probe timeout may still send past the congestion window.
+    probe_new: u32,
+    /// How long the receiver has lately held an ACK (see [`SenderState::pto_at`]).
+    ack_delay: Duration,
 }
 
 /// What a session is told at creation.
@@ -206,6 +212,8 @@ impl SenderState {
             loss_events: 0,
             spurious: 0,
             probes: 0,
+            probe_new: 0,
+            ack_delay: Duration::ZERO,
             bad_acks: 0,
         }
     }
@@ -351,6 +359,15 @@ impl SenderState {
             && Duration::from_micros(ack.echo_delay_us as u64) <= MAX_ECHO_DELAY;
         if ack.echo_ts_ns != 0 && !echo_ok {
             self.bad_acks += 1;
+        }
+        if echo_ok {
+            // The longest recent hold: up at once, down by an eighth of the gap per ACK.
+            let held = Duration::from_micros(ack.echo_delay_us as u64);
+            self.ack_delay = if held >= self.ack_delay {
+                held
+            } else {
+                self.ack_delay - (self.ack_delay - held) / 8
+            };
         }
         let rtt = rtt.filter(|_| echo_ok);
         if let Some(rtt) = rtt {
@@ -524,32 +541,42 @@ impl SenderState {
         }
     }
 
-    /// When the probe timeout fires (RFC 9002: SRTT + 4 RTTVAR, doubling each time it fires
-    /// without an answer), if anything is in flight.
+    /// When the probe timeout fires (RFC 9002: SRTT + 4 RTTVAR + the receiver's ACK delay,
+    /// doubling each time it fires without an answer), if anything is in flight. The ACK
+    /// delay is the longest the receiver has lately held one (RFC 9002's max_ack_delay, which
+    /// a receiver here does not promise: a thread among a thousand on two cores answers
+    /// hundreds of milliseconds late, and RTT samples rightly leave that out).
     fn pto_at(&self) -> Option<Instant> {
         if self.mode != Mode::Reliable || self.inflight() == 0 || self.is_complete() {
             return None;
         }
-        let pto = self.rtt.rto().max(Duration::from_millis(10)) * (1 << self.pto_count.min(10));
+        let base = self.rtt.rto() + self.ack_delay;
+        let pto = base.max(Duration::from_millis(10)) * (1 << self.pto_count.min(10));
         Some(self.last_ack_at + pto)
     }
 
     /// The next datagram to send, if any may be sent now. Records it as sent.
     pub fn next(&mut self, now: Instant) -> Option<NextDatagram> {
         if self.pto_at().is_some_and(|t| now >= t) {
-            // No ACK for a PTO: probe with the newest datagram in flight (the likeliest lost
-            // tail); its ACK, or the lack of one, tells the rest.
-            let probe = (self.next_new - 1).max(self.acked_below);
-            if !self.is_queued(probe) {
-                self.set_queued(probe, true);
-                self.retransmit_queue.push_front(probe);
+            // No ACK for a PTO: probe. With credit for new data, new data (past the
+            // congestion window: RFC 9002 lets probes exceed it), which costs nothing if the
+            // receiver was only slow; otherwise the newest datagram in flight (the likeliest
+            // lost tail). Its ACK, or the lack of one, tells the rest.
+            if self.next_new < self.credit_limit.min(self.total) {
+                self.probe_new = PROBE_DATAGRAMS;
+            } else {
+                let probe = (self.next_new - 1).max(self.acked_below);
+                if !self.is_queued(probe) {
+                    self.set_queued(probe, true);
+                    self.retransmit_queue.push_front(probe);
+                }
             }
             self.pto_count += 1;
             self.probes += 1;
             self.last_ack_at = now;
             self.cc.on_timeout();
         }
-        let cwnd_room = self.inflight() < self.cc.cwnd();
+        let cwnd_room = self.inflight() < self.cc.cwnd() || self.probe_new > 0;
         while let Some(&i) = self.retransmit_queue.front() {
             if i < self.acked_below {
                 // Arrived meanwhile (a late original or an earlier resend).
@@ -571,6 +598,7 @@ impl SenderState {
                 return None;
             }
             self.next_new += 1;
+            self.probe_new = self.probe_new.saturating_sub(1);
             return Some(self.record(i, false, now));
         }
         if self.next_new < self.total && cwnd_room {

@@ -470,3 +470,47 @@ fn a_flight_sent_after_an_idle_gap_is_measured_from_its_own_first_send() {
         bw / 1e6
     );
 }
+
+#[test]
+fn a_probe_timeout_with_credit_sends_new_data_not_a_retransmission() {
+    // A receiver that is only slow (a thread among a thousand on two cores): the probe
+    // timeout fires with the whole congestion window in flight. With credit left, the probe is
+    // new data past the window, which costs nothing if the receiver was merely late.
+    let t0 = Instant::now();
+    let mut s = sender(Mode::Reliable, 1000, 1000, CcKind::Bbr, t0);
+    let first = drain(&mut s, t0);
+    let window = first.len() as u32;
+    assert_eq!(indices(&first, false), (0..window).collect::<Vec<_>>());
+    let later = t0 + Duration::from_secs(1);
+    let probes = drain(&mut s, later);
+    assert_eq!(indices(&probes, false), vec![window, window + 1]);
+    assert!(indices(&probes, true).is_empty());
+    assert_eq!((s.retransmitted, s.probes), (0, 1));
+}
+
+#[test]
+fn a_receiver_that_holds_its_acks_gets_a_longer_probe_timeout() {
+    let t0 = Instant::now();
+    let mut s = sender(Mode::Reliable, 1000, 1000, CcKind::Fixed, t0);
+    let sent = drain(&mut s, t0);
+    assert_eq!(sent.len(), 1000);
+    // It answers 1 ms later for the first datagram, saying it held the ACK 300 ms.
+    let mut scratch = Vec::new();
+    let ack = Ack {
+        recv_next: 1,
+        credit_limit: 1000,
+        seen_end: 1,
+        received: 1,
+        echo_ts_ns: ts_of(&sent, 0),
+        echo_delay_us: 300_000,
+        ..Ack::new(1)
+    }
+    .with_ranges(&[], &mut scratch);
+    let at = t0 + Duration::from_millis(1);
+    s.on_ack(&ack, Some(Duration::from_micros(100)), false, at);
+    // The RTT is 100 µs, but a probe before the receiver's usual 300 ms would be for nothing.
+    assert!(drain(&mut s, at + Duration::from_millis(250)).is_empty());
+    assert_eq!(s.probes, 0);
+    assert!(!drain(&mut s, at + Duration::from_millis(400)).is_empty());
+    assert_eq!(s.probes, 1);
+}
