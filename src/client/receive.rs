@@ -52,12 +52,17 @@ pub(super) struct DataReceiver {
     window: u32,
     /// The most `window` may grow to (datagrams).
     window_max: u32,
-    /// The latest send timestamp among the datagrams received, and when that one arrived:
-    /// echoed for the RTT and for the sender's loss detection.
+    /// The latest send timestamp among the datagrams received, and when that one arrived
+    /// (Unix ns: the kernel's receive timestamp where there is one): echoed for the RTT and
+    /// for the sender's loss detection.
     echo_ts_ns: u64,
-    echo_at: Instant,
-    /// When the receiver last looked at its socket (what the next ACK describes).
-    observed_at: Instant,
+    echo_arrival_ns: u64,
+    /// When the receiver last looked at its socket (what the next ACK describes), Unix ns.
+    /// The echo's delay runs from the datagram's arrival in the socket to here: time it
+    /// waited in the receive buffer for this thread is the receiver's, not the path's (as a
+    /// TCP ACK leaves at arrival whenever the application reads), so a receiver that is
+    /// busy makes no queue for the sender's congestion control, only a slower credit.
+    observed_ns: u64,
     end_seen: bool,
     /// The server said our session no longer exists.
     session_gone: Option<String>,
@@ -85,8 +90,8 @@ impl DataReceiver {
             window,
             window_max: window_max.max(window),
             echo_ts_ns: 0,
-            echo_at: Instant::now(),
-            observed_at: Instant::now(),
+            echo_arrival_ns: 0,
+            observed_ns: 0,
             end_seen: false,
             session_gone: None,
             status: None,
@@ -121,7 +126,7 @@ impl DataReceiver {
             // The state an ACK reports is the state at this instant: its echo delay is
             // measured to here, not to when it is sent, or a descheduled thread would make
             // data that arrived meanwhile look lost (and resent for nothing).
-            self.observed_at = Instant::now();
+            self.observed_ns = unix_ns();
             let idle = match received {
                 Ok(n) => {
                     // Silence is counted in data: a server that only says how it is doing
@@ -265,7 +270,7 @@ impl DataReceiver {
         self.counts.bytes_intact += payload.len() as u64;
         if h.send_ts_ns > self.echo_ts_ns {
             self.echo_ts_ns = h.send_ts_ns;
-            self.echo_at = Instant::now();
+            self.echo_arrival_ns = arrival_ns;
         }
         Some((h.offset, payload))
     }
@@ -355,11 +360,8 @@ impl DataReceiver {
         self.ranges.clear();
         t.ack_ranges(&mut self.nack_cursor, MAX_NACK_RANGES, &mut self.ranges);
         let credit = t.recv_next().saturating_add(self.window).min(t.total());
-        let delay_us = self
-            .observed_at
-            .saturating_duration_since(self.echo_at)
-            .as_micros()
-            .min(u32::MAX as u128) as u32;
+        let delay_us = (self.observed_ns.saturating_sub(self.echo_arrival_ns) / 1000)
+            .min(u32::MAX as u64) as u32;
         let ack = Ack {
             recv_next: t.recv_next(),
             credit_limit: credit,

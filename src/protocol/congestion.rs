@@ -639,13 +639,14 @@ fn queue_threshold(min_rtt: Duration) -> Duration {
 }
 
 /// How much the lowest RTT of two whole ProbeBW cycles must exceed the minimum to say a queue
-/// stands: a quarter of the minimum, between half of [`MIN_PIPE_TIME`] and 16 ms. Lower than
+/// stands: a quarter of the minimum, between [`MIN_PIPE_TIME`] and 16 ms. Lower than
 /// Startup's threshold: a minimum over two cycles (dozens of samples, each drain phase among
 /// them) is not fooled by batching jitter, and flows that are window-limited on a path of
 /// microseconds build a queue of about one [`MIN_PIPE_TIME`] plus their ACK aggregation
-/// allowance, which must show.
+/// allowance (2-3 ms through a gigabit router), which must show, or flows that started
+/// unequal stay so.
 fn standing_threshold(min_rtt: Duration) -> Duration {
-    (min_rtt / 4).clamp(MIN_PIPE_TIME / 2, Duration::from_millis(16))
+    (min_rtt / 4).clamp(MIN_PIPE_TIME, Duration::from_millis(16))
 }
 
 fn windowed_max(slots: &[(u64, f64)], round: u64) -> f64 {
