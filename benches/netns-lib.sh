@@ -4,7 +4,7 @@
 # towards the client: a switch port, the sender feels no backpressure; without a router, on
 # the server's own egress). Sets S, C, R (namespaces), SV4, CV4, SV6, CV6 (addresses), WORK
 # (a temporary directory), and removes everything on exit, Ctrl-C included.
-# Inputs: MTU, ROUTER, RATE, QUEUE (tbf latency, default 50ms).
+# Inputs: MTU, ROUTER, RATE, QUEUE (tbf latency, default 50ms), BURST (tbf bucket, default 256kb).
 TAG=rbb$$
 S=${TAG}s C=${TAG}c R=${TAG}r
 WORK=$(mktemp -d)
@@ -48,6 +48,6 @@ fi
 if [ -n "$RATE" ]; then
   # shellcheck disable=SC2086
   set -- $SHAPED
-  ip netns exec "$1" tc qdisc add dev "$2" root tbf rate "$RATE" burst 256kb latency "${QUEUE:-50ms}"
+  ip netns exec "$1" tc qdisc add dev "$2" root tbf rate "$RATE" burst "${BURST:-256kb}" latency "${QUEUE:-50ms}"
 fi
 
