@@ -23,6 +23,7 @@ pub mod limits;
 pub mod loss;
 pub mod message;
 pub mod pacer;
+pub mod rtt;
 pub mod sender;
 #[cfg(test)]
 pub mod sim;

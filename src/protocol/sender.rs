@@ -300,19 +300,6 @@ impl SenderState {
         ticks_of(unix_ns.saturating_sub(self.epoch_unix_ns)).min(self.tick(now))
     }
 
-    /// Queues `i` for resending. Returns whether it did (not already queued, sent at least
-    /// once, not resent within the last round trip: a receiver cannot make the sender resend
-    /// one datagram more than once per RTT).
-    fn mark_lost(&mut self, i: u32, now_tick: u32, min_gap_ticks: u32) -> bool {
-        let sent = self.sent_at[i as usize];
-        if sent == 0 || self.is_queued(i) || now_tick.saturating_sub(sent) < min_gap_ticks {
-            return false;
-        }
-        self.set_queued(i, true);
-        self.retransmit_queue.push_back(i);
-        true
-    }
-
     /// Datagram `index` never left: its send failed locally (a GSO send the device refused).
     /// It goes out again first, without waiting for the receiver to report it.
     pub fn resend_now(&mut self, index: u32) {
@@ -320,22 +307,6 @@ impl SenderState {
             self.set_queued(index, true);
             self.retransmit_queue.push_front(index);
         }
-    }
-
-    /// The RACK reordering window.
-    fn reo_wnd(&self) -> Duration {
-        let Some(min_rtt) = self.rtt.min_rtt() else {
-            return Duration::ZERO;
-        };
-        let cap = self.rtt.srtt().max(REO_WND_CAP_FLOOR);
-        // On a path of microseconds a multiple of min_rtt/4 never covers reordering of a
-        // millisecond: after spurious retransmissions the window also doubles from
-        // REO_WND_STEP, up to the cap.
-        let doubled = match self.reo_mult {
-            0 | 1 => Duration::ZERO,
-            m => REO_WND_STEP * (1u32 << (m - 2).min(16)),
-        };
-        (min_rtt * self.reo_mult / 4).max(doubled).min(cap)
     }
 
     /// Applies a receiver's `ACK`. `rtt`: the sample its echoed timestamp gives, if any.
@@ -452,81 +423,6 @@ impl SenderState {
             app_limited: r.app_limited,
             prior_delivered: r.delivered,
         })
-    }
-
-    /// RACK over the NACKed ranges, and the idle receiver's tail. Returns how many datagrams
-    /// were newly declared lost.
-    fn detect_losses(
-        &mut self,
-        ack: &Ack<'_>,
-        receiver_idle: bool,
-        echo_ok: bool,
-        now: Instant,
-        now_tick: u32,
-    ) -> u64 {
-        let min_gap = ticks_of(self.rtt.min_rtt().unwrap_or_default().as_nanos() as u64);
-        let seen_end = ack.seen_end.min(self.next_new);
-        let mut lost = 0u64;
-        // When the receiver wrote this ACK, on our clock: the echoed send time plus the time it
-        // held the ACK (a lower bound).
-        let written = if echo_ok {
-            self.tick_of_unix(
-                ack.echo_ts_ns
-                    .saturating_add(ack.echo_delay_us as u64 * 1000),
-                now,
-            )
-        } else {
-            now_tick
-        };
-        let rto = ticks_of(self.rto().as_nanos() as u64);
-        // RACK: lost when a datagram sent more than reo_wnd after it was delivered. The most
-        // recent delivered send time is the echo (the receiver echoes the latest it has seen).
-        // And when the receiver is idle (its socket empty), a hole sent more than an RTO
-        // before the ACK was written is lost whatever was sent after it: a lost
-        // retransmission with nothing newer in flight (credit exhausted at the hole) is found.
-        let reo = ticks_of(self.reo_wnd().as_nanos() as u64);
-        let rack_tick = if echo_ok {
-            self.tick_of_unix(ack.echo_ts_ns, now)
-        } else {
-            0
-        };
-        // A receiver lists its holes in increasing order, without overlap. Only that much is
-        // believed: each range is clipped to start where the previous one ended, so one ACK
-        // examines each in-flight index at most once, however its 128 ranges are drawn.
-        let mut floor = self.acked_below;
-        for r in ack.ranges() {
-            let start = r.start.max(floor);
-            let end = r.start.saturating_add(r.len).min(seen_end);
-            if start >= end {
-                continue;
-            }
-            for i in start..end {
-                let sent = self.sent_at[i as usize];
-                let by_rack = sent.saturating_add(reo) < rack_tick;
-                let by_time = receiver_idle && sent.saturating_add(rto) <= written;
-                if sent != 0 && (by_rack || by_time) && self.mark_lost(i, now_tick, min_gap) {
-                    lost += 1;
-                }
-            }
-            self.resend_checks += (end - start) as u64;
-            floor = end;
-        }
-        // The tail: an idle receiver has seen nothing past `seen_end`; what was sent more than
-        // an RTO before the ACK was written is lost.
-        if receiver_idle {
-            let start = seen_end.max(self.acked_below);
-            for i in start..self.next_new {
-                let sent = self.sent_at[i as usize];
-                if sent != 0
-                    && sent.saturating_add(rto) <= written
-                    && self.mark_lost(i, now_tick, min_gap)
-                {
-                    lost += 1;
-                }
-            }
-            self.resend_checks += self.next_new.saturating_sub(start) as u64;
-        }
-        lost
     }
 
     fn update_pacer(&mut self, now: Instant) {
@@ -704,6 +600,9 @@ fn burst_for(bps: u64, datagram: usize) -> usize {
     let burst = (bps as f64 / 8.0 * BURST_TIME.as_secs_f64()).min(usize::MAX as f64) as usize;
     burst.max(2 * datagram)
 }
+
+#[path = "sender_rack.rs"]
+mod rack;
 
 #[cfg(test)]
 #[path = "sender_tests.rs"]

@@ -1,0 +1,121 @@
+//! The round-trip estimate: smoothed RTT and variation (RFC 6298), the retransmission
+//! timeout, and the minimum over a window that BBR's ProbeRTT refreshes.
+
+use std::time::{Duration, Instant};
+
+/// Retransmission timeout floor: loopback RTTs are tens of microseconds, but a receiver
+/// draining a full socket buffer takes milliseconds.
+pub const MIN_RTO: Duration = Duration::from_millis(2);
+/// Retransmission timeout before the first RTT sample.
+pub const INITIAL_RTO: Duration = Duration::from_millis(100);
+/// How long a minimum RTT sample stays the minimum: after that BBR drains the queue to
+/// measure it again (ProbeRTT). 5 s, as BBR v2: flows sharing a bottleneck converge at each.
+pub const MIN_RTT_WINDOW: Duration = Duration::from_secs(5);
+
+/// Smoothed round-trip time, its variation (RFC 6298), and the minimum over a window.
+///
+/// The minimum is what the path takes with no queue. Once it is older than its window, a new
+/// sample does not simply replace it (with a queue standing, every sample is inflated): the
+/// lowest sample since then is kept aside, and becomes the minimum when the controller has
+/// drained the queue to measure it (BBR's ProbeRTT, [`RttEstimator::refresh_min_rtt`]), or
+/// after a second window for controllers that never drain.
+#[derive(Debug, Clone, Default)]
+pub struct RttEstimator {
+    srtt_us: f64,
+    rttvar_us: f64,
+    min_rtt: Option<Duration>,
+    min_rtt_stamp: Option<Instant>,
+    /// The lowest sample since the minimum expired.
+    fresh_min: Option<Duration>,
+}
+
+impl RttEstimator {
+    pub fn sample(&mut self, rtt: Duration, now: Instant) {
+        let s = rtt.as_micros() as f64;
+        if self.srtt_us == 0.0 {
+            self.srtt_us = s.max(1.0);
+            self.rttvar_us = s / 2.0;
+        } else {
+            self.rttvar_us = 0.75 * self.rttvar_us + 0.25 * (self.srtt_us - s).abs();
+            self.srtt_us = 0.875 * self.srtt_us + 0.125 * s;
+        }
+        if self.min_rtt.is_none_or(|m| rtt <= m) {
+            self.min_rtt = Some(rtt);
+            self.min_rtt_stamp = Some(now);
+            self.fresh_min = None;
+            return;
+        }
+        if self.min_rtt_expired(now) {
+            self.fresh_min = Some(self.fresh_min.map_or(rtt, |m| m.min(rtt)));
+            let stale = self
+                .min_rtt_stamp
+                .is_some_and(|t| now.saturating_duration_since(t) > 2 * MIN_RTT_WINDOW);
+            if stale {
+                self.refresh_min_rtt(now);
+            }
+        }
+    }
+
+    /// Zero before the first sample.
+    pub fn srtt(&self) -> Duration {
+        Duration::from_micros(self.srtt_us as u64)
+    }
+
+    /// The smallest RTT seen in the last 10 s (or the last sample if older), if any.
+    pub fn min_rtt(&self) -> Option<Duration> {
+        self.min_rtt
+    }
+
+    /// True when the minimum is older than its window: BBR's cue to probe for it.
+    pub fn min_rtt_expired(&self, now: Instant) -> bool {
+        self.min_rtt_stamp
+            .is_some_and(|t| now.saturating_duration_since(t) > MIN_RTT_WINDOW)
+    }
+
+    /// Takes the lowest sample since the minimum expired as the minimum, and restarts its
+    /// window (after a ProbeRTT drained the queue to measure it).
+    pub fn refresh_min_rtt(&mut self, now: Instant) {
+        if let Some(m) = self.fresh_min.take() {
+            self.min_rtt = Some(m);
+        }
+        self.min_rtt_stamp = Some(now);
+    }
+
+    /// Current retransmission timeout: SRTT + 4 RTTVAR, at least [`MIN_RTO`].
+    pub fn rto(&self) -> Duration {
+        if self.srtt_us == 0.0 {
+            return INITIAL_RTO;
+        }
+        Duration::from_micros((self.srtt_us + 4.0 * self.rttvar_us) as u64).max(MIN_RTO)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rto_follows_the_samples_with_a_floor_and_min_rtt_expires() {
+        let t0 = Instant::now();
+        let mut r = RttEstimator::default();
+        assert_eq!(r.rto(), INITIAL_RTO);
+        r.sample(Duration::from_millis(40), t0);
+        assert_eq!(r.srtt(), Duration::from_millis(40));
+        assert_eq!(r.rto(), Duration::from_millis(40 + 4 * 20));
+        for _ in 0..100 {
+            r.sample(Duration::from_micros(30), t0);
+        }
+        assert_eq!(r.rto(), MIN_RTO);
+        assert_eq!(r.min_rtt(), Some(Duration::from_micros(30)));
+        // Expired, a larger sample (a queue) does not replace it until the queue was drained
+        // and the minimum measured again.
+        let later = t0 + MIN_RTT_WINDOW + Duration::from_secs(1);
+        assert!(r.min_rtt_expired(later));
+        r.sample(Duration::from_millis(5), later);
+        r.sample(Duration::from_millis(2), later);
+        assert_eq!(r.min_rtt(), Some(Duration::from_micros(30)));
+        r.refresh_min_rtt(later);
+        assert_eq!(r.min_rtt(), Some(Duration::from_millis(2)));
+        assert!(!r.min_rtt_expired(later));
+    }
+}
