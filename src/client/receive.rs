@@ -188,9 +188,10 @@ impl DataReceiver {
     }
 
     /// Checks, records and writes the data datagrams of one batch. Returns how many new
-    /// datagrams were accepted.
+    /// datagrams were accepted. Without kernel timestamps, the time the batch was received
+    /// (`observed_ns`, read once right after the receive) stands in for each arrival.
     fn absorb(&mut self, batch: &RecvBatch, n: usize, sink: &Sink) -> Result<u64, ClientError> {
-        let batch_ns = unix_ns();
+        let batch_ns = self.observed_ns;
         let mut run: Vec<IoSlice<'_>> = Vec::with_capacity(MAX_RUN);
         let mut run_start = 0u64;
         let mut run_end = 0u64;

@@ -125,9 +125,9 @@ impl SubClient {
             "client {id}: receive buffer {} KiB, window {window} datagrams",
             rcvbuf / 1024
         );
-        let window_max = (cfg.window_max_bytes / meta.payload_size.max(1) as u64)
-            .min(meta.file_size / meta.payload_size.max(1) as u64 + 1)
-            .min(u32::MAX as u64) as u32;
+        // Credit never passes the end of the file, whatever the window.
+        let window_max =
+            (cfg.window_max_bytes / meta.payload_size.max(1) as u64).min(u32::MAX as u64) as u32;
         let mut rx = DataReceiver::new(&meta, window, window_max);
         live.total_bytes
             .fetch_add(meta.file_size, Ordering::Relaxed);

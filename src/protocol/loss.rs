@@ -105,16 +105,9 @@ impl LossTracker {
     }
 
     /// Like [`LossTracker::nack_ranges`], from `from` (at least `recv_next`) on. Returns where
-    /// the scan stopped: `up_to` when it found fewer than `max`, else the end of the last run.
-    /// A receiver with more holes than one ACK lists resumes from there in the next one, so
-    /// the sender hears of every hole within a few ACKs, not one RTT per 128 holes.
-    pub fn nack_ranges_from(
-        &self,
-        from: u32,
-        up_to: u32,
-        max: usize,
-        out: &mut Vec<NackRange>,
-    ) -> u32 {
+    /// the scan stopped: `up_to` when it found fewer than `max`, else the end of the last run
+    /// (where [`LossTracker::ack_ranges`] resumes in the next ACK).
+    fn nack_ranges_from(&self, from: u32, up_to: u32, max: usize, out: &mut Vec<NackRange>) -> u32 {
         let end = up_to.min(self.total);
         let mut i = from.max(self.recv_next);
         let mut found = 0;
