@@ -84,29 +84,56 @@ fn an_unvalidated_address_gets_less_than_it_sends() {
 }
 
 #[test]
-fn max_sessions_gives_a_clear_busy_answer() {
+fn a_busy_server_is_asked_again_until_it_has_room() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("f"), vec![3u8; 30 * MAX_PAYLOAD]).unwrap();
-    // Slow sessions (8 Mbit/s), at most 2 at a time.
+    // Slow sessions (16 Mbit/s: ~1 s each), at most 2 at a time.
     let srv = server(dir.path(), |c| {
         c.max_sessions = 2;
-        c.rate_bps = Some(8_000_000);
+        c.rate_bps = Some(16_000_000);
     });
     let mut g = GetConfig::new(srv.local_addr(), "f");
     g.clients = 4;
+    g.timeout = Duration::from_secs(20);
     let reports = client::get(&g).unwrap();
-    let ok = reports.iter().filter(|r| r.ok()).count();
-    let busy: Vec<_> = reports.iter().filter_map(|r| r.error.as_deref()).collect();
-    assert_eq!(ok, 2, "{reports:?}");
-    assert_eq!(busy.len(), 2);
-    for e in busy {
-        assert!(e.contains("busy"), "unclear refusal: {e}");
-    }
-    assert_eq!(srv.stats().busy.load(Ordering::Relaxed), 2);
-    // When the sessions are over, the server serves again.
+    assert!(reports.iter().all(|r| r.ok()), "{reports:?}");
+    // Two were refused at first and came back when the first two were done.
+    let retried = reports.iter().filter(|r| r.busy_retries > 0).count();
+    assert_eq!(retried, 2, "{reports:?}");
+    assert!(srv.stats().busy.load(Ordering::Relaxed) >= 2);
+}
+
+#[test]
+fn a_server_busy_for_the_whole_timeout_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("f"), vec![3u8; 30 * MAX_PAYLOAD]).unwrap();
+    // One slow session (4 Mbit/s: ~4 s) holds the only place.
+    let srv = server(dir.path(), |c| {
+        c.max_sessions = 1;
+        c.rate_bps = Some(4_000_000);
+    });
     let mut g = GetConfig::new(srv.local_addr(), "f");
     g.clients = 2;
-    assert!(client::get(&g).unwrap().iter().all(|r| r.ok()));
+    g.timeout = Duration::from_secs(1);
+    let t = Instant::now();
+    let reports = client::get(&g).unwrap();
+    let refused: Vec<_> = reports
+        .iter()
+        .filter_map(|r| r.error.as_deref())
+        .filter(|e| e.contains("busy"))
+        .collect();
+    assert_eq!(refused.len(), 1, "{reports:?}");
+    assert!(
+        refused[0].contains("stayed busy for") && refused[0].contains("tries"),
+        "unclear refusal: {}",
+        refused[0]
+    );
+    // The refused one gave up after its timeout, not at once and not never.
+    let r = reports.iter().find(|r| r.error.is_some()).unwrap();
+    assert!(r.busy_retries >= 2, "{r:?}");
+    assert!(r.duration_s >= 1.0 && r.duration_s < 5.0, "{r:?}");
+    drop(reports);
+    assert!(t.elapsed() < Duration::from_secs(60));
 }
 
 #[test]

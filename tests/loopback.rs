@@ -432,11 +432,11 @@ fn the_datagram_size_is_negotiated_down_to_the_client_s() {
 /// out on answers it cannot read.
 #[test]
 fn another_protocol_version_is_named_both_ways() {
-    // An old client's HELLO (version 1) at a server of this version.
+    // An old client's HELLO (version 2) at a server of this version.
     let served = tempfile::tempdir().unwrap();
     let srv = server(served.path(), |_| {});
     let mut hello = Message::Hello { nonce: 1 }.to_vec();
-    hello[2] = 1;
+    hello[2] = 2;
     let body = hello.len() - 4;
     let crc = crc32c::crc32c(&hello[..body]);
     hello[body..].copy_from_slice(&crc.to_be_bytes());
@@ -447,19 +447,19 @@ fn another_protocol_version_is_named_both_ways() {
     match Message::parse(&buf[..n]).unwrap() {
         Message::Error { code, text, .. } => {
             assert_eq!(code, ErrorCode::BadVersion);
-            assert!(text.contains("version 2"), "{text}");
+            assert!(text.contains("version 3"), "{text}");
         }
         other => panic!("{other:?}"),
     }
     assert_eq!(srv.stats().version_mismatch.load(Ordering::Relaxed), 1);
 
-    // A newer server (version 3) answering this client.
+    // A newer server (version 4) answering this client.
     let future = UdpSocket::bind("127.0.0.1:0").unwrap();
     let addr = future.local_addr().unwrap();
     std::thread::spawn(move || {
         let mut buf = [0u8; 2048];
         while let Ok((_, from)) = future.recv_from(&mut buf) {
-            let _ = future.send_to(b"RB\x03\x02future", from);
+            let _ = future.send_to(b"RB\x04\x02future", from);
         }
     });
     let mut cfg = GetConfig::new(addr, "f");
@@ -468,7 +468,7 @@ fn another_protocol_version_is_named_both_ways() {
     let r = &client::get(&cfg).unwrap()[0];
     let e = r.error.as_deref().unwrap();
     assert!(
-        e.contains("protocol version 3") && e.contains("speaks 2"),
+        e.contains("protocol version 4") && e.contains("speaks 3"),
         "{e}"
     );
     assert!(t.elapsed() < Duration::from_secs(2));

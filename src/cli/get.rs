@@ -20,9 +20,13 @@ pub struct GetArgs {
     /// The server: address or host name, port (default 6969).
     #[arg(long, default_value = "127.0.0.1:6969", value_parser = values::socket_addr)]
     server: SocketAddr,
-    /// Sub-clients (1-1000), each with its own socket, fetching its own whole copy.
-    #[arg(long, default_value_t = 1, value_parser = values::count(1, 1000))]
+    /// Sub-clients (1-10000), each with its own socket, fetching its own whole copy.
+    #[arg(long, default_value_t = 1, value_parser = values::count(1, 10_000))]
     clients: usize,
+    /// Receive threads the sub-clients share (default: one per core, never more than
+    /// sub-clients); each waits on its sockets with epoll and receives with recvmmsg.
+    #[arg(long, value_parser = values::count(1, 1024))]
+    threads: Option<usize>,
     /// Directory for the copies: DIR/FILE for one client, DIR/FILE.1 .. DIR/FILE.N.
     #[arg(long, default_value = "received", conflicts_with = "discard")]
     out: PathBuf,
@@ -82,6 +86,7 @@ impl GetArgs {
         }
         let mut cfg = GetConfig::new(self.server, &self.file);
         cfg.clients = self.clients;
+        cfg.threads = self.threads.unwrap_or(0);
         cfg.out_dir = (!self.discard).then(|| self.out.clone());
         cfg.mode = self.mode.into();
         cfg.timeout = self.timeout;

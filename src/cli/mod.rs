@@ -64,6 +64,9 @@ impl From<ModeArg> for Mode {
 /// Parses the command line and runs it; errors are one line on stderr.
 pub fn main() -> ExitCode {
     crate::sys::default_sigpipe();
+    if let Err(e) = crate::sys::raise_fd_limit() {
+        tracing::debug!("cannot raise the open-file limit: {e}");
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(a) => a.run(),

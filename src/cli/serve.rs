@@ -71,12 +71,16 @@ pub struct ServeArgs {
     /// Send one datagram per sendmsg instead of up to 64 with UDP GSO (to compare).
     #[arg(long)]
     no_gso: bool,
-    /// Most concurrent sessions (1-100000); further requests get a "busy" answer.
-    #[arg(long, default_value_t = 256, value_parser = values::count(1, 100_000))]
+    /// Most concurrent sessions (1-100000); further requests get a "busy" answer naming
+    /// when to ask again, and clients retry with backoff. Each session costs ~40 KiB plus 4
+    /// bytes per datagram of its file, and an open file (the soft limit is raised to the hard
+    /// one at start).
+    #[arg(long, default_value_t = crate::server::DEFAULT_MAX_SESSIONS, value_parser = values::count(1, 100_000))]
     max_sessions: usize,
     /// Requests (HELLO, LIST, GET) per second one source IP may make (twice that in a
-    /// burst; at least 1); beyond it they are dropped with a short "busy" answer.
-    #[arg(long, default_value = "500", value_parser = values::per_second)]
+    /// burst; at least 1); beyond it they are dropped with a short "busy" answer. The
+    /// default's burst lets 1000 sub-clients of one host start at once.
+    #[arg(long, default_value = "2000", value_parser = values::per_second)]
     requests_per_ip: f64,
     /// Print one JSON object per finished session on stdout (logs stay on stderr).
     #[arg(long)]

@@ -6,16 +6,14 @@ use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use super::ClientError;
-use crate::protocol::{
-    foreign_version, is_data, unix_ns, ErrorCode, Message, MAX_DATAGRAM, TOKEN_LEN, VERSION,
-};
+use super::{ClientError, GetConfig};
+use crate::protocol::{foreign_version, ErrorCode, Message, MAX_DATAGRAM, TOKEN_LEN, VERSION};
 use crate::sys::recvmmsg::is_timeout;
 use crate::sys::socket;
 
 /// First resend delay for control requests; doubles up to [`MAX_RETRY_DELAY`].
-const FIRST_RETRY_DELAY: Duration = Duration::from_millis(100);
-const MAX_RETRY_DELAY: Duration = Duration::from_secs(1);
+pub(super) const FIRST_RETRY_DELAY: Duration = Duration::from_millis(100);
+pub(super) const MAX_RETRY_DELAY: Duration = Duration::from_secs(1);
 
 /// A socket connected to the server, for the control exchanges.
 pub(super) struct Connection {
@@ -23,54 +21,29 @@ pub(super) struct Connection {
     pub(super) server: SocketAddr,
     buf: Vec<u8>,
     out: Vec<u8>,
-    /// Data datagrams that arrived while a request was waiting for its answer, with their
-    /// arrival time (Unix ns); kept (up to [`MAX_EARLY`]) while `keep_early` is set.
-    pub(super) early: Vec<(Vec<u8>, u64)>,
-    pub(super) keep_early: bool,
 }
-
-/// Most data datagrams kept while waiting for META (16 MiB at the largest datagram size).
-const MAX_EARLY: usize = 256;
 
 /// What a reply means to the request waiting for it.
 pub(super) enum Reply<T> {
     Done(T),
-    /// The server is alive and working on it: keep waiting, reset the silence clock.
-    Alive,
     Ignore,
 }
 
 impl Connection {
     pub(super) fn open(server: SocketAddr) -> io::Result<Connection> {
-        let any: SocketAddr = if server.is_ipv4() {
-            "0.0.0.0:0".parse().expect("literal")
-        } else {
-            "[::]:0".parse().expect("literal")
-        };
-        let sock = UdpSocket::bind(any)?;
-        sock.connect(server)?;
+        let sock = socket::connected(server)?;
         Ok(Connection {
             sock,
             server,
             buf: vec![0; MAX_DATAGRAM + 1],
             out: Vec::with_capacity(2048),
-            early: Vec::new(),
-            keep_early: false,
         })
     }
 
     pub(super) fn send(&mut self, msg: &Message<'_>) -> Result<(), ClientError> {
         self.out.clear();
         msg.encode(&mut self.out);
-        match socket::retry_eintr(|| self.sock.send(&self.out)) {
-            Ok(_) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => Err(ClientError::Refused {
-                server: self.server,
-            }),
-            // A full buffer loses this one; the caller's retry or next ACK covers it.
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
-            Err(e) => Err(e.into()),
-        }
+        send_to_server(&self.sock, self.server, &self.out)
     }
 
     /// Sends `msg` and waits for a reply `accept` takes, resending with backoff; fails after
@@ -82,7 +55,7 @@ impl Connection {
         stage: &'static str,
         mut accept: impl FnMut(&Message<'_>) -> Reply<T>,
     ) -> Result<T, ClientError> {
-        let mut alive_at = Instant::now();
+        let alive_at = Instant::now();
         let mut delay = FIRST_RETRY_DELAY;
         loop {
             self.send(msg)?;
@@ -113,12 +86,6 @@ impl Connection {
                     }
                     Err(e) => return Err(e.into()),
                 };
-                if self.keep_early && is_data(&self.buf[..n]) {
-                    if self.early.len() < MAX_EARLY {
-                        self.early.push((self.buf[..n].to_vec(), unix_ns()));
-                    }
-                    continue;
-                }
                 if let Some(theirs) = foreign_version(&self.buf[..n]) {
                     return Err(ClientError::Version {
                         server: self.server,
@@ -131,10 +98,6 @@ impl Connection {
                 };
                 match accept(&reply) {
                     Reply::Done(t) => return Ok(t),
-                    Reply::Alive => {
-                        alive_at = Instant::now();
-                        delay = FIRST_RETRY_DELAY;
-                    }
                     Reply::Ignore => {}
                 }
             }
@@ -156,11 +119,123 @@ impl Connection {
     }
 }
 
+/// Sends one encoded message on a socket connected to `server`.
+pub(super) fn send_to_server(
+    sock: &UdpSocket,
+    server: SocketAddr,
+    bytes: &[u8],
+) -> Result<(), ClientError> {
+    match socket::retry_eintr(|| sock.send(bytes)) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+            Err(ClientError::Refused { server })
+        }
+        // A full buffer loses this one; the caller's retry or next ACK covers it.
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A request resent with backoff until its answer comes; the server is declared gone after
+/// the timeout without a sign of life.
+pub(super) struct Resend {
+    resend_at: Instant,
+    delay: Duration,
+    alive_at: Instant,
+    stage: &'static str,
+}
+
+impl Resend {
+    pub(super) fn new(now: Instant, stage: &'static str) -> Self {
+        Resend {
+            resend_at: now + FIRST_RETRY_DELAY,
+            delay: FIRST_RETRY_DELAY * 2,
+            alive_at: now,
+            stage,
+        }
+    }
+
+    /// Whether to send again now; an error once the server has been silent too long.
+    pub(super) fn due(&mut self, now: Instant, cfg: &GetConfig) -> Result<bool, ClientError> {
+        if now.saturating_duration_since(self.alive_at) >= cfg.timeout {
+            return Err(ClientError::ServerSilent {
+                server: cfg.server,
+                secs: cfg.timeout.as_secs_f64(),
+                stage: self.stage,
+            });
+        }
+        if now < self.resend_at {
+            return Ok(false);
+        }
+        self.resend_at = now + self.delay;
+        self.delay = (self.delay * 2).min(MAX_RETRY_DELAY);
+        Ok(true)
+    }
+
+    /// The server is working on it: the silence clock and the backoff start again.
+    pub(super) fn alive(&mut self, now: Instant) {
+        self.alive_at = now;
+        self.delay = FIRST_RETRY_DELAY;
+    }
+
+    pub(super) fn deadline(&self, timeout: Duration) -> Instant {
+        self.resend_at.min(self.alive_at + timeout)
+    }
+}
+
+/// Longest wait between two requests to a busy server.
+const MAX_BUSY_BACKOFF: Duration = Duration::from_secs(2);
+
+/// The wait before asking a busy server again: at least what it asked for, twice the last
+/// wait, at most [`MAX_BUSY_BACKOFF`], and spread by `jitter` (0-1: a quarter either way) so
+/// that a thousand sub-clients refused at once do not all come back at once.
+pub(super) fn next_backoff(last: Duration, asked: Duration, jitter: f64) -> Duration {
+    let base = asked.max(last * 2).min(MAX_BUSY_BACKOFF);
+    base.mul_f64(0.75 + 0.5 * jitter.clamp(0.0, 1.0))
+}
+
 pub(super) fn server_error(code: ErrorCode, text: &str) -> ClientError {
     ClientError::Server(match code {
-        ErrorCode::NotFound | ErrorCode::BadName | ErrorCode::Busy | ErrorCode::Internal => {
-            text.to_string()
-        }
+        ErrorCode::NotFound | ErrorCode::BadName | ErrorCode::Internal => text.to_string(),
         other => format!("{text} ({other:?})"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_busy_server_is_asked_again_later_each_time_within_bounds() {
+        let ms = Duration::from_millis;
+        // At least what the server asked, doubling, at most 2 s, a quarter either way.
+        assert_eq!(next_backoff(Duration::ZERO, ms(200), 0.5), ms(200));
+        assert_eq!(next_backoff(ms(200), ms(200), 0.5), ms(400));
+        assert_eq!(next_backoff(ms(400), ms(100), 0.5), ms(800));
+        assert_eq!(next_backoff(ms(1600), ms(100), 0.5), MAX_BUSY_BACKOFF);
+        assert_eq!(next_backoff(ms(200), ms(200), 0.0), ms(300));
+        assert_eq!(next_backoff(ms(200), ms(200), 1.0), ms(500));
+        // A server asking for an hour is not believed past the cap.
+        assert_eq!(next_backoff(ms(0), ms(3_600_000), 0.5), MAX_BUSY_BACKOFF);
+    }
+
+    #[test]
+    fn a_request_is_resent_with_backoff_and_given_up_after_the_timeout() {
+        let mut cfg = GetConfig::new("127.0.0.1:9".parse().unwrap(), "f");
+        cfg.timeout = Duration::from_secs(2);
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mut r = Resend::new(t0, "waiting");
+        assert!(!r.due(ms(50), &cfg).unwrap());
+        assert!(r.due(ms(100), &cfg).unwrap());
+        assert!(!r.due(ms(250), &cfg).unwrap());
+        assert!(r.due(ms(300), &cfg).unwrap());
+        assert!(r.due(ms(700), &cfg).unwrap());
+        // A sign of life restarts the silence clock.
+        r.alive(ms(1500));
+        assert!(r.due(ms(3000), &cfg).is_ok());
+        let e = r.due(ms(3500), &cfg).unwrap_err().to_string();
+        assert!(e.contains("no answer") && e.contains("waiting"), "{e}");
+        assert!(r.deadline(cfg.timeout) <= ms(3500));
+    }
 }

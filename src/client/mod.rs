@@ -10,6 +10,7 @@
 //! under a temporary name and renamed only once the whole file verifies; otherwise removed.
 
 mod connection;
+mod pool;
 mod receive;
 mod sink;
 mod subclient;
@@ -19,8 +20,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
-use std::thread::JoinHandle;
+use std::sync::Arc;
 use std::time::Duration;
 
 use thiserror::Error;
@@ -30,6 +30,7 @@ use crate::protocol::{Message, Mode};
 use crate::report::copy::CopyReport;
 use crate::report::live::{spawn_reporter, Live};
 use connection::{server_error, Connection, Reply};
+use subclient::SubClient;
 use window::{auto_window_max_bytes, default_window_bytes};
 
 /// How a copy is verified at the end.
@@ -47,6 +48,8 @@ pub struct GetConfig {
     pub server: SocketAddr,
     pub file: String,
     pub clients: usize,
+    /// Receive threads the sub-clients share (0: one per core; never more than sub-clients).
+    pub threads: usize,
     /// Where copies go; `None` with `--discard`.
     pub out_dir: Option<PathBuf>,
     pub mode: Mode,
@@ -82,6 +85,7 @@ impl GetConfig {
             server,
             file: file.into(),
             clients: 1,
+            threads: 0,
             out_dir: None,
             mode: Mode::Reliable,
             timeout: Duration::from_secs(5),
@@ -112,6 +116,14 @@ pub enum ClientError {
     /// What the server said.
     #[error("server error: {0}")]
     Server(String),
+    /// The server had no room for the whole timeout.
+    #[error("{server} stayed busy for {secs:.1} s ({tries} tries): {text}")]
+    Busy {
+        server: SocketAddr,
+        text: String,
+        secs: f64,
+        tries: u32,
+    },
     #[error("server announced {0}")]
     BadMeta(String),
     /// Refused here, before asking any server.
@@ -191,68 +203,8 @@ pub fn copy_path(dir: &Path, file: &str, id: usize, clients: usize) -> PathBuf {
     }
 }
 
-/// Holds the sub-clients until every one has started, so they begin together (the lab's
-/// clients started at once); opened with go, or with abort when one could not be started.
-pub(crate) struct StartGate {
-    open: Mutex<Option<bool>>,
-    cv: Condvar,
-}
-
-impl StartGate {
-    fn new() -> Self {
-        StartGate {
-            open: Mutex::new(None),
-            cv: Condvar::new(),
-        }
-    }
-
-    /// Blocks until the gate opens; true to go, false to give up.
-    pub(crate) fn wait(&self) -> bool {
-        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        loop {
-            if let Some(go) = *open {
-                return go;
-            }
-            open = self.cv.wait(open).unwrap_or_else(|e| e.into_inner());
-        }
-    }
-
-    fn open(&self, go: bool) {
-        *self.open.lock().unwrap_or_else(|e| e.into_inner()) = Some(go);
-        self.cv.notify_all();
-    }
-}
-
-/// Starts `n` sub-clients with `spawn(id, gate)` and opens the gate once all are running. If
-/// one cannot be started, the gate opens with abort, the ones already running are joined
-/// (they return at once) and the error says which one failed.
-fn spawn_all<T>(
-    n: usize,
-    mut spawn: impl FnMut(usize, Arc<StartGate>) -> io::Result<JoinHandle<T>>,
-) -> Result<Vec<JoinHandle<T>>, ClientError> {
-    let gate = Arc::new(StartGate::new());
-    let mut handles = Vec::with_capacity(n);
-    for id in 1..=n {
-        match spawn(id, gate.clone()) {
-            Ok(h) => handles.push(h),
-            Err(source) => {
-                gate.open(false);
-                for h in handles {
-                    let _ = h.join();
-                }
-                return Err(ClientError::Spawn {
-                    id,
-                    clients: n,
-                    error: source,
-                });
-            }
-        }
-    }
-    gate.open(true);
-    Ok(handles)
-}
-
-/// `ringblast get`: starts every sub-client at once and waits for all of them.
+/// `ringblast get`: opens every sub-client's socket, then starts them all at once on the
+/// receive threads, and waits for all of them.
 pub fn get(cfg: &GetConfig) -> Result<Vec<CopyReport>, ClientError> {
     validate_name(&cfg.file)?;
     if let Some(dir) = &cfg.out_dir {
@@ -265,69 +217,33 @@ pub fn get(cfg: &GetConfig) -> Result<Vec<CopyReport>, ClientError> {
         cfg.window_max_bytes = auto_window_max_bytes(clients);
     }
     cfg.window_max_bytes = cfg.window_max_bytes.max(cfg.window_bytes);
-    let cfg = &cfg;
+    let threads = match cfg.threads {
+        0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+        n => n,
+    };
+    let cfg = Arc::new(cfg);
     let live = Live::new(clients);
+    // Every socket first: one that cannot be opened (the open-file limit) stops the run
+    // before any request goes out.
+    let mut subs = Vec::with_capacity(clients);
+    for id in 1..=clients {
+        let sub = SubClient::new(cfg.clone(), id, clients, live.clone())
+            .map_err(|error| ClientError::Spawn { id, clients, error })?;
+        subs.push(sub);
+    }
     let done = Arc::new(AtomicBool::new(false));
     let reporter = spawn_reporter(live.clone(), cfg.interval, cfg.quiet, done.clone());
-    let handles = spawn_all(clients, |id, gate| {
-        let cfg = cfg.clone();
-        let live = live.clone();
-        std::thread::Builder::new()
-            .name(format!("client-{id}"))
-            .spawn(move || subclient::run(&cfg, id, clients, &gate, &live))
-    });
-    let joined: Vec<_> = match handles {
-        Ok(h) => h.into_iter().map(|h| h.join()).collect(),
-        Err(e) => {
-            done.store(true, Ordering::Release);
-            return Err(e);
-        }
-    };
+    let reports = pool::run(subs, threads);
     done.store(true, Ordering::Release);
     if let Some(r) = reporter {
         let _ = r.join();
     }
-    Ok(joined
-        .into_iter()
-        .enumerate()
-        .map(|(i, h)| {
-            h.unwrap_or_else(|_| CopyReport {
-                id: i + 1,
-                error: Some("sub-client panicked".into()),
-                ..Default::default()
-            })
-        })
-        .collect())
+    Ok(reports)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Instant;
-
-    #[test]
-    fn a_sub_client_that_cannot_start_releases_the_others() {
-        // Before: the ones already started waited on a barrier for one that never came.
-        let t = Instant::now();
-        let r = spawn_all(5, |id, gate| {
-            if id == 3 {
-                return Err(io::Error::from_raw_os_error(libc::EAGAIN));
-            }
-            std::thread::Builder::new().spawn(move || gate.wait())
-        });
-        match r {
-            Err(ClientError::Spawn {
-                id: 3, clients: 5, ..
-            }) => {}
-            other => panic!("{:?}", other.map(|v| v.len())),
-        }
-        assert!(t.elapsed() < Duration::from_secs(5));
-        let ok = spawn_all(3, |_, gate| {
-            std::thread::Builder::new().spawn(move || gate.wait())
-        })
-        .unwrap();
-        assert!(ok.into_iter().all(|h| h.join().unwrap()));
-    }
 
     #[test]
     fn a_bad_name_is_refused_here_and_not_blamed_on_the_server() {

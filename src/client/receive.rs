@@ -2,14 +2,15 @@
 //! and written at its offset; `ACK`s (cumulative point, credit, NACK ranges) out every quarter
 //! window and whenever the socket runs dry.
 
-use std::io::{self, IoSlice};
+use std::io::IoSlice;
+use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::connection::Connection;
+use super::connection::send_to_server;
 use super::sink::Sink;
 use super::window::window_for_path;
-use super::{ClientError, GetConfig};
+use super::ClientError;
 use crate::protocol::layout::{datagram_count, payload_len};
 use crate::protocol::loss::{LossTracker, RepairClock};
 use crate::protocol::{
@@ -18,10 +19,10 @@ use crate::protocol::{
 };
 use crate::report::copy::ClientHists;
 use crate::report::live::ClientLive;
-use crate::sys::recvmmsg::{enable_timestamps, is_timeout, RecvBatch};
+use crate::sys::recvmmsg::RecvBatch;
 
 /// How often an idle receiver re-sends its ACK (tail probe, lost-ACK recovery, keepalive).
-const ACK_INTERVAL: Duration = Duration::from_millis(2);
+pub(super) const ACK_INTERVAL: Duration = Duration::from_millis(2);
 /// While data flows, an ACK goes back once two datagrams came and this long passed since the
 /// last: the sender's delivery-rate samples and loss detection need a steady clock, and the
 /// control thread no more than ~5000 ACKs a second per receiver.
@@ -75,12 +76,41 @@ pub(super) struct DataReceiver {
     /// Where the next ACK's NACK ranges start (see [`LossTracker::ack_ranges`]).
     nack_cursor: u32,
     scratch: Vec<u8>,
+    /// The encoded ACK.
+    out: Vec<u8>,
+    clock: FeedbackClock,
+}
+
+/// When feedback last went and data last came.
+struct FeedbackClock {
+    /// New datagrams since the last ACK.
+    since_ack: u64,
+    last_ack: Instant,
+    /// The last batch of anything.
+    last_rx: Instant,
+    /// The last sign of the transfer going on (data, or blast mode's END).
+    heard_at: Instant,
+}
+
+/// Whether a copy's data phase goes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Progress {
+    Going,
+    Finished,
+}
+
+/// What the data phase reads from and writes to.
+pub(super) struct DataIo<'a> {
+    pub(super) sock: &'a UdpSocket,
+    pub(super) server: SocketAddr,
+    pub(super) sink: &'a Sink,
+    pub(super) live: &'a ClientLive,
 }
 
 impl DataReceiver {
     /// `window`: the credit to grant at first, datagrams; `window_max`: how far it may grow
     /// once the sender reports the path ([`window_for_path`]).
-    pub(super) fn new(meta: &Meta, window: u32, window_max: u32) -> Self {
+    pub(super) fn new(meta: &Meta, window: u32, window_max: u32, now: Instant) -> Self {
         let total = datagram_count(meta.file_size, meta.payload_size) as u32;
         DataReceiver {
             meta: *meta,
@@ -101,90 +131,132 @@ impl DataReceiver {
             ranges: Vec::with_capacity(MAX_NACK_RANGES),
             nack_cursor: 0,
             scratch: Vec::with_capacity(MAX_NACK_RANGES * 8),
+            out: Vec::new(),
+            clock: FeedbackClock {
+                since_ack: 0,
+                last_ack: now,
+                last_rx: now,
+                heard_at: now,
+            },
         }
     }
 
-    pub(super) fn run(
+    /// The data phase begins: feedback and silence are counted from `now`.
+    pub(super) fn begin(&mut self, now: Instant) {
+        self.clock = FeedbackClock {
+            since_ack: 0,
+            last_ack: now,
+            last_rx: now,
+            heard_at: now,
+        };
+    }
+
+    /// A batch of `n` arrived (read at `now`): checked, recorded, written; an ACK goes back
+    /// every quarter window, or once two datagrams came and [`ACK_SPACING`] passed.
+    pub(super) fn on_batch(
         &mut self,
-        conn: &mut Connection,
-        sink: &Sink,
-        cfg: &GetConfig,
-        live: &ClientLive,
-    ) -> Result<(), ClientError> {
-        conn.sock.set_read_timeout(Some(ACK_INTERVAL))?;
-        // Kernel receive timestamps make delay and gaps per datagram; without them (an old
-        // kernel) the batch's return time stands in.
-        let _ = enable_timestamps(&conn.sock);
-        let mut batch = RecvBatch::new();
+        batch: &RecvBatch,
+        n: usize,
+        io: &DataIo<'_>,
+        now: Instant,
+    ) -> Result<Progress, ClientError> {
+        // The state an ACK reports is the state at this instant: its echo delay is measured
+        // to here, not to when it is sent, or a descheduled thread would make data that
+        // arrived meanwhile look lost (and resent for nothing).
+        self.observed_ns = unix_ns();
+        self.clock.last_rx = now;
+        // Silence is counted in data: a server that only says how it is doing (STATUS)
+        // while nothing moves is as good as gone.
+        let before = self.counts.datagrams_received;
+        self.clock.since_ack += self.absorb(batch, n, io.sink)?;
+        if self.counts.datagrams_received > before || self.end_seen {
+            self.clock.heard_at = now;
+        }
+        self.publish(io.live);
+        if self.tracker.is_complete() {
+            // Whole: whatever else the batch said (a late "no such session") does not matter.
+            return self.check_end(io, now);
+        }
+        if let Some(text) = self.session_gone.take() {
+            return Err(ClientError::Server(format!(
+                "the server dropped this transfer: {text}"
+            )));
+        }
         let ack_every = (self.window / 4).max(1) as u64;
-        let mut since_ack = 0u64;
-        let mut last_ack = Instant::now();
-        let mut heard_at = Instant::now();
-        let blast = self.meta.mode == Mode::Blast;
-        while !self.tracker.is_complete() {
-            let received = batch.recv(&conn.sock);
-            // The state an ACK reports is the state at this instant: its echo delay is
-            // measured to here, not to when it is sent, or a descheduled thread would make
-            // data that arrived meanwhile look lost (and resent for nothing).
-            self.observed_ns = unix_ns();
-            let idle = match received {
-                Ok(n) => {
-                    // Silence is counted in data: a server that only says how it is doing
-                    // (STATUS) while nothing moves is as good as gone.
-                    let before = self.counts.datagrams_received;
-                    since_ack += self.absorb(&batch, n, sink)?;
-                    if self.counts.datagrams_received > before || self.end_seen {
-                        heard_at = Instant::now();
-                    }
-                    self.publish(live);
-                    false
-                }
-                Err(e) if is_timeout(&e) => true,
-                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                    return Err(ClientError::Refused {
-                        server: conn.server,
-                    })
-                }
-                Err(e) => return Err(e.into()),
-            };
-            if let Some(text) = self.session_gone.take() {
-                return Err(ClientError::Server(format!(
-                    "the server dropped this transfer: {text}"
-                )));
-            }
-            if blast && self.end_seen && idle {
-                // Every datagram was sent once and the socket is drained: what is missing
-                // now is lost.
-                break;
-            }
-            let silent = heard_at.elapsed();
-            if silent >= cfg.timeout {
-                if blast && self.counts.datagrams_received > 0 {
-                    tracing::debug!("blast transfer ended by idle timeout (no END marker)");
-                    break;
-                }
-                return Err(ClientError::ServerSilent {
-                    server: conn.server,
-                    secs: silent.as_secs_f64(),
-                    stage: "no data during the transfer",
-                });
-            }
-            let since = last_ack.elapsed();
-            if since_ack >= ack_every
-                || (since_ack >= 2 && since >= ACK_SPACING)
-                || (idle && since >= ACK_INTERVAL)
-            {
-                self.send_ack(conn, idle)?;
-                since_ack = 0;
-                last_ack = Instant::now();
-            }
+        let c = &self.clock;
+        if c.since_ack >= ack_every
+            || (c.since_ack >= 2 && now.saturating_duration_since(c.last_ack) >= ACK_SPACING)
+        {
+            self.send_ack(io, false, now)?;
         }
-        if self.tracker.is_complete() && !blast {
-            // The last word on the data: the server can end the session now, even if every
-            // DONE that follows is lost.
-            self.send_ack(conn, false)?;
+        self.check_end(io, now)
+    }
+
+    /// The deadline came: the ACK of the last datagrams, the idle ACK (tail probe, lost-ACK
+    /// recovery, keepalive), blast mode's end, or the server declared gone. `socket_empty`:
+    /// a receive just found nothing queued. Only then is the receiver idle, the flag that
+    /// lets the sender call its unacknowledged tail lost: a thread that serves many sockets
+    /// may come to this one late, with data waiting that is not lost at all.
+    pub(super) fn on_timer(
+        &mut self,
+        io: &DataIo<'_>,
+        timeout: Duration,
+        socket_empty: bool,
+        now: Instant,
+    ) -> Result<Progress, ClientError> {
+        self.observed_ns = unix_ns();
+        let idle =
+            socket_empty && now.saturating_duration_since(self.clock.last_rx) >= ACK_INTERVAL;
+        if self.meta.mode == Mode::Blast && self.end_seen && idle {
+            // Every datagram was sent once and the socket is drained: what is missing now
+            // is lost.
+            return Ok(Progress::Finished);
         }
-        Ok(())
+        let silent = now.saturating_duration_since(self.clock.heard_at);
+        if silent >= timeout {
+            if self.meta.mode == Mode::Blast && self.counts.datagrams_received > 0 {
+                tracing::debug!("blast transfer ended by idle timeout (no END marker)");
+                return Ok(Progress::Finished);
+            }
+            return Err(ClientError::ServerSilent {
+                server: io.server,
+                secs: silent.as_secs_f64(),
+                stage: "no data during the transfer",
+            });
+        }
+        let since = now.saturating_duration_since(self.clock.last_ack);
+        if (self.clock.since_ack > 0 && since >= ACK_SPACING) || (idle && since >= ACK_INTERVAL) {
+            self.send_ack(io, idle, now)?;
+        }
+        Ok(Progress::Going)
+    }
+
+    /// When [`DataReceiver::on_timer`] has something to do if no batch comes first.
+    pub(super) fn deadline(&self, timeout: Duration) -> Instant {
+        let c = &self.clock;
+        let feedback = if c.since_ack > 0 {
+            c.last_ack + ACK_SPACING
+        } else {
+            c.last_ack.max(c.last_rx) + ACK_INTERVAL
+        };
+        feedback.min(c.heard_at + timeout)
+    }
+
+    /// A reliable copy is whole: the last word on the data goes back at once (the server
+    /// can end the session now, even if every DONE that follows is lost). Also right after
+    /// [`DataReceiver::absorb_early`]: what came before META may be the whole file.
+    pub(super) fn check_end(
+        &mut self,
+        io: &DataIo<'_>,
+        now: Instant,
+    ) -> Result<Progress, ClientError> {
+        if !self.tracker.is_complete() {
+            return Ok(Progress::Going);
+        }
+        if self.meta.mode != Mode::Blast {
+            self.send_ack(io, false, now)?;
+        }
+        Ok(Progress::Finished)
     }
 
     /// Checks, records and writes the data datagrams of one batch. Returns how many new
@@ -356,7 +428,7 @@ impl DataReceiver {
         }
     }
 
-    fn send_ack(&mut self, conn: &mut Connection, idle: bool) -> Result<(), ClientError> {
+    fn send_ack(&mut self, io: &DataIo<'_>, idle: bool, now: Instant) -> Result<(), ClientError> {
         let t = &self.tracker;
         self.ranges.clear();
         t.ack_ranges(&mut self.nack_cursor, MAX_NACK_RANGES, &mut self.ranges);
@@ -375,6 +447,10 @@ impl DataReceiver {
             ..Ack::new(self.meta.session)
         }
         .with_ranges(&self.ranges, &mut self.scratch);
-        conn.send(&Message::Ack(ack))
+        self.out.clear();
+        Message::Ack(ack).encode(&mut self.out);
+        self.clock.since_ack = 0;
+        self.clock.last_ack = now;
+        send_to_server(io.sock, io.server, &self.out)
     }
 }

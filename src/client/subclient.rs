@@ -1,142 +1,487 @@
-//! One sub-client, one copy, from start to end: a token, the `GET`, the server's `META`
-//! checked against what this client will allocate, the receive path, the whole-file checks,
-//! and the verified copy renamed into place (or removed: a partial or unverified copy is never
-//! left under any name).
+//! One sub-client, one copy, from start to end, as a state machine that a receive thread
+//! (`pool.rs`) drives with the batches its socket receives and the deadlines it names: a token
+//! (HELLO, RETRY), the GET (asked again, backing off, while the server is busy), the server's
+//! META checked against what this client will allocate, the data phase (`receive.rs`), the
+//! whole-file checks, and the verified copy renamed into place (or removed: a partial or
+//! unverified copy is never left under any name).
 
+use std::net::UdpSocket;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use super::connection::{server_error, Connection, Reply};
-use super::receive::DataReceiver;
+use super::connection::{next_backoff, send_to_server, server_error, Resend};
+use super::receive::{DataIo, DataReceiver, Progress};
 use super::sink::{content_hash, temp_path, Sink};
 use super::window::window_for_buffer;
-use super::{copy_path, ClientError, GetConfig, StartGate, Verify};
+use super::{copy_path, ClientError, GetConfig, Verify};
 use crate::protocol::layout::{datagram_count, manifest_hash, DatagramSize};
 use crate::protocol::{
-    DoneStatus, Message, Meta, DATA_HEADER_LEN, MAX_DATAGRAM, MAX_DATAGRAMS, MIN_PAYLOAD,
+    foreign_version, is_data, unix_ns, DoneStatus, Message, Meta, DATA_HEADER_LEN, MAX_DATAGRAM,
+    MAX_DATAGRAMS, MIN_PAYLOAD, TOKEN_LEN, VERSION,
 };
 use crate::report::copy::CopyReport;
-use crate::report::cpu::cpu_time;
 use crate::report::live::Live;
+use crate::sys::recvmmsg::{enable_timestamps, RecvBatch};
 use crate::sys::socket;
 
 /// DONE is sent this many times: it is not acknowledged.
 const DONE_REPEATS: usize = 3;
+/// Most data datagrams kept while waiting for META (it was lost and the GET resent).
+const MAX_EARLY: usize = 256;
 
-/// Runs sub-client `id` of `clients` once `gate` opens; never fails, the report says how it
-/// went.
-pub(super) fn run(
-    cfg: &GetConfig,
-    id: usize,
+/// One copy's whole life.
+pub(super) struct SubClient {
+    pub(super) id: usize,
     clients: usize,
-    gate: &StartGate,
-    live: &Live,
-) -> CopyReport {
-    let mut sub = SubClient {
-        report: CopyReport {
-            id,
-            server_port: cfg.server.port(),
-            ..Default::default()
-        },
-        temp: None,
-    };
-    let conn = Connection::open(cfg.server);
-    if !gate.wait() {
-        sub.report.error = Some("not started: another sub-client could not be started".into());
-        return sub.report;
-    }
-    let cpu_start = cpu_time(true);
-    let start = Instant::now();
-    let result = conn
-        .map_err(ClientError::from)
-        .and_then(|conn| sub.fetch(cfg, conn, id, clients, start, live));
-    sub.report.duration_s = start.elapsed().as_secs_f64();
-    sub.report.cpu_s = (cpu_time(true).saturating_sub(cpu_start)).as_secs_f64();
-    if let Err(e) = result {
-        sub.report.error = Some(e.to_string());
-    }
-    if let Some(temp) = sub.temp.take() {
-        // Never leave a partial or unverified copy behind under any name.
-        let _ = std::fs::remove_file(temp);
-    }
-    sub.report.finish();
-    sub.report
-}
-
-struct SubClient {
-    report: CopyReport,
+    cfg: Arc<GetConfig>,
+    pub(super) sock: UdpSocket,
+    live: Arc<Live>,
+    pub(super) report: CopyReport,
     /// The temporary file while it exists.
     temp: Option<PathBuf>,
+    phase: Phase,
+    start: Instant,
+    /// What the kernel granted for the receive buffer.
+    rcvbuf: usize,
+    /// The largest datagram this client takes (its path's, or `--datagram-size`).
+    max_datagram: usize,
+    /// An encoded request, kept for resends.
+    out: Vec<u8>,
+}
+
+enum Phase {
+    /// Sockets are open; nothing sent yet.
+    New,
+    /// HELLO sent; waiting for RETRY with a token.
+    Token {
+        nonce: u64,
+        req: Resend,
+    },
+    /// GET sent; waiting for META. Data that comes first (META was lost) is kept.
+    Get {
+        get: GetRequest,
+        req: Resend,
+        early: Vec<(Vec<u8>, u64)>,
+    },
+    /// The server is busy: GET again at `until`.
+    Busy {
+        get: GetRequest,
+        until: Instant,
+    },
+    Data(Box<Transfer>),
+    Ended,
+}
+
+struct GetRequest {
+    token: [u8; TOKEN_LEN],
+    request_id: u32,
+    window_bytes: u32,
+    /// When the server first said busy, and the last wait.
+    busy_since: Option<Instant>,
+    backoff: Duration,
+}
+
+struct Transfer {
+    meta: Meta,
+    rx: DataReceiver,
+    sink: Sink,
+}
+
+/// What an answer to a control request makes of the sub-client.
+enum Next {
+    Stay,
+    Get([u8; TOKEN_LEN]),
+    Busy(Duration, String),
+    Meta(Meta),
 }
 
 impl SubClient {
-    fn fetch(
-        &mut self,
-        cfg: &GetConfig,
-        mut conn: Connection,
+    /// Opens sub-client `id`'s socket (of `clients`); nothing is sent until
+    /// [`SubClient::start`]. Fails only if the socket cannot be had.
+    pub(super) fn new(
+        cfg: Arc<GetConfig>,
         id: usize,
         clients: usize,
-        start: Instant,
-        live: &Live,
-    ) -> Result<(), ClientError> {
-        self.report.local_port = conn.sock.local_addr()?.port();
-        let rcvbuf = socket::set_recv_buffer(&conn.sock, cfg.recv_buffer)?;
-        let max_datagram = max_datagram(cfg, &conn)?;
-        // Before META the datagram size is not known: size the window for the largest.
-        let payload_guess = (max_datagram - DATA_HEADER_LEN) as u32;
-        let initial_window = window_for_buffer(rcvbuf, payload_guess, cfg.window_bytes);
-        let token = conn.token(cfg.timeout)?;
-        let request_id: u32 = rand::random();
-        let get = Message::Get {
-            token,
-            request_id,
-            mode: cfg.mode,
-            window_bytes: (initial_window as u64 * payload_guess as u64).min(u32::MAX as u64)
-                as u32,
-            max_datagram: max_datagram as u16,
-            name: &cfg.file,
+        live: Arc<Live>,
+    ) -> std::io::Result<SubClient> {
+        let sock = socket::connected(cfg.server)?;
+        Ok(SubClient {
+            id,
+            clients,
+            report: CopyReport {
+                id,
+                server_port: cfg.server.port(),
+                local_port: sock.local_addr()?.port(),
+                ..Default::default()
+            },
+            cfg,
+            sock,
+            live,
+            temp: None,
+            phase: Phase::New,
+            start: Instant::now(),
+            rcvbuf: 0,
+            max_datagram: MAX_DATAGRAM,
+            out: Vec::with_capacity(1280),
+        })
+    }
+
+    /// Sizes the receive buffer, finds the largest datagram the path takes, sends HELLO.
+    pub(super) fn start(&mut self, now: Instant) {
+        self.start = now;
+        let r = (|| {
+            self.rcvbuf = socket::set_recv_buffer(&self.sock, self.cfg.recv_buffer)?;
+            self.max_datagram = max_datagram(&self.cfg, &self.sock)?;
+            // Kernel receive timestamps make delay and gaps per datagram; without them (an
+            // old kernel) the batch's return time stands in.
+            let _ = enable_timestamps(&self.sock);
+            let nonce: u64 = rand::random();
+            self.phase = Phase::Token {
+                nonce,
+                req: Resend::new(now, "waiting for a token"),
+            };
+            self.encode_and_send(&Message::Hello { nonce })
+        })();
+        if let Err(e) = r {
+            self.fail(e, now);
+        }
+    }
+
+    pub(super) fn is_ended(&self) -> bool {
+        matches!(self.phase, Phase::Ended)
+    }
+
+    /// When [`SubClient::on_timer`] has something to do, if no datagram comes first.
+    pub(super) fn deadline(&self) -> Option<Instant> {
+        let timeout = self.cfg.timeout;
+        match &self.phase {
+            Phase::New | Phase::Ended => None,
+            Phase::Token { req, .. } | Phase::Get { req, .. } => Some(req.deadline(timeout)),
+            Phase::Busy { until, .. } => Some(*until),
+            Phase::Data(t) => Some(t.rx.deadline(timeout)),
+        }
+    }
+
+    /// `n` datagrams arrived (in `batch`), read at `now`.
+    pub(super) fn on_batch(&mut self, batch: &RecvBatch, n: usize, now: Instant) {
+        let r = match &mut self.phase {
+            Phase::Data(t) => {
+                let io = DataIo {
+                    sock: &self.sock,
+                    server: self.cfg.server,
+                    sink: &t.sink,
+                    live: &self.live.clients[self.id - 1],
+                };
+                match t.rx.on_batch(batch, n, &io, now) {
+                    Ok(Progress::Going) => return,
+                    Ok(Progress::Finished) => Ok(()),
+                    Err(e) => Err(e),
+                }
+            }
+            Phase::Ended => return,
+            _ => {
+                // META may come in one batch with the data that follows it: the batch is read
+                // to its end first (that data is kept as early), then the transfer begins.
+                let batch_ns = unix_ns();
+                let mut r = Ok(None);
+                for i in 0..n {
+                    if let Some(d) = batch.datagram(i) {
+                        let arrival = batch.timestamp_ns(i).unwrap_or(batch_ns);
+                        match self.on_control(d, arrival, now) {
+                            Ok(None) => {}
+                            Ok(Some(meta)) => r = Ok(Some(meta)),
+                            Err(e) => {
+                                r = Err(e);
+                                break;
+                            }
+                        }
+                    }
+                }
+                match r {
+                    Ok(None) => return,
+                    Ok(Some(meta)) => match self.begin_data(meta, now) {
+                        Ok(Progress::Going) => return,
+                        Ok(Progress::Finished) => Ok(()),
+                        Err(e) => Err(e),
+                    },
+                    Err(e) => Err(e),
+                }
+            }
         };
-        conn.keep_early = true;
-        let meta = conn.request(&get, cfg.timeout, "waiting for the file", |m| match m {
-            Message::Meta(meta) if meta.request_id == request_id => Reply::Done(Ok(*meta)),
-            Message::Wait { request_id: r } if *r == request_id => Reply::Alive,
-            Message::Error {
-                request_id: r,
-                code,
+        self.end(r, now);
+    }
+
+    /// The socket failed (`ECONNREFUSED`: nothing listens at the server's address).
+    pub(super) fn on_recv_error(&mut self, e: std::io::Error, now: Instant) {
+        let e = if e.kind() == std::io::ErrorKind::ConnectionRefused {
+            ClientError::Refused {
+                server: self.cfg.server,
+            }
+        } else {
+            e.into()
+        };
+        self.end(Err(e), now);
+    }
+
+    /// The deadline came; `socket_empty`: a receive just found nothing queued.
+    pub(super) fn on_timer(&mut self, socket_empty: bool, now: Instant) {
+        let cfg = self.cfg.clone();
+        let r = match &mut self.phase {
+            Phase::New | Phase::Ended => return,
+            Phase::Token { nonce, req } => match req.due(now, &cfg) {
+                Ok(true) => {
+                    let nonce = *nonce;
+                    self.encode_and_send(&Message::Hello { nonce })
+                }
+                Ok(false) => Ok(()),
+                Err(e) => Err(e),
+            },
+            Phase::Get { req, .. } => match req.due(now, &cfg) {
+                Ok(true) => send_to_server(&self.sock, cfg.server, &self.out),
+                Ok(false) => Ok(()),
+                Err(e) => Err(e),
+            },
+            Phase::Busy { until, .. } if now < *until => Ok(()),
+            Phase::Busy { .. } => {
+                let Phase::Busy { get, .. } = std::mem::replace(&mut self.phase, Phase::Ended)
+                else {
+                    unreachable!("matched above")
+                };
+                self.send_get(get, now)
+            }
+            Phase::Data(t) => {
+                let io = DataIo {
+                    sock: &self.sock,
+                    server: cfg.server,
+                    sink: &t.sink,
+                    live: &self.live.clients[self.id - 1],
+                };
+                match t.rx.on_timer(&io, cfg.timeout, socket_empty, now) {
+                    Ok(Progress::Going) => return,
+                    Ok(Progress::Finished) => return self.end(Ok(()), now),
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        if let Err(e) = r {
+            self.end(Err(e), now);
+        }
+    }
+
+    fn encode_and_send(&mut self, msg: &Message<'_>) -> Result<(), ClientError> {
+        self.out.clear();
+        msg.encode(&mut self.out);
+        send_to_server(&self.sock, self.cfg.server, &self.out)
+    }
+
+    /// One datagram before the data phase. Returns the META that answers our GET, for the
+    /// caller to begin the transfer with once it has read the rest of the batch.
+    fn on_control(
+        &mut self,
+        d: &[u8],
+        arrival_ns: u64,
+        now: Instant,
+    ) -> Result<Option<Meta>, ClientError> {
+        if let Phase::Get { early, .. } = &mut self.phase {
+            if is_data(d) {
+                if early.len() < MAX_EARLY {
+                    early.push((d.to_vec(), arrival_ns));
+                }
+                return Ok(None);
+            }
+        }
+        if let Some(theirs) = foreign_version(d) {
+            return Err(ClientError::Version {
+                server: self.cfg.server,
+                theirs,
+                ours: VERSION,
+            });
+        }
+        let Ok(msg) = Message::parse(d) else {
+            return Ok(None);
+        };
+        let next = match (&mut self.phase, msg) {
+            (Phase::Token { nonce, .. }, Message::Retry { nonce: n, token }) if n == *nonce => {
+                Next::Get(token)
+            }
+            (Phase::Get { get, req, .. }, Message::Wait { request_id })
+                if request_id == get.request_id =>
+            {
+                req.alive(now);
+                Next::Stay
+            }
+            (
+                Phase::Get { get, .. },
+                Message::Busy {
+                    request_id,
+                    retry_after_ms,
+                    text,
+                },
+            ) if request_id == get.request_id => Next::Busy(
+                Duration::from_millis(retry_after_ms as u64),
+                text.to_string(),
+            ),
+            (
+                Phase::Get { get, .. },
+                Message::Error {
+                    request_id,
+                    code,
+                    text,
+                },
+            ) if request_id == get.request_id => return Err(server_error(code, text)),
+            // A META repeated because our GET was resent: the first one counts.
+            (Phase::Get { get, .. }, Message::Meta(meta)) if meta.request_id == get.request_id => {
+                Next::Meta(meta)
+            }
+            _ => Next::Stay,
+        };
+        match next {
+            Next::Stay => Ok(None),
+            Next::Get(token) => {
+                // Before META the datagram size is not known: the window is sized for the
+                // largest.
+                let payload_guess = (self.max_datagram - DATA_HEADER_LEN) as u32;
+                let window = window_for_buffer(self.rcvbuf, payload_guess, self.cfg.window_bytes);
+                let get = GetRequest {
+                    token,
+                    request_id: rand::random(),
+                    window_bytes: (window as u64 * payload_guess as u64).min(u32::MAX as u64)
+                        as u32,
+                    busy_since: None,
+                    backoff: Duration::ZERO,
+                };
+                self.send_get(get, now).map(|()| None)
+            }
+            Next::Busy(asked, text) => self.busy(asked, text, now).map(|()| None),
+            Next::Meta(meta) => Ok(Some(meta)),
+        }
+    }
+
+    fn send_get(&mut self, get: GetRequest, now: Instant) -> Result<(), ClientError> {
+        let cfg = self.cfg.clone();
+        let r = self.encode_and_send(&Message::Get {
+            token: get.token,
+            request_id: get.request_id,
+            mode: cfg.mode,
+            window_bytes: get.window_bytes,
+            max_datagram: self.max_datagram as u16,
+            name: &cfg.file,
+        });
+        self.phase = Phase::Get {
+            get,
+            req: Resend::new(now, "waiting for the file"),
+            early: Vec::new(),
+        };
+        r
+    }
+
+    /// The server has no room: ask again after the time it names, backing off, until it has
+    /// been busy for the whole timeout.
+    fn busy(&mut self, asked: Duration, text: String, now: Instant) -> Result<(), ClientError> {
+        let Phase::Get { mut get, .. } = std::mem::replace(&mut self.phase, Phase::Ended) else {
+            unreachable!("busy is an answer to GET")
+        };
+        let since = *get.busy_since.get_or_insert(now);
+        let waited = now.saturating_duration_since(since);
+        if waited >= self.cfg.timeout {
+            return Err(ClientError::Busy {
+                server: self.cfg.server,
                 text,
-            } if *r == request_id => Reply::Done(Err(server_error(*code, text))),
-            _ => Reply::Ignore,
-        })??;
-        check_meta(cfg, &meta, max_datagram)?;
+                secs: waited.as_secs_f64(),
+                tries: self.report.busy_retries + 1,
+            });
+        }
+        get.backoff = next_backoff(get.backoff, asked, rand::random());
+        self.report.busy_retries += 1;
+        tracing::debug!(
+            "client {}: {text}; asking again in {:?}",
+            self.id,
+            get.backoff
+        );
+        self.phase = Phase::Busy {
+            until: now + get.backoff,
+            get,
+        };
+        Ok(())
+    }
+
+    /// META came: the copy's file, window and receiver are set up, and what arrived early
+    /// is taken in.
+    fn begin_data(&mut self, meta: Meta, now: Instant) -> Result<Progress, ClientError> {
+        let Phase::Get { early, .. } = std::mem::replace(&mut self.phase, Phase::Ended) else {
+            unreachable!("META is an answer to GET")
+        };
+        let cfg = self.cfg.clone();
+        check_meta(&cfg, &meta, self.max_datagram)?;
         self.report.datagram_size = meta.payload_size as usize + DATA_HEADER_LEN;
         // Coalesced receives from here on: what arrived before META was read one by one.
-        self.report.gro = cfg.gro && socket::enable_gro(&conn.sock);
+        self.report.gro = cfg.gro && socket::enable_gro(&self.sock);
         let sink = match &cfg.out_dir {
             Some(dir) => {
-                let temp = temp_path(dir, &copy_path(dir, &cfg.file, id, clients));
+                let temp = temp_path(dir, &copy_path(dir, &cfg.file, self.id, self.clients));
                 self.temp = Some(temp.clone());
                 Sink::create(&temp, meta.file_size)?
             }
             None => Sink::discard(),
         };
-        let window = window_for_buffer(rcvbuf, meta.payload_size, cfg.window_bytes);
+        let window = window_for_buffer(self.rcvbuf, meta.payload_size, cfg.window_bytes);
         tracing::debug!(
-            "client {id}: receive buffer {} KiB, window {window} datagrams",
-            rcvbuf / 1024
+            "client {}: receive buffer {} KiB, window {window} datagrams",
+            self.id,
+            self.rcvbuf / 1024
         );
         // Credit never passes the end of the file, whatever the window.
         let window_max =
             (cfg.window_max_bytes / meta.payload_size.max(1) as u64).min(u32::MAX as u64) as u32;
-        let mut rx = DataReceiver::new(&meta, window, window_max);
-        live.total_bytes
+        let mut rx = DataReceiver::new(&meta, window, window_max, now);
+        self.live
+            .total_bytes
             .fetch_add(meta.file_size, Ordering::Relaxed);
-        conn.keep_early = false;
-        let early = std::mem::take(&mut conn.early);
-        let outcome = rx
-            .absorb_early(&early, &sink)
-            .and_then(|()| rx.run(&mut conn, &sink, cfg, &live.clients[id - 1]));
-        drop(early);
+        rx.absorb_early(&early, &sink)?;
+        rx.begin(now);
+        let io = DataIo {
+            sock: &self.sock,
+            server: cfg.server,
+            sink: &sink,
+            live: &self.live.clients[self.id - 1],
+        };
+        let progress = rx.check_end(&io, now)?;
+        self.phase = Phase::Data(Box::new(Transfer { meta, rx, sink }));
+        Ok(progress)
+    }
+
+    fn fail(&mut self, e: ClientError, now: Instant) {
+        self.end(Err(e), now);
+    }
+
+    /// The copy is over, one way or another: the report is filled in, the server told (once
+    /// there is a session), the copy verified and renamed, or removed.
+    fn end(&mut self, outcome: Result<(), ClientError>, now: Instant) {
+        let phase = std::mem::replace(&mut self.phase, Phase::Ended);
+        let r = match phase {
+            Phase::Data(t) => outcome.and(self.finish(*t)),
+            _ => outcome,
+        };
+        if let Err(e) = r {
+            self.report.error = Some(e.to_string());
+        }
+        if let Some(temp) = self.temp.take() {
+            // Never leave a partial or unverified copy behind under any name.
+            let _ = std::fs::remove_file(temp);
+        }
+        self.report.duration_s = now
+            .max(Instant::now())
+            .saturating_duration_since(self.start)
+            .as_secs_f64();
+        self.report.finish();
+    }
+
+    /// The data phase's counts into the report, DONE to the server, and the whole-file
+    /// checks. Runs whatever ended the data phase (DONE goes in any case).
+    fn finish(&mut self, t: Transfer) -> Result<(), ClientError> {
+        let Transfer { meta, mut rx, sink } = t;
         let r = &mut self.report;
         r.file_size = meta.file_size;
         r.datagrams_expected = rx.tracker.total() as u64;
@@ -155,6 +500,7 @@ impl SubClient {
         r.sender = rx.status;
         let manifest_ok = r.complete
             && manifest_hash(meta.file_size, meta.payload_size, &rx.crcs) == meta.manifest_hash;
+        drop(rx);
         // Tell the server we are done, whatever happened (it is not acknowledged).
         let status = if manifest_ok {
             DoneStatus::Complete
@@ -162,12 +508,12 @@ impl SubClient {
             DoneStatus::Incomplete
         };
         for _ in 0..DONE_REPEATS {
-            let _ = conn.send(&Message::Done {
+            let _ = self.encode_and_send(&Message::Done {
                 session: meta.session,
                 status,
             });
         }
-        outcome?;
+        let r = &mut self.report;
         if !r.complete {
             return Err(ClientError::Incomplete(format!(
                 "{} of {} datagrams lost ({} of {} bytes intact)",
@@ -179,7 +525,7 @@ impl SubClient {
                 "whole-file manifest hash mismatch: copy discarded".into(),
             ));
         }
-        let content_ok = match (&sink.file, cfg.verify) {
+        let content_ok = match (&sink.file, self.cfg.verify) {
             (Some(file), Verify::Content) => {
                 content_hash(file, meta.file_size)? == meta.content_hash
             }
@@ -191,14 +537,15 @@ impl SubClient {
             ));
         }
         self.report.hash_ok = true;
-        if let (Some(dir), Some(temp)) = (&cfg.out_dir, self.temp.take()) {
-            let final_path = copy_path(dir, &cfg.file, id, clients);
+        if let (Some(dir), Some(temp)) = (&self.cfg.out_dir, self.temp.take()) {
+            let final_path = copy_path(dir, &self.cfg.file, self.id, self.clients);
             std::fs::rename(&temp, &final_path)?;
             self.report.path = Some(final_path);
         }
         tracing::debug!(
-            "client {id}: verified in {:.3} s",
-            start.elapsed().as_secs_f64()
+            "client {}: verified in {:.3} s",
+            self.id,
+            self.start.elapsed().as_secs_f64()
         );
         Ok(())
     }
@@ -206,15 +553,15 @@ impl SubClient {
 
 /// The largest datagram this client takes from the server: its path MTU to the server less
 /// the IP and UDP headers (auto), or `--datagram-size` if the path carries that whole.
-fn max_datagram(cfg: &GetConfig, conn: &Connection) -> Result<usize, ClientError> {
-    let mtu = socket::path_mtu(&conn.sock)?;
-    let path_max = socket::datagram_size_for_mtu(mtu, &conn.server);
+fn max_datagram(cfg: &GetConfig, sock: &UdpSocket) -> Result<usize, ClientError> {
+    let mtu = socket::path_mtu(sock)?;
+    let path_max = socket::datagram_size_for_mtu(mtu, &cfg.server);
     match cfg.datagram_size {
         DatagramSize::Auto => Ok(path_max.min(MAX_DATAGRAM)),
         DatagramSize::Fixed(n) if n <= path_max => Ok(n),
         DatagramSize::Fixed(n) => Err(ClientError::AbovePathMtu {
             asked: n,
-            server: conn.server,
+            server: cfg.server,
             mtu,
             max: path_max,
         }),

@@ -393,8 +393,8 @@ impl Bbr {
         let this_round = self
             .round_min_rtt
             .filter(|_| self.round_rtt_samples >= HYSTART_SAMPLES);
-        if !self.filled_pipe && (self.last_round_min_rtt.or(this_round)).is_some_and(|m| m > limit)
-        {
+        let queued = |m: Option<Duration>| m.is_some_and(|m| m > limit);
+        if !self.filled_pipe && (queued(self.last_round_min_rtt) || queued(this_round)) {
             self.filled_pipe = true;
             return;
         }
@@ -570,4 +570,70 @@ fn windowed_max(slots: &[(u64, f64)], round: u64) -> f64 {
         .filter(|(r, _)| round.saturating_sub(*r) < BW_WINDOW_ROUNDS)
         .map(|(_, v)| *v)
         .fold(0.0, f64::max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds one ACK of one datagram, `inflight` behind, with a delivery rate of `rate`.
+    fn ack(b: &mut Bbr, rtt: &mut RttEstimator, now: Instant, delivered: u64, r: Duration) {
+        let rate = 1e6 * 2f64.powf(delivered as f64 / 20.0);
+        rtt.sample(r, now);
+        let ev = AckEvent {
+            now,
+            delivered,
+            newly_delivered: 1,
+            newly_lost: 0,
+            inflight: 20,
+            sample: Some(RateSample {
+                delivery_rate: rate,
+                app_limited: false,
+                prior_delivered: delivered.saturating_sub(20),
+            }),
+            rtt: Some(r),
+        };
+        b.on_ack(&ev, rtt);
+    }
+
+    #[test]
+    fn startup_ends_on_a_queue_seen_early_in_a_round_after_a_clean_one() {
+        let t0 = Instant::now();
+        let mut b = Bbr::new(1400, t0, 1);
+        let mut rtt = RttEstimator::default();
+        let step = Duration::from_micros(500);
+        let mut delivered = 0;
+        // One ACK every `step`, with an RTT of `ms`.
+        let feed = |b: &mut Bbr, rtt: &mut RttEstimator, delivered: u64, ms: u64| {
+            let now = t0 + step * delivered as u32;
+            ack(b, rtt, now, delivered, Duration::from_millis(ms));
+        };
+        // Clean rounds at 10 ms, the rate doubling each: Startup stays.
+        let starts_round = |b: &Bbr, delivered: u64| {
+            let now = t0 + step * (delivered + 1) as u32;
+            (delivered + 1).saturating_sub(20) >= b.next_round_delivered
+                && now.saturating_duration_since(b.round_stamp) >= MIN_ROUND_TIME
+        };
+        while b.round < 3 || !starts_round(&b, delivered) {
+            delivered += 1;
+            feed(&mut b, &mut rtt, delivered, 10);
+        }
+        assert_eq!(b.state, BbrState::Startup);
+        assert!(b
+            .last_round_min_rtt
+            .is_some_and(|m| m <= Duration::from_millis(10)));
+        // The next round's first samples all see a 20 ms queue: Startup ends within the round,
+        // though the last complete round was clean.
+        let round = b.round + 1;
+        for _ in 0..HYSTART_SAMPLES {
+            delivered += 1;
+            feed(&mut b, &mut rtt, delivered, 30);
+        }
+        assert_eq!(b.round, round, "the round has not ended");
+        assert!(
+            b.filled_pipe,
+            "a queue in a round's first samples ends Startup"
+        );
+        assert_ne!(b.state, BbrState::Startup);
+    }
 }

@@ -16,7 +16,6 @@ pub enum ErrorCode {
     NotFound,
     BadName,
     BadToken,
-    Busy,
     BadRequest,
     Internal,
     /// The session id in a client's message is unknown (expired or never existed).
@@ -33,7 +32,6 @@ impl ErrorCode {
             ErrorCode::NotFound => 1,
             ErrorCode::BadName => 2,
             ErrorCode::BadToken => 3,
-            ErrorCode::Busy => 4,
             ErrorCode::BadRequest => 5,
             ErrorCode::Internal => 6,
             ErrorCode::NoSession => 7,
@@ -46,7 +44,6 @@ impl ErrorCode {
             1 => ErrorCode::NotFound,
             2 => ErrorCode::BadName,
             3 => ErrorCode::BadToken,
-            4 => ErrorCode::Busy,
             5 => ErrorCode::BadRequest,
             6 => ErrorCode::Internal,
             7 => ErrorCode::NoSession,
@@ -233,6 +230,14 @@ pub enum Message<'a> {
     Meta(Meta),
     /// S→C `WAIT request_id:u32`: the request is being prepared (file being indexed).
     Wait { request_id: u32 },
+    /// S→C `BUSY request_id:u32 retry_after_ms:u32 text_len:u8 text`: no room now (the
+    /// server's session limit, or this address's request budget: request_id 0); ask again in
+    /// `retry_after_ms` or later.
+    Busy {
+        request_id: u32,
+        retry_after_ms: u32,
+        text: &'a str,
+    },
     /// S→C `ERROR request_id:u32 code:u8 text_len:u8 text`.
     Error {
         request_id: u32,
@@ -400,6 +405,11 @@ impl<'a> Message<'a> {
             kind::WAIT => Message::Wait {
                 request_id: r.u32()?,
             },
+            kind::BUSY => Message::Busy {
+                request_id: r.u32()?,
+                retry_after_ms: r.u32()?,
+                text: r.str8("busy text")?,
+            },
             kind::ERROR => Message::Error {
                 request_id: r.u32()?,
                 code: ErrorCode::from_u8(r.u8()?)?,
@@ -534,6 +544,16 @@ impl<'a> Message<'a> {
             Message::Wait { request_id } => {
                 header(out, kind::WAIT);
                 out.extend_from_slice(&request_id.to_be_bytes());
+            }
+            Message::Busy {
+                request_id,
+                retry_after_ms,
+                text,
+            } => {
+                header(out, kind::BUSY);
+                out.extend_from_slice(&request_id.to_be_bytes());
+                out.extend_from_slice(&retry_after_ms.to_be_bytes());
+                put_str8(out, text, MAX_ERROR_TEXT);
             }
             Message::Error {
                 request_id,

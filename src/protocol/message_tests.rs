@@ -68,7 +68,12 @@ fn control_messages_round_trip() {
     roundtrip(Message::Wait { request_id: 5 });
     roundtrip(Message::Error {
         request_id: 5,
-        code: ErrorCode::Busy,
+        code: ErrorCode::NotFound,
+        text: "no such file",
+    });
+    roundtrip(Message::Busy {
+        request_id: 5,
+        retry_after_ms: 250,
         text: "server busy: 64 sessions",
     });
     let mut scratch = Vec::new();
@@ -116,23 +121,28 @@ fn control_messages_round_trip() {
 fn rejects_foreign_and_future_datagrams() {
     assert_eq!(Message::parse(b"LIST"), Err(WireError::BadMagic));
     assert_eq!(
-        Message::parse(b"RB\x03\x01abcdefgh"),
-        Err(WireError::BadVersion(3))
+        Message::parse(b"RB\x04\x01abcdefgh"),
+        Err(WireError::BadVersion(4))
     );
-    // Version 1 (before the datagram size was negotiated) is another version.
+    // Version 2 (before BUSY) and 1 (before the datagram size was negotiated) are others.
+    assert_eq!(
+        Message::parse(b"RB\x02\x01abcdefgh"),
+        Err(WireError::BadVersion(2))
+    );
     assert_eq!(
         Message::parse(b"RB\x01\x01abcdefgh"),
         Err(WireError::BadVersion(1))
     );
     assert_eq!(crate::protocol::foreign_version(b"RB\x01\x01"), Some(1));
-    assert_eq!(crate::protocol::foreign_version(b"RB\x02\x01"), None);
+    assert_eq!(crate::protocol::foreign_version(b"RB\x02\x01"), Some(2));
+    assert_eq!(crate::protocol::foreign_version(b"RB\x03\x01"), None);
     assert_eq!(crate::protocol::foreign_version(b"XX\x01\x01"), None);
     assert_eq!(
-        Message::parse(&with_crc(b"RB\x02\xEE")),
+        Message::parse(&with_crc(b"RB\x03\xEE")),
         Err(WireError::UnknownKind(0xEE))
     );
     assert_eq!(
-        Message::parse(b"RB\x02\x0A\x00\x00\x00\x01\x00"),
+        Message::parse(b"RB\x03\x0A\x00\x00\x00\x01\x00"),
         Err(WireError::BadChecksum)
     );
     assert_eq!(Message::parse(b"R"), Err(WireError::Truncated));
@@ -232,7 +242,7 @@ proptest! {
     }
 
     #[test]
-    fn control_parser_never_panics_on_valid_prefix(kind in 1u8..=14, rest in proptest::collection::vec(any::<u8>(), 0..600)) {
+    fn control_parser_never_panics_on_valid_prefix(kind in 1u8..=15, rest in proptest::collection::vec(any::<u8>(), 0..600)) {
         let mut body = vec![b'R', b'B', VERSION, kind];
         body.extend_from_slice(&rest);
         // A valid trailer, so the field parsers (not just the checksum) meet random bytes.

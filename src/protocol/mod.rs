@@ -44,7 +44,7 @@ pub const MAGIC: [u8; 2] = *b"RB";
 /// Protocol version carried in byte 2. A peer speaking another version is rejected, with a
 /// message that says so (see [`foreign_version`]). Version 2: datagram size negotiated per
 /// session (`GET` carries the receiver's limit), window in bytes.
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
 
 /// Message kinds (byte 3).
 pub(crate) mod kind {
@@ -61,6 +61,7 @@ pub(crate) mod kind {
     pub const END: u8 = 11;
     pub const DATA: u8 = 12;
     pub const STATUS: u8 = 13;
+    pub const BUSY: u8 = 14;
 }
 
 /// Why a datagram was rejected. Receivers count these and drop the datagram.

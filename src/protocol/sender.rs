@@ -26,6 +26,8 @@ pub const END_REPEATS: u32 = 3;
 pub const END_SPACING: Duration = Duration::from_millis(5);
 /// The clock of per-datagram send times: 10 µs ticks (a u32 lasts 11.9 hours).
 const TICK_NS: u64 = 10_000;
+/// The shortest [`SenderState::probe_base`].
+const MIN_PROBE_BASE: Duration = Duration::from_millis(10);
 /// Largest factor of min_rtt/4 the reordering window grows to after spurious retransmissions.
 const MAX_REO_MULT: u32 = 16;
 /// The reordering window may always reach this, whatever the RTT: reordering of a few
@@ -127,6 +129,8 @@ pub struct SenderState {
     probe_new: u32,
     /// How long the receiver has lately held an ACK (see [`SenderState::pto_at`]).
     ack_delay: Duration,
+    /// The same, over the ACKs of a receiver that was not idle.
+    busy_hold: Duration,
 }
 
 /// What a session is told at creation.
@@ -214,6 +218,7 @@ impl SenderState {
             probes: 0,
             probe_new: 0,
             ack_delay: Duration::ZERO,
+            busy_hold: Duration::ZERO,
             bad_acks: 0,
         }
     }
@@ -300,6 +305,22 @@ impl SenderState {
         ticks_of(unix_ns.saturating_sub(self.epoch_unix_ns)).min(self.tick(now))
     }
 
+    /// Datagrams `indices` left the host at `now` (their sends completed): loss detection
+    /// times them from here, not from when they were queued. An engine that keeps many
+    /// sends in flight may hold a datagram for milliseconds (behind the other sessions'
+    /// sends on one socket); timed from the queue, an idle receiver's ACK would make it look
+    /// lost before it had even left.
+    pub fn left_at(&mut self, indices: &[u32], now: Instant) {
+        let tick = self.tick(now);
+        for &i in indices {
+            if let Some(sent) = self.sent_at.get_mut(i as usize) {
+                if *sent != 0 && i >= self.acked_below {
+                    *sent = (*sent).max(tick);
+                }
+            }
+        }
+    }
+
     /// Datagram `index` never left: its send failed locally (a GSO send the device refused).
     /// It goes out again first, without waiting for the receiver to report it.
     pub fn resend_now(&mut self, index: u32) {
@@ -334,11 +355,13 @@ impl SenderState {
         if echo_ok {
             // The longest recent hold: up at once, down by an eighth of the gap per ACK.
             let held = Duration::from_micros(ack.echo_delay_us as u64);
-            self.ack_delay = if held >= self.ack_delay {
-                held
-            } else {
-                self.ack_delay - (self.ack_delay - held) / 8
-            };
+            let decay = |d: Duration, by: u32| if held >= d { held } else { d - (d - held) / by };
+            self.ack_delay = decay(self.ack_delay, 8);
+            if !receiver_idle {
+                // An idle receiver's delay is mostly the wait for data, not a hold. A busy
+                // one's holds spike with the host's load: the longest is kept longer.
+                self.busy_hold = decay(self.busy_hold, 64);
+            }
         }
         let rtt = rtt.filter(|_| echo_ok);
         if let Some(rtt) = rtt {
@@ -446,9 +469,26 @@ impl SenderState {
         if self.mode != Mode::Reliable || self.inflight() == 0 || self.is_complete() {
             return None;
         }
-        let base = self.rtt.rto() + self.ack_delay;
-        let pto = base.max(Duration::from_millis(10)) * (1 << self.pto_count.min(10));
+        let pto = self.probe_base() * (1 << self.pto_count.min(10));
         Some(self.last_ack_at + pto)
+    }
+
+    /// How long the path and the receiver may take to show a datagram: the RTO, plus the
+    /// longest the receiver has lately held an ACK, at least [`MIN_PROBE_BASE`]. The probe
+    /// timeout starts from it.
+    pub(super) fn probe_base(&self) -> Duration {
+        (self.rtt.rto() + self.ack_delay).max(MIN_PROBE_BASE)
+    }
+
+    /// How long ago a datagram must have left for an idle receiver's ACK to call it lost:
+    /// the RTO plus the longest recent hold of a busy receiver's ACKs, at least
+    /// [`MIN_PROBE_BASE`]. A receiver's hold runs from the kernel's arrival timestamp, and on
+    /// a loaded host the kernel itself keeps datagrams for milliseconds after that stamp
+    /// (softirq work deferred to ksoftirqd): longer than a microsecond path's RTO, with the
+    /// receiver's socket empty meanwhile. (An idle receiver's own delay is its wait for
+    /// data, and would put this off for ever.)
+    pub(super) fn idle_loss_time(&self) -> Duration {
+        (self.rtt.rto() + self.busy_hold).max(MIN_PROBE_BASE)
     }
 
     /// The next datagram to send, if any may be sent now. Records it as sent.

@@ -60,12 +60,13 @@ impl SenderState {
         } else {
             now_tick
         };
-        let rto = ticks_of(self.rto().as_nanos() as u64);
+        let rto = ticks_of(self.idle_loss_time().as_nanos() as u64);
         // RACK: lost when a datagram sent more than reo_wnd after it was delivered. The most
         // recent delivered send time is the echo (the receiver echoes the latest it has seen).
-        // And when the receiver is idle (its socket empty), a hole sent more than an RTO
-        // before the ACK was written is lost whatever was sent after it: a lost
-        // retransmission with nothing newer in flight (credit exhausted at the hole) is found.
+        // And when the receiver is idle (its socket empty), a hole sent more than
+        // `idle_loss_time` before the ACK was written is lost whatever was sent after it: a
+        // lost retransmission with nothing newer in flight (credit exhausted at the hole) is
+        // found.
         let reo = ticks_of(self.reo_wnd().as_nanos() as u64);
         let rack_tick = if echo_ok {
             self.tick_of_unix(ack.echo_ts_ns, now)
@@ -94,7 +95,7 @@ impl SenderState {
             floor = end;
         }
         // The tail: an idle receiver has seen nothing past `seen_end`; what was sent more than
-        // an RTO before the ACK was written is lost.
+        // `idle_loss_time` before the ACK was written is lost.
         if receiver_idle {
             let start = seen_end.max(self.acked_below);
             for i in start..self.next_new {

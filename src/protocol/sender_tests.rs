@@ -244,6 +244,45 @@ fn tail_is_probed_when_the_receiver_is_idle_and_by_timeout_when_acks_stop() {
     assert_eq!(s.probes, 1);
 }
 
+/// An ACK with the given hold (`echo_delay_us`) and idle flag.
+fn held_ack(s: &mut SenderState, next: u32, echo: u64, held_us: u32, idle: bool, now: Instant) {
+    let mut scratch = Vec::new();
+    let ack = Ack {
+        recv_next: next,
+        credit_limit: 100,
+        seen_end: next,
+        received: next,
+        echo_ts_ns: echo,
+        echo_delay_us: held_us,
+        flags: if idle { ack_flags::IDLE } else { 0 },
+        ..Ack::new(1)
+    }
+    .with_ranges(&[], &mut scratch);
+    s.on_ack(&ack, Some(Duration::from_micros(100)), idle, now);
+}
+
+#[test]
+fn an_idle_receiver_calls_the_tail_lost_only_after_the_holds_a_loaded_host_showed() {
+    // A loaded host's kernel kept datagrams 40 ms after their arrival stamp (busy ACKs held
+    // that long): an idle ACK written 35 ms after the tail left does not call it lost (it
+    // may still be on its way); one written 80 ms after does. (With the RTO alone, 2 ms
+    // here, the first would have.)
+    let t0 = Instant::now();
+    let mut s = sender(Mode::Reliable, 10, 10, CcKind::Fixed, t0);
+    let sent = drain(&mut s, t0);
+    assert_eq!(sent.len(), 10);
+    let ms = |n| t0 + Duration::from_millis(n);
+    held_ack(&mut s, 2, ts_of(&sent, 1), 40_000, false, ms(41));
+    assert!(drain(&mut s, ms(41)).is_empty());
+    held_ack(&mut s, 4, ts_of(&sent, 3), 35_000, true, ms(42));
+    assert!(drain(&mut s, ms(42)).is_empty(), "lost too early");
+    held_ack(&mut s, 4, ts_of(&sent, 3), 80_000, true, ms(81));
+    assert_eq!(
+        indices(&drain(&mut s, ms(81)), true),
+        (4..10).collect::<Vec<_>>()
+    );
+}
+
 #[test]
 fn absurd_echoes_are_counted_and_not_believed() {
     let t0 = Instant::now();

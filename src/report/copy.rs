@@ -89,6 +89,8 @@ pub struct CopyReport {
     pub malformed: u64,
     /// `recvmmsg` calls that returned something (with GRO, each may carry many datagrams).
     pub recv_calls: u64,
+    /// Times the server answered "busy" before it took this copy.
+    pub busy_retries: u32,
     pub complete: bool,
     pub hash_ok: bool,
     /// From the first request to the end of verification.

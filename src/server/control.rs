@@ -34,6 +34,8 @@ use crate::sys::socket;
 
 /// How often silent clients and changed files are looked for.
 const SWEEP_EVERY: Duration = Duration::from_millis(50);
+/// When a client refused for the session limit should ask again (it backs off from there).
+const BUSY_RETRY_AFTER: Duration = Duration::from_millis(200);
 
 /// A GET, while its file is (being) indexed at the datagram size chosen for its path.
 struct PendingGet {
@@ -236,6 +238,25 @@ impl Control {
         );
     }
 
+    /// Tells `to` there is no room now, and when to ask again.
+    pub(super) fn busy(
+        &mut self,
+        to: SocketAddr,
+        request_id: u32,
+        retry_after: Duration,
+        text: &str,
+    ) {
+        let retry_after_ms = retry_after.as_millis().clamp(1, u32::MAX as u128) as u32;
+        self.send(
+            to,
+            &Message::Busy {
+                request_id,
+                retry_after_ms,
+                text,
+            },
+        );
+    }
+
     fn token_ok(&mut self, src: SocketAddr, token: &[u8; TOKEN_LEN]) -> bool {
         if self.tokens.check(&src, token).is_ok() {
             return true;
@@ -385,12 +406,9 @@ impl Control {
             }
             Admit::NoAndTell => {
                 self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
-                self.error(
-                    src,
-                    0,
-                    ErrorCode::Busy,
-                    "too many requests from your address",
-                );
+                // When the budget has one request again.
+                let refill = Duration::from_secs_f64(1.0 / self.cfg.requests_per_ip);
+                self.busy(src, 0, refill, "too many requests from your address");
                 false
             }
         }

@@ -112,8 +112,8 @@ impl Control {
         let active = self.sessions.active();
         if active >= self.cfg.max_sessions {
             self.stats.busy.fetch_add(1, Ordering::Relaxed);
-            let text = format!("server busy: {active} sessions, try again later");
-            self.error(req.peer, req.request_id, ErrorCode::Busy, &text);
+            let text = format!("server busy: {active} sessions (--max-sessions)");
+            self.busy(req.peer, req.request_id, BUSY_RETRY_AFTER, &text);
             return;
         }
         if file.datagrams() > u32::MAX as u64 {

@@ -40,6 +40,14 @@ use engine::uring::UringEngine;
 use engine::{Engine, EngineKind};
 use stats::ServerStats;
 
+/// Sessions a server carries at once unless told otherwise: a session costs about 40 KiB
+/// (docs/ARCHITECTURE.md, measured) plus 4 bytes per datagram of its file, and one open file
+/// (its ring), so 4096 take ~160 MiB. (The threads engine spends a thread on each.)
+pub const DEFAULT_MAX_SESSIONS: usize = 4096;
+/// Requests per second one source IP may make unless told otherwise. The burst, twice that,
+/// lets 1000 sub-clients of one host start at once (a HELLO and a GET each, and resends).
+pub const DEFAULT_REQUESTS_PER_IP: f64 = 2000.0;
+
 /// Everything `ringblast serve` can be told.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -87,11 +95,11 @@ impl Default for ServerConfig {
             idle_timeout: Duration::from_secs(10),
             rate_bps: None,
             cc: CcKind::Bbr,
-            max_sessions: 256,
+            max_sessions: DEFAULT_MAX_SESSIONS,
             max_window_bytes: 256 << 20,
             json: false,
             legacy: false,
-            requests_per_ip: 500.0,
+            requests_per_ip: DEFAULT_REQUESTS_PER_IP,
             acks_per_session: 100_000.0,
             token_lifetime: DEFAULT_TOKEN_LIFETIME,
         }

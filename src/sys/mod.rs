@@ -35,3 +35,15 @@ pub fn stop_on_signals() -> &'static std::sync::atomic::AtomicBool {
     }
     &STOP
 }
+
+/// Raises the soft limit on open files to the hard limit (many distributions start processes
+/// at 1024): a server holds a ring per session and a client a socket per sub-client, so a
+/// thousand of either needs more. Returns the soft limit now in force.
+pub fn raise_fd_limit() -> std::io::Result<u64> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+    }
+    Ok(hard.max(soft))
+}

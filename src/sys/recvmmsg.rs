@@ -66,6 +66,15 @@ impl RecvBatch {
     /// `SO_RCVTIMEO` passes: `WouldBlock`/`TimedOut`), then takes whatever else is queued.
     /// Retries on EINTR.
     pub fn recv(&mut self, sock: &UdpSocket) -> io::Result<usize> {
+        self.recv_flags(sock, libc::MSG_WAITFORONE)
+    }
+
+    /// As [`RecvBatch::recv`], but never blocks: `WouldBlock` when nothing is queued.
+    pub fn recv_nowait(&mut self, sock: &UdpSocket) -> io::Result<usize> {
+        self.recv_flags(sock, libc::MSG_WAITFORONE | libc::MSG_DONTWAIT)
+    }
+
+    fn recv_flags(&mut self, sock: &UdpSocket, flags: libc::c_int) -> io::Result<usize> {
         let mut iovecs: [libc::iovec; BATCH] = std::array::from_fn(|i| libc::iovec {
             iov_base: self.bufs.as_mut_slice()[i * SLOT_SIZE..]
                 .as_mut_ptr()
@@ -90,7 +99,7 @@ impl RecvBatch {
                     sock.as_raw_fd(),
                     hdrs.as_mut_ptr(),
                     BATCH as libc::c_uint,
-                    libc::MSG_WAITFORONE,
+                    flags,
                     std::ptr::null_mut(),
                 )
             };

@@ -111,8 +111,9 @@ pub fn path_mtu(sock: &UdpSocket) -> io::Result<usize> {
     Ok(mtu.max(0) as usize)
 }
 
-/// The path MTU towards `peer`, from a throwaway socket connected to it (no packet is sent).
-pub fn route_mtu(peer: SocketAddr) -> io::Result<usize> {
+/// A UDP socket on an ephemeral port of `peer`'s family, connected to it (so the kernel
+/// filters out everything else, and an ICMP "port unreachable" shows as `ECONNREFUSED`).
+pub fn connected(peer: SocketAddr) -> io::Result<UdpSocket> {
     let any: SocketAddr = if peer.is_ipv4() {
         "0.0.0.0:0".parse().expect("literal")
     } else {
@@ -120,7 +121,12 @@ pub fn route_mtu(peer: SocketAddr) -> io::Result<usize> {
     };
     let sock = UdpSocket::bind(any)?;
     sock.connect(peer)?;
-    path_mtu(&sock)
+    Ok(sock)
+}
+
+/// The path MTU towards `peer`, from a throwaway socket connected to it (no packet is sent).
+pub fn route_mtu(peer: SocketAddr) -> io::Result<usize> {
+    path_mtu(&connected(peer)?)
 }
 
 /// The largest UDP payload a packet of `mtu` bytes carries to `peer`: the MTU minus the IP

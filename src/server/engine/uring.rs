@@ -85,6 +85,8 @@ struct SessionRing {
     pending_end: bool,
     /// Reused to encode END markers: nothing is allocated per datagram.
     scratch: Vec<u8>,
+    /// Reused: the datagrams whose sends just completed.
+    left: Vec<u32>,
     hists: SendHists,
     _completions: EventFd,
 }
@@ -162,6 +164,7 @@ impl SessionRing {
             book: SlotBook::new(slot_count),
             max_segments,
             pending_end: false,
+            left: Vec::new(),
             scratch: Vec::with_capacity(DATA_HEADER_LEN),
             hists: SendHists::default(),
             _completions: completions,
@@ -175,6 +178,7 @@ impl SessionRing {
             &self.slots,
             &mut self.hists,
             &self.session,
+            &mut self.left,
         );
         if gso_failed {
             // The datagrams of the failed sends were queued again; from now on, one a send.
@@ -352,10 +356,12 @@ fn reap_into(
     slots: &[Slot],
     hists: &mut SendHists,
     session: &Session,
+    left: &mut Vec<u32>,
 ) -> bool {
     let mut errors = 0u64;
     let mut gso_failed = false;
     let now = Instant::now();
+    left.clear();
     for cqe in ring.completion() {
         let slot_idx = cqe.user_data() as u16;
         let slot = &slots[slot_idx as usize];
@@ -370,6 +376,11 @@ fn reap_into(
             err = libc::EIO;
         }
         if err <= 0 {
+            left.extend(
+                slot.indices[..slot.segments]
+                    .iter()
+                    .filter(|&&i| i != END_SEGMENT),
+            );
             continue;
         }
         errors += 1;
@@ -403,6 +414,9 @@ fn reap_into(
     if errors > 0 {
         session.send_errors.fetch_add(errors, Ordering::Relaxed);
     }
+    if !left.is_empty() {
+        session.state().left_at(left, now);
+    }
     gso_failed
 }
 
@@ -419,7 +433,15 @@ impl Completions for Draining<'_> {
         self.ring.submit_and_wait(1)
     }
     fn reap(&mut self, book: &mut SlotBook) {
-        let _ = reap_into(self.ring, book, self.slots, self.hists, self.session);
+        let mut left = Vec::new();
+        let _ = reap_into(
+            self.ring,
+            book,
+            self.slots,
+            self.hists,
+            self.session,
+            &mut left,
+        );
     }
 }
 

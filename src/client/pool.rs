@@ -1,0 +1,231 @@
+//! The receive threads of `get`: a bounded pool (default: one per core) among which the
+//! sub-clients are dealt out, each thread driving its share with one `recvmmsg` buffer.
+//!
+//! A thread with one sub-client receives as a thread per sub-client did: a blocking
+//! `recvmmsg` with a short receive timeout, one call per batch, nothing in between. A thread
+//! with several waits in `epoll` for any of their sockets (level-triggered), takes at most
+//! [`DRAIN_BATCHES`] batches from a ready one before serving the next (so one fast sender
+//! cannot starve the rest), and runs the deadlines (resends, ACKs, silence) of those whose
+//! time has come.
+
+use std::io;
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+
+use super::subclient::SubClient;
+use crate::report::copy::CopyReport;
+use crate::report::cpu::cpu_time;
+use crate::sys::recvmmsg::{is_timeout, RecvBatch, BATCH};
+
+/// Most batches taken from one ready socket before the thread looks at the others.
+const DRAIN_BATCHES: usize = 8;
+/// The receive timeout of a thread that serves one sub-client: how late a deadline may be
+/// noticed (the data phase's ACK spacing is 200 us, its idle ACK 2 ms).
+const SINGLE_RECV_TIMEOUT: Duration = Duration::from_millis(1);
+/// Longest an idle thread sleeps without looking at its deadlines.
+const MAX_SLEEP: Duration = Duration::from_millis(500);
+
+/// Runs `subs` on `threads` receive threads (at least one, at most one per sub-client; the
+/// calling thread is the first) and returns their reports in sub-client order. A thread that
+/// cannot be started leaves its share to the calling thread, after its own.
+pub(super) fn run(subs: Vec<SubClient>, threads: usize) -> Vec<CopyReport> {
+    let threads = threads.clamp(1, subs.len().max(1));
+    let mut shares: Vec<Vec<SubClient>> = (0..threads).map(|_| Vec::new()).collect();
+    for (i, s) in subs.into_iter().enumerate() {
+        shares[i % threads].push(s);
+    }
+    let mut here = vec![shares.remove(0)];
+    let mut handles = Vec::with_capacity(threads);
+    for (t, share) in shares.into_iter().enumerate() {
+        // The share goes over a channel once the thread runs, so it is not lost if the
+        // thread cannot be made.
+        let (tx, rx) = mpsc::channel::<Vec<SubClient>>();
+        let spawned = thread::Builder::new()
+            .name(format!("receive-{}", t + 2))
+            .spawn(move || rx.recv().map(drive).unwrap_or_default());
+        match spawned {
+            Ok(h) => {
+                let ids: Vec<usize> = share.iter().map(|s| s.id).collect();
+                let _ = tx.send(share);
+                handles.push((ids, h));
+            }
+            Err(e) => {
+                tracing::warn!("cannot start a receive thread ({e}); its sub-clients wait");
+                here.push(share);
+            }
+        }
+    }
+    let mut reports: Vec<CopyReport> = here.into_iter().flat_map(drive).collect();
+    for (ids, h) in handles {
+        match h.join() {
+            Ok(r) => reports.extend(r),
+            Err(_) => reports.extend(ids.into_iter().map(|id| CopyReport {
+                id,
+                error: Some("bug: the receive thread panicked".into()),
+                ..Default::default()
+            })),
+        }
+    }
+    reports.sort_by_key(|r| r.id);
+    reports
+}
+
+/// One receive thread: its sub-clients from start to end.
+fn drive(mut subs: Vec<SubClient>) -> Vec<CopyReport> {
+    let cpu_start = cpu_time(true);
+    let mut batch = RecvBatch::new();
+    let now = Instant::now();
+    for s in subs.iter_mut() {
+        s.start(now);
+    }
+    let mut reports = if subs.len() == 1 {
+        drive_one(subs.pop().expect("one"), &mut batch)
+    } else {
+        match drive_many(subs, &mut batch) {
+            Ok(r) => r,
+            Err((e, left)) => left
+                .into_iter()
+                .map(|mut s| {
+                    s.report.error = Some(format!("cannot wait for datagrams: {e}"));
+                    s.report
+                })
+                .collect(),
+        }
+    };
+    share_cpu(&mut reports, cpu_time(true).saturating_sub(cpu_start));
+    reports
+}
+
+/// The thread's CPU time, shared among its sub-clients by the bytes each received (equally
+/// if none received any).
+fn share_cpu(reports: &mut [CopyReport], cpu: Duration) {
+    let total: u64 = reports.iter().map(|r| r.bytes_received).sum();
+    let n = reports.len().max(1) as f64;
+    for r in reports.iter_mut() {
+        r.cpu_s = if total > 0 {
+            cpu.as_secs_f64() * r.bytes_received as f64 / total as f64
+        } else {
+            cpu.as_secs_f64() / n
+        };
+    }
+}
+
+fn drive_one(mut s: SubClient, batch: &mut RecvBatch) -> Vec<CopyReport> {
+    if let Err(e) = s.sock.set_read_timeout(Some(SINGLE_RECV_TIMEOUT)) {
+        s.on_recv_error(e, Instant::now());
+    }
+    while !s.is_ended() {
+        let empty = match batch.recv(&s.sock) {
+            Ok(n) => {
+                s.on_batch(batch, n, Instant::now());
+                false
+            }
+            Err(e) if is_timeout(&e) => true,
+            Err(e) => {
+                s.on_recv_error(e, Instant::now());
+                false
+            }
+        };
+        let now = Instant::now();
+        if s.deadline().is_some_and(|d| d <= now) {
+            s.on_timer(empty, now);
+        }
+    }
+    vec![s.report]
+}
+
+/// Receives up to [`DRAIN_BATCHES`] batches for `s`. Returns whether its socket was found
+/// empty: a receive came back with nothing, or with less than a full batch (it took all
+/// there was; asking again would cost a call to hear `EAGAIN`).
+fn drain(s: &mut SubClient, batch: &mut RecvBatch) -> bool {
+    for _ in 0..DRAIN_BATCHES {
+        if s.is_ended() {
+            return false;
+        }
+        match batch.recv_nowait(&s.sock) {
+            Ok(n) => {
+                s.on_batch(batch, n, Instant::now());
+                if n < BATCH {
+                    return true;
+                }
+            }
+            Err(e) if is_timeout(&e) => return true,
+            Err(e) => s.on_recv_error(e, Instant::now()),
+        }
+    }
+    false
+}
+
+/// Sub-clients left when waiting itself failed.
+type Stranded = (io::Error, Vec<SubClient>);
+
+fn drive_many(subs: Vec<SubClient>, batch: &mut RecvBatch) -> Result<Vec<CopyReport>, Stranded> {
+    let epoll = match Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC) {
+        Ok(e) => e,
+        Err(e) => return Err((e.into(), subs)),
+    };
+    let mut slots: Vec<Option<SubClient>> = Vec::with_capacity(subs.len());
+    let mut reports = Vec::with_capacity(subs.len());
+    for (i, s) in subs.into_iter().enumerate() {
+        if let Err(e) = epoll.add(&s.sock, EpollEvent::new(EpollFlags::EPOLLIN, i as u64)) {
+            let mut left: Vec<SubClient> = slots.into_iter().flatten().collect();
+            left.push(s);
+            return Err((e.into(), left));
+        }
+        slots.push(Some(s));
+    }
+    let mut live = slots.len();
+    let mut events = vec![EpollEvent::empty(); 256];
+    let mut emptied: Vec<bool> = Vec::with_capacity(slots.len());
+    while live > 0 {
+        // Finished ones leave; the rest name their next deadline.
+        let mut next: Option<Instant> = None;
+        for slot in slots.iter_mut() {
+            if slot.as_ref().is_some_and(|s| s.is_ended()) {
+                let s = slot.take().expect("checked");
+                let _ = epoll.delete(&s.sock);
+                reports.push(s.report);
+                live -= 1;
+            } else if let Some(d) = slot.as_ref().and_then(|s| s.deadline()) {
+                next = Some(next.map_or(d, |n: Instant| n.min(d)));
+            }
+        }
+        if live == 0 {
+            break;
+        }
+        let wait = next.map_or(MAX_SLEEP, |d| {
+            d.saturating_duration_since(Instant::now()).min(MAX_SLEEP)
+        });
+        // epoll counts milliseconds: round up, so a deadline is never run early and then
+        // waited for again in a spin.
+        let ms = wait.as_micros().div_ceil(1000) as u16;
+        let ready = match epoll.wait(&mut events, EpollTimeout::from(ms)) {
+            Ok(n) => n,
+            Err(nix::errno::Errno::EINTR) => 0,
+            Err(e) => return Err((e.into(), slots.into_iter().flatten().collect())),
+        };
+        // Which sockets this turn found empty (they need no second look for their timers).
+        emptied.clear();
+        emptied.resize(slots.len(), false);
+        for ev in &events[..ready] {
+            let i = ev.data() as usize;
+            if let Some(s) = slots.get_mut(i).and_then(Option::as_mut) {
+                emptied[i] = drain(s, batch);
+            }
+        }
+        let now = Instant::now();
+        for (i, slot) in slots.iter_mut().enumerate() {
+            let Some(s) = slot.as_mut() else { continue };
+            if s.deadline().is_some_and(|d| d <= now) {
+                // What is queued comes first: its deadline may be an ACK it answers, and an
+                // idle ACK may only go from a socket seen empty.
+                let empty = emptied[i] || drain(s, batch);
+                s.on_timer(empty, Instant::now());
+            }
+        }
+    }
+    Ok(reports)
+}
