@@ -33,7 +33,7 @@ if [ "$KIND" = tbf ]; then
   IN_S="ip netns exec $S" IN_C="ip netns exec $C" SERVER=$SV4:6969
 else
   WORK=$(mktemp -d)
-  trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
+  trap 'kill $(jobs -p) ${SERVE_PID:-} 2>/dev/null || true; rm -rf "$WORK"' EXIT
   IN_S="" IN_C="" SERVER=127.0.0.1:7610
 fi
 for r in $RATES; do
@@ -41,6 +41,7 @@ for r in $RATES; do
   [ -f "$f" ] || head -c $(($(size_mib "$r") << 20)) /dev/urandom > "$f"
 done
 $IN_S "$BIN" serve --dir "$WORK" --bind "${SERVER/10.78.1.1/[::]}" > "$WORK/serve.log" 2>&1 &
+SERVE_PID=$!
 disown
 for _ in $(seq 50); do grep -q LISTENING "$WORK/serve.log" && break; sleep 0.1; done
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }

@@ -165,6 +165,78 @@ fn a_request_flood_is_limited_and_the_server_keeps_serving() {
 }
 
 #[test]
+fn many_ports_of_one_host_cannot_push_out_a_session_and_their_silent_sessions_expire() {
+    let dir = tempfile::tempdir().unwrap();
+    let data: Vec<u8> = (0..40 * MAX_PAYLOAD).map(|i| (i % 251) as u8).collect();
+    std::fs::write(dir.path().join("f"), &data).unwrap();
+    // Room for 20 sessions; sessions that never ACK are dropped after 400 ms; a legitimate
+    // transfer paced to take ~1.5 s runs meanwhile.
+    let srv = server(dir.path(), |c| {
+        c.max_sessions = 20;
+        c.idle_timeout = Duration::from_millis(400);
+        c.rate_bps = Some(14_000_000);
+    });
+    let addr = srv.local_addr();
+    let out = tempfile::tempdir().unwrap();
+    let out_path = out.path().to_path_buf();
+    let legit = std::thread::spawn(move || {
+        let mut g = GetConfig::new(addr, "f");
+        g.out_dir = Some(out_path);
+        client::get(&g).unwrap().remove(0)
+    });
+    let t = Instant::now();
+    while srv.stats().sessions_active.load(Ordering::Relaxed) == 0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "the transfer did not start"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // 60 source ports each validate their address and ask for the file, and never ACK.
+    let (mut metas, mut busy) = (0, 0);
+    let mut flooders = Vec::new();
+    for port in 0..60u32 {
+        let mut c = RawClient::new(addr);
+        let token = c.token();
+        let answer = c.get(&Message::Get {
+            token,
+            request_id: port + 1,
+            mode: Mode::Reliable,
+            window_bytes: 4 * MAX_PAYLOAD as u32,
+            max_datagram: 0,
+            name: "f",
+        });
+        match Message::parse(&answer).unwrap() {
+            Message::Meta(_) => metas += 1,
+            Message::Busy { retry_after_ms, .. } => {
+                assert!(retry_after_ms > 0);
+                busy += 1
+            }
+            other => panic!("{other:?}"),
+        }
+        flooders.push(c);
+    }
+    // The limit holds with the legitimate session in it: nobody was pushed out.
+    assert!(metas <= 19, "{metas} sessions beside the legitimate one");
+    assert!(busy > 0, "the flood never reached the limit");
+    assert_eq!(metas + busy, 60);
+    assert!(srv.stats().sessions_active.load(Ordering::Relaxed) <= 20);
+    let r = legit.join().unwrap();
+    assert!(r.ok(), "{r:?}");
+    assert_eq!(std::fs::read(out.path().join("f")).unwrap(), data);
+    // The silent sessions are gone after the idle timeout.
+    let t = Instant::now();
+    while srv.stats().sessions_active.load(Ordering::Relaxed) != 0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "silent sessions were kept"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(flooders);
+}
+
+#[test]
 fn garbage_both_ways_during_a_transfer_is_counted_and_harmless() {
     let dir = tempfile::tempdir().unwrap();
     let data: Vec<u8> = (0..80 * MAX_PAYLOAD).map(|i| (i * 7 % 253) as u8).collect();

@@ -456,3 +456,53 @@ fn serve_json_prints_one_object_per_finished_session() {
         assert_eq!(v["outcome"], "complete");
     }
 }
+
+/// Several client processes, each with many sub-clients, against one server at once (as a
+/// lab runs a `get` per machine): every copy arrives, and one host's burst of requests fits
+/// the server's default per-address budget.
+#[test]
+fn several_client_processes_with_many_sub_clients_each() {
+    let served = tempfile::tempdir().unwrap();
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i % 249) as u8).collect();
+    std::fs::write(served.path().join("f"), &data).unwrap();
+    let port = free_port();
+    let server = format!("127.0.0.1:{port}");
+    let _srv = serve(served.path(), port, &[]);
+    assert!(wait_up(&server).status.success());
+    let out = tempfile::tempdir().unwrap();
+    // 4 processes x 50 sub-clients, all started together.
+    let procs: Vec<_> = (0..4)
+        .map(|p| {
+            let dir = out.path().join(format!("p{p}"));
+            Command::new(BIN)
+                .args([
+                    "get",
+                    "f",
+                    "--server",
+                    &server,
+                    "--clients",
+                    "50",
+                    "--quiet",
+                ])
+                .arg("--out")
+                .arg(&dir)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for (p, child) in procs.into_iter().enumerate() {
+        let got = child.wait_with_output().unwrap();
+        assert!(got.status.success(), "process {p}: {got:?}");
+        let table = String::from_utf8_lossy(&got.stdout);
+        assert!(
+            table.contains("50/50 copies intact and verified"),
+            "{table}"
+        );
+        for i in [1, 25, 50] {
+            let copy = out.path().join(format!("p{p}/f.{i}"));
+            assert_eq!(std::fs::read(copy).unwrap(), data);
+        }
+    }
+}

@@ -23,8 +23,9 @@ pub struct GetArgs {
     /// Sub-clients (1-10000), each with its own socket, fetching its own whole copy.
     #[arg(long, default_value_t = 1, value_parser = values::count(1, 10_000))]
     clients: usize,
-    /// Receive threads the sub-clients share (default: one per core, never more than
-    /// sub-clients); each waits on its sockets with epoll and receives with recvmmsg.
+    /// Receive threads the sub-clients share; each waits on its sockets with epoll and
+    /// receives with recvmmsg [default: one per sub-client up to 8 per core, beyond that
+    /// one per core].
     #[arg(long, value_parser = values::count(1, 1024))]
     threads: Option<usize>,
     /// Directory for the copies: DIR/FILE for one client, DIR/FILE.1 .. DIR/FILE.N.

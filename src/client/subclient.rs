@@ -21,7 +21,7 @@ use crate::protocol::{
     foreign_version, is_data, unix_ns, DoneStatus, Message, Meta, DATA_HEADER_LEN, MAX_DATAGRAM,
     MAX_DATAGRAMS, MIN_PAYLOAD, TOKEN_LEN, VERSION,
 };
-use crate::report::copy::CopyReport;
+use crate::report::copy::{ClientHists, CopyReport};
 use crate::report::live::Live;
 use crate::sys::recvmmsg::{enable_timestamps, RecvBatch};
 use crate::sys::socket;
@@ -114,6 +114,7 @@ impl SubClient {
                 id,
                 server_port: cfg.server.port(),
                 local_port: sock.local_addr()?.port(),
+                hists: ClientHists::empty(),
                 ..Default::default()
             },
             cfg,
