@@ -165,7 +165,7 @@ fn a_request_flood_is_limited_and_the_server_keeps_serving() {
 }
 
 #[test]
-fn many_ports_of_one_host_cannot_push_out_a_session_and_their_silent_sessions_expire() {
+fn many_ports_and_hosts_cannot_push_out_a_session_and_their_silent_sessions_expire() {
     let dir = tempfile::tempdir().unwrap();
     let data: Vec<u8> = (0..40 * MAX_PAYLOAD).map(|i| (i % 251) as u8).collect();
     std::fs::write(dir.path().join("f"), &data).unwrap();
@@ -192,11 +192,17 @@ fn many_ports_of_one_host_cannot_push_out_a_session_and_their_silent_sessions_ex
         );
         std::thread::sleep(Duration::from_millis(5));
     }
-    // 60 source ports each validate their address and ask for the file, and never ACK.
+    // 60 sources (30 ports of this host, one each of 30 other loopback addresses) each
+    // validate their address and ask for the file, and never ACK.
     let (mut metas, mut busy) = (0, 0);
     let mut flooders = Vec::new();
     for port in 0..60u32 {
-        let mut c = RawClient::new(addr);
+        let ip = if port % 2 == 0 {
+            "127.0.0.1".to_string()
+        } else {
+            format!("127.0.1.{}", port / 2 + 1)
+        };
+        let mut c = RawClient::from_ip(addr, &ip);
         let token = c.token();
         let answer = c.get(&Message::Get {
             token,

@@ -7,6 +7,20 @@ use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Stops a server started with a piped stderr (or stdout) and returns what it wrote there.
+fn stop_and_read(srv: &mut common::Serve, stdout: bool) -> String {
+    srv.0.kill().unwrap();
+    let _ = srv.0.wait();
+    let mut text = String::new();
+    let mut pipe: Box<dyn Read> = if stdout {
+        Box::new(srv.0.stdout.take().unwrap())
+    } else {
+        Box::new(srv.0.stderr.take().unwrap())
+    };
+    pipe.read_to_string(&mut text).unwrap();
+    text
+}
+
 #[test]
 fn serve_list_get_and_failures() {
     let served = tempfile::tempdir().unwrap();
@@ -328,15 +342,7 @@ fn logs_to_a_pipe_are_plain_text() {
     assert!(got.status.success(), "{got:?}");
     // The session's line is logged when it ends; give the control thread a moment.
     std::thread::sleep(Duration::from_millis(300));
-    srv.0.kill().unwrap();
-    let _ = srv.0.wait();
-    let mut log = String::new();
-    srv.0
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut log)
-        .unwrap();
+    let log = stop_and_read(&mut srv, false);
     assert!(log.contains("[SESSION"), "{log}");
     assert!(
         !log.contains('\x1b'),
@@ -423,15 +429,7 @@ fn serve_json_prints_one_object_per_finished_session() {
     ]);
     assert!(got.status.success(), "{got:?}");
     std::thread::sleep(Duration::from_millis(300));
-    srv.0.kill().unwrap();
-    let _ = srv.0.wait();
-    let mut out = String::new();
-    srv.0
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
+    let out = stop_and_read(&mut srv, true);
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 2, "{out}");
     for line in lines {
@@ -505,4 +503,36 @@ fn several_client_processes_with_many_sub_clients_each() {
             assert_eq!(std::fs::read(copy).unwrap(), data);
         }
     }
+}
+
+/// A full server says so in its log (what it turned away, once a second), and the refused
+/// client, told when to ask again, gets its copy once there is room.
+#[test]
+fn a_full_server_logs_what_it_sheds_and_the_refused_client_gets_in_later() {
+    let served = tempfile::tempdir().unwrap();
+    std::fs::write(served.path().join("f"), vec![9u8; 300_000]).unwrap();
+    let port = free_port();
+    let server = format!("127.0.0.1:{port}");
+    // One session at a time, paced to last over a second.
+    let extra = ["--max-sessions", "1", "--rate", "2M"];
+    let mut srv = serve_with(served.path(), port, &extra, Stdio::piped());
+    assert!(wait_up(&server).status.success());
+    let got = run(&[
+        "get",
+        "f",
+        "--server",
+        &server,
+        "--discard",
+        "--clients",
+        "2",
+        "--timeout",
+        "10",
+    ]);
+    assert!(got.status.success(), "{got:?}");
+    std::thread::sleep(Duration::from_millis(1200));
+    let log = stop_and_read(&mut srv, false);
+    assert!(
+        log.contains("shedding load") && log.contains("GETs refused busy"),
+        "{log}"
+    );
 }

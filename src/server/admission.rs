@@ -51,6 +51,8 @@ impl RateBudget {
 pub struct RequestBudgets {
     rate: f64,
     per_ip: HashMap<IpAddr, (RateBudget, Option<Instant>)>,
+    /// The budget all addresses share that arrive while [`MAX_TRACKED_IPS`] are tracked.
+    others: (RateBudget, Option<Instant>),
 }
 
 /// What to do with a request.
@@ -63,6 +65,11 @@ pub enum Admit {
     NoAndTell,
 }
 
+/// Most addresses with a budget of their own. A flood from more (spoofed) sources does not
+/// grow the table: they share one budget (of the same rate) until the periodic
+/// [`RequestBudgets::forget_idle`] has dropped tracked ones that went quiet.
+pub const MAX_TRACKED_IPS: usize = 65_536;
+
 /// Forget an address after this long without a request.
 const FORGET_AFTER: Duration = Duration::from_secs(10);
 /// At most one "busy" answer per address this often.
@@ -73,15 +80,20 @@ impl RequestBudgets {
         RequestBudgets {
             rate,
             per_ip: HashMap::new(),
+            others: (RateBudget::new(rate, 2.0 * rate, Instant::now()), None),
         }
     }
 
     pub fn admit(&mut self, ip: IpAddr, now: Instant) -> Admit {
         let rate = self.rate;
-        let (budget, told) = self
-            .per_ip
-            .entry(ip)
-            .or_insert_with(|| (RateBudget::new(rate, 2.0 * rate, now), None));
+        let (budget, told) = if self.per_ip.len() < MAX_TRACKED_IPS || self.per_ip.contains_key(&ip)
+        {
+            self.per_ip
+                .entry(ip)
+                .or_insert_with(|| (RateBudget::new(rate, 2.0 * rate, now), None))
+        } else {
+            &mut self.others
+        };
         if budget.take(now) {
             return Admit::Yes;
         }
@@ -126,6 +138,31 @@ mod tests {
         assert_eq!(r.admit(ip, t0), Admit::NoAndTell);
         assert_eq!(r.admit(ip, t0 + Duration::from_millis(50)), Admit::No);
         assert_eq!(r.admit(ip, t0 + Duration::from_secs(3)), Admit::Yes);
+    }
+
+    #[test]
+    fn a_flood_from_more_addresses_than_tracked_shares_one_budget() {
+        let t0 = Instant::now();
+        let mut r = RequestBudgets::new(10.0);
+        let ip = |i: u32| IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+        for i in 0..MAX_TRACKED_IPS as u32 {
+            assert_eq!(r.admit(ip(i), t0), Admit::Yes);
+        }
+        // The table is full of busy addresses: newcomers share one budget of 20 (2 x 10/s)
+        // instead of growing it.
+        let admitted = (0..1000u32)
+            .filter(|i| r.admit(ip(1_000_000 + i), t0) == Admit::Yes)
+            .count();
+        assert_eq!(admitted, 20);
+        assert_eq!(r.per_ip.len(), MAX_TRACKED_IPS);
+        // A tracked address keeps its own budget.
+        assert_eq!(r.admit(ip(5), t0), Admit::Yes);
+        // Once the tracked ones have gone quiet (and the sweep forgot them), a newcomer gets
+        // its own again.
+        let later = t0 + Duration::from_secs(11);
+        r.forget_idle(later);
+        assert_eq!(r.admit(ip(2_000_000), later), Admit::Yes);
+        assert_eq!(r.per_ip.len(), 1);
     }
 
     #[test]

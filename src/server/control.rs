@@ -34,6 +34,8 @@ use crate::sys::socket;
 
 /// How often silent clients and changed files are looked for.
 const SWEEP_EVERY: Duration = Duration::from_millis(50);
+/// Sweeps between two reports of load shed (a second).
+const SHED_LOG_SWEEPS: u64 = 20;
 /// When a client refused for the session limit should ask again (it backs off from there).
 const BUSY_RETRY_AFTER: Duration = Duration::from_millis(200);
 
@@ -66,6 +68,9 @@ pub(super) struct Control {
     /// Sessions may use UDP GSO.
     gso: bool,
     sweeps: u64,
+    /// What was shed (requests over budget, ACKs over budget, GETs refused busy) when it was
+    /// last logged.
+    shed_logged: [u64; 3],
     out: Vec<u8>,
 }
 
@@ -121,6 +126,7 @@ impl Control {
             summaries_tx,
             gso,
             sweeps: 0,
+            shed_logged: [0; 3],
             out: Vec::with_capacity(MAX_DATAGRAM),
         })
     }
@@ -470,6 +476,32 @@ impl Control {
         s.wake();
     }
 
+    /// Says, at most once per [`SHED_LOG_SWEEPS`] sweeps (a second), what an overloaded server
+    /// turned away since it last said so: nothing is shed silently.
+    fn log_shedding(&mut self) {
+        let st = &self.stats;
+        let now = [
+            st.rate_limited.load(Ordering::Relaxed),
+            st.acks_rate_limited.load(Ordering::Relaxed),
+            st.busy.load(Ordering::Relaxed),
+        ];
+        let d: Vec<u64> = now
+            .iter()
+            .zip(self.shed_logged)
+            .map(|(n, l)| n - l)
+            .collect();
+        if d.iter().any(|&x| x > 0) {
+            tracing::warn!(
+                "shedding load: in the last second {} requests over their address's budget, {} ACKs over their session's, {} GETs refused busy ({} sessions)",
+                d[0],
+                d[1],
+                d[2],
+                self.sessions.active()
+            );
+        }
+        self.shed_logged = now;
+    }
+
     /// Sweeps the session table and tells clients why the server ended their session; every
     /// other sweep (100 ms), tells each reliable session's client its sender's view (`STATUS`).
     fn sweep(&mut self) {
@@ -478,6 +510,9 @@ impl Control {
         }
         self.requests.forget_idle(Instant::now());
         self.sweeps += 1;
+        if self.sweeps % SHED_LOG_SWEEPS == 0 {
+            self.log_shedding();
+        }
         if self.sweeps % 2 == 0 {
             let statuses: Vec<_> = self
                 .sessions

@@ -106,7 +106,12 @@ pub struct RawClient {
 
 impl RawClient {
     pub fn new(server: SocketAddr) -> Self {
-        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        Self::from_ip(server, "127.0.0.1")
+    }
+
+    /// From an address of its own (any 127.x.y.z is this host on loopback: many "hosts").
+    pub fn from_ip(server: SocketAddr, ip: &str) -> Self {
+        let sock = UdpSocket::bind((ip, 0)).unwrap();
         sock.connect(server).unwrap();
         sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
         // Room for a window of data, so control messages are not crowded out.
