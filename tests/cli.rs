@@ -536,3 +536,59 @@ fn a_full_server_logs_what_it_sheds_and_the_refused_client_gets_in_later() {
         "{log}"
     );
 }
+
+/// Ctrl-C during `get --out`: every copy stops at once, its temporary file is removed, the
+/// server is told (it ends the sessions without waiting for its idle timeout), each copy's
+/// line says how far it got, and the exit status is 130. Partial copies that a vanished
+/// process left in the directory are removed by the next `get`, and it says so.
+#[test]
+fn ctrl_c_during_get_cleans_up_and_tells_the_server() {
+    let served = tempfile::tempdir().unwrap();
+    std::fs::write(served.path().join("f"), vec![4u8; 4 << 20]).unwrap();
+    let port = free_port();
+    let server = format!("127.0.0.1:{port}");
+    // 4 MiB at 8 Mbit/s: 4 s, long enough to be interrupted.
+    let mut srv = serve_with(served.path(), port, &["--rate", "8M"], Stdio::piped());
+    assert!(wait_up(&server).status.success());
+    let out = tempfile::tempdir().unwrap();
+    // Left by a process that is gone (PIDs above the kernel's maximum never run); and one
+    // of another file, which is not this get's business.
+    for stale in [".f.4194999.part", ".f.2.4194998.part", ".fx.4194997.part"] {
+        std::fs::write(out.path().join(stale), b"old").unwrap();
+    }
+    let child = Command::new(BIN)
+        .args(["get", "f", "--server", &server, "--clients", "2", "--quiet"])
+        .arg("--out")
+        .arg(out.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let t = Instant::now();
+    let got = child.wait_with_output().unwrap();
+    assert!(t.elapsed() < Duration::from_secs(2), "slow to stop");
+    assert_eq!(got.status.code(), Some(130), "{got:?}");
+    let table = String::from_utf8_lossy(&got.stdout);
+    assert_eq!(table.matches("interrupted: ").count(), 2, "{table}");
+    let err = String::from_utf8_lossy(&got.stderr);
+    assert!(err.contains("interrupted: 2 of 2 copies stopped"), "{err}");
+    assert!(
+        err.contains("removed") && err.contains(".f.4194999.part"),
+        "{err}"
+    );
+    let left: Vec<String> = std::fs::read_dir(out.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, vec![".fx.4194997.part".to_string()]);
+    // The server ended both sessions on the clients' word, long before its 10 s idle timeout.
+    std::thread::sleep(Duration::from_millis(500));
+    let log = stop_and_read(&mut srv, false);
+    assert_eq!(log.matches("client gave up").count(), 2, "{log}");
+}

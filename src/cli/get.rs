@@ -107,7 +107,10 @@ impl GetArgs {
 
     pub fn run(self) -> anyhow::Result<ExitCode> {
         logging::init("warn");
-        let cfg = self.config()?;
+        let mut cfg = self.config()?;
+        // Ctrl-C or SIGTERM: every copy stops, removes its temporary file and tells the
+        // server; the table says how far each got. A second one exits at once.
+        cfg.stop = Some(crate::sys::stop_on_signals());
         let reports = client::get(&cfg)?;
         let to_stdout = self.json_to_stdout();
         if let Some(path) = &self.json {
@@ -122,6 +125,14 @@ impl GetArgs {
         }
         if !to_stdout {
             print!("{}", table::table(&self.file, &reports));
+        }
+        if let Some(sig) = crate::sys::stop_signal() {
+            let stopped = reports.iter().filter(|r| !r.ok()).count();
+            eprintln!(
+                "ringblast: interrupted: {stopped} of {} copies stopped, their partial files removed",
+                reports.len()
+            );
+            return Ok(ExitCode::from((128 + sig).clamp(0, 255) as u8));
         }
         let failed: Vec<_> = reports.iter().filter(|r| !r.ok()).collect();
         if failed.is_empty() {

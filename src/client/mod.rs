@@ -78,6 +78,9 @@ pub struct GetConfig {
     pub interval: Option<Duration>,
     /// No progress bar.
     pub quiet: bool,
+    /// Set (by a signal handler) to stop every copy: each removes its temporary file, tells
+    /// the server, and reports how far it got.
+    pub stop: Option<&'static AtomicBool>,
 }
 
 impl GetConfig {
@@ -99,6 +102,7 @@ impl GetConfig {
             max_size: 1 << 40,
             interval: None,
             quiet: true,
+            stop: None,
         }
     }
 }
@@ -150,6 +154,11 @@ pub enum ClientError {
         mtu: usize,
         max: usize,
     },
+    /// Stopped by the user (Ctrl-C, SIGTERM).
+    #[error("interrupted: {got} of {of} bytes")]
+    Interrupted { got: u64, of: u64 },
+    #[error("interrupted before the transfer began")]
+    InterruptedEarly,
     #[error("cannot start sub-client {id} of {clients}: {error}")]
     Spawn {
         id: usize,
@@ -227,6 +236,12 @@ pub fn get(cfg: &GetConfig) -> Result<Vec<CopyReport>, ClientError> {
     validate_name(&cfg.file)?;
     if let Some(dir) = &cfg.out_dir {
         std::fs::create_dir_all(dir)?;
+        for path in sink::remove_stale_parts(dir, &cfg.file) {
+            tracing::warn!(
+                "removed {}: a partial copy left by a process that is gone",
+                path.display()
+            );
+        }
     }
     let clients = cfg.clients.max(1);
     let mut cfg = cfg.clone();

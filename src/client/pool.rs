@@ -25,8 +25,8 @@ const DRAIN_BATCHES: usize = 8;
 /// The receive timeout of a thread that serves one sub-client: how late a deadline may be
 /// noticed (the data phase's ACK spacing is 200 us, its idle ACK 2 ms).
 const SINGLE_RECV_TIMEOUT: Duration = Duration::from_millis(1);
-/// Longest an idle thread sleeps without looking at its deadlines.
-const MAX_SLEEP: Duration = Duration::from_millis(500);
+/// Longest an idle thread sleeps without looking at its deadlines (and at a stop request).
+const MAX_SLEEP: Duration = Duration::from_millis(100);
 
 /// Runs `subs` on `threads` receive threads (at least one, at most one per sub-client; the
 /// calling thread is the first) and returns their reports in sub-client order. A thread that
@@ -118,6 +118,10 @@ fn drive_one(mut s: SubClient, batch: &mut RecvBatch) -> Vec<CopyReport> {
         s.on_recv_error(e, Instant::now());
     }
     while !s.is_ended() {
+        if s.stop_asked() {
+            s.interrupt(Instant::now());
+            break;
+        }
         let empty = match batch.recv(&s.sock) {
             Ok(n) => {
                 s.on_batch(batch, n, Instant::now());
@@ -181,6 +185,18 @@ fn drive_many(subs: Vec<SubClient>, batch: &mut RecvBatch) -> Result<Vec<CopyRep
     let mut events = vec![EpollEvent::empty(); 256];
     let mut emptied: Vec<bool> = Vec::with_capacity(slots.len());
     while live > 0 {
+        // One flag for all: the first sub-client left asks for everyone.
+        if slots
+            .iter()
+            .flatten()
+            .next()
+            .is_some_and(|s| s.stop_asked())
+        {
+            let now = Instant::now();
+            for s in slots.iter_mut().flatten() {
+                s.interrupt(now);
+            }
+        }
         // Finished ones leave; the rest name their next deadline.
         let mut next: Option<Instant> = None;
         for slot in slots.iter_mut() {

@@ -70,6 +70,38 @@ pub(super) fn temp_path(dir: &Path, final_path: &Path) -> PathBuf {
     ))
 }
 
+/// Removes the temporary copies of `file` in `dir` that a process no longer running left
+/// behind (a crash, SIGKILL: the name holds its PID). Returns the paths removed.
+pub(super) fn remove_stale_parts(dir: &Path, file: &str) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let prefix = format!(".{file}");
+    let mut removed = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(rest) = name
+            .strip_prefix(&prefix)
+            .and_then(|r| r.strip_suffix(".part"))
+            .filter(|r| r.starts_with('.'))
+        else {
+            continue;
+        };
+        // ".FILE.PID.part" or ".FILE.N.PID.part": the PID is the last dotted field.
+        let Some(pid) = rest.rsplit('.').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        if std::fs::remove_file(entry.path()).is_ok() {
+            removed.push(entry.path());
+        }
+    }
+    removed
+}
+
 /// BLAKE3 of the first `len` bytes of `file`, on all cores. Reads in large chunks rather than
 /// mapping the file: faulting in a fresh map page by page costs more than the copy on a VM.
 pub(super) fn content_hash(file: &File, len: u64) -> io::Result<[u8; 32]> {

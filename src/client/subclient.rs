@@ -150,6 +150,27 @@ impl SubClient {
         }
     }
 
+    /// Whether the user asked every copy to stop.
+    pub(super) fn stop_asked(&self) -> bool {
+        self.cfg
+            .stop
+            .is_some_and(|s| s.load(std::sync::atomic::Ordering::Acquire))
+    }
+
+    /// Stops the copy where it is: the server is told (it frees the session at once), the
+    /// temporary file removed, and the report says how far it got.
+    pub(super) fn interrupt(&mut self, now: Instant) {
+        let e = match &self.phase {
+            Phase::Ended => return,
+            Phase::Data(t) => ClientError::Interrupted {
+                got: t.rx.counts.bytes_intact,
+                of: t.meta.file_size,
+            },
+            _ => ClientError::InterruptedEarly,
+        };
+        self.end(Err(e), now);
+    }
+
     pub(super) fn is_ended(&self) -> bool {
         matches!(self.phase, Phase::Ended)
     }

@@ -19,21 +19,39 @@ pub fn default_sigpipe() {
 }
 
 static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// The signal that set [`STOP`], 0 if none did.
+static STOP_SIGNAL: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
 
-extern "C" fn on_stop_signal(_: libc::c_int) {
-    STOP.store(true, std::sync::atomic::Ordering::Release);
+#[allow(unsafe_code)]
+extern "C" fn on_stop_signal(sig: libc::c_int) {
+    use std::sync::atomic::Ordering;
+    if STOP_SIGNAL.swap(sig, Ordering::AcqRel) != 0 {
+        // The second one: the user does not want to wait for the cleanup.
+        // SAFETY: _exit is async-signal-safe; nothing of this process is used after it.
+        unsafe { libc::_exit(128 + sig) }
+    }
+    STOP.store(true, Ordering::Release);
 }
 
-/// A flag set by SIGINT or SIGTERM, so a long-running command can report before it exits.
+/// A flag set by SIGINT or SIGTERM, so a long-running command can clean up and report before
+/// it exits; a second signal ends the process at once (exit status 128 + the signal).
 #[allow(unsafe_code)]
 pub fn stop_on_signals() -> &'static std::sync::atomic::AtomicBool {
     for sig in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        // SAFETY: the handler only touches atomics and calls _exit, both async-signal-safe.
         unsafe {
             libc::signal(sig, on_stop_signal as *const () as libc::sighandler_t);
         }
     }
     &STOP
+}
+
+/// The signal that stopped the process (SIGINT, SIGTERM), if one did.
+pub fn stop_signal() -> Option<i32> {
+    match STOP_SIGNAL.load(std::sync::atomic::Ordering::Acquire) {
+        0 => None,
+        s => Some(s),
+    }
 }
 
 /// Raises the soft limit on open files to the hard limit (many distributions start processes
