@@ -592,3 +592,50 @@ fn ctrl_c_during_get_cleans_up_and_tells_the_server() {
     let log = stop_and_read(&mut srv, false);
     assert_eq!(log.matches("client gave up").count(), 2, "{log}");
 }
+
+/// SIGTERM (or Ctrl-C) to `serve`: the clients of active sessions fail at once with the
+/// reason, the server logs a summary and exits 0.
+#[test]
+fn a_stopped_server_tells_its_clients_and_exits_cleanly() {
+    let served = tempfile::tempdir().unwrap();
+    std::fs::write(served.path().join("f"), vec![6u8; 4 << 20]).unwrap();
+    let port = free_port();
+    let server = format!("127.0.0.1:{port}");
+    let mut srv = serve_with(served.path(), port, &["--rate", "8M"], Stdio::piped());
+    assert!(wait_up(&server).status.success());
+    let client = Command::new(BIN)
+        .args(["get", "f", "--server", &server, "--discard", "--quiet"])
+        .args(["--clients", "2"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    let kill = Command::new("kill")
+        .args(["-TERM", &srv.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let t = Instant::now();
+    let got = client.wait_with_output().unwrap();
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "the client waited for a timeout"
+    );
+    assert_eq!(got.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&got.stderr);
+    assert!(err.contains("the server is shutting down"), "{err}");
+    let status = srv.0.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let mut log = String::new();
+    srv.0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    assert!(
+        log.contains("[STOPPED]") && log.contains("2 cut short"),
+        "{log}"
+    );
+}

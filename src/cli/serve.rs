@@ -115,9 +115,20 @@ impl From<ServeArgs> for ServerConfig {
 }
 
 impl ServeArgs {
+    /// Serves until SIGINT or SIGTERM: then it stops accepting, tells the clients of active
+    /// sessions that it is going away (they fail at once, with that reason), logs a summary
+    /// and exits 0. A second signal exits at once.
     pub fn run(self) -> anyhow::Result<ExitCode> {
         logging::init("info");
-        Server::start(self.into())?.wait();
+        let stop = crate::sys::stop_on_signals();
+        let server = Server::start(self.into())?;
+        while !stop.load(std::sync::atomic::Ordering::Acquire) && server.is_running() {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        if crate::sys::stop_signal().is_none() {
+            anyhow::bail!("the server's control thread ended unexpectedly");
+        }
+        server.shutdown();
         Ok(ExitCode::SUCCESS)
     }
 }

@@ -168,18 +168,38 @@ impl Control {
                 last_sweep = Instant::now();
             }
         }
+        // Clients are told, so they fail at once with the reason instead of a timeout.
+        let active: Vec<SocketAddr> = self
+            .sessions
+            .sessions()
+            .filter(|s| s.close_reason().is_none())
+            .map(|s| s.peer)
+            .collect();
+        for peer in &active {
+            self.error(*peer, 0, ErrorCode::Internal, "the server is shutting down");
+        }
         for s in self.sessions.sessions() {
             s.close(CloseReason::Shutdown);
         }
         self.engine.shutdown();
         self.report_finished();
         self.indexer.stop();
+        let st = &self.stats;
+        let n = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         tracing::info!(
-            "[STOPPED] server on {} stopped",
+            "[STOPPED] server on {} stopped: {} sessions, {} complete, {} timed out, {} ended otherwise (a client that gave up, a failure, or this shutdown: {} cut short); {} bytes sent, {} datagrams resent, {} GETs refused busy",
             self.sock
                 .local_addr()
                 .map(|a| a.to_string())
-                .unwrap_or_default()
+                .unwrap_or_default(),
+            n(&st.sessions_started),
+            n(&st.sessions_completed),
+            n(&st.sessions_timed_out),
+            n(&st.sessions_failed),
+            active.len(),
+            n(&st.bytes_sent),
+            n(&st.retransmitted),
+            n(&st.busy),
         );
     }
 

@@ -216,6 +216,11 @@ impl Server {
         self.engine_threads
     }
 
+    /// Whether the control thread still runs (it ends only when shut down, or on a bug).
+    pub fn is_running(&self) -> bool {
+        self.control.as_ref().is_some_and(|h| !h.is_finished())
+    }
+
     /// Blocks until the server stops (it runs until shut down or the process ends).
     pub fn wait(mut self) {
         if let Some(h) = self.control.take() {
