@@ -639,3 +639,58 @@ fn a_stopped_server_tells_its_clients_and_exits_cleanly() {
         "{log}"
     );
 }
+
+/// Local trouble is named, once, with its path: an `--out` that is a file, a copy that cannot
+/// be created (the server is told at once and ends the session), a `--json` that cannot be
+/// written (refused before the transfer). A missing file is one line, no table of zeros, and
+/// leaves no empty directory behind.
+#[test]
+fn local_errors_name_their_paths_and_leave_nothing_behind() {
+    let served = tempfile::tempdir().unwrap();
+    std::fs::write(served.path().join("f"), vec![2u8; 100_000]).unwrap();
+    let port = free_port();
+    let server = format!("127.0.0.1:{port}");
+    let mut srv = serve_with(served.path(), port, &[], Stdio::piped());
+    assert!(wait_up(&server).status.success());
+    let out = tempfile::tempdir().unwrap();
+    let a_file = out.path().join("a-file");
+    std::fs::write(&a_file, b"x").unwrap();
+    let get = |extra: &[&str]| {
+        let mut args = vec!["get", "--server", &server];
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+    let one_line = |o: &std::process::Output| {
+        assert_eq!(o.status.code(), Some(1), "{o:?}");
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert_eq!(err.lines().count(), 1, "{err}");
+        err
+    };
+    let o = get(&["f", "--out", a_file.to_str().unwrap()]);
+    let err = one_line(&o);
+    assert!(
+        err.contains("a-file") && err.contains("not a directory"),
+        "{err}"
+    );
+    let missing = out.path().join("never-made");
+    let o = get(&["nope.bin", "--out", missing.to_str().unwrap()]);
+    let err = one_line(&o);
+    assert!(err.contains("no such file: nope.bin"), "{err}");
+    assert!(o.stdout.is_empty(), "{o:?}");
+    assert!(!missing.exists());
+    let o = get(&["f", "--discard", "--json", "/proc/no-such-dir/r.json"]);
+    let err = one_line(&o);
+    assert!(err.contains("/proc/no-such-dir/r.json"), "{err}");
+    // /proc takes no directories: the copy cannot be created once META has come.
+    let t = Instant::now();
+    let o = get(&["f", "--out", "/proc/ringblast-cannot/x"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("cannot create the output directory /proc/ringblast-cannot/x"),
+        "{err}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let log = stop_and_read(&mut srv, false);
+    assert_eq!(log.matches("client gave up").count(), 1, "{log}");
+    assert!(t.elapsed() < Duration::from_secs(5), "the session lingered");
+}

@@ -111,6 +111,14 @@ impl GetArgs {
         // Ctrl-C or SIGTERM: every copy stops, removes its temporary file and tells the
         // server; the table says how far each got. A second one exits at once.
         cfg.stop = Some(crate::sys::stop_on_signals());
+        // A results file that cannot be written is refused before the transfer, not after.
+        if let Some(path) = self.json.as_deref().filter(|_| !self.json_to_stdout()) {
+            std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(path)
+                .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+        }
         let reports = client::get(&cfg)?;
         let to_stdout = self.json_to_stdout();
         if let Some(path) = &self.json {
@@ -123,7 +131,10 @@ impl GetArgs {
                     .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
             }
         }
-        if !to_stdout {
+        // No table of zeros when no copy even began (no such file, no server): the one-line
+        // reason below says it all.
+        let began = reports.iter().any(|r| r.file_size > 0);
+        if !to_stdout && began {
             print!("{}", table::table(&self.file, &reports));
         }
         if let Some(sig) = crate::sys::stop_signal() {

@@ -165,6 +165,13 @@ pub enum ClientError {
         clients: usize,
         error: io::Error,
     },
+    /// A local file or directory that could not be used.
+    #[error("{what} {}: {error}", path.display())]
+    Path {
+        what: &'static str,
+        path: PathBuf,
+        error: io::Error,
+    },
     #[error(transparent)]
     Io(#[from] io::Error),
 }
@@ -235,7 +242,15 @@ pub fn default_threads(clients: usize, cores: usize) -> usize {
 pub fn get(cfg: &GetConfig) -> Result<Vec<CopyReport>, ClientError> {
     validate_name(&cfg.file)?;
     if let Some(dir) = &cfg.out_dir {
-        std::fs::create_dir_all(dir)?;
+        // Made when the first copy begins (a missing file leaves no empty directory behind);
+        // something in the way is refused before anything is asked.
+        if dir.exists() && !dir.is_dir() {
+            return Err(ClientError::Path {
+                what: "cannot write copies into",
+                path: dir.clone(),
+                error: io::Error::new(io::ErrorKind::AlreadyExists, "it is not a directory"),
+            });
+        }
         for path in sink::remove_stale_parts(dir, &cfg.file) {
             tracing::warn!(
                 "removed {}: a partial copy left by a process that is gone",

@@ -6,16 +6,22 @@ use std::io::{self, IoSlice};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use super::ClientError;
 use crate::sys::hugebuf::HugeBuf;
 
 /// The output of one sub-client.
 pub(super) struct Sink {
     pub(super) file: Option<File>,
+    /// Where `file` is, for errors.
+    path: PathBuf,
 }
 
 impl Sink {
     pub(super) fn discard() -> Sink {
-        Sink { file: None }
+        Sink {
+            file: None,
+            path: PathBuf::new(),
+        }
     }
 
     /// Creates `temp` (truncated) with room for `size` bytes.
@@ -27,11 +33,24 @@ impl Sink {
             .truncate(true)
             .open(temp)?;
         file.set_len(size)?;
-        Ok(Sink { file: Some(file) })
+        Ok(Sink {
+            file: Some(file),
+            path: temp.to_path_buf(),
+        })
     }
 
-    /// Writes consecutive payloads starting at `offset`, in as few syscalls as possible.
-    pub(super) fn write_run(&self, offset: u64, run: &[IoSlice<'_>]) -> io::Result<()> {
+    /// Writes consecutive payloads starting at `offset`, in as few syscalls as possible; an
+    /// error names the file.
+    pub(super) fn write_run(&self, offset: u64, run: &[IoSlice<'_>]) -> Result<(), ClientError> {
+        self.write_at(offset, run)
+            .map_err(|error| ClientError::Path {
+                what: "cannot write the copy",
+                path: self.path.clone(),
+                error,
+            })
+    }
+
+    fn write_at(&self, offset: u64, run: &[IoSlice<'_>]) -> io::Result<()> {
         let Some(file) = &self.file else {
             return Ok(());
         };

@@ -436,17 +436,19 @@ impl SubClient {
             unreachable!("META is an answer to GET")
         };
         let cfg = self.cfg.clone();
-        check_meta(&cfg, &meta, self.max_datagram)?;
-        self.report.datagram_size = meta.payload_size as usize + DATA_HEADER_LEN;
-        // Coalesced receives from here on: what arrived before META was read one by one.
-        self.report.gro = cfg.gro && socket::enable_gro(&self.sock);
-        let sink = match &cfg.out_dir {
-            Some(dir) => {
-                let temp = temp_path(dir, &copy_path(dir, &cfg.file, self.id, self.clients));
-                self.temp = Some(temp.clone());
-                Sink::create(&temp, meta.file_size)?
+        let sink = match self.prepare(&meta) {
+            Ok(sink) => sink,
+            Err(e) => {
+                // The server has a session for us already: it is told at once, not left to
+                // its idle timeout.
+                for _ in 0..DONE_REPEATS {
+                    let _ = self.encode_and_send(&Message::Done {
+                        session: meta.session,
+                        status: DoneStatus::Incomplete,
+                    });
+                }
+                return Err(e);
             }
-            None => Sink::discard(),
         };
         let window = window_for_buffer(self.rcvbuf, meta.payload_size, cfg.window_bytes);
         tracing::debug!(
@@ -472,6 +474,31 @@ impl SubClient {
         let progress = rx.check_end(&io, now)?;
         self.phase = Phase::Data(Box::new(Transfer { meta, rx, sink }));
         Ok(progress)
+    }
+
+    /// What META asks of this client, checked and made ready: the output file (and its
+    /// directory), GRO.
+    fn prepare(&mut self, meta: &Meta) -> Result<Sink, ClientError> {
+        let cfg = self.cfg.clone();
+        check_meta(&cfg, meta, self.max_datagram)?;
+        self.report.datagram_size = meta.payload_size as usize + DATA_HEADER_LEN;
+        // Coalesced receives from here on: what arrived before META was read one by one.
+        self.report.gro = cfg.gro && socket::enable_gro(&self.sock);
+        let Some(dir) = &cfg.out_dir else {
+            return Ok(Sink::discard());
+        };
+        std::fs::create_dir_all(dir).map_err(|error| ClientError::Path {
+            what: "cannot create the output directory",
+            path: dir.clone(),
+            error,
+        })?;
+        let temp = temp_path(dir, &copy_path(dir, &cfg.file, self.id, self.clients));
+        self.temp = Some(temp.clone());
+        Sink::create(&temp, meta.file_size).map_err(|error| ClientError::Path {
+            what: "cannot create the copy",
+            path: temp,
+            error,
+        })
     }
 
     fn fail(&mut self, e: ClientError, now: Instant) {
@@ -561,7 +588,11 @@ impl SubClient {
         self.report.hash_ok = true;
         if let (Some(dir), Some(temp)) = (&self.cfg.out_dir, self.temp.take()) {
             let final_path = copy_path(dir, &self.cfg.file, self.id, self.clients);
-            std::fs::rename(&temp, &final_path)?;
+            std::fs::rename(&temp, &final_path).map_err(|error| ClientError::Path {
+                what: "cannot put the verified copy at",
+                path: final_path.clone(),
+                error,
+            })?;
             self.report.path = Some(final_path);
         }
         tracing::debug!(
