@@ -43,8 +43,8 @@ run_case() { # label, args...
     "$(printf '%s\n' "${vals[@]}" | median | awk '{print $1*1048576/1e9}')" "${vals[*]}"
 }
 run_case "1 client, 1 GiB, --discard" --discard
-run_case "1 client, 1 GiB, to file, --verify content" --out "$OUT"
-run_case "1 client, 1 GiB, to file, --verify manifest" --out "$OUT" --verify manifest
+run_case "1 client, 1 GiB, to file, --verify content" --out "$OUT" --force
+run_case "1 client, 1 GiB, to file, --verify manifest" --out "$OUT" --force --verify manifest
 rm -rf "$OUT"
 
 if command -v iperf3 >/dev/null; then

@@ -77,7 +77,7 @@ OUT=${OUT:-$WORK/out}
 ringblast_case "ringblast --discard (auto, GSO+GRO)" $SV4:6969 --discard
 RB=$RB_MEDIAN
 ringblast_case "ringblast --discard, no GSO, no GRO" $SV4:6970 --discard --no-gro
-ringblast_case "ringblast --out $OUT (verified)" $SV4:6969 --out "$OUT"
+ringblast_case "ringblast --out $OUT (verified)" $SV4:6969 --out "$OUT" --force
 rm -rf "${OUT:?}/f.bin"
 ringblast_case "ringblast --discard, IPv6" "[$SV6]:6969" --discard
 ringblast_case "ringblast --discard, 10 sub-clients" $SV4:6969 --discard --clients 10

@@ -694,3 +694,34 @@ fn local_errors_name_their_paths_and_leave_nothing_behind() {
     assert_eq!(log.matches("client gave up").count(), 1, "{log}");
     assert!(t.elapsed() < Duration::from_secs(5), "the session lingered");
 }
+
+/// `get` never replaces a copy silently: a second `get` into the same directory is refused,
+/// naming the copy, before anything is asked of the server; `--force` replaces it.
+#[test]
+fn an_existing_copy_is_replaced_only_with_force() {
+    let served = tempfile::tempdir().unwrap();
+    std::fs::write(served.path().join("f"), vec![8u8; 50_000]).unwrap();
+    let port = free_port();
+    let server = format!("127.0.0.1:{port}");
+    let _srv = serve(served.path(), port, &[]);
+    assert!(wait_up(&server).status.success());
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().to_str().unwrap();
+    let first = run(&["get", "f", "--server", &server, "--out", dir]);
+    assert!(first.status.success(), "{first:?}");
+    std::fs::write(out.path().join("f"), b"mine").unwrap();
+    let again = run(&["get", "f", "--server", &server, "--out", dir]);
+    assert_eq!(again.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        err.contains("already at") && err.contains("--force"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(out.path().join("f")).unwrap(), b"mine");
+    let forced = run(&["get", "f", "--server", &server, "--out", dir, "--force"]);
+    assert!(forced.status.success(), "{forced:?}");
+    assert_eq!(
+        std::fs::read(out.path().join("f")).unwrap(),
+        vec![8u8; 50_000]
+    );
+}

@@ -31,6 +31,9 @@ pub struct GetArgs {
     /// Directory for the copies: DIR/FILE for one client, DIR/FILE.1 .. DIR/FILE.N.
     #[arg(long, default_value = "received", conflicts_with = "discard")]
     out: PathBuf,
+    /// Replace copies already in --out (without it, `get` refuses to start if one exists).
+    #[arg(long, conflicts_with = "discard")]
+    force: bool,
     /// Receive, check and count everything, but write no file (compare with iperf3).
     #[arg(long)]
     discard: bool,
@@ -88,6 +91,7 @@ impl GetArgs {
         let mut cfg = GetConfig::new(self.server, &self.file);
         cfg.clients = self.clients;
         cfg.threads = self.threads.unwrap_or(0);
+        cfg.force = self.force;
         cfg.out_dir = (!self.discard).then(|| self.out.clone());
         cfg.mode = self.mode.into();
         cfg.timeout = self.timeout;

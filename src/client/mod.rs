@@ -78,6 +78,8 @@ pub struct GetConfig {
     pub interval: Option<Duration>,
     /// No progress bar.
     pub quiet: bool,
+    /// Replace copies that already exist (otherwise `get` refuses to start).
+    pub force: bool,
     /// Set (by a signal handler) to stop every copy: each removes its temporary file, tells
     /// the server, and reports how far it got.
     pub stop: Option<&'static AtomicBool>,
@@ -102,6 +104,7 @@ impl GetConfig {
             max_size: 1 << 40,
             interval: None,
             quiet: true,
+            force: false,
             stop: None,
         }
     }
@@ -250,6 +253,22 @@ pub fn get(cfg: &GetConfig) -> Result<Vec<CopyReport>, ClientError> {
                 path: dir.clone(),
                 error: io::Error::new(io::ErrorKind::AlreadyExists, "it is not a directory"),
             });
+        }
+        if !cfg.force {
+            let clients = cfg.clients.max(1);
+            if let Some(path) = (1..=clients)
+                .map(|id| copy_path(dir, &cfg.file, id, clients))
+                .find(|p| p.exists())
+            {
+                return Err(ClientError::Path {
+                    what: "a copy is already at",
+                    path,
+                    error: io::Error::new(
+                        io::ErrorKind::AlreadyExists,
+                        "remove it, or use --force to replace it",
+                    ),
+                });
+            }
         }
         for path in sink::remove_stale_parts(dir, &cfg.file) {
             tracing::warn!(

@@ -77,7 +77,8 @@ pub fn server(dir: &Path, tweak: impl FnOnce(&mut ServerConfig)) -> Server {
     Server::start(cfg).expect("server starts")
 }
 
-/// `get` of `name` from `addr` by `clients` sub-clients into `out`, 5 s timeout, then `tweak`.
+/// `get` of `name` from `addr` by `clients` sub-clients into `out` (replacing what an earlier
+/// fetch left there), 5 s timeout, then `tweak`.
 pub fn fetch(
     addr: SocketAddr,
     name: &str,
@@ -89,6 +90,7 @@ pub fn fetch(
     cfg.clients = clients;
     cfg.out_dir = Some(out.to_path_buf());
     cfg.timeout = Duration::from_secs(5);
+    cfg.force = true;
     tweak(&mut cfg);
     client::get(&cfg).expect("get runs")
 }
