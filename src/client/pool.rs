@@ -9,6 +9,7 @@
 //! time has come.
 
 use std::io;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -58,19 +59,32 @@ pub(super) fn run(subs: Vec<SubClient>, threads: usize) -> Vec<CopyReport> {
             }
         }
     }
-    let mut reports: Vec<CopyReport> = here.into_iter().flat_map(drive).collect();
+    let mut reports = Vec::new();
+    for share in here {
+        // A bug in one copy's code fails that thread's copies, never the whole `get`.
+        let ids: Vec<usize> = share.iter().map(|s| s.id).collect();
+        match catch_unwind(AssertUnwindSafe(|| drive(share))) {
+            Ok(r) => reports.extend(r),
+            Err(_) => reports.extend(panicked(ids)),
+        }
+    }
     for (ids, h) in handles {
         match h.join() {
             Ok(r) => reports.extend(r),
-            Err(_) => reports.extend(ids.into_iter().map(|id| CopyReport {
-                id,
-                error: Some("bug: the receive thread panicked".into()),
-                ..Default::default()
-            })),
+            Err(_) => reports.extend(panicked(ids)),
         }
     }
     reports.sort_by_key(|r| r.id);
     reports
+}
+
+/// The reports of the copies a panicking thread was driving.
+fn panicked(ids: Vec<usize>) -> impl Iterator<Item = CopyReport> {
+    ids.into_iter().map(|id| CopyReport {
+        id,
+        error: Some("bug: the receive thread panicked".into()),
+        ..Default::default()
+    })
 }
 
 /// One receive thread: its sub-clients from start to end.
@@ -90,7 +104,7 @@ fn drive(mut subs: Vec<SubClient>) -> Vec<CopyReport> {
                 .into_iter()
                 .map(|mut s| {
                     s.report.error = Some(format!("cannot wait for datagrams: {e}"));
-                    s.report
+                    s.take_report()
                 })
                 .collect(),
         }
@@ -138,7 +152,7 @@ fn drive_one(mut s: SubClient, batch: &mut RecvBatch) -> Vec<CopyReport> {
             s.on_timer(empty, now);
         }
     }
-    vec![s.report]
+    vec![s.take_report()]
 }
 
 /// Receives up to [`DRAIN_BATCHES`] batches for `s`. Returns whether its socket was found
@@ -201,9 +215,9 @@ fn drive_many(subs: Vec<SubClient>, batch: &mut RecvBatch) -> Result<Vec<CopyRep
         let mut next: Option<Instant> = None;
         for slot in slots.iter_mut() {
             if slot.as_ref().is_some_and(|s| s.is_ended()) {
-                let s = slot.take().expect("checked");
+                let mut s = slot.take().expect("checked");
                 let _ = epoll.delete(&s.sock);
-                reports.push(s.report);
+                reports.push(s.take_report());
                 live -= 1;
             } else if let Some(d) = slot.as_ref().and_then(|s| s.deadline()) {
                 next = Some(next.map_or(d, |n: Instant| n.min(d)));

@@ -171,6 +171,11 @@ impl SubClient {
         self.end(Err(e), now);
     }
 
+    /// The report, once the copy has ended (or when it cannot go on).
+    pub(super) fn take_report(&mut self) -> CopyReport {
+        std::mem::take(&mut self.report)
+    }
+
     pub(super) fn is_ended(&self) -> bool {
         matches!(self.phase, Phase::Ended)
     }
@@ -601,6 +606,15 @@ impl SubClient {
             self.start.elapsed().as_secs_f64()
         );
         Ok(())
+    }
+}
+
+impl Drop for SubClient {
+    /// Even when its thread panics, a copy leaves no temporary file behind.
+    fn drop(&mut self) {
+        if let Some(temp) = self.temp.take() {
+            let _ = std::fs::remove_file(temp);
+        }
     }
 }
 
