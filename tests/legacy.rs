@@ -107,3 +107,43 @@ fn legacy_is_off_by_default() {
             >= 2
     );
 }
+
+/// `TRANSFER` before any `!CONFIG` gets nothing back (the lab's server sent nothing: a reply
+/// would land in its client's output file), and `serve --rate` paces legacy transfers so the
+/// lab's slower conditions can be reproduced.
+#[test]
+fn transfer_before_config_is_silent_and_rate_paces_raw_transfers() {
+    let dir = tempfile::tempdir().unwrap();
+    // 10 datagrams of 65507 bytes: 5.2 Mbit, 0.66 s at 8 Mbit/s.
+    let data = vec![7u8; 10 * 65_507];
+    std::fs::write(dir.path().join("f.bin"), &data).unwrap();
+    let srv = Server::start(ServerConfig {
+        dir: dir.path().into(),
+        bind: "127.0.0.1:0".parse().unwrap(),
+        engine: engine(),
+        legacy: true,
+        rate_bps: Some(8_000_000),
+        ..ServerConfig::default()
+    })
+    .unwrap();
+    let early = lab_socket(srv.local_addr(), Duration::from_millis(300));
+    assert_eq!(
+        ask(&early, "TRANSFER"),
+        None,
+        "a reply to TRANSFER before !CONFIG"
+    );
+    let main = lab_socket(srv.local_addr(), Duration::from_secs(5));
+    assert_eq!(ask(&main, "!CONFIG :f.bin :1").unwrap(), "Config set");
+    let sub = lab_socket(srv.local_addr(), Duration::from_secs(5));
+    let t = std::time::Instant::now();
+    sub.send(b"TRANSFER").unwrap();
+    let mut got = 0;
+    let mut buf = vec![0u8; 65_507];
+    while got < data.len() {
+        got += ringblast::sys::socket::retry_eintr(|| sub.recv(&mut buf)).unwrap();
+    }
+    let took = t.elapsed();
+    // 9 datagrams wait for the ones before them: at least 9 x 65507 x 8 / 8 Mbit/s = 0.59 s.
+    assert!(took >= Duration::from_millis(550), "not paced: {took:?}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+}

@@ -52,7 +52,7 @@ pub struct ServeArgs {
     #[arg(long, value_parser = values::count(1, 256))]
     workers: Option<usize>,
     /// Cap each session at this rate, bits/s like iperf3's -b (e.g. 800M, 2G; at least 1k),
-    /// whatever the congestion controller estimates.
+    /// whatever the congestion controller estimates; also paces each --legacy transfer.
     #[arg(long, value_parser = values::rate)]
     rate: Option<u64>,
     /// Congestion control: bbr = estimate the path's bandwidth and RTT and pace at it (fills

@@ -102,9 +102,14 @@ impl Control {
                 }
             }
         }
-        let legacy = cfg
-            .legacy
-            .then(|| Legacy::new(sock.clone(), catalog.clone(), cfg.max_sessions));
+        let legacy = cfg.legacy.then(|| {
+            Legacy::new(
+                sock.clone(),
+                catalog.clone(),
+                cfg.max_sessions,
+                cfg.rate_bps,
+            )
+        });
         if legacy.is_some() {
             tracing::warn!("[LEGACY] answering the lab's LIST / !CONFIG / TRANSFER: unauthenticated, any source address can make this server send a whole file anywhere");
         }

@@ -12,6 +12,7 @@ use std::io::Read;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::catalog::Catalog;
 use crate::protocol::layout::validate_name;
@@ -58,16 +59,25 @@ pub struct Legacy {
     file_to_be_sent: Option<String>,
     transfers: Arc<AtomicUsize>,
     max_transfers: usize,
+    /// `serve --rate`: each raw transfer is paced at it (the lab's server sent as fast as its
+    /// loop went; a rate reproduces a slower machine or link).
+    rate_bps: Option<u64>,
 }
 
 impl Legacy {
-    pub fn new(sock: Arc<UdpSocket>, catalog: Arc<Catalog>, max_transfers: usize) -> Self {
+    pub fn new(
+        sock: Arc<UdpSocket>,
+        catalog: Arc<Catalog>,
+        max_transfers: usize,
+        rate_bps: Option<u64>,
+    ) -> Self {
         Legacy {
             sock,
             catalog,
             file_to_be_sent: None,
             transfers: Arc::new(AtomicUsize::new(0)),
             max_transfers,
+            rate_bps,
         }
     }
 
@@ -116,10 +126,9 @@ impl Legacy {
 
     fn transfer(&self, to: SocketAddr) {
         let Some(name) = self.file_to_be_sent.clone() else {
-            self.reply(
-                to,
-                "No file configured: send !CONFIG :<file> :<num_clients> first",
-            );
+            // The lab's server sent nothing here (its thread failed on the unset file); a
+            // reply would land in the lab client's output file as data.
+            tracing::warn!("[TRANSFER] from {to} before any !CONFIG: nothing sent");
             return;
         };
         if validate_name(&name).is_err() {
@@ -136,10 +145,11 @@ impl Legacy {
         let path = self.catalog.dir().join(&name);
         let sock = self.sock.clone();
         let transfers = self.transfers.clone();
+        let rate = self.rate_bps;
         let spawned = std::thread::Builder::new()
             .name("legacy-transfer".into())
             .spawn(move || {
-                send_raw(&sock, &path, &name, to);
+                send_raw(&sock, &path, &name, to, rate);
                 transfers.fetch_sub(1, Ordering::AcqRel);
             });
         if spawned.is_err() {
@@ -148,8 +158,15 @@ impl Legacy {
     }
 }
 
-/// The lab's send_file: read 65507 bytes, sendto, until the file ends.
-fn send_raw(sock: &UdpSocket, path: &std::path::Path, name: &str, to: SocketAddr) {
+/// The lab's send_file: read 65507 bytes, sendto, until the file ends; with `rate_bps`, no
+/// faster than that (each datagram waits until the bytes before it are due).
+fn send_raw(
+    sock: &UdpSocket,
+    path: &std::path::Path,
+    name: &str,
+    to: SocketAddr,
+    rate_bps: Option<u64>,
+) {
     let mut f = match File::open(path) {
         Ok(f) => f,
         Err(e) => {
@@ -162,6 +179,7 @@ fn send_raw(sock: &UdpSocket, path: &std::path::Path, name: &str, to: SocketAddr
     tracing::info!("[TRANSFER] File size: {size} bytes. Client {to}");
     let t = std::time::Instant::now();
     let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut sent_bits = 0f64;
     loop {
         // Fill the whole datagram, as Python's f.read(65507) does on a regular file.
         let mut n = 0;
@@ -175,6 +193,13 @@ fn send_raw(sock: &UdpSocket, path: &std::path::Path, name: &str, to: SocketAddr
         }
         if n == 0 {
             break;
+        }
+        if let Some(rate) = rate_bps {
+            let due = t + Duration::from_secs_f64(sent_bits / rate.max(1) as f64);
+            if let Some(wait) = due.checked_duration_since(std::time::Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            sent_bits += (n * 8) as f64;
         }
         let _ = retry_eintr(|| sock.send_to(&buf[..n], to));
         if n < buf.len() {
