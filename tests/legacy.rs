@@ -147,3 +147,51 @@ fn transfer_before_config_is_silent_and_rate_paces_raw_transfers() {
     assert!(took >= Duration::from_millis(550), "not paced: {took:?}");
     assert!(took < Duration::from_secs(5), "{took:?}");
 }
+
+/// The lab's own Python client (tests/lab/lab_client.py: its select() with a 5 s timeout,
+/// recvfrom(65507), the kernel's default receive buffer) against `serve --legacy --rate`:
+/// every sub-client's file arrives whole. Skipped, with a message, without python3.
+#[test]
+fn the_labs_python_client_gets_whole_files_from_a_paced_legacy_server() {
+    if std::process::Command::new("python3")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: no python3 on this machine");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data: Vec<u8> = (0..2_000_000u32).map(|i| (i * 7 % 253) as u8).collect();
+    std::fs::write(dir.path().join("100mb.mp4"), &data).unwrap();
+    let srv = Server::start(ServerConfig {
+        dir: dir.path().into(),
+        bind: "127.0.0.1:0".parse().unwrap(),
+        engine: engine(),
+        legacy: true,
+        rate_bps: Some(50_000_000),
+        ..ServerConfig::default()
+    })
+    .unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/lab/lab_client.py");
+    let got = std::process::Command::new("python3")
+        .arg(script)
+        .arg("127.0.0.1")
+        .arg(srv.local_addr().port().to_string())
+        .args(["100mb.mp4", "2"])
+        .arg(out.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&got.stdout);
+    assert!(got.status.success(), "{got:?}");
+    assert!(text.contains("['100mb.mp4']"), "{text}");
+    for i in 1..=2 {
+        assert!(
+            text.contains(&format!("client {i} {} ", data.len())),
+            "{text}"
+        );
+        let copy = std::fs::read(out.path().join(format!("Cliente{i}-Prueba2.mp4"))).unwrap();
+        assert!(copy == data, "sub-client {i}'s file differs");
+    }
+}
