@@ -725,3 +725,37 @@ fn an_existing_copy_is_replaced_only_with_force() {
         vec![8u8; 50_000]
     );
 }
+
+/// `list` prints names with their control characters escaped (a name could otherwise drive
+/// the terminal), and leaves out what the server cannot read (checked where the process is
+/// not root: root reads everything).
+#[test]
+fn list_escapes_control_characters_and_hides_unreadable_files() {
+    use std::os::unix::fs::PermissionsExt;
+    let served = tempfile::tempdir().unwrap();
+    std::fs::write(served.path().join("plain.bin"), b"abc").unwrap();
+    std::fs::write(served.path().join("red\x1b[31mtext"), b"abcd").unwrap();
+    let locked = served.path().join("locked.bin");
+    std::fs::write(&locked, b"secret").unwrap();
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o000)).unwrap();
+    let port = free_port();
+    let server = format!("127.0.0.1:{port}");
+    let _srv = serve(served.path(), port, &[]);
+    let listed = wait_up(&server);
+    assert!(listed.status.success(), "{listed:?}");
+    let text = String::from_utf8_lossy(&listed.stdout);
+    assert!(!text.contains('\x1b'), "{text:?}");
+    assert!(text.contains("red\\u{1b}[31mtext"), "{text}");
+    assert!(text.contains("plain.bin"), "{text}");
+    // The effective user, from /proc/self/status.
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let root = status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .is_some_and(|l| l.split_whitespace().nth(2) == Some("0"));
+    if root {
+        eprintln!("skipped the unreadable-file check: running as root, which reads everything");
+    } else {
+        assert!(!text.contains("locked.bin"), "{text}");
+    }
+}

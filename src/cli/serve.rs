@@ -148,7 +148,19 @@ impl ListArgs {
         logging::init("warn");
         let files = client::list(self.server, self.timeout)?;
         for (name, size) in &files {
-            println!("{size:>14}  {name}");
+            // A name is the server's to choose: control characters are shown escaped, never
+            // sent to the terminal.
+            let shown: String = name
+                .chars()
+                .map(|c| {
+                    if c.is_control() {
+                        c.escape_default().to_string()
+                    } else {
+                        c.to_string()
+                    }
+                })
+                .collect();
+            println!("{size:>14}  {shown}");
         }
         if files.is_empty() {
             eprintln!("(no files served at {})", self.server);

@@ -147,6 +147,8 @@ pub fn changed_among<'a>(
 pub struct Catalog {
     dir: PathBuf,
     cache: Mutex<HashMap<(String, u32), Arc<IndexedFile>>>,
+    /// Files left out of listings because this process cannot read them (each logged once).
+    unreadable: Mutex<std::collections::HashSet<String>>,
 }
 
 fn open_plain(dir: &Path, name: &str) -> Result<(File, std::fs::Metadata), FileError> {
@@ -180,6 +182,7 @@ impl Catalog {
         Catalog {
             dir: dir.into(),
             cache: Mutex::new(HashMap::new()),
+            unreadable: Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -200,9 +203,18 @@ impl Catalog {
             let Ok(md) = entry.path().symlink_metadata() else {
                 continue;
             };
-            if md.file_type().is_file() && validate_name(&name).is_ok() {
-                out.push((name, md.len()));
+            if !md.file_type().is_file() || validate_name(&name).is_err() {
+                continue;
             }
+            // Only what a GET could actually send is listed.
+            if nix::unistd::access(&entry.path(), nix::unistd::AccessFlags::R_OK).is_err() {
+                let mut seen = self.unreadable.lock().unwrap_or_else(|e| e.into_inner());
+                if seen.insert(name.clone()) {
+                    tracing::warn!("not listing {name}: this server cannot read it");
+                }
+                continue;
+            }
+            out.push((name, md.len()));
         }
         out.sort();
         Ok(out)
