@@ -40,6 +40,9 @@ pub enum Command {
     Relay(tools::RelayArgs),
     /// One command: generate a file, serve it on loopback, fetch it with 5 sub-clients and
     /// print the lab's table.
+    ///
+    /// The file is made in --dir (kept for the next run); the copies go to a temporary
+    /// directory (TMPDIR/ringblast-demo-PID) and are removed once verified.
     Demo(tools::DemoArgs),
 }
 

@@ -1,5 +1,6 @@
 //! Log setup: timestamped lines like the lab's ("2022-10-23 20:17:35 INFO ..."), to stderr,
-//! coloured only when stderr is a terminal (a log file or a pipe gets plain text).
+//! coloured only when stderr is a terminal and NO_COLOR is unset (a log file or a pipe gets
+//! plain text).
 
 use std::io::IsTerminal;
 
@@ -16,7 +17,7 @@ pub fn init(default: &str) {
         .with_env_filter(filter)
         .with_timer(timer)
         .with_target(false)
-        .with_ansi(std::io::stderr().is_terminal())
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
         .with_writer(std::io::stderr)
         .try_init();
 }
