@@ -1,9 +1,11 @@
 //! The client: `list`, and `get` with N sub-clients that each fetch the whole file.
 //!
-//! Each sub-client (`subclient.rs`) has its own socket (`connection.rs`, connected to the
-//! server's one port, so the kernel filters everything else), its own thread and its own copy.
-//! It validates its address with a token, asks for the file, then receives data with
-//! `recvmmsg` batches (`receive.rs`): every datagram is length- and range-checked, its CRC32C
+//! Each sub-client (`subclient.rs`, a state machine) has its own socket (connected to the
+//! server's one port, so the kernel filters everything else) and its own copy; a bounded pool
+//! of receive threads drives them (`pool.rs`: epoll, one `recvmmsg` buffer per thread). It
+//! validates its address with a token, asks for the file (again later if the server is busy),
+//! then receives data in `recvmmsg` batches (`receive.rs`): every datagram is length- and
+//! range-checked, its CRC32C
 //! verified, recorded in a [`LossTracker`](crate::protocol::loss::LossTracker) and written at
 //! its offset (`sink.rs`). Feedback (`ACK`: cumulative point, credit from `window.rs`, NACK
 //! ranges) goes back every quarter window and whenever the socket runs dry. A copy is written
