@@ -21,6 +21,29 @@ fn stop_and_read(srv: &mut common::Serve, stdout: bool) -> String {
     text
 }
 
+/// A `serve` of a directory holding one file, `f`, of `data` (with `extra` options), up and
+/// answering; its log piped when `log` (read it with [`stop_and_read`]).
+struct Served {
+    srv: common::Serve,
+    server: String,
+    _dir: tempfile::TempDir,
+}
+
+fn serve_f(data: &[u8], extra: &[&str], log: bool) -> Served {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("f"), data).unwrap();
+    let port = free_port();
+    let server = format!("127.0.0.1:{port}");
+    let stderr = if log { Stdio::piped() } else { Stdio::null() };
+    let srv = serve_with(dir.path(), port, extra, stderr);
+    assert!(wait_up(&server).status.success());
+    Served {
+        srv,
+        server,
+        _dir: dir,
+    }
+}
+
 #[test]
 fn serve_list_get_and_failures() {
     let served = tempfile::tempdir().unwrap();
@@ -332,12 +355,11 @@ fn nonsensical_values_are_refused_up_front() {
 /// The log written to a pipe is plain text (no colour codes), in MiB/s like everything else.
 #[test]
 fn logs_to_a_pipe_are_plain_text() {
-    let served = tempfile::tempdir().unwrap();
-    std::fs::write(served.path().join("f"), vec![3u8; 200_000]).unwrap();
-    let port = free_port();
-    let server = format!("127.0.0.1:{port}");
-    let mut srv = serve_with(served.path(), port, &[], Stdio::piped());
-    assert!(wait_up(&server).status.success());
+    let Served {
+        mut srv,
+        server,
+        _dir,
+    } = serve_f(&[3u8; 200_000], &[], true);
     let got = run(&["get", "f", "--server", &server, "--discard"]);
     assert!(got.status.success(), "{got:?}");
     // The session's line is logged when it ends; give the control thread a moment.
@@ -460,13 +482,12 @@ fn serve_json_prints_one_object_per_finished_session() {
 /// the server's default per-address budget.
 #[test]
 fn several_client_processes_with_many_sub_clients_each() {
-    let served = tempfile::tempdir().unwrap();
     let data: Vec<u8> = (0..200_000u32).map(|i| (i % 249) as u8).collect();
-    std::fs::write(served.path().join("f"), &data).unwrap();
-    let port = free_port();
-    let server = format!("127.0.0.1:{port}");
-    let _srv = serve(served.path(), port, &[]);
-    assert!(wait_up(&server).status.success());
+    let Served {
+        srv: _srv,
+        server,
+        _dir,
+    } = serve_f(&data, &[], false);
     let out = tempfile::tempdir().unwrap();
     // 4 processes x 50 sub-clients, all started together.
     let procs: Vec<_> = (0..4)
@@ -509,14 +530,13 @@ fn several_client_processes_with_many_sub_clients_each() {
 /// client, told when to ask again, gets its copy once there is room.
 #[test]
 fn a_full_server_logs_what_it_sheds_and_the_refused_client_gets_in_later() {
-    let served = tempfile::tempdir().unwrap();
-    std::fs::write(served.path().join("f"), vec![9u8; 300_000]).unwrap();
-    let port = free_port();
-    let server = format!("127.0.0.1:{port}");
     // One session at a time, paced to last over a second.
     let extra = ["--max-sessions", "1", "--rate", "2M"];
-    let mut srv = serve_with(served.path(), port, &extra, Stdio::piped());
-    assert!(wait_up(&server).status.success());
+    let Served {
+        mut srv,
+        server,
+        _dir,
+    } = serve_f(&[9u8; 300_000], &extra, true);
     let got = run(&[
         "get",
         "f",
@@ -543,13 +563,12 @@ fn a_full_server_logs_what_it_sheds_and_the_refused_client_gets_in_later() {
 /// process left in the directory are removed by the next `get`, and it says so.
 #[test]
 fn ctrl_c_during_get_cleans_up_and_tells_the_server() {
-    let served = tempfile::tempdir().unwrap();
-    std::fs::write(served.path().join("f"), vec![4u8; 4 << 20]).unwrap();
-    let port = free_port();
-    let server = format!("127.0.0.1:{port}");
     // 4 MiB at 8 Mbit/s: 4 s, long enough to be interrupted.
-    let mut srv = serve_with(served.path(), port, &["--rate", "8M"], Stdio::piped());
-    assert!(wait_up(&server).status.success());
+    let Served {
+        mut srv,
+        server,
+        _dir,
+    } = serve_f(&vec![4u8; 4 << 20], &["--rate", "8M"], true);
     let out = tempfile::tempdir().unwrap();
     // Left by a process that is gone (PIDs above the kernel's maximum never run); and one
     // of another file, which is not this get's business.
@@ -597,12 +616,11 @@ fn ctrl_c_during_get_cleans_up_and_tells_the_server() {
 /// reason, the server logs a summary and exits 0.
 #[test]
 fn a_stopped_server_tells_its_clients_and_exits_cleanly() {
-    let served = tempfile::tempdir().unwrap();
-    std::fs::write(served.path().join("f"), vec![6u8; 4 << 20]).unwrap();
-    let port = free_port();
-    let server = format!("127.0.0.1:{port}");
-    let mut srv = serve_with(served.path(), port, &["--rate", "8M"], Stdio::piped());
-    assert!(wait_up(&server).status.success());
+    let Served {
+        mut srv,
+        server,
+        _dir,
+    } = serve_f(&vec![6u8; 4 << 20], &["--rate", "8M"], true);
     let client = Command::new(BIN)
         .args(["get", "f", "--server", &server, "--discard", "--quiet"])
         .args(["--clients", "2"])
@@ -646,12 +664,11 @@ fn a_stopped_server_tells_its_clients_and_exits_cleanly() {
 /// leaves no empty directory behind.
 #[test]
 fn local_errors_name_their_paths_and_leave_nothing_behind() {
-    let served = tempfile::tempdir().unwrap();
-    std::fs::write(served.path().join("f"), vec![2u8; 100_000]).unwrap();
-    let port = free_port();
-    let server = format!("127.0.0.1:{port}");
-    let mut srv = serve_with(served.path(), port, &[], Stdio::piped());
-    assert!(wait_up(&server).status.success());
+    let Served {
+        mut srv,
+        server,
+        _dir,
+    } = serve_f(&[2u8; 100_000], &[], true);
     let out = tempfile::tempdir().unwrap();
     let a_file = out.path().join("a-file");
     std::fs::write(&a_file, b"x").unwrap();
@@ -699,12 +716,11 @@ fn local_errors_name_their_paths_and_leave_nothing_behind() {
 /// naming the copy, before anything is asked of the server; `--force` replaces it.
 #[test]
 fn an_existing_copy_is_replaced_only_with_force() {
-    let served = tempfile::tempdir().unwrap();
-    std::fs::write(served.path().join("f"), vec![8u8; 50_000]).unwrap();
-    let port = free_port();
-    let server = format!("127.0.0.1:{port}");
-    let _srv = serve(served.path(), port, &[]);
-    assert!(wait_up(&server).status.success());
+    let Served {
+        srv: _srv,
+        server,
+        _dir,
+    } = serve_f(&[8u8; 50_000], &[], false);
     let out = tempfile::tempdir().unwrap();
     let dir = out.path().to_str().unwrap();
     let first = run(&["get", "f", "--server", &server, "--out", dir]);

@@ -2,12 +2,10 @@
 //! client's messages and reads, in Rust).
 
 mod common;
-use common::engine;
+use common::server;
 
 use std::net::UdpSocket;
 use std::time::Duration;
-
-use ringblast::server::{Server, ServerConfig};
 
 fn ask(sock: &UdpSocket, msg: &str) -> Option<String> {
     sock.send(msg.as_bytes()).unwrap();
@@ -34,14 +32,7 @@ fn the_labs_client_works_unchanged() {
     let data: Vec<u8> = (0..200_000u32).map(|i| (i * 31 % 251) as u8).collect();
     std::fs::write(dir.path().join("100mb.mp4"), &data).unwrap();
     std::fs::write(dir.path().join("250mb.mp4"), b"x").unwrap();
-    let srv = Server::start(ServerConfig {
-        dir: dir.path().into(),
-        bind: "127.0.0.1:0".parse().unwrap(),
-        engine: engine(),
-        legacy: true,
-        ..ServerConfig::default()
-    })
-    .unwrap();
+    let srv = server(dir.path(), |c| c.legacy = true);
     let main = lab_socket(srv.local_addr(), Duration::from_secs(5));
     assert_eq!(ask(&main, "LIST").unwrap(), "['100mb.mp4', '250mb.mp4']");
     assert_eq!(
@@ -85,13 +76,7 @@ fn the_labs_client_works_unchanged() {
 fn legacy_is_off_by_default() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("a"), b"x").unwrap();
-    let srv = Server::start(ServerConfig {
-        dir: dir.path().into(),
-        bind: "127.0.0.1:0".parse().unwrap(),
-        engine: engine(),
-        ..ServerConfig::default()
-    })
-    .unwrap();
+    let srv = server(dir.path(), |_| {});
     // A late answer would fail this test, never pass it: a short wait is enough.
     let s = lab_socket(srv.local_addr(), Duration::from_millis(500));
     assert_eq!(
@@ -117,15 +102,10 @@ fn transfer_before_config_is_silent_and_rate_paces_raw_transfers() {
     // 10 datagrams of 65507 bytes: 5.2 Mbit, 0.66 s at 8 Mbit/s.
     let data = vec![7u8; 10 * 65_507];
     std::fs::write(dir.path().join("f.bin"), &data).unwrap();
-    let srv = Server::start(ServerConfig {
-        dir: dir.path().into(),
-        bind: "127.0.0.1:0".parse().unwrap(),
-        engine: engine(),
-        legacy: true,
-        rate_bps: Some(8_000_000),
-        ..ServerConfig::default()
-    })
-    .unwrap();
+    let srv = server(dir.path(), |c| {
+        c.legacy = true;
+        c.rate_bps = Some(8_000_000);
+    });
     let early = lab_socket(srv.local_addr(), Duration::from_millis(300));
     assert_eq!(
         ask(&early, "TRANSFER"),
@@ -164,15 +144,10 @@ fn the_labs_python_client_gets_whole_files_from_a_paced_legacy_server() {
     let dir = tempfile::tempdir().unwrap();
     let data: Vec<u8> = (0..2_000_000u32).map(|i| (i * 7 % 253) as u8).collect();
     std::fs::write(dir.path().join("100mb.mp4"), &data).unwrap();
-    let srv = Server::start(ServerConfig {
-        dir: dir.path().into(),
-        bind: "127.0.0.1:0".parse().unwrap(),
-        engine: engine(),
-        legacy: true,
-        rate_bps: Some(50_000_000),
-        ..ServerConfig::default()
-    })
-    .unwrap();
+    let srv = server(dir.path(), |c| {
+        c.legacy = true;
+        c.rate_bps = Some(50_000_000);
+    });
     let out = tempfile::tempdir().unwrap();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/lab/lab_client.py");
     let got = std::process::Command::new("python3")

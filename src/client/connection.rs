@@ -6,14 +6,14 @@ use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use super::{ClientError, GetConfig};
+use super::ClientError;
 use crate::protocol::{foreign_version, ErrorCode, Message, MAX_DATAGRAM, TOKEN_LEN, VERSION};
 use crate::sys::recvmmsg::is_timeout;
 use crate::sys::socket;
 
 /// First resend delay for control requests; doubles up to [`MAX_RETRY_DELAY`].
-pub(super) const FIRST_RETRY_DELAY: Duration = Duration::from_millis(100);
-pub(super) const MAX_RETRY_DELAY: Duration = Duration::from_secs(1);
+const FIRST_RETRY_DELAY: Duration = Duration::from_millis(100);
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(1);
 
 /// A socket connected to the server, for the control exchanges.
 pub(super) struct Connection {
@@ -55,51 +55,40 @@ impl Connection {
         stage: &'static str,
         mut accept: impl FnMut(&Message<'_>) -> Reply<T>,
     ) -> Result<T, ClientError> {
-        let alive_at = Instant::now();
-        let mut delay = FIRST_RETRY_DELAY;
+        let mut req = Resend::new(Instant::now(), stage);
+        self.send(msg)?;
         loop {
-            self.send(msg)?;
-            let resend_at = Instant::now() + delay;
-            delay = (delay * 2).min(MAX_RETRY_DELAY);
-            loop {
-                let now = Instant::now();
-                if now.duration_since(alive_at) >= timeout {
-                    return Err(ClientError::ServerSilent {
+            let now = Instant::now();
+            if req.due(now, timeout, self.server)? {
+                self.send(msg)?;
+                continue;
+            }
+            let wait = req.deadline(timeout).saturating_duration_since(now);
+            self.sock
+                .set_read_timeout(Some(wait.max(Duration::from_millis(1))))?;
+            let n = match socket::retry_eintr(|| self.sock.recv(&mut self.buf)) {
+                Ok(n) => n,
+                Err(e) if is_timeout(&e) => continue,
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                    return Err(ClientError::Refused {
                         server: self.server,
-                        secs: timeout.as_secs_f64(),
-                        stage,
-                    });
+                    })
                 }
-                if now >= resend_at {
-                    break;
-                }
-                let wait = (resend_at - now).min(timeout - now.duration_since(alive_at));
-                self.sock
-                    .set_read_timeout(Some(wait.max(Duration::from_millis(1))))?;
-                let n = match socket::retry_eintr(|| self.sock.recv(&mut self.buf)) {
-                    Ok(n) => n,
-                    Err(e) if is_timeout(&e) => continue,
-                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                        return Err(ClientError::Refused {
-                            server: self.server,
-                        })
-                    }
-                    Err(e) => return Err(e.into()),
-                };
-                if let Some(theirs) = foreign_version(&self.buf[..n]) {
-                    return Err(ClientError::Version {
-                        server: self.server,
-                        theirs,
-                        ours: VERSION,
-                    });
-                }
-                let Ok(reply) = Message::parse(&self.buf[..n]) else {
-                    continue;
-                };
-                match accept(&reply) {
-                    Reply::Done(t) => return Ok(t),
-                    Reply::Ignore => {}
-                }
+                Err(e) => return Err(e.into()),
+            };
+            if let Some(theirs) = foreign_version(&self.buf[..n]) {
+                return Err(ClientError::Version {
+                    server: self.server,
+                    theirs,
+                    ours: VERSION,
+                });
+            }
+            let Ok(reply) = Message::parse(&self.buf[..n]) else {
+                continue;
+            };
+            match accept(&reply) {
+                Reply::Done(t) => return Ok(t),
+                Reply::Ignore => {}
             }
         }
     }
@@ -156,11 +145,16 @@ impl Resend {
     }
 
     /// Whether to send again now; an error once the server has been silent too long.
-    pub(super) fn due(&mut self, now: Instant, cfg: &GetConfig) -> Result<bool, ClientError> {
-        if now.saturating_duration_since(self.alive_at) >= cfg.timeout {
+    pub(super) fn due(
+        &mut self,
+        now: Instant,
+        timeout: Duration,
+        server: SocketAddr,
+    ) -> Result<bool, ClientError> {
+        if now.saturating_duration_since(self.alive_at) >= timeout {
             return Err(ClientError::ServerSilent {
-                server: cfg.server,
-                secs: cfg.timeout.as_secs_f64(),
+                server,
+                secs: timeout.as_secs_f64(),
                 stage: self.stage,
             });
         }
@@ -221,21 +215,20 @@ mod tests {
 
     #[test]
     fn a_request_is_resent_with_backoff_and_given_up_after_the_timeout() {
-        let mut cfg = GetConfig::new("127.0.0.1:9".parse().unwrap(), "f");
-        cfg.timeout = Duration::from_secs(2);
+        let (timeout, server) = (Duration::from_secs(2), "127.0.0.1:9".parse().unwrap());
         let t0 = Instant::now();
         let ms = |n| t0 + Duration::from_millis(n);
         let mut r = Resend::new(t0, "waiting");
-        assert!(!r.due(ms(50), &cfg).unwrap());
-        assert!(r.due(ms(100), &cfg).unwrap());
-        assert!(!r.due(ms(250), &cfg).unwrap());
-        assert!(r.due(ms(300), &cfg).unwrap());
-        assert!(r.due(ms(700), &cfg).unwrap());
+        assert!(!r.due(ms(50), timeout, server).unwrap());
+        assert!(r.due(ms(100), timeout, server).unwrap());
+        assert!(!r.due(ms(250), timeout, server).unwrap());
+        assert!(r.due(ms(300), timeout, server).unwrap());
+        assert!(r.due(ms(700), timeout, server).unwrap());
         // A sign of life restarts the silence clock.
         r.alive(ms(1500));
-        assert!(r.due(ms(3000), &cfg).is_ok());
-        let e = r.due(ms(3500), &cfg).unwrap_err().to_string();
+        assert!(r.due(ms(3000), timeout, server).is_ok());
+        let e = r.due(ms(3500), timeout, server).unwrap_err().to_string();
         assert!(e.contains("no answer") && e.contains("waiting"), "{e}");
-        assert!(r.deadline(cfg.timeout) <= ms(3500));
+        assert!(r.deadline(timeout) <= ms(3500));
     }
 }

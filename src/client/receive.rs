@@ -109,7 +109,8 @@ pub(super) struct DataIo<'a> {
 
 impl DataReceiver {
     /// `window`: the credit to grant at first, datagrams; `window_max`: how far it may grow
-    /// once the sender reports the path ([`window_for_path`]).
+    /// once the sender reports the path ([`window_for_path`]). Feedback and silence are
+    /// counted from `now`.
     pub(super) fn new(meta: &Meta, window: u32, window_max: u32, now: Instant) -> Self {
         let total = datagram_count(meta.file_size, meta.payload_size) as u32;
         DataReceiver {
@@ -139,16 +140,6 @@ impl DataReceiver {
                 heard_at: now,
             },
         }
-    }
-
-    /// The data phase begins: feedback and silence are counted from `now`.
-    pub(super) fn begin(&mut self, now: Instant) {
-        self.clock = FeedbackClock {
-            since_ack: 0,
-            last_ack: now,
-            last_rx: now,
-            heard_at: now,
-        };
     }
 
     /// A batch of `n` arrived (read at `now`): checked, recorded, written; an ACK goes back

@@ -146,7 +146,7 @@ impl SubClient {
             self.encode_and_send(&Message::Hello { nonce })
         })();
         if let Err(e) = r {
-            self.fail(e, now);
+            self.end(Err(e), now);
         }
     }
 
@@ -254,10 +254,10 @@ impl SubClient {
 
     /// The deadline came; `socket_empty`: a receive just found nothing queued.
     pub(super) fn on_timer(&mut self, socket_empty: bool, now: Instant) {
-        let cfg = self.cfg.clone();
+        let (server, timeout) = (self.cfg.server, self.cfg.timeout);
         let r = match &mut self.phase {
             Phase::New | Phase::Ended => return,
-            Phase::Token { nonce, req } => match req.due(now, &cfg) {
+            Phase::Token { nonce, req } => match req.due(now, timeout, server) {
                 Ok(true) => {
                     let nonce = *nonce;
                     self.encode_and_send(&Message::Hello { nonce })
@@ -265,8 +265,8 @@ impl SubClient {
                 Ok(false) => Ok(()),
                 Err(e) => Err(e),
             },
-            Phase::Get { req, .. } => match req.due(now, &cfg) {
-                Ok(true) => send_to_server(&self.sock, cfg.server, &self.out),
+            Phase::Get { req, .. } => match req.due(now, timeout, server) {
+                Ok(true) => send_to_server(&self.sock, server, &self.out),
                 Ok(false) => Ok(()),
                 Err(e) => Err(e),
             },
@@ -281,11 +281,11 @@ impl SubClient {
             Phase::Data(t) => {
                 let io = DataIo {
                     sock: &self.sock,
-                    server: cfg.server,
+                    server,
                     sink: &t.sink,
                     live: &self.live.clients[self.id - 1],
                 };
-                match t.rx.on_timer(&io, cfg.timeout, socket_empty, now) {
+                match t.rx.on_timer(&io, timeout, socket_empty, now) {
                     Ok(Progress::Going) => return,
                     Ok(Progress::Finished) => return self.end(Ok(()), now),
                     Err(e) => Err(e),
@@ -469,7 +469,6 @@ impl SubClient {
             .total_bytes
             .fetch_add(meta.file_size, Ordering::Relaxed);
         rx.absorb_early(&early, &sink)?;
-        rx.begin(now);
         let io = DataIo {
             sock: &self.sock,
             server: cfg.server,
@@ -504,10 +503,6 @@ impl SubClient {
             path: temp,
             error,
         })
-    }
-
-    fn fail(&mut self, e: ClientError, now: Instant) {
-        self.end(Err(e), now);
     }
 
     /// The copy is over, one way or another: the report is filled in, the server told (once

@@ -63,6 +63,11 @@ struct AckSpec<'r> {
 }
 
 fn ack(s: &mut SenderState, a: AckSpec<'_>, now: Instant) {
+    ack_held(s, a, 0, now);
+}
+
+/// [`ack`] from a receiver that held it `held_us` after the echoed datagram arrived.
+fn ack_held(s: &mut SenderState, a: AckSpec<'_>, held_us: u32, now: Instant) {
     let mut scratch = Vec::new();
     let ack = Ack {
         recv_next: a.next,
@@ -70,6 +75,7 @@ fn ack(s: &mut SenderState, a: AckSpec<'_>, now: Instant) {
         seen_end: a.seen,
         received: a.received,
         echo_ts_ns: a.echo,
+        echo_delay_us: held_us,
         flags: if a.idle { ack_flags::IDLE } else { 0 },
         ..Ack::new(1)
     }
@@ -219,19 +225,7 @@ fn tail_is_probed_when_the_receiver_is_idle_and_by_timeout_when_acks_stop() {
         drain(&mut s, t1).is_empty(),
         "busy receiver: the tail may still be queued"
     );
-    let mut scratch = Vec::new();
-    let idle = Ack {
-        recv_next: 3,
-        credit_limit: 8,
-        seen_end: 3,
-        received: 3,
-        echo_ts_ns: ts_of(&sent, 2),
-        echo_delay_us: 200_000,
-        flags: ack_flags::IDLE,
-        ..Ack::new(1)
-    }
-    .with_ranges(&[], &mut scratch);
-    s.on_ack(&idle, Some(Duration::from_micros(100)), true, t1);
+    ack_held(&mut s, spec(true), 200_000, t1);
     assert_eq!(indices(&drain(&mut s, t1), true), vec![3, 4]);
     // Then nothing comes back at all: the probe timeout resends the newest datagram, again
     // and again, further apart each time.
@@ -244,21 +238,18 @@ fn tail_is_probed_when_the_receiver_is_idle_and_by_timeout_when_acks_stop() {
     assert_eq!(s.probes, 1);
 }
 
-/// An ACK with the given hold (`echo_delay_us`) and idle flag.
+/// An ACK of everything below `next`, held `held_us`.
 fn held_ack(s: &mut SenderState, next: u32, echo: u64, held_us: u32, idle: bool, now: Instant) {
-    let mut scratch = Vec::new();
-    let ack = Ack {
-        recv_next: next,
-        credit_limit: 100,
-        seen_end: next,
+    let spec = AckSpec {
+        next,
+        credit: 100,
+        seen: next,
         received: next,
-        echo_ts_ns: echo,
-        echo_delay_us: held_us,
-        flags: if idle { ack_flags::IDLE } else { 0 },
-        ..Ack::new(1)
-    }
-    .with_ranges(&[], &mut scratch);
-    s.on_ack(&ack, Some(Duration::from_micros(100)), idle, now);
+        echo,
+        ranges: &[],
+        idle,
+    };
+    ack_held(s, spec, held_us, now);
 }
 
 #[test]

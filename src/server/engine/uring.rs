@@ -212,6 +212,8 @@ impl SessionRing {
         let mut deadline = None;
         {
             let mut state = self.session.state();
+            // What the reap found sent, timed from now (under the lock taken here anyway).
+            state.left_at(&self.left, now);
             while let Some(slot_idx) = self.book.peek_free() {
                 let slot = &mut self.slots[slot_idx as usize];
                 let mut segments = 0;
@@ -347,7 +349,8 @@ impl SessionRing {
     }
 }
 
-/// Takes every completion there is: frees its slot, records its latency, handles errors.
+/// Takes every completion there is: frees its slot, records its latency, handles errors, and
+/// puts the datagrams of the sends that completed in `left`.
 /// Returns true when a GSO send failed the way a device without segmentation offload fails
 /// (EIO, EINVAL, as quinn-udp found): its datagrams are queued to go again, one per send.
 fn reap_into(
@@ -413,9 +416,6 @@ fn reap_into(
     }
     if errors > 0 {
         session.send_errors.fetch_add(errors, Ordering::Relaxed);
-    }
-    if !left.is_empty() {
-        session.state().left_at(left, now);
     }
     gso_failed
 }
