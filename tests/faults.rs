@@ -10,10 +10,14 @@ use std::time::{Duration, Instant};
 
 use ringblast::client::{self, GetConfig};
 use ringblast::protocol::MAX_PAYLOAD;
-use ringblast::server::engine::EngineKind;
+use ringblast::server::engine::{EngineKind, SendPath};
 use ringblast::server::{Server, ServerConfig};
 
 fn change_mid_transfer(engine: EngineKind, change: fn(&std::path::Path)) {
+    change_mid_transfer_by(engine, SendPath::Auto, change)
+}
+
+fn change_mid_transfer_by(engine: EngineKind, send_path: SendPath, change: fn(&std::path::Path)) {
     let served = tempfile::tempdir().unwrap();
     let out = tempfile::tempdir().unwrap();
     let path = served.path().join("moving");
@@ -25,6 +29,7 @@ fn change_mid_transfer(engine: EngineKind, change: fn(&std::path::Path)) {
         bind: "127.0.0.1:0".parse().unwrap(),
         engine,
         rate_bps: Some(20_000_000),
+        send_path,
         ..ServerConfig::default()
     })
     .unwrap();
@@ -91,4 +96,25 @@ fn file_rewritten_while_sending() {
         return;
     }
     change_mid_transfer(EngineKind::Uring, rewrite_in_place);
+}
+
+/// Spliced, a truncated file is a short `sendfile()` (or a changed identity): the session
+/// ends with the reason, nothing half-sent is kept.
+#[test]
+fn file_truncated_while_splicing() {
+    if no_uring() {
+        return;
+    }
+    change_mid_transfer_by(EngineKind::Uring, SendPath::Splice, truncate);
+}
+
+/// Spliced, bytes rewritten in place would go out as they are now: the file's changed
+/// identity ends the session, and any datagram that left with the new bytes fails its CRC
+/// (computed at indexing) at the receiver.
+#[test]
+fn file_rewritten_while_splicing() {
+    if no_uring() {
+        return;
+    }
+    change_mid_transfer_by(EngineKind::Uring, SendPath::Splice, rewrite_in_place);
 }

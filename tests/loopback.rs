@@ -114,7 +114,10 @@ fn blast_counts_loss_exactly_and_keeps_no_partial_copy() {
     let out = tempfile::tempdir().unwrap();
     let data = random_bytes(200 * MAX_PAYLOAD);
     std::fs::write(served.path().join("big"), &data).unwrap();
-    let srv = server(served.path(), |_| {});
+    // Copied: datagrams of the lab's size, MAX_PAYLOAD bytes of payload each.
+    let srv = server(served.path(), |c| {
+        c.send_path = ringblast::server::engine::SendPath::Copy
+    });
     // A receive buffer of one datagram: most of a blast is dropped by the kernel.
     let reports = fetch(srv.local_addr(), "big", 1, out.path(), |c| {
         c.mode = Mode::Blast;
@@ -423,7 +426,15 @@ fn the_datagram_size_is_negotiated_down_to_the_client_s() {
     })[0];
     assert!(r.ok(), "{r:?}");
     assert_eq!(r.datagram_size, 9000);
-    // On loopback (MTU 65536) auto means the lab's 65507.
+    // On loopback (MTU 65536) auto means 61472 where the server may splice (16 pages of
+    // payload at most), the lab's 65507 where it copies.
+    let r = &fetch(srv.local_addr(), "f", 1, out.path(), |_| {})[0];
+    let splices = engine() == EngineKind::Uring;
+    assert_eq!(r.datagram_size, if splices { 61_472 } else { 65_507 });
+    srv.shutdown();
+    let srv = server(served.path(), |c| {
+        c.send_path = ringblast::server::engine::SendPath::Copy
+    });
     let r = &fetch(srv.local_addr(), "f", 1, out.path(), |_| {})[0];
     assert_eq!(r.datagram_size, 65_507);
 }
@@ -472,4 +483,102 @@ fn another_protocol_version_is_named_both_ways() {
         "{e}"
     );
     assert!(t.elapsed() < Duration::from_secs(2));
+}
+
+/// `UdpInCsumErrors` of this host: datagrams the kernel dropped for a bad UDP checksum.
+fn udp_checksum_errors() -> u64 {
+    let snmp = std::fs::read_to_string("/proc/net/snmp").unwrap();
+    let mut lines = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let (names, values) = (lines.next().unwrap(), lines.next().unwrap());
+    let i = names
+        .split_whitespace()
+        .position(|n| n == "InCsumErrors")
+        .unwrap();
+    values.split_whitespace().nth(i).unwrap().parse().unwrap()
+}
+
+/// Spliced payloads (page-cache pages attached to the datagram) arrive, every one: at page-
+/// aligned offsets (auto's 61472-byte datagrams) and at odd ones crossing pages, where Linux
+/// 6.18's software checksum of a spliced page is wrong (the splice path never uses it). Both
+/// files end in a short, odd-sized last datagram.
+#[test]
+fn spliced_datagrams_all_arrive_at_any_offset() {
+    use ringblast::protocol::layout::DatagramSize;
+    use ringblast::server::engine::SendPath;
+    if common::no_uring() {
+        return;
+    }
+    let served = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    for (size, bytes) in [
+        (DatagramSize::Auto, 40 * 61_440 + 4097),
+        (DatagramSize::Fixed(4001), 700 * 3969 + 3001),
+    ] {
+        let data = random_bytes(bytes);
+        std::fs::write(served.path().join("f"), &data).unwrap();
+        let srv = server(served.path(), |c| {
+            c.engine = EngineKind::Uring;
+            c.send_path = SendPath::Splice;
+            c.datagram_size = size;
+            // Paced well below what loopback carries: a datagram lost now is one dropped.
+            c.rate_bps = Some(400_000_000);
+        });
+        let csum_errors = udp_checksum_errors();
+        let r = &fetch(srv.local_addr(), "f", 1, out.path(), |_| {})[0];
+        assert!(r.ok(), "{size}: {r:?}");
+        assert_eq!(std::fs::read(r.path.as_ref().unwrap()).unwrap(), data);
+        let payload = r.datagram_size as u64 - 32;
+        assert_eq!(
+            r.datagram_size,
+            match size {
+                DatagramSize::Fixed(n) => n,
+                DatagramSize::Auto => 61_472,
+            }
+        );
+        let datagrams = (bytes as u64).div_ceil(payload);
+        let spliced = srv.stats().spliced.load(Ordering::Relaxed);
+        assert!(
+            spliced >= datagrams,
+            "{size}: {spliced} of {datagrams} spliced"
+        );
+        assert_eq!(udp_checksum_errors(), csum_errors, "{size}: bad checksums");
+        srv.shutdown();
+    }
+}
+
+/// `--send-path auto` on loopback: a lone session (fewer sessions than workers) is copied, a
+/// busy server (as many sessions as workers) splices; both at 61472-byte datagrams.
+/// `--send-path copy` keeps the lab's 65507.
+#[test]
+fn auto_splices_when_busy_and_copies_when_cores_are_spare() {
+    use ringblast::server::engine::SendPath;
+    if common::no_uring() {
+        return;
+    }
+    let served = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let data = random_bytes(5 << 20);
+    std::fs::write(served.path().join("f"), &data).unwrap();
+    for (workers, path, size, splices) in [
+        (2, SendPath::Auto, 61_472, false),
+        (1, SendPath::Auto, 61_472, true),
+        (1, SendPath::Copy, 65_507, false),
+    ] {
+        let srv = server(served.path(), |c| {
+            c.engine = EngineKind::Uring;
+            c.send_path = path;
+            c.workers = workers;
+        });
+        let r = &fetch(srv.local_addr(), "f", 1, out.path(), |_| {})[0];
+        assert!(r.ok(), "{r:?}");
+        assert_eq!(std::fs::read(r.path.as_ref().unwrap()).unwrap(), data);
+        assert_eq!(r.datagram_size, size, "{path:?}");
+        let spliced = srv.stats().spliced.load(Ordering::Relaxed);
+        assert_eq!(
+            spliced > 0,
+            splices,
+            "{workers} workers, {path:?}: {spliced} spliced"
+        );
+        srv.shutdown();
+    }
 }

@@ -40,6 +40,9 @@ fn get(hosts: &Hosts, server: &str, extra: &[&str]) -> (serde_json::Value, Strin
                 "-",
                 "--timeout",
                 "5",
+                // A try that some sub-clients lost to a server not yet listening may have
+                // left the others' copies: the next try replaces them.
+                "--force",
             ])
             .args(extra)
             .output()

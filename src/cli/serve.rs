@@ -13,7 +13,7 @@ use crate::client;
 use crate::protocol::congestion::CcKind;
 use crate::protocol::layout::DatagramSize;
 use crate::report::logging;
-use crate::server::engine::EngineKind;
+use crate::server::engine::{EngineKind, SendPath};
 use crate::server::{Server, ServerConfig};
 
 /// `--cc`.
@@ -71,6 +71,16 @@ pub struct ServeArgs {
     /// Send one datagram per sendmsg instead of up to 64 with UDP GSO (to compare).
     #[arg(long)]
     no_gso: bool,
+    /// How the uring engine puts payloads on the wire. splice: the header, then sendfile() of
+    /// the payload, whose page-cache pages the kernel attaches to the datagram: no copy on the
+    /// server (Linux 6.5+), datagrams of at most 61473 bytes (16 pages of payload), so auto
+    /// picks 61472 on loopback instead of 65507. copy: sendmsg from the mapped file, with UDP
+    /// GSO. auto: datagrams over 32 KiB (loopback) are spliced while the server has at least
+    /// as many sessions as workers and copied while it has cores to spare (a lone receiver on
+    /// the same host then gets them from cache: faster); smaller ones (Ethernet) are copied
+    /// with GSO; copy everywhere if splicing cannot be set up.
+    #[arg(long, value_enum, default_value = "auto")]
+    send_path: SendPath,
     /// Most concurrent sessions (1-100000); further requests get a "busy" answer naming
     /// when to ask again, and clients retry with backoff. Each session costs ~40 KiB plus 4
     /// bytes per datagram of its file, and an open file (the soft limit is raised to the hard
@@ -102,6 +112,7 @@ impl From<ServeArgs> for ServerConfig {
             workers: a.workers.unwrap_or(defaults.workers),
             datagram_size: a.datagram_size,
             gso: !a.no_gso,
+            send_path: a.send_path,
             idle_timeout: a.idle_timeout,
             rate_bps: a.rate,
             cc: a.cc.into(),

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use super::admission::{Admit, RateBudget, RequestBudgets};
 use super::catalog::{Catalog, FileError, IndexedFile};
-use super::engine::{panic_text, Engine};
+use super::engine::{panic_text, Engine, SendPath};
 use super::indexer::{IndexJob, Indexed, Indexer};
 use super::legacy::Legacy;
 use super::session::{CloseReason, Session, SessionCtx, SessionSummary};
@@ -27,7 +27,7 @@ use crate::protocol::sender::{SenderConfig, SenderState};
 use crate::protocol::token::TokenKey;
 use crate::protocol::{
     ack_flags, unix_ns, Ack, DoneStatus, ErrorCode, ListEntry, Message, Meta, Mode, WireError,
-    DATA_HEADER_LEN, MAX_DATAGRAM, MAX_PAYLOAD, MIN_DATAGRAM, TOKEN_LEN, VERSION,
+    DATA_HEADER_LEN, MAX_DATAGRAM, MIN_DATAGRAM, TOKEN_LEN, VERSION,
 };
 use crate::sys::recvmmsg::{is_timeout, RecvBatch};
 use crate::sys::socket;
@@ -48,6 +48,8 @@ struct PendingGet {
     window_bytes: u32,
     /// File bytes per datagram for this client.
     payload_size: u32,
+    /// How its payloads go ([`SendPath::for_datagram`]).
+    send_path: SendPath,
 }
 
 pub(super) struct Control {
@@ -67,6 +69,8 @@ pub(super) struct Control {
     summaries_tx: Sender<SessionSummary>,
     /// Sessions may use UDP GSO.
     gso: bool,
+    /// How sessions send payloads ([`SendPath::Copy`] where splicing is not available).
+    send_path: SendPath,
     sweeps: u64,
     /// What was shed (requests over budget, ACKs over budget, GETs refused busy) when it was
     /// last logged.
@@ -84,15 +88,17 @@ impl Control {
         engine: Box<dyn Engine>,
         stats: Arc<ServerStats>,
         gso: bool,
+        send_path: SendPath,
     ) -> anyhow::Result<Control> {
         let catalog = Arc::new(Catalog::new(cfg.dir.clone()));
         let indexer = Indexer::spawn(catalog.clone())?;
         // Index what is there now, so the first client does not wait for it: at the fixed
         // size, or with auto at loopback's (other paths are indexed when first asked for).
         let payload_size = match cfg.datagram_size {
-            DatagramSize::Fixed(n) => (n - DATA_HEADER_LEN) as u32,
-            DatagramSize::Auto => MAX_PAYLOAD as u32,
-        };
+            DatagramSize::Fixed(n) => n,
+            DatagramSize::Auto => send_path.auto_datagram(),
+        } - DATA_HEADER_LEN;
+        let payload_size = payload_size as u32;
         let mut indexing = HashSet::new();
         if let Ok(list) = catalog.list() {
             for (name, _) in list {
@@ -130,6 +136,7 @@ impl Control {
             summaries,
             summaries_tx,
             gso,
+            send_path,
             sweeps: 0,
             shed_logged: [0; 3],
             out: Vec::with_capacity(MAX_DATAGRAM),
@@ -212,7 +219,7 @@ impl Control {
     fn report_finished(&mut self) {
         while let Ok(s) = self.summaries.try_recv() {
             tracing::info!(
-                "[SESSION {}] {} {} {} -> {}: {} ({} bytes sent in {:.3} s, {:.1} MiB/s, {} datagrams of {} bytes, {} retransmitted ({} spurious), {} loss events, {} probes, {} send errors; {} sends of up to {} datagrams, {} io_uring_enter; {}: pacing {:.3} Gbit/s, rtt {} us (min {}); send latency us {}; datagrams per submit {}){}{}",
+                "[SESSION {}] {} {} {} -> {}: {} ({} bytes sent in {:.3} s, {:.1} MiB/s, {} datagrams of {} bytes, {} retransmitted ({} spurious), {} loss events, {} probes, {} send errors; send path {} ({} datagrams spliced), {} send calls of up to {} datagrams, {} io_uring_enter; {}: pacing {:.3} Gbit/s, rtt {} us (min {}); send latency us {}; datagrams per submit {}){}{}",
                 s.session,
                 s.engine,
                 s.mode,
@@ -229,6 +236,8 @@ impl Control {
                 s.congestion.loss_events,
                 s.probes,
                 s.send_errors,
+                s.send_path,
+                s.spliced_datagrams,
                 s.send_calls,
                 s.gso_segments,
                 s.io_uring_enters,
@@ -350,8 +359,11 @@ impl Control {
                     self.error(src, request_id, ErrorCode::BadToken, "bad token");
                     return;
                 }
-                let payload_size = match self.datagram_size_for(src, max_datagram) {
-                    Ok(size) => (size - DATA_HEADER_LEN) as u32,
+                let (payload_size, send_path) = match self.datagram_size_for(src, max_datagram) {
+                    Ok(size) => (
+                        (size - DATA_HEADER_LEN) as u32,
+                        self.send_path.for_datagram(size),
+                    ),
                     Err(text) => {
                         self.error(src, request_id, ErrorCode::BadRequest, &text);
                         return;
@@ -364,6 +376,7 @@ impl Control {
                     mode,
                     window_bytes,
                     payload_size,
+                    send_path,
                 });
             }
             Message::Ack(ack) => self.ack(src, &ack),
@@ -413,7 +426,8 @@ impl Control {
             DatagramSize::Fixed(n) => n,
             DatagramSize::Auto => socket::route_mtu(peer)
                 .map(|mtu| socket::datagram_size_for_mtu(mtu, &peer))
-                .unwrap_or(MAX_DATAGRAM),
+                .unwrap_or(MAX_DATAGRAM)
+                .min(self.send_path.auto_datagram()),
         };
         let size = match client_max as usize {
             0 => ours,

@@ -150,15 +150,17 @@ impl Control {
             summaries: self.summaries_tx.clone(),
             gso: self.gso,
         };
-        let session = Arc::new(Session::new(id, req.peer, file, state, ctx));
+        let session =
+            Arc::new(Session::new(id, req.peer, file, state, ctx).with_send_path(req.send_path));
         session.heard();
         tracing::info!(
-            "[TRANSFER] session {:08x}: sending {} ({} bytes, {} mode, {}-byte datagrams, window {} datagrams, congestion control {}) to {}",
+            "[TRANSFER] session {:08x}: sending {} ({} bytes, {} mode, {}-byte datagrams, {} send path, window {} datagrams, congestion control {}) to {}",
             id,
             session.file.name,
             session.file.size,
             req.mode.as_str(),
             datagram_size,
+            session.send_path.as_str(),
             window,
             self.cfg.cc.as_str(),
             req.peer

@@ -37,7 +37,7 @@ use crate::sys::socket;
 use control::Control;
 use engine::threads::ThreadsEngine;
 use engine::uring::UringEngine;
-use engine::{Engine, EngineKind};
+use engine::{Engine, EngineKind, SendPath};
 use stats::ServerStats;
 
 /// Sessions a server carries at once unless told otherwise: a session costs about 40 KiB
@@ -60,6 +60,8 @@ pub struct ServerConfig {
     pub datagram_size: DatagramSize,
     /// Send several datagrams per call with UDP GSO where the kernel can (uring engine).
     pub gso: bool,
+    /// How the uring engine sends payloads: spliced from the page cache or copied.
+    pub send_path: SendPath,
     /// A session whose client is silent this long is dropped.
     pub idle_timeout: Duration,
     /// Per-session rate cap, bits per second (`None`: none beyond congestion control).
@@ -92,6 +94,7 @@ impl Default for ServerConfig {
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             datagram_size: DatagramSize::Auto,
             gso: true,
+            send_path: SendPath::Auto,
             idle_timeout: Duration::from_secs(10),
             rate_bps: None,
             cc: CcKind::Bbr,
@@ -114,6 +117,20 @@ impl ServerConfig {
             if !(MIN_DATAGRAM..=MAX_DATAGRAM).contains(&n) {
                 anyhow::bail!(
                     "datagram size must be between {MIN_DATAGRAM} and {MAX_DATAGRAM} bytes"
+                );
+            }
+        }
+        if self.send_path == SendPath::Splice && self.engine != EngineKind::Uring {
+            anyhow::bail!(
+                "--send-path splice needs the uring engine (the threads engine sends as the lab did)"
+            );
+        }
+        if let (SendPath::Splice, DatagramSize::Fixed(n)) = (self.send_path, self.datagram_size) {
+            if n > engine::SPLICE_DATAGRAM + 1 {
+                anyhow::bail!(
+                    "--send-path splice sends datagrams of at most {} bytes ({} of payload: the kernel splices at most 16 pages into one), not {n}; use --send-path copy or auto for larger ones",
+                    engine::SPLICE_DATAGRAM + 1,
+                    engine::MAX_SPLICE_PAYLOAD
                 );
             }
         }
@@ -168,9 +185,29 @@ impl Server {
         sock.set_read_timeout(Some(Duration::from_millis(20)))?;
         let sock = Arc::new(sock);
         let stats = Arc::new(ServerStats::default());
+        let mut send_path = match cfg.engine {
+            EngineKind::Uring => cfg.send_path,
+            EngineKind::Threads => SendPath::Copy,
+        };
         let engine: Box<dyn Engine> = match cfg.engine {
             EngineKind::Uring => {
-                Box::new(UringEngine::new(sock.clone(), cfg.workers, stats.clone())?)
+                let splice = send_path != SendPath::Copy;
+                match UringEngine::new(sock.clone(), cfg.workers, stats.clone(), splice) {
+                    Ok(e) => Box::new(e),
+                    Err(e) if splice && send_path == SendPath::Auto => {
+                        tracing::warn!(
+                            "cannot splice ({e}): payloads are copied (--send-path copy)"
+                        );
+                        send_path = SendPath::Copy;
+                        Box::new(UringEngine::new(
+                            sock.clone(),
+                            cfg.workers,
+                            stats.clone(),
+                            false,
+                        )?)
+                    }
+                    Err(e) => return Err(e).context("cannot start the uring engine"),
+                }
             }
             EngineKind::Threads => Box::new(ThreadsEngine::new(sock.clone(), stats.clone())),
         };
@@ -180,16 +217,21 @@ impl Server {
             EngineKind::Threads => "one thread per session".to_string(),
         };
         tracing::info!(
-            "[LISTENING] Server is listening on {local_addr}, serving {} (engine {}, {threads}, datagram size {}, GSO {gso}, recv buffer {} KiB, send buffer {} KiB)",
+            "[LISTENING] Server is listening on {local_addr}, serving {} (engine {}, {threads}, datagram size {}, send path {}, GSO {gso}, recv buffer {} KiB, send buffer {} KiB)",
             cfg.dir.display(),
             cfg.engine.as_str(),
             cfg.datagram_size,
+            match send_path {
+                SendPath::Auto => "auto (splice for datagrams over 32 KiB, copy below)",
+                SendPath::Copy => "copy",
+                SendPath::Splice => "splice",
+            },
             rcvbuf / 1024,
             sndbuf / 1024
         );
         let stop = Arc::new(AtomicBool::new(false));
         let use_gso = gso == "on";
-        let control = Control::new(cfg, sock, engine, stats.clone(), use_gso)?;
+        let control = Control::new(cfg, sock, engine, stats.clone(), use_gso, send_path)?;
         let stop2 = stop.clone();
         let control = std::thread::Builder::new()
             .name("control".into())
@@ -287,6 +329,22 @@ mod tests {
                     ..ok.clone()
                 },
                 "workers",
+            ),
+            (
+                ServerConfig {
+                    send_path: SendPath::Splice,
+                    engine: EngineKind::Threads,
+                    ..ok.clone()
+                },
+                "needs the uring engine",
+            ),
+            (
+                ServerConfig {
+                    send_path: SendPath::Splice,
+                    datagram_size: DatagramSize::Fixed(65_507),
+                    ..ok.clone()
+                },
+                "at most 61473 bytes",
             ),
             (
                 ServerConfig {

@@ -17,7 +17,7 @@ use nix::sys::eventfd::EventFd;
 use serde::Serialize;
 
 use super::catalog::IndexedFile;
-use super::engine::EngineKind;
+use super::engine::{EngineKind, SendPath};
 use super::stats::ServerStats;
 use crate::protocol::layout::payload_len;
 use crate::protocol::sender::SenderState;
@@ -58,6 +58,11 @@ pub struct SessionSummary {
     pub send_calls: u64,
     /// `io_uring_enter` calls that submitted sends (uring).
     pub io_uring_enters: u64,
+    /// How payloads were to go: `splice` (page-cache pages attached, no copy), `copy`, or
+    /// `auto` (splice while the server was busy).
+    pub send_path: &'static str,
+    /// Datagrams sent by splice.
+    pub spliced_datagrams: u64,
     /// Why GSO was given up during the session, if it was.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gso_fallback: Option<String>,
@@ -142,6 +147,11 @@ pub struct Session {
     pub gso_segments: AtomicU64,
     /// Why the engine stopped using GSO for this session.
     pub gso_fallback: OnceLock<String>,
+    /// How payloads go: by copy, by splice (header, then `sendfile()` of the file's pages), or
+    /// `Auto`: by splice while the server is busy, by copy otherwise.
+    pub send_path: SendPath,
+    /// Datagrams that went by splice.
+    pub spliced: AtomicU64,
     /// Tests set it to make the engine's code for this session panic.
     #[cfg(test)]
     pub(crate) fail_point: AtomicBool,
@@ -178,12 +188,20 @@ impl Session {
             problem: OnceLock::new(),
             gso_segments: AtomicU64::new(0),
             gso_fallback: OnceLock::new(),
+            send_path: SendPath::Copy,
+            spliced: AtomicU64::new(0),
             #[cfg(test)]
             fail_point: AtomicBool::new(false),
             #[cfg(test)]
             fail_gso: AtomicBool::new(false),
             told_client: AtomicBool::new(false),
         }
+    }
+
+    /// Sets how the session's payloads go (its payload size must suit it: `payload_size`).
+    pub fn with_send_path(mut self, path: SendPath) -> Self {
+        self.send_path = path;
+        self
     }
 
     pub fn state(&self) -> MutexGuard<'_, SenderState> {
@@ -194,6 +212,11 @@ impl Session {
     /// Bytes per datagram on the wire, header included.
     pub fn datagram_size(&self) -> usize {
         self.file.payload_size as usize + DATA_HEADER_LEN
+    }
+
+    /// The server's counters.
+    pub fn stats(&self) -> &ServerStats {
+        &self.ctx.stats
     }
 
     /// Whether the engine may use UDP GSO for this session.
@@ -319,6 +342,8 @@ impl Session {
                 gso_segments: self.gso_segments.load(Ordering::Relaxed),
                 send_calls: hists.send_calls,
                 io_uring_enters: hists.enters,
+                send_path: self.send_path.as_str(),
+                spliced_datagrams: self.spliced.load(Ordering::Relaxed),
                 gso_fallback: self.gso_fallback.get().cloned(),
                 duration_s: secs,
                 throughput_bps: st.bytes_sent as f64 * 8.0 / secs.max(1e-9),

@@ -13,6 +13,8 @@ pub struct ServerStats {
     pub bytes_sent: AtomicU64,
     pub datagrams_sent: AtomicU64,
     pub retransmitted: AtomicU64,
+    /// Datagrams whose payload went by splice (the rest were copied).
+    pub spliced: AtomicU64,
     /// Datagrams that were not ringblast messages, or not valid ones.
     pub malformed: AtomicU64,
     /// Requests with a missing, forged or expired token.

@@ -6,6 +6,7 @@ pub mod hugebuf;
 pub mod mmap;
 pub mod recvmmsg;
 pub mod socket;
+pub mod splice;
 
 /// Restores the default SIGPIPE action, so `ringblast get ... | head` ends quietly when the
 /// reader goes away instead of panicking in `println!` (Rust ignores SIGPIPE by default).

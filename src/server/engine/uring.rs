@@ -30,12 +30,14 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::socket::{SockaddrLike, SockaddrStorage};
 
 use super::slots::{Completions, Drained, EnterError, SlotBook};
-use super::{panic_text, Engine};
+use super::{panic_text, Engine, SendPath};
 use crate::protocol::sender::NextDatagram;
 use crate::protocol::{Mode, DATA_HEADER_LEN};
 use crate::report::hist::SendHists;
 use crate::server::session::{CloseReason, Session};
 use crate::server::stats::ServerStats;
+use crate::sys::socket::{set_gso_cmsg, GSO_CMSG_WORDS};
+use crate::sys::splice::{SpliceSocket, Spliced};
 
 /// Send slots (and submission-queue entries) per session ring: the largest batch one
 /// `io_uring_enter` submits for one session, one datagram per slot.
@@ -45,11 +47,11 @@ pub const GSO_SLOTS: usize = 16;
 /// Most datagrams one GSO send carries (the kernel's `UDP_MAX_SEGMENTS`).
 pub const MAX_GSO_SEGMENTS: usize = 64;
 /// Most bytes one GSO send carries: one UDP packet's worth (IPv4's limit, the smaller).
-const MAX_GSO_BYTES: usize = crate::protocol::MAX_DATAGRAM;
+pub(crate) const MAX_GSO_BYTES: usize = crate::protocol::MAX_DATAGRAM;
+/// Datagrams a spliced session takes from its sender per lock.
+const SPLICE_TAKE: usize = 8;
 /// Index recorded for an END marker's segment (it is never resent).
 const END_SEGMENT: u32 = u32::MAX;
-/// Control-message space for one `UDP_SEGMENT` (CMSG_SPACE of a u16), in u64 words.
-const CMSG_WORDS: usize = 3;
 /// Longest a worker sleeps without a reason to wake, so shutdown is noticed.
 const IDLE_POLL: Duration = Duration::from_millis(100);
 /// epoll data value of a worker's own wake-up eventfd.
@@ -64,7 +66,7 @@ struct Slot {
     /// The datagram index of each segment, to resend it if the send fails.
     indices: Box<[u32]>,
     segments: usize,
-    cmsg: [u64; CMSG_WORDS],
+    cmsg: [u64; GSO_CMSG_WORDS],
     msg: libc::msghdr,
     /// When its send was queued, for the completion-latency histogram.
     queued_at: Instant,
@@ -76,8 +78,8 @@ struct SessionRing {
     ring: IoUring,
     /// Boxed slice: the kernel holds pointers into it while sends are in flight.
     slots: Box<[Slot]>,
-    /// Boxed: every slot's msghdr points at it (kept alive, never read from Rust).
-    _dest: Box<SockaddrStorage>,
+    /// Boxed: every slot's msghdr points at it (and spliced sends read it).
+    dest: Box<SockaddrStorage>,
     book: SlotBook,
     /// Datagrams per send: 1, or the GSO batch while GSO works.
     max_segments: usize,
@@ -127,7 +129,7 @@ impl SessionRing {
                 .into_boxed_slice(),
                 indices: vec![0; max_segments].into_boxed_slice(),
                 segments: 0,
-                cmsg: [0; CMSG_WORDS],
+                cmsg: [0; GSO_CMSG_WORDS],
                 // SAFETY: msghdr is plain old data; zero is valid (null pointers, 0 lengths).
                 msg: unsafe { std::mem::zeroed() },
                 queued_at: Instant::now(),
@@ -138,29 +140,15 @@ impl SessionRing {
             slot.msg.msg_namelen = dest.len();
             slot.msg.msg_iov = slot.iov.as_mut_ptr();
             if max_segments > 1 {
-                slot.msg.msg_control = slot.cmsg.as_mut_ptr().cast();
-                // SAFETY: msg_control points at the slot's own cmsg words, CMSG_SPACE(2) = 24
-                // bytes long (checked by the assert); the CMSG macros stay inside them.
-                unsafe {
-                    let space = libc::CMSG_SPACE(std::mem::size_of::<u16>() as u32) as usize;
-                    assert!(space <= CMSG_WORDS * 8);
-                    slot.msg.msg_controllen = space;
-                    let c = libc::CMSG_FIRSTHDR(&slot.msg);
-                    (*c).cmsg_level = libc::SOL_UDP;
-                    (*c).cmsg_type = libc::UDP_SEGMENT;
-                    (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<u16>() as u32) as usize;
-                    std::ptr::write_unaligned(
-                        libc::CMSG_DATA(c).cast::<u16>(),
-                        datagram_size as u16,
-                    );
-                }
+                // The slot's cmsg words are boxed with it: they stay where msg points.
+                set_gso_cmsg(&mut slot.msg, &mut slot.cmsg, datagram_size as u16);
             }
         }
         Ok(SessionRing {
             session,
             ring,
             slots,
-            _dest: dest,
+            dest,
             book: SlotBook::new(slot_count),
             max_segments,
             pending_end: false,
@@ -190,14 +178,125 @@ impl SessionRing {
         }
     }
 
+    /// Sends what the session may send now by splice (see [`SpliceSocket`]): up to [`SLOTS`]
+    /// datagrams, taken from the sender a few at a time so that its lock (which ACKs need) is
+    /// never held across a send. Each send is over when its calls return: a datagram's send
+    /// time is when it was taken, at most [`SPLICE_TAKE`] sends earlier. Returns what
+    /// [`SessionRing::pump`] returns.
+    fn pump_splice(&mut self, out: &SpliceSocket) -> (usize, Option<Instant>) {
+        let session = self.session.clone();
+        let file = &session.file;
+        let mut pushed = 0;
+        let mut taken: [(u32, usize); SPLICE_TAKE] = [(0, 0); SPLICE_TAKE];
+        let mut headers = [[0u8; DATA_HEADER_LEN]; SPLICE_TAKE];
+        loop {
+            let now = Instant::now();
+            let mut n = 0;
+            let deadline;
+            {
+                let mut state = session.state();
+                if session.close_reason().is_some() {
+                    return (pushed, None);
+                }
+                while n < SPLICE_TAKE && pushed + n < SLOTS {
+                    let Some(next) = state.next(now) else { break };
+                    match next {
+                        NextDatagram::Data {
+                            index,
+                            retransmit,
+                            send_ts_ns,
+                        } => {
+                            let header = &mut headers[n];
+                            let len = session.data_header(index, retransmit, send_ts_ns, header);
+                            taken[n] = (index, len);
+                        }
+                        NextDatagram::End => {
+                            session.end_marker(&mut self.scratch);
+                            taken[n] = (END_SEGMENT, 0);
+                        }
+                    }
+                    n += 1;
+                }
+                if state.mode() == Mode::Reliable && state.is_complete() {
+                    session.close(CloseReason::Complete);
+                }
+                deadline = state.deadline();
+            }
+            if n == 0 {
+                if pushed > 0 {
+                    self.hists.batch.record(pushed as u64);
+                }
+                return (pushed, deadline);
+            }
+            let mut errors = 0;
+            let mut spliced = 0;
+            for (i, &(index, len)) in taken[..n].iter().enumerate() {
+                let t = Instant::now();
+                let sent = if index == END_SEGMENT {
+                    self.hists.send_calls += 1;
+                    out.send_plain(&self.dest, &self.scratch)
+                        .map(|_| Spliced::Sent)
+                } else {
+                    self.hists.send_calls += 2;
+                    let offset = index as u64 * file.payload_size as u64;
+                    out.send(&self.dest, &headers[i], &file.file, offset, len)
+                };
+                self.hists
+                    .send_latency_us
+                    .record(t.elapsed().as_micros() as u64);
+                match sent {
+                    Ok(Spliced::Sent) => spliced += u64::from(index != END_SEGMENT),
+                    Ok(Spliced::Short) => {
+                        errors += 1;
+                        session.close(CloseReason::FileChanged);
+                    }
+                    Err(e) => {
+                        errors += 1;
+                        if e.raw_os_error() == Some(libc::EMSGSIZE) {
+                            session.fail(CloseReason::Failed, too_big(&session));
+                        }
+                    }
+                }
+            }
+            if errors > 0 {
+                session.send_errors.fetch_add(errors, Ordering::Relaxed);
+            }
+            session.spliced.fetch_add(spliced, Ordering::Relaxed);
+            session.gso_segments.fetch_max(1, Ordering::Relaxed);
+            session
+                .stats()
+                .spliced
+                .fetch_add(spliced, Ordering::Relaxed);
+            pushed += n;
+            if pushed >= SLOTS {
+                self.hists.batch.record(pushed as u64);
+                // Come back after the worker's other sessions; what was sent is timed then.
+                return (pushed, None);
+            }
+        }
+    }
+
     /// Fills free slots with what the session may send now and submits them. Returns how
     /// many sends went to the kernel, and the time at which this session can next send without
     /// an ACK or a completion (pacing, END spacing) if it has a free slot to send it from.
-    fn pump(&mut self, sock: RawFd) -> (usize, Option<Instant>) {
+    fn pump(
+        &mut self,
+        sock: RawFd,
+        splice: Option<&SpliceSocket>,
+        busy: bool,
+    ) -> (usize, Option<Instant>) {
         self.reap();
         #[cfg(test)]
         if self.session.fail_point.load(Ordering::Relaxed) {
             panic!("injected fault in session {:08x}", self.session.id);
+        }
+        let splice_now = match self.session.send_path {
+            SendPath::Copy => false,
+            SendPath::Splice => true,
+            SendPath::Auto => busy,
+        };
+        if let Some(out) = splice.filter(|_| splice_now) {
+            return self.pump_splice(out);
         }
         // Read the clock here, not once per worker turn: the sessions before this one took
         // milliseconds to submit, and a stale send time makes data look lost too early.
@@ -390,14 +489,7 @@ fn reap_into(
         match err {
             // The kernel found a page of the mapped file gone: it was truncated.
             libc::EFAULT => session.close(CloseReason::FileChanged),
-            libc::EMSGSIZE => session.fail(
-                CloseReason::Failed,
-                format!(
-                    "{}-byte datagrams do not fit the path MTU to {}: use a smaller --datagram-size (or auto)",
-                    session.datagram_size(),
-                    session.peer
-                ),
-            ),
+            libc::EMSGSIZE => session.fail(CloseReason::Failed, too_big(session)),
             libc::EIO | libc::EINVAL if slot.segments > 1 => {
                 let _ = session.gso_fallback.set(format!(
                     "a GSO send failed ({}): one datagram per send from then on",
@@ -418,6 +510,15 @@ fn reap_into(
         session.send_errors.fetch_add(errors, Ordering::Relaxed);
     }
     gso_failed
+}
+
+/// Why a session whose datagrams the path refused failed.
+fn too_big(session: &Session) -> String {
+    format!(
+        "{}-byte datagrams do not fit the path MTU to {}: use a smaller --datagram-size (or auto)",
+        session.datagram_size(),
+        session.peer
+    )
 }
 
 /// A session ring's parts that waiting for completions needs.
@@ -491,8 +592,14 @@ pub fn available() -> io::Result<()> {
 }
 
 impl UringEngine {
-    /// Starts `workers` threads that send through `sock` (the server's one port).
-    pub fn new(sock: Arc<UdpSocket>, workers: usize, stats: Arc<ServerStats>) -> io::Result<Self> {
+    /// Starts `workers` threads that send through `sock` (the server's one port); with
+    /// `splice`, each also gets a [`SpliceSocket`] on that port for spliced sessions.
+    pub fn new(
+        sock: Arc<UdpSocket>,
+        workers: usize,
+        stats: Arc<ServerStats>,
+        splice: bool,
+    ) -> io::Result<Self> {
         // Fail early, with a clear message, where io_uring is unavailable.
         available()?;
         let shutdown = Arc::new(AtomicBool::new(false));
@@ -513,8 +620,14 @@ impl UringEngine {
                 EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLET, WAKE_TOKEN),
             )?;
             let load = Arc::new(AtomicUsize::new(0));
+            let splice = match splice {
+                true => Some(SpliceSocket::new(&sock)?),
+                false => None,
+            };
             let ctx = WorkerCtx {
+                workers: workers.max(1) as u64,
                 sock: sock.clone(),
+                splice,
                 rx,
                 epoll,
                 load: load.clone(),

@@ -54,7 +54,7 @@ fn a_gso_send_the_device_refuses_falls_back_to_one_datagram_a_send() {
         return;
     }
     let stats = Arc::new(ServerStats::default());
-    let engine = UringEngine::new(sock, 1, stats.clone()).unwrap();
+    let engine = UringEngine::new(sock, 1, stats.clone(), false).unwrap();
     let (tx, summaries) = mpsc::channel();
     let now = Instant::now();
     let state = SenderState::new(blast(file.size, 1440), now, unix_ns());
@@ -104,7 +104,7 @@ fn a_panicking_session_fails_alone_and_the_worker_goes_on() {
     let sock = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
     let stats = Arc::new(ServerStats::default());
     // One worker, so both sessions share it.
-    let engine = UringEngine::new(sock, 1, stats.clone()).unwrap();
+    let engine = UringEngine::new(sock, 1, stats.clone(), false).unwrap();
     let (tx, summaries) = mpsc::channel();
     let session = |id| {
         let now = Instant::now();

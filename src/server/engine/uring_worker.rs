@@ -5,6 +5,11 @@ use super::*;
 
 pub(super) struct WorkerCtx {
     pub(super) sock: Arc<UdpSocket>,
+    /// Workers in the engine: with at least as many sessions the server is busy, and
+    /// `--send-path auto` sessions splice.
+    pub(super) workers: u64,
+    /// This worker's socket for spliced sessions (`--send-path auto|splice`).
+    pub(super) splice: Option<SpliceSocket>,
     pub(super) rx: Receiver<Arc<Session>>,
     pub(super) epoll: Epoll,
     pub(super) load: Arc<AtomicUsize>,
@@ -48,8 +53,11 @@ impl WorkerCtx {
             }
             let mut deadline: Option<Instant> = None;
             let mut sent = 0;
+            let busy = self.stats.sessions_active.load(Ordering::Relaxed) >= self.workers;
             for rs in sessions.iter_mut() {
-                match catch_unwind(AssertUnwindSafe(|| rs.pump(sock))) {
+                match catch_unwind(AssertUnwindSafe(|| {
+                    rs.pump(sock, self.splice.as_ref(), busy)
+                })) {
                     Ok((n, d)) => {
                         sent += n;
                         deadline = match (deadline, d) {

@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# The copy budget (issue 11), measured in one sitting on loopback, RUNS rounds, medians:
+#   - 1 client, 1 GiB, --discard, against servers with --send-path splice (auto) and copy:
+#     goodput and the server's CPU seconds per GB sent (utime+stime of the server process,
+#     from /proc, before and after each transfer);
+#   - iperf3 -u -b 0 -l 65507 (3 s), receiver rate, and its sender's CPU seconds per GB (from
+#     iperf3's own cpu_utilization_percent);
+#   - 1 client, 1 GiB written to a file and verified by content (--verify content): goodput
+#     and its ratio to --discard;
+#   - 10 clients x 250 MiB --discard against iperf3 -P 10;
+#   - uring (auto send path) vs the threads engine at 1, 5 and 10 clients x 250 MiB.
+# Rounds alternate the cases, so a noisy neighbour hits them all alike.
+# Usage: benches/copybudget.sh [RUNS]   (needs iperf3 and python3)
+set -euo pipefail
+RUNS=${1:-5}
+cd "$(dirname "$0")/.."
+cargo build --release -q
+BIN=${BIN:-target/release/ringblast}
+DIR=${RINGBLAST_BENCH_DIR:-/tmp/ringblast-bench}
+OUT=$DIR/out
+PORT=${PORT:-6980}
+mkdir -p "$DIR/files"
+for size in 1024 250; do
+  f="$DIR/files/${size}MiB.bin"
+  [ "$(stat -c %s "$f" 2>/dev/null || echo 0)" = $((size << 20)) ] || head -c $((size << 20)) /dev/urandom > "$f"
+done
+command -v iperf3 >/dev/null || { echo "iperf3 is not installed: apt-get install iperf3" >&2; exit 1; }
+
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$OUT"; }
+trap cleanup EXIT
+serve() { # port, args...
+  local port=$1; shift
+  $BIN serve --dir "$DIR/files" --bind "127.0.0.1:$port" "$@" > "$DIR/serve-$port.log" 2>&1 &
+  PIDS+=($!)
+  for _ in $(seq 300); do [ "$(grep -c indexed "$DIR/serve-$port.log" || true)" -ge 2 ] && return; sleep 0.1; done
+  echo "server on $port did not index its files: $(tail -3 "$DIR/serve-$port.log")" >&2; exit 1
+}
+serve $PORT --send-path auto;              SPLICE_PID=${PIDS[-1]}
+serve $((PORT + 2)) --send-path copy;       COPY_PID=${PIDS[-1]}
+serve $((PORT + 4)) --engine threads;       THREADS_PID=${PIDS[-1]}
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+HZ=$(getconf CLK_TCK)
+median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+goodput() { grep -o 'goodput [0-9.]* MiB/s' | tail -1 | awk '{print $2}'; }
+declare -A V
+add() { V[$1]="${V[$1]:-} $2"; }
+
+# One ringblast transfer: records goodput (MiB/s) under $1 and, with $3, the server's CPU
+# seconds per GB sent under $1_cpu.
+get() { # label, port, server pid or "", args...
+  local label=$1 port=$2 pid=$3; shift 3
+  rm -rf "$OUT"; sync
+  local before=0; [ -n "$pid" ] && before=$(cpu_ticks "$pid")
+  local out; out=$($BIN get "$@" --server "127.0.0.1:$port")
+  add "$label" "$(echo "$out" | goodput)"
+  if [ -n "$pid" ]; then
+    local bytes; bytes=$(echo "$out" | awk 'NR>2 && $1 ~ /^[0-9]+$/ {s += $4} END {print s}')
+    add "${label}_cpu" "$(awk -v t=$(( $(cpu_ticks "$pid") - before )) -v hz="$HZ" -v b="$bytes" 'BEGIN {printf "%.3f", t / hz / (b / 1e9)}')"
+  fi
+}
+iperf() { # label, parallel streams
+  local label=$1 streams=$2 port=$((PORT + 10))
+  iperf3 -s -p $port -1 >/dev/null 2>&1 &
+  local spid=$!
+  sleep 0.3
+  iperf3 -c 127.0.0.1 -p $port -u -b 0 -l 65507 -t 3 -P "$streams" -J > "$DIR/iperf.json" 2>/dev/null || true
+  wait $spid || true
+  read -r rate cpu < <(python3 - "$DIR/iperf.json" <<'EOF'
+import json, sys
+j = json.load(open(sys.argv[1]))
+s = j["end"]["sum"] if "sum" in j["end"] else j["end"]["sum_received"]
+# The receiver's rate: bytes sent less the datagrams it counted lost.
+rate = s["bits_per_second"] * (1 - s.get("lost_percent", 0) / 100) / 8 / 1048576
+sent_gb = s["bytes"] / 1e9
+cpu_s = j["end"]["cpu_utilization_percent"]["host_total"] / 100 * s["seconds"]
+print(f"{rate:.1f} {cpu_s / sent_gb:.3f}")
+EOF
+)
+  add "$label" "$rate"; add "${label}_cpu" "$cpu"
+}
+
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), kernel $(uname -r)"
+for r in $(seq "$RUNS"); do
+  echo "round $r of $RUNS" >&2
+  iperf iperf1 1
+  get splice $PORT "$SPLICE_PID" 1024MiB.bin --discard
+  get copy $((PORT + 2)) "$COPY_PID" 1024MiB.bin --discard
+  get file $PORT "" 1024MiB.bin --out "$OUT" --force --verify content
+  iperf iperf10 10
+  get splice10 $PORT "$SPLICE_PID" 250MiB.bin --discard --clients 10
+  get copy10 $((PORT + 2)) "" 250MiB.bin --discard --clients 10
+done
+for n in 1 5 10; do
+  for _ in $(seq "$RUNS"); do
+    get "uring$n" $PORT "" 250MiB.bin --discard --clients $n
+    get "threads$n" $((PORT + 4)) "" 250MiB.bin --discard --clients $n
+  done
+done
+
+m() { printf '%s\n' ${V[$1]} | median; }
+row() { # label, key, comparison text
+  printf '%-46s %8.1f MiB/s %s   runs: %s\n' "$1" "$(m "$2")" "$3" "${V[$2]# }"
+}
+ratio() { awk -v a="$(m "$1")" -v b="$(m "$2")" 'BEGIN {printf "%.2fx", a / b}'; }
+cpu() { printf 'server %s CPU-s/GB (runs:%s)' "$(m "${1}_cpu")" "${V[${1}_cpu]}"; }
+echo
+row "iperf3 -u -b 0 -l 65507, receiver" iperf1 "sender $(m iperf1_cpu) CPU-s/GB"
+row "1 client --discard, splice" splice "$(ratio splice iperf1) iperf3; $(cpu splice)"
+row "1 client --discard, copy" copy "$(ratio copy iperf1) iperf3; $(cpu copy)"
+row "1 client to file, --verify content" file "$(ratio file splice) of --discard (splice)"
+row "iperf3 -P 10, receiver" iperf10 ""
+row "10 clients x 250 MiB --discard, splice" splice10 "$(ratio splice10 iperf10) iperf3 -P 10; $(cpu splice10)"
+row "10 clients x 250 MiB --discard, copy" copy10 "$(ratio copy10 iperf10) iperf3 -P 10"
+for n in 1 5 10; do
+  row "uring, $n x 250 MiB --discard" "uring$n" "$(ratio "uring$n" "threads$n") threads"
+  row "threads, $n x 250 MiB --discard" "threads$n" ""
+done
