@@ -40,11 +40,11 @@ fn get(hosts: &Hosts, server: &str, extra: &[&str]) -> (serde_json::Value, Strin
                 "-",
                 "--timeout",
                 "5",
-                // A try that some sub-clients lost to a server not yet listening may have
-                // left the others' copies: the next try replaces them.
-                "--force",
             ])
             .args(extra)
+            // A try that some sub-clients lost to a server not yet listening may have left
+            // the others' copies: the next try replaces them.
+            .args(extra.contains(&"--out").then_some("--force"))
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr).to_string();

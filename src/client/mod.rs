@@ -12,6 +12,7 @@
 //! under a temporary name and renamed only once the whole file verifies; otherwise removed.
 
 mod connection;
+mod hashing;
 mod pool;
 mod receive;
 mod sink;

@@ -1,19 +1,25 @@
 //! Where one sub-client's copy goes: a temporary file written at each datagram's offset and
 //! renamed only once verified, or nowhere (`--discard`).
 
+use std::cell::Cell;
 use std::fs::{File, OpenOptions};
 use std::io::{self, IoSlice};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use super::hashing::{ContentHash, STEP};
 use super::ClientError;
-use crate::sys::hugebuf::HugeBuf;
 
 /// The output of one sub-client.
 pub(super) struct Sink {
     pub(super) file: Option<File>,
     /// Where `file` is, for errors.
     path: PathBuf,
+    /// The copy's content hash, computed as the copy is written (`--verify content`).
+    hash: Option<Arc<ContentHash>>,
+    /// How far the hash has been asked to go.
+    hash_asked: Cell<u64>,
 }
 
 impl Sink {
@@ -21,11 +27,14 @@ impl Sink {
         Sink {
             file: None,
             path: PathBuf::new(),
+            hash: None,
+            hash_asked: Cell::new(0),
         }
     }
 
-    /// Creates `temp` (truncated) with room for `size` bytes.
-    pub(super) fn create(temp: &Path, size: u64) -> io::Result<Sink> {
+    /// Creates `temp` (truncated) with room for `size` bytes; with `hash`, its content hash is
+    /// computed while it is written ([`Sink::written_through`]).
+    pub(super) fn create(temp: &Path, size: u64, hash: bool) -> io::Result<Sink> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -33,10 +42,37 @@ impl Sink {
             .truncate(true)
             .open(temp)?;
         file.set_len(size)?;
+        let hash = match hash {
+            true => Some(ContentHash::new(file.try_clone()?, size)),
+            false => None,
+        };
         Ok(Sink {
             file: Some(file),
             path: temp.to_path_buf(),
+            hash,
+            hash_asked: Cell::new(0),
         })
+    }
+
+    /// The copy's first `front` bytes are all written: the background hash may take them.
+    pub(super) fn written_through(&self, front: u64) {
+        if let Some(hash) = &self.hash {
+            if front >= self.hash_asked.get() + STEP {
+                self.hash_asked.set(front);
+                hash.advance_in_background(front);
+            }
+        }
+    }
+
+    /// The BLAKE3 hash of the whole copy (what the background hash has not done yet is done
+    /// now); `None` when there is no copy or it is not hashed.
+    pub(super) fn content_hash(&self) -> Option<Result<[u8; 32], ClientError>> {
+        let hash = self.hash.as_ref()?;
+        Some(hash.finish().map_err(|error| ClientError::Path {
+            what: "cannot read back the copy to check it",
+            path: self.path.clone(),
+            error,
+        }))
     }
 
     /// Writes consecutive payloads starting at `offset`, in as few syscalls as possible; an
@@ -119,20 +155,4 @@ pub(super) fn remove_stale_parts(dir: &Path, file: &str) -> Vec<PathBuf> {
         }
     }
     removed
-}
-
-/// BLAKE3 of the first `len` bytes of `file`, on all cores. Reads in large chunks rather than
-/// mapping the file: faulting in a fresh map page by page costs more than the copy on a VM.
-pub(super) fn content_hash(file: &File, len: u64) -> io::Result<[u8; 32]> {
-    const CHUNK: usize = 8 << 20;
-    let mut h = blake3::Hasher::new();
-    let mut buf = HugeBuf::new(CHUNK.min(len as usize).max(1));
-    let mut pos = 0u64;
-    while pos < len {
-        let n = ((len - pos) as usize).min(CHUNK);
-        file.read_exact_at(&mut buf.as_mut_slice()[..n], pos)?;
-        h.update_rayon(&buf.as_slice()[..n]);
-        pos += n as u64;
-    }
-    Ok(*h.finalize().as_bytes())
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use super::connection::{next_backoff, send_to_server, server_error, Resend};
 use super::receive::{DataIo, DataReceiver, Progress};
-use super::sink::{content_hash, temp_path, Sink};
+use super::sink::{temp_path, Sink};
 use super::window::window_for_buffer;
 use super::{copy_path, ClientError, GetConfig, Verify};
 use crate::protocol::layout::{datagram_count, manifest_hash, DatagramSize};
@@ -498,7 +498,8 @@ impl SubClient {
         })?;
         let temp = temp_path(dir, &copy_path(dir, &cfg.file, self.id, self.clients));
         self.temp = Some(temp.clone());
-        Sink::create(&temp, meta.file_size).map_err(|error| ClientError::Path {
+        let hash = cfg.verify == Verify::Content;
+        Sink::create(&temp, meta.file_size, hash).map_err(|error| ClientError::Path {
             what: "cannot create the copy",
             path: temp,
             error,
@@ -574,11 +575,9 @@ impl SubClient {
                 "whole-file manifest hash mismatch: copy discarded".into(),
             ));
         }
-        let content_ok = match (&sink.file, self.cfg.verify) {
-            (Some(file), Verify::Content) => {
-                content_hash(file, meta.file_size)? == meta.content_hash
-            }
-            _ => true,
+        let content_ok = match sink.content_hash() {
+            Some(hash) => hash? == meta.content_hash,
+            None => true,
         };
         if !content_ok {
             return Err(ClientError::Verification(
