@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The copy budget (issue 11), measured in one sitting on loopback, RUNS rounds, medians:
-#   - 1 client, 1 GiB, --discard, against servers with --send-path splice (auto) and copy:
-#     goodput and the server's CPU seconds per GB sent (utime+stime of the server process,
-#     from /proc, before and after each transfer);
+#   - 1 client, 1 GiB, --discard, against servers with --send-path auto (the default), copy
+#     and splice: goodput and the server's CPU seconds per GB sent (utime+stime of the server
+#     process, from /proc, before and after each transfer);
 #   - iperf3 -u -b 0 -l 65507 (3 s), receiver rate, and its sender's CPU seconds per GB (from
 #     iperf3's own cpu_utilization_percent);
 #   - 1 client, 1 GiB written to a file and verified by content (--verify content): goodput
-#     and its ratio to --discard;
+#     and its ratio to --discard, and what bounds it here: dd of 1 GiB of zeros into a new
+#     file in the same directory (the page cache, and the disk's writeback once the kernel
+#     throttles dirty pages);
 #   - 10 clients x 250 MiB --discard against iperf3 -P 10;
 #   - uring (auto send path) vs the threads engine at 1, 5 and 10 clients x 250 MiB.
 # Rounds alternate the cases, so a noisy neighbour hits them all alike.
@@ -36,9 +38,10 @@ serve() { # port, args...
   for _ in $(seq 300); do [ "$(grep -c indexed "$DIR/serve-$port.log" || true)" -ge 2 ] && return; sleep 0.1; done
   echo "server on $port did not index its files: $(tail -3 "$DIR/serve-$port.log")" >&2; exit 1
 }
-serve $PORT --send-path auto;              SPLICE_PID=${PIDS[-1]}
+serve $PORT --send-path auto;              AUTO_PID=${PIDS[-1]}
 serve $((PORT + 2)) --send-path copy;       COPY_PID=${PIDS[-1]}
 serve $((PORT + 4)) --engine threads;       THREADS_PID=${PIDS[-1]}
+serve $((PORT + 6)) --send-path splice;     SPLICE_PID=${PIDS[-1]}
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 HZ=$(getconf CLK_TCK)
@@ -85,12 +88,15 @@ echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -
 for r in $(seq "$RUNS"); do
   echo "round $r of $RUNS" >&2
   iperf iperf1 1
-  get splice $PORT "$SPLICE_PID" 1024MiB.bin --discard
+  get auto $PORT "$AUTO_PID" 1024MiB.bin --discard
   get copy $((PORT + 2)) "$COPY_PID" 1024MiB.bin --discard
+  get splice $((PORT + 6)) "$SPLICE_PID" 1024MiB.bin --discard
   get file $PORT "" 1024MiB.bin --out "$OUT" --force --verify content
+  rm -rf "$OUT"; mkdir -p "$OUT"; sync
+  add dd "$(dd if=/dev/zero of="$OUT/dd" bs=4M count=256 2>&1 | awk '/copied/ {print 1073741824 / $(NF-3) / 1048576}')"
   iperf iperf10 10
-  get splice10 $PORT "$SPLICE_PID" 250MiB.bin --discard --clients 10
-  get copy10 $((PORT + 2)) "" 250MiB.bin --discard --clients 10
+  get auto10 $PORT "$AUTO_PID" 250MiB.bin --discard --clients 10
+  get copy10 $((PORT + 2)) "$COPY_PID" 250MiB.bin --discard --clients 10
 done
 for n in 1 5 10; do
   for _ in $(seq "$RUNS"); do
@@ -107,12 +113,14 @@ ratio() { awk -v a="$(m "$1")" -v b="$(m "$2")" 'BEGIN {printf "%.2fx", a / b}';
 cpu() { printf 'server %s CPU-s/GB (runs:%s)' "$(m "${1}_cpu")" "${V[${1}_cpu]}"; }
 echo
 row "iperf3 -u -b 0 -l 65507, receiver" iperf1 "sender $(m iperf1_cpu) CPU-s/GB"
-row "1 client --discard, splice" splice "$(ratio splice iperf1) iperf3; $(cpu splice)"
+row "1 client --discard, auto (copies: alone)" auto "$(ratio auto iperf1) iperf3; $(cpu auto)"
 row "1 client --discard, copy" copy "$(ratio copy iperf1) iperf3; $(cpu copy)"
-row "1 client to file, --verify content" file "$(ratio file splice) of --discard (splice)"
+row "1 client --discard, splice" splice "$(ratio splice iperf1) iperf3; $(cpu splice)"
+row "1 client to file, --verify content" file "$(ratio file auto) of --discard, $(ratio file dd) of dd"
+row "dd 1 GiB of zeros to a new file there" dd ""
 row "iperf3 -P 10, receiver" iperf10 ""
-row "10 clients x 250 MiB --discard, splice" splice10 "$(ratio splice10 iperf10) iperf3 -P 10; $(cpu splice10)"
-row "10 clients x 250 MiB --discard, copy" copy10 "$(ratio copy10 iperf10) iperf3 -P 10"
+row "10 clients x 250 MiB --discard, auto (splices)" auto10 "$(ratio auto10 iperf10) iperf3 -P 10; $(cpu auto10)"
+row "10 clients x 250 MiB --discard, copy" copy10 "$(ratio copy10 iperf10) iperf3 -P 10; $(cpu copy10)"
 for n in 1 5 10; do
   row "uring, $n x 250 MiB --discard" "uring$n" "$(ratio "uring$n" "threads$n") threads"
   row "threads, $n x 250 MiB --discard" "threads$n" ""

@@ -775,3 +775,207 @@ fn list_escapes_control_characters_and_hides_unreadable_files() {
         assert!(!text.contains("locked.bin"), "{text}");
     }
 }
+
+/// No value given to any option of any subcommand makes `ringblast` panic: each is refused
+/// with a one-line error, or accepted and run (to a closed port, or stopped after a moment).
+/// Values: zero, negative, past u64 and f64, NaN, infinities, empty, garbage, huge strings.
+#[test]
+fn extreme_values_never_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap().to_string();
+    let closed = format!("127.0.0.1:{}", free_port());
+    let long = "9".repeat(5000);
+    let numbers: Vec<&str> = vec![
+        "0",
+        "-1",
+        "1e3",
+        "4294967297",
+        "18446744073709551616",
+        "999999999999999999999999999999",
+        "NaN",
+        "inf",
+        "",
+        " ",
+        "x",
+        "0x10",
+        &long,
+    ];
+    let rates = [
+        "0",
+        "-1M",
+        "1e400",
+        "18446744073709551615G",
+        "NaN",
+        "inf",
+        "1.5.5M",
+        "1e-9G",
+    ];
+    let durations = [
+        "0",
+        "-1s",
+        "1e400s",
+        "18446744073709551615m",
+        "NaN",
+        "inf",
+        "1e-30s",
+        "99999999999999999999ms",
+        "5 parsecs",
+    ];
+    let sizes = [
+        "0",
+        "-1",
+        "1e30GiB",
+        "18446744073709551615TiB",
+        "NaN",
+        "inf",
+        "8EiB",
+        "1.5.5",
+    ];
+    let probabilities = ["-0.1", "1.1", "NaN", "inf", "-inf", "1e-400", "101%", "%"];
+    let addrs = [
+        "",
+        ":",
+        "127.0.0.1:99999",
+        "[::1",
+        "256.1.1.1:1",
+        "1.2.3.4:-1",
+        "[fe80::1]:1",
+    ];
+    let datagrams = ["0", "31", "544", "65508", "4294967296", "-1", "auto2"];
+
+    let mut cases: Vec<Vec<String>> = Vec::new();
+    let mut add = |base: &[&str], opt: &str, values: &[&str]| {
+        for v in values {
+            let mut c: Vec<String> = base.iter().map(|s| s.to_string()).collect();
+            c.push(format!("{opt}={v}"));
+            cases.push(c);
+        }
+    };
+    let serve = ["serve", "--dir", &d, "--bind", "127.0.0.1:0"];
+    let get = [
+        "get",
+        "f",
+        "--server",
+        &closed,
+        "--timeout",
+        "1",
+        "--discard",
+    ];
+    let relay = [
+        "relay",
+        "--listen",
+        "127.0.0.1:0",
+        "--to",
+        &closed,
+        "--duration",
+        "1",
+    ];
+    for opt in ["--workers", "--max-sessions"] {
+        add(&serve, opt, &numbers);
+    }
+    add(&serve, "--rate", &rates);
+    add(&serve, "--idle-timeout", &durations);
+    add(&serve, "--datagram-size", &datagrams);
+    add(&serve, "--requests-per-ip", &numbers);
+    add(&serve, "--bind", &addrs);
+    add(&serve, "--engine", &["", "io_uring", &long]);
+    add(&serve, "--send-path", &["", "zerocopy"]);
+    add(&serve, "--cc", &["", "cubic"]);
+    for opt in ["--clients", "--threads"] {
+        add(&get, opt, &numbers);
+    }
+    add(&get, "--timeout", &durations);
+    add(&get, "--interval", &durations);
+    add(&get, "--window", &sizes);
+    add(&get, "--max-size", &sizes);
+    add(&get, "--datagram-size", &datagrams);
+    add(&get, "--server", &addrs);
+    add(&get, "--mode", &["", "turbo"]);
+    add(
+        &["get", "f", "--server", &closed, "--timeout", "1"],
+        "--out",
+        &[""],
+    );
+    add(
+        &["get", "--server", &closed, "--timeout", "1", "--discard"],
+        "../x",
+        &[""],
+    );
+    add(&["list", "--server", &closed], "--timeout", &durations);
+    add(&["list"], "--server", &addrs);
+    add(&["demo", "--dir", &d], "--clients", &numbers);
+    add(&["demo", "--dir", &d], "--size", &sizes);
+    add(&["demo", "--dir", &d], "--size", &["1TiB"]);
+    // A small bench (one 1 MiB file, one run per cell) but for the option under test.
+    let bench = |skip: &str| -> Vec<&str> {
+        let mut v = vec!["bench", "--files", &d, "--out", &d];
+        for (o, x) in [("--sizes", "1MiB"), ("--reps", "1"), ("--clients", "1")] {
+            if o != skip {
+                v.extend([o, x]);
+            }
+        }
+        v
+    };
+    for opt in ["--clients", "--reps"] {
+        add(&bench(opt), opt, &numbers);
+    }
+    add(&bench("--sizes"), "--sizes", &sizes);
+    add(&bench(""), "--recv-buffer", &sizes);
+    for opt in [
+        "--loss",
+        "--reorder",
+        "--duplicate",
+        "--corrupt",
+        "--garbage",
+    ] {
+        add(&relay, opt, &probabilities);
+    }
+    add(&relay, "--delay", &durations);
+    add(&relay[..5], "--duration", &durations);
+    add(&relay, "--rate", &rates);
+    add(&relay, "--queue", &sizes);
+    add(&relay, "--seed", &numbers);
+    add(&["relay", "--to", &closed], "--listen", &addrs);
+
+    // A few at a time: most end at once; what runs is stopped after a few seconds.
+    for chunk in cases.chunks(8) {
+        let mut running: Vec<_> = chunk
+            .iter()
+            .map(|args| {
+                let child = Command::new(BIN)
+                    .args(args)
+                    .env("RUST_BACKTRACE", "0")
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap();
+                (args, child)
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(4);
+        for (args, child) in running.iter_mut() {
+            while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let stopped = child.try_wait().unwrap().is_none();
+            if stopped {
+                let _ = child.kill();
+            }
+            let status = child.wait().unwrap();
+            let mut err = String::new();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            assert!(!err.contains("panicked"), "{args:?}: {err}");
+            if !stopped {
+                use std::os::unix::process::ExitStatusExt;
+                assert_ne!(status.code(), Some(101), "{args:?}: {err}");
+                assert_eq!(status.signal(), None, "{args:?} died: {err}");
+            }
+        }
+    }
+}

@@ -54,8 +54,21 @@ pub fn ensure_file(dir: &Path, size: u64) -> anyhow::Result<String> {
     let name = file_name(size);
     let path = dir.join(&name);
     if std::fs::metadata(&path).map(|m| m.len()).ok() != Some(size) {
+        // Refused up front rather than found out after filling the disk.
+        if let Ok(fs) = nix::sys::statvfs::statvfs(dir) {
+            let free = fs.blocks_available() * fs.fragment_size();
+            if size > free {
+                anyhow::bail!(
+                    "cannot generate a {size}-byte file in {}: {free} bytes free there",
+                    dir.display()
+                );
+            }
+        }
         eprintln!("generating {} ({size} random bytes)...", path.display());
-        generate(&path, size).with_context(|| format!("cannot write {}", path.display()))?;
+        if let Err(e) = generate(&path, size) {
+            let _ = std::fs::remove_file(path.with_extension("generating"));
+            return Err(e).with_context(|| format!("cannot write {}", path.display()));
+        }
     }
     Ok(name)
 }
