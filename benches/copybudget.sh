@@ -88,9 +88,14 @@ echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -
 for r in $(seq "$RUNS"); do
   echo "round $r of $RUNS" >&2
   iperf iperf1 1
-  get auto $PORT "$AUTO_PID" 1024MiB.bin --discard
-  get copy $((PORT + 2)) "$COPY_PID" 1024MiB.bin --discard
-  get splice $((PORT + 6)) "$SPLICE_PID" 1024MiB.bin --discard
+  # The three servers in a different order each round: none always follows iperf3.
+  for k in 0 1 2; do
+    case $(( (r + k) % 3 )) in
+      0) get auto $PORT "$AUTO_PID" 1024MiB.bin --discard ;;
+      1) get copy $((PORT + 2)) "$COPY_PID" 1024MiB.bin --discard ;;
+      2) get splice $((PORT + 6)) "$SPLICE_PID" 1024MiB.bin --discard ;;
+    esac
+  done
   get file $PORT "" 1024MiB.bin --out "$OUT" --force --verify content
   rm -rf "$OUT"; mkdir -p "$OUT"; sync
   add dd "$(dd if=/dev/zero of="$OUT/dd" bs=4M count=256 2>&1 | awk '/copied/ {print 1073741824 / $(NF-3) / 1048576}')"

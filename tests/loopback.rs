@@ -582,3 +582,84 @@ fn auto_splices_when_busy_and_copies_when_cores_are_spare() {
         srv.shutdown();
     }
 }
+
+/// A tmpfs of `size` mounted on a new directory, unmounted when dropped (even when the test
+/// fails); `None` (after saying why) where this process may not mount.
+struct SmallDisk(tempfile::TempDir);
+
+impl SmallDisk {
+    fn mount(size: &str) -> Option<SmallDisk> {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("SKIPPED: cannot mount a tmpfs here (needs root): the full-disk case");
+            return None;
+        }
+        Some(SmallDisk(dir))
+    }
+
+    fn read_only(&self) {
+        let ok = std::process::Command::new("mount")
+            .args(["-o", "remount,ro"])
+            .arg(self.0.path())
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.0.path())
+            .status();
+    }
+}
+
+/// A copy that cannot be written, on a full disk or a read-only one, fails at once with the
+/// path in its error, leaves nothing behind, and the server frees the session at once (the
+/// client said DONE), not after its idle timeout.
+#[test]
+fn a_copy_that_cannot_be_written_fails_at_once_and_frees_the_session() {
+    let Some(disk) = SmallDisk::mount("1m") else {
+        return;
+    };
+    let served = tempfile::tempdir().unwrap();
+    std::fs::write(served.path().join("f"), random_bytes(4 << 20)).unwrap();
+    let srv = server(served.path(), |c| c.idle_timeout = Duration::from_secs(10));
+    let out = disk.0.path().join("copies");
+    for (case, what) in [
+        ("full", "cannot write the copy"),
+        ("read-only", "cannot create"),
+    ] {
+        if case == "read-only" {
+            disk.read_only();
+        }
+        let t = Instant::now();
+        let r = &fetch(srv.local_addr(), "f", 1, &out, |_| {})[0];
+        assert!(!r.ok(), "{case}: {r:?}");
+        let e = r.error.as_deref().unwrap();
+        assert!(e.contains(what) && e.contains("copies"), "{case}: {e}");
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "{case}: took {:?}",
+            t.elapsed()
+        );
+        while srv.stats().sessions_active.load(Ordering::Relaxed) > 0 {
+            assert!(
+                t.elapsed() < Duration::from_secs(3),
+                "{case}: the server kept the session"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if out.exists() {
+            assert_eq!(files_in(&out), 0, "{case}: a partial copy was left");
+        }
+    }
+    srv.shutdown();
+}
