@@ -9,10 +9,12 @@
 # size). The server
 # runs with defaults except --max-sessions, raised to N where N passes the 4096 default.
 # Usage: benches/load.sh [RUNS]   env: SESSIONS="100 1000 5000" SIZE_MIB= TIMEOUT=30s
+#        SERVE_ARGS="--send-path copy" (more options for the server)
 set -euo pipefail
 RUNS=${1:-3}
 SESSIONS=${SESSIONS:-100 1000 5000}
 TIMEOUT=${TIMEOUT:-30s}
+SERVE_ARGS=${SERVE_ARGS:-}
 PORT=${PORT:-6997}
 cd "$(dirname "$0")/.."
 cargo build --release -q
@@ -70,7 +72,7 @@ for n in $SESSIONS; do
   max=$((n > 4096 ? n : 4096))
   rows=()
   for run in $(seq "$RUNS"); do
-    "$BIN" serve --dir "$WORK" --bind "127.0.0.1:$PORT" --max-sessions "$max" > /dev/null 2> "$WORK/serve.log" &
+    "$BIN" serve --dir "$WORK" --bind "127.0.0.1:$PORT" --max-sessions "$max" $SERVE_ARGS > /dev/null 2> "$WORK/serve.log" &
     SERVER_PID=$!
     for _ in $(seq 100); do
       [ "$(grep -c indexed "$WORK/serve.log" || true)" -ge 3 ] && break

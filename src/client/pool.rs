@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 
 use super::subclient::SubClient;
+use crate::protocol::unix_ns;
 use crate::report::copy::CopyReport;
 use crate::report::cpu::cpu_time;
 use crate::sys::recvmmsg::{is_timeout, RecvBatch, BATCH};
@@ -136,20 +137,20 @@ fn drive_one(mut s: SubClient, batch: &mut RecvBatch) -> Vec<CopyReport> {
             s.interrupt(Instant::now());
             break;
         }
-        let empty = match batch.recv(&s.sock) {
+        let empty_at = match batch.recv(&s.sock) {
             Ok(n) => {
                 s.on_batch(batch, n, Instant::now());
-                false
+                None
             }
-            Err(e) if is_timeout(&e) => true,
+            Err(e) if is_timeout(&e) => Some(unix_ns()),
             Err(e) => {
                 s.on_recv_error(e, Instant::now());
-                false
+                None
             }
         };
         let now = Instant::now();
         if s.deadline().is_some_and(|d| d <= now) {
-            s.on_timer(empty, now);
+            s.on_timer(empty_at, now);
         }
     }
     vec![s.take_report()]
@@ -197,7 +198,8 @@ fn drive_many(subs: Vec<SubClient>, batch: &mut RecvBatch) -> Result<Vec<CopyRep
     }
     let mut live = slots.len();
     let mut events = vec![EpollEvent::empty(); 256];
-    let mut emptied: Vec<bool> = Vec::with_capacity(slots.len());
+    // When (Unix ns) this turn found each socket empty.
+    let mut emptied: Vec<Option<u64>> = Vec::with_capacity(slots.len());
     while live > 0 {
         // One flag for all: the first sub-client left asks for everyone.
         if slots
@@ -239,11 +241,11 @@ fn drive_many(subs: Vec<SubClient>, batch: &mut RecvBatch) -> Result<Vec<CopyRep
         };
         // Which sockets this turn found empty (they need no second look for their timers).
         emptied.clear();
-        emptied.resize(slots.len(), false);
+        emptied.resize(slots.len(), None);
         for ev in &events[..ready] {
             let i = ev.data() as usize;
             if let Some(s) = slots.get_mut(i).and_then(Option::as_mut) {
-                emptied[i] = drain(s, batch);
+                emptied[i] = drain(s, batch).then(unix_ns);
             }
         }
         let now = Instant::now();
@@ -251,9 +253,10 @@ fn drive_many(subs: Vec<SubClient>, batch: &mut RecvBatch) -> Result<Vec<CopyRep
             let Some(s) = slot.as_mut() else { continue };
             if s.deadline().is_some_and(|d| d <= now) {
                 // What is queued comes first: its deadline may be an ACK it answers, and an
-                // idle ACK may only go from a socket seen empty.
-                let empty = emptied[i] || drain(s, batch);
-                s.on_timer(empty, Instant::now());
+                // idle ACK may only go from a socket seen empty, written as of then (this
+                // thread may have spent milliseconds on other sockets since).
+                let empty_at = emptied[i].or_else(|| drain(s, batch).then(unix_ns));
+                s.on_timer(empty_at, Instant::now());
             }
         }
     }

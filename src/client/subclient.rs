@@ -253,7 +253,7 @@ impl SubClient {
     }
 
     /// The deadline came; `socket_empty`: a receive just found nothing queued.
-    pub(super) fn on_timer(&mut self, socket_empty: bool, now: Instant) {
+    pub(super) fn on_timer(&mut self, empty_at: Option<u64>, now: Instant) {
         let (server, timeout) = (self.cfg.server, self.cfg.timeout);
         let r = match &mut self.phase {
             Phase::New | Phase::Ended => return,
@@ -285,7 +285,7 @@ impl SubClient {
                     sink: &t.sink,
                     live: &self.live.clients[self.id - 1],
                 };
-                match t.rx.on_timer(&io, timeout, socket_empty, now) {
+                match t.rx.on_timer(&io, timeout, empty_at, now) {
                     Ok(Progress::Going) => return,
                     Ok(Progress::Finished) => return self.end(Ok(()), now),
                     Err(e) => Err(e),

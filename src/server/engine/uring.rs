@@ -180,9 +180,10 @@ impl SessionRing {
 
     /// Sends what the session may send now by splice (see [`SpliceSocket`]): up to [`SLOTS`]
     /// datagrams, taken from the sender a few at a time so that its lock (which ACKs need) is
-    /// never held across a send. Each send is over when its calls return: a datagram's send
-    /// time is when it was taken, at most [`SPLICE_TAKE`] sends earlier. Returns what
-    /// [`SessionRing::pump`] returns.
+    /// never held across a send. Each send is over when its calls return; a datagram's send
+    /// time is then moved to when its batch was sent (`left_at`, under the next lock): a
+    /// worker descheduled between taking and sending must not make data look lost before it
+    /// left. Returns what [`SessionRing::pump`] returns.
     fn pump_splice(&mut self, out: &SpliceSocket) -> (usize, Option<Instant>) {
         let session = self.session.clone();
         let file = &session.file;
@@ -195,11 +196,22 @@ impl SessionRing {
             let deadline;
             {
                 let mut state = session.state();
+                // What the last batch sent, timed from now (it has just left).
+                state.left_at(&self.left, now);
+                self.left.clear();
                 if session.close_reason().is_some() {
                     return (pushed, None);
                 }
                 while n < SPLICE_TAKE && pushed + n < SLOTS {
-                    let Some(next) = state.next(now) else { break };
+                    // An END the copy path took but did not send yet (auto switches paths).
+                    let next = if std::mem::take(&mut self.pending_end) {
+                        NextDatagram::End
+                    } else {
+                        match state.next(now) {
+                            Some(next) => next,
+                            None => break,
+                        }
+                    };
                     match next {
                         NextDatagram::Data {
                             index,
@@ -245,7 +257,11 @@ impl SessionRing {
                     .send_latency_us
                     .record(t.elapsed().as_micros() as u64);
                 match sent {
-                    Ok(Spliced::Sent) => spliced += u64::from(index != END_SEGMENT),
+                    Ok(Spliced::Sent) if index == END_SEGMENT => {}
+                    Ok(Spliced::Sent) => {
+                        spliced += 1;
+                        self.left.push(index);
+                    }
                     Ok(Spliced::Short) => {
                         errors += 1;
                         session.close(CloseReason::FileChanged);
@@ -270,7 +286,9 @@ impl SessionRing {
             pushed += n;
             if pushed >= SLOTS {
                 self.hists.batch.record(pushed as u64);
-                // Come back after the worker's other sessions; what was sent is timed then.
+                session.state().left_at(&self.left, Instant::now());
+                self.left.clear();
+                // Come back after the worker's other sessions.
                 return (pushed, None);
             }
         }
