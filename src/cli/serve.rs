@@ -73,8 +73,8 @@ pub struct ServeArgs {
     no_gso: bool,
     /// How the uring engine puts payloads on the wire. splice: the header, then sendfile() of
     /// the payload, whose page-cache pages the kernel attaches to the datagram: no copy on the
-    /// server (Linux 6.5+), datagrams of at most 61473 bytes (16 pages of payload), so auto
-    /// picks 61472 on loopback instead of 65507. copy: sendmsg from the mapped file, with UDP
+    /// server (Linux 6.5+); datagrams of at most 61473 bytes (the kernel splices at most 16
+    /// pages into one), so auto picks 61472 on loopback (15 whole pages) instead of 65507. copy: sendmsg from the mapped file, with UDP
     /// GSO. auto: datagrams over 32 KiB (loopback) are spliced while the server has at least
     /// as many sessions as workers and copied while it has cores to spare (a lone receiver on
     /// the same host then gets them from cache: faster); smaller ones (Ethernet) are copied
