@@ -208,3 +208,74 @@ fn steer_to_first(sock: &UdpSocket) -> io::Result<()> {
         Err(io::Error::last_os_error())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn server() -> UdpSocket {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        s
+    }
+
+    /// Whatever arrives at the port goes to the server's own socket, from any source port;
+    /// the splice socket never receives.
+    #[test]
+    fn arrivals_go_to_the_server_socket_not_the_splice_one() {
+        let main = server();
+        let out = SpliceSocket::new(&main).unwrap();
+        out.sock.set_nonblocking(true).unwrap();
+        let to = main.local_addr().unwrap();
+        for i in 0..50u8 {
+            UdpSocket::bind("127.0.0.1:0")
+                .unwrap()
+                .send_to(&[i], to)
+                .unwrap();
+        }
+        let mut buf = [0u8; 8];
+        for _ in 0..50 {
+            main.recv(&mut buf).unwrap();
+        }
+        assert_eq!(
+            out.sock.recv(&mut buf).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
+        );
+        // The port is still the server's alone: a plain bind to it is refused.
+        assert!(UdpSocket::bind(to).is_err());
+    }
+
+    /// A spliced datagram is the header and the file's bytes at the offset, at odd offsets and
+    /// lengths too; a file that ends early gives `Short`.
+    #[test]
+    fn a_spliced_datagram_is_the_header_then_the_file_s_bytes() {
+        let main = server();
+        let out = SpliceSocket::new(&main).unwrap();
+        let rx = server();
+        let dest = SockaddrStorage::from(rx.local_addr().unwrap());
+        let data: Vec<u8> = (0..20_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(&data).unwrap();
+        let file = File::open(f.path()).unwrap();
+        let mut buf = vec![0u8; 70_000];
+        for (offset, len) in [(0usize, 4096usize), (1, 9999), (4095, 8193), (12_345, 7655)] {
+            let header = [0xabu8; 32];
+            let r = out.send(&dest, &header, &file, offset as u64, len).unwrap();
+            assert_eq!(r, Spliced::Sent);
+            let n = rx.recv(&mut buf).unwrap();
+            assert_eq!(n, 32 + len, "offset {offset}");
+            assert_eq!(&buf[..32], &header);
+            assert_eq!(&buf[32..n], &data[offset..offset + len], "offset {offset}");
+        }
+        // Past the end: what there was goes, and the caller is told.
+        let r = out.send(&dest, &[1u8; 32], &file, 19_000, 4000).unwrap();
+        assert_eq!(r, Spliced::Short);
+        let n = rx.recv(&mut buf).unwrap();
+        assert_eq!(n, 32 + 1000);
+        // The socket is clean after it: the next datagram is whole.
+        out.send_plain(&dest, b"next").unwrap();
+        let n = rx.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"next");
+    }
+}
