@@ -27,7 +27,7 @@ const MAX_THREADS: usize = 4;
 
 /// One copy's running content hash.
 pub(super) struct ContentHash {
-    file: File,
+    file: Arc<File>,
     len: u64,
     state: Mutex<HashState>,
 }
@@ -43,9 +43,9 @@ struct HashState {
 type Job = (Arc<ContentHash>, u64);
 
 impl ContentHash {
-    /// The hash of the first `len` bytes of `file` (a handle of its own on the copy), none
+    /// The hash of the first `len` bytes of `file` (the copy, shared with its writer), none
     /// hashed yet.
-    pub(super) fn new(file: File, len: u64) -> Arc<ContentHash> {
+    pub(super) fn new(file: Arc<File>, len: u64) -> Arc<ContentHash> {
         Arc::new(ContentHash {
             file,
             len,
@@ -149,10 +149,10 @@ fn run(rx: &Mutex<Receiver<Job>>) {
 mod tests {
     use super::*;
 
-    fn copy_of(data: &[u8]) -> (tempfile::NamedTempFile, File) {
+    fn copy_of(data: &[u8]) -> (tempfile::NamedTempFile, Arc<File>) {
         let f = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(f.path(), data).unwrap();
-        let file = File::open(f.path()).unwrap();
+        let file = Arc::new(File::open(f.path()).unwrap());
         (f, file)
     }
 

@@ -13,7 +13,7 @@ use super::ClientError;
 
 /// The output of one sub-client.
 pub(super) struct Sink {
-    pub(super) file: Option<File>,
+    pub(super) file: Option<Arc<File>>,
     /// Where `file` is, for errors.
     path: PathBuf,
     /// The copy's content hash, computed as the copy is written (`--verify content`).
@@ -42,10 +42,9 @@ impl Sink {
             .truncate(true)
             .open(temp)?;
         file.set_len(size)?;
-        let hash = match hash {
-            true => Some(ContentHash::new(file.try_clone()?, size)),
-            false => None,
-        };
+        // Shared, not duplicated: a thousand copies must not take two thousand descriptors.
+        let file = Arc::new(file);
+        let hash = hash.then(|| ContentHash::new(file.clone(), size));
         Ok(Sink {
             file: Some(file),
             path: temp.to_path_buf(),

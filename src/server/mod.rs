@@ -222,7 +222,7 @@ impl Server {
             cfg.engine.as_str(),
             cfg.datagram_size,
             match send_path {
-                SendPath::Auto => "auto (splice for datagrams over 32 KiB, copy below)",
+                SendPath::Auto => "auto (datagrams over 32 KiB spliced while sessions >= workers, copied otherwise)",
                 SendPath::Copy => "copy",
                 SendPath::Splice => "splice",
             },
