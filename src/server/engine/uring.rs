@@ -31,7 +31,7 @@ use nix::sys::socket::{SockaddrLike, SockaddrStorage};
 
 use super::slots::{Completions, Drained, EnterError, SlotBook};
 use super::{panic_text, Engine, SendPath};
-use crate::protocol::sender::NextDatagram;
+use crate::protocol::sender::{NextDatagram, SenderState};
 use crate::protocol::{Mode, DATA_HEADER_LEN};
 use crate::report::hist::SendHists;
 use crate::server::session::{CloseReason, Session};
@@ -204,13 +204,8 @@ impl SessionRing {
                 }
                 while n < SPLICE_TAKE && pushed + n < SLOTS {
                     // An END the copy path took but did not send yet (auto switches paths).
-                    let next = if std::mem::take(&mut self.pending_end) {
-                        NextDatagram::End
-                    } else {
-                        match state.next(now) {
-                            Some(next) => next,
-                            None => break,
-                        }
+                    let Some(next) = next_datagram(&mut self.pending_end, &mut state, now) else {
+                        break;
                     };
                     match next {
                         NextDatagram::Data {
@@ -336,13 +331,8 @@ impl SessionRing {
                 let mut segments = 0;
                 let mut iovs = 0;
                 while segments < self.max_segments {
-                    let next = if std::mem::take(&mut self.pending_end) {
-                        NextDatagram::End
-                    } else {
-                        match state.next(now) {
-                            Some(n) => n,
-                            None => break,
-                        }
+                    let Some(next) = next_datagram(&mut self.pending_end, &mut state, now) else {
+                        break;
                     };
                     match next {
                         NextDatagram::Data {
@@ -528,6 +518,20 @@ fn reap_into(
         session.send_errors.fetch_add(errors, Ordering::Relaxed);
     }
     gso_failed
+}
+
+/// What a session sends next: an END marker held back from a full GSO batch (`pending_end`)
+/// first, then whatever its sender says.
+fn next_datagram(
+    pending_end: &mut bool,
+    state: &mut SenderState,
+    now: Instant,
+) -> Option<NextDatagram> {
+    if std::mem::take(pending_end) {
+        Some(NextDatagram::End)
+    } else {
+        state.next(now)
+    }
 }
 
 /// Why a session whose datagrams the path refused failed.
