@@ -22,10 +22,18 @@ pub struct DemoConfig {
 }
 
 /// Writes `size` random bytes to `path` (through a temporary name, so an interrupted run
-/// never leaves a short file that looks finished).
+/// never leaves a short file that looks finished; a failed one removes it).
 pub fn generate(path: &Path, size: u64) -> std::io::Result<()> {
     let tmp = path.with_extension("generating");
-    let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
+    let r = write_random(&tmp, size).and_then(|()| std::fs::rename(&tmp, path));
+    if r.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    r
+}
+
+fn write_random(tmp: &Path, size: u64) -> std::io::Result<()> {
+    let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(tmp)?);
     let mut rng = rand::rng();
     let mut buf = vec![0u8; 1 << 20];
     let mut left = size;
@@ -35,8 +43,7 @@ pub fn generate(path: &Path, size: u64) -> std::io::Result<()> {
         f.write_all(&buf[..n])?;
         left -= n as u64;
     }
-    f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-    std::fs::rename(tmp, path)
+    f.into_inner().map_err(|e| e.into_error())?.sync_all()
 }
 
 /// Name of the generated file for a size, e.g. `100MiB.bin`.
@@ -65,10 +72,7 @@ pub fn ensure_file(dir: &Path, size: u64) -> anyhow::Result<String> {
             }
         }
         eprintln!("generating {} ({size} random bytes)...", path.display());
-        if let Err(e) = generate(&path, size) {
-            let _ = std::fs::remove_file(path.with_extension("generating"));
-            return Err(e).with_context(|| format!("cannot write {}", path.display()));
-        }
+        generate(&path, size).with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(name)
 }
