@@ -5,10 +5,11 @@
 #     process, from /proc, before and after each transfer);
 #   - iperf3 -u -b 0 -l 65507 (3 s), receiver rate, and its sender's CPU seconds per GB (from
 #     iperf3's own cpu_utilization_percent);
-#   - 1 client, 1 GiB written to a file and verified by content (--verify content): goodput
-#     and its ratio to --discard, and what bounds it here: dd of 1 GiB of zeros into a new
-#     file in the same directory (the page cache, and the disk's writeback once the kernel
-#     throttles dirty pages);
+#   - 1 client, 1 GiB written to a file and verified by content (--verify content), with
+#     --write-path direct (the default) and buffered, alternating: goodput, its ratio to
+#     --discard, and the client's CPU seconds per GB (the whole process: receive, writer and
+#     hash threads); and what bounds it here: dd of 1 GiB of zeros into a new file in the
+#     same directory, through the page cache and with oflag=direct (the disk);
 #   - 10 clients x 250 MiB --discard against iperf3 -P 10;
 #   - uring (auto send path) vs the threads engine at 1, 5 and 10 clients x 250 MiB.
 # Rounds alternate the cases, so a noisy neighbour hits them all alike.
@@ -56,8 +57,12 @@ get() { # label, port, server pid or "", args...
   local label=$1 port=$2 pid=$3; shift 3
   rm -rf "$OUT"; sync
   local before=0; [ -n "$pid" ] && before=$(cpu_ticks "$pid")
-  local out; out=$($BIN get "$@" --server "127.0.0.1:$port")
+  local out TIMEFORMAT='%U %S' t
+  # The client's CPU (user, system) from bash's `time`, on stderr after the get's own.
+  t=$( { time $BIN get "$@" --server "127.0.0.1:$port" > "$DIR/get.out" 2>/dev/null; } 2>&1 )
+  out=$(cat "$DIR/get.out")
   add "$label" "$(echo "$out" | goodput)"
+  add "${label}_ccpu" "$(echo "$t" | awk '{printf "%.3f", ($1 + $2) / 1.073741824}')"
   if [ -n "$pid" ]; then
     local bytes; bytes=$(echo "$out" | awk 'NR>2 && $1 ~ /^[0-9]+$/ {s += $4} END {print s}')
     add "${label}_cpu" "$(awk -v t=$(( $(cpu_ticks "$pid") - before )) -v hz="$HZ" -v b="$bytes" 'BEGIN {printf "%.3f", t / hz / (b / 1e9)}')"
@@ -96,9 +101,16 @@ for r in $(seq "$RUNS"); do
       2) get splice $((PORT + 6)) "$SPLICE_PID" 1024MiB.bin --discard ;;
     esac
   done
-  get file $PORT "" 1024MiB.bin --out "$OUT" --force --verify content
+  for k in 0 1; do
+    case $(( (r + k) % 2 )) in
+      0) get file $PORT "" 1024MiB.bin --out "$OUT" --force --verify content --write-path direct ;;
+      1) get filebuf $PORT "" 1024MiB.bin --out "$OUT" --force --verify content --write-path buffered ;;
+    esac
+  done
   rm -rf "$OUT"; mkdir -p "$OUT"; sync
   add dd "$(dd if=/dev/zero of="$OUT/dd" bs=4M count=256 2>&1 | awk '/copied/ {print 1073741824 / $(NF-3) / 1048576}')"
+  rm -f "$OUT/dd"
+  add dddirect "$(dd if=/dev/zero of="$OUT/dd" bs=4M count=256 oflag=direct 2>&1 | awk '/copied/ {print 1073741824 / $(NF-3) / 1048576}')"
   iperf iperf10 10
   get auto10 $PORT "$AUTO_PID" 250MiB.bin --discard --clients 10
   get copy10 $((PORT + 2)) "$COPY_PID" 250MiB.bin --discard --clients 10
@@ -121,8 +133,12 @@ row "iperf3 -u -b 0 -l 65507, receiver" iperf1 "sender $(m iperf1_cpu) CPU-s/GB"
 row "1 client --discard, auto (copies: alone)" auto "$(ratio auto iperf1) iperf3; $(cpu auto)"
 row "1 client --discard, copy" copy "$(ratio copy iperf1) iperf3; $(cpu copy)"
 row "1 client --discard, splice" splice "$(ratio splice iperf1) iperf3; $(cpu splice)"
-row "1 client to file, --verify content" file "$(ratio file auto) of --discard, $(ratio file dd) of dd"
+ccpu() { printf 'client %s CPU-s/GB (runs:%s)' "$(m "${1}_ccpu")" "${V[${1}_ccpu]}"; }
+row "1 client --discard, auto: the client" auto "$(ccpu auto)"
+row "1 client to file, --verify content, direct" file "$(ratio file auto) of --discard, $(ratio file dddirect) of dd direct; $(ccpu file)"
+row "1 client to file, --verify content, buffered" filebuf "$(ratio filebuf auto) of --discard, $(ratio filebuf dd) of dd; $(ccpu filebuf)"
 row "dd 1 GiB of zeros to a new file there" dd ""
+row "dd 1 GiB of zeros, oflag=direct" dddirect ""
 row "iperf3 -P 10, receiver" iperf10 ""
 row "10 clients x 250 MiB --discard, auto (splices)" auto10 "$(ratio auto10 iperf10) iperf3 -P 10; $(cpu auto10)"
 row "10 clients x 250 MiB --discard, copy" copy10 "$(ratio copy10 iperf10) iperf3 -P 10; $(cpu copy10)"

@@ -7,7 +7,7 @@ use std::net::UdpSocket;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use ringblast::client::{self, GetConfig, Verify};
+use ringblast::client::{self, GetConfig, Verify, WritePath};
 use ringblast::protocol::{is_data, ErrorCode, Message, Meta, Mode, MAX_PAYLOAD};
 use ringblast::server::engine::EngineKind;
 
@@ -581,6 +581,62 @@ fn auto_splices_when_busy_and_copies_when_cores_are_spare() {
         );
         srv.shutdown();
     }
+}
+
+/// Both write paths give the same verified copies, edge sizes included, and say how much went
+/// around the page cache: with O_DIRECT (where the file system takes it) almost all of a
+/// large copy, with the buffered path none.
+#[test]
+fn both_write_paths_give_the_same_verified_copies() {
+    let served = tempfile::tempdir().unwrap();
+    let sizes = [0usize, 4095, (4 << 20) + 1, (13 << 20) + 12_345];
+    for (i, size) in sizes.iter().enumerate() {
+        std::fs::write(served.path().join(format!("f{i}")), random_bytes(*size)).unwrap();
+    }
+    let srv = server(served.path(), |_| {});
+    for path in [WritePath::Direct, WritePath::Buffered] {
+        let out = tempfile::tempdir().unwrap();
+        let direct_ok = {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .custom_flags(libc::O_DIRECT)
+                .open(out.path().join("probe"))
+                .is_ok()
+        };
+        let _ = std::fs::remove_file(out.path().join("probe"));
+        if !direct_ok {
+            eprintln!(
+                "SKIPPED: {} does not take O_DIRECT: only the fallback is tested",
+                out.path().display()
+            );
+        }
+        for (i, size) in sizes.iter().enumerate() {
+            let name = format!("f{i}");
+            let dir = out.path().join(&name);
+            let reports = fetch(srv.local_addr(), &name, 3, &dir, |c| c.write_path = path);
+            let want = std::fs::read(served.path().join(&name)).unwrap();
+            for r in &reports {
+                assert!(r.ok(), "{path:?} {size}: {r:?}");
+                let got = std::fs::read(r.path.as_ref().unwrap()).unwrap();
+                assert!(got == want, "{path:?} {size}: client {} differs", r.id);
+                assert!(r.written_direct <= *size as u64);
+            }
+            let direct: u64 = reports.iter().map(|r| r.written_direct).sum();
+            match path {
+                WritePath::Buffered => assert_eq!(direct, 0, "{size}"),
+                // The 64 MiB of staging is the process's, shared with the tests running
+                // beside this one: some of it, not all, is sure to come to these copies.
+                WritePath::Direct if direct_ok && *size > 1 << 20 => {
+                    assert!(direct > 0, "{size}: nothing written direct")
+                }
+                WritePath::Direct => {}
+            }
+            assert_eq!(files_in(&dir), 3, "no temporary files left");
+        }
+    }
+    srv.shutdown();
 }
 
 /// A tmpfs of `size` mounted on a new directory, unmounted when dropped (even when the test

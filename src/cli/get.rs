@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::Args;
 
 use super::{values, ModeArg};
-use crate::client::{self, GetConfig, Verify};
+use crate::client::{self, GetConfig, Verify, WritePath};
 use crate::protocol::layout::DatagramSize;
 use crate::report::{json, logging, table};
 
@@ -62,6 +62,13 @@ pub struct GetArgs {
     /// [default: content when writing files, manifest with --discard].
     #[arg(long, value_enum)]
     verify: Option<Verify>,
+    /// How copies reach the disk: direct = gathered in 4 MiB chunks in memory (256MiB at
+    /// most in all), each written with O_DIRECT around the page cache and hashed from memory
+    /// (through the page cache where the file system refuses O_DIRECT or that memory is in
+    /// use); buffered = every payload written through the page cache as it arrives, the
+    /// hash reading it back.
+    #[arg(long, value_enum, default_value_t = WritePath::Direct, conflicts_with = "discard")]
+    write_path: WritePath,
     /// Refuse a file larger than this (bounds the memory a server can make us use).
     #[arg(long, value_parser = values::size, default_value = "1TiB")]
     max_size: u64,
@@ -103,6 +110,7 @@ impl GetArgs {
         } else {
             Verify::Content
         });
+        cfg.write_path = self.write_path;
         cfg.max_size = self.max_size;
         cfg.interval = self.interval;
         cfg.quiet = self.quiet || self.json_to_stdout();

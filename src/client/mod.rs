@@ -12,12 +12,12 @@
 //! under a temporary name and renamed only once the whole file verifies; otherwise removed.
 
 mod connection;
-mod hashing;
 mod pool;
 mod receive;
 mod sink;
 mod subclient;
 pub mod window;
+mod writer;
 
 use std::io;
 use std::net::SocketAddr;
@@ -43,6 +43,27 @@ pub enum Verify {
     Content,
     /// The manifest: every datagram's CRC32C, in order, against the server's manifest hash.
     Manifest,
+}
+
+/// How a copy is written to its file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum WritePath {
+    /// Payloads are gathered in 4 MiB chunks in memory (256 MiB at most for the whole
+    /// process) and each whole chunk is written with O_DIRECT, around the page cache, and
+    /// hashed from memory; through the page cache where the file system refuses O_DIRECT or
+    /// the memory is used up.
+    Direct,
+    /// Every payload is written through the page cache as it arrives; the hash reads it back.
+    Buffered,
+}
+
+impl WritePath {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WritePath::Direct => "direct",
+            WritePath::Buffered => "buffered",
+        }
+    }
 }
 
 /// What `ringblast get` is asked to do.
@@ -75,6 +96,8 @@ pub struct GetConfig {
     /// Kernel receive buffer asked for, bytes.
     pub recv_buffer: usize,
     pub verify: Verify,
+    /// How copies are written.
+    pub write_path: WritePath,
     /// Largest file size a server may announce (bounds memory: 4 bytes per datagram).
     pub max_size: u64,
     /// Print interval reports this often (like iperf3's -i).
@@ -104,6 +127,7 @@ impl GetConfig {
             gro: true,
             recv_buffer: 48 << 20,
             verify: Verify::Content,
+            write_path: WritePath::Direct,
             max_size: 1 << 40,
             interval: None,
             quiet: true,

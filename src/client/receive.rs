@@ -160,7 +160,6 @@ impl DataReceiver {
         // while nothing moves is as good as gone.
         let before = self.counts.datagrams_received;
         self.clock.since_ack += self.absorb(batch, n, io.sink)?;
-        io.sink.written_through(self.front());
         if self.counts.datagrams_received > before || self.end_seen {
             self.clock.heard_at = now;
         }
@@ -340,11 +339,6 @@ impl DataReceiver {
             self.echo_arrival_ns = arrival_ns;
         }
         Some((h.offset, payload))
-    }
-
-    /// Bytes from the start of the copy up to the first missing datagram: all written.
-    fn front(&self) -> u64 {
-        (self.tracker.recv_next() as u64 * self.meta.payload_size as u64).min(self.meta.file_size)
     }
 
     /// Data that arrived before META (it was lost and the GET resent): checked and written

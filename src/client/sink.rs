@@ -1,40 +1,41 @@
 //! Where one sub-client's copy goes: a temporary file written at each datagram's offset and
-//! renamed only once verified, or nowhere (`--discard`).
+//! renamed only once verified, or nowhere (`--discard`). How the bytes reach the file, and
+//! the content hash, are `writer.rs`'s.
 
-use std::cell::Cell;
-use std::fs::{File, OpenOptions};
+use std::cell::RefCell;
+use std::fs::OpenOptions;
 use std::io::{self, IoSlice};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use super::hashing::{ContentHash, STEP};
-use super::ClientError;
+use super::writer::{Chunks, Output};
+use super::{ClientError, WritePath};
 
 /// The output of one sub-client.
 pub(super) struct Sink {
-    pub(super) file: Option<Arc<File>>,
-    /// Where `file` is, for errors.
+    /// The copy's chunks; `None` with `--discard`.
+    chunks: Option<RefCell<Chunks>>,
+    /// Where the copy is, for errors.
     path: PathBuf,
-    /// The copy's content hash, computed as the copy is written (`--verify content`).
-    hash: Option<Arc<ContentHash>>,
-    /// How far the hash has been asked to go.
-    hash_asked: Cell<u64>,
 }
 
 impl Sink {
     pub(super) fn discard() -> Sink {
         Sink {
-            file: None,
+            chunks: None,
             path: PathBuf::new(),
-            hash: None,
-            hash_asked: Cell::new(0),
         }
     }
 
-    /// Creates `temp` (truncated) with room for `size` bytes; with `hash`, its content hash is
-    /// computed while it is written ([`Sink::written_through`]).
-    pub(super) fn create(temp: &Path, size: u64, hash: bool) -> io::Result<Sink> {
+    /// Creates `temp` (truncated) with room for `size` bytes, written by `write_path` (the
+    /// direct path falls back to the page cache where the file system refuses `O_DIRECT`);
+    /// with `hash`, its content hash is computed as it is written.
+    pub(super) fn create(
+        temp: &Path,
+        size: u64,
+        hash: bool,
+        write_path: WritePath,
+    ) -> io::Result<Sink> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -42,72 +43,59 @@ impl Sink {
             .truncate(true)
             .open(temp)?;
         file.set_len(size)?;
-        // Shared, not duplicated: a thousand copies must not take two thousand descriptors.
-        let file = Arc::new(file);
-        let hash = hash.then(|| ContentHash::new(file.clone(), size));
+        let direct = match write_path {
+            WritePath::Direct => OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_DIRECT)
+                .open(temp)
+                .ok(),
+            WritePath::Buffered => None,
+        };
         Ok(Sink {
-            file: Some(file),
+            chunks: Some(RefCell::new(Chunks::new(Output::new(
+                file, direct, size, hash,
+            )))),
             path: temp.to_path_buf(),
-            hash,
-            hash_asked: Cell::new(0),
         })
     }
 
-    /// The copy's first `front` bytes are all written: the background hash may take them.
-    pub(super) fn written_through(&self, front: u64) {
-        if let Some(hash) = &self.hash {
-            if front >= self.hash_asked.get() + STEP {
-                self.hash_asked.set(front);
-                hash.advance_in_background(front);
-            }
-        }
-    }
-
-    /// The BLAKE3 hash of the whole copy (what the background hash has not done yet is done
-    /// now); `None` when there is no copy or it is not hashed.
-    pub(super) fn content_hash(&self) -> Option<Result<[u8; 32], ClientError>> {
-        let hash = self.hash.as_ref()?;
-        Some(hash.finish().map_err(|error| ClientError::Path {
-            what: "cannot read back the copy to check it",
+    /// Waits until the whole copy is written; its content hash when it was asked for. An
+    /// error names the file.
+    pub(super) fn finish(&self) -> Result<Option<[u8; 32]>, ClientError> {
+        let Some(chunks) = &self.chunks else {
+            return Ok(None);
+        };
+        let out = chunks.borrow().output().clone();
+        out.finish().map_err(|(what, error)| ClientError::Path {
+            what,
             path: self.path.clone(),
             error,
-        }))
+        })
     }
 
-    /// Writes consecutive payloads starting at `offset`, in as few syscalls as possible; an
-    /// error names the file.
+    /// Bytes of the copy written around the page cache so far.
+    pub(super) fn direct_bytes(&self) -> u64 {
+        self.chunks
+            .as_ref()
+            .map_or(0, |c| c.borrow().output().direct_bytes())
+    }
+
+    /// Writes consecutive payloads starting at `offset`; an error names the file.
     pub(super) fn write_run(&self, offset: u64, run: &[IoSlice<'_>]) -> Result<(), ClientError> {
-        self.write_at(offset, run)
-            .map_err(|error| ClientError::Path {
-                what: "cannot write the copy",
-                path: self.path.clone(),
-                error,
-            })
-    }
-
-    fn write_at(&self, offset: u64, run: &[IoSlice<'_>]) -> io::Result<()> {
-        let Some(file) = &self.file else {
+        let Some(chunks) = &self.chunks else {
             return Ok(());
         };
         if run.is_empty() {
             return Ok(());
         }
-        let want: usize = run.iter().map(|s| s.len()).sum();
-        let done =
-            nix::sys::uio::pwritev(file, run, offset as libc::off_t).map_err(io::Error::from)?;
-        if done < want {
-            // Short write: finish the rest piece by piece.
-            let mut pos = 0usize;
-            for s in run {
-                let end = pos + s.len();
-                if end > done {
-                    let skip = done.saturating_sub(pos);
-                    file.write_all_at(&s[skip..], offset + (pos + skip) as u64)?;
-                }
-                pos = end;
-            }
-        }
-        Ok(())
+        chunks
+            .borrow_mut()
+            .write_run(offset, run)
+            .map_err(|(what, error)| ClientError::Path {
+                what,
+                path: self.path.clone(),
+                error,
+            })
     }
 }
 

@@ -499,10 +499,12 @@ impl SubClient {
         let temp = temp_path(dir, &copy_path(dir, &cfg.file, self.id, self.clients));
         self.temp = Some(temp.clone());
         let hash = cfg.verify == Verify::Content;
-        Sink::create(&temp, meta.file_size, hash).map_err(|error| ClientError::Path {
-            what: "cannot create the copy",
-            path: temp,
-            error,
+        Sink::create(&temp, meta.file_size, hash, cfg.write_path).map_err(|error| {
+            ClientError::Path {
+                what: "cannot create the copy",
+                path: temp,
+                error,
+            }
         })
     }
 
@@ -575,8 +577,10 @@ impl SubClient {
                 "whole-file manifest hash mismatch: copy discarded".into(),
             ));
         }
-        let content_ok = match sink.content_hash() {
-            Some(hash) => hash? == meta.content_hash,
+        let hash = sink.finish();
+        self.report.written_direct = sink.direct_bytes();
+        let content_ok = match hash? {
+            Some(hash) => hash == meta.content_hash,
             None => true,
         };
         if !content_ok {

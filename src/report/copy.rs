@@ -83,6 +83,9 @@ pub struct CopyReport {
     pub datagram_size: usize,
     /// Datagrams were received coalesced (`UDP_GRO`).
     pub gro: bool,
+    /// Bytes of the copy written to its file around the page cache (`O_DIRECT`), the rest
+    /// through it (0 with --discard).
+    pub written_direct: u64,
     /// Payload bytes of every data datagram that arrived (duplicates and corrupt included).
     pub bytes_received: u64,
     /// Distinct file bytes that arrived with a valid CRC.

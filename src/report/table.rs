@@ -17,9 +17,23 @@ pub fn table(file: &str, reports: &[CopyReport]) -> String {
     } else {
         "off"
     };
+    let written: u64 = reports
+        .iter()
+        .filter(|r| r.path.is_some())
+        .map(|r| r.file_size)
+        .sum();
+    let direct: u64 = reports.iter().map(|r| r.written_direct).sum();
+    let writes = if written > 0 {
+        format!(
+            ", {:.0}% written around the page cache",
+            direct as f64 * 100.0 / written as f64
+        )
+    } else {
+        String::new()
+    };
     let _ = writeln!(
         s,
-        "file {file}: {size} bytes, {} sub-client(s), {datagram_size}-byte datagrams, GRO {gro}",
+        "file {file}: {size} bytes, {} sub-client(s), {datagram_size}-byte datagrams, GRO {gro}{writes}",
         reports.len()
     );
     let _ = writeln!(
