@@ -8,7 +8,7 @@ use std::io::{self, IoSlice};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use super::writer::{Chunks, Output};
+use super::writer::{Chunks, Output, CHUNK};
 use super::{ClientError, WritePath};
 
 /// The output of one sub-client.
@@ -28,7 +28,8 @@ impl Sink {
     }
 
     /// Creates `temp` (truncated) with room for `size` bytes, written by `write_path` (the
-    /// direct path falls back to the page cache where the file system refuses `O_DIRECT`);
+    /// direct path falls back to the page cache where the file system refuses `O_DIRECT`, and
+    /// for copies smaller than a chunk);
     /// with `hash`, its content hash is computed as it is written.
     pub(super) fn create(
         temp: &Path,
@@ -43,13 +44,15 @@ impl Sink {
             .truncate(true)
             .open(temp)?;
         file.set_len(size)?;
+        // A copy smaller than a chunk gains nothing from staging: not worth a second
+        // descriptor (a thousand sub-clients already hold a thousand sockets and files).
         let direct = match write_path {
-            WritePath::Direct => OpenOptions::new()
+            WritePath::Direct if size >= CHUNK => OpenOptions::new()
                 .write(true)
                 .custom_flags(libc::O_DIRECT)
                 .open(temp)
                 .ok(),
-            WritePath::Buffered => None,
+            WritePath::Direct | WritePath::Buffered => None,
         };
         Ok(Sink {
             chunks: Some(RefCell::new(Chunks::new(Output::new(

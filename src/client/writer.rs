@@ -11,7 +11,9 @@
 //!
 //! Why: on this project's VM, buffered writes of a new file ran at 0.3-4 GB/s from one minute
 //! to the next (each page-cache page is fresh memory the hypervisor must hand over), while
-//! `O_DIRECT` from reused buffers ran at a steady 2.3 GB/s (`dd`, 1 GiB, perf/README.md).
+//! `O_DIRECT` from reused buffers ran at a steady 1.7-2.3 GB/s, the disk's speed (`dd`, 1 GiB).
+//! `benches/copybudget.sh 5`: 1665 MiB/s against 474 for the buffered path, at a quarter of
+//! the client's CPU per GB (README.md, perf/README.md).
 //!
 //! What is on disk under the temporary name is exactly what was hashed: a staged chunk is
 //! hashed from the very buffer the device wrote from, a cached one from the file. A chunk's
@@ -41,7 +43,7 @@ pub(super) const CHUNK: u64 = 4 << 20;
 /// kernel must clear (and, in a VM, the hypervisor hand over) once per process, so the
 /// stock is no larger than it must be. Measured (1 GiB, loopback, 3 runs each, perf/README.md):
 /// 4 chunks 1358-1625 MiB/s (80% direct), 8: 1300-1676 (91%), 16: 1550-1737 (96%), 32:
-/// 1326-1577 (98%), 64: 1365-1617.
+/// 1326-1577 (98%), 64: 1365-1632.
 const STAGE_LIMIT: usize = 16;
 /// `O_DIRECT` writes whole blocks: a chunk's last partial block (the file's tail) goes through
 /// the page cache.
@@ -517,6 +519,8 @@ fn run(rx: &Mutex<Receiver<Job>>) {
 /// Writes a staged chunk, then hashes whatever is ready in order; the chunk's buffer goes back
 /// to the stock once hashed (or at once without a hash).
 fn run_job((out, k, staged): Job, scratch: &mut Option<HugeBuf>) {
+    // The job is settled however it ends, even by a panic: `finish` must not wait forever.
+    let _settle = Settle(&out);
     if let Some(staged) = &staged {
         if !out.has_failed.load(Ordering::Acquire) {
             let n = out.chunk_len(k);
@@ -529,10 +533,22 @@ fn run_job((out, k, staged): Job, scratch: &mut Option<HugeBuf>) {
         lock(&hash.ready).insert(k, staged);
         out.hash_ready(hash, scratch);
     }
-    let mut outstanding = lock(&out.outstanding);
-    *outstanding -= 1;
-    if *outstanding == 0 {
-        out.settled.notify_all();
+}
+
+/// Counts a job of its output's as done when dropped.
+struct Settle<'a>(&'a Output);
+
+impl Drop for Settle<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0
+                .fail(WRITING, io::Error::other("a writer thread panicked"));
+        }
+        let mut outstanding = lock(&self.0.outstanding);
+        *outstanding -= 1;
+        if *outstanding == 0 {
+            self.0.settled.notify_all();
+        }
     }
 }
 
