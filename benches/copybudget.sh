@@ -10,7 +10,8 @@
 #     --discard, and the client's CPU seconds per GB (the whole process: receive, writer and
 #     hash threads); and what bounds it here: dd of 1 GiB of zeros into a new file in the
 #     same directory, through the page cache and with oflag=direct (the disk);
-#   - 10 clients x 250 MiB --discard against iperf3 -P 10;
+#   - 10 clients x 250 MiB --discard against iperf3 -P 10, and written to files (direct and
+#     buffered, alternating);
 #   - uring (auto send path) vs the threads engine at 1, 5 and 10 clients x 250 MiB.
 # Rounds alternate the cases, so a noisy neighbour hits them all alike.
 # Usage: benches/copybudget.sh [RUNS]   (needs iperf3 and python3)
@@ -62,9 +63,9 @@ get() { # label, port, server pid or "", args...
   t=$( { time $BIN get "$@" --server "127.0.0.1:$port" > "$DIR/get.out" 2>/dev/null; } 2>&1 )
   out=$(cat "$DIR/get.out")
   add "$label" "$(echo "$out" | goodput)"
-  add "${label}_ccpu" "$(echo "$t" | awk '{printf "%.3f", ($1 + $2) / 1.073741824}')"
+  local bytes; bytes=$(echo "$out" | awk 'NR>2 && $1 ~ /^[0-9]+$/ {s += $4} END {print s}')
+  add "${label}_ccpu" "$(echo "$t" | awk -v b="$bytes" '{printf "%.3f", ($1 + $2) / (b / 1e9)}')"
   if [ -n "$pid" ]; then
-    local bytes; bytes=$(echo "$out" | awk 'NR>2 && $1 ~ /^[0-9]+$/ {s += $4} END {print s}')
     add "${label}_cpu" "$(awk -v t=$(( $(cpu_ticks "$pid") - before )) -v hz="$HZ" -v b="$bytes" 'BEGIN {printf "%.3f", t / hz / (b / 1e9)}')"
   fi
 }
@@ -114,6 +115,12 @@ for r in $(seq "$RUNS"); do
   iperf iperf10 10
   get auto10 $PORT "$AUTO_PID" 250MiB.bin --discard --clients 10
   get copy10 $((PORT + 2)) "$COPY_PID" 250MiB.bin --discard --clients 10
+  for k in 0 1; do
+    case $(( (r + k) % 2 )) in
+      0) get file10 $PORT "" 250MiB.bin --clients 10 --out "$OUT" --force --write-path direct ;;
+      1) get filebuf10 $PORT "" 250MiB.bin --clients 10 --out "$OUT" --force --write-path buffered ;;
+    esac
+  done
 done
 for n in 1 5 10; do
   for _ in $(seq "$RUNS"); do
@@ -142,6 +149,8 @@ row "dd 1 GiB of zeros, oflag=direct" dddirect ""
 row "iperf3 -P 10, receiver" iperf10 ""
 row "10 clients x 250 MiB --discard, auto (splices)" auto10 "$(ratio auto10 iperf10) iperf3 -P 10; $(cpu auto10)"
 row "10 clients x 250 MiB --discard, copy" copy10 "$(ratio copy10 iperf10) iperf3 -P 10; $(cpu copy10)"
+row "10 clients x 250 MiB to files, direct" file10 "$(ratio file10 auto10) of --discard; $(ccpu file10)"
+row "10 clients x 250 MiB to files, buffered" filebuf10 "$(ratio filebuf10 auto10) of --discard; $(ccpu filebuf10)"
 for n in 1 5 10; do
   row "uring, $n x 250 MiB --discard" "uring$n" "$(ratio "uring$n" "threads$n") threads"
   row "threads, $n x 250 MiB --discard" "threads$n" ""

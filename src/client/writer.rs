@@ -4,16 +4,17 @@
 //! its chunk: with the direct write path, into a chunk *staged* in memory (a buffer from a
 //! small process-wide stock); otherwise, or when the stock is used up, into the file through
 //! the page cache (`pwritev`). Once every byte of the first unfinished chunk is in, the chunk
-//! goes to a process-wide pool of writer threads, which write a staged chunk to the file with
-//! `O_DIRECT` (the device reads it from the buffer; no page-cache page is allocated, filled or
-//! written back) and hash every chunk in file order, a staged one from its buffer (still in
-//! the CPU's cache), one written through the page cache by reading it back.
+//! goes to process-wide writer threads: a staged chunk is written to the file with `O_DIRECT`
+//! (the device reads it from the buffer; no page-cache page is allocated, filled or written
+//! back) by the `write-N` threads, which mostly wait for the disk, and every chunk is hashed in
+//! file order by the `hash-N` threads, a staged one from its buffer (still in the CPU's
+//! cache), one written through the page cache by reading it back. When a copy's chunks pile
+//! up unhashed, its receive thread hashes them itself ([`HASH_BACKLOG`]).
 //!
 //! Why: on this project's VM, buffered writes of a new file ran at 0.3-4 GB/s from one minute
 //! to the next (each page-cache page is fresh memory the hypervisor must hand over), while
 //! `O_DIRECT` from reused buffers ran at a steady 1.7-2.3 GB/s, the disk's speed (`dd`, 1 GiB).
-//! `benches/copybudget.sh 5`: 1665 MiB/s against 474 for the buffered path, at a quarter of
-//! the client's CPU per GB (README.md, perf/README.md).
+//! Measured figures are in README.md and perf/README.md (`benches/copybudget.sh`).
 //!
 //! What is on disk under the temporary name is exactly what was hashed: a staged chunk is
 //! hashed from the very buffer the device wrote from, a cached one from the file. A chunk's
@@ -36,15 +37,20 @@ use crate::sys::hugebuf::HugeBuf;
 /// staged chunk is still in the CPU's cache when it is hashed, and a multiple of every
 /// block size `O_DIRECT` asks offsets to be aligned to.
 pub(super) const CHUNK: u64 = 4 << 20;
-/// Staged chunks the whole process may hold (64 MiB). Payloads arriving in order fill one
-/// chunk at a time; the rest are chunks waiting for the disk. When the network outruns the
+/// Staged chunks the whole process may hold: [`STAGE_BASE`] plus [`STAGE_PER_COPY`] for each
+/// copy being written direct, at most [`STAGE_MAX`]. Payloads arriving in order fill one
+/// chunk of each copy at a time; the rest are chunks waiting for the disk. When the network outruns the
 /// disk, the stock runs out and the excess goes through the page cache instead of waiting:
 /// the disk takes what it can, the page cache the rest. Every buffer is fresh memory the
 /// kernel must clear (and, in a VM, the hypervisor hand over) once per process, so the
 /// stock is no larger than it must be. Measured (1 GiB, loopback, 3 runs each, perf/README.md):
 /// 4 chunks 1358-1625 MiB/s (80% direct), 8: 1300-1676 (91%), 16: 1550-1737 (96%), 32:
-/// 1326-1577 (98%), 64: 1365-1632.
-const STAGE_LIMIT: usize = 16;
+/// 1326-1577 (98%), 64: 1365-1632. Ten copies at once need a chunk each to fill and more
+/// waiting for the disk: with a stock of 16 only 10-34% of 10 x 250 MiB went direct.
+const STAGE_BASE: usize = 14;
+const STAGE_PER_COPY: usize = 2;
+/// 256 MiB.
+const STAGE_MAX: usize = 64;
 /// `O_DIRECT` writes whole blocks: a chunk's last partial block (the file's tail) goes through
 /// the page cache.
 const BLOCK: usize = 4096;
@@ -52,20 +58,39 @@ const BLOCK: usize = 4096;
 const READ_BACK: usize = 1 << 20;
 /// Most pieces in one `pwritev` (the kernel's `IOV_MAX`).
 const MAX_IOVECS: usize = 1024;
-/// Most threads the writer pool runs.
-const MAX_THREADS: usize = 4;
+/// Chunks of one copy waiting for their hash beyond which the receive thread hashes them
+/// itself. Measured with 10 copies written at once: the hashing threads, two among a dozen
+/// busy threads, fell behind, held the staged chunks and left 66-84% of the bytes to the page
+/// cache.
+const HASH_BACKLOG: usize = 4;
+
+thread_local! {
+    /// A receive thread's buffer for reading chunks back when it hashes them itself.
+    static SCRATCH: std::cell::RefCell<Option<HugeBuf>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Threads that write staged chunks: enough to keep a disk busy with several copies' chunks
+/// (each thread waits for one write at a time).
+const DISK_THREADS: usize = 4;
+/// Most threads that hash.
+const MAX_HASH_THREADS: usize = 4;
 
 /// A staged chunk's buffer; dropped, it goes back to the stock.
 pub(super) struct Staged(Option<HugeBuf>);
 
 impl Staged {
-    /// A buffer from the stock, or a new one while the stock is under [`STAGE_LIMIT`].
+    /// A buffer from the stock, or a new one while the stock is under its limit.
     fn take() -> Option<Staged> {
+        #[cfg(test)]
+        if tests::STOCK_CLOSED.load(Ordering::Relaxed) {
+            return None;
+        }
         let stock = stock();
         if let Some(buf) = lock(&stock.free).pop() {
             return Some(Staged(Some(buf)));
         }
-        if stock.made.fetch_add(1, Ordering::Relaxed) < STAGE_LIMIT {
+        let limit = stage_limit(stock.copies.load(Ordering::Relaxed));
+        if stock.made.fetch_add(1, Ordering::Relaxed) < limit {
             return Some(Staged(Some(HugeBuf::new(CHUNK as usize))));
         }
         stock.made.fetch_sub(1, Ordering::Relaxed);
@@ -89,9 +114,18 @@ impl Drop for Staged {
     }
 }
 
+/// How many staged chunks the process may hold while `copies` copies are written direct.
+fn stage_limit(copies: usize) -> usize {
+    STAGE_BASE
+        .saturating_add(STAGE_PER_COPY.saturating_mul(copies))
+        .min(STAGE_MAX)
+}
+
 struct Stock {
     free: Mutex<Vec<HugeBuf>>,
     made: AtomicUsize,
+    /// Copies being written direct now.
+    copies: AtomicUsize,
 }
 
 fn stock() -> &'static Stock {
@@ -99,6 +133,7 @@ fn stock() -> &'static Stock {
     STOCK.get_or_init(|| Stock {
         free: Mutex::new(Vec::new()),
         made: AtomicUsize::new(0),
+        copies: AtomicUsize::new(0),
     })
 }
 
@@ -131,7 +166,7 @@ struct OrderedHash {
     /// `state.next`, readable without its lock.
     next: AtomicU64,
     /// Chunks ready to hash, ahead of `next`: `None` for one to read back from the file.
-    ready: Mutex<BTreeMap<u64, Option<Staged>>>,
+    ready: Mutex<BTreeMap<u64, Option<Arc<Staged>>>>,
 }
 
 struct HashState {
@@ -140,7 +175,23 @@ struct HashState {
     next: u64,
 }
 
-type Job = (Arc<Output>, u64, Option<Staged>);
+/// Work for the writer threads. A staged chunk is written and hashed by separate jobs, on
+/// separate threads: a write mostly waits for the disk, and must not wait behind hashing
+/// (nor hashing behind it). Its buffer goes back to the stock when both are done.
+enum Job {
+    /// Write staged chunk `k` to the file.
+    Write(Arc<Output>, u64, Arc<Staged>),
+    /// Hash the chunks that are ready, in order.
+    Hash(Arc<Output>),
+}
+
+impl Job {
+    fn output(&self) -> &Arc<Output> {
+        match self {
+            Job::Write(out, ..) | Job::Hash(out) => out,
+        }
+    }
+}
 
 /// What went wrong with a copy: what was being done (for the message), and the error.
 pub(super) type Failure = (&'static str, io::Error);
@@ -153,6 +204,9 @@ impl Output {
     /// The writer of a copy of `len` bytes in `file`; `direct`, the same file opened
     /// `O_DIRECT`, makes chunks staged; `hash` computes the copy's content hash.
     pub(super) fn new(file: File, direct: Option<File>, len: u64, hash: bool) -> Arc<Output> {
+        if direct.is_some() {
+            stock().copies.fetch_add(1, Ordering::Relaxed);
+        }
         Arc::new(Output {
             file,
             direct,
@@ -254,16 +308,39 @@ impl Output {
         self.direct_bytes.load(Ordering::Relaxed)
     }
 
-    /// Hands chunk `k` (whole) to the pool: `staged` to write and hash, or `None` for one
-    /// already in the page cache, to hash. Nothing to do for the latter without a hash.
+    /// Hands chunk `k` (whole) to the writer threads: `staged` to write and hash, or `None`
+    /// for one already in the page cache, to hash. Nothing to do for the latter without a
+    /// hash.
     fn submit(self: &Arc<Self>, k: u64, staged: Option<Staged>) {
-        if staged.is_none() && self.hash.is_none() {
-            return;
+        let staged = staged.map(Arc::new);
+        if let Some(staged) = &staged {
+            self.queue(Job::Write(self.clone(), k, staged.clone()));
         }
+        if let Some(hash) = &self.hash {
+            let backlog = {
+                let mut ready = lock(&hash.ready);
+                ready.insert(k, staged);
+                ready.len()
+            };
+            if backlog > HASH_BACKLOG {
+                // The hashing threads are behind (busy cores share their time among many
+                // receive threads): this thread hashes too, which slows its receiving and so
+                // the sender, instead of piling up chunks and staging memory.
+                SCRATCH.with_borrow_mut(|scratch| self.hash_ready(hash, scratch));
+            } else {
+                self.queue(Job::Hash(self.clone()));
+            }
+        }
+    }
+
+    fn queue(&self, job: Job) {
         *lock(&self.outstanding) += 1;
-        let job = (self.clone(), k, staged);
-        if let Err(mpsc::SendError(job)) = lock(pool()).send(job) {
-            // No pool thread could be started: do it here.
+        let pool = match job {
+            Job::Write(..) => &pools().disk,
+            Job::Hash(_) => &pools().hash,
+        };
+        if let Err(mpsc::SendError(job)) = lock(pool).send(job) {
+            // No thread of that pool could be started: do it here.
             run_job(job, &mut None);
         }
     }
@@ -326,7 +403,7 @@ impl Output {
         &self,
         hasher: &mut blake3::Hasher,
         k: u64,
-        chunk: Option<Staged>,
+        chunk: Option<Arc<Staged>>,
         scratch: &mut Option<HugeBuf>,
     ) {
         let n = self.chunk_len(k);
@@ -347,6 +424,14 @@ impl Output {
                     done += data.len();
                 }
             }
+        }
+    }
+}
+
+impl Drop for Output {
+    fn drop(&mut self) {
+        if self.direct.is_some() {
+            stock().copies.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }
@@ -481,30 +566,39 @@ fn slot<'s>(
     Some(slot)
 }
 
-/// The pool's job queue, its threads started on first use (one per core, at most
-/// [`MAX_THREADS`]); they live as long as the process, idle when there is nothing to do.
-fn pool() -> &'static Mutex<Sender<Job>> {
-    static POOL: OnceLock<Mutex<Sender<Job>>> = OnceLock::new();
-    POOL.get_or_init(|| {
-        let (tx, rx) = mpsc::channel::<Job>();
-        let rx = Arc::new(Mutex::new(rx));
-        let threads = std::thread::available_parallelism()
-            .map_or(2, |n| n.get())
-            .min(MAX_THREADS);
-        let mut started = 0;
-        for n in 0..threads {
-            let rx = rx.clone();
-            started += std::thread::Builder::new()
-                .name(format!("write-{n}"))
-                .spawn(move || run(&rx))
-                .is_ok() as usize;
+/// The writer threads, started on first use; they live as long as the process, idle when
+/// there is nothing to do.
+struct Pools {
+    /// Writes staged chunks: [`DISK_THREADS`] threads that mostly wait for the disk.
+    disk: Mutex<Sender<Job>>,
+    /// Hashes: one thread per core, at most [`MAX_HASH_THREADS`].
+    hash: Mutex<Sender<Job>>,
+}
+
+fn pools() -> &'static Pools {
+    static POOLS: OnceLock<Pools> = OnceLock::new();
+    POOLS.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Pools {
+            disk: Mutex::new(start("write", DISK_THREADS)),
+            hash: Mutex::new(start("hash", cores.min(MAX_HASH_THREADS))),
         }
-        if started == 0 {
-            // Jobs are then done by whoever submits them (the send fails).
-            drop(rx);
-        }
-        Mutex::new(tx)
     })
+}
+
+/// Starts `threads` threads named `name-N` on one job queue.
+fn start(name: &str, threads: usize) -> Sender<Job> {
+    let (tx, rx) = mpsc::channel::<Job>();
+    let rx = Arc::new(Mutex::new(rx));
+    for n in 0..threads {
+        let rx = rx.clone();
+        // A thread that cannot start leaves the others; with none, the queue's receiver is
+        // gone and jobs are done by whoever submits them (the send fails).
+        let _ = std::thread::Builder::new()
+            .name(format!("{name}-{n}"))
+            .spawn(move || run(&rx));
+    }
+    tx
 }
 
 fn run(rx: &Mutex<Receiver<Job>>) {
@@ -516,22 +610,24 @@ fn run(rx: &Mutex<Receiver<Job>>) {
     }
 }
 
-/// Writes a staged chunk, then hashes whatever is ready in order; the chunk's buffer goes back
-/// to the stock once hashed (or at once without a hash).
-fn run_job((out, k, staged): Job, scratch: &mut Option<HugeBuf>) {
+fn run_job(job: Job, scratch: &mut Option<HugeBuf>) {
+    let out = job.output().clone();
     // The job is settled however it ends, even by a panic: `finish` must not wait forever.
     let _settle = Settle(&out);
-    if let Some(staged) = &staged {
-        if !out.has_failed.load(Ordering::Acquire) {
-            let n = out.chunk_len(k);
-            if let Err(e) = out.write_staged(k, &staged.bytes()[..n]) {
-                out.fail(WRITING, e);
+    match job {
+        Job::Write(_, k, staged) => {
+            if !out.has_failed.load(Ordering::Acquire) {
+                let n = out.chunk_len(k);
+                if let Err(e) = out.write_staged(k, &staged.bytes()[..n]) {
+                    out.fail(WRITING, e);
+                }
             }
         }
-    }
-    if let Some(hash) = &out.hash {
-        lock(&hash.ready).insert(k, staged);
-        out.hash_ready(hash, scratch);
+        Job::Hash(_) => {
+            if let Some(hash) = &out.hash {
+                out.hash_ready(hash, scratch);
+            }
+        }
     }
 }
 
@@ -555,6 +651,9 @@ impl Drop for Settle<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// While set, the stock hands out nothing.
+    pub(super) static STOCK_CLOSED: AtomicBool = AtomicBool::new(false);
     use std::fs::OpenOptions;
     use std::os::unix::fs::OpenOptionsExt;
 
@@ -634,17 +733,22 @@ mod tests {
     fn when_the_stock_is_used_up_chunks_go_through_the_page_cache() {
         let data = pattern(2 * CHUNK as usize + 777);
         let order: Vec<usize> = (0..data.len().div_ceil(65_000)).collect();
-        // Other tests may hold some of the stock now: take what is left.
-        let mut held = Vec::new();
-        while let Some(staged) = Staged::take() {
-            held.push(staged);
-        }
+        // (The tests running beside this one then write through the page cache too.)
+        STOCK_CLOSED.store(true, Ordering::Relaxed);
         let (hash, file, direct_bytes) = copy(&data, 65_000, &order, true);
-        drop(held);
+        STOCK_CLOSED.store(false, Ordering::Relaxed);
         assert_eq!(hash, Some(*blake3::hash(&data).as_bytes()));
         assert!(file == data);
         assert_eq!(direct_bytes, 0, "no chunk was staged");
-        assert!(stock().made.load(Ordering::Relaxed) <= STAGE_LIMIT);
+    }
+
+    #[test]
+    fn the_stock_grows_with_the_copies_written_direct_up_to_its_most() {
+        assert_eq!(stage_limit(0), 14);
+        assert_eq!(stage_limit(1), 16, "one copy: 64 MiB");
+        assert_eq!(stage_limit(10), 34);
+        assert_eq!(stage_limit(25), STAGE_MAX);
+        assert_eq!(stage_limit(usize::MAX), STAGE_MAX);
     }
 
     #[test]
@@ -670,6 +774,24 @@ mod tests {
         chunks.write_run(0, &run).unwrap();
         assert_eq!(out.finish().unwrap(), None, "no hash asked for");
         assert!(std::fs::read(&path).unwrap() == data);
+    }
+
+    #[test]
+    fn many_chunks_at_once_are_hashed_by_the_writer_too_and_hash_right() {
+        // Twelve chunks made whole by one call: more than HASH_BACKLOG wait for their hash,
+        // so the calling thread hashes some itself, alongside the hashing threads.
+        let data = pattern(12 * CHUNK as usize + 5);
+        for direct in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("copy");
+            let (file, d) = open(&path, data.len() as u64, direct);
+            let out = Output::new(file, d, data.len() as u64, true);
+            let mut chunks = Chunks::new(out.clone());
+            let run: Vec<IoSlice<'_>> = data.chunks(61_440).map(IoSlice::new).collect();
+            chunks.write_run(0, &run).unwrap();
+            assert_eq!(out.finish().unwrap(), Some(*blake3::hash(&data).as_bytes()));
+            assert!(std::fs::read(&path).unwrap() == data);
+        }
     }
 
     #[test]

@@ -83,6 +83,9 @@ impl Drop for HugeBuf {
 // SAFETY: HugeBuf owns its mapping exclusively, like a Box<[u8]>; the raw pointers are not
 // shared with anything else.
 unsafe impl Send for HugeBuf {}
+// SAFETY: as for a Box<[u8]>: through `&HugeBuf` the bytes can only be read (`as_slice`);
+// writing needs `&mut` (`as_mut_slice`), which the borrow rules make exclusive.
+unsafe impl Sync for HugeBuf {}
 
 #[cfg(test)]
 mod tests {
