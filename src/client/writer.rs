@@ -46,7 +46,7 @@ pub(super) const CHUNK: u64 = 4 << 20;
 /// stock is no larger than it must be. Measured (1 GiB, loopback, 3 runs each, perf/README.md):
 /// 4 chunks 1358-1625 MiB/s (80% direct), 8: 1300-1676 (91%), 16: 1550-1737 (96%), 32:
 /// 1326-1577 (98%), 64: 1365-1632. Ten copies at once need a chunk each to fill and more
-/// waiting for the disk: with a stock of 16 only 10-34% of 10 x 250 MiB went direct.
+/// waiting for the disk (10 x 250 MiB with [`HASH_BACKLOG`]: 83-88% of the bytes direct).
 const STAGE_BASE: usize = 14;
 const STAGE_PER_COPY: usize = 2;
 /// 256 MiB.
@@ -680,6 +680,21 @@ mod tests {
         (file, d.flatten())
     }
 
+    /// A copy of `len` bytes in a new temporary directory (kept alive by the first value):
+    /// its path, its output and its chunks.
+    fn writer(
+        len: usize,
+        direct: bool,
+        hash: bool,
+    ) -> (tempfile::TempDir, std::path::PathBuf, Arc<Output>, Chunks) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("copy");
+        let (file, d) = open(&path, len as u64, direct);
+        let out = Output::new(file, d, len as u64, hash);
+        let chunks = Chunks::new(out.clone());
+        (dir, path, out, chunks)
+    }
+
     /// Writes `data` as `payload`-byte pieces in the order `order` gives, `per_run` at a time
     /// when consecutive, and returns the finished hash and the file's bytes.
     fn copy(
@@ -688,11 +703,7 @@ mod tests {
         order: &[usize],
         direct: bool,
     ) -> (Option<[u8; 32]>, Vec<u8>, u64) {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("copy");
-        let (file, d) = open(&path, data.len() as u64, direct);
-        let out = Output::new(file, d, data.len() as u64, true);
-        let mut chunks = Chunks::new(out.clone());
+        let (_dir, path, out, mut chunks) = writer(data.len(), direct, true);
         for &i in order {
             let at = i * payload;
             let end = (at + payload).min(data.len());
@@ -765,11 +776,7 @@ mod tests {
     #[test]
     fn consecutive_payloads_go_in_one_run_across_chunks() {
         let data = pattern(2 * CHUNK as usize + 100);
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("copy");
-        let (file, d) = open(&path, data.len() as u64, true);
-        let out = Output::new(file, d, data.len() as u64, false);
-        let mut chunks = Chunks::new(out.clone());
+        let (_dir, path, out, mut chunks) = writer(data.len(), true, false);
         let run: Vec<IoSlice<'_>> = data.chunks(65_475).map(IoSlice::new).collect();
         chunks.write_run(0, &run).unwrap();
         assert_eq!(out.finish().unwrap(), None, "no hash asked for");
@@ -782,11 +789,7 @@ mod tests {
         // so the calling thread hashes some itself, alongside the hashing threads.
         let data = pattern(12 * CHUNK as usize + 5);
         for direct in [true, false] {
-            let dir = tempfile::tempdir().unwrap();
-            let path = dir.path().join("copy");
-            let (file, d) = open(&path, data.len() as u64, direct);
-            let out = Output::new(file, d, data.len() as u64, true);
-            let mut chunks = Chunks::new(out.clone());
+            let (_dir, path, out, mut chunks) = writer(data.len(), direct, true);
             let run: Vec<IoSlice<'_>> = data.chunks(61_440).map(IoSlice::new).collect();
             chunks.write_run(0, &run).unwrap();
             assert_eq!(out.finish().unwrap(), Some(*blake3::hash(&data).as_bytes()));
@@ -822,11 +825,7 @@ mod tests {
     #[test]
     fn an_unfinished_copy_has_no_hash() {
         let data = pattern(CHUNK as usize + 10);
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("copy");
-        let (file, d) = open(&path, data.len() as u64, true);
-        let out = Output::new(file, d, data.len() as u64, true);
-        let mut chunks = Chunks::new(out.clone());
+        let (_dir, _, out, mut chunks) = writer(data.len(), true, true);
         chunks
             .write_run(0, &[IoSlice::new(&data[..CHUNK as usize])])
             .unwrap();
