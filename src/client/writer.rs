@@ -18,9 +18,9 @@
 //!
 //! What is on disk under the temporary name is exactly what was hashed: a staged chunk is
 //! hashed from the very buffer the device wrote from, a cached one from the file. A chunk's
-//! write error surfaces at the receive thread's next write, and every write has completed (or
-//! failed) before [`Output::finish`] returns, so a copy is renamed only once all of it is
-//! written.
+//! write error surfaces at the receive thread's next write, and every chunk handed on has been
+//! written (or failed) before [`Output::finish`] returns; `Sink::finish` also refuses a copy
+//! whose chunks did not all come, so a copy is renamed only once all of it is written.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
@@ -51,6 +51,9 @@ const STAGE_BASE: usize = 14;
 const STAGE_PER_COPY: usize = 2;
 /// 256 MiB.
 const STAGE_MAX: usize = 64;
+/// Staged chunks one copy may hold before they are whole (32 MiB): in order, a copy fills
+/// one or two at a time; more means its head waits for a repair.
+const OPEN_PER_COPY: usize = 8;
 /// `O_DIRECT` writes whole blocks: a chunk's last partial block (the file's tail) goes through
 /// the page cache.
 const BLOCK: usize = 4096;
@@ -107,9 +110,20 @@ impl Staged {
 }
 
 impl Drop for Staged {
+    /// Back to the stock, or unmapped if the stock is over its limit now (fewer copies are
+    /// written than when it was made).
     fn drop(&mut self) {
         if let Some(buf) = self.0.take() {
-            lock(&stock().free).push(buf);
+            let stock = stock();
+            let limit = stage_limit(stock.copies.load(Ordering::Relaxed));
+            let mut free = lock(&stock.free);
+            if stock.made.load(Ordering::Relaxed) > limit {
+                stock.made.fetch_sub(1, Ordering::Relaxed);
+                drop(free);
+                drop(buf);
+            } else {
+                free.push(buf);
+            }
         }
     }
 }
@@ -145,17 +159,21 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub(super) struct Output {
     /// The copy, through the page cache.
     file: File,
-    /// The same file opened `O_DIRECT`; `None` for the buffered write path, or where the
-    /// file system refuses `O_DIRECT`.
+    /// The same file opened `O_DIRECT`; `None` for the buffered write path, for copies
+    /// smaller than a chunk, or where the file system refuses `O_DIRECT`.
     direct: Option<File>,
     len: u64,
     hash: Option<OrderedHash>,
+    /// The file system refused an `O_DIRECT` write (its alignment): the rest go through the
+    /// page cache without trying.
+    direct_refused: AtomicBool,
     /// Bytes written around the page cache.
     direct_bytes: AtomicU64,
     /// The first write or read error, and which it was; the copy is then lost.
     failed: Mutex<Option<Failure>>,
     has_failed: AtomicBool,
-    /// Chunks handed to the pool and not yet written and hashed.
+    /// Jobs queued and not yet done (a staged chunk of a hashed copy is two: its write and
+    /// a hash).
     outstanding: Mutex<u64>,
     settled: Condvar,
 }
@@ -177,7 +195,8 @@ struct HashState {
 
 /// Work for the writer threads. A staged chunk is written and hashed by separate jobs, on
 /// separate threads: a write mostly waits for the disk, and must not wait behind hashing
-/// (nor hashing behind it). Its buffer goes back to the stock when both are done.
+/// (nor hashing behind it). Its buffer goes back to the stock when both are done (when the
+/// write is, without a hash).
 enum Job {
     /// Write staged chunk `k` to the file.
     Write(Arc<Output>, u64, Arc<Staged>),
@@ -197,6 +216,10 @@ impl Job {
 pub(super) type Failure = (&'static str, io::Error);
 /// Writing a chunk failed.
 const WRITING: &str = "cannot write the copy";
+/// The copy ended before all of it came.
+const INCOMPLETE: &str = "the copy is incomplete";
+/// Hashing a chunk failed (a hashing thread panicked).
+const HASHING: &str = "cannot hash the copy";
 /// Reading a chunk back for its hash failed.
 const READING: &str = "cannot read back the copy to check it";
 
@@ -219,6 +242,7 @@ impl Output {
                 next: AtomicU64::new(0),
                 ready: Mutex::new(BTreeMap::new()),
             }),
+            direct_refused: AtomicBool::new(false),
             direct_bytes: AtomicU64::new(0),
             failed: Mutex::new(None),
             has_failed: AtomicBool::new(false),
@@ -268,13 +292,16 @@ impl Output {
     fn write_staged(&self, k: u64, data: &[u8]) -> io::Result<()> {
         let at = k * CHUNK;
         let whole = data.len() / BLOCK * BLOCK;
-        if let (Some(direct), true) = (&self.direct, whole > 0) {
+        let refused = self.direct_refused.load(Ordering::Relaxed);
+        if let (Some(direct), true) = (&self.direct, whole > 0 && !refused) {
             match direct.write_all_at(&data[..whole], at) {
                 Ok(()) => {
                     self.direct_bytes.fetch_add(whole as u64, Ordering::Relaxed);
                     return self.file.write_all_at(&data[whole..], at + whole as u64);
                 }
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    self.direct_refused.store(true, Ordering::Relaxed);
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -339,7 +366,8 @@ impl Output {
             Job::Write(..) => &pools().disk,
             Job::Hash(_) => &pools().hash,
         };
-        if let Err(mpsc::SendError(job)) = lock(pool).send(job) {
+        let sent = lock(pool).send(job);
+        if let Err(mpsc::SendError(job)) = sent {
             // No thread of that pool could be started: do it here.
             run_job(job, &mut None);
         }
@@ -365,7 +393,7 @@ impl Output {
         let st = lock(&hash.state);
         if st.next < self.chunks() {
             let e = io::Error::other(format!("only {} of {} chunks came", st.next, self.chunks()));
-            return Err((READING, e));
+            return Err((INCOMPLETE, e));
         }
         Ok(Some(*st.hasher.finalize().as_bytes()))
     }
@@ -476,6 +504,11 @@ impl Chunks {
         &self.out
     }
 
+    /// Every chunk of the copy came whole and was handed on.
+    pub(super) fn is_complete(&self) -> bool {
+        self.head >= self.out.chunks()
+    }
+
     /// Puts consecutive payloads, the first at `offset`, into their chunks; hands every chunk
     /// that is now whole (from the first unfinished one on) to the writer pool. Each byte of
     /// the copy must come once (the receiver drops duplicates).
@@ -515,10 +548,12 @@ impl Chunks {
                         }
                     }
                     None => {
-                        // Before the first unfinished chunk: cannot happen for new data;
-                        // written through anyway rather than lost.
-                        debug_assert!(false, "a payload for a chunk already written");
-                        self.out.file.write_all_at(piece, pos)?;
+                        // Before the first unfinished chunk, already handed on: the receiver
+                        // drops duplicates, so this is a bug; the copy fails rather than risk
+                        // a chunk written with a hole.
+                        return Err(io::Error::other(format!(
+                            "a payload at offset {pos} came after its chunk was complete"
+                        )));
                     }
                 }
                 pos += take as u64;
@@ -556,14 +591,22 @@ fn slot<'s>(
     if i >= slots.len() {
         slots.resize_with(i + 1, Slot::default);
     }
-    let slot = &mut slots[i];
-    if matches!(slot.place, Place::Untouched) {
-        slot.place = match out.direct.as_ref().and_then(|_| Staged::take()) {
+    if matches!(slots[i].place, Place::Untouched) {
+        // A copy waiting for a repair at its head touches chunk after chunk: it may not hold
+        // the whole stock meanwhile.
+        let open = slots
+            .iter()
+            .filter(|s| matches!(s.place, Place::Staged(_)))
+            .count();
+        let staged = (out.direct.is_some() && open < OPEN_PER_COPY)
+            .then(Staged::take)
+            .flatten();
+        slots[i].place = match staged {
             Some(staged) => Place::Staged(staged),
             None => Place::Cached,
         };
     }
-    Some(slot)
+    Some(&mut slots[i])
 }
 
 /// The writer threads, started on first use; they live as long as the process, idle when
@@ -613,7 +656,11 @@ fn run(rx: &Mutex<Receiver<Job>>) {
 fn run_job(job: Job, scratch: &mut Option<HugeBuf>) {
     let out = job.output().clone();
     // The job is settled however it ends, even by a panic: `finish` must not wait forever.
-    let _settle = Settle(&out);
+    let doing = match job {
+        Job::Write(..) => WRITING,
+        Job::Hash(_) => HASHING,
+    };
+    let _settle = Settle(&out, doing);
     match job {
         Job::Write(_, k, staged) => {
             if !out.has_failed.load(Ordering::Acquire) {
@@ -631,14 +678,15 @@ fn run_job(job: Job, scratch: &mut Option<HugeBuf>) {
     }
 }
 
-/// Counts a job of its output's as done when dropped.
-struct Settle<'a>(&'a Output);
+/// Counts a job of its output's as done when dropped; a job that panicked fails the copy
+/// with what it was doing.
+struct Settle<'a>(&'a Output, &'static str);
 
 impl Drop for Settle<'_> {
     fn drop(&mut self) {
         if std::thread::panicking() {
             self.0
-                .fail(WRITING, io::Error::other("a writer thread panicked"));
+                .fail(self.1, io::Error::other("a writer thread panicked"));
         }
         let mut outstanding = lock(&self.0.outstanding);
         *outstanding -= 1;
@@ -798,9 +846,39 @@ mod tests {
     }
 
     #[test]
+    fn a_copy_waiting_for_its_head_holds_no_more_than_its_share_of_the_stock() {
+        // Chunks 1..=10 come before chunk 0 (its head waits for a repair): at most
+        // OPEN_PER_COPY of them are staged, the rest go through the page cache.
+        let data = pattern(11 * CHUNK as usize);
+        let (_dir, path, out, mut chunks) = writer(data.len(), true, true);
+        let c = CHUNK as usize;
+        for k in (1..11).chain([0]) {
+            chunks
+                .write_run((k * c) as u64, &[IoSlice::new(&data[k * c..(k + 1) * c])])
+                .unwrap();
+        }
+        assert_eq!(out.finish().unwrap(), Some(*blake3::hash(&data).as_bytes()));
+        assert!(std::fs::read(&path).unwrap() == data);
+        assert!(out.direct_bytes() <= (OPEN_PER_COPY * c) as u64);
+    }
+
+    #[test]
+    fn a_payload_for_a_chunk_already_handed_on_fails_the_copy() {
+        let data = pattern(2 * CHUNK as usize);
+        let (_dir, _, out, mut chunks) = writer(data.len(), true, true);
+        let first = &data[..CHUNK as usize];
+        chunks.write_run(0, &[IoSlice::new(first)]).unwrap();
+        let (what, _) = chunks
+            .write_run(0, &[IoSlice::new(&first[..10])])
+            .unwrap_err();
+        assert_eq!(what, WRITING);
+        drop(out);
+    }
+
+    #[test]
     fn a_copy_that_cannot_be_read_back_is_an_error_not_a_hash() {
-        // Chunks through the page cache are hashed by reading them back: a file cut short
-        // under the writer fails the hash.
+        // Chunks through the page cache are hashed by reading them back: a file that cannot
+        // be read fails the hash.
         let data = pattern(CHUNK as usize + 10);
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("copy");

@@ -22,7 +22,11 @@ pub fn table(file: &str, reports: &[CopyReport]) -> String {
         .filter(|r| r.path.is_some())
         .map(|r| r.file_size)
         .sum();
-    let direct: u64 = reports.iter().map(|r| r.written_direct).sum();
+    let direct: u64 = reports
+        .iter()
+        .filter(|r| r.path.is_some())
+        .map(|r| r.written_direct)
+        .sum();
     let writes = if written > 0 {
         format!(
             ", {:.0}% written around the page cache",
@@ -104,4 +108,30 @@ pub fn table(file: &str, reports: &[CopyReport]) -> String {
     let _ = writeln!(s, "  recvmmsg batch      {}", all.recv_batch.summary());
     let _ = writeln!(s, "  loss repair us      {}", all.repair_us.summary());
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_share_written_around_the_page_cache_counts_kept_copies_only() {
+        let kept = CopyReport {
+            file_size: 100,
+            written_direct: 50,
+            path: Some("a".into()),
+            ..Default::default()
+        };
+        // Written, then refused by its hash: neither its size nor its direct bytes count.
+        let refused = CopyReport {
+            file_size: 100,
+            written_direct: 100,
+            error: Some("BLAKE3 content hash mismatch".into()),
+            ..Default::default()
+        };
+        let t = table("f", &[kept, refused.clone()]);
+        assert!(t.contains(", 50% written around the page cache"), "{t}");
+        let t = table("f", &[refused]);
+        assert!(!t.contains("written around"), "nothing kept, no share: {t}");
+    }
 }

@@ -66,7 +66,7 @@ impl HugeBuf {
     }
 
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: as in `as_ref`, and `&mut self` makes the borrow exclusive.
+        // SAFETY: as in `as_slice`, and `&mut self` makes the borrow exclusive.
         unsafe { std::slice::from_raw_parts_mut(self.data, self.len) }
     }
 }
