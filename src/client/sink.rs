@@ -8,7 +8,7 @@ use std::io::{self, IoSlice};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use super::writer::{Chunks, Output, CHUNK};
+use super::writer::{self, Chunks, Output, CHUNK};
 use super::{ClientError, WritePath};
 
 /// The output of one sub-client.
@@ -45,9 +45,9 @@ impl Sink {
             .open(temp)?;
         file.set_len(size)?;
         // A copy smaller than a chunk gains nothing from staging: not worth a second
-        // descriptor (a thousand sub-clients already hold a thousand sockets and files).
+        // descriptor, of which a process may only spend so many.
         let direct = match write_path {
-            WritePath::Direct if size >= CHUNK => OpenOptions::new()
+            WritePath::Direct if size >= CHUNK && writer::direct_allowed() => OpenOptions::new()
                 .write(true)
                 .custom_flags(libc::O_DIRECT)
                 .open(temp)

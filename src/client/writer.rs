@@ -128,6 +128,15 @@ impl Drop for Staged {
     }
 }
 
+/// Whether one more copy may be written direct: each takes a second descriptor, and a quarter
+/// of the process's limit on open files is the most those may take (a thousand sub-clients
+/// already hold a thousand sockets and a thousand files).
+pub(super) fn direct_allowed() -> bool {
+    static BUDGET: OnceLock<usize> = OnceLock::new();
+    let budget = *BUDGET.get_or_init(|| (crate::sys::fd_limit() / 4) as usize);
+    stock().copies.load(Ordering::Relaxed) < budget
+}
+
 /// How many staged chunks the process may hold while `copies` copies are written direct.
 fn stage_limit(copies: usize) -> usize {
     STAGE_BASE

@@ -55,6 +55,12 @@ pub fn stop_signal() -> Option<i32> {
     }
 }
 
+/// The soft limit on open files now in force (0 if it cannot be read).
+pub fn fd_limit() -> u64 {
+    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(0, |(soft, _)| soft)
+}
+
 /// Raises the soft limit on open files to the hard limit (many distributions start processes
 /// at 1024): a server holds a ring per session and a client a socket per sub-client, so a
 /// thousand of either needs more. Returns the soft limit now in force.
