@@ -15,6 +15,8 @@ QUEUE=${QUEUE:-50ms}
 SIZE_MIB=${SIZE_MIB:-512}
 ROUTER=1
 cd "$(dirname "$0")/.."
+# shellcheck source=lib.sh
+. benches/lib.sh
 cargo build --release -q
 BIN=$PWD/target/release/ringblast
 # shellcheck source=netns-lib.sh
@@ -28,7 +30,6 @@ for _ in $(seq 100); do
   ip netns exec $C "$BIN" get f.bin --server $SV4:6969 --discard --timeout 60 > /dev/null 2>&1 && break
   sleep 0.2
 done
-median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 # get's JSON -> "goodput_Mbit retransmitted/datagrams duration_s"
 summary() { python3 -c "
 import json, sys; d=json.load(open('$1')); c=d['clients'][0]

@@ -18,6 +18,8 @@
 set -euo pipefail
 RUNS=${1:-5}
 cd "$(dirname "$0")/.."
+# shellcheck source=lib.sh
+. benches/lib.sh
 cargo build --release -q
 BIN=${BIN:-target/release/ringblast}
 DIR=${RINGBLAST_BENCH_DIR:-/tmp/ringblast-bench}
@@ -47,8 +49,6 @@ serve $((PORT + 6)) --send-path splice;     SPLICE_PID=${PIDS[-1]}
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 HZ=$(getconf CLK_TCK)
-median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
-goodput() { grep -o 'goodput [0-9.]* MiB/s' | tail -1 | awk '{print $2}'; }
 declare -A V
 add() { V[$1]="${V[$1]:-} $2"; }
 

@@ -17,6 +17,8 @@ TIMEOUT=${TIMEOUT:-30s}
 SERVE_ARGS=${SERVE_ARGS:-}
 PORT=${PORT:-6997}
 cd "$(dirname "$0")/.."
+# shellcheck source=lib.sh
+. benches/lib.sh
 cargo build --release -q
 BIN=$PWD/target/release/ringblast
 WORK=$(mktemp -d)
@@ -61,7 +63,6 @@ EOF
 }
 rss_anon() { awk '/^RssAnon/ {print $2}' "/proc/$1/status"; }
 rcvbuf_errors() { awk '/^Udp:/ {n++; if (n == 2) print $6}' /proc/net/snmp; }
-median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 
 echo "machine: $(nproc) cores, kernel $(uname -r), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo); $RUNS runs per row, medians"
 echo

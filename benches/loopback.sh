@@ -8,6 +8,8 @@
 set -euo pipefail
 RUNS=${1:-5}
 cd "$(dirname "$0")/.."
+# shellcheck source=lib.sh
+. benches/lib.sh
 cargo build --release -q
 BIN=target/release/ringblast
 DIR=${RINGBLAST_BENCH_DIR:-/tmp/ringblast-bench}
@@ -25,9 +27,7 @@ trap 'kill $SERVE_PID 2>/dev/null || true' EXIT
 # Wait until both files are indexed.
 for _ in $(seq 100); do [ "$(grep -c indexed "$DIR/serve.log" || true)" -ge 2 ] && break; sleep 0.1; done
 
-median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 # Aggregate goodput in MiB/s from the table's last line.
-goodput() { grep -o 'goodput [0-9.]* MiB/s' | awk '{print $2}'; }
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), kernel $(uname -r)"
 run_case() { # label, args...

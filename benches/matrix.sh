@@ -21,6 +21,8 @@ RTTS=${RTTS:-0 20 100 200}
 LOSSES=${LOSSES:-0 0.1 1 2 5}
 SEEDS=${SEEDS:-5}
 cd "$(dirname "$0")/.."
+# shellcheck source=lib.sh
+. benches/lib.sh
 cargo build --release -q
 BIN=$PWD/target/release/ringblast
 # A file of about 2.5 s at the bottleneck: 32 MiB at 100 Mbit/s, 256 MiB at 1 Gbit/s.
@@ -44,7 +46,6 @@ $IN_S "$BIN" serve --dir "$WORK" --bind "${SERVER/10.78.1.1/[::]}" > "$WORK/serv
 SERVE_PID=$!
 disown
 for _ in $(seq 50); do grep -q LISTENING "$WORK/serve.log" && break; sleep 0.1; done
-median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 
 echo "machine: $(nproc) cores, kernel $(uname -r); bottleneck: $KIND; $SEEDS seeds a cell"
 echo

@@ -23,6 +23,8 @@ SIZE_MIB=${SIZE_MIB:-1024}
 RATE=${RATE:-}
 ROUTER=${ROUTER:-}
 cd "$(dirname "$0")/.."
+# shellcheck source=lib.sh
+. benches/lib.sh
 cargo build --release -q
 BIN=$PWD/target/release/ringblast
 # shellcheck source=netns-lib.sh
@@ -35,7 +37,6 @@ disown
 ip netns exec $S "$BIN" serve --dir "$WORK" --bind [::]:6970 --json --no-gso > "$WORK/serve-6970.json" 2> "$WORK/serve-nogso.log" &
 disown
 snmp() { ip netns exec $C awk -v f="$1" '/^Ip:/{ if (!n) { for (i=1;i<=NF;i++) if ($i==f) c=i; n=1 } else print $c }' /proc/net/snmp; }
-median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 # Warm up: the server indexes the file at this path's datagram size, the page cache fills.
 for server in $SV4:6969 $SV4:6970 "[$SV6]:6969"; do
   for _ in $(seq 50); do
