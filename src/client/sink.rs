@@ -68,22 +68,14 @@ impl Sink {
         let Some(chunks) = &self.chunks else {
             return Ok(None);
         };
-        let (out, complete) = {
-            let chunks = chunks.borrow();
-            (chunks.output().clone(), chunks.is_complete())
-        };
-        if !complete {
-            return Err(ClientError::Path {
-                what: "the copy is incomplete",
+        chunks
+            .borrow()
+            .finish()
+            .map_err(|(what, error)| ClientError::Path {
+                what,
                 path: self.path.clone(),
-                error: std::io::Error::other("not every chunk of it came"),
-            });
-        }
-        out.finish().map_err(|(what, error)| ClientError::Path {
-            what,
-            path: self.path.clone(),
-            error,
-        })
+                error,
+            })
     }
 
     /// Bytes of the copy written around the page cache so far.

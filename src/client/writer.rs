@@ -19,8 +19,8 @@
 //! What is on disk under the temporary name is exactly what was hashed: a staged chunk is
 //! hashed from the very buffer the device wrote from, a cached one from the file. A chunk's
 //! write error surfaces at the receive thread's next write, and every chunk handed on has been
-//! written (or failed) before [`Output::finish`] returns; `Sink::finish` also refuses a copy
-//! whose chunks did not all come, so a copy is renamed only once all of it is written.
+//! written (or failed) before [`Chunks::finish`] returns, and it refuses a copy whose chunks
+//! did not all come, so a copy is renamed only once all of it is written.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
@@ -68,7 +68,8 @@ const MAX_IOVECS: usize = 1024;
 const HASH_BACKLOG: usize = 4;
 
 thread_local! {
-    /// A receive thread's buffer for reading chunks back when it hashes them itself.
+    /// A thread's buffer for reading chunks back to hash them (hashing threads, and receive
+    /// threads when they hash their copy's chunks themselves).
     static SCRATCH: std::cell::RefCell<Option<HugeBuf>> = const { std::cell::RefCell::new(None) };
 }
 
@@ -362,7 +363,7 @@ impl Output {
                 // The hashing threads are behind (busy cores share their time among many
                 // receive threads): this thread hashes too, which slows its receiving and so
                 // the sender, instead of piling up chunks and staging memory.
-                SCRATCH.with_borrow_mut(|scratch| self.hash_ready(hash, scratch));
+                self.hash_ready(hash);
             } else {
                 self.queue(Job::Hash(self.clone()));
             }
@@ -378,13 +379,14 @@ impl Output {
         let sent = lock(pool).send(job);
         if let Err(mpsc::SendError(job)) = sent {
             // No thread of that pool could be started: do it here.
-            run_job(job, &mut None);
+            run_job(job);
         }
     }
 
-    /// Waits until every chunk handed to the pool is written and hashed. Returns the first
-    /// error, if any, and the content hash when there is one and every chunk was hashed.
-    pub(super) fn finish(&self) -> Result<Option<[u8; 32]>, Failure> {
+    /// Waits until every chunk handed to the writer threads is written and hashed. Returns
+    /// the first error, if any, and the content hash when there is one: of the whole copy if
+    /// every chunk was handed on ([`Chunks::finish`] checks that).
+    fn finish(&self) -> Result<Option<[u8; 32]>, Failure> {
         let mut outstanding = lock(&self.outstanding);
         while *outstanding > 0 {
             outstanding = self
@@ -396,20 +398,15 @@ impl Output {
         if let Some(e) = self.error() {
             return Err(e);
         }
-        let Some(hash) = &self.hash else {
-            return Ok(None);
-        };
-        let st = lock(&hash.state);
-        if st.next < self.chunks() {
-            let e = io::Error::other(format!("only {} of {} chunks came", st.next, self.chunks()));
-            return Err((INCOMPLETE, e));
-        }
-        Ok(Some(*st.hasher.finalize().as_bytes()))
+        Ok(self
+            .hash
+            .as_ref()
+            .map(|hash| *lock(&hash.state).hasher.finalize().as_bytes()))
     }
 
     /// Hashes the ready chunks in order, unless another thread is at it (which then sees
     /// what was made ready meanwhile).
-    fn hash_ready(&self, hash: &OrderedHash, scratch: &mut Option<HugeBuf>) {
+    fn hash_ready(&self, hash: &OrderedHash) {
         loop {
             let mut st = match hash.state.try_lock() {
                 Ok(st) => st,
@@ -422,7 +419,7 @@ impl Output {
                     break;
                 };
                 if !self.has_failed.load(Ordering::Acquire) {
-                    self.hash_chunk(&mut st.hasher, next, chunk, scratch);
+                    self.hash_chunk(&mut st.hasher, next, chunk);
                 }
                 st.next += 1;
                 hash.next.store(st.next, Ordering::Release);
@@ -436,19 +433,13 @@ impl Output {
         }
     }
 
-    fn hash_chunk(
-        &self,
-        hasher: &mut blake3::Hasher,
-        k: u64,
-        chunk: Option<Arc<Staged>>,
-        scratch: &mut Option<HugeBuf>,
-    ) {
+    fn hash_chunk(&self, hasher: &mut blake3::Hasher, k: u64, chunk: Option<Arc<Staged>>) {
         let n = self.chunk_len(k);
         match chunk {
             Some(staged) => {
                 hasher.update(&staged.bytes()[..n]);
             }
-            None => {
+            None => SCRATCH.with_borrow_mut(|scratch| {
                 let buf = scratch.get_or_insert_with(|| HugeBuf::new(READ_BACK));
                 let mut done = 0;
                 while done < n {
@@ -460,7 +451,7 @@ impl Output {
                     hasher.update(data);
                     done += data.len();
                 }
-            }
+            }),
         }
     }
 }
@@ -513,9 +504,18 @@ impl Chunks {
         &self.out
     }
 
-    /// Every chunk of the copy came whole and was handed on.
-    pub(super) fn is_complete(&self) -> bool {
-        self.head >= self.out.chunks()
+    /// The whole copy, written: [`Output::finish`] once every chunk came whole and was handed
+    /// on, an error if some did not.
+    pub(super) fn finish(&self) -> Result<Option<[u8; 32]>, Failure> {
+        if self.head < self.out.chunks() {
+            let e = io::Error::other(format!(
+                "only {} of {} chunks came",
+                self.head,
+                self.out.chunks()
+            ));
+            return Err((INCOMPLETE, e));
+        }
+        self.out.finish()
     }
 
     /// Puts consecutive payloads, the first at `offset`, into their chunks; hands every chunk
@@ -654,15 +654,14 @@ fn start(name: &str, threads: usize) -> Sender<Job> {
 }
 
 fn run(rx: &Mutex<Receiver<Job>>) {
-    let mut scratch: Option<HugeBuf> = None;
     loop {
         let job = lock(rx).recv();
         let Ok(job) = job else { return };
-        run_job(job, &mut scratch);
+        run_job(job);
     }
 }
 
-fn run_job(job: Job, scratch: &mut Option<HugeBuf>) {
+fn run_job(job: Job) {
     let out = job.output().clone();
     // The job is settled however it ends, even by a panic: `finish` must not wait forever.
     let doing = match job {
@@ -681,7 +680,7 @@ fn run_job(job: Job, scratch: &mut Option<HugeBuf>) {
         }
         Job::Hash(_) => {
             if let Some(hash) = &out.hash {
-                out.hash_ready(hash, scratch);
+                out.hash_ready(hash);
             }
         }
     }
@@ -916,6 +915,7 @@ mod tests {
         chunks
             .write_run(0, &[IoSlice::new(&data[..CHUNK as usize])])
             .unwrap();
-        assert!(out.finish().is_err(), "the last chunk never came");
+        assert!(chunks.finish().is_err(), "the last chunk never came");
+        drop(out);
     }
 }
