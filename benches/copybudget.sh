@@ -47,8 +47,6 @@ serve $((PORT + 2)) --send-path copy;       COPY_PID=${PIDS[-1]}
 serve $((PORT + 4)) --engine threads;       THREADS_PID=${PIDS[-1]}
 serve $((PORT + 6)) --send-path splice;     SPLICE_PID=${PIDS[-1]}
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-HZ=$(getconf CLK_TCK)
 declare -A V
 add() { V[$1]="${V[$1]:-} $2"; }
 

@@ -15,6 +15,8 @@
 set -euo pipefail
 ENGINES=${1:-uring,threads}; SIZE=${2:-1GiB}; CLIENTS=${3:-1}
 cd "$(dirname "$0")/.."
+# shellcheck source=../benches/lib.sh
+. benches/lib.sh
 command -v perf >/dev/null || { apt-get update -qq && apt-get install -y -qq linux-perf; }
 command -v inferno-flamegraph >/dev/null || cargo install --locked inferno
 if [ -z "${BIN:-}" ]; then cargo build --release -q; BIN=$PWD/target/release/ringblast; fi
@@ -29,8 +31,6 @@ case $SIZE in  # the name demo gives the file
   *) echo "SIZE in MiB or GiB, e.g. 250MiB, 1GiB" >&2; exit 2 ;;
 esac
 PORT=6992
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-HZ=$(getconf CLK_TCK)
 for VARIANT in ${ENGINES//,/ }; do
   ENGINE=${VARIANT%%:*}
   PATHARG=(); [ "$VARIANT" != "$ENGINE" ] && PATHARG=(--send-path "${VARIANT#*:}")
@@ -42,10 +42,10 @@ for VARIANT in ${ENGINES//,/ }; do
   $BIN get "$NAME" --server 127.0.0.1:$PORT --clients "$CLIENTS" $GET >/dev/null
   perf stat -e task-clock,context-switches,cpu-migrations,page-faults -p $SERVE -o "$OUT/$VARIANT.stat.txt" &
   STAT=$!
-  BEFORE=$(ticks $SERVE)
+  BEFORE=$(cpu_ticks $SERVE)
   perf record -q -e cpu-clock -g -a -o "$OUT/$VARIANT.perf.data" -- \
     bash -c "TIMEFORMAT='%U %S'; for i in 1 2 3; do { time $BIN get $NAME --server 127.0.0.1:$PORT --clients $CLIENTS $GET > $OUT/get.out ; } 2>> $OUT/get.times; grep -o 'goodput .*' $OUT/get.out; done"
-  SERVER_S=$(awk -v t=$(( $(ticks $SERVE) - BEFORE )) -v hz="$HZ" 'BEGIN {print t / hz}')
+  SERVER_S=$(awk -v t=$(( $(cpu_ticks $SERVE) - BEFORE )) -v hz="$HZ" 'BEGIN {print t / hz}')
   CLIENT_S=$(awk '{s += $1 + $2} END {print s}' "$OUT/get.times"); rm -f "$OUT/get.times" "$OUT/get.out"
   GB=$(awk -v n="$CLIENTS" -v f="$(stat -c %s "$DIR/$NAME")" 'BEGIN {print 3 * n * f / 1e9}')
   kill -INT $STAT; wait $STAT 2>/dev/null || true
