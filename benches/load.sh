@@ -7,7 +7,8 @@
 #   the kernel's UDP receive-buffer drops (/proc/net/snmp RcvbufErrors) during the run.
 # Files: 32 MiB below 1000 sessions, 8 MiB below 5000, 1 MiB from 5000 (SIZE_MIB forces one
 # size). The server
-# runs with defaults except --max-sessions, raised to N where N passes the 4096 default.
+# runs with defaults except --max-sessions and --sessions-per-ip, raised to N where N passes
+# their defaults (4096, 1024): every session comes from one address here.
 # Usage: benches/load.sh [RUNS]   env: SESSIONS="100 1000 5000" SIZE_MIB= TIMEOUT=30s
 #        SERVE_ARGS="--send-path copy" (more options for the server)
 set -euo pipefail
@@ -73,7 +74,7 @@ for n in $SESSIONS; do
   max=$((n > 4096 ? n : 4096))
   rows=()
   for run in $(seq "$RUNS"); do
-    "$BIN" serve --dir "$WORK" --bind "127.0.0.1:$PORT" --max-sessions "$max" $SERVE_ARGS > /dev/null 2> "$WORK/serve.log" &
+    "$BIN" serve --dir "$WORK" --bind "127.0.0.1:$PORT" --max-sessions "$max" --sessions-per-ip "$max" $SERVE_ARGS > /dev/null 2> "$WORK/serve.log" &
     SERVER_PID=$!
     for _ in $(seq 100); do
       [ "$(grep -c indexed "$WORK/serve.log" || true)" -ge 3 ] && break

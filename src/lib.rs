@@ -16,8 +16,9 @@
 //! the control thread, which applies them and wakes the engine.
 //!
 //! **Client, wire to file.** [`client::get`] starts N sub-clients, each with its own socket
-//! and copy. A sub-client gets a token, sends `GET`, checks `META`, then receives in
-//! [`sys::recvmmsg`] batches: every datagram is parsed ([`protocol::data`]), range- and
+//! and copy. A sub-client gets a token, sends `GET`, checks `META` and answers it with a first
+//! `ACK` (the server sends nothing more to an address before it hears from it there), then
+//! receives in [`sys::recvmmsg`] batches: every datagram is parsed ([`protocol::data`]), range- and
 //! CRC-checked, recorded in a [`protocol::loss::LossTracker`] and written at its offset; it
 //! sends `ACK`s (cumulative point, credit, NACK ranges) every quarter window and when idle.
 //! At the end the whole file is checked against the server's manifest (and BLAKE3) hash and

@@ -133,12 +133,7 @@ fn transfer_before_config_is_silent_and_rate_paces_raw_transfers() {
 /// every sub-client's file arrives whole. Skipped, with a message, without python3.
 #[test]
 fn the_labs_python_client_gets_whole_files_from_a_paced_legacy_server() {
-    if std::process::Command::new("python3")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        eprintln!("skipped: no python3 on this machine");
+    if !common::python3() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -161,12 +156,5 @@ fn the_labs_python_client_gets_whole_files_from_a_paced_legacy_server() {
     let text = String::from_utf8_lossy(&got.stdout);
     assert!(got.status.success(), "{got:?}");
     assert!(text.contains("['100mb.mp4']"), "{text}");
-    for i in 1..=2 {
-        assert!(
-            text.contains(&format!("client {i} {} ", data.len())),
-            "{text}"
-        );
-        let copy = std::fs::read(out.path().join(format!("Cliente{i}-Prueba2.mp4"))).unwrap();
-        assert!(copy == data, "sub-client {i}'s file differs");
-    }
+    common::lab_copies_whole(&text, out.path(), 2, &data);
 }

@@ -209,3 +209,53 @@ fn a_server_whose_path_cannot_carry_its_size_fails_the_session_with_the_reason()
     assert_eq!(v["all_intact"], true, "{v} {err}");
     assert_eq!(v["clients"][0]["datagram_size"], 1472);
 }
+
+/// Issue 19.14: `serve --legacy` between two hosts (MTU 1500) delivered nothing: its 65507-byte
+/// datagrams could not leave unfragmented, every send failed, and it logged "File sent". It
+/// sends what the path carries now, and the lab's own Python client gets whole files.
+#[test]
+fn the_labs_python_client_gets_whole_files_across_a_link() {
+    if !common::python3() {
+        return;
+    }
+    let Some(mut hosts) = Hosts::two(1500) else {
+        return;
+    };
+    let (dir, data) = served(2_000_000);
+    let bind = format!("{SERVER_V4}:6969");
+    let mut cmd = hosts.command(&hosts.server.clone(), BIN);
+    cmd.args(["serve", "--legacy", "--rate", "50M", "--dir"])
+        .arg(dir.path())
+        .args(["--bind", &bind, "--engine", engine_arg()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    hosts.spawn(cmd);
+    let t = Instant::now();
+    while !hosts
+        .command(&hosts.client, BIN)
+        .args(["list", "--server", &bind, "--timeout", "0.5"])
+        .output()
+        .unwrap()
+        .status
+        .success()
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the server never answered"
+        );
+    }
+    let out = tempfile::tempdir().unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/lab/lab_client.py");
+    // The lab's client waits for its first datagram for ever: bounded here, so that a server
+    // that sends nothing fails the test instead of hanging it.
+    let got = hosts
+        .command(&hosts.client, "timeout")
+        .args(["60", "python3", script])
+        .args([SERVER_V4, "6969", "f.bin", "2"])
+        .arg(out.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&got.stdout);
+    assert!(got.status.success(), "{got:?}");
+    common::lab_copies_whole(&text, out.path(), 2, &data);
+}

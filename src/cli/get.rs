@@ -114,6 +114,8 @@ impl GetArgs {
         cfg.max_size = self.max_size;
         cfg.interval = self.interval;
         cfg.quiet = self.quiet || self.json_to_stdout();
+        // stdout is the JSON's alone then: interval lines go to stderr.
+        cfg.intervals_to_stderr = self.json_to_stdout();
         Ok(cfg)
     }
 
@@ -145,7 +147,7 @@ impl GetArgs {
         }
         // No table of zeros when no copy even began (no such file, no server): the one-line
         // reason below says it all.
-        let began = reports.iter().any(|r| r.file_size > 0);
+        let began = reports.iter().any(|r| r.began);
         if !to_stdout && began {
             print!("{}", table::table(&self.file, &reports));
         }

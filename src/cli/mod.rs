@@ -17,7 +17,7 @@ use crate::protocol::Mode;
     name = "ringblast",
     version,
     about = "Send files over UDP from one server to many clients: io_uring sender, recvmmsg receiver, every byte verified, every transfer measured.",
-    after_help = "Start with `ringblast demo`. Typical use:\n  ringblast serve --dir files\n  ringblast list\n  ringblast get 100MiB.bin --clients 5 --out received\nDurations take a unit (25ms, 0.5s, 2m) or are seconds; rates are bits/s (800M, 2G); sizes take KiB, MiB, GiB or KB, MB, GB."
+    after_help = "Start with `ringblast demo`. Typical use:\n  ringblast serve --dir files\n  ringblast list\n  ringblast get 100MiB.bin --clients 5 --out received\nDurations take a unit (25ms, 0.5s, 2m) or are seconds; rates are bits/s (800M, 2G); sizes take KiB, MiB, GiB or KB, MB, GB.\nLogs go to stderr: RUST_LOG sets their level (RUST_LOG=debug ringblast get ...; serve logs at info, the rest at warn), NO_COLOR=1 turns colour off."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -81,6 +81,11 @@ pub fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        // Stopped by Ctrl-C or SIGTERM (what it was doing cleaned up): 128 + the signal.
+        Err(e) if crate::sys::stop_signal().is_some() => {
+            eprintln!("ringblast: interrupted: {e:#}");
+            ExitCode::from((128 + crate::sys::stop_signal().unwrap_or(2)).clamp(0, 255) as u8)
+        }
         Err(e) => {
             eprintln!("ringblast: error: {e:#}");
             ExitCode::FAILURE

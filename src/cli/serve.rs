@@ -64,8 +64,9 @@ pub struct ServeArgs {
     #[arg(long, value_parser = values::duration, default_value = "10s")]
     idle_timeout: Duration,
     /// Datagram size on the wire, header included: auto = each client's path MTU less the
-    /// IP and UDP headers (65507 on loopback, 1472 on Ethernet, never fragmented), or bytes
-    /// (544-65507). A client's own limit lowers it.
+    /// IP and UDP headers, never fragmented (61472 on loopback where payloads may be
+    /// spliced, 65507 with --send-path copy; 1472 on Ethernet), or bytes (544-65507). A
+    /// client's own limit lowers it (to one of a few sizes: 65507, 61472, 8972, 1472, ...).
     #[arg(long, default_value = "auto", value_parser = DatagramSize::from_str)]
     datagram_size: DatagramSize,
     /// Send one datagram per sendmsg instead of up to 64 with UDP GSO (to compare).
@@ -87,6 +88,12 @@ pub struct ServeArgs {
     /// one at start).
     #[arg(long, default_value_t = crate::server::DEFAULT_MAX_SESSIONS, value_parser = values::count(1, 100_000))]
     max_sessions: usize,
+    /// Most concurrent sessions from one client IP (1-100000; never more than
+    /// --max-sessions), so one host cannot take every place; beyond, it is told busy and its
+    /// sub-clients wait their turn. On a full server, a session that has made no progress for
+    /// a second (its client silent or stalled) gives its place to a new request.
+    #[arg(long, default_value_t = crate::server::DEFAULT_SESSIONS_PER_IP, value_parser = values::count(1, 100_000))]
+    sessions_per_ip: usize,
     /// Requests (HELLO, LIST, GET) per second one source IP may make (twice that in a
     /// burst; at least 1); beyond it they are dropped with a short "busy" answer. The
     /// default's burst lets 1000 sub-clients of one host start at once.
@@ -117,6 +124,7 @@ impl From<ServeArgs> for ServerConfig {
             rate_bps: a.rate,
             cc: a.cc.into(),
             max_sessions: a.max_sessions,
+            sessions_per_ip: a.sessions_per_ip.min(a.max_sessions),
             json: a.json,
             legacy: a.legacy,
             requests_per_ip: a.requests_per_ip,
@@ -161,17 +169,7 @@ impl ListArgs {
         for (name, size) in &files {
             // A name is the server's to choose: control characters are shown escaped, never
             // sent to the terminal.
-            let shown: String = name
-                .chars()
-                .map(|c| {
-                    if c.is_control() {
-                        c.escape_default().to_string()
-                    } else {
-                        c.to_string()
-                    }
-                })
-                .collect();
-            println!("{size:>14}  {shown}");
+            println!("{size:>14}  {}", crate::report::escape(name));
         }
         if files.is_empty() {
             eprintln!("(no files served at {})", self.server);

@@ -93,7 +93,8 @@ pub struct RelayArgs {
     /// The server.
     #[arg(long, value_parser = values::socket_addr)]
     to: SocketAddr,
-    /// Drop probability per datagram and direction: 0.05 or 5%.
+    /// Drop probability per datagram and direction: a percentage (5%) or a fraction below 1
+    /// (0.05); a bare 1 or more is refused as ambiguous.
     #[arg(long, value_parser = values::probability, default_value = "0")]
     loss: f64,
     /// Probability of holding a datagram back ~1-2 ms so later ones overtake it.
@@ -152,18 +153,19 @@ impl RelayArgs {
     pub fn run(self) -> anyhow::Result<ExitCode> {
         logging::init("info");
         let relay = Relay::start(RelayConfig::from(&self))?;
+        let pct = |p: f64| format!("{}%", p * 100.0);
         eprintln!(
-            "relay {} -> {}: loss {}, reorder {}, duplicate {}, corrupt {}, garbage {}, delay {:?}, rate {}, queue {} bytes, seed {}",
+            "relay {} -> {}: loss {}, reorder {}, duplicate {}, corrupt {}, garbage {}, delay {:?}, rate {}, queue {:.1} MiB, seed {}",
             relay.local_addr(),
             self.to,
-            self.loss,
-            self.reorder,
-            self.duplicate,
-            self.corrupt,
-            self.garbage,
+            pct(self.loss),
+            pct(self.reorder),
+            pct(self.duplicate),
+            pct(self.corrupt),
+            pct(self.garbage),
             self.delay,
-            self.rate.map_or("unlimited".to_string(), |r| format!("{r} bit/s")),
-            self.queue,
+            self.rate.map_or("unlimited".to_string(), |r| crate::report::bits_per_second(r as f64)),
+            self.queue as f64 / crate::report::MIB,
             self.seed
         );
         let stop = crate::sys::stop_on_signals();

@@ -199,21 +199,39 @@ pub fn delay(s: &str) -> Result<Duration, String> {
     duration_or_zero(s)
 }
 
-/// A probability: `0.05` or `5%`.
+/// A probability: a percentage (`5%`, `0%`-`100%`) or a fraction below 1 (`0.05`). A bare
+/// number of 1 or more is refused: `1` could mean 1% or 100%.
 pub fn probability(s: &str) -> Result<f64, String> {
     let s = s.trim();
+    let forms = "a percentage (5%, between 0% and 100%) or a fraction below 1 (0.05)";
     let v = match s.strip_suffix('%') {
-        Some(p) => p.trim().parse::<f64>().map(|v| v / 100.0),
-        None => s.parse::<f64>(),
-    }
-    .map_err(|_| format!("bad probability {s:?}: use 0.05 or 5%"))?;
-    if (0.0..=1.0).contains(&v) {
-        Ok(v)
-    } else {
-        Err(format!(
-            "bad probability {s:?}: must be between 0 and 1 (0% and 100%)"
-        ))
-    }
+        Some(p) => {
+            let v = p
+                .trim()
+                .parse::<f64>()
+                .map_err(|_| format!("bad probability {s:?}: give {forms}"))?;
+            if !(0.0..=100.0).contains(&v) {
+                return Err(format!("bad probability {s:?}: give {forms}"));
+            }
+            v / 100.0
+        }
+        None => {
+            let v = s
+                .parse::<f64>()
+                .map_err(|_| format!("bad probability {s:?}: give {forms}"))?;
+            if v >= 1.0 {
+                return Err(format!(
+                    "ambiguous probability {s:?}: {v}% or {}%? give {forms}",
+                    v * 100.0
+                ));
+            }
+            if !(0.0..1.0).contains(&v) {
+                return Err(format!("bad probability {s:?}: give {forms}"));
+            }
+            v
+        }
+    };
+    Ok(v)
 }
 
 /// A rate of requests per second: at least 1 (below that, a source could never make one).
@@ -297,10 +315,23 @@ mod tests {
     #[test]
     fn probabilities_and_request_rates() {
         assert_eq!(probability("0.05"), Ok(0.05));
+        assert_eq!(probability("0.01"), Ok(0.01));
+        assert_eq!(probability("1%"), Ok(0.01));
         assert_eq!(probability("20%"), Ok(0.2));
+        assert_eq!(probability("100%"), Ok(1.0));
+        assert_eq!(probability("0"), Ok(0.0));
+        // Issue 19.16: a bare 1 meant 100% (while 5 was refused): every bare number of 1 or
+        // more is ambiguous, and the error names the forms taken.
+        for bad in ["1", "1.0", "5", "50"] {
+            let e = probability(bad).unwrap_err();
+            assert!(
+                e.contains("ambiguous") && e.contains("0.05") && e.contains("5%"),
+                "{e}"
+            );
+        }
         assert!(probability("120%").is_err());
         assert!(probability("-0.1").is_err());
-        assert!(probability("x").is_err());
+        assert!(probability("x").unwrap_err().contains("5%"));
         assert_eq!(per_second("500"), Ok(500.0));
         for bad in ["0.4", "0", "-3", "inf", "x"] {
             assert!(per_second(bad).is_err(), "{bad} accepted");

@@ -166,6 +166,12 @@ impl Resend {
         Ok(true)
     }
 
+    /// The request is still waiting, for a reason the caller knows is not the server's
+    /// silence: the silence clock starts again, the backoff goes on.
+    pub(super) fn still_waiting(&mut self, now: Instant) {
+        self.alive_at = now;
+    }
+
     /// The server is working on it: the silence clock and the backoff start again.
     pub(super) fn alive(&mut self, now: Instant) {
         self.alive_at = now;
@@ -188,7 +194,11 @@ pub(super) fn next_backoff(last: Duration, asked: Duration, jitter: f64) -> Dura
     base.mul_f64(0.75 + 0.5 * jitter.clamp(0.0, 1.0))
 }
 
+/// The error a server's `ERROR` means for the user. Its text is the server's to choose, so
+/// control characters are shown escaped: a server cannot move the cursor, rewrite a line or
+/// fake an "intact" one on the user's terminal.
 pub(super) fn server_error(code: ErrorCode, text: &str) -> ClientError {
+    let text = &crate::report::escape(text);
     ClientError::Server(match code {
         ErrorCode::NotFound | ErrorCode::BadName | ErrorCode::Internal => text.to_string(),
         other => format!("{text} ({other:?})"),

@@ -104,6 +104,8 @@ pub struct GetConfig {
     pub interval: Option<Duration>,
     /// No progress bar.
     pub quiet: bool,
+    /// Interval lines go to stderr (stdout carries the JSON).
+    pub intervals_to_stderr: bool,
     /// Replace copies that already exist (otherwise `get` refuses to start).
     pub force: bool,
     /// Set (by a signal handler) to stop every copy: each removes its temporary file, tells
@@ -131,6 +133,7 @@ impl GetConfig {
             max_size: 1 << 40,
             interval: None,
             quiet: true,
+            intervals_to_stderr: false,
             force: false,
             stop: None,
         }
@@ -146,6 +149,29 @@ pub enum ClientError {
         secs: f64,
         stage: &'static str,
     },
+    /// Datagrams kept coming but none brought anything new (duplicates, corrupt ones).
+    #[error("no progress from {server} for {secs:.1} s: {datagrams} datagrams received meanwhile, none of them new intact data (duplicates or corrupt)")]
+    NoProgress {
+        server: SocketAddr,
+        secs: f64,
+        datagrams: u64,
+    },
+    /// The open-file limit cannot hold what the copies need.
+    #[error("--clients {clients} needs {needed} open files ({per_copy} per copy, and the receive threads'); this process may open {available} more (ulimit -n {limit}): raise the limit (ulimit -n) or use fewer clients")]
+    FdLimit {
+        clients: usize,
+        per_copy: &'static str,
+        needed: u64,
+        available: u64,
+        limit: u64,
+    },
+    /// Another sub-client found the server gone (or full for the whole timeout) before this
+    /// one's turn came.
+    #[error("not started: {0}")]
+    NotStarted(String),
+    /// The server answered WAIT (preparing the file) for too long.
+    #[error("{server} kept asking to wait for {secs:.0} s (preparing the file): given up")]
+    Waited { server: SocketAddr, secs: f64 },
     #[error("{server} refused the connection: no server is listening there (or it stopped)")]
     Refused { server: SocketAddr },
     /// What the server said.
@@ -271,6 +297,8 @@ pub fn default_threads(clients: usize, cores: usize) -> usize {
 /// receive threads, and waits for all of them.
 pub fn get(cfg: &GetConfig) -> Result<Vec<CopyReport>, ClientError> {
     validate_name(&cfg.file)?;
+    // The output directory, if this run will be the one to make it.
+    let out_dir_made = cfg.out_dir.clone().filter(|d| !d.exists());
     if let Some(dir) = &cfg.out_dir {
         // Made when the first copy begins (a missing file leaves no empty directory behind);
         // something in the way is refused before anything is asked.
@@ -318,24 +346,75 @@ pub fn get(cfg: &GetConfig) -> Result<Vec<CopyReport>, ClientError> {
         ),
         n => n,
     };
+    check_fd_budget(&cfg, clients, threads)?;
     let cfg = Arc::new(cfg);
     let live = Live::new(clients);
+    let together = subclient::Together::new();
     // Every socket first: one that cannot be opened (the open-file limit) stops the run
     // before any request goes out.
     let mut subs = Vec::with_capacity(clients);
     for id in 1..=clients {
-        let sub = SubClient::new(cfg.clone(), id, clients, live.clone())
+        let sub = SubClient::new(cfg.clone(), id, clients, live.clone(), together.clone())
             .map_err(|error| ClientError::Spawn { id, clients, error })?;
         subs.push(sub);
     }
     let done = Arc::new(AtomicBool::new(false));
-    let reporter = spawn_reporter(live.clone(), cfg.interval, cfg.quiet, done.clone());
+    let reporter = spawn_reporter(
+        live.clone(),
+        cfg.interval,
+        cfg.quiet,
+        cfg.intervals_to_stderr,
+        done.clone(),
+    );
     let reports = pool::run(subs, threads);
     done.store(true, Ordering::Release);
     if let Some(r) = reporter {
         let _ = r.join();
     }
+    // A directory this run made for copies that all failed goes too: nothing is left behind.
+    if let Some(dir) = out_dir_made {
+        if reports.iter().all(|r| r.path.is_none()) {
+            let _ = std::fs::remove_dir(&dir);
+        }
+    }
     Ok(reports)
+}
+
+/// Descriptors kept free for what a run opens besides its copies (the results file, a host
+/// name lookup).
+const FD_SLACK: u64 = 8;
+
+/// Refuses, before any socket is opened or any request sent, a run whose copies cannot all
+/// get the descriptors they need (a socket each, a file each when written, an epoll per
+/// receive thread that serves several); what is left may go to second descriptors for
+/// O_DIRECT writes. (A copy failing midway for want of a descriptor, after its request went
+/// out, is what this prevents.)
+fn check_fd_budget(cfg: &GetConfig, clients: usize, threads: usize) -> Result<(), ClientError> {
+    let limit = crate::sys::fd_limit();
+    if limit == 0 || limit >= i32::MAX as u64 {
+        return Ok(());
+    }
+    let in_use = crate::sys::open_fds();
+    let writes = cfg.out_dir.is_some();
+    let threads = threads.clamp(1, clients.max(1));
+    let epolls = threads.min(clients.saturating_sub(threads)) as u64;
+    let needed = clients as u64 * (1 + writes as u64) + epolls + FD_SLACK;
+    let available = limit.saturating_sub(in_use);
+    if needed > available {
+        return Err(ClientError::FdLimit {
+            clients,
+            per_copy: if writes {
+                "a socket and a file"
+            } else {
+                "a socket"
+            },
+            needed,
+            available,
+            limit,
+        });
+    }
+    writer::set_direct_budget(available - needed);
+    Ok(())
 }
 
 #[cfg(test)]

@@ -88,8 +88,12 @@ struct FeedbackClock {
     last_ack: Instant,
     /// The last batch of anything.
     last_rx: Instant,
-    /// The last sign of the transfer going on (data, or blast mode's END).
+    /// The last sign of the transfer going on: new intact data, or blast mode's END.
+    /// Duplicates, corrupt datagrams and STATUS do not count: a server that sends only those
+    /// makes no progress, and is given up on after the timeout like a silent one.
     heard_at: Instant,
+    /// Datagrams received (any) when progress was last made, to say what came since.
+    received_at_progress: u64,
 }
 
 /// Whether a copy's data phase goes on.
@@ -138,6 +142,7 @@ impl DataReceiver {
                 last_ack: now,
                 last_rx: now,
                 heard_at: now,
+                received_at_progress: 0,
             },
         }
     }
@@ -158,10 +163,12 @@ impl DataReceiver {
         self.clock.last_rx = now;
         // Silence is counted in data: a server that only says how it is doing (STATUS)
         // while nothing moves is as good as gone.
-        let before = self.counts.datagrams_received;
-        self.clock.since_ack += self.absorb(batch, n, io.sink)?;
-        if self.counts.datagrams_received > before || self.end_seen {
+        let ended_before = self.end_seen;
+        let accepted = self.absorb(batch, n, io.sink)?;
+        self.clock.since_ack += accepted;
+        if accepted > 0 || self.end_seen != ended_before {
             self.clock.heard_at = now;
+            self.clock.received_at_progress = self.counts.datagrams_received;
         }
         self.publish(io.live);
         if self.tracker.is_complete() {
@@ -210,6 +217,14 @@ impl DataReceiver {
             if self.meta.mode == Mode::Blast && self.counts.datagrams_received > 0 {
                 tracing::debug!("blast transfer ended by idle timeout (no END marker)");
                 return Ok(Progress::Finished);
+            }
+            let since = self.counts.datagrams_received - self.clock.received_at_progress;
+            if since > 0 {
+                return Err(ClientError::NoProgress {
+                    server: io.server,
+                    secs: silent.as_secs_f64(),
+                    datagrams: since,
+                });
             }
             return Err(ClientError::ServerSilent {
                 server: io.server,
@@ -390,10 +405,14 @@ impl DataReceiver {
                 self.end_seen = true
             }
             Ok(Message::Error {
-                code: ErrorCode::NoSession | ErrorCode::FileChanged | ErrorCode::Internal,
+                code:
+                    ErrorCode::NoSession
+                    | ErrorCode::FileChanged
+                    | ErrorCode::Internal
+                    | ErrorCode::Evicted,
                 text,
                 ..
-            }) => self.session_gone = Some(text.to_string()),
+            }) => self.session_gone = Some(crate::report::escape(text)),
             Ok(Message::Status(st)) if st.session == self.meta.session => {
                 // The window follows the path: a few bandwidth-delay products as the sender
                 // measures them (never shrinking: credit granted stays granted).
@@ -419,6 +438,13 @@ impl DataReceiver {
             Ok(Message::Meta(_)) | Ok(Message::Retry { .. }) | Ok(Message::Wait { .. }) => {}
             _ => self.counts.malformed += 1,
         }
+    }
+
+    /// The first ACK, sent as soon as META is in: it shows the server that this client
+    /// receives at its address, and the server sends data only after it.
+    pub(super) fn first_ack(&mut self, io: &DataIo<'_>, now: Instant) -> Result<(), ClientError> {
+        self.observed_ns = unix_ns();
+        self.send_ack(io, false, now)
     }
 
     fn send_ack(&mut self, io: &DataIo<'_>, idle: bool, now: Instant) -> Result<(), ClientError> {

@@ -3,9 +3,10 @@
 //! the content hash, are `writer.rs`'s.
 
 use std::cell::RefCell;
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::io::{self, IoSlice};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use super::writer::{self, Chunks, Output, CHUNK};
@@ -27,39 +28,59 @@ impl Sink {
         }
     }
 
-    /// Creates `temp` (truncated) with room for `size` bytes, written by `write_path` (the
-    /// direct path falls back to the page cache where the file system refuses `O_DIRECT`, and
-    /// for copies smaller than a chunk);
-    /// with `hash`, its content hash is computed as it is written.
+    /// Creates the copy's temporary file for `final_path` (a fresh, unpredictable name: see
+    /// [`create_temp`]) with room for `size` bytes, written by `write_path` (the direct path
+    /// falls back to the page cache where the file system refuses `O_DIRECT`, and for copies
+    /// smaller than a chunk); with `hash`, its content hash is computed as it is written.
+    /// Returns the sink and the temporary path, or the error and the path it was tried at.
     pub(super) fn create(
-        temp: &Path,
+        dir: &Path,
+        final_path: &Path,
         size: u64,
         hash: bool,
         write_path: WritePath,
-    ) -> io::Result<Sink> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(temp)?;
-        file.set_len(size)?;
-        // A copy smaller than a chunk gains nothing from staging: not worth a second
-        // descriptor, of which a process may only spend so many.
-        let direct = match write_path {
-            WritePath::Direct if size >= CHUNK && writer::direct_allowed() => OpenOptions::new()
-                .write(true)
-                .custom_flags(libc::O_DIRECT)
-                .open(temp)
-                .ok(),
-            WritePath::Direct | WritePath::Buffered => None,
+    ) -> Result<(Sink, PathBuf), (io::Error, PathBuf)> {
+        let (file, temp) = create_temp(dir, final_path)?;
+        let r = (|| {
+            file.set_len(size)?;
+            // A copy smaller than a chunk gains nothing from staging: not worth a second
+            // descriptor, of which a process may only spend so many.
+            let direct = match write_path {
+                WritePath::Direct if size >= CHUNK && writer::direct_allowed() => {
+                    reopen_direct(&file)
+                }
+                WritePath::Direct | WritePath::Buffered => None,
+            };
+            Ok(Sink {
+                chunks: Some(RefCell::new(Chunks::new(Output::new(
+                    file, direct, size, hash,
+                )))),
+                path: temp.clone(),
+            })
+        })();
+        match r {
+            Ok(sink) => Ok((sink, temp)),
+            Err(e) => {
+                let _ = std::fs::remove_file(&temp);
+                Err((e, temp))
+            }
+        }
+    }
+
+    /// Puts the verified copy at `final_path`: renames the temporary file, after checking
+    /// that the name still holds this copy's own file (not something put in its place).
+    pub(super) fn place(&self, final_path: &Path) -> io::Result<()> {
+        let Some(chunks) = &self.chunks else {
+            return Ok(());
         };
-        Ok(Sink {
-            chunks: Some(RefCell::new(Chunks::new(Output::new(
-                file, direct, size, hash,
-            )))),
-            path: temp.to_path_buf(),
-        })
+        let ours = chunks.borrow().output().file_identity()?;
+        let there = std::fs::symlink_metadata(&self.path)?;
+        if !there.file_type().is_file() || (there.dev(), there.ino()) != ours {
+            return Err(io::Error::other(
+                "its temporary file was replaced by something else meanwhile",
+            ));
+        }
+        std::fs::rename(&self.path, final_path)
     }
 
     /// Waits until the whole copy is written; its content hash when it was asked for. An
@@ -104,17 +125,54 @@ impl Sink {
     }
 }
 
-/// The temporary name of a copy whose final path is `final_path`: hidden, and tagged with this
-/// process's id so concurrent runs into one directory do not collide.
-pub(super) fn temp_path(dir: &Path, final_path: &Path) -> PathBuf {
-    dir.join(format!(
-        ".{}.{}.part",
-        final_path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("copy"),
-        std::process::id()
-    ))
+/// Attempts at a fresh temporary name before giving up (each collision is 1 in 2^64 unless
+/// someone plants names).
+const TEMP_ATTEMPTS: usize = 16;
+
+/// Creates the temporary file of a copy whose final path is `final_path`: a hidden name
+/// tagged with this process's id (for the clean-up of a killed run) and 64 random bits, made
+/// exclusively (`O_CREAT | O_EXCL`: a file, link or anything else already at the name is never
+/// opened, so nothing planted there, in a shared directory, is written through) and without
+/// following a link.
+pub(super) fn create_temp(
+    dir: &Path,
+    final_path: &Path,
+) -> Result<(File, PathBuf), (io::Error, PathBuf)> {
+    let base = final_path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("copy");
+    let mut last = None;
+    for _ in 0..TEMP_ATTEMPTS {
+        let path = dir.join(format!(
+            ".{base}.{}.{:016x}.part",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        match OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .mode(0o644)
+            .open(&path)
+        {
+            Ok(f) => return Ok((f, path)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some((e, path)),
+            Err(e) => return Err((e, path)),
+        }
+    }
+    Err(last.expect("at least one attempt"))
+}
+
+/// A second descriptor of `file` opened for `O_DIRECT` writes, through `/proc/self/fd` (the
+/// file itself, never its name, which someone could have replaced); `None` where that fails.
+fn reopen_direct(file: &File) -> Option<File> {
+    OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_DIRECT | libc::O_CLOEXEC)
+        .open(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .ok()
 }
 
 /// Removes the temporary copies of `file` in `dir` that a process no longer running left
@@ -135,11 +193,28 @@ pub(super) fn remove_stale_parts(dir: &Path, file: &str) -> Vec<PathBuf> {
         else {
             continue;
         };
-        // ".FILE.PID.part" or ".FILE.N.PID.part": the PID is the last dotted field.
-        let Some(pid) = rest.rsplit('.').next().and_then(|p| p.parse::<u32>().ok()) else {
+        // ".FILE[.N].PID.RANDOM.part" (or ".FILE[.N].PID.part" from older releases): the
+        // PID is the last dotted field that is a number, before the 16 hex digits if any.
+        let mut fields = rest.rsplit('.');
+        let last = fields.next().unwrap_or("");
+        let pid_field = if last.len() == 16 && last.chars().all(|c| c.is_ascii_hexdigit()) {
+            fields.next()
+        } else {
+            Some(last)
+        };
+        let Some(pid) = pid_field.and_then(|p| p.parse::<u32>().ok()) else {
             continue;
         };
         if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        // Only a regular file is ours to remove: a link or anything else under such a name
+        // was put there by someone else (and removing a link would not follow it anyway).
+        if !entry
+            .path()
+            .symlink_metadata()
+            .is_ok_and(|m| m.file_type().is_file())
+        {
             continue;
         }
         if std::fs::remove_file(entry.path()).is_ok() {

@@ -7,19 +7,19 @@
 
 use std::net::UdpSocket;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::connection::{next_backoff, send_to_server, server_error, Resend};
 use super::receive::{DataIo, DataReceiver, Progress};
-use super::sink::{temp_path, Sink};
+use super::sink::Sink;
 use super::window::window_for_buffer;
 use super::{copy_path, ClientError, GetConfig, Verify};
 use crate::protocol::layout::{datagram_count, manifest_hash, DatagramSize};
 use crate::protocol::{
-    foreign_version, is_data, unix_ns, DoneStatus, Message, Meta, DATA_HEADER_LEN, MAX_DATAGRAM,
-    MAX_DATAGRAMS, MIN_PAYLOAD, TOKEN_LEN, VERSION,
+    foreign_version, is_data, unix_ns, DoneStatus, ErrorCode, Message, Meta, DATA_HEADER_LEN,
+    MAX_DATAGRAM, MAX_DATAGRAMS, MIN_PAYLOAD, TOKEN_LEN, VERSION,
 };
 use crate::report::copy::{ClientHists, CopyReport};
 use crate::report::live::Live;
@@ -30,6 +30,89 @@ use crate::sys::socket;
 const DONE_REPEATS: usize = 3;
 /// Most data datagrams kept while waiting for META (it was lost and the GET resent).
 const MAX_EARLY: usize = 256;
+/// Most sub-clients of one `get` between their first HELLO and their META at once: the rest
+/// wait their turn without asking (and without their timeout running), so ten thousand
+/// sub-clients do not spend the server's per-address request budget on resends.
+pub(super) const MAX_HANDSHAKES: usize = 128;
+/// How often a sub-client waiting for its turn looks again.
+const TURN_POLL: Duration = Duration::from_millis(2);
+/// Tokens a sub-client asks for again when the server refuses one (expired while busy).
+const TOKEN_RENEWALS: u8 = 3;
+/// Timeouts the server may answer WAIT (preparing the file) for: 60 s by default, after
+/// which the copy is given up.
+const WAIT_TIMEOUTS: u32 = 12;
+
+/// What the sub-clients of one `get` share: the handshakes in flight, when a copy last
+/// arrived (the server is making progress for this `get`: those waiting their turn, refused
+/// busy or unanswered because their requests were dropped, keep waiting while copies arrive),
+/// and why the server was given up on (the sub-clients not started yet do not start).
+pub(super) struct Together {
+    handshakes: AtomicUsize,
+    /// When a copy last arrived verified, ns after `epoch` (0: none yet).
+    last_done_ns: AtomicU64,
+    epoch: Instant,
+    gone: std::sync::OnceLock<String>,
+}
+
+impl Together {
+    pub(super) fn new() -> Arc<Together> {
+        Arc::new(Together {
+            handshakes: AtomicUsize::new(0),
+            last_done_ns: AtomicU64::new(0),
+            epoch: Instant::now(),
+            gone: std::sync::OnceLock::new(),
+        })
+    }
+
+    fn try_begin_handshake(&self) -> bool {
+        self.handshakes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_HANDSHAKES).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    fn end_handshake(&self) {
+        self.handshakes.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    fn copy_done(&self, now: Instant) {
+        let ns = now.saturating_duration_since(self.epoch).as_nanos() as u64;
+        self.last_done_ns.fetch_max(ns.max(1), Ordering::AcqRel);
+    }
+
+    /// Whether a copy arrived within `within` of `now`.
+    fn progress_within(&self, within: Duration, now: Instant) -> bool {
+        match self.last_done_ns.load(Ordering::Acquire) {
+            0 => false,
+            ns => now.saturating_duration_since(self.epoch + Duration::from_nanos(ns)) < within,
+        }
+    }
+
+    /// The server was given up on, for `why`: the sub-clients not started yet will not.
+    fn give_up(&self, why: &ClientError) {
+        let _ = self.gone.set(why.to_string());
+    }
+}
+
+/// [`Resend::due`], except that a request left unanswered while other copies of the same
+/// `get` keep arriving is not the server's silence (its answer was dropped by the address's
+/// request budget, or it waits its turn): the wait goes on, resending.
+fn due(
+    req: &mut Resend,
+    together: &Together,
+    now: Instant,
+    timeout: Duration,
+    server: std::net::SocketAddr,
+) -> Result<bool, ClientError> {
+    match req.due(now, timeout, server) {
+        Err(_) if together.progress_within(timeout, now) => {
+            req.still_waiting(now);
+            req.due(now, timeout, server)
+        }
+        r => r,
+    }
+}
 
 /// One copy's whole life.
 pub(super) struct SubClient {
@@ -38,6 +121,9 @@ pub(super) struct SubClient {
     cfg: Arc<GetConfig>,
     pub(super) sock: UdpSocket,
     live: Arc<Live>,
+    together: Arc<Together>,
+    /// This sub-client holds one of the [`MAX_HANDSHAKES`] places.
+    in_handshake: bool,
     pub(super) report: CopyReport,
     /// The temporary file while it exists.
     temp: Option<PathBuf>,
@@ -52,12 +138,19 @@ pub(super) struct SubClient {
 }
 
 enum Phase {
-    /// Sockets are open; nothing sent yet.
-    New,
+    /// Sockets are open; nothing sent yet: waiting for a place among the handshakes in flight,
+    /// looked for again at `retry_at`.
+    New {
+        retry_at: Instant,
+    },
     /// HELLO sent; waiting for RETRY with a token.
     Token {
         nonce: u64,
         req: Resend,
+        /// Busy answers so far (the request budget of our address).
+        busy: Backoff,
+        /// Tokens already asked for again.
+        renewals: u8,
     },
     /// GET sent; waiting for META. Data that comes first (META was lost) is kept.
     Get {
@@ -65,22 +158,41 @@ enum Phase {
         req: Resend,
         early: Vec<(Vec<u8>, u64)>,
     },
-    /// The server is busy: GET again at `until`.
+    /// The server is busy: ask again at `until`.
     Busy {
-        get: GetRequest,
+        again: Again,
         until: Instant,
     },
     Data(Box<Transfer>),
     Ended,
 }
 
+/// What a busy server is asked again.
+enum Again {
+    /// A token (a HELLO refused by our address's request budget).
+    Hello {
+        busy: Backoff,
+        renewals: u8,
+    },
+    Get(GetRequest),
+}
+
+/// A busy server's answers so far: since when, and the last wait.
+#[derive(Clone, Copy, Default)]
+struct Backoff {
+    since: Option<Instant>,
+    wait: Duration,
+}
+
 struct GetRequest {
     token: [u8; TOKEN_LEN],
     request_id: u32,
     window_bytes: u32,
-    /// When the server first said busy, and the last wait.
-    busy_since: Option<Instant>,
-    backoff: Duration,
+    busy: Backoff,
+    /// When the server first answered WAIT (preparing the file).
+    waiting_since: Option<Instant>,
+    /// Tokens already asked for again.
+    renewals: u8,
 }
 
 struct Transfer {
@@ -94,6 +206,8 @@ enum Next {
     Stay,
     Get([u8; TOKEN_LEN]),
     Busy(Duration, String),
+    /// The token was refused: ask for a new one.
+    Renew,
     Meta(Meta),
 }
 
@@ -105,6 +219,7 @@ impl SubClient {
         id: usize,
         clients: usize,
         live: Arc<Live>,
+        together: Arc<Together>,
     ) -> std::io::Result<SubClient> {
         let sock = socket::connected(cfg.server)?;
         Ok(SubClient {
@@ -120,8 +235,12 @@ impl SubClient {
             cfg,
             sock,
             live,
+            together,
+            in_handshake: false,
             temp: None,
-            phase: Phase::New,
+            phase: Phase::New {
+                retry_at: Instant::now(),
+            },
             start: Instant::now(),
             rcvbuf: 0,
             max_datagram: MAX_DATAGRAM,
@@ -129,8 +248,21 @@ impl SubClient {
         })
     }
 
-    /// Sizes the receive buffer, finds the largest datagram the path takes, sends HELLO.
+    /// Starts the copy if a place among the handshakes in flight is free (else looks again
+    /// a little later): sizes the receive buffer, finds the largest datagram the path takes,
+    /// sends HELLO.
     pub(super) fn start(&mut self, now: Instant) {
+        if let Some(why) = self.together.gone.get() {
+            let e = ClientError::NotStarted(why.clone());
+            return self.end(Err(e), now);
+        }
+        if !self.together.try_begin_handshake() {
+            self.phase = Phase::New {
+                retry_at: now + TURN_POLL,
+            };
+            return;
+        }
+        self.in_handshake = true;
         self.start = now;
         let r = (|| {
             self.rcvbuf = socket::set_recv_buffer(&self.sock, self.cfg.recv_buffer)?;
@@ -138,15 +270,29 @@ impl SubClient {
             // Kernel receive timestamps make delay and gaps per datagram; without them (an
             // old kernel) the batch's return time stands in.
             let _ = enable_timestamps(&self.sock);
-            let nonce: u64 = rand::random();
-            self.phase = Phase::Token {
-                nonce,
-                req: Resend::new(now, "waiting for a token"),
-            };
-            self.encode_and_send(&Message::Hello { nonce })
+            self.hello(Backoff::default(), 0, now)
         })();
         if let Err(e) = r {
             self.end(Err(e), now);
+        }
+    }
+
+    /// Asks for a token (again, after `busy` answers and `renewals` refused tokens).
+    fn hello(&mut self, busy: Backoff, renewals: u8, now: Instant) -> Result<(), ClientError> {
+        let nonce: u64 = rand::random();
+        self.phase = Phase::Token {
+            nonce,
+            req: Resend::new(now, "waiting for a token"),
+            busy,
+            renewals,
+        };
+        self.encode_and_send(&Message::Hello { nonce })
+    }
+
+    /// This sub-client's handshake is over (data, or the end): its place goes to the next.
+    fn leave_handshake(&mut self) {
+        if std::mem::take(&mut self.in_handshake) {
+            self.together.end_handshake();
         }
     }
 
@@ -184,7 +330,8 @@ impl SubClient {
     pub(super) fn deadline(&self) -> Option<Instant> {
         let timeout = self.cfg.timeout;
         match &self.phase {
-            Phase::New | Phase::Ended => None,
+            Phase::New { retry_at } => Some(*retry_at),
+            Phase::Ended => None,
             Phase::Token { req, .. } | Phase::Get { req, .. } => Some(req.deadline(timeout)),
             Phase::Busy { until, .. } => Some(*until),
             Phase::Data(t) => Some(t.rx.deadline(timeout)),
@@ -256,8 +403,10 @@ impl SubClient {
     pub(super) fn on_timer(&mut self, empty_at: Option<u64>, now: Instant) {
         let (server, timeout) = (self.cfg.server, self.cfg.timeout);
         let r = match &mut self.phase {
-            Phase::New | Phase::Ended => return,
-            Phase::Token { nonce, req } => match req.due(now, timeout, server) {
+            Phase::Ended => return,
+            Phase::New { .. } => return self.start(now),
+            Phase::Token { nonce, req, .. } => match due(req, &self.together, now, timeout, server)
+            {
                 Ok(true) => {
                     let nonce = *nonce;
                     self.encode_and_send(&Message::Hello { nonce })
@@ -265,18 +414,21 @@ impl SubClient {
                 Ok(false) => Ok(()),
                 Err(e) => Err(e),
             },
-            Phase::Get { req, .. } => match req.due(now, timeout, server) {
+            Phase::Get { req, .. } => match due(req, &self.together, now, timeout, server) {
                 Ok(true) => send_to_server(&self.sock, server, &self.out),
                 Ok(false) => Ok(()),
                 Err(e) => Err(e),
             },
             Phase::Busy { until, .. } if now < *until => Ok(()),
             Phase::Busy { .. } => {
-                let Phase::Busy { get, .. } = std::mem::replace(&mut self.phase, Phase::Ended)
+                let Phase::Busy { again, .. } = std::mem::replace(&mut self.phase, Phase::Ended)
                 else {
                     unreachable!("matched above")
                 };
-                self.send_get(get, now)
+                match again {
+                    Again::Hello { busy, renewals } => self.hello(busy, renewals, now),
+                    Again::Get(get) => self.send_get(get, now),
+                }
             }
             Phase::Data(t) => {
                 let io = DataIo {
@@ -329,16 +481,45 @@ impl SubClient {
         let Ok(msg) = Message::parse(d) else {
             return Ok(None);
         };
+        let wait_limit = self.cfg.timeout * WAIT_TIMEOUTS;
         let next = match (&mut self.phase, msg) {
             (Phase::Token { nonce, .. }, Message::Retry { nonce: n, token }) if n == *nonce => {
                 Next::Get(token)
             }
+            (
+                Phase::Token { nonce, .. },
+                Message::Busy {
+                    request_id,
+                    retry_after_ms,
+                    text,
+                },
+            ) if request_id == *nonce as u32 => Next::Busy(
+                Duration::from_millis(retry_after_ms as u64),
+                text.to_string(),
+            ),
             (Phase::Get { get, req, .. }, Message::Wait { request_id })
                 if request_id == get.request_id =>
             {
+                // The server is preparing the file: it is alive, but not for ever.
+                let since = *get.waiting_since.get_or_insert(now);
+                let waited = now.saturating_duration_since(since);
+                if waited >= wait_limit {
+                    return Err(ClientError::Waited {
+                        server: self.cfg.server,
+                        secs: waited.as_secs_f64(),
+                    });
+                }
                 req.alive(now);
                 Next::Stay
             }
+            (
+                Phase::Get { get, .. },
+                Message::Error {
+                    request_id,
+                    code: ErrorCode::BadToken,
+                    ..
+                },
+            ) if request_id == get.request_id && get.renewals < TOKEN_RENEWALS => Next::Renew,
             (
                 Phase::Get { get, .. },
                 Message::Busy {
@@ -366,18 +547,30 @@ impl SubClient {
         };
         match next {
             Next::Stay => Ok(None),
+            Next::Renew => {
+                let renewals = match &self.phase {
+                    Phase::Get { get, .. } => get.renewals + 1,
+                    _ => TOKEN_RENEWALS,
+                };
+                self.hello(Backoff::default(), renewals, now).map(|()| None)
+            }
             Next::Get(token) => {
                 // Before META the datagram size is not known: the window is sized for the
                 // largest.
                 let payload_guess = (self.max_datagram - DATA_HEADER_LEN) as u32;
                 let window = window_for_buffer(self.rcvbuf, payload_guess, self.cfg.window_bytes);
+                let renewals = match &self.phase {
+                    Phase::Token { renewals, .. } => *renewals,
+                    _ => 0,
+                };
                 let get = GetRequest {
                     token,
                     request_id: rand::random(),
                     window_bytes: (window as u64 * payload_guess as u64).min(u32::MAX as u64)
                         as u32,
-                    busy_since: None,
-                    backoff: Duration::ZERO,
+                    busy: Backoff::default(),
+                    waiting_since: None,
+                    renewals,
                 };
                 self.send_get(get, now).map(|()| None)
             }
@@ -404,33 +597,41 @@ impl SubClient {
         r
     }
 
-    /// The server has no room: ask again after the time it names, backing off, until it has
-    /// been busy for the whole timeout.
+    /// The server has no room (for our GET, or for our address's requests: a HELLO): ask
+    /// again after the time it names, backing off. Given up once it has been busy for the
+    /// whole timeout with no other copy of this `get` ending meanwhile (while they end,
+    /// places come free, and the wait is a queue, not a refusal).
     fn busy(&mut self, asked: Duration, text: String, now: Instant) -> Result<(), ClientError> {
-        let Phase::Get { mut get, .. } = std::mem::replace(&mut self.phase, Phase::Ended) else {
-            unreachable!("busy is an answer to GET")
+        let (mut backoff, mut again) = match std::mem::replace(&mut self.phase, Phase::Ended) {
+            Phase::Get { get, .. } => (get.busy, Again::Get(get)),
+            Phase::Token { busy, renewals, .. } => (busy, Again::Hello { busy, renewals }),
+            _ => unreachable!("busy is an answer to GET or HELLO"),
         };
-        let since = *get.busy_since.get_or_insert(now);
+        let since = *backoff.since.get_or_insert(now);
         let waited = now.saturating_duration_since(since);
-        if waited >= self.cfg.timeout {
+        let timeout = self.cfg.timeout;
+        if waited >= timeout && !self.together.progress_within(timeout, now) {
             return Err(ClientError::Busy {
                 server: self.cfg.server,
-                text,
+                text: crate::report::escape(&text),
                 secs: waited.as_secs_f64(),
                 tries: self.report.busy_retries + 1,
             });
         }
-        get.backoff = next_backoff(get.backoff, asked, rand::random());
+        backoff.wait = next_backoff(backoff.wait, asked, rand::random());
         self.report.busy_retries += 1;
         tracing::debug!(
-            "client {}: {text}; asking again in {:?}",
+            "client {}: {}; asking again in {:?}",
             self.id,
-            get.backoff
+            crate::report::escape(&text),
+            backoff.wait
         );
-        self.phase = Phase::Busy {
-            until: now + get.backoff,
-            get,
-        };
+        let until = now + backoff.wait;
+        match &mut again {
+            Again::Hello { busy, .. } => *busy = backoff,
+            Again::Get(get) => get.busy = backoff,
+        }
+        self.phase = Phase::Busy { again, until };
         Ok(())
     }
 
@@ -440,6 +641,7 @@ impl SubClient {
         let Phase::Get { early, .. } = std::mem::replace(&mut self.phase, Phase::Ended) else {
             unreachable!("META is an answer to GET")
         };
+        self.leave_handshake();
         let cfg = self.cfg.clone();
         let sink = match self.prepare(&meta) {
             Ok(sink) => sink,
@@ -476,6 +678,10 @@ impl SubClient {
             live: &self.live.clients[self.id - 1],
         };
         let progress = rx.check_end(&io, now)?;
+        if progress == Progress::Going {
+            // The server sends nothing until it hears from us at this address.
+            rx.first_ack(&io, now)?;
+        }
         self.phase = Phase::Data(Box::new(Transfer { meta, rx, sink }));
         Ok(progress)
     }
@@ -485,6 +691,8 @@ impl SubClient {
     fn prepare(&mut self, meta: &Meta) -> Result<Sink, ClientError> {
         let cfg = self.cfg.clone();
         check_meta(&cfg, meta, self.max_datagram)?;
+        self.report.began = true;
+        self.report.file_size = meta.file_size;
         self.report.datagram_size = meta.payload_size as usize + DATA_HEADER_LEN;
         // Coalesced receives from here on: what arrived before META was read one by one.
         self.report.gro = cfg.gro && socket::enable_gro(&self.sock);
@@ -496,26 +704,39 @@ impl SubClient {
             path: dir.clone(),
             error,
         })?;
-        let temp = temp_path(dir, &copy_path(dir, &cfg.file, self.id, self.clients));
-        self.temp = Some(temp.clone());
+        let final_path = copy_path(dir, &cfg.file, self.id, self.clients);
         let hash = cfg.verify == Verify::Content;
-        Sink::create(&temp, meta.file_size, hash, cfg.write_path).map_err(|error| {
-            ClientError::Path {
+        let (sink, temp) = Sink::create(dir, &final_path, meta.file_size, hash, cfg.write_path)
+            .map_err(|(error, path)| ClientError::Path {
                 what: "cannot create the copy",
-                path: temp,
+                path,
                 error,
-            }
-        })
+            })?;
+        self.temp = Some(temp);
+        Ok(sink)
     }
 
     /// The copy is over, one way or another: the report is filled in, the server told (once
     /// there is a session), the copy verified and renamed, or removed.
     fn end(&mut self, outcome: Result<(), ClientError>, now: Instant) {
+        self.leave_handshake();
         let phase = std::mem::replace(&mut self.phase, Phase::Ended);
         let r = match phase {
             Phase::Data(t) => outcome.and(self.finish(*t)),
             _ => outcome,
         };
+        match &r {
+            Ok(()) => self.together.copy_done(now),
+            // The server is gone, refuses us, or made no progress for this whole `get` for a
+            // timeout: the sub-clients still waiting for their turn will not ask it.
+            Err(
+                e @ (ClientError::ServerSilent { .. }
+                | ClientError::Refused { .. }
+                | ClientError::Version { .. }
+                | ClientError::Busy { .. }),
+            ) => self.together.give_up(e),
+            Err(_) => {}
+        }
         if let Err(e) = r {
             self.report.error = Some(e.to_string());
         }
@@ -589,13 +810,14 @@ impl SubClient {
             ));
         }
         self.report.hash_ok = true;
-        if let (Some(dir), Some(temp)) = (&self.cfg.out_dir, self.temp.take()) {
+        if let (Some(dir), Some(_)) = (&self.cfg.out_dir, &self.temp) {
             let final_path = copy_path(dir, &self.cfg.file, self.id, self.clients);
-            std::fs::rename(&temp, &final_path).map_err(|error| ClientError::Path {
+            sink.place(&final_path).map_err(|error| ClientError::Path {
                 what: "cannot put the verified copy at",
                 path: final_path.clone(),
                 error,
             })?;
+            self.temp = None;
             self.report.path = Some(final_path);
         }
         tracing::debug!(

@@ -133,9 +133,22 @@ impl Drop for Staged {
 /// of the process's limit on open files is the most those may take (a thousand sub-clients
 /// already hold a thousand sockets and a thousand files).
 pub(super) fn direct_allowed() -> bool {
-    static BUDGET: OnceLock<usize> = OnceLock::new();
-    let budget = *BUDGET.get_or_init(|| (crate::sys::fd_limit() / 4) as usize);
+    let budget = match DIRECT_BUDGET.load(Ordering::Relaxed) {
+        usize::MAX => (crate::sys::fd_limit() / 4) as usize,
+        n => n,
+    };
     stock().copies.load(Ordering::Relaxed) < budget
+}
+
+/// Copies that may be written direct at once, as `get` leaves room for them (`usize::MAX`:
+/// a quarter of the open-file limit).
+static DIRECT_BUDGET: AtomicUsize = AtomicUsize::new(usize::MAX);
+
+/// Sets how many copies may take a second descriptor to be written direct: what is left of
+/// the open-file limit once every copy has its socket and its file, at most a quarter of it.
+pub(super) fn set_direct_budget(spare_fds: u64) {
+    let quarter = crate::sys::fd_limit() / 4;
+    DIRECT_BUDGET.store(spare_fds.min(quarter) as usize, Ordering::Relaxed);
 }
 
 /// How many staged chunks the process may hold while `copies` copies are written direct.
@@ -259,6 +272,14 @@ impl Output {
             outstanding: Mutex::new(0),
             settled: Condvar::new(),
         })
+    }
+
+    /// The copy's file, as the file system knows it (device, inode): what its name must
+    /// still hold when the verified copy is renamed into place.
+    pub(super) fn file_identity(&self) -> io::Result<(u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        let md = self.file.metadata()?;
+        Ok((md.dev(), md.ino()))
     }
 
     /// Writes consecutive payloads through the page cache starting at `offset`, in as few

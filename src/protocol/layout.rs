@@ -46,6 +46,25 @@ impl std::fmt::Display for DatagramSize {
     }
 }
 
+/// The datagram sizes (header included) a server sends at when a client asks for a limit:
+/// loopback's (the lab's 65507, and 61472 for spliced payloads), jumbo and Ethernet frames,
+/// tunnels (PPPoE, WireGuard), IPv6's minimum MTU, IPv4's, and powers of two between.
+pub const DATAGRAM_SIZE_CLASSES: [usize; 16] = [
+    65_507, 61_472, 32_768, 16_384, 8_972, 8_952, 4_096, 2_048, 1_472, 1_464, 1_452, 1_392, 1_372,
+    1_232, 1_024, 548,
+];
+
+/// `limit` snapped down to a size class ([`DATAGRAM_SIZE_CLASSES`]), at least
+/// [`MIN_DATAGRAM`]: a client's limit selects among a few sizes, each of which needs an index
+/// of the file, instead of one index per byte value a client may name.
+pub fn snap_datagram_size(limit: usize) -> usize {
+    DATAGRAM_SIZE_CLASSES
+        .iter()
+        .copied()
+        .find(|&c| c <= limit)
+        .unwrap_or(limit.min(MIN_DATAGRAM))
+}
+
 /// A file name that could escape the served directory, or that the wire cannot carry.
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
 #[error("bad file name {0:?}: names are plain file names inside the served directory")]
@@ -103,6 +122,25 @@ mod tests {
         for good in ["100mb.mp4", "..hidden", "a b", "ñ"] {
             assert!(validate_name(good).is_ok(), "{good:?} refused");
         }
+    }
+
+    #[test]
+    fn a_clients_limit_selects_one_of_a_few_sizes() {
+        assert_eq!(snap_datagram_size(65_507), 65_507);
+        assert_eq!(snap_datagram_size(1472), 1472);
+        assert_eq!(snap_datagram_size(1471), 1464);
+        assert_eq!(snap_datagram_size(9000), 8972);
+        assert_eq!(snap_datagram_size(547), 544);
+        assert_eq!(
+            snap_datagram_size(300),
+            300,
+            "below the minimum: refused by the caller"
+        );
+        // Every value a GET can carry maps to one of at most 17 sizes.
+        let sizes: std::collections::HashSet<usize> = (MIN_DATAGRAM..=MAX_DATAGRAM)
+            .map(snap_datagram_size)
+            .collect();
+        assert!(sizes.len() <= DATAGRAM_SIZE_CLASSES.len() + 1, "{sizes:?}");
     }
 
     #[test]

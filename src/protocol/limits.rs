@@ -15,8 +15,9 @@ pub const MIN_DATAGRAM: usize = DATA_HEADER_LEN + MIN_PAYLOAD as usize;
 /// Most datagrams a file may take: the receiver keeps a CRC (4 bytes) and a bit for each, so
 /// this bounds what any server can make a client allocate to 2^27 * 4.125 B = 528 MiB.
 pub const MAX_DATAGRAMS: u64 = 1 << 27;
-/// A `HELLO` must be at least this long, so that the `RETRY` it provokes is smaller than the
-/// request: an unvalidated address can never get more bytes back than it sent.
+/// A `HELLO` (and a `LIST`) must be at least this long, so that the `RETRY` it provokes is
+/// smaller than the request (a `LISTING` at most three times as long): an address that did
+/// not ask can never be sent much more than was sent in its name.
 pub const HELLO_MIN_LEN: usize = 1200;
 /// Length of an address-validation token (see `token.rs`).
 pub const TOKEN_LEN: usize = 24;

@@ -24,6 +24,9 @@ pub enum ErrorCode {
     FileChanged,
     /// The request came in another protocol version.
     BadVersion,
+    /// The server gave the session's place to another client: it had made no progress for a
+    /// while (its client silent or stalled) while the server was full.
+    Evicted,
 }
 
 impl ErrorCode {
@@ -37,6 +40,7 @@ impl ErrorCode {
             ErrorCode::NoSession => 7,
             ErrorCode::FileChanged => 8,
             ErrorCode::BadVersion => 9,
+            ErrorCode::Evicted => 10,
         }
     }
     fn from_u8(v: u8) -> Result<Self, WireError> {
@@ -49,6 +53,7 @@ impl ErrorCode {
             7 => ErrorCode::NoSession,
             8 => ErrorCode::FileChanged,
             9 => ErrorCode::BadVersion,
+            10 => ErrorCode::Evicted,
             _ => return Err(WireError::Malformed("error code")),
         })
     }
@@ -164,6 +169,8 @@ impl<'a> Ack<'a> {
 /// The sender's congestion controller, as it reports itself (`STATUS`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Status {
+    /// In JSON as logs show it: 8 hex digits.
+    #[serde(serialize_with = "session_hex")]
     pub session: u32,
     /// The rate the sender paces at, bits/s.
     pub pacing_bps: u64,
@@ -180,6 +187,11 @@ pub struct Status {
     pub retransmitted: u32,
     /// Retransmissions that turned out unneeded (the original arrived).
     pub spurious: u32,
+}
+
+/// A session id as every report shows it: 8 hex digits.
+fn session_hex<S: serde::Serializer>(id: &u32, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{id:08x}"))
 }
 
 /// File description sent by the server in answer to `GET`.
@@ -204,7 +216,9 @@ pub enum Message<'a> {
     Hello { nonce: u64 },
     /// S→C `RETRY nonce:u64 token:[24]`: the address-validation token for the sender's address.
     Retry { nonce: u64, token: [u8; TOKEN_LEN] },
-    /// C→S `LIST token:[24] start:u32`: asks for the file list from entry `start`.
+    /// C→S `LIST token:[24] start:u32 padding…` (total length >= [`HELLO_MIN_LEN`]): asks
+    /// for the file list from entry `start`. The answer is at most three times as long as the
+    /// request, so the padding is what pays for a page (a replayed token cannot amplify).
     List { token: [u8; TOKEN_LEN], start: u32 },
     /// S→C `LISTING total:u32 start:u32 count:u16 {size:u64 name_len:u8 name}*`.
     Listing {
@@ -231,8 +245,9 @@ pub enum Message<'a> {
     /// S→C `WAIT request_id:u32`: the request is being prepared (file being indexed).
     Wait { request_id: u32 },
     /// S→C `BUSY request_id:u32 retry_after_ms:u32 text_len:u8 text`: no room now (the
-    /// server's session limit, or this address's request budget: request_id 0); ask again in
-    /// `retry_after_ms` or later.
+    /// server's session limits, or this address's request budget); ask again in
+    /// `retry_after_ms` or later. `request_id` is the refused GET's, the low 32 bits of a
+    /// refused HELLO's nonce, or 0 (a LIST).
     Busy {
         request_id: u32,
         retry_after_ms: u32,
@@ -355,10 +370,15 @@ impl<'a> Message<'a> {
                 nonce: r.u64()?,
                 token: r.array()?,
             },
-            kind::LIST => Message::List {
-                token: r.array()?,
-                start: r.u32()?,
-            },
+            kind::LIST => {
+                if buf.len() + 4 < HELLO_MIN_LEN {
+                    return Err(WireError::Malformed("LIST shorter than 1200 bytes"));
+                }
+                let token = r.array()?;
+                let start = r.u32()?;
+                // The rest is padding, deliberately ignored.
+                return Ok(Message::List { token, start });
+            }
             kind::LISTING => {
                 let total = r.u32()?;
                 let start = r.u32()?;
@@ -496,10 +516,15 @@ impl<'a> Message<'a> {
                 out.extend_from_slice(&nonce.to_be_bytes());
                 out.extend_from_slice(token);
             }
-            Message::List { token, start } => {
+            Message::List {
+                token,
+                start: first,
+            } => {
+                let start = out.len();
                 header(out, kind::LIST);
                 out.extend_from_slice(token);
-                out.extend_from_slice(&start.to_be_bytes());
+                out.extend_from_slice(&first.to_be_bytes());
+                out.resize(start + HELLO_MIN_LEN - 4, 0);
             }
             Message::Listing {
                 total,

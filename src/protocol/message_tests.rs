@@ -15,7 +15,7 @@ fn roundtrip(m: Message<'_>) {
     let back = Message::parse(&bytes).expect("parses");
     assert_eq!(back, m);
     // Every strict prefix is rejected, never accepted as something else.
-    let min = if matches!(m, Message::Hello { .. }) {
+    let min = if matches!(m, Message::Hello { .. } | Message::List { .. }) {
         HELLO_MIN_LEN
     } else {
         bytes.len()
@@ -121,10 +121,15 @@ fn control_messages_round_trip() {
 fn rejects_foreign_and_future_datagrams() {
     assert_eq!(Message::parse(b"LIST"), Err(WireError::BadMagic));
     assert_eq!(
-        Message::parse(b"RB\x04\x01abcdefgh"),
-        Err(WireError::BadVersion(4))
+        Message::parse(b"RB\x05\x01abcdefgh"),
+        Err(WireError::BadVersion(5))
     );
-    // Version 2 (before BUSY) and 1 (before the datagram size was negotiated) are others.
+    // Version 3 (before padded LISTs), 2 (before BUSY) and 1 (before the datagram size was
+    // negotiated) are others.
+    assert_eq!(
+        Message::parse(b"RB\x03\x01abcdefgh"),
+        Err(WireError::BadVersion(3))
+    );
     assert_eq!(
         Message::parse(b"RB\x02\x01abcdefgh"),
         Err(WireError::BadVersion(2))
@@ -135,21 +140,32 @@ fn rejects_foreign_and_future_datagrams() {
     );
     assert_eq!(crate::protocol::foreign_version(b"RB\x01\x01"), Some(1));
     assert_eq!(crate::protocol::foreign_version(b"RB\x02\x01"), Some(2));
-    assert_eq!(crate::protocol::foreign_version(b"RB\x03\x01"), None);
+    assert_eq!(crate::protocol::foreign_version(b"RB\x03\x01"), Some(3));
+    assert_eq!(crate::protocol::foreign_version(b"RB\x04\x01"), None);
     assert_eq!(crate::protocol::foreign_version(b"XX\x01\x01"), None);
     assert_eq!(
-        Message::parse(&with_crc(b"RB\x03\xEE")),
+        Message::parse(&with_crc(b"RB\x04\xEE")),
         Err(WireError::UnknownKind(0xEE))
     );
     assert_eq!(
-        Message::parse(b"RB\x03\x0A\x00\x00\x00\x01\x00"),
+        Message::parse(b"RB\x04\x0A\x00\x00\x00\x01\x00"),
         Err(WireError::BadChecksum)
     );
     assert_eq!(Message::parse(b"R"), Err(WireError::Truncated));
-    // A HELLO below the anti-amplification minimum is refused.
-    let mut short = Message::Hello { nonce: 1 }.to_vec();
-    short.truncate(HELLO_MIN_LEN - 1);
-    assert!(Message::parse(&short).is_err());
+    // A HELLO or a LIST below the anti-amplification minimum is refused, even with a valid
+    // checksum.
+    for m in [
+        Message::Hello { nonce: 1 },
+        Message::List {
+            token: [3; TOKEN_LEN],
+            start: 0,
+        },
+    ] {
+        let mut short = m.to_vec();
+        short.truncate(HELLO_MIN_LEN - 5);
+        assert!(Message::parse(&short).is_err());
+        assert!(Message::parse(&with_crc(&short)).is_err(), "{m:?}");
+    }
     // Trailing junk after a fixed-size message is refused.
     let mut done = Message::Done {
         session: 1,

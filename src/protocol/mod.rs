@@ -12,7 +12,7 @@
 //! ```text
 //!  0      2        3      4
 //!  +------+--------+------+
-//!  | "RB" | ver=1  | kind |
+//!  | "RB" | ver=4  | kind |
 //!  +------+--------+------+
 //! ```
 
@@ -43,8 +43,10 @@ pub use message::{
 pub const MAGIC: [u8; 2] = *b"RB";
 /// Protocol version carried in byte 2. A peer speaking another version is rejected, with a
 /// message that says so (see [`foreign_version`]). Version 2: datagram size negotiated per
-/// session (`GET` carries the receiver's limit), window in bytes.
-pub const VERSION: u8 = 3;
+/// session (`GET` carries the receiver's limit), window in bytes. Version 3: `BUSY`. Version
+/// 4: `LIST` padded like `HELLO` (its answer at most three times its size), data only after
+/// the client's first `ACK` of the session, a token good for one `GET`, `ERROR` code 10.
+pub const VERSION: u8 = 4;
 
 /// Message kinds (byte 3).
 pub(crate) mod kind {

@@ -42,6 +42,12 @@ const REO_DECAY_RECOVERIES: u32 = 16;
 const PROBE_DATAGRAMS: u32 = 2;
 /// An echoed delay longer than this is not believed (a confused or hostile receiver).
 const MAX_ECHO_DELAY: Duration = Duration::from_secs(10);
+/// A datagram resent this many times (and again at each doubling) is a suspect: either the
+/// path loses it again and again, or the file no longer holds what its CRC says (written in
+/// place), so the receiver drops every copy. The server re-reads it to tell which.
+const SUSPECT_RESENDS: u8 = 4;
+/// Suspects kept until the server looks at them; more in between are not needed to tell.
+const MAX_SUSPECTS: usize = 8;
 
 /// What the engine should put on the wire next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,6 +137,17 @@ pub struct SenderState {
     ack_delay: Duration,
     /// The same, over the ACKs of a receiver that was not idle.
     busy_hold: Duration,
+    /// The receiver has shown it receives at the session's address (its first ACK): until
+    /// then nothing is sent, so a GET in someone else's name (a replayed token) gets that
+    /// address no more than the META answer.
+    validated: bool,
+    /// When the receiver last reported new data (or, in blast mode, when sending ended):
+    /// what "no progress" is measured from.
+    last_progress: Instant,
+    /// Times each datagram was resent (saturating), reliable mode.
+    resends: Vec<u8>,
+    /// Datagrams resent [`SUSPECT_RESENDS`] times or more (see [`SenderState::take_suspects`]).
+    suspects: Vec<u32>,
 }
 
 /// What a session is told at creation.
@@ -220,7 +237,55 @@ impl SenderState {
             ack_delay: Duration::ZERO,
             busy_hold: Duration::ZERO,
             bad_acks: 0,
+            validated: false,
+            last_progress: now,
+            resends: if cfg.mode == Mode::Reliable {
+                vec![0; total as usize]
+            } else {
+                Vec::new()
+            },
+            suspects: Vec::new(),
         }
+    }
+
+    /// The receiver's first ACK came from the session's address: data may flow.
+    pub fn validate(&mut self, now: Instant) {
+        if !self.validated {
+            self.validated = true;
+            self.last_progress = now;
+            // Timing starts when sending can: the wait for the ACK is not a path's RTT.
+            self.last_ack_at = now;
+            self.delivered_time = now;
+            self.first_sent_time = now;
+        }
+    }
+
+    /// This state, validated at `now` (a sender whose receiver needs no proof: tests, tools).
+    pub fn validated(mut self, now: Instant) -> Self {
+        self.validate(now);
+        self
+    }
+
+    pub fn is_validated(&self) -> bool {
+        self.validated
+    }
+
+    /// Since when the session has made no progress: the receiver's last new data (reliable;
+    /// the session's start until it validated), or the end of sending (blast); `now` while a
+    /// blast session is still sending.
+    pub fn stalled_since(&self, now: Instant) -> Instant {
+        match self.mode {
+            Mode::Reliable => self.last_progress,
+            Mode::Blast if !self.validated => self.last_progress,
+            Mode::Blast if self.is_complete() => self.last_progress.max(self.next_end_at),
+            Mode::Blast => now,
+        }
+    }
+
+    /// Datagrams resent so often that the file may no longer match their CRCs: the caller
+    /// re-reads them (see `IndexedFile::payload_matches`).
+    pub fn take_suspects(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.suspects)
     }
 
     pub fn total(&self) -> u32 {
@@ -374,6 +439,7 @@ impl SenderState {
             self.acked_below = recv_next;
             self.pto_count = 0;
             self.last_ack_at = now;
+            self.last_progress = now;
         }
         self.credit_limit = self.credit_limit.max(ack.credit_limit.min(self.total));
         let received = (ack.received as u64).min(self.next_new as u64);
@@ -384,6 +450,7 @@ impl SenderState {
             self.delivered_time = now;
             self.pto_count = 0;
             self.last_ack_at = now;
+            self.last_progress = now;
         }
         let sample = if echo_ok {
             self.rate_sample(ack.echo_ts_ns, now)
@@ -493,6 +560,9 @@ impl SenderState {
 
     /// The next datagram to send, if any may be sent now. Records it as sent.
     pub fn next(&mut self, now: Instant) -> Option<NextDatagram> {
+        if !self.validated {
+            return None;
+        }
         if self.pto_at().is_some_and(|t| now >= t) {
             // No ACK for a PTO: probe. With credit for new data, new data (past the
             // congestion window: RFC 9002 lets probes exceed it), which costs nothing if the
@@ -526,6 +596,15 @@ impl SenderState {
             self.retransmit_queue.pop_front();
             self.set_queued(i, false);
             self.retransmitted += 1;
+            if let Some(n) = self.resends.get_mut(i as usize) {
+                *n = n.saturating_add(1);
+                if *n >= SUSPECT_RESENDS
+                    && n.is_power_of_two()
+                    && self.suspects.len() < MAX_SUSPECTS
+                {
+                    self.suspects.push(i);
+                }
+            }
             return Some(self.record(i, true, now));
         }
         if self.next_new < self.credit_limit.min(self.total) && cwnd_room {
@@ -548,6 +627,7 @@ impl SenderState {
         {
             self.ends_sent += 1;
             self.next_end_at = now + END_SPACING;
+            self.last_progress = now;
             return Some(NextDatagram::End);
         }
         None
@@ -601,6 +681,9 @@ impl SenderState {
     /// When time alone (pacing, END spacing, a probe timeout) will let
     /// [`SenderState::next`] return something; `None` if only an ACK can.
     pub fn deadline(&self) -> Option<Instant> {
+        if !self.validated {
+            return None;
+        }
         let pto = self.pto_at();
         let cwnd_room = self.inflight() < self.cc.cwnd();
         let has_work = !self.retransmit_queue.is_empty()

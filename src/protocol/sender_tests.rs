@@ -21,6 +21,7 @@ fn sender(mode: Mode, datagrams: u64, window: u32, cc: CcKind, t0: Instant) -> S
         t0,
         EPOCH_NS,
     )
+    .validated(t0)
 }
 
 fn drain(s: &mut SenderState, now: Instant) -> Vec<NextDatagram> {
@@ -381,7 +382,8 @@ fn blast_sends_everything_once_then_end_markers() {
         },
         t0,
         EPOCH_NS,
-    );
+    )
+    .validated(t0);
     let sent = drain(&mut s, t0);
     assert_eq!(sent.len(), 5, "4 datagrams and the first END");
     assert_eq!(sent[4], NextDatagram::End);
@@ -411,7 +413,8 @@ fn the_rate_cap_paces_blast_mode() {
         },
         t0,
         EPOCH_NS,
-    );
+    )
+    .validated(t0);
     assert_eq!(drain(&mut s, t0).len(), 2);
     let ready = s.deadline().unwrap();
     assert!(ready > t0 && ready <= t0 + Duration::from_millis(2));
@@ -543,4 +546,54 @@ fn a_receiver_that_holds_its_acks_gets_a_longer_probe_timeout() {
     assert_eq!(s.probes, 0);
     assert!(!drain(&mut s, at + Duration::from_millis(400)).is_empty());
     assert_eq!(s.probes, 1);
+}
+
+/// Issue 19.6: nothing goes to a receiver before its first ACK shows it receives at its
+/// address (a GET in someone else's name gets that address the META only).
+#[test]
+fn nothing_is_sent_before_the_receiver_validates_its_address() {
+    let t0 = Instant::now();
+    for mode in [Mode::Reliable, Mode::Blast] {
+        let mut s = SenderState::new(
+            SenderConfig {
+                mode,
+                file_size: 10 * P as u64,
+                payload_size: P,
+                window: 10,
+                cc: CcKind::Bbr,
+                rate_cap_bps: None,
+                seed: 1,
+            },
+            t0,
+            EPOCH_NS,
+        );
+        assert!(!s.is_validated());
+        assert_eq!(drain(&mut s, t0 + Duration::from_secs(5)), vec![]);
+        assert_eq!(s.deadline(), None, "{mode:?}: no timer either");
+        // Unvalidated, it has made no progress since it began: it may yield its place.
+        assert_eq!(s.stalled_since(t0 + Duration::from_secs(5)), t0);
+        let t1 = t0 + Duration::from_secs(6);
+        s.validate(t1);
+        assert!(!drain(&mut s, t1).is_empty(), "{mode:?}");
+    }
+}
+
+/// Issue 19.7: a datagram resent again and again (4 times, then at each doubling) is named a
+/// suspect, for the server to re-read from the file: written in place, the file no longer
+/// matches the CRC the datagram carries and the receiver drops every copy.
+#[test]
+fn a_datagram_resent_again_and_again_becomes_a_suspect() {
+    let t0 = Instant::now();
+    let mut s = sender(Mode::Reliable, 8, 8, CcKind::Fixed, t0);
+    assert_eq!(drain(&mut s, t0).len(), 8);
+    let mut named = Vec::new();
+    for round in 1..=8 {
+        s.resend_now(3);
+        assert_eq!(indices(&drain(&mut s, t0), true), vec![3], "round {round}");
+        named.push(s.take_suspects());
+    }
+    let want: Vec<Vec<u32>> = (1..=8)
+        .map(|r| if r == 4 || r == 8 { vec![3] } else { vec![] })
+        .collect();
+    assert_eq!(named, want);
 }

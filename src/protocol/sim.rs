@@ -196,6 +196,7 @@ pub fn run(link: &Link, flows: &[Flow], duration: Duration, seed: u64) -> Vec<Fl
                         at,
                         unix,
                     )
+                    .validated(at)
                 });
                 while let Some(n) = s.next(at) {
                     let NextDatagram::Data {

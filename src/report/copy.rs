@@ -76,6 +76,10 @@ impl Serialize for ClientHists {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct CopyReport {
     pub id: usize,
+    /// The server accepted the request and the copy began (its META was taken): the copy
+    /// has a line in the table even when the file is empty.
+    #[serde(skip)]
+    pub began: bool,
     pub local_port: u16,
     pub server_port: u16,
     pub file_size: u64,

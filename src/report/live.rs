@@ -21,6 +21,8 @@ pub struct ClientLive {
     pub inflight: AtomicU64,
     pub loss_events: AtomicU64,
     pub spurious: AtomicU64,
+    /// The sender has reported at least once (before, there is nothing to show).
+    pub has_status: AtomicBool,
 }
 
 impl ClientLive {
@@ -34,19 +36,38 @@ impl ClientLive {
         self.loss_events
             .store(st.loss_events as u64, Ordering::Relaxed);
         self.spurious.store(st.spurious as u64, Ordering::Relaxed);
+        self.has_status.store(true, Ordering::Release);
     }
 
-    /// The sender's view, as an interval line's tail.
+    /// The sender's view, as an interval line's tail: "-" for what it has not measured yet
+    /// (before its first report, a pacing rate or RTT of 0 is no measurement).
     fn controller(&self) -> String {
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let reported = self.has_status.load(Ordering::Acquire);
+        let measured = |v: u64, shown: String| {
+            if reported && v > 0 {
+                shown
+            } else {
+                "-".to_string()
+            }
+        };
+        let count = |a: &AtomicU64| {
+            if reported {
+                load(a).to_string()
+            } else {
+                "-".to_string()
+            }
+        };
+        let pacing = load(&self.pacing_bps);
+        let (srtt, min) = (load(&self.srtt_us), load(&self.min_rtt_us));
         format!(
-            " | pacing {:>7.3} Gbit/s rtt {:>6} us min {:>6} us inflight {:>6} losses {:>4} spurious {:>4}",
-            load(&self.pacing_bps) as f64 / 1e9,
-            load(&self.srtt_us),
-            load(&self.min_rtt_us),
-            load(&self.inflight),
-            load(&self.loss_events),
-            load(&self.spurious)
+            " | pacing {:>12} rtt {:>9} min {:>9} inflight {:>6} losses {:>4} spurious {:>4}",
+            measured(pacing, super::bits_per_second(pacing as f64)),
+            measured(srtt, format!("{srtt} us")),
+            measured(min, format!("{min} us")),
+            count(&self.inflight),
+            count(&self.loss_events),
+            count(&self.spurious)
         )
     }
 }
@@ -86,21 +107,23 @@ fn snap(c: &ClientLive) -> Snap {
 fn line(id: &str, from: f64, to: f64, d: Snap, holes: u64) -> String {
     let secs = (to - from).max(1e-9);
     format!(
-        "[{id:>3}] {from:6.2}-{to:6.2} s {:>10.2} MiB {:>9.2} Gbit/s {:>9} dgrams {:>7} holes {:>7} retrans",
-        d.bytes as f64 / 1048576.0,
-        d.bytes as f64 * 8.0 / 1e9 / secs,
+        "[{id:>3}] {from:6.2}-{to:6.2} s {:>10.2} MiB {:>9.1} MiB/s {:>9} dgrams {:>7} holes {:>7} retrans",
+        d.bytes as f64 / super::MIB,
+        d.bytes as f64 / super::MIB / secs,
         d.datagrams,
         holes,
         d.retransmitted
     )
 }
 
-/// Starts the reporter: interval lines on stdout every `interval`, or else a progress bar
-/// on stderr when it is a terminal and `quiet` is off. Stops when `done` is set.
+/// Starts the reporter: interval lines every `interval` (on stdout, or on stderr with
+/// `to_stderr`: when stdout carries JSON), or else a progress bar on stderr when it is a
+/// terminal and `quiet` is off. Stops when `done` is set.
 pub fn spawn_reporter(
     live: Arc<Live>,
     interval: Option<Duration>,
     quiet: bool,
+    to_stderr: bool,
     done: Arc<AtomicBool>,
 ) -> Option<JoinHandle<()>> {
     if interval.is_none() && (quiet || !std::io::stderr().is_terminal()) {
@@ -109,19 +132,24 @@ pub fn spawn_reporter(
     std::thread::Builder::new()
         .name("reporter".into())
         .spawn(move || match interval {
-            Some(every) => intervals(&live, every, &done),
+            Some(every) => intervals(&live, every, to_stderr, &done),
             None => progress_bar(&live, &done),
         })
         .ok()
 }
 
-fn intervals(live: &Live, every: Duration, done: &AtomicBool) {
+fn intervals(live: &Live, every: Duration, to_stderr: bool, done: &AtomicBool) {
+    let say = |line: &str| {
+        if to_stderr {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
+    };
     let start = Instant::now();
     let mut last: Vec<Snap> = vec![Snap::default(); live.clients.len()];
     let mut last_t = 0.0;
-    println!(
-        "[ ID] interval            transfer         rate     datagrams         holes       retrans | the sender's congestion controller"
-    );
+    say("[ ID] interval            transfer             rate     datagrams         holes       retrans | the sender's congestion controller");
     loop {
         let deadline = Instant::now() + every;
         while Instant::now() < deadline && !done.load(Ordering::Acquire) {
@@ -140,11 +168,11 @@ fn intervals(live: &Live, every: Duration, done: &AtomicBool) {
             };
             let holes = c.holes.load(Ordering::Relaxed);
             if live.clients.len() > 1 {
-                println!(
+                say(&format!(
                     "{}{}",
                     line(&(i + 1).to_string(), last_t, t, d, holes),
                     c.controller()
-                );
+                ));
             }
             sum.bytes += d.bytes;
             sum.datagrams += d.datagrams;
@@ -157,7 +185,7 @@ fn intervals(live: &Live, every: Duration, done: &AtomicBool) {
         } else {
             String::new()
         };
-        println!("{}{tail}", line("SUM", last_t, t, sum, sum_holes));
+        say(&format!("{}{tail}", line("SUM", last_t, t, sum, sum_holes)));
         last_t = t;
         if finished {
             return;
@@ -184,4 +212,33 @@ fn progress_bar(live: &Live, done: &AtomicBool) {
         std::thread::sleep(Duration::from_millis(100));
     }
     bar.finish_and_clear();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 19.18: before the sender's first report, `-i` showed pacing 0 and rtt 0 as if
+    /// measured; it says "-" until there is a measurement.
+    #[test]
+    fn what_the_sender_has_not_measured_shows_as_a_dash() {
+        let c = ClientLive::default();
+        let before = c.controller();
+        assert!(
+            !before.contains("0 us") && !before.contains("bit/s"),
+            "{before}"
+        );
+        assert!(before.contains("pacing            -"), "{before}");
+        c.set_status(&crate::protocol::Status {
+            pacing_bps: 943_000_000,
+            srtt_us: 120,
+            min_rtt_us: 80,
+            ..Default::default()
+        });
+        let after = c.controller();
+        assert!(
+            after.contains("943 Mbit/s") && after.contains("120 us"),
+            "{after}"
+        );
+    }
 }

@@ -29,7 +29,7 @@ pub fn table(file: &str, reports: &[CopyReport]) -> String {
         .sum();
     let writes = if written > 0 {
         format!(
-            ", {:.0}% written around the page cache",
+            ", {:.0}% written with O_DIRECT",
             direct as f64 * 100.0 / written as f64
         )
     } else {
@@ -130,7 +130,7 @@ mod tests {
             ..Default::default()
         };
         let t = table("f", &[kept, refused.clone()]);
-        assert!(t.contains(", 50% written around the page cache"), "{t}");
+        assert!(t.contains(", 50% written with O_DIRECT"), "{t}");
         let t = table("f", &[refused]);
         assert!(!t.contains("written around"), "nothing kept, no share: {t}");
     }

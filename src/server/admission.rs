@@ -1,10 +1,13 @@
 //! Admission: who may ask the server for work, and how much. A token bucket per source IP for
 //! requests (HELLO, LIST, GET) and one per session for ACKs, so neither a request flood nor
-//! one client's ACK storm can monopolise the control thread.
+//! one client's ACK storm can monopolise the control thread; and the record of the tokens
+//! already spent, so a token seen on the wire cannot start a second transfer.
 
-use std::collections::HashMap;
-use std::net::IpAddr;
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
+
+use crate::protocol::TOKEN_LEN;
 
 /// A token bucket: `rate` tokens per second, up to `burst`.
 #[derive(Debug, Clone)]
@@ -112,9 +115,127 @@ impl RequestBudgets {
     }
 }
 
+/// Most spent tokens remembered. Beyond, the oldest are forgotten and every token issued no
+/// later than the newest forgotten one is refused (its holder asks for a fresh one): a token
+/// is never good twice, whatever the load.
+pub const MAX_SPENT_TOKENS: usize = 1 << 18;
+
+/// Tokens already used for a GET, each bound to the request that used it: the same request
+/// again (its META was lost, the server was busy) may use it; any other request may not. A
+/// GET with a token someone saw on the wire, replayed in its owner's name, starts nothing.
+#[derive(Default)]
+pub struct SpentTokens {
+    /// Token (its first 8 bytes are its issue time, big-endian: the map is in issue order)
+    /// -> the request that spent it.
+    spent: BTreeMap<[u8; TOKEN_LEN], (SocketAddr, u32)>,
+    /// Tokens issued at or before this (ms) are refused: their record may have been forgotten.
+    floor_ms: u64,
+}
+
+/// Why a token cannot be spent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Spent {
+    /// Another request used it already.
+    Used,
+    /// Too old to tell (see [`MAX_SPENT_TOKENS`]): ask for a fresh one.
+    Forgotten,
+}
+
+impl SpentTokens {
+    /// Spends `token` (valid: the caller checked it) for request `request_id` from `peer`.
+    pub fn spend(
+        &mut self,
+        token: &[u8; TOKEN_LEN],
+        peer: SocketAddr,
+        request_id: u32,
+    ) -> Result<(), Spent> {
+        if let Some(&owner) = self.spent.get(token) {
+            return if owner == (peer, request_id) {
+                Ok(())
+            } else {
+                Err(Spent::Used)
+            };
+        }
+        if issued_ms(token) <= self.floor_ms {
+            return Err(Spent::Forgotten);
+        }
+        self.spent.insert(*token, (peer, request_id));
+        while self.spent.len() > MAX_SPENT_TOKENS {
+            if let Some((oldest, _)) = self.spent.pop_first() {
+                self.floor_ms = self.floor_ms.max(issued_ms(&oldest));
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets tokens issued before `oldest_valid_ms`: they are refused as expired anyway.
+    pub fn forget_expired(&mut self, oldest_valid_ms: u64) {
+        while let Some((t, _)) = self.spent.first_key_value() {
+            if issued_ms(t) >= oldest_valid_ms {
+                break;
+            }
+            self.spent.pop_first();
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.spent.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.spent.is_empty()
+    }
+}
+
+fn issued_ms(token: &[u8; TOKEN_LEN]) -> u64 {
+    u64::from_be_bytes(token[..8].try_into().expect("8 bytes"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn token(issued_ms: u64, tag: u8) -> [u8; TOKEN_LEN] {
+        let mut t = [tag; TOKEN_LEN];
+        t[..8].copy_from_slice(&issued_ms.to_be_bytes());
+        t
+    }
+
+    #[test]
+    fn a_token_starts_one_request_only() {
+        let mut s = SpentTokens::default();
+        let (a, b): (SocketAddr, SocketAddr) = (
+            "10.0.0.1:5000".parse().unwrap(),
+            "10.0.0.2:5000".parse().unwrap(),
+        );
+        let t = token(1000, 1);
+        assert_eq!(s.spend(&t, a, 7), Ok(()));
+        // The same request again (a resent GET) may.
+        assert_eq!(s.spend(&t, a, 7), Ok(()));
+        // Another request, from anywhere, may not.
+        assert_eq!(s.spend(&t, a, 8), Err(Spent::Used));
+        assert_eq!(s.spend(&t, b, 7), Err(Spent::Used));
+        assert_eq!(s.spend(&token(1000, 2), a, 8), Ok(()));
+        s.forget_expired(1001);
+        assert!(s.is_empty());
+    }
+
+    #[test]
+    fn past_its_bound_the_record_forgets_the_oldest_and_refuses_their_age() {
+        let mut s = SpentTokens::default();
+        let a: SocketAddr = "10.0.0.1:5000".parse().unwrap();
+        for i in 0..=MAX_SPENT_TOKENS as u64 {
+            assert_eq!(
+                s.spend(&token(10 + i / 4, (i % 4) as u8), a, i as u32),
+                Ok(())
+            );
+        }
+        assert_eq!(s.len(), MAX_SPENT_TOKENS);
+        // The forgotten one's age is refused now, even for a token never seen.
+        assert_eq!(s.spend(&token(10, 9), a, 1), Err(Spent::Forgotten));
+        assert_eq!(s.spend(&token(10, 0), a, 0), Err(Spent::Forgotten));
+        assert_eq!(s.spend(&token(1 << 40, 0), a, 0), Ok(()));
+    }
 
     #[test]
     fn budget_refills_at_its_rate_up_to_its_burst() {

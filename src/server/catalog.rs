@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,7 +19,7 @@ use thiserror::Error;
 
 use super::indexer::digest;
 use crate::protocol::layout::{datagram_count, manifest_hash, payload_len, validate_name, BadName};
-use crate::sys::mmap::MappedFile;
+use crate::sys::mmap::{MapRange, MappedFile};
 
 #[derive(Debug, Error)]
 pub enum FileError {
@@ -29,6 +29,8 @@ pub enum FileError {
     NotFound(String),
     #[error("{0} is not a regular file")]
     NotRegular(String),
+    #[error("{0} is a temporary name of a file still being written")]
+    Unfinished(String),
     #[error("{0} changed while it was being read")]
     Changed(String),
     #[error("cannot read {name}: {source}")]
@@ -39,13 +41,16 @@ pub enum FileError {
     },
 }
 
-/// Identity of a file version: a change to any of these means re-index.
+/// Identity of a file version: a change to any of these means re-index. The change time is
+/// in it because a writer can restore the size and the modification time (`touch -d`), but
+/// not the change time: any write or metadata change sets it to now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Identity {
     dev: u64,
     ino: u64,
     size: u64,
     mtime_ns: i128,
+    ctime_ns: i128,
 }
 
 impl Identity {
@@ -55,6 +60,7 @@ impl Identity {
             ino: md.ino(),
             size: md.size(),
             mtime_ns: md.mtime() as i128 * 1_000_000_000 + md.mtime_nsec() as i128,
+            ctime_ns: md.ctime() as i128 * 1_000_000_000 + md.ctime_nsec() as i128,
         }
     }
 }
@@ -98,6 +104,23 @@ impl IndexedFile {
         changed
     }
 
+    /// Reads datagram `index`'s payload back from the file (pread, never the map) and checks
+    /// it against the CRC it was indexed with: false, and the file marked changed, when it no
+    /// longer matches (written in place with its identity intact: what repeated repairs of one
+    /// datagram suggest). An error reading counts as changed.
+    pub fn payload_matches(&self, index: u32) -> bool {
+        let len = payload_len(self.size, self.payload_size, index as u64);
+        let mut buf = vec![0u8; len];
+        let ok = self
+            .file
+            .read_exact_at(&mut buf, index as u64 * self.payload_size as u64)
+            .is_ok_and(|()| self.crcs.get(index as usize) == Some(&crc32c::crc32c(&buf)));
+        if !ok {
+            self.changed.store(true, Ordering::Relaxed);
+        }
+        ok
+    }
+
     /// What the last [`IndexedFile::check_changed`] found, without touching the disk.
     pub fn known_changed(&self) -> bool {
         self.changed.load(Ordering::Relaxed)
@@ -112,16 +135,19 @@ impl IndexedFile {
         datagram_count(self.size, self.payload_size)
     }
 
-    /// Payload bytes of datagram `index` (empty past the end).
-    pub fn payload(&self, index: u64) -> &[u8] {
+    /// Where datagram `index`'s payload lies in the map, for the kernel to read (empty past
+    /// the end). Never a slice: user space does not read a mapped file (see `sys/mmap.rs`).
+    pub fn payload(&self, index: u64) -> MapRange {
         let len = payload_len(self.size, self.payload_size, index);
         match &self.map {
-            Some(m) if len > 0 => {
-                let start = (index * self.payload_size as u64) as usize;
-                &m.as_slice()[start..start + len]
-            }
-            _ => &[],
+            Some(m) if len > 0 => m.range((index * self.payload_size as u64) as usize, len),
+            _ => MapRange::EMPTY,
         }
+    }
+
+    /// Bytes this index keeps in memory (its CRC table), for the cache's bound.
+    fn index_bytes(&self) -> usize {
+        self.crcs.len() * 4
     }
 }
 
@@ -143,21 +169,88 @@ pub fn changed_among<'a>(
     changed
 }
 
+/// Most indexes the cache keeps (each holds an open file and a map): a client asking for one
+/// file at many datagram sizes, or for many files, cannot make the server hold descriptors
+/// without bound. Sessions hold their own index while they run.
+pub const MAX_CACHED_INDEXES: usize = 64;
+/// Most bytes of CRC tables the cache keeps (4 bytes per datagram).
+pub const MAX_CACHED_INDEX_BYTES: usize = 256 << 20;
+
+/// The cache of indexes, least recently used first out.
+#[derive(Default)]
+struct Cache {
+    entries: HashMap<(String, u32), (Arc<IndexedFile>, u64)>,
+    /// Use counter: an entry's is when it was last asked for.
+    clock: u64,
+    bytes: usize,
+}
+
+impl Cache {
+    fn get(&mut self, key: &(String, u32)) -> Option<Arc<IndexedFile>> {
+        self.clock += 1;
+        let clock = self.clock;
+        self.entries.get_mut(key).map(|(f, used)| {
+            *used = clock;
+            f.clone()
+        })
+    }
+
+    fn insert(&mut self, key: (String, u32), f: Arc<IndexedFile>) {
+        self.clock += 1;
+        self.bytes += f.index_bytes();
+        if let Some((old, _)) = self.entries.insert(key, (f, self.clock)) {
+            self.bytes -= old.index_bytes();
+        }
+        while self.entries.len() > MAX_CACHED_INDEXES
+            || (self.bytes > MAX_CACHED_INDEX_BYTES && self.entries.len() > 1)
+        {
+            let Some(oldest) = self
+                .entries
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            self.remove(&oldest);
+        }
+    }
+
+    fn remove(&mut self, key: &(String, u32)) {
+        if let Some((f, _)) = self.entries.remove(key) {
+            self.bytes -= f.index_bytes();
+        }
+    }
+}
+
 /// The served directory and the index of its files.
 pub struct Catalog {
     dir: PathBuf,
-    cache: Mutex<HashMap<(String, u32), Arc<IndexedFile>>>,
-    /// Files left out of listings because this process cannot read them (each logged once).
-    unreadable: Mutex<std::collections::HashSet<String>>,
+    cache: Mutex<Cache>,
+    /// Names left out of listings (unreadable, links, directories, ...), each logged once.
+    skipped: Mutex<std::collections::HashSet<String>>,
+}
+
+/// Whether `name` is one of ringblast's own temporary names, of a file still being written:
+/// a copy `get` has not verified yet (`.FILE.PID.RANDOM.part`) or a file `demo` or `bench`
+/// is generating (`.FILE.PID.generating`). They are never listed nor served.
+pub fn is_unfinished(name: &str) -> bool {
+    name.starts_with('.') && (name.ends_with(".part") || name.ends_with(".generating"))
 }
 
 fn open_plain(dir: &Path, name: &str) -> Result<(File, std::fs::Metadata), FileError> {
     validate_name(name)?;
+    if is_unfinished(name) {
+        return Err(FileError::Unfinished(name.to_string()));
+    }
     let path = dir.join(name);
     // O_NOFOLLOW: a symlink inside the directory could point anywhere; it is not served.
+    // O_NONBLOCK: opening a FIFO for reading would wait for a writer (the control thread,
+    // frozen for everyone); with it the open returns at once, and the type check below
+    // refuses it before anything can block.
     let file = OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open(&path)
         .map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => FileError::NotFound(name.to_string()),
@@ -177,12 +270,26 @@ fn open_plain(dir: &Path, name: &str) -> Result<(File, std::fs::Metadata), FileE
     Ok((file, md))
 }
 
+/// Why a directory entry is not served, in the words of the log line that says so.
+fn not_served(md: &std::fs::Metadata) -> Option<&'static str> {
+    let t = md.file_type();
+    if t.is_file() {
+        None
+    } else if t.is_symlink() {
+        Some("a symbolic link")
+    } else if t.is_dir() {
+        Some("a directory")
+    } else {
+        Some("not a regular file (a FIFO, socket or device)")
+    }
+}
+
 impl Catalog {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         Catalog {
             dir: dir.into(),
-            cache: Mutex::new(HashMap::new()),
-            unreadable: Mutex::new(std::collections::HashSet::new()),
+            cache: Mutex::new(Cache::default()),
+            skipped: Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -190,28 +297,49 @@ impl Catalog {
         &self.dir
     }
 
-    /// The regular files directly inside the directory (symlinks and non-UTF-8 names left
-    /// out), sorted by name, with sizes.
+    /// Logs, once per name, why `name` is left out.
+    fn skip(&self, name: &str, why: &str) {
+        let mut seen = self.skipped.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.len() < 10_000 && seen.insert(name.to_string()) {
+            tracing::warn!(
+                "not serving {}: {why} (only regular files directly inside --dir are served)",
+                crate::report::escape(name)
+            );
+        }
+    }
+
+    /// The regular files directly inside the directory (symlinks, directories, other kinds,
+    /// unfinished temporary files and non-UTF-8 names left out, each logged once), sorted by
+    /// name, with sizes.
     pub fn list(&self) -> std::io::Result<Vec<(String, u64)>> {
         let mut out = Vec::new();
         for entry in std::fs::read_dir(&self.dir)? {
             let entry = entry?;
-            let Ok(name) = entry.file_name().into_string() else {
-                continue;
+            let name = match entry.file_name().into_string() {
+                Ok(n) => n,
+                Err(raw) => {
+                    self.skip(&raw.to_string_lossy(), "its name is not UTF-8");
+                    continue;
+                }
             };
             // symlink_metadata: a link is not followed, so a link to a file outside is hidden.
             let Ok(md) = entry.path().symlink_metadata() else {
                 continue;
             };
-            if !md.file_type().is_file() || validate_name(&name).is_err() {
+            if let Some(why) = not_served(&md) {
+                self.skip(&name, why);
+                continue;
+            }
+            if is_unfinished(&name) {
+                continue;
+            }
+            if validate_name(&name).is_err() {
+                self.skip(&name, "its name cannot be carried on the wire");
                 continue;
             }
             // Only what a GET could actually send is listed.
             if nix::unistd::access(&entry.path(), nix::unistd::AccessFlags::R_OK).is_err() {
-                let mut seen = self.unreadable.lock().unwrap_or_else(|e| e.into_inner());
-                if seen.insert(name.clone()) {
-                    tracing::warn!("not listing {name}: this server cannot read it");
-                }
+                self.skip(&name, "this server cannot read it");
                 continue;
             }
             out.push((name, md.len()));
@@ -228,11 +356,10 @@ impl Catalog {
         payload_size: u32,
     ) -> Result<Option<Arc<IndexedFile>>, FileError> {
         let (_, md) = open_plain(&self.dir, name)?;
-        let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         Ok(cache
             .get(&(name.to_string(), payload_size))
-            .filter(|f| f.identity == Identity::of(&md))
-            .cloned())
+            .filter(|f| f.identity == Identity::of(&md) && !f.known_changed()))
     }
 
     /// Indexes `name` (maps it, computes CRCs and hashes) unless a fresh index is cached.
@@ -255,7 +382,14 @@ impl Catalog {
             return Err(FileError::Changed(name.to_string()));
         }
         let map = if md.len() > 0 {
-            Some(MappedFile::map(&file, md.len()).map_err(io_err)?)
+            match MappedFile::map(&file, md.len()) {
+                Ok(m) => Some(m),
+                // Truncated between the check above and the map.
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    return Err(FileError::Changed(name.to_string()))
+                }
+                Err(e) => return Err(io_err(e)),
+            }
         } else {
             None
         };
@@ -278,6 +412,33 @@ impl Catalog {
             .insert((name.to_string(), payload_size), indexed.clone());
         Ok(indexed)
     }
+
+    /// Drops cached indexes of files deleted, replaced or changed on disk (one fstat each):
+    /// a deleted file's space is not held by a cache nobody will ask again.
+    pub fn evict_stale(&self) -> usize {
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let stale: Vec<_> = cache
+            .entries
+            .iter()
+            .filter(|(_, (f, _))| {
+                f.check_changed() || f.file.metadata().map_or(true, |md| md.nlink() == 0)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in &stale {
+            cache.remove(k);
+        }
+        stale.len()
+    }
+
+    /// Indexes (and descriptors) the cache holds now.
+    pub fn cached_indexes(&self) -> usize {
+        self.cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entries
+            .len()
+    }
 }
 
 #[cfg(test)]
@@ -299,7 +460,7 @@ mod tests {
         );
         let f = cat.index("a.bin", 10).unwrap();
         assert_eq!(f.datagrams(), 3);
-        assert_eq!(f.payload(2), &data[20..25]);
+        assert_eq!((f.payload(2).len(), f.payload(3).len()), (5, 0));
         assert_eq!(f.crcs[1], crc32c::crc32c(&data[10..20]));
         assert_eq!(f.content_hash, *blake3::hash(&data).as_bytes());
         assert_eq!(f.manifest_hash, manifest_hash(25, 10, &f.crcs));
@@ -326,6 +487,75 @@ mod tests {
             cat.index("../a.bin", 10),
             Err(FileError::BadName(_))
         ));
+    }
+
+    /// Issue 19.7: written in place with its size and times put back, a file still gives
+    /// itself away: its change time moves (the identity), and a datagram read back no longer
+    /// matches its CRC (the re-read after repeated repairs).
+    #[test]
+    fn a_file_written_in_place_is_found_changed_whatever_its_times_say() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, vec![1u8; 100]).unwrap();
+        let cat = Catalog::new(dir.path());
+        let f = cat.index("f", 10).unwrap();
+        assert!(f.payload_matches(3) && !f.check_changed());
+        let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        {
+            use std::io::Write;
+            let mut w = OpenOptions::new().write(true).open(&path).unwrap();
+            w.write_all(&[2u8; 100]).unwrap();
+            w.set_modified(mtime).unwrap();
+        }
+        assert_eq!(std::fs::metadata(&path).unwrap().modified().unwrap(), mtime);
+        assert!(!f.payload_matches(3));
+        assert!(f.known_changed() && f.check_changed());
+        // Not served from the cache again: the next GET indexes the new content.
+        assert!(cat.cached("f", 10).unwrap().is_none());
+        assert_eq!(
+            cat.index("f", 10).unwrap().crcs[0],
+            crc32c::crc32c(&[2u8; 10])
+        );
+    }
+
+    /// Issue 19.3 and 19.20: a FIFO is refused without blocking; what is not served is said.
+    #[test]
+    fn a_fifo_is_refused_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        nix::unistd::mkfifo(
+            &dir.path().join("p"),
+            nix::sys::stat::Mode::from_bits_truncate(0o644),
+        )
+        .unwrap();
+        let cat = Catalog::new(dir.path());
+        assert!(matches!(cat.index("p", 10), Err(FileError::NotRegular(_))));
+        assert!(cat.list().unwrap().is_empty());
+        assert!(cat.skipped.lock().unwrap().contains("p"));
+    }
+
+    /// Issue 19.4: the cache keeps at most [`MAX_CACHED_INDEXES`] indexes (each an open file),
+    /// least recently used out first, and lets go of deleted files.
+    #[test]
+    fn the_index_cache_is_bounded_and_forgets_deleted_files() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f"), vec![1u8; 1000]).unwrap();
+        let cat = Catalog::new(dir.path());
+        let first = cat.index("f", 512).unwrap();
+        for size in 513..(513 + MAX_CACHED_INDEXES as u32 + 10) {
+            cat.index("f", size).unwrap();
+            // The first stays in use, so it stays.
+            assert!(cat.cached("f", 512).unwrap().is_some());
+        }
+        assert_eq!(cat.cached_indexes(), MAX_CACHED_INDEXES);
+        assert!(
+            cat.cached("f", 513).unwrap().is_none(),
+            "the least recent went first"
+        );
+        drop(first);
+        std::fs::remove_file(dir.path().join("f")).unwrap();
+        assert_eq!(cat.evict_stale(), MAX_CACHED_INDEXES);
+        assert_eq!(cat.cached_indexes(), 0);
     }
 
     #[test]

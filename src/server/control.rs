@@ -13,16 +13,17 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::admission::{Admit, RateBudget, RequestBudgets};
+use super::admission::{Admit, RateBudget, RequestBudgets, Spent, SpentTokens};
 use super::catalog::{Catalog, FileError, IndexedFile};
 use super::engine::{panic_text, Engine, SendPath};
 use super::indexer::{IndexJob, Indexed, Indexer};
 use super::legacy::Legacy;
+use super::log_budget::LogBudget;
 use super::session::{CloseReason, Session, SessionCtx, SessionSummary};
 use super::stats::ServerStats;
 use super::table::{Entry, SessionTable};
 use super::ServerConfig;
-use crate::protocol::layout::DatagramSize;
+use crate::protocol::layout::{snap_datagram_size, DatagramSize};
 use crate::protocol::sender::{SenderConfig, SenderState};
 use crate::protocol::token::TokenKey;
 use crate::protocol::{
@@ -38,6 +39,14 @@ const SWEEP_EVERY: Duration = Duration::from_millis(50);
 const SHED_LOG_SWEEPS: u64 = 20;
 /// When a client refused for the session limit should ask again (it backs off from there).
 const BUSY_RETRY_AFTER: Duration = Duration::from_millis(200);
+/// A full server gives the place of a session that has made no progress this long (its
+/// client silent, stalled, or never validated) to a new request.
+const STALL_YIELD: Duration = Duration::from_secs(1);
+/// After a search for a stalled session found none, GETs to a full server are refused busy
+/// for this long without searching again.
+const STALL_SEARCH_EVERY: Duration = Duration::from_millis(100);
+/// Sweeps between two looks for cached indexes of deleted or changed files (a second).
+const EVICT_SWEEPS: u64 = 20;
 
 /// A GET, while its file is (being) indexed at the datagram size chosen for its path.
 struct PendingGet {
@@ -55,6 +64,12 @@ struct PendingGet {
 pub(super) struct Control {
     legacy: Option<Legacy>,
     requests: RequestBudgets,
+    /// Tokens already used by a GET: each is good for one.
+    spent: SpentTokens,
+    /// Refusals logged, a few a second in detail and the rest summed up.
+    refusals: LogBudget,
+    /// When a search for a stalled session last found none.
+    no_stalled_at: Option<Instant>,
     cfg: ServerConfig,
     sock: Arc<UdpSocket>,
     catalog: Arc<Catalog>,
@@ -114,6 +129,7 @@ impl Control {
                 catalog.clone(),
                 cfg.max_sessions,
                 cfg.rate_bps,
+                stats.clone(),
             )
         });
         if legacy.is_some() {
@@ -123,6 +139,9 @@ impl Control {
         Ok(Control {
             legacy,
             requests: RequestBudgets::new(cfg.requests_per_ip),
+            spent: SpentTokens::default(),
+            refusals: LogBudget::new("[REFUSED]", "requests refused", Instant::now()),
+            no_stalled_at: None,
             tokens: TokenKey::random(cfg.token_lifetime),
             cfg,
             sock,
@@ -215,40 +234,60 @@ impl Control {
         );
     }
 
-    /// Logs every session the engines finished (and prints it with `serve --json`).
+    /// Logs every session the engines finished (and prints it with `serve --json`): what
+    /// happened on one line, how it was sent on a second.
     fn report_finished(&mut self) {
+        use crate::report::{bits_per_second, escape, plural, MIB};
         while let Ok(s) = self.summaries.try_recv() {
+            let mut problems = String::new();
+            if s.send_errors > 0 {
+                problems += &format!(", {}", plural(s.send_errors, "send error"));
+            }
+            if let Some(p) = &s.gso_fallback {
+                problems += &format!("; {p}");
+            }
+            if let Some(p) = &s.problem {
+                problems += &format!(": {p}");
+            }
             tracing::info!(
-                "[SESSION {}] {} {} {} -> {}: {} ({} bytes sent in {:.3} s, {:.1} MiB/s, {} datagrams of {} bytes, {} retransmitted ({} spurious), {} loss events, {} probes, {} send errors; send path {} ({} datagrams spliced), {} send calls of up to {} datagrams, {} io_uring_enter; {}: pacing {:.3} Gbit/s, rtt {} us (min {}); send latency us {}; datagrams per submit {}){}{}",
+                "[SESSION {}] {} {} to {} ({} {}): {}; {} bytes in {:.3} s ({:.1} MiB/s), {} of {} bytes, {} resent ({} spurious), {}, {}{}",
                 s.session,
-                s.engine,
+                escape(&s.file),
                 s.mode,
-                s.file,
                 s.peer,
+                s.engine,
+                s.send_path,
                 s.outcome,
                 s.bytes_sent,
                 s.duration_s,
-                s.bytes_sent as f64 / s.duration_s.max(1e-9) / (1024.0 * 1024.0),
-                s.datagrams_sent,
+                s.bytes_sent as f64 / s.duration_s.max(1e-9) / MIB,
+                plural(s.datagrams_sent, "datagram"),
                 s.datagram_size,
                 s.retransmitted,
                 s.congestion.spurious,
-                s.congestion.loss_events,
-                s.probes,
-                s.send_errors,
-                s.send_path,
+                plural(s.congestion.loss_events as u64, "loss event"),
+                plural(s.probes, "probe"),
+                problems,
+            );
+            let pacing = match s.congestion.pacing_bps {
+                0 => "unpaced".to_string(),
+                bps => format!("pacing {}", bits_per_second(bps as f64)),
+            };
+            let rtt = match s.congestion.srtt_us {
+                0 => "rtt -".to_string(),
+                us => format!("rtt {us} us (min {} us)", s.congestion.min_rtt_us),
+            };
+            tracing::info!(
+                "[SESSION {}] sent: {} spliced, {} of up to {}, {} io_uring_enter; {}: {pacing}, {rtt}; send latency us p50 {} p99 {} max {}",
+                s.session,
                 s.spliced_datagrams,
-                s.send_calls,
-                s.gso_segments,
+                plural(s.send_calls, "send call"),
+                plural(s.gso_segments, "datagram"),
                 s.io_uring_enters,
                 s.controller,
-                s.congestion.pacing_bps as f64 / 1e9,
-                s.congestion.srtt_us,
-                s.congestion.min_rtt_us,
-                s.send_latency_us,
-                s.batch_size,
-                s.gso_fallback.as_deref().map(|p| format!("; {p}")).unwrap_or_default(),
-                s.problem.as_deref().map(|p| format!(": {p}")).unwrap_or_default(),
+                s.send_latency_us.p50,
+                s.send_latency_us.p99,
+                s.send_latency_us.max,
             );
             if self.cfg.json {
                 if let Ok(line) = serde_json::to_string(&s) {
@@ -309,6 +348,11 @@ impl Control {
         let msg = match Message::parse(dgram) {
             Ok(m) => m,
             Err(WireError::BadMagic) if self.legacy.is_some() => {
+                // The lab's commands draw on the same per-address budget as ours: a LIST
+                // answer is larger than its request.
+                if !self.admit(src, None) {
+                    return;
+                }
                 let handled = self.legacy.as_mut().is_some_and(|l| l.handle(src, dgram));
                 if !handled {
                     self.stats.malformed.fetch_add(1, Ordering::Relaxed);
@@ -327,11 +371,15 @@ impl Control {
                 return;
             }
         };
-        if matches!(
-            msg,
-            Message::Hello { .. } | Message::List { .. } | Message::Get { .. }
-        ) && !self.admit(src)
-        {
+        // A refused request is told with its own id, so the client backs off instead of
+        // waiting out its timeout: a GET's id, a HELLO's nonce (low 32 bits).
+        let request_id = match &msg {
+            Message::Hello { nonce } => Some(*nonce as u32),
+            Message::List { .. } => Some(0),
+            Message::Get { request_id, .. } => Some(*request_id),
+            _ => None,
+        };
+        if request_id.is_some() && !self.admit(src, request_id) {
             return;
         }
         match msg {
@@ -345,7 +393,7 @@ impl Control {
                     self.error(src, 0, ErrorCode::BadToken, "bad token");
                     return;
                 }
-                self.list(src, start);
+                self.list(src, start, dgram.len());
             }
             Message::Get {
                 token,
@@ -357,6 +405,17 @@ impl Control {
             } => {
                 if !self.token_ok(src, &token) {
                     self.error(src, request_id, ErrorCode::BadToken, "bad token");
+                    return;
+                }
+                // One token, one request: a token seen on the wire and replayed in its
+                // owner's name (a spoofed source) starts nothing.
+                if let Err(why) = self.spent.spend(&token, src, request_id) {
+                    self.stats.bad_tokens.fetch_add(1, Ordering::Relaxed);
+                    let text = match why {
+                        Spent::Used => "token already used: ask for a new one",
+                        Spent::Forgotten => "token too old: ask for a new one",
+                    };
+                    self.error(src, request_id, ErrorCode::BadToken, text);
                     return;
                 }
                 let (payload_size, send_path) = match self.datagram_size_for(src, max_datagram) {
@@ -383,8 +442,12 @@ impl Control {
             Message::Done { session, status } => {
                 if let Some(s) = self.session_from(src, session) {
                     s.heard();
+                    // A blast session that sent everything ended as blast mode ends, whatever
+                    // the client lost: that loss is its measurement, not a failure.
+                    let sent_all = s.mode == Mode::Blast && s.state().is_complete();
                     s.close(match status {
                         DoneStatus::Complete => CloseReason::Complete,
+                        DoneStatus::Incomplete if sent_all => CloseReason::Complete,
                         DoneStatus::Incomplete => CloseReason::ClientGaveUp,
                     });
                 }
@@ -400,12 +463,13 @@ impl Control {
     /// this release or a later one reads it as "other version"; older ones drop it), only to a
     /// request at least as large as the answer, and within the sender's request budget.
     fn other_version(&mut self, src: SocketAddr, theirs: u8, request_len: usize) {
-        if !self.admit(src) {
+        if !self.admit(src, Some(0)) {
             return;
         }
-        tracing::info!(
-            "[REFUSED] {src} speaks ringblast protocol version {theirs}; this server speaks {VERSION}"
-        );
+        self.refusals
+            .log("in another protocol version", Instant::now(), || {
+                format!("{src} speaks ringblast protocol version {theirs}; this server speaks {VERSION}")
+            });
         let text = format!("this server speaks ringblast protocol version {VERSION}");
         let reply = Message::Error {
             request_id: 0,
@@ -429,9 +493,12 @@ impl Control {
                 .unwrap_or(MAX_DATAGRAM)
                 .min(self.send_path.auto_datagram()),
         };
+        // The client's limit is snapped down to one of a few sizes: each size a file is sent
+        // at needs an index of its own (a CRC per datagram), and a client asking for every
+        // size in turn must not make the server index the file again and again.
         let size = match client_max as usize {
             0 => ours,
-            theirs => ours.min(theirs),
+            theirs => ours.min(snap_datagram_size(theirs)),
         };
         if size < MIN_DATAGRAM {
             return Err(format!(
@@ -441,8 +508,10 @@ impl Control {
         Ok(size)
     }
 
-    /// Charges one request to `src`'s IP (see [`RequestBudgets`]).
-    fn admit(&mut self, src: SocketAddr) -> bool {
+    /// Charges one request to `src`'s IP (see [`RequestBudgets`]); one refused is told (at
+    /// most every 100 ms per address) as a `BUSY` naming `request_id`, unless that is `None`
+    /// (the lab's protocol: its client would take a BUSY for file data).
+    fn admit(&mut self, src: SocketAddr, request_id: Option<u32>) -> bool {
         match self.requests.admit(src.ip(), Instant::now()) {
             Admit::Yes => true,
             Admit::No => {
@@ -453,7 +522,9 @@ impl Control {
                 self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
                 // When the budget has one request again.
                 let refill = Duration::from_secs_f64(1.0 / self.cfg.requests_per_ip);
-                self.busy(src, 0, refill, "too many requests from your address");
+                if let Some(id) = request_id {
+                    self.busy(src, id, refill, "too many requests from your address");
+                }
                 false
             }
         }
@@ -504,6 +575,9 @@ impl Control {
             .map(Duration::from_nanos);
         let checks = {
             let mut st = s.state();
+            // The first ACK from the session's address shows the client receives there:
+            // data may flow from now on.
+            st.validate(now);
             let before = st.resend_checks;
             st.on_ack(ack, rtt, ack.flags & ack_flags::IDLE != 0, now);
             st.resend_checks - before
@@ -513,6 +587,31 @@ impl Control {
             .resend_checks
             .fetch_add(checks, Ordering::Relaxed);
         s.wake();
+    }
+
+    /// Re-reads the datagrams sessions resent again and again: one whose file no longer
+    /// matches its CRC (written in place, its size and times restored) ends the session "file
+    /// changed", instead of resending data the client must refuse, for ever.
+    fn check_suspects(&mut self) {
+        let suspects: Vec<(Arc<Session>, Vec<u32>)> = self
+            .sessions
+            .sessions()
+            .filter(|s| s.close_reason().is_none())
+            .filter_map(|s| {
+                let v = s.state().take_suspects();
+                (!v.is_empty()).then(|| (s.clone(), v))
+            })
+            .collect();
+        for (s, indices) in suspects {
+            if indices.iter().any(|&i| !s.file.payload_matches(i)) {
+                tracing::warn!(
+                    "[SESSION {:08x}] {} no longer matches its index (datagrams resent again and again): transfer stopped",
+                    s.id,
+                    crate::report::escape(&s.file.name)
+                );
+                s.close(CloseReason::FileChanged);
+            }
+        }
     }
 
     /// Says, at most once per [`SHED_LOG_SWEEPS`] sweeps (a second), what an overloaded server
@@ -544,20 +643,36 @@ impl Control {
     /// Sweeps the session table and tells clients why the server ended their session; every
     /// other sweep (100 ms), tells each reliable session's client its sender's view (`STATUS`).
     fn sweep(&mut self) {
+        self.check_suspects();
         for (peer, code, text) in self.sessions.sweep(self.cfg.idle_timeout) {
             self.error(peer, 0, code, &text);
         }
-        self.requests.forget_idle(Instant::now());
+        let now = Instant::now();
+        self.requests.forget_idle(now);
+        let lifetime_ms = self.cfg.token_lifetime.as_millis() as u64;
+        self.spent
+            .forget_expired(unix_ns() / 1_000_000 - lifetime_ms.min(unix_ns() / 1_000_000));
+        self.refusals.flush(now);
+        if let Some(l) = &mut self.legacy {
+            l.flush_log(now);
+        }
         self.sweeps += 1;
         if self.sweeps % SHED_LOG_SWEEPS == 0 {
             self.log_shedding();
         }
+        if self.sweeps % EVICT_SWEEPS == 0 {
+            self.catalog.evict_stale();
+        }
         if self.sweeps % 2 == 0 {
+            // Only to clients that have shown they receive at their address.
             let statuses: Vec<_> = self
                 .sessions
                 .sessions()
                 .filter(|s| s.mode == Mode::Reliable && s.close_reason().is_none())
-                .map(|s| (s.peer, s.state().status(s.id)))
+                .filter_map(|s| {
+                    let st = s.state();
+                    st.is_validated().then(|| (s.peer, st.status(s.id)))
+                })
                 .collect();
             for (peer, status) in statuses {
                 self.send(peer, &Message::Status(status));

@@ -4,7 +4,10 @@
 use super::*;
 
 impl Control {
-    pub(super) fn list(&mut self, src: SocketAddr, start: u32) {
+    /// One page of the file list, at most three times as long as the `LIST` that asked
+    /// (`request_len`, padded to 1200 bytes by the client): a token replayed in someone
+    /// else's name cannot make the answer an amplifier.
+    pub(super) fn list(&mut self, src: SocketAddr, start: u32, request_len: usize) {
         let files = match self.catalog.list() {
             Ok(f) => f,
             Err(e) => {
@@ -13,7 +16,8 @@ impl Control {
             }
         };
         let mut entries = Vec::new();
-        let mut room = MAX_DATAGRAM - 64;
+        // 3x the request, less the LISTING's own header, counts and trailer.
+        let mut room = (3 * request_len).min(MAX_DATAGRAM).saturating_sub(18);
         for (name, size) in files.iter().skip(start as usize) {
             let need = 9 + name.len();
             if need > room {
@@ -75,11 +79,19 @@ impl Control {
     pub(super) fn file_error(&mut self, req: &PendingGet, e: &FileError) {
         let code = match e {
             FileError::BadName(_) | FileError::NotRegular(_) => ErrorCode::BadName,
-            FileError::NotFound(_) => ErrorCode::NotFound,
+            FileError::NotFound(_) | FileError::Unfinished(_) => ErrorCode::NotFound,
             FileError::Io { .. } => ErrorCode::Internal,
             FileError::Changed(_) => ErrorCode::FileChanged,
         };
-        tracing::info!("[REFUSED] {} asked for {:?}: {e}", req.peer, req.name);
+        let kind = match code {
+            ErrorCode::NotFound => "for files not served",
+            ErrorCode::BadName => "for bad names",
+            _ => "for files that could not be read",
+        };
+        let peer = req.peer;
+        self.refusals.log(kind, Instant::now(), || {
+            crate::report::escape(&format!("{peer} asked for {:?}: {e}", req.name))
+        });
         self.error(req.peer, req.request_id, code, &e.to_string());
     }
 
@@ -87,10 +99,10 @@ impl Control {
         let Indexed { job, result, took } = done;
         if let Ok(f) = &result {
             tracing::info!(
-                "[INDEX] {} indexed: {} bytes, {} datagrams of {} bytes, in {:.3} s",
-                job.name,
+                "[INDEX] {} indexed: {} bytes, {} of {} bytes, in {:.3} s",
+                crate::report::escape(&job.name),
                 f.size,
-                f.datagrams(),
+                crate::report::plural(f.datagrams(), "datagram"),
                 f.payload_size as usize + DATA_HEADER_LEN,
                 took.as_secs_f64()
             );
@@ -108,12 +120,58 @@ impl Control {
         }
     }
 
-    pub(super) fn create_session(&mut self, req: PendingGet, file: Arc<IndexedFile>) {
-        let active = self.sessions.active();
-        if active >= self.cfg.max_sessions {
+    /// Whether there is a place for a session of `peer`: under both limits, or once the most
+    /// stalled session (of that address, if its own limit is the one reached) has yielded
+    /// its place. Otherwise the client is told busy.
+    fn make_room(&mut self, req: &PendingGet) -> bool {
+        let ip = req.peer.ip();
+        let (active, of_ip) = (self.sessions.active(), self.sessions.of_ip(ip));
+        let (limit, text) = if of_ip >= self.cfg.sessions_per_ip {
+            (
+                Some(ip),
+                format!("server busy: {of_ip} sessions from your address (--sessions-per-ip)"),
+            )
+        } else if active >= self.cfg.max_sessions {
+            (
+                None,
+                format!("server busy: {active} sessions (--max-sessions)"),
+            )
+        } else {
+            return true;
+        };
+        let now = Instant::now();
+        // The search looks at every session: after one that found none, the next waits a
+        // little (a flood of GETs at a full server must not cost a scan each).
+        if self
+            .no_stalled_at
+            .is_some_and(|t| now.saturating_duration_since(t) < STALL_SEARCH_EVERY)
+        {
             self.stats.busy.fetch_add(1, Ordering::Relaxed);
-            let text = format!("server busy: {active} sessions (--max-sessions)");
             self.busy(req.peer, req.request_id, BUSY_RETRY_AFTER, &text);
+            return false;
+        }
+        self.no_stalled_at = None;
+        if let Some((s, stalled)) = self.sessions.most_stalled(limit, STALL_YIELD, now) {
+            tracing::info!(
+                "[SESSION {:08x}] {}: no progress for {:.1} s while the server is full: its place goes to {}",
+                s.id,
+                s.peer,
+                stalled.as_secs_f64(),
+                req.peer
+            );
+            self.stats.evicted.fetch_add(1, Ordering::Relaxed);
+            s.close(CloseReason::Evicted);
+            // Released by its engine shortly; the new session may take its place now.
+            return true;
+        }
+        self.no_stalled_at = Some(now);
+        self.stats.busy.fetch_add(1, Ordering::Relaxed);
+        self.busy(req.peer, req.request_id, BUSY_RETRY_AFTER, &text);
+        false
+    }
+
+    pub(super) fn create_session(&mut self, req: PendingGet, file: Arc<IndexedFile>) {
+        if !self.make_room(&req) {
             return;
         }
         if file.datagrams() > u32::MAX as u64 {
@@ -156,13 +214,17 @@ impl Control {
         tracing::info!(
             "[TRANSFER] session {:08x}: sending {} ({} bytes, {} mode, {}-byte datagrams, {} send path, window {} datagrams, congestion control {}) to {}",
             id,
-            session.file.name,
+            crate::report::escape(&session.file.name),
             session.file.size,
             req.mode.as_str(),
             datagram_size,
             session.send_path.as_str(),
             window,
-            self.cfg.cc.as_str(),
+            // Blast mode has no control loop: it sends at --rate or as fast as it can.
+            match req.mode {
+                Mode::Reliable => self.cfg.cc.as_str(),
+                Mode::Blast => "none (blast)",
+            },
             req.peer
         );
         let rate = self.cfg.acks_per_session;

@@ -3,21 +3,27 @@
 //!
 //! `LIST` -> the file list as Python prints a list (`['100mb.mp4', '250mb.mp4']`);
 //! `!CONFIG :file :n` -> `Config set` (or the lab's error texts); `TRANSFER` -> the configured
-//! file, raw, in 65507-byte datagrams with no header, from a new thread, once. Like the lab,
-//! the configured file is one server-wide setting. Off by default: `TRANSFER` needs no address
+//! file, raw, with no header, from a new thread, once: in 65507-byte datagrams where the path
+//! carries them whole (loopback), in the largest the path carries otherwise (1472 bytes on
+//! Ethernet; the lab's client writes whatever arrives, in order). Like the lab, the
+//! configured file is one server-wide setting. Off by default: `TRANSFER` needs no address
 //! validation, so a spoofed request makes the server blast a whole file at a victim.
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::net::{SocketAddr, UdpSocket};
+use std::os::unix::fs::OpenOptionsExt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::catalog::Catalog;
+use super::log_budget::LogBudget;
+use super::stats::ServerStats;
 use crate::protocol::layout::validate_name;
 use crate::protocol::MAX_DATAGRAM;
-use crate::sys::socket::retry_eintr;
+use crate::report::escape;
+use crate::sys::socket::{self, retry_eintr};
 
 /// Python's `repr()` of a string, as `str(list)` prints it.
 fn py_repr(s: &str) -> String {
@@ -62,6 +68,9 @@ pub struct Legacy {
     /// `serve --rate`: each raw transfer is paced at it (the lab's server sent as fast as its
     /// loop went; a rate reproduces a slower machine or link).
     rate_bps: Option<u64>,
+    stats: Arc<ServerStats>,
+    /// The `[RECEIVED]` lines, a few a second (a flood of commands must not flood the log).
+    log: LogBudget,
 }
 
 impl Legacy {
@@ -70,6 +79,7 @@ impl Legacy {
         catalog: Arc<Catalog>,
         max_transfers: usize,
         rate_bps: Option<u64>,
+        stats: Arc<ServerStats>,
     ) -> Self {
         Legacy {
             sock,
@@ -78,7 +88,18 @@ impl Legacy {
             transfers: Arc::new(AtomicUsize::new(0)),
             max_transfers,
             rate_bps,
+            stats,
+            log: LogBudget::new(
+                "[RECEIVED]",
+                "commands of the lab's protocol",
+                Instant::now(),
+            ),
         }
+    }
+
+    /// Sums up the commands not logged line by line (once a second).
+    pub fn flush_log(&mut self, now: Instant) {
+        self.log.flush(now);
     }
 
     fn reply(&self, to: SocketAddr, text: &str) {
@@ -97,7 +118,12 @@ impl Legacy {
         let Ok(data) = std::str::from_utf8(dgram) else {
             return false;
         };
-        tracing::info!("[RECEIVED] Received data from client {src}: {data}");
+        if !(data == "LIST" || data == "TRANSFER" || data.contains("CONFIG")) {
+            return false;
+        }
+        self.log.log("commands", Instant::now(), || {
+            format!("Received data from client {src}: {}", escape(data))
+        });
         if data == "LIST" {
             self.reply(src, &py_list(&self.files()));
         } else if data.contains("CONFIG") {
@@ -124,11 +150,14 @@ impl Legacy {
         true
     }
 
-    fn transfer(&self, to: SocketAddr) {
+    fn transfer(&mut self, to: SocketAddr) {
+        let now = Instant::now();
         let Some(name) = self.file_to_be_sent.clone() else {
             // The lab's server sent nothing here (its thread failed on the unset file); a
             // reply would land in the lab client's output file as data.
-            tracing::warn!("[TRANSFER] from {to} before any !CONFIG: nothing sent");
+            self.log.log("TRANSFERs before any !CONFIG", now, || {
+                format!("[TRANSFER] from {to} before any !CONFIG: nothing sent")
+            });
             return;
         };
         if validate_name(&name).is_err() {
@@ -136,20 +165,28 @@ impl Legacy {
         }
         if self.transfers.fetch_add(1, Ordering::AcqRel) >= self.max_transfers {
             self.transfers.fetch_sub(1, Ordering::AcqRel);
-            tracing::warn!(
-                "[TRANSFER] refused {to}: {} legacy transfers running",
-                self.max_transfers
-            );
+            let max = self.max_transfers;
+            self.log.log("TRANSFERs refused busy", now, || {
+                format!("[TRANSFER] refused {to}: {max} legacy transfers running")
+            });
             return;
         }
         let path = self.catalog.dir().join(&name);
         let sock = self.sock.clone();
         let transfers = self.transfers.clone();
         let rate = self.rate_bps;
+        let stats = self.stats.clone();
         let spawned = std::thread::Builder::new()
             .name("legacy-transfer".into())
             .spawn(move || {
-                send_raw(&sock, &path, &name, to, rate);
+                let name = escape(&name);
+                match send_raw(&sock, &path, &name, to, rate) {
+                    Ok(()) => {}
+                    Err(e) => {
+                        stats.sessions_failed.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!("[TRANSFER] File {name} NOT sent to client {to}: {e}");
+                    }
+                }
                 transfers.fetch_sub(1, Ordering::AcqRel);
             });
         if spawned.is_err() {
@@ -158,28 +195,53 @@ impl Legacy {
     }
 }
 
-/// The lab's send_file: read 65507 bytes, sendto, until the file ends; with `rate_bps`, no
-/// faster than that (each datagram waits until the bytes before it are due).
+/// Opens the configured file as `serve` serves files: no symlink followed (one swapped in
+/// after `!CONFIG` is refused), nothing that could block (a FIFO), a regular file only.
+fn open_regular(path: &std::path::Path) -> std::io::Result<File> {
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                std::io::Error::other("it is a symbolic link")
+            } else {
+                e
+            }
+        })?;
+    if !f.metadata()?.file_type().is_file() {
+        return Err(std::io::Error::other("it is not a regular file"));
+    }
+    Ok(f)
+}
+
+/// The lab's send_file: read a datagram's worth, sendto, until the file ends; with
+/// `rate_bps`, no faster than that (each datagram waits until the bytes before it are due).
+/// A datagram is 65507 bytes where the path carries that whole, else the largest it carries
+/// (the server's socket never fragments). Any failed send ends the transfer with an error:
+/// a transfer is reported sent only if every datagram was.
 fn send_raw(
     sock: &UdpSocket,
     path: &std::path::Path,
     name: &str,
     to: SocketAddr,
     rate_bps: Option<u64>,
-) {
-    let mut f = match File::open(path) {
-        Ok(f) => f,
-        Err(e) => {
-            tracing::warn!("[TRANSFER] cannot open {name}: {e}");
-            return;
-        }
-    };
+) -> std::io::Result<()> {
+    let mut f =
+        open_regular(path).map_err(|e| std::io::Error::other(format!("cannot open it: {e}")))?;
     let size = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let datagram = socket::route_mtu(to)
+        .map(|mtu| socket::datagram_size_for_mtu(mtu, &to))
+        .unwrap_or(MAX_DATAGRAM)
+        .min(MAX_DATAGRAM);
     tracing::info!("[TRANSFER] Sending file {name} to client {to}");
-    tracing::info!("[TRANSFER] File size: {size} bytes. Client {to}");
+    tracing::info!(
+        "[TRANSFER] File size: {size} bytes, in datagrams of {datagram} bytes. Client {to}"
+    );
     let t = std::time::Instant::now();
-    let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut buf = vec![0u8; datagram];
     let mut sent_bits = 0f64;
+    let mut sent = 0u64;
     loop {
         // Fill the whole datagram, as Python's f.read(65507) does on a regular file.
         let mut n = 0;
@@ -188,7 +250,7 @@ fn send_raw(
                 Ok(0) => break,
                 Ok(k) => n += k,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(_) => break,
+                Err(e) => return Err(std::io::Error::other(format!("cannot read it: {e}"))),
             }
         }
         if n == 0 {
@@ -201,7 +263,24 @@ fn send_raw(
             }
             sent_bits += (n * 8) as f64;
         }
-        let _ = retry_eintr(|| sock.send_to(&buf[..n], to));
+        // A full send buffer (ENOBUFS/EAGAIN) is waited out, as a blocking send would.
+        loop {
+            match retry_eintr(|| sock.send_to(&buf[..n], to)) {
+                Ok(_) => break,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.raw_os_error() == Some(libc::ENOBUFS) =>
+                {
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                Err(e) => {
+                    return Err(std::io::Error::other(format!(
+                        "send failed after {sent} of {size} bytes: {e}"
+                    )))
+                }
+            }
+        }
+        sent += n as u64;
         if n < buf.len() {
             break;
         }
@@ -211,6 +290,7 @@ fn send_raw(
         "[TRANSFER] Time taken to send file: {} seconds. Client {to}",
         t.elapsed().as_secs_f64()
     );
+    Ok(())
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ mod control;
 pub mod engine;
 pub mod indexer;
 pub mod legacy;
+mod log_budget;
 pub mod session;
 pub mod stats;
 mod table;
@@ -44,6 +45,10 @@ use stats::ServerStats;
 /// (docs/ARCHITECTURE.md, measured) plus 4 bytes per datagram of its file, and one open file
 /// (its ring), so 4096 take ~160 MiB. (The threads engine spends a thread on each.)
 pub const DEFAULT_MAX_SESSIONS: usize = 4096;
+/// Sessions one client IP may hold at once unless told otherwise (never more than
+/// `--max-sessions`): one host cannot take every place. A thousand sub-clients of one host
+/// still run at once; more wait their turn (they are told busy and ask again).
+pub const DEFAULT_SESSIONS_PER_IP: usize = 1024;
 /// Requests per second one source IP may make unless told otherwise. The burst, twice that,
 /// lets 1000 sub-clients of one host start at once (a HELLO and a GET each, and resends).
 pub const DEFAULT_REQUESTS_PER_IP: f64 = 2000.0;
@@ -69,6 +74,8 @@ pub struct ServerConfig {
     /// The congestion controller of each session.
     pub cc: CcKind,
     pub max_sessions: usize,
+    /// Sessions one client IP may hold at once.
+    pub sessions_per_ip: usize,
     /// Cap on the window (bytes of payload in flight) a client may ask for.
     pub max_window_bytes: u64,
     /// Print one JSON object per finished session on stdout.
@@ -99,6 +106,7 @@ impl Default for ServerConfig {
             rate_bps: None,
             cc: CcKind::Bbr,
             max_sessions: DEFAULT_MAX_SESSIONS,
+            sessions_per_ip: DEFAULT_SESSIONS_PER_IP,
             max_window_bytes: 256 << 20,
             json: false,
             legacy: false,
@@ -134,8 +142,14 @@ impl ServerConfig {
                 );
             }
         }
-        if self.workers == 0 || self.max_sessions == 0 || self.max_window_bytes < 65_536 {
-            anyhow::bail!("workers and max sessions must be at least 1, max window 64 KiB");
+        if self.workers == 0
+            || self.max_sessions == 0
+            || self.sessions_per_ip == 0
+            || self.max_window_bytes < 65_536
+        {
+            anyhow::bail!(
+                "workers, max sessions and sessions per IP must be at least 1, max window 64 KiB"
+            );
         }
         if !(self.requests_per_ip.is_finite() && self.requests_per_ip >= 1.0) {
             anyhow::bail!("requests per IP must be at least 1 per second");
@@ -150,7 +164,15 @@ impl ServerConfig {
             anyhow::bail!("the idle timeout must be positive");
         }
         if !self.dir.is_dir() {
-            anyhow::bail!("{} is not a directory", self.dir.display());
+            anyhow::bail!(
+                "--dir {}: {}",
+                self.dir.display(),
+                if self.dir.exists() {
+                    "not a directory"
+                } else {
+                    "no such directory (create it, or point --dir at the files to serve)"
+                }
+            );
         }
         Ok(())
     }
@@ -217,12 +239,12 @@ impl Server {
             EngineKind::Threads => "one thread per session".to_string(),
         };
         tracing::info!(
-            "[LISTENING] Server is listening on {local_addr}, serving {} (engine {}, {threads}, datagram size {}, send path {}, GSO {gso}, recv buffer {} KiB, send buffer {} KiB)",
-            cfg.dir.display(),
+            "[LISTENING] Server is listening on {local_addr}, serving {} (engine {}, {threads}, datagram size {}, send path {}, GSO {gso}, receive buffer {} KiB, send buffer {} KiB)",
+            crate::report::escape(&cfg.dir.display().to_string()),
             cfg.engine.as_str(),
             cfg.datagram_size,
             match send_path {
-                SendPath::Auto => "auto (datagrams over 32 KiB spliced while sessions >= workers, copied otherwise)",
+                SendPath::Auto => "auto: splice while sessions >= workers",
                 SendPath::Copy => "copy",
                 SendPath::Splice => "splice",
             },
@@ -372,7 +394,7 @@ mod tests {
                     dir: dir.path().join("nope"),
                     ..ok.clone()
                 },
-                "not a directory",
+                "no such directory",
             ),
         ];
         for (cfg, why) in cases {

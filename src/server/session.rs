@@ -100,6 +100,8 @@ pub enum CloseReason {
     Failed = 5,
     /// The served file changed while it was being sent.
     FileChanged = 6,
+    /// The server was full and the session had made no progress: its place went to another.
+    Evicted = 7,
 }
 
 impl CloseReason {
@@ -111,6 +113,7 @@ impl CloseReason {
             4 => CloseReason::Shutdown,
             5 => CloseReason::Failed,
             6 => CloseReason::FileChanged,
+            7 => CloseReason::Evicted,
             _ => return None,
         })
     }
@@ -122,6 +125,7 @@ impl CloseReason {
             CloseReason::Shutdown => "server shutdown",
             CloseReason::Failed => "send failed",
             CloseReason::FileChanged => "file changed while sending",
+            CloseReason::Evicted => "evicted: no progress while the server was full",
         }
     }
 }
@@ -350,7 +354,11 @@ impl Session {
                 send_latency_us: hists.send_latency_us.summary(),
                 batch_size: hists.batch.summary(),
                 congestion: st.status(self.id),
-                controller: st.cc_state().to_string(),
+                controller: match self.mode {
+                    // Blast mode has no control loop: it sends at --rate or as fast as it can.
+                    Mode::Blast => "no congestion control (blast)".to_string(),
+                    Mode::Reliable => st.cc_state().to_string(),
+                },
                 probes: st.probes,
                 bad_acks: st.bad_acks,
                 problem: self.problem.get().cloned(),

@@ -21,8 +21,11 @@ pub struct ServerStats {
     pub bad_tokens: AtomicU64,
     /// Messages for a session that does not exist or from the wrong address.
     pub stray: AtomicU64,
-    /// GETs refused because the server was at --max-sessions.
+    /// GETs refused because the server was at --max-sessions (or the address at
+    /// --sessions-per-ip).
     pub busy: AtomicU64,
+    /// Sessions that gave their place to a new request: no progress while the server was full.
+    pub evicted: AtomicU64,
     /// Requests dropped because their source IP was over its request rate.
     pub rate_limited: AtomicU64,
     /// ACKs applied to a session's sender state.

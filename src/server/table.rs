@@ -3,10 +3,10 @@
 //! changed on disk.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::admission::RateBudget;
 use super::catalog::changed_among;
@@ -25,6 +25,8 @@ pub(super) struct SessionTable {
     entries: HashMap<u32, Entry>,
     /// (peer, request id) -> session id: a repeated GET gets the same session's META again.
     by_request: HashMap<(SocketAddr, u32), u32>,
+    /// Sessions in the table per client IP (for `--sessions-per-ip`).
+    per_ip: HashMap<IpAddr, usize>,
 }
 
 /// What a client is told when the server ended its session.
@@ -52,7 +54,36 @@ impl SessionTable {
     pub fn insert(&mut self, entry: Entry, request_id: u32) {
         let s = &entry.session;
         self.by_request.insert((s.peer, request_id), s.id);
+        *self.per_ip.entry(s.peer.ip()).or_default() += 1;
         self.entries.insert(s.id, entry);
+    }
+
+    /// Sessions of client IP `ip` not yet released.
+    pub fn of_ip(&self, ip: IpAddr) -> usize {
+        self.per_ip.get(&ip).copied().unwrap_or(0)
+    }
+
+    /// The open session that has made no progress for longest, if that is at least
+    /// `min_stall` (of `ip` only, if given): the one that yields its place under pressure.
+    pub fn most_stalled(
+        &self,
+        ip: Option<IpAddr>,
+        min_stall: Duration,
+        now: Instant,
+    ) -> Option<(Arc<Session>, Duration)> {
+        self.entries
+            .values()
+            .map(|e| &e.session)
+            .filter(|s| s.close_reason().is_none() && ip.is_none_or(|ip| s.peer.ip() == ip))
+            .map(|s| {
+                (
+                    s,
+                    now.saturating_duration_since(s.state().stalled_since(now)),
+                )
+            })
+            .filter(|(_, d)| *d >= min_stall)
+            .max_by_key(|(_, d)| *d)
+            .map(|(s, d)| (s.clone(), d))
     }
 
     /// The session a previous GET `(peer, request_id)` created, if any.
@@ -76,6 +107,10 @@ impl SessionTable {
             CloseReason::FileChanged => Some((
                 ErrorCode::FileChanged,
                 "the file changed on the server while it was being sent".into(),
+            )),
+            CloseReason::Evicted => Some((
+                ErrorCode::Evicted,
+                "the server was full and gave this session's place to another client: it had made no progress for over a second".into(),
             )),
             CloseReason::Failed => Some((
                 ErrorCode::Internal,
@@ -121,7 +156,20 @@ impl SessionTable {
             }
         }
         let before = self.entries.len();
-        self.entries.retain(|_, e| !e.session.is_released());
+        let per_ip = &mut self.per_ip;
+        self.entries.retain(|_, e| {
+            let keep = !e.session.is_released();
+            if !keep {
+                let ip = e.session.peer.ip();
+                if let Some(n) = per_ip.get_mut(&ip) {
+                    *n -= 1;
+                    if *n == 0 {
+                        per_ip.remove(&ip);
+                    }
+                }
+            }
+            keep
+        });
         if self.entries.len() != before {
             let entries = &self.entries;
             self.by_request.retain(|_, id| entries.contains_key(id));

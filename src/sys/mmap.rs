@@ -1,43 +1,163 @@
-//! Read-only memory maps of served files.
+//! Read-only memory maps of served files, read only by the kernel.
+//!
+//! A mapped file that another process truncates raises SIGBUS on any user-space read past its
+//! new end, and nothing can make such a read safe. So this module never reads the map and
+//! hands out no `&[u8]` of it: only [`MapRange`]s, which become the iovecs of a `sendmsg`. The
+//! kernel reading a vanished page fails that one send with `EFAULT`; the process lives on.
 #![allow(unsafe_code)]
 
 use std::fs::File;
 use std::io;
 
-/// A whole file mapped read-only and pre-faulted: page faults on this VM cost microseconds
-/// each, and the send path should meet none.
+/// A whole file mapped read-only and pre-faulted by the kernel: page faults on this VM cost
+/// microseconds each, and the send path should meet none.
 pub struct MappedFile {
     map: memmap2::Mmap,
 }
 
+/// A byte range of a [`MappedFile`], for the kernel to read (an iovec): never a slice.
+#[derive(Debug, Clone, Copy)]
+pub struct MapRange {
+    base: *const u8,
+    len: usize,
+}
+
+// SAFETY: a MapRange is an address and a length; this crate never dereferences it (only the
+// kernel reads through it, as an iovec), so sending or sharing it between threads is sound.
+unsafe impl Send for MapRange {}
+// SAFETY: as above: nothing reads through it in user space.
+unsafe impl Sync for MapRange {}
+
+impl MapRange {
+    /// The empty range (a datagram past the end of the file).
+    pub const EMPTY: MapRange = MapRange {
+        base: std::ptr::null(),
+        len: 0,
+    };
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The range as an iovec for `sendmsg`: the kernel, not this process, reads it.
+    pub fn iovec(&self) -> libc::iovec {
+        libc::iovec {
+            iov_base: self.base.cast_mut().cast(),
+            iov_len: self.len,
+        }
+    }
+}
+
 impl MappedFile {
-    /// Maps the first `len` bytes of `file` (its size when it was opened).
+    /// Maps the first `len` bytes of `file` (its size when it was opened). Fails if the file
+    /// is now shorter than `len` (truncated since): the pre-fault reports it as `EFAULT`.
     pub fn map(file: &File, len: u64) -> io::Result<Self> {
         let len = usize::try_from(len).map_err(|_| io::Error::other("file too large to map"))?;
-        // SAFETY: the map is read-only and private to this process; ringblast never writes
-        // through it. Another process truncating the file while it is mapped would make
-        // reads past the new end raise SIGBUS: the catalog re-checks the file's identity
-        // before each new session, and the known gap (a truncate *during* a session) is
-        // tracked as a fault to guard against (see docs/PROTOCOL.md, "Known limits").
+        // SAFETY: the map is read-only and private to this process, and this module never
+        // reads it in user space (it hands out iovec ranges, not slices): a file truncated
+        // while mapped makes the kernel fail a send with EFAULT, never SIGBUS here.
         let map = unsafe { memmap2::MmapOptions::new().len(len).map(file)? };
         // Hints only; failure is harmless. Where the filesystem keeps large folios in the page
         // cache, MADV_HUGEPAGE lets them be mapped with huge pages: fewer TLB misses in the
         // kernel's copy on the send path (see sys/recvmmsg.rs for what that costs in a VM).
         let _ = map.advise(memmap2::Advice::Sequential);
         let _ = map.advise(memmap2::Advice::HugePage);
-        // Pre-fault after the huge-page advice, so the faults can map huge folios.
-        if map.advise(memmap2::Advice::PopulateRead).is_err() {
-            // Kernels before 5.14: touch one byte per page instead.
-            let mut sum = 0u8;
-            for b in map.iter().step_by(4096) {
-                sum = sum.wrapping_add(*b);
-            }
-            std::hint::black_box(sum);
+        // Pre-fault after the huge-page advice, so the faults can map huge folios. The kernel
+        // does it (MADV_POPULATE_READ, Linux 5.14+): a page past the end is EFAULT, not a
+        // signal. Older kernels (EINVAL) go without: there is no fault-free way to touch the
+        // pages from user space (touching one byte per page was SIGBUS on a truncated file).
+        match map.advise(memmap2::Advice::PopulateRead) {
+            Err(e) if e.raw_os_error() == Some(libc::EFAULT) => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the file is shorter than when it was opened (truncated meanwhile)",
+            )),
+            _ => Ok(MappedFile { map }),
         }
-        Ok(MappedFile { map })
     }
 
-    pub fn as_slice(&self) -> &[u8] {
-        &self.map
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// The `len` bytes at `start`, for the kernel to read. Panics if they are not inside the
+    /// map (a bug in the caller's arithmetic, never a property of the file's contents).
+    pub fn range(&self, start: usize, len: usize) -> MapRange {
+        assert!(
+            start
+                .checked_add(len)
+                .is_some_and(|end| end <= self.map.len()),
+            "range {start}+{len} outside a {}-byte map",
+            self.map.len()
+        );
+        MapRange {
+            // SAFETY: `start` is within the map (checked above), so the pointer stays inside
+            // the mapping's allocation; nothing dereferences it in user space.
+            base: unsafe { self.map.as_ptr().add(start) },
+            len,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// Issue 19.1: a file truncated between its indexing and its mapping killed the server
+    /// with SIGBUS (the fallback pre-fault touched every page in user space). Run in a child
+    /// process, so that a regression fails this test instead of killing the whole harness.
+    #[test]
+    fn mapping_a_file_truncated_meanwhile_fails_cleanly_without_sigbus() {
+        if std::env::var("RINGBLAST_MMAP_CHILD").is_ok() {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("f");
+            let mut f = File::create(&path).unwrap();
+            f.write_all(&vec![7u8; 4 << 20]).unwrap();
+            let file = File::open(&path).unwrap();
+            // Truncated after its size was taken, before it is mapped.
+            File::create(&path).unwrap();
+            let r = MappedFile::map(&file, 4 << 20);
+            let e = r.err().expect("a truncated file is refused");
+            assert!(e.to_string().contains("truncated"), "{e}");
+            // A map that is whole works, and hands out ranges, never bytes.
+            std::fs::write(&path, vec![1u8; 10_000]).unwrap();
+            let m = MappedFile::map(&File::open(&path).unwrap(), 10_000).unwrap();
+            let r = m.range(4096, 5904);
+            assert_eq!((r.len(), r.iovec().iov_len), (5904, 5904));
+            return;
+        }
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "sys::mmap::tests::mapping_a_file_truncated_meanwhile_fails_cleanly_without_sigbus",
+                "--nocapture",
+            ])
+            .env("RINGBLAST_MMAP_CHILD", "1")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "child died: {:?}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "outside")]
+    fn a_range_outside_the_map_is_a_bug_not_a_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g");
+        std::fs::write(&path, vec![1u8; 100]).unwrap();
+        let m = MappedFile::map(&File::open(&path).unwrap(), 100).unwrap();
+        m.range(50, 51);
     }
 }

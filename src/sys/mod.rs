@@ -47,6 +47,18 @@ pub fn stop_on_signals() -> &'static std::sync::atomic::AtomicBool {
     &STOP
 }
 
+/// Gives SIGINT and SIGTERM their default action back (after a stretch of work that
+/// [`stop_on_signals`] made interruptible).
+#[allow(unsafe_code)]
+pub fn default_stop_signals() {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: restoring the default action needs no handler.
+        unsafe {
+            libc::signal(sig, libc::SIG_DFL);
+        }
+    }
+}
+
 /// The signal that stopped the process (SIGINT, SIGTERM), if one did.
 pub fn stop_signal() -> Option<i32> {
     match STOP_SIGNAL.load(std::sync::atomic::Ordering::Acquire) {
@@ -59,6 +71,12 @@ pub fn stop_signal() -> Option<i32> {
 pub fn fd_limit() -> u64 {
     nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
         .map_or(0, |(soft, _)| soft)
+}
+
+/// Descriptors this process has open now (`/proc/self/fd`; 0 if it cannot be read).
+pub fn open_fds() -> u64 {
+    // The directory's own descriptor, open while it is read, is not counted.
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count().saturating_sub(1) as u64)
 }
 
 /// Raises the soft limit on open files to the hard limit (many distributions start processes

@@ -21,29 +21,83 @@ pub struct DemoConfig {
     pub engine: EngineKind,
 }
 
-/// Writes `size` random bytes to `path` (through a temporary name, so an interrupted run
-/// never leaves a short file that looks finished; a failed one removes it).
+/// The temporary name `path` is generated under: hidden, tagged with this process's id, and
+/// ending `.generating` (never listed nor served: see `server::catalog::is_unfinished`).
+fn generating_name(path: &Path) -> std::path::PathBuf {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    path.with_file_name(format!(".{name}.{}.generating", std::process::id()))
+}
+
+/// Writes `size` random bytes to `path` through a temporary name, so an interrupted run never
+/// leaves a short file that looks finished: a failed one, or one stopped by Ctrl-C or SIGTERM
+/// (error kind `Interrupted`), removes it.
 pub fn generate(path: &Path, size: u64) -> std::io::Result<()> {
-    let tmp = path.with_extension("generating");
-    let r = write_random(&tmp, size).and_then(|()| std::fs::rename(&tmp, path));
+    let tmp = generating_name(path);
+    // Ctrl-C while generating stops here, with the clean-up, instead of killing the process
+    // and leaving hundreds of megabytes behind; the signals' default action comes back after.
+    let stop = crate::sys::stop_on_signals();
+    let r = write_random(&tmp, size, stop).and_then(|()| std::fs::rename(&tmp, path));
+    crate::sys::default_stop_signals();
     if r.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
     r
 }
 
-fn write_random(tmp: &Path, size: u64) -> std::io::Result<()> {
-    let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(tmp)?);
+fn write_random(
+    tmp: &Path,
+    size: u64,
+    stop: &std::sync::atomic::AtomicBool,
+) -> std::io::Result<()> {
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(tmp)?;
+    let mut f = std::io::BufWriter::with_capacity(1 << 20, file);
     let mut rng = rand::rng();
     let mut buf = vec![0u8; 1 << 20];
     let mut left = size;
     while left > 0 {
+        if stop.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::Interrupted,
+                "interrupted",
+            ));
+        }
         let n = left.min(buf.len() as u64) as usize;
         rng.fill_bytes(&mut buf[..n]);
         f.write_all(&buf[..n])?;
         left -= n as u64;
     }
     f.into_inner().map_err(|e| e.into_error())?.sync_all()
+}
+
+/// Removes what an earlier run that is gone (killed) left half-generated in `dir`.
+fn remove_stale_generating(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(rest) = name
+            .strip_suffix(".generating")
+            .filter(|_| name.starts_with('.'))
+        else {
+            continue;
+        };
+        let Some(pid) = rest.rsplit('.').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        let regular = e.path().symlink_metadata().is_ok_and(|m| m.is_file());
+        if regular && !Path::new(&format!("/proc/{pid}")).exists() {
+            eprintln!(
+                "removed {}: a file an interrupted run left half-generated",
+                e.path().display()
+            );
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 /// Name of the generated file for a size, e.g. `100MiB.bin`.
@@ -58,6 +112,7 @@ pub fn file_name(size: u64) -> String {
 /// Makes sure `dir/name` exists with exactly `size` bytes.
 pub fn ensure_file(dir: &Path, size: u64) -> anyhow::Result<String> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    remove_stale_generating(dir);
     let name = file_name(size);
     let path = dir.join(&name);
     if std::fs::metadata(&path).map(|m| m.len()).ok() != Some(size) {

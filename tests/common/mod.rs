@@ -163,6 +163,19 @@ impl RawClient {
         panic!("no answer to GET in 20 s");
     }
 
+    /// The first ACK of `session`, granting `credit` datagrams: it shows the server this
+    /// client receives at its address, and only then does data flow.
+    pub fn ack(&self, session: u32, credit: u32) {
+        let mut scratch = Vec::new();
+        self.send(&Message::Ack(
+            ringblast::protocol::Ack {
+                credit_limit: credit,
+                ..ringblast::protocol::Ack::new(session)
+            }
+            .with_ranges(&[], &mut scratch),
+        ));
+    }
+
     /// HELLO until a RETRY comes back (resent on silence, as a real client does).
     pub fn token(&mut self) -> [u8; 24] {
         for _ in 0..10 {
@@ -180,24 +193,62 @@ impl RawClient {
 
 /// A fake server answering the handshake with whatever META `meta` builds.
 pub fn fake_server(meta: impl Fn(u32) -> Meta + Send + 'static) -> SocketAddr {
+    answering_server(move |m| match m {
+        Message::Get { request_id, .. } => vec![Message::Meta(meta(*request_id)).to_vec()],
+        _ => Vec::new(),
+    })
+}
+
+/// A fake server that hands out tokens and answers every other message with the datagrams
+/// `answer` makes of it, for as long as it is asked something every 20 s.
+pub fn answering_server(
+    mut answer: impl FnMut(&Message<'_>) -> Vec<Vec<u8>> + Send + 'static,
+) -> SocketAddr {
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
     let addr = sock.local_addr().unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
     std::thread::spawn(move || {
         let mut buf = vec![0u8; 70_000];
         while let Ok((n, from)) = sock.recv_from(&mut buf) {
-            let reply = match Message::parse(&buf[..n]) {
-                Ok(Message::Hello { nonce }) => Message::Retry {
+            let replies = match Message::parse(&buf[..n]) {
+                Ok(Message::Hello { nonce }) => vec![Message::Retry {
                     nonce,
                     token: [1; 24],
-                },
-                Ok(Message::Get { request_id, .. }) => Message::Meta(meta(request_id)),
-                _ => continue,
+                }
+                .to_vec()],
+                Ok(m) => answer(&m),
+                Err(_) => continue,
             };
-            let _ = sock.send_to(&reply.to_vec(), from);
+            for r in replies {
+                let _ = sock.send_to(&r, from);
+            }
         }
     });
     addr
+}
+
+/// Checks the lab client's output (`text`) and its `clients` copies in `out`: each the whole
+/// of `data`.
+pub fn lab_copies_whole(text: &str, out: &Path, clients: usize, data: &[u8]) {
+    for i in 1..=clients {
+        assert!(
+            text.contains(&format!("client {i} {} ", data.len())),
+            "{text}"
+        );
+        let name = format!("Cliente{i}-Prueba{clients}.mp4");
+        let copy = std::fs::read(out.join(name)).unwrap();
+        assert!(copy == data, "sub-client {i}'s file differs");
+    }
+}
+
+/// Whether python3 runs here (the lab's client needs it); says so when it does not.
+pub fn python3() -> bool {
+    let ok = Command::new("python3").arg("--version").output().is_ok();
+    if !ok {
+        eprintln!("SKIPPED: no python3 on this machine");
+    }
+    ok
 }
 
 /// A UDP port free right now on 127.0.0.1.

@@ -348,10 +348,7 @@ impl SessionRing {
                                 iov_base: header.as_mut_ptr().cast(),
                                 iov_len: DATA_HEADER_LEN,
                             };
-                            slot.iov[iovs + 1] = libc::iovec {
-                                iov_base: payload.as_ptr().cast_mut().cast(),
-                                iov_len: payload.len(),
-                            };
+                            slot.iov[iovs + 1] = payload.iovec();
                             iovs += 2;
                             slot.indices[segments] = index;
                             segments += 1;

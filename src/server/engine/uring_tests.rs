@@ -57,7 +57,7 @@ fn a_gso_send_the_device_refuses_falls_back_to_one_datagram_a_send() {
     let engine = UringEngine::new(sock, 1, stats.clone(), false).unwrap();
     let (tx, summaries) = mpsc::channel();
     let now = Instant::now();
-    let state = SenderState::new(blast(file.size, 1440), now, unix_ns());
+    let state = SenderState::new(blast(file.size, 1440), now, unix_ns()).validated(now);
     let ctx = SessionCtx {
         stats,
         engine: EngineKind::Uring,
@@ -108,7 +108,7 @@ fn a_panicking_session_fails_alone_and_the_worker_goes_on() {
     let (tx, summaries) = mpsc::channel();
     let session = |id| {
         let now = Instant::now();
-        let state = SenderState::new(blast(file.size, 1000), now, unix_ns());
+        let state = SenderState::new(blast(file.size, 1000), now, unix_ns()).validated(now);
         let ctx = SessionCtx {
             stats: stats.clone(),
             engine: EngineKind::Uring,

@@ -56,7 +56,7 @@ pub struct RelayStats {
 
 impl std::fmt::Display for RelayStats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "{} flows", self.flows)?;
+        writeln!(f, "{}", crate::report::plural(self.flows, "flow"))?;
         for (name, d) in [("client->server", self.up), ("server->client", self.down)] {
             writeln!(
                 f,
@@ -98,7 +98,9 @@ impl Relay {
                 "--rate must be positive",
             ));
         }
-        let listen = UdpSocket::bind(cfg.listen)?;
+        let listen = UdpSocket::bind(cfg.listen).map_err(|e| {
+            io::Error::new(e.kind(), format!("cannot listen on {}: {e}", cfg.listen))
+        })?;
         listen.set_nonblocking(true)?;
         let _ = set_recv_buffer(&listen, 16 << 20);
         let local_addr = listen.local_addr()?;
