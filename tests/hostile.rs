@@ -374,6 +374,22 @@ fn a_replayed_token_gets_its_owner_no_more_than_three_times_what_was_sent() {
         }
     }
     assert_eq!(srv.stats().bytes_sent.load(Ordering::Relaxed), 0);
+    // A LIST with a seen token: its answer is at most three times its (padded) size, however
+    // many files there are.
+    for i in 0..300 {
+        std::fs::write(dir.path().join(format!("{i:0>200}")), b"x").unwrap();
+    }
+    let mut victim = RawClient::new(srv.local_addr());
+    let token = victim.token();
+    let list = Message::List { token, start: 0 }.to_vec();
+    victim.sock.send(&list).unwrap();
+    let (got, _) = drain(&victim.sock, Duration::from_millis(500));
+    eprintln!(
+        "measured: replayed token, LIST of 301 files: {} bytes sent, {got} received ({:.2}x)",
+        list.len(),
+        got as f64 / list.len() as f64
+    );
+    assert!(got > 0 && got <= 3 * list.len(), "{got} bytes for a LIST");
 }
 
 // ---- 7. No progress, both ways ----------------------------------------------------------
@@ -568,8 +584,9 @@ fn a_flood_of_refused_requests_does_not_flood_the_log() {
     let log = s.log();
     let grew = log.len() - before;
     eprintln!(
-        "measured: log flood: {sent} bytes of refused requests from 200 addresses, {grew} bytes of log ({:.4} per byte)",
-        grew as f64 / sent as f64
+        "measured: log flood: {sent} bytes of refused requests from 200 addresses, {grew} bytes of log ({:.4} per byte), server anon RSS {} KiB",
+        grew as f64 / sent as f64,
+        rss_anon_kib(s.pid())
     );
     assert!(
         grew < 10_000,
