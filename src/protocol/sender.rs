@@ -266,6 +266,11 @@ impl SenderState {
         self
     }
 
+    /// Every datagram of the file has been sent at least once.
+    pub fn sent_everything(&self) -> bool {
+        self.next_new >= self.total
+    }
+
     pub fn is_validated(&self) -> bool {
         self.validated
     }

@@ -301,10 +301,7 @@ impl Catalog {
     fn skip(&self, name: &str, why: &str) {
         let mut seen = self.skipped.lock().unwrap_or_else(|e| e.into_inner());
         if seen.len() < 10_000 && seen.insert(name.to_string()) {
-            tracing::warn!(
-                "not serving {}: {why} (only regular files directly inside --dir are served)",
-                crate::report::escape(name)
-            );
+            tracing::warn!("not serving {}: {why}", crate::report::escape(name));
         }
     }
 
@@ -327,7 +324,8 @@ impl Catalog {
                 continue;
             };
             if let Some(why) = not_served(&md) {
-                self.skip(&name, why);
+                let why = format!("{why} (only regular files directly inside --dir are served)");
+                self.skip(&name, &why);
                 continue;
             }
             if is_unfinished(&name) {

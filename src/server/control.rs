@@ -444,7 +444,7 @@ impl Control {
                     s.heard();
                     // A blast session that sent everything ended as blast mode ends, whatever
                     // the client lost: that loss is its measurement, not a failure.
-                    let sent_all = s.mode == Mode::Blast && s.state().is_complete();
+                    let sent_all = s.mode == Mode::Blast && s.state().sent_everything();
                     s.close(match status {
                         DoneStatus::Complete => CloseReason::Complete,
                         DoneStatus::Incomplete if sent_all => CloseReason::Complete,
