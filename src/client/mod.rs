@@ -1,17 +1,20 @@
 //! The client: `list`, and `get` with N sub-clients that each fetch the whole file.
 //!
-//! Each sub-client (`subclient.rs`, a state machine) has its own socket (connected to the
-//! server's one port, so the kernel filters everything else) and its own copy; a bounded pool
-//! of receive threads drives them (`pool.rs`: epoll, one `recvmmsg` buffer per thread). It
-//! validates its address with a token, asks for the file (again later if the server is busy),
-//! then receives data in `recvmmsg` batches (`receive.rs`): every datagram is length- and
-//! range-checked, its CRC32C
+//! Each sub-client has its own socket (connected to the server's one port, so the kernel
+//! filters everything else) and its own copy. Its logic (`subclient.rs`, `handshake.rs`,
+//! `receive.rs`) is a state machine with no socket and no clock: a bounded pool of receive
+//! threads (`pool.rs`: epoll, one `recvmmsg` buffer per thread) feeds it what arrived and the
+//! time, and sends what it queued (`edge.rs`). It validates its address with a token, asks
+//! for the file (again later if the server is busy), answers META with its first ACK, then
+//! takes data batch by batch: every datagram is length- and range-checked, its CRC32C
 //! verified, recorded in a [`LossTracker`](crate::protocol::loss::LossTracker) and written at
 //! its offset (`sink.rs`). Feedback (`ACK`: cumulative point, credit from `window.rs`, NACK
 //! ranges) goes back every quarter window and whenever the socket runs dry. A copy is written
 //! under a temporary name and renamed only once the whole file verifies; otherwise removed.
 
 mod connection;
+mod edge;
+mod handshake;
 mod pool;
 mod receive;
 mod sink;
@@ -349,14 +352,30 @@ pub fn get(cfg: &GetConfig) -> Result<Vec<CopyReport>, ClientError> {
     check_fd_budget(&cfg, clients, threads)?;
     let cfg = Arc::new(cfg);
     let live = Live::new(clients);
-    let together = subclient::Together::new();
+    let now = std::time::Instant::now();
+    let together = handshake::Together::new(now);
     // Every socket first: one that cannot be opened (the open-file limit) stops the run
     // before any request goes out.
     let mut subs = Vec::with_capacity(clients);
     for id in 1..=clients {
-        let sub = SubClient::new(cfg.clone(), id, clients, live.clone(), together.clone())
-            .map_err(|error| ClientError::Spawn { id, clients, error })?;
-        subs.push(sub);
+        let (sock, facts) =
+            pool::open_socket(&cfg).map_err(|error| ClientError::Spawn { id, clients, error })?;
+        let port = sock
+            .local_addr()
+            .map_err(|error| ClientError::Spawn { id, clients, error })?
+            .port();
+        let sub = SubClient::new(
+            cfg.clone(),
+            id,
+            clients,
+            live.clone(),
+            together.clone(),
+            facts,
+            port,
+            rand::random(),
+            now,
+        );
+        subs.push(pool::Driven { sock, sub });
     }
     let done = Arc::new(AtomicBool::new(false));
     let reporter = spawn_reporter(

@@ -1,5 +1,8 @@
 //! The receive threads of `get`: a bounded pool (default: one per core) among which the
-//! sub-clients are dealt out, each thread driving its share with one `recvmmsg` buffer.
+//! sub-clients are dealt out, each thread driving its share with one `recvmmsg` buffer. A
+//! thread owns its sub-clients' sockets: it feeds each sub-client's logic what its socket
+//! received and the deadlines it named, with the time it read, and sends what the logic
+//! queued (the logic itself never touches a socket or a clock).
 //!
 //! A thread with one sub-client receives as a thread per sub-client did: a blocking
 //! `recvmmsg` with a short receive timeout, one call per batch, nothing in between. A thread
@@ -9,6 +12,7 @@
 //! time has come.
 
 use std::io;
+use std::net::UdpSocket;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc;
 use std::thread;
@@ -16,11 +20,108 @@ use std::time::{Duration, Instant};
 
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 
-use super::subclient::SubClient;
-use crate::protocol::unix_ns;
+use super::subclient::{SocketFacts, SubClient};
+use super::{ClientError, GetConfig};
+use crate::protocol::layout::DatagramSize;
+use crate::protocol::{unix_ns, MAX_DATAGRAM};
 use crate::report::copy::CopyReport;
 use crate::report::cpu::cpu_time;
-use crate::sys::recvmmsg::{is_timeout, RecvBatch, BATCH};
+use crate::sys::recvmmsg::{enable_timestamps, is_timeout, RecvBatch, BATCH};
+use crate::sys::socket;
+
+/// Opens a sub-client's socket, connected to the server, and sets it up: the receive buffer,
+/// kernel timestamps, GRO. What it found is the logic's to know (a failure to set it up fails
+/// that copy when it starts); only a socket that cannot be had at all is an error here.
+pub(super) fn open_socket(
+    cfg: &GetConfig,
+) -> io::Result<(UdpSocket, Result<SocketFacts, ClientError>)> {
+    let sock = socket::connected(cfg.server)?;
+    let facts = (|| {
+        let rcvbuf = socket::set_recv_buffer(&sock, cfg.recv_buffer)?;
+        let max_datagram = max_datagram(cfg, &sock)?;
+        // Kernel receive timestamps make delay and gaps per datagram; without them (an old
+        // kernel) the batch's return time stands in.
+        let _ = enable_timestamps(&sock);
+        let gro = cfg.gro && socket::enable_gro(&sock);
+        Ok(SocketFacts {
+            rcvbuf,
+            max_datagram,
+            gro,
+        })
+    })();
+    Ok((sock, facts))
+}
+
+/// The largest datagram this client takes from the server: its path MTU to the server less
+/// the IP and UDP headers (auto), or `--datagram-size` if the path carries that whole.
+fn max_datagram(cfg: &GetConfig, sock: &UdpSocket) -> Result<usize, ClientError> {
+    let mtu = socket::path_mtu(sock)?;
+    let path_max = socket::datagram_size_for_mtu(mtu, &cfg.server);
+    match cfg.datagram_size {
+        DatagramSize::Auto => Ok(path_max.min(MAX_DATAGRAM)),
+        DatagramSize::Fixed(n) if n <= path_max => Ok(n),
+        DatagramSize::Fixed(n) => Err(ClientError::AbovePathMtu {
+            asked: n,
+            server: cfg.server,
+            mtu,
+            max: path_max,
+        }),
+    }
+}
+
+/// A sub-client as its receive thread drives it: its socket and its logic.
+pub(super) struct Driven {
+    pub(super) sock: UdpSocket,
+    pub(super) sub: SubClient,
+}
+
+impl Driven {
+    fn id(&self) -> usize {
+        self.sub.id
+    }
+
+    /// Sends what the logic queued. A datagram the socket has no room for is lost (the logic
+    /// resends requests and ACKs on its own); any other failure is the copy's.
+    fn flush(&mut self) {
+        while let Some(buf) = self.sub.outbox.pop() {
+            match socket::retry_eintr(|| self.sock.send(&buf)) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => self.sub.on_socket_error(e, Instant::now()),
+            }
+            self.sub.outbox.recycle(buf);
+        }
+    }
+
+    /// A batch arrived in `batch`.
+    fn on_batch(&mut self, batch: &RecvBatch) {
+        let (now, read_ns) = (Instant::now(), unix_ns());
+        self.sub.on_batch(batch, read_ns, now);
+        self.flush();
+    }
+
+    /// The deadline came (`empty_at`: see [`SubClient::on_timer`]).
+    fn on_timer(&mut self, empty_at: Option<u64>) {
+        let (now, now_ns) = (Instant::now(), unix_ns());
+        self.sub.on_timer(empty_at, now_ns, now);
+        self.flush();
+    }
+
+    fn on_socket_error(&mut self, e: io::Error) {
+        self.sub.on_socket_error(e, Instant::now());
+        self.flush();
+    }
+
+    fn start(&mut self, now: Instant) {
+        self.sub.start(now);
+        self.flush();
+    }
+
+    fn interrupt(&mut self, now: Instant) {
+        self.sub.interrupt(now);
+        self.flush();
+    }
+}
 
 /// Most batches taken from one ready socket before the thread looks at the others.
 const DRAIN_BATCHES: usize = 8;
@@ -33,9 +134,9 @@ const MAX_SLEEP: Duration = Duration::from_millis(100);
 /// Runs `subs` on `threads` receive threads (at least one, at most one per sub-client; the
 /// calling thread is the first) and returns their reports in sub-client order. A thread that
 /// cannot be started leaves its share to the calling thread, after its own.
-pub(super) fn run(subs: Vec<SubClient>, threads: usize) -> Vec<CopyReport> {
+pub(super) fn run(subs: Vec<Driven>, threads: usize) -> Vec<CopyReport> {
     let threads = threads.clamp(1, subs.len().max(1));
-    let mut shares: Vec<Vec<SubClient>> = (0..threads).map(|_| Vec::new()).collect();
+    let mut shares: Vec<Vec<Driven>> = (0..threads).map(|_| Vec::new()).collect();
     for (i, s) in subs.into_iter().enumerate() {
         shares[i % threads].push(s);
     }
@@ -44,13 +145,13 @@ pub(super) fn run(subs: Vec<SubClient>, threads: usize) -> Vec<CopyReport> {
     for (t, share) in shares.into_iter().enumerate() {
         // The share goes over a channel once the thread runs, so it is not lost if the
         // thread cannot be made.
-        let (tx, rx) = mpsc::channel::<Vec<SubClient>>();
+        let (tx, rx) = mpsc::channel::<Vec<Driven>>();
         let spawned = thread::Builder::new()
             .name(format!("receive-{}", t + 2))
             .spawn(move || rx.recv().map(drive).unwrap_or_default());
         match spawned {
             Ok(h) => {
-                let ids: Vec<usize> = share.iter().map(|s| s.id).collect();
+                let ids: Vec<usize> = share.iter().map(Driven::id).collect();
                 let _ = tx.send(share);
                 handles.push((ids, h));
             }
@@ -63,7 +164,7 @@ pub(super) fn run(subs: Vec<SubClient>, threads: usize) -> Vec<CopyReport> {
     let mut reports = Vec::new();
     for share in here {
         // A bug in one copy's code fails that thread's copies, never the whole `get`.
-        let ids: Vec<usize> = share.iter().map(|s| s.id).collect();
+        let ids: Vec<usize> = share.iter().map(Driven::id).collect();
         match catch_unwind(AssertUnwindSafe(|| drive(share))) {
             Ok(r) => reports.extend(r),
             Err(_) => reports.extend(panicked(ids)),
@@ -89,7 +190,7 @@ fn panicked(ids: Vec<usize>) -> impl Iterator<Item = CopyReport> {
 }
 
 /// One receive thread: its sub-clients from start to end.
-fn drive(mut subs: Vec<SubClient>) -> Vec<CopyReport> {
+fn drive(mut subs: Vec<Driven>) -> Vec<CopyReport> {
     let cpu_start = cpu_time(true);
     let mut batch = RecvBatch::new();
     let now = Instant::now();
@@ -104,8 +205,8 @@ fn drive(mut subs: Vec<SubClient>) -> Vec<CopyReport> {
             Err((e, left)) => left
                 .into_iter()
                 .map(|mut s| {
-                    s.report.error = Some(format!("cannot wait for datagrams: {e}"));
-                    s.take_report()
+                    s.sub.report.error = Some(format!("cannot wait for datagrams: {e}"));
+                    s.sub.take_report()
                 })
                 .collect(),
         }
@@ -128,69 +229,68 @@ fn share_cpu(reports: &mut [CopyReport], cpu: Duration) {
     }
 }
 
-fn drive_one(mut s: SubClient, batch: &mut RecvBatch) -> Vec<CopyReport> {
+fn drive_one(mut s: Driven, batch: &mut RecvBatch) -> Vec<CopyReport> {
     if let Err(e) = s.sock.set_read_timeout(Some(SINGLE_RECV_TIMEOUT)) {
-        s.on_recv_error(e, Instant::now());
+        s.on_socket_error(e);
     }
-    while !s.is_ended() {
-        if s.stop_asked() {
+    while !s.sub.is_ended() {
+        if s.sub.stop_asked() {
             s.interrupt(Instant::now());
             break;
         }
         let empty_at = match batch.recv(&s.sock) {
-            Ok(n) => {
-                s.on_batch(batch, n, Instant::now());
+            Ok(_) => {
+                s.on_batch(batch);
                 None
             }
             Err(e) if is_timeout(&e) => Some(unix_ns()),
             Err(e) => {
-                s.on_recv_error(e, Instant::now());
+                s.on_socket_error(e);
                 None
             }
         };
-        let now = Instant::now();
-        if s.deadline().is_some_and(|d| d <= now) {
-            s.on_timer(empty_at, now);
+        if s.sub.deadline().is_some_and(|d| d <= Instant::now()) {
+            s.on_timer(empty_at);
         }
     }
-    vec![s.take_report()]
+    vec![s.sub.take_report()]
 }
 
 /// Receives up to [`DRAIN_BATCHES`] batches for `s`. Returns whether its socket was found
 /// empty: a receive came back with nothing, or with less than a full batch (it took all
 /// there was; asking again would cost a call to hear `EAGAIN`).
-fn drain(s: &mut SubClient, batch: &mut RecvBatch) -> bool {
+fn drain(s: &mut Driven, batch: &mut RecvBatch) -> bool {
     for _ in 0..DRAIN_BATCHES {
-        if s.is_ended() {
+        if s.sub.is_ended() {
             return false;
         }
         match batch.recv_nowait(&s.sock) {
             Ok(n) => {
-                s.on_batch(batch, n, Instant::now());
+                s.on_batch(batch);
                 if n < BATCH {
                     return true;
                 }
             }
             Err(e) if is_timeout(&e) => return true,
-            Err(e) => s.on_recv_error(e, Instant::now()),
+            Err(e) => s.on_socket_error(e),
         }
     }
     false
 }
 
 /// Sub-clients left when waiting itself failed.
-type Stranded = (io::Error, Vec<SubClient>);
+type Stranded = (io::Error, Vec<Driven>);
 
-fn drive_many(subs: Vec<SubClient>, batch: &mut RecvBatch) -> Result<Vec<CopyReport>, Stranded> {
+fn drive_many(subs: Vec<Driven>, batch: &mut RecvBatch) -> Result<Vec<CopyReport>, Stranded> {
     let epoll = match Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC) {
         Ok(e) => e,
         Err(e) => return Err((e.into(), subs)),
     };
-    let mut slots: Vec<Option<SubClient>> = Vec::with_capacity(subs.len());
+    let mut slots: Vec<Option<Driven>> = Vec::with_capacity(subs.len());
     let mut reports = Vec::with_capacity(subs.len());
     for (i, s) in subs.into_iter().enumerate() {
         if let Err(e) = epoll.add(&s.sock, EpollEvent::new(EpollFlags::EPOLLIN, i as u64)) {
-            let mut left: Vec<SubClient> = slots.into_iter().flatten().collect();
+            let mut left: Vec<Driven> = slots.into_iter().flatten().collect();
             left.push(s);
             return Err((e.into(), left));
         }
@@ -206,7 +306,7 @@ fn drive_many(subs: Vec<SubClient>, batch: &mut RecvBatch) -> Result<Vec<CopyRep
             .iter()
             .flatten()
             .next()
-            .is_some_and(|s| s.stop_asked())
+            .is_some_and(|s| s.sub.stop_asked())
         {
             let now = Instant::now();
             for s in slots.iter_mut().flatten() {
@@ -216,12 +316,12 @@ fn drive_many(subs: Vec<SubClient>, batch: &mut RecvBatch) -> Result<Vec<CopyRep
         // Finished ones leave; the rest name their next deadline.
         let mut next: Option<Instant> = None;
         for slot in slots.iter_mut() {
-            if slot.as_ref().is_some_and(|s| s.is_ended()) {
+            if slot.as_ref().is_some_and(|s| s.sub.is_ended()) {
                 let mut s = slot.take().expect("checked");
                 let _ = epoll.delete(&s.sock);
-                reports.push(s.take_report());
+                reports.push(s.sub.take_report());
                 live -= 1;
-            } else if let Some(d) = slot.as_ref().and_then(|s| s.deadline()) {
+            } else if let Some(d) = slot.as_ref().and_then(|s| s.sub.deadline()) {
                 next = Some(next.map_or(d, |n: Instant| n.min(d)));
             }
         }
@@ -251,12 +351,12 @@ fn drive_many(subs: Vec<SubClient>, batch: &mut RecvBatch) -> Result<Vec<CopyRep
         let now = Instant::now();
         for (i, slot) in slots.iter_mut().enumerate() {
             let Some(s) = slot.as_mut() else { continue };
-            if s.deadline().is_some_and(|d| d <= now) {
+            if s.sub.deadline().is_some_and(|d| d <= now) {
                 // What is queued comes first: its deadline may be an ACK it answers, and an
                 // idle ACK may only go from a socket seen empty, written as of then (this
                 // thread may have spent milliseconds on other sockets since).
                 let empty_at = emptied[i].or_else(|| drain(s, batch).then(unix_ns));
-                s.on_timer(empty_at, Instant::now());
+                s.on_timer(empty_at);
             }
         }
     }

@@ -1,25 +1,25 @@
-//! The receive path of one sub-client: `recvmmsg` batches in, every datagram checked, recorded
+//! The data phase of one sub-client: received batches in, every datagram checked, recorded
 //! and written at its offset; `ACK`s (cumulative point, credit, NACK ranges) out every quarter
-//! window and whenever the socket runs dry.
+//! window and whenever the socket runs dry. No socket and no clock: batches and the times the
+//! driver read come in, ACKs go into the copy's [`Outbox`].
 
 use std::io::IoSlice;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::connection::send_to_server;
+use super::edge::{Batch, Outbox};
 use super::sink::Sink;
 use super::window::window_for_path;
 use super::ClientError;
 use crate::protocol::layout::{datagram_count, payload_len};
 use crate::protocol::loss::{LossTracker, RepairClock};
 use crate::protocol::{
-    ack_flags, data_flags, unix_ns, Ack, DataHeader, ErrorCode, Message, Meta, Mode, NackRange,
-    Status, MAX_NACK_RANGES,
+    ack_flags, data_flags, Ack, DataHeader, ErrorCode, Message, Meta, Mode, NackRange, Status,
+    MAX_NACK_RANGES,
 };
 use crate::report::copy::ClientHists;
 use crate::report::live::ClientLive;
-use crate::sys::recvmmsg::RecvBatch;
 
 /// How often an idle receiver re-sends its ACK (tail probe, lost-ACK recovery, keepalive).
 pub(super) const ACK_INTERVAL: Duration = Duration::from_millis(2);
@@ -76,8 +76,6 @@ pub(super) struct DataReceiver {
     /// Where the next ACK's NACK ranges start (see [`LossTracker::ack_ranges`]).
     nack_cursor: u32,
     scratch: Vec<u8>,
-    /// The encoded ACK.
-    out: Vec<u8>,
     clock: FeedbackClock,
 }
 
@@ -103,12 +101,13 @@ pub(super) enum Progress {
     Finished,
 }
 
-/// What the data phase reads from and writes to.
+/// What the data phase writes to: the copy, the live counters, the datagrams to send; the
+/// server's address is for messages.
 pub(super) struct DataIo<'a> {
-    pub(super) sock: &'a UdpSocket,
     pub(super) server: SocketAddr,
     pub(super) sink: &'a Sink,
     pub(super) live: &'a ClientLive,
+    pub(super) out: &'a mut Outbox,
 }
 
 impl DataReceiver {
@@ -136,7 +135,6 @@ impl DataReceiver {
             ranges: Vec::with_capacity(MAX_NACK_RANGES),
             nack_cursor: 0,
             scratch: Vec::with_capacity(MAX_NACK_RANGES * 8),
-            out: Vec::new(),
             clock: FeedbackClock {
                 since_ack: 0,
                 last_ack: now,
@@ -147,24 +145,25 @@ impl DataReceiver {
         }
     }
 
-    /// A batch of `n` arrived (read at `now`): checked, recorded, written; an ACK goes back
-    /// every quarter window, or once two datagrams came and [`ACK_SPACING`] passed.
+    /// A batch arrived, read at `now` (`read_ns` on the clock of send timestamps, Unix ns):
+    /// checked, recorded, written; an ACK goes back every quarter window, or once two
+    /// datagrams came and [`ACK_SPACING`] passed.
     pub(super) fn on_batch(
         &mut self,
-        batch: &RecvBatch,
-        n: usize,
-        io: &DataIo<'_>,
+        batch: &dyn Batch,
+        read_ns: u64,
+        io: &mut DataIo<'_>,
         now: Instant,
     ) -> Result<Progress, ClientError> {
         // The state an ACK reports is the state at this instant: its echo delay is measured
         // to here, not to when it is sent, or a descheduled thread would make data that
         // arrived meanwhile look lost (and resent for nothing).
-        self.observed_ns = unix_ns();
+        self.observed_ns = read_ns;
         self.clock.last_rx = now;
         // Silence is counted in data: a server that only says how it is doing (STATUS)
         // while nothing moves is as good as gone.
         let ended_before = self.end_seen;
-        let accepted = self.absorb(batch, n, io.sink)?;
+        let accepted = self.absorb(batch, io.sink)?;
         self.clock.since_ack += accepted;
         if accepted > 0 || self.end_seen != ended_before {
             self.clock.heard_at = now;
@@ -185,7 +184,7 @@ impl DataReceiver {
         if c.since_ack >= ack_every
             || (c.since_ack >= 2 && now.saturating_duration_since(c.last_ack) >= ACK_SPACING)
         {
-            self.send_ack(io, false, now)?;
+            self.send_ack(io, false, now);
         }
         self.check_end(io, now)
     }
@@ -195,16 +194,17 @@ impl DataReceiver {
     /// (Unix ns) a receive last found nothing queued, with nothing read since. Only then is
     /// the receiver idle, the flag that lets the sender call its unacknowledged tail lost: a
     /// thread that serves many sockets may come to this one late, with data waiting that is
-    /// not lost at all. And the ACK is written as of that moment, not of now: what arrived
-    /// since was not looked for, and must not look lost.
+    /// not lost at all. And the ACK is written as of that moment, not of now (`now_ns`): what
+    /// arrived since was not looked for, and must not look lost.
     pub(super) fn on_timer(
         &mut self,
-        io: &DataIo<'_>,
+        io: &mut DataIo<'_>,
         timeout: Duration,
         empty_at: Option<u64>,
+        now_ns: u64,
         now: Instant,
     ) -> Result<Progress, ClientError> {
-        self.observed_ns = empty_at.unwrap_or_else(unix_ns);
+        self.observed_ns = empty_at.unwrap_or(now_ns);
         let idle =
             empty_at.is_some() && now.saturating_duration_since(self.clock.last_rx) >= ACK_INTERVAL;
         if self.meta.mode == Mode::Blast && self.end_seen && idle {
@@ -234,7 +234,7 @@ impl DataReceiver {
         }
         let since = now.saturating_duration_since(self.clock.last_ack);
         if (self.clock.since_ack > 0 && since >= ACK_SPACING) || (idle && since >= ACK_INTERVAL) {
-            self.send_ack(io, idle, now)?;
+            self.send_ack(io, idle, now);
         }
         Ok(Progress::Going)
     }
@@ -251,18 +251,18 @@ impl DataReceiver {
     }
 
     /// A reliable copy is whole: the last word on the data goes back at once (the server
-    /// can end the session now, even if every DONE that follows is lost). Also right after
-    /// [`DataReceiver::absorb_early`]: what came before META may be the whole file.
+    /// can end the session now, even if every DONE that follows is lost). Also right at the
+    /// start: an empty file is whole from the first.
     pub(super) fn check_end(
         &mut self,
-        io: &DataIo<'_>,
+        io: &mut DataIo<'_>,
         now: Instant,
     ) -> Result<Progress, ClientError> {
         if !self.tracker.is_complete() {
             return Ok(Progress::Going);
         }
         if self.meta.mode != Mode::Blast {
-            self.send_ack(io, false, now)?;
+            self.send_ack(io, false, now);
         }
         Ok(Progress::Finished)
     }
@@ -270,20 +270,20 @@ impl DataReceiver {
     /// Checks, records and writes the data datagrams of one batch. Returns how many new
     /// datagrams were accepted. Without kernel timestamps, the time the batch was received
     /// (`observed_ns`, read once right after the receive) stands in for each arrival.
-    fn absorb(&mut self, batch: &RecvBatch, n: usize, sink: &Sink) -> Result<u64, ClientError> {
+    fn absorb(&mut self, batch: &dyn Batch, sink: &Sink) -> Result<u64, ClientError> {
         let batch_ns = self.observed_ns;
         let mut run: Vec<IoSlice<'_>> = Vec::with_capacity(MAX_RUN);
         let mut run_start = 0u64;
         let mut run_end = 0u64;
         let mut accepted = 0;
         let mut datagrams = 0;
-        for i in 0..n {
+        for i in 0..batch.len() {
             if batch.datagram(i).is_none() {
                 // Truncated: larger than any datagram (or GRO buffer) can be.
                 self.counts.malformed += 1;
                 continue;
             }
-            let arrival = batch.timestamp_ns(i).unwrap_or(batch_ns);
+            let arrival = batch.arrival_ns(i).unwrap_or(batch_ns);
             for d in batch.segments(i) {
                 datagrams += 1;
                 let Some((offset, payload)) = self.accept(d, arrival) else {
@@ -356,21 +356,6 @@ impl DataReceiver {
         Some((h.offset, payload))
     }
 
-    /// Data that arrived before META (it was lost and the GET resent): checked and written
-    /// now that the session is known, instead of being thrown away.
-    pub(super) fn absorb_early(
-        &mut self,
-        early: &[(Vec<u8>, u64)],
-        sink: &Sink,
-    ) -> Result<(), ClientError> {
-        for (d, arrival) in early {
-            if let Some((offset, payload)) = self.accept(d, *arrival) {
-                sink.write_run(offset, &[IoSlice::new(payload)])?;
-            }
-        }
-        Ok(())
-    }
-
     fn publish(&self, live: &ClientLive) {
         let t = &self.tracker;
         live.bytes_intact
@@ -440,14 +425,14 @@ impl DataReceiver {
         }
     }
 
-    /// The first ACK, sent as soon as META is in: it shows the server that this client
-    /// receives at its address, and the server sends data only after it.
-    pub(super) fn first_ack(&mut self, io: &DataIo<'_>, now: Instant) -> Result<(), ClientError> {
-        self.observed_ns = unix_ns();
-        self.send_ack(io, false, now)
+    /// The first ACK, sent as soon as META is in (read at `now_ns`): it shows the server
+    /// that this client receives at its address, and the server sends data only after it.
+    pub(super) fn first_ack(&mut self, io: &mut DataIo<'_>, now_ns: u64, now: Instant) {
+        self.observed_ns = now_ns;
+        self.send_ack(io, false, now);
     }
 
-    fn send_ack(&mut self, io: &DataIo<'_>, idle: bool, now: Instant) -> Result<(), ClientError> {
+    fn send_ack(&mut self, io: &mut DataIo<'_>, idle: bool, now: Instant) {
         let t = &self.tracker;
         self.ranges.clear();
         t.ack_ranges(&mut self.nack_cursor, MAX_NACK_RANGES, &mut self.ranges);
@@ -466,84 +451,12 @@ impl DataReceiver {
             ..Ack::new(self.meta.session)
         }
         .with_ranges(&self.ranges, &mut self.scratch);
-        self.out.clear();
-        Message::Ack(ack).encode(&mut self.out);
+        io.out.push(&Message::Ack(ack));
         self.clock.since_ack = 0;
         self.clock.last_ack = now;
-        send_to_server(io.sock, io.server, &self.out)
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::protocol::DATA_HEADER_LEN;
-
-    /// An idle ACK is written as of when the socket was found empty, not of when the thread
-    /// came back to the sub-client: a thread serving many sockets may come back tens of
-    /// milliseconds later, and what arrived meanwhile would look lost to the sender (this
-    /// made 1000 sessions resend 0.2-9% of their datagrams for nothing).
-    #[test]
-    fn an_idle_ack_is_written_as_of_when_the_socket_was_found_empty() {
-        let meta = Meta {
-            request_id: 1,
-            session: 7,
-            file_size: 3000,
-            payload_size: 1000,
-            mode: Mode::Reliable,
-            manifest_hash: [0; 32],
-            content_hash: [0; 32],
-        };
-        let t0 = Instant::now();
-        let mut rx = DataReceiver::new(&meta, 4, 4, t0);
-        let sent_ns = unix_ns();
-        let payload = [5u8; 1000];
-        let mut d = [0u8; DATA_HEADER_LEN].to_vec();
-        let mut header = [0u8; DATA_HEADER_LEN];
-        DataHeader {
-            flags: 0,
-            payload_len: 1000,
-            session: 7,
-            crc: 0,
-            offset: 0,
-            send_ts_ns: sent_ns,
-        }
-        .emit(crc32c::crc32c(&payload), &mut header);
-        d.copy_from_slice(&header);
-        d.extend_from_slice(&payload);
-        let arrived_ns = sent_ns + 50_000;
-        rx.absorb_early(&[(d, arrived_ns)], &Sink::discard())
-            .unwrap();
-        let server = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-        sock.connect(server.local_addr().unwrap()).unwrap();
-        let live = ClientLive::default();
-        let sink = Sink::discard();
-        let io = DataIo {
-            sock: &sock,
-            server: server.local_addr().unwrap(),
-            sink: &sink,
-            live: &live,
-        };
-        // Found empty 1 ms after the arrival; the timer runs 40 ms after that.
-        let empty_at = arrived_ns + 1_000_000;
-        let now = t0 + Duration::from_millis(41);
-        rx.on_timer(&io, Duration::from_secs(5), Some(empty_at), now)
-            .unwrap();
-        let mut buf = [0u8; 2048];
-        server
-            .set_read_timeout(Some(Duration::from_secs(2)))
-            .unwrap();
-        let n = server.recv(&mut buf).unwrap();
-        let Message::Ack(ack) = Message::parse(&buf[..n]).unwrap() else {
-            panic!("not an ACK")
-        };
-        assert_ne!(ack.flags & ack_flags::IDLE, 0, "idle");
-        assert_eq!(ack.echo_ts_ns, sent_ns);
-        assert_eq!(
-            ack.echo_delay_us, 1000,
-            "held until it looked, not until now"
-        );
-        assert_eq!(ack.seen_end, 1);
-    }
-}
+#[path = "receive_tests.rs"]
+mod tests;

@@ -1,117 +1,41 @@
-//! One sub-client, one copy, from start to end, as a state machine that a receive thread
-//! (`pool.rs`) drives with the batches its socket receives and the deadlines it names: a token
-//! (HELLO, RETRY), the GET (asked again, backing off, while the server is busy), the server's
-//! META checked against what this client will allocate, the data phase (`receive.rs`), the
-//! whole-file checks, and the verified copy renamed into place (or removed: a partial or
-//! unverified copy is never left under any name).
+//! One sub-client, one copy, from start to end, as a state machine with no socket and no
+//! clock: a receive thread (`pool.rs`) feeds it the batches its socket receives and the
+//! deadlines it names, with the times it read, and sends what it queues in its [`Outbox`].
+//! The handshake (token, GET, busy, wait) is `handshake.rs`'s, the data phase `receive.rs`'s;
+//! here: waiting for a turn, the server's META checked against what this client will
+//! allocate, the copy's file, the whole-file checks, and the verified copy renamed into place
+//! (or removed: a partial or unverified copy is never left under any name).
 
-use std::net::UdpSocket;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::connection::{next_backoff, send_to_server, server_error, Resend};
+use super::edge::{After, Batch, Outbox};
+use super::handshake::{Handshake, Together};
 use super::receive::{DataIo, DataReceiver, Progress};
 use super::sink::Sink;
 use super::window::window_for_buffer;
 use super::{copy_path, ClientError, GetConfig, Verify};
-use crate::protocol::layout::{datagram_count, manifest_hash, DatagramSize};
-use crate::protocol::{
-    foreign_version, is_data, unix_ns, DoneStatus, ErrorCode, Message, Meta, DATA_HEADER_LEN,
-    MAX_DATAGRAM, MAX_DATAGRAMS, MIN_PAYLOAD, TOKEN_LEN, VERSION,
-};
+use crate::protocol::layout::{datagram_count, manifest_hash};
+use crate::protocol::{DoneStatus, Message, Meta, DATA_HEADER_LEN, MAX_DATAGRAMS, MIN_PAYLOAD};
 use crate::report::copy::{ClientHists, CopyReport};
 use crate::report::live::Live;
-use crate::sys::recvmmsg::{enable_timestamps, RecvBatch};
-use crate::sys::socket;
 
 /// DONE is sent this many times: it is not acknowledged.
 const DONE_REPEATS: usize = 3;
-/// Most data datagrams kept while waiting for META (it was lost and the GET resent).
-const MAX_EARLY: usize = 256;
-/// Most sub-clients of one `get` between their first HELLO and their META at once: the rest
-/// wait their turn without asking (and without their timeout running), so ten thousand
-/// sub-clients do not spend the server's per-address request budget on resends.
-pub(super) const MAX_HANDSHAKES: usize = 128;
 /// How often a sub-client waiting for its turn looks again.
 const TURN_POLL: Duration = Duration::from_millis(2);
-/// Tokens a sub-client asks for again when the server refuses one (expired while busy).
-const TOKEN_RENEWALS: u8 = 3;
-/// Timeouts the server may answer WAIT (preparing the file) for: 60 s by default, after
-/// which the copy is given up.
-const WAIT_TIMEOUTS: u32 = 12;
 
-/// What the sub-clients of one `get` share: the handshakes in flight, when a copy last
-/// arrived (the server is making progress for this `get`: those waiting their turn, refused
-/// busy or unanswered because their requests were dropped, keep waiting while copies arrive),
-/// and why the server was given up on (the sub-clients not started yet do not start).
-pub(super) struct Together {
-    handshakes: AtomicUsize,
-    /// When a copy last arrived verified, ns after `epoch` (0: none yet).
-    last_done_ns: AtomicU64,
-    epoch: Instant,
-    gone: std::sync::OnceLock<String>,
-}
-
-impl Together {
-    pub(super) fn new() -> Arc<Together> {
-        Arc::new(Together {
-            handshakes: AtomicUsize::new(0),
-            last_done_ns: AtomicU64::new(0),
-            epoch: Instant::now(),
-            gone: std::sync::OnceLock::new(),
-        })
-    }
-
-    fn try_begin_handshake(&self) -> bool {
-        self.handshakes
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < MAX_HANDSHAKES).then_some(n + 1)
-            })
-            .is_ok()
-    }
-
-    fn end_handshake(&self) {
-        self.handshakes.fetch_sub(1, Ordering::AcqRel);
-    }
-
-    fn copy_done(&self, now: Instant) {
-        let ns = now.saturating_duration_since(self.epoch).as_nanos() as u64;
-        self.last_done_ns.fetch_max(ns.max(1), Ordering::AcqRel);
-    }
-
-    /// Whether a copy arrived within `within` of `now`.
-    fn progress_within(&self, within: Duration, now: Instant) -> bool {
-        match self.last_done_ns.load(Ordering::Acquire) {
-            0 => false,
-            ns => now.saturating_duration_since(self.epoch + Duration::from_nanos(ns)) < within,
-        }
-    }
-
-    /// The server was given up on, for `why`: the sub-clients not started yet will not.
-    fn give_up(&self, why: &ClientError) {
-        let _ = self.gone.set(why.to_string());
-    }
-}
-
-/// [`Resend::due`], except that a request left unanswered while other copies of the same
-/// `get` keep arriving is not the server's silence (its answer was dropped by the address's
-/// request budget, or it waits its turn): the wait goes on, resending.
-fn due(
-    req: &mut Resend,
-    together: &Together,
-    now: Instant,
-    timeout: Duration,
-    server: std::net::SocketAddr,
-) -> Result<bool, ClientError> {
-    match req.due(now, timeout, server) {
-        Err(_) if together.progress_within(timeout, now) => {
-            req.still_waiting(now);
-            req.due(now, timeout, server)
-        }
-        r => r,
-    }
+/// What the driver found out about a sub-client's socket when it opened it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct SocketFacts {
+    /// The receive buffer the kernel granted, bytes.
+    pub(super) rcvbuf: usize,
+    /// The largest datagram this client takes: its path's, or `--datagram-size`.
+    pub(super) max_datagram: usize,
+    /// Datagrams arrive coalesced (UDP GRO).
+    pub(super) gro: bool,
 }
 
 /// One copy's whole life.
@@ -119,80 +43,32 @@ pub(super) struct SubClient {
     pub(super) id: usize,
     clients: usize,
     cfg: Arc<GetConfig>,
-    pub(super) sock: UdpSocket,
     live: Arc<Live>,
     together: Arc<Together>,
-    /// This sub-client holds one of the [`MAX_HANDSHAKES`] places.
+    /// The socket as the driver set it up, or why it could not be.
+    socket: Result<SocketFacts, Option<ClientError>>,
+    /// Seeds the handshake's nonces, request ids and backoff jitter.
+    seed: u64,
+    /// This sub-client holds one of the handshake places ([`Together`]).
     in_handshake: bool,
     pub(super) report: CopyReport,
+    /// What this copy wants sent; the driver empties it onto the socket.
+    pub(super) outbox: Outbox,
     /// The temporary file while it exists.
     temp: Option<PathBuf>,
     phase: Phase,
     start: Instant,
-    /// What the kernel granted for the receive buffer.
-    rcvbuf: usize,
-    /// The largest datagram this client takes (its path's, or `--datagram-size`).
-    max_datagram: usize,
-    /// An encoded request, kept for resends.
-    out: Vec<u8>,
 }
 
 enum Phase {
-    /// Sockets are open; nothing sent yet: waiting for a place among the handshakes in flight,
-    /// looked for again at `retry_at`.
+    /// Nothing sent yet: waiting for a place among the handshakes in flight, looked for
+    /// again at `retry_at`.
     New {
         retry_at: Instant,
     },
-    /// HELLO sent; waiting for RETRY with a token.
-    Token {
-        nonce: u64,
-        req: Resend,
-        /// Busy answers so far (the request budget of our address).
-        busy: Backoff,
-        /// Tokens already asked for again.
-        renewals: u8,
-    },
-    /// GET sent; waiting for META. Data that comes first (META was lost) is kept.
-    Get {
-        get: GetRequest,
-        req: Resend,
-        early: Vec<(Vec<u8>, u64)>,
-    },
-    /// The server is busy: ask again at `until`.
-    Busy {
-        again: Again,
-        until: Instant,
-    },
+    Handshake(Box<Handshake>),
     Data(Box<Transfer>),
     Ended,
-}
-
-/// What a busy server is asked again.
-enum Again {
-    /// A token (a HELLO refused by our address's request budget).
-    Hello {
-        busy: Backoff,
-        renewals: u8,
-    },
-    Get(GetRequest),
-}
-
-/// A busy server's answers so far: since when, and the last wait.
-#[derive(Clone, Copy, Default)]
-struct Backoff {
-    since: Option<Instant>,
-    wait: Duration,
-}
-
-struct GetRequest {
-    token: [u8; TOKEN_LEN],
-    request_id: u32,
-    window_bytes: u32,
-    busy: Backoff,
-    /// When the server first answered WAIT (preparing the file).
-    waiting_since: Option<Instant>,
-    /// Tokens already asked for again.
-    renewals: u8,
 }
 
 struct Transfer {
@@ -201,61 +77,61 @@ struct Transfer {
     sink: Sink,
 }
 
-/// What an answer to a control request makes of the sub-client.
-enum Next {
-    Stay,
-    Get([u8; TOKEN_LEN]),
-    Busy(Duration, String),
-    /// The token was refused: ask for a new one.
-    Renew,
-    Meta(Meta),
-}
-
 impl SubClient {
-    /// Opens sub-client `id`'s socket (of `clients`); nothing is sent until
-    /// [`SubClient::start`]. Fails only if the socket cannot be had.
+    /// Sub-client `id` (of `clients`), on a socket the driver opened (`socket`: what it
+    /// found, or why it failed: the copy then fails at its start). Nothing is sent until
+    /// [`SubClient::start`].
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         cfg: Arc<GetConfig>,
         id: usize,
         clients: usize,
         live: Arc<Live>,
         together: Arc<Together>,
-    ) -> std::io::Result<SubClient> {
-        let sock = socket::connected(cfg.server)?;
-        Ok(SubClient {
+        socket: Result<SocketFacts, ClientError>,
+        local_port: u16,
+        seed: u64,
+        now: Instant,
+    ) -> SubClient {
+        SubClient {
             id,
             clients,
             report: CopyReport {
                 id,
                 server_port: cfg.server.port(),
-                local_port: sock.local_addr()?.port(),
+                local_port,
+                gro: socket.as_ref().is_ok_and(|f| f.gro),
                 hists: ClientHists::empty(),
                 ..Default::default()
             },
             cfg,
-            sock,
             live,
             together,
+            socket: socket.map_err(Some),
+            seed,
             in_handshake: false,
+            outbox: Outbox::default(),
             temp: None,
-            phase: Phase::New {
-                retry_at: Instant::now(),
-            },
-            start: Instant::now(),
-            rcvbuf: 0,
-            max_datagram: MAX_DATAGRAM,
-            out: Vec::with_capacity(1280),
-        })
+            phase: Phase::New { retry_at: now },
+            start: now,
+        }
     }
 
-    /// Starts the copy if a place among the handshakes in flight is free (else looks again
-    /// a little later): sizes the receive buffer, finds the largest datagram the path takes,
-    /// sends HELLO.
+    /// Starts the copy (HELLO) if a place among the handshakes in flight is free, else
+    /// looks again a little later. A copy whose socket could not be set up, or whose
+    /// siblings found the server gone, ends here.
     pub(super) fn start(&mut self, now: Instant) {
-        if let Some(why) = self.together.gone.get() {
-            let e = ClientError::NotStarted(why.clone());
+        if let Some(why) = self.together.gone() {
+            let e = ClientError::NotStarted(why.to_string());
             return self.end(Err(e), now);
         }
+        let facts = match &mut self.socket {
+            Ok(f) => *f,
+            Err(e) => {
+                let e = e.take().unwrap_or(ClientError::InterruptedEarly);
+                return self.end(Err(e), now);
+            }
+        };
         if !self.together.try_begin_handshake() {
             self.phase = Phase::New {
                 retry_at: now + TURN_POLL,
@@ -264,29 +140,17 @@ impl SubClient {
         }
         self.in_handshake = true;
         self.start = now;
-        let r = (|| {
-            self.rcvbuf = socket::set_recv_buffer(&self.sock, self.cfg.recv_buffer)?;
-            self.max_datagram = max_datagram(&self.cfg, &self.sock)?;
-            // Kernel receive timestamps make delay and gaps per datagram; without them (an
-            // old kernel) the batch's return time stands in.
-            let _ = enable_timestamps(&self.sock);
-            self.hello(Backoff::default(), 0, now)
-        })();
-        if let Err(e) = r {
-            self.end(Err(e), now);
-        }
-    }
-
-    /// Asks for a token (again, after `busy` answers and `renewals` refused tokens).
-    fn hello(&mut self, busy: Backoff, renewals: u8, now: Instant) -> Result<(), ClientError> {
-        let nonce: u64 = rand::random();
-        self.phase = Phase::Token {
-            nonce,
-            req: Resend::new(now, "waiting for a token"),
-            busy,
-            renewals,
-        };
-        self.encode_and_send(&Message::Hello { nonce })
+        let h = Handshake::begin(
+            self.cfg.clone(),
+            self.together.clone(),
+            self.id,
+            facts.rcvbuf,
+            facts.max_datagram,
+            self.seed,
+            now,
+            &mut self.outbox,
+        );
+        self.phase = Phase::Handshake(Box::new(h));
     }
 
     /// This sub-client's handshake is over (data, or the end): its place goes to the next.
@@ -298,9 +162,7 @@ impl SubClient {
 
     /// Whether the user asked every copy to stop.
     pub(super) fn stop_asked(&self) -> bool {
-        self.cfg
-            .stop
-            .is_some_and(|s| s.load(std::sync::atomic::Ordering::Acquire))
+        self.cfg.stop.is_some_and(|s| s.load(Ordering::Acquire))
     }
 
     /// Stops the copy where it is: the server is told (it frees the session at once), the
@@ -328,54 +190,49 @@ impl SubClient {
 
     /// When [`SubClient::on_timer`] has something to do, if no datagram comes first.
     pub(super) fn deadline(&self) -> Option<Instant> {
-        let timeout = self.cfg.timeout;
         match &self.phase {
             Phase::New { retry_at } => Some(*retry_at),
             Phase::Ended => None,
-            Phase::Token { req, .. } | Phase::Get { req, .. } => Some(req.deadline(timeout)),
-            Phase::Busy { until, .. } => Some(*until),
-            Phase::Data(t) => Some(t.rx.deadline(timeout)),
+            Phase::Handshake(h) => h.deadline(),
+            Phase::Data(t) => Some(t.rx.deadline(self.cfg.timeout)),
         }
     }
 
-    /// `n` datagrams arrived (in `batch`), read at `now`.
-    pub(super) fn on_batch(&mut self, batch: &RecvBatch, n: usize, now: Instant) {
+    /// A batch arrived, read at `now` (`read_ns`: the same instant, Unix ns).
+    pub(super) fn on_batch(&mut self, batch: &dyn Batch, read_ns: u64, now: Instant) {
         let r = match &mut self.phase {
             Phase::Data(t) => {
-                let io = DataIo {
-                    sock: &self.sock,
+                let mut io = DataIo {
                     server: self.cfg.server,
                     sink: &t.sink,
                     live: &self.live.clients[self.id - 1],
+                    out: &mut self.outbox,
                 };
-                match t.rx.on_batch(batch, n, &io, now) {
+                match t.rx.on_batch(batch, read_ns, &mut io, now) {
                     Ok(Progress::Going) => return,
                     Ok(Progress::Finished) => Ok(()),
                     Err(e) => Err(e),
                 }
             }
-            Phase::Ended => return,
-            _ => {
-                // META may come in one batch with the data that follows it: the batch is read
-                // to its end first (that data is kept as early), then the transfer begins.
-                let batch_ns = unix_ns();
-                let mut r = Ok(None);
-                for i in 0..n {
-                    if let Some(d) = batch.datagram(i) {
-                        let arrival = batch.timestamp_ns(i).unwrap_or(batch_ns);
-                        match self.on_control(d, arrival, now) {
-                            Ok(None) => {}
-                            Ok(Some(meta)) => r = Ok(Some(meta)),
-                            Err(e) => {
-                                r = Err(e);
-                                break;
-                            }
+            Phase::Handshake(h) => {
+                let mut meta = Ok(None);
+                let mut at = 0;
+                'batch: for i in 0..batch.len() {
+                    at = i + 1;
+                    for d in batch.segments(i) {
+                        meta = h.on_datagram(d, now, &mut self.outbox);
+                        if !matches!(meta, Ok(None)) {
+                            break 'batch;
                         }
                     }
                 }
-                match r {
+                match meta {
                     Ok(None) => return,
-                    Ok(Some(meta)) => match self.begin_data(meta, now) {
+                    Ok(Some(meta)) => match self.begin_data(meta, read_ns, now) {
+                        // What came behind the META in this batch is the data phase's.
+                        Ok(Progress::Going) if at < batch.len() => {
+                            return self.on_batch(&After { batch, skip: at }, read_ns, now)
+                        }
                         Ok(Progress::Going) => return,
                         Ok(Progress::Finished) => Ok(()),
                         Err(e) => Err(e),
@@ -383,12 +240,17 @@ impl SubClient {
                     Err(e) => Err(e),
                 }
             }
+            Phase::New { .. } | Phase::Ended => return,
         };
         self.end(r, now);
     }
 
-    /// The socket failed (`ECONNREFUSED`: nothing listens at the server's address).
-    pub(super) fn on_recv_error(&mut self, e: std::io::Error, now: Instant) {
+    /// The socket failed, receiving or sending (`ECONNREFUSED`: nothing listens at the
+    /// server's address).
+    pub(super) fn on_socket_error(&mut self, e: std::io::Error, now: Instant) {
+        if self.is_ended() {
+            return;
+        }
         let e = if e.kind() == std::io::ErrorKind::ConnectionRefused {
             ClientError::Refused {
                 server: self.cfg.server,
@@ -399,269 +261,69 @@ impl SubClient {
         self.end(Err(e), now);
     }
 
-    /// The deadline came; `socket_empty`: a receive just found nothing queued.
-    pub(super) fn on_timer(&mut self, empty_at: Option<u64>, now: Instant) {
-        let (server, timeout) = (self.cfg.server, self.cfg.timeout);
-        let r = match &mut self.phase {
+    /// The deadline came, at `now` (`now_ns`: the same instant, Unix ns); `empty_at`: when a
+    /// receive last found the socket empty, with nothing read since (see
+    /// [`DataReceiver::on_timer`]).
+    pub(super) fn on_timer(&mut self, empty_at: Option<u64>, now_ns: u64, now: Instant) {
+        let ended = match &mut self.phase {
             Phase::Ended => return,
             Phase::New { .. } => return self.start(now),
-            Phase::Token { nonce, req, .. } => match due(req, &self.together, now, timeout, server)
-            {
-                Ok(true) => {
-                    let nonce = *nonce;
-                    self.encode_and_send(&Message::Hello { nonce })
-                }
-                Ok(false) => Ok(()),
+            Phase::Handshake(h) => match h.on_timer(now, &mut self.outbox) {
+                Ok(()) => return,
                 Err(e) => Err(e),
             },
-            Phase::Get { req, .. } => match due(req, &self.together, now, timeout, server) {
-                Ok(true) => send_to_server(&self.sock, server, &self.out),
-                Ok(false) => Ok(()),
-                Err(e) => Err(e),
-            },
-            Phase::Busy { until, .. } if now < *until => Ok(()),
-            Phase::Busy { .. } => {
-                let Phase::Busy { again, .. } = std::mem::replace(&mut self.phase, Phase::Ended)
-                else {
-                    unreachable!("matched above")
-                };
-                match again {
-                    Again::Hello { busy, renewals } => self.hello(busy, renewals, now),
-                    Again::Get(get) => self.send_get(get, now),
-                }
-            }
             Phase::Data(t) => {
-                let io = DataIo {
-                    sock: &self.sock,
-                    server,
+                let mut io = DataIo {
+                    server: self.cfg.server,
                     sink: &t.sink,
                     live: &self.live.clients[self.id - 1],
+                    out: &mut self.outbox,
                 };
-                match t.rx.on_timer(&io, timeout, empty_at, now) {
+                match t
+                    .rx
+                    .on_timer(&mut io, self.cfg.timeout, empty_at, now_ns, now)
+                {
                     Ok(Progress::Going) => return,
-                    Ok(Progress::Finished) => return self.end(Ok(()), now),
+                    Ok(Progress::Finished) => Ok(()),
                     Err(e) => Err(e),
                 }
             }
         };
-        if let Err(e) = r {
-            self.end(Err(e), now);
-        }
+        self.end(ended, now);
     }
 
-    fn encode_and_send(&mut self, msg: &Message<'_>) -> Result<(), ClientError> {
-        self.out.clear();
-        msg.encode(&mut self.out);
-        send_to_server(&self.sock, self.cfg.server, &self.out)
-    }
-
-    /// One datagram before the data phase. Returns the META that answers our GET, for the
-    /// caller to begin the transfer with once it has read the rest of the batch.
-    fn on_control(
+    /// META came (read at `now_ns`): the copy's file, window and receiver are set up, and
+    /// the first ACK goes (the server sends data only after it).
+    fn begin_data(
         &mut self,
-        d: &[u8],
-        arrival_ns: u64,
+        meta: Meta,
+        now_ns: u64,
         now: Instant,
-    ) -> Result<Option<Meta>, ClientError> {
-        if let Phase::Get { early, .. } = &mut self.phase {
-            if is_data(d) {
-                if early.len() < MAX_EARLY {
-                    early.push((d.to_vec(), arrival_ns));
-                }
-                return Ok(None);
-            }
-        }
-        if let Some(theirs) = foreign_version(d) {
-            return Err(ClientError::Version {
-                server: self.cfg.server,
-                theirs,
-                ours: VERSION,
-            });
-        }
-        let Ok(msg) = Message::parse(d) else {
-            return Ok(None);
+    ) -> Result<Progress, ClientError> {
+        let Phase::Handshake(h) = std::mem::replace(&mut self.phase, Phase::Ended) else {
+            unreachable!("META ends the handshake")
         };
-        let wait_limit = self.cfg.timeout * WAIT_TIMEOUTS;
-        let next = match (&mut self.phase, msg) {
-            (Phase::Token { nonce, .. }, Message::Retry { nonce: n, token }) if n == *nonce => {
-                Next::Get(token)
-            }
-            (
-                Phase::Token { nonce, .. },
-                Message::Busy {
-                    request_id,
-                    retry_after_ms,
-                    text,
-                },
-            ) if request_id == *nonce as u32 => Next::Busy(
-                Duration::from_millis(retry_after_ms as u64),
-                text.to_string(),
-            ),
-            (Phase::Get { get, req, .. }, Message::Wait { request_id })
-                if request_id == get.request_id =>
-            {
-                // The server is preparing the file: it is alive, but not for ever.
-                let since = *get.waiting_since.get_or_insert(now);
-                let waited = now.saturating_duration_since(since);
-                if waited >= wait_limit {
-                    return Err(ClientError::Waited {
-                        server: self.cfg.server,
-                        secs: waited.as_secs_f64(),
-                    });
-                }
-                req.alive(now);
-                Next::Stay
-            }
-            (
-                Phase::Get { get, .. },
-                Message::Error {
-                    request_id,
-                    code: ErrorCode::BadToken,
-                    ..
-                },
-            ) if request_id == get.request_id && get.renewals < TOKEN_RENEWALS => Next::Renew,
-            (
-                Phase::Get { get, .. },
-                Message::Busy {
-                    request_id,
-                    retry_after_ms,
-                    text,
-                },
-            ) if request_id == get.request_id => Next::Busy(
-                Duration::from_millis(retry_after_ms as u64),
-                text.to_string(),
-            ),
-            (
-                Phase::Get { get, .. },
-                Message::Error {
-                    request_id,
-                    code,
-                    text,
-                },
-            ) if request_id == get.request_id => return Err(server_error(code, text)),
-            // A META repeated because our GET was resent: the first one counts.
-            (Phase::Get { get, .. }, Message::Meta(meta)) if meta.request_id == get.request_id => {
-                Next::Meta(meta)
-            }
-            _ => Next::Stay,
-        };
-        match next {
-            Next::Stay => Ok(None),
-            Next::Renew => {
-                let renewals = match &self.phase {
-                    Phase::Get { get, .. } => get.renewals + 1,
-                    _ => TOKEN_RENEWALS,
-                };
-                self.hello(Backoff::default(), renewals, now).map(|()| None)
-            }
-            Next::Get(token) => {
-                // Before META the datagram size is not known: the window is sized for the
-                // largest.
-                let payload_guess = (self.max_datagram - DATA_HEADER_LEN) as u32;
-                let window = window_for_buffer(self.rcvbuf, payload_guess, self.cfg.window_bytes);
-                let renewals = match &self.phase {
-                    Phase::Token { renewals, .. } => *renewals,
-                    _ => 0,
-                };
-                let get = GetRequest {
-                    token,
-                    request_id: rand::random(),
-                    window_bytes: (window as u64 * payload_guess as u64).min(u32::MAX as u64)
-                        as u32,
-                    busy: Backoff::default(),
-                    waiting_since: None,
-                    renewals,
-                };
-                self.send_get(get, now).map(|()| None)
-            }
-            Next::Busy(asked, text) => self.busy(asked, text, now).map(|()| None),
-            Next::Meta(meta) => Ok(Some(meta)),
-        }
-    }
-
-    fn send_get(&mut self, get: GetRequest, now: Instant) -> Result<(), ClientError> {
-        let cfg = self.cfg.clone();
-        let r = self.encode_and_send(&Message::Get {
-            token: get.token,
-            request_id: get.request_id,
-            mode: cfg.mode,
-            window_bytes: get.window_bytes,
-            max_datagram: self.max_datagram as u16,
-            name: &cfg.file,
-        });
-        self.phase = Phase::Get {
-            get,
-            req: Resend::new(now, "waiting for the file"),
-            early: Vec::new(),
-        };
-        r
-    }
-
-    /// The server has no room (for our GET, or for our address's requests: a HELLO): ask
-    /// again after the time it names, backing off. Given up once it has been busy for the
-    /// whole timeout with no other copy of this `get` ending meanwhile (while they end,
-    /// places come free, and the wait is a queue, not a refusal).
-    fn busy(&mut self, asked: Duration, text: String, now: Instant) -> Result<(), ClientError> {
-        let (mut backoff, mut again) = match std::mem::replace(&mut self.phase, Phase::Ended) {
-            Phase::Get { get, .. } => (get.busy, Again::Get(get)),
-            Phase::Token { busy, renewals, .. } => (busy, Again::Hello { busy, renewals }),
-            _ => unreachable!("busy is an answer to GET or HELLO"),
-        };
-        let since = *backoff.since.get_or_insert(now);
-        let waited = now.saturating_duration_since(since);
-        let timeout = self.cfg.timeout;
-        if waited >= timeout && !self.together.progress_within(timeout, now) {
-            return Err(ClientError::Busy {
-                server: self.cfg.server,
-                text: crate::report::escape(&text),
-                secs: waited.as_secs_f64(),
-                tries: self.report.busy_retries + 1,
-            });
-        }
-        backoff.wait = next_backoff(backoff.wait, asked, rand::random());
-        self.report.busy_retries += 1;
-        tracing::debug!(
-            "client {}: {}; asking again in {:?}",
-            self.id,
-            crate::report::escape(&text),
-            backoff.wait
-        );
-        let until = now + backoff.wait;
-        match &mut again {
-            Again::Hello { busy, .. } => *busy = backoff,
-            Again::Get(get) => get.busy = backoff,
-        }
-        self.phase = Phase::Busy { again, until };
-        Ok(())
-    }
-
-    /// META came: the copy's file, window and receiver are set up, and what arrived early
-    /// is taken in.
-    fn begin_data(&mut self, meta: Meta, now: Instant) -> Result<Progress, ClientError> {
-        let Phase::Get { early, .. } = std::mem::replace(&mut self.phase, Phase::Ended) else {
-            unreachable!("META is an answer to GET")
-        };
+        self.report.busy_retries = h.busy_retries;
         self.leave_handshake();
-        let cfg = self.cfg.clone();
-        let sink = match self.prepare(&meta) {
+        let facts = *self
+            .socket
+            .as_ref()
+            .expect("a copy in its handshake has a socket");
+        let sink = match self.prepare(&meta, facts) {
             Ok(sink) => sink,
             Err(e) => {
                 // The server has a session for us already: it is told at once, not left to
                 // its idle timeout.
-                for _ in 0..DONE_REPEATS {
-                    let _ = self.encode_and_send(&Message::Done {
-                        session: meta.session,
-                        status: DoneStatus::Incomplete,
-                    });
-                }
+                self.done(meta.session, DoneStatus::Incomplete);
                 return Err(e);
             }
         };
-        let window = window_for_buffer(self.rcvbuf, meta.payload_size, cfg.window_bytes);
+        let cfg = &self.cfg;
+        let window = window_for_buffer(facts.rcvbuf, meta.payload_size, cfg.window_bytes);
         tracing::debug!(
             "client {}: receive buffer {} KiB, window {window} datagrams",
             self.id,
-            self.rcvbuf / 1024
+            facts.rcvbuf / 1024
         );
         // Credit never passes the end of the file, whatever the window.
         let window_max =
@@ -670,32 +332,28 @@ impl SubClient {
         self.live
             .total_bytes
             .fetch_add(meta.file_size, Ordering::Relaxed);
-        rx.absorb_early(&early, &sink)?;
-        let io = DataIo {
-            sock: &self.sock,
+        let mut io = DataIo {
             server: cfg.server,
             sink: &sink,
             live: &self.live.clients[self.id - 1],
+            out: &mut self.outbox,
         };
-        let progress = rx.check_end(&io, now)?;
+        let progress = rx.check_end(&mut io, now)?;
         if progress == Progress::Going {
-            // The server sends nothing until it hears from us at this address.
-            rx.first_ack(&io, now)?;
+            rx.first_ack(&mut io, now_ns, now);
         }
         self.phase = Phase::Data(Box::new(Transfer { meta, rx, sink }));
         Ok(progress)
     }
 
     /// What META asks of this client, checked and made ready: the output file (and its
-    /// directory), GRO.
-    fn prepare(&mut self, meta: &Meta) -> Result<Sink, ClientError> {
+    /// directory).
+    fn prepare(&mut self, meta: &Meta, facts: SocketFacts) -> Result<Sink, ClientError> {
         let cfg = self.cfg.clone();
-        check_meta(&cfg, meta, self.max_datagram)?;
+        check_meta(&cfg, meta, facts.max_datagram)?;
         self.report.began = true;
         self.report.file_size = meta.file_size;
         self.report.datagram_size = meta.payload_size as usize + DATA_HEADER_LEN;
-        // Coalesced receives from here on: what arrived before META was read one by one.
-        self.report.gro = cfg.gro && socket::enable_gro(&self.sock);
         let Some(dir) = &cfg.out_dir else {
             return Ok(Sink::discard());
         };
@@ -716,11 +374,21 @@ impl SubClient {
         Ok(sink)
     }
 
+    /// Tells the server the copy is done with `session` (not acknowledged: sent a few times).
+    fn done(&mut self, session: u32, status: DoneStatus) {
+        for _ in 0..DONE_REPEATS {
+            self.outbox.push(&Message::Done { session, status });
+        }
+    }
+
     /// The copy is over, one way or another: the report is filled in, the server told (once
     /// there is a session), the copy verified and renamed, or removed.
     fn end(&mut self, outcome: Result<(), ClientError>, now: Instant) {
         self.leave_handshake();
         let phase = std::mem::replace(&mut self.phase, Phase::Ended);
+        if let Phase::Handshake(h) = &phase {
+            self.report.busy_retries = h.busy_retries;
+        }
         let r = match phase {
             Phase::Data(t) => outcome.and(self.finish(*t)),
             _ => outcome,
@@ -744,10 +412,7 @@ impl SubClient {
             // Never leave a partial or unverified copy behind under any name.
             let _ = std::fs::remove_file(temp);
         }
-        self.report.duration_s = now
-            .max(Instant::now())
-            .saturating_duration_since(self.start)
-            .as_secs_f64();
+        self.report.duration_s = now.saturating_duration_since(self.start).as_secs_f64();
         self.report.finish();
     }
 
@@ -774,18 +439,13 @@ impl SubClient {
         let manifest_ok = r.complete
             && manifest_hash(meta.file_size, meta.payload_size, &rx.crcs) == meta.manifest_hash;
         drop(rx);
-        // Tell the server we are done, whatever happened (it is not acknowledged).
+        // Tell the server we are done, whatever happened.
         let status = if manifest_ok {
             DoneStatus::Complete
         } else {
             DoneStatus::Incomplete
         };
-        for _ in 0..DONE_REPEATS {
-            let _ = self.encode_and_send(&Message::Done {
-                session: meta.session,
-                status,
-            });
-        }
+        self.done(meta.session, status);
         let r = &mut self.report;
         if !r.complete {
             return Err(ClientError::Incomplete(format!(
@@ -820,11 +480,7 @@ impl SubClient {
             self.temp = None;
             self.report.path = Some(final_path);
         }
-        tracing::debug!(
-            "client {}: verified in {:.3} s",
-            self.id,
-            self.start.elapsed().as_secs_f64()
-        );
+        tracing::debug!("client {}: verified", self.id);
         Ok(())
     }
 }
@@ -835,23 +491,6 @@ impl Drop for SubClient {
         if let Some(temp) = self.temp.take() {
             let _ = std::fs::remove_file(temp);
         }
-    }
-}
-
-/// The largest datagram this client takes from the server: its path MTU to the server less
-/// the IP and UDP headers (auto), or `--datagram-size` if the path carries that whole.
-fn max_datagram(cfg: &GetConfig, sock: &UdpSocket) -> Result<usize, ClientError> {
-    let mtu = socket::path_mtu(sock)?;
-    let path_max = socket::datagram_size_for_mtu(mtu, &cfg.server);
-    match cfg.datagram_size {
-        DatagramSize::Auto => Ok(path_max.min(MAX_DATAGRAM)),
-        DatagramSize::Fixed(n) if n <= path_max => Ok(n),
-        DatagramSize::Fixed(n) => Err(ClientError::AbovePathMtu {
-            asked: n,
-            server: cfg.server,
-            mtu,
-            max: path_max,
-        }),
     }
 }
 
@@ -891,3 +530,7 @@ fn check_meta(cfg: &GetConfig, m: &Meta, max_datagram: usize) -> Result<(), Clie
     }
     Ok(())
 }
+
+#[cfg(test)]
+#[path = "subclient_tests.rs"]
+mod tests;

@@ -3,10 +3,11 @@
 //! Before the server sends anything bigger than a request, the client must echo a token that
 //! only the server could have minted for the client's address: a spoofed source address never
 //! sees its token, so it cannot turn the server into an amplifier. The server keeps no state
-//! per token: `token = issued_at_ms:u64 ‖ MAC(key, address ‖ issued_at_ms)[..16]`.
+//! per token: `token = issued_at_ms:u64 ‖ MAC(key, address ‖ issued_at_ms)[..16]`. No clock is
+//! read here: the caller says what time it is (Unix ms), so expiry is tested without waiting.
 
 use std::net::SocketAddr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use super::limits::TOKEN_LEN;
 
@@ -26,13 +27,6 @@ pub enum TokenError {
     Invalid,
     /// Older than the lifetime, or issued in the future.
     Expired,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 impl TokenKey {
@@ -62,20 +56,23 @@ impl TokenKey {
         out
     }
 
-    /// A token for `addr`, valid from now for the key's lifetime.
-    pub fn mint(&self, addr: &SocketAddr) -> [u8; TOKEN_LEN] {
-        self.mint_at(addr, now_ms())
-    }
-
-    fn mint_at(&self, addr: &SocketAddr, issued_ms: u64) -> [u8; TOKEN_LEN] {
+    /// A token for `addr`, issued at `now_ms` (Unix ms), valid for the key's lifetime.
+    pub fn mint(&self, addr: &SocketAddr, now_ms: u64) -> [u8; TOKEN_LEN] {
+        let issued_ms = now_ms;
         let mut t = [0u8; TOKEN_LEN];
         t[..8].copy_from_slice(&issued_ms.to_be_bytes());
         t[8..].copy_from_slice(&self.mac(addr, issued_ms));
         t
     }
 
-    /// Checks that `token` was minted by this key for `addr` and has not expired.
-    pub fn check(&self, addr: &SocketAddr, token: &[u8; TOKEN_LEN]) -> Result<(), TokenError> {
+    /// Checks that `token` was minted by this key for `addr` and has not expired at `now_ms`
+    /// (Unix ms).
+    pub fn check(
+        &self,
+        addr: &SocketAddr,
+        token: &[u8; TOKEN_LEN],
+        now_ms: u64,
+    ) -> Result<(), TokenError> {
         let issued_ms = u64::from_be_bytes(token[..8].try_into().expect("8 bytes"));
         // Compare all 16 bytes without an early exit, so timing says nothing about the MAC.
         let expect = self.mac(addr, issued_ms);
@@ -86,7 +83,7 @@ impl TokenKey {
         if diff != 0 {
             return Err(TokenError::Invalid);
         }
-        let now = now_ms();
+        let now = now_ms;
         // Allow one second of clock step backwards.
         if issued_ms > now + 1000
             || now.saturating_sub(issued_ms) > self.lifetime.as_millis() as u64
@@ -106,17 +103,18 @@ mod tests {
         let k = TokenKey::random(Duration::from_secs(60));
         let a: SocketAddr = "127.0.0.1:5000".parse().unwrap();
         let b: SocketAddr = "127.0.0.1:5001".parse().unwrap();
-        let t = k.mint(&a);
-        assert_eq!(k.check(&a, &t), Ok(()));
-        assert_eq!(k.check(&b, &t), Err(TokenError::Invalid));
+        let now = 1_700_000_000_000;
+        let t = k.mint(&a, now);
+        assert_eq!(k.check(&a, &t, now + 5), Ok(()));
+        assert_eq!(k.check(&b, &t, now + 5), Err(TokenError::Invalid));
         // Another server (another key) does not accept it.
         let other = TokenKey::random(Duration::from_secs(60));
-        assert_eq!(other.check(&a, &t), Err(TokenError::Invalid));
+        assert_eq!(other.check(&a, &t, now), Err(TokenError::Invalid));
         // A flipped bit anywhere invalidates it.
         for i in 0..TOKEN_LEN {
             let mut bad = t;
             bad[i] ^= 1;
-            assert!(k.check(&a, &bad).is_err(), "bit flip at {i} accepted");
+            assert!(k.check(&a, &bad, now).is_err(), "bit flip at {i} accepted");
         }
     }
 
@@ -124,9 +122,12 @@ mod tests {
     fn expired_token_is_refused() {
         let k = TokenKey::random(Duration::from_secs(60));
         let a: SocketAddr = "[::1]:9".parse().unwrap();
-        let old = k.mint_at(&a, now_ms() - 61_000);
-        assert_eq!(k.check(&a, &old), Err(TokenError::Expired));
-        let future = k.mint_at(&a, now_ms() + 10_000);
-        assert_eq!(k.check(&a, &future), Err(TokenError::Expired));
+        let now = 1_700_000_000_000;
+        let t = k.mint(&a, now);
+        assert_eq!(k.check(&a, &t, now + 60_000), Ok(()));
+        assert_eq!(k.check(&a, &t, now + 60_001), Err(TokenError::Expired));
+        // From the future (a clock stepped back): one second of slack, no more.
+        assert_eq!(k.check(&a, &t, now - 1_000), Ok(()));
+        assert_eq!(k.check(&a, &t, now - 1_001), Err(TokenError::Expired));
     }
 }

@@ -154,6 +154,15 @@ impl RecvBatch {
         buf.chunks(step)
     }
 
+    /// The GRO segment size of buffer `i` (each datagram in it but the last is this long),
+    /// if the kernel coalesced datagrams into it.
+    pub fn segment_size(&self, i: usize) -> Option<usize> {
+        match self.segment_sizes.get(i) {
+            Some(&s) if s > 0 && i < self.count => Some(s),
+            _ => None,
+        }
+    }
+
     /// When the kernel received datagram `i` (Unix ns), if the socket has
     /// [`enable_timestamps`] on.
     pub fn timestamp_ns(&self, i: usize) -> Option<u64> {

@@ -1,0 +1,308 @@
+//! The handshake's rules in simulated time: what goes out when, what an answer does, when the
+//! server is given up on. No socket: the server's answers are built here.
+
+use super::*;
+
+const TIMEOUT: Duration = Duration::from_secs(2);
+
+fn cfg() -> Arc<GetConfig> {
+    let mut c = GetConfig::new("127.0.0.1:9".parse().unwrap(), "f");
+    c.timeout = TIMEOUT;
+    c.window_bytes = 1 << 20;
+    Arc::new(c)
+}
+
+/// A handshake begun at `t0`, and its outbox.
+struct Hs {
+    h: Handshake,
+    out: Outbox,
+    together: Arc<Together>,
+    t0: Instant,
+}
+
+impl Hs {
+    fn new() -> Hs {
+        let t0 = Instant::now();
+        let together = Together::new(t0);
+        let mut out = Outbox::default();
+        let h = Handshake::begin(cfg(), together.clone(), 1, 4 << 20, 1472, 7, t0, &mut out);
+        Hs {
+            h,
+            out,
+            together,
+            t0,
+        }
+    }
+
+    fn at(&self, ms: u64) -> Instant {
+        self.t0 + Duration::from_millis(ms)
+    }
+
+    /// What was sent since the last look, parsed: (kind, nonce or request id).
+    fn sent(&mut self) -> Vec<Sent> {
+        self.out
+            .drain()
+            .iter()
+            .map(|b| match Message::parse(b).unwrap() {
+                Message::Hello { nonce } => Sent::Hello(nonce),
+                Message::Get {
+                    token,
+                    request_id,
+                    max_datagram,
+                    ..
+                } => Sent::Get(token, request_id, max_datagram),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect()
+    }
+
+    fn answer(&mut self, m: Message<'_>, ms: u64) -> Result<Option<Meta>, ClientError> {
+        let now = self.at(ms);
+        self.h.on_datagram(&m.to_vec(), now, &mut self.out)
+    }
+
+    fn timer(&mut self, ms: u64) -> Result<(), ClientError> {
+        let now = self.at(ms);
+        self.h.on_timer(now, &mut self.out)
+    }
+
+    /// The HELLO's nonce, answered with a token; the GET that follows.
+    fn until_get(&mut self) -> ([u8; TOKEN_LEN], u32) {
+        let Some(Sent::Hello(nonce)) = self.sent().pop() else {
+            panic!("no HELLO")
+        };
+        self.answer(
+            Message::Retry {
+                nonce,
+                token: [5; TOKEN_LEN],
+            },
+            1,
+        )
+        .unwrap();
+        let Some(Sent::Get(token, id, max)) = self.sent().pop() else {
+            panic!("no GET")
+        };
+        assert_eq!((token, max), ([5; TOKEN_LEN], 1472));
+        (token, id)
+    }
+}
+
+#[derive(Debug, PartialEq)]
+enum Sent {
+    Hello(u64),
+    Get([u8; TOKEN_LEN], u32, u16),
+}
+
+fn meta(request_id: u32) -> Meta {
+    Meta {
+        request_id,
+        session: 3,
+        file_size: 10,
+        payload_size: 1440,
+        mode: crate::protocol::Mode::Reliable,
+        manifest_hash: [0; 32],
+        content_hash: [0; 32],
+    }
+}
+
+#[test]
+fn hello_retry_get_meta() {
+    let mut s = Hs::new();
+    let (_, id) = s.until_get();
+    // Answers to something else are not ours: a stale RETRY, another request's META.
+    s.answer(
+        Message::Retry {
+            nonce: 1,
+            token: [9; TOKEN_LEN],
+        },
+        2,
+    )
+    .unwrap();
+    assert_eq!(s.answer(Message::Meta(meta(id ^ 1)), 2).unwrap(), None);
+    assert!(s.sent().is_empty());
+    assert_eq!(
+        s.answer(Message::Meta(meta(id)), 3).unwrap(),
+        Some(meta(id))
+    );
+    assert_eq!(s.h.deadline(), None, "over");
+}
+
+/// Unanswered, a request goes again after 100 ms, 300 ms, 700 ms... (doubling, at most a
+/// second apart), and the server is given up on after the timeout of silence.
+#[test]
+fn a_request_is_resent_with_backoff_then_given_up() {
+    let mut s = Hs::new();
+    let first = s.sent();
+    let mut resent_at = Vec::new();
+    for ms in (0..TIMEOUT.as_millis() as u64).step_by(10) {
+        s.timer(ms).unwrap();
+        if !s.sent().is_empty() {
+            resent_at.push(ms);
+        }
+    }
+    assert_eq!(resent_at, vec![100, 300, 700, 1500], "{first:?}");
+    let e = s.timer(TIMEOUT.as_millis() as u64).unwrap_err();
+    assert!(matches!(e, ClientError::ServerSilent { .. }), "{e}");
+}
+
+/// While other copies of the same `get` keep arriving, an unanswered request is not the
+/// server's silence: it waits on (its answer was dropped by the address's request budget).
+#[test]
+fn an_unanswered_request_waits_while_siblings_arrive() {
+    let mut s = Hs::new();
+    s.sent();
+    for ms in (0..6000).step_by(100) {
+        s.together.copy_done(s.at(ms));
+        s.timer(ms).unwrap();
+    }
+    assert!(s.timer(6000 + TIMEOUT.as_millis() as u64).is_err());
+}
+
+/// BUSY naming our GET: nothing goes until the time it names (backing off), then the same
+/// GET (same token, same request id) again.
+#[test]
+fn a_busy_server_is_asked_the_same_again_later() {
+    let mut s = Hs::new();
+    let (token, id) = s.until_get();
+    let busy = |request_id| Message::Busy {
+        request_id,
+        retry_after_ms: 200,
+        text: "server busy",
+    };
+    // Someone else's BUSY changes nothing.
+    s.answer(busy(id ^ 1), 10).unwrap();
+    assert_eq!(s.h.deadline(), Some(s.at(1) + Duration::from_millis(100)));
+    s.answer(busy(id), 10).unwrap();
+    assert_eq!(s.h.busy_retries, 1);
+    let again = s.h.deadline().unwrap();
+    let waited = again - s.at(10);
+    assert!(
+        (Duration::from_millis(150)..=Duration::from_millis(250)).contains(&waited),
+        "{waited:?}"
+    );
+    s.timer(100).unwrap();
+    assert!(s.sent().is_empty());
+    s.h.on_timer(again, &mut s.out).unwrap();
+    assert_eq!(s.sent(), vec![Sent::Get(token, id, 1472)]);
+}
+
+/// A server busy for the whole timeout is given up on, naming what it said; unless copies
+/// of this `get` arrive meanwhile (then the wait is a queue).
+#[test]
+fn a_server_busy_for_the_whole_timeout_is_given_up() {
+    for siblings in [false, true] {
+        let mut s = Hs::new();
+        let (_, id) = s.until_get();
+        let mut failed = None;
+        for ms in (10..8000).step_by(10) {
+            if siblings {
+                s.together.copy_done(s.at(ms));
+            }
+            let busy = Message::Busy {
+                request_id: id,
+                retry_after_ms: 200,
+                text: "server busy: 4 sessions",
+            };
+            if let Err(e) = s.answer(busy, ms).and_then(|_| s.timer(ms)) {
+                failed = Some((ms, e));
+                break;
+            }
+            s.sent();
+        }
+        match (siblings, failed) {
+            (false, Some((ms, e))) => {
+                // At the first refusal past the timeout (the waits back off to 2 s).
+                assert!((2000..5000).contains(&ms), "{ms}");
+                assert!(e.to_string().contains("server busy: 4 sessions"), "{e}");
+            }
+            (true, None) => {}
+            (s, f) => panic!("siblings {s}: {f:?}"),
+        }
+    }
+}
+
+/// BUSY for a HELLO (the address's request budget: it names the nonce's low 32 bits): a new
+/// HELLO later, not a timeout.
+#[test]
+fn a_refused_hello_backs_off_and_asks_again() {
+    let mut s = Hs::new();
+    let Some(Sent::Hello(nonce)) = s.sent().pop() else {
+        panic!()
+    };
+    s.answer(
+        Message::Busy {
+            request_id: nonce as u32,
+            retry_after_ms: 50,
+            text: "too many requests from your address",
+        },
+        5,
+    )
+    .unwrap();
+    let again = s.h.deadline().unwrap();
+    s.h.on_timer(again, &mut s.out).unwrap();
+    assert!(matches!(s.sent().as_slice(), [Sent::Hello(n)] if *n != nonce));
+}
+
+/// WAIT (the server prepares the file) keeps the request alive, for 12 timeouts at most.
+#[test]
+fn wait_keeps_a_request_alive_for_twelve_timeouts() {
+    let mut s = Hs::new();
+    let (_, id) = s.until_get();
+    let limit = TIMEOUT.as_millis() as u64 * 12;
+    let mut ms = 1;
+    let e = loop {
+        if let Err(e) = s.answer(Message::Wait { request_id: id }, ms) {
+            break e;
+        }
+        s.timer(ms).unwrap();
+        ms += 500;
+    };
+    assert!(matches!(e, ClientError::Waited { .. }), "{e}");
+    assert!(ms > limit && ms <= limit + 501, "{ms}");
+}
+
+/// A token refused (expired while the server was busy, or too old to tell) is asked for
+/// again, a few times; other errors end the copy with the server's words.
+#[test]
+fn a_refused_token_is_renewed_a_few_times() {
+    let mut s = Hs::new();
+    for round in 0..=TOKEN_RENEWALS {
+        let (_, id) = s.until_get();
+        let r = s.answer(
+            Message::Error {
+                request_id: id,
+                code: ErrorCode::BadToken,
+                text: "token too old: ask for a new one",
+            },
+            2,
+        );
+        if round < TOKEN_RENEWALS {
+            r.unwrap();
+        } else {
+            assert!(r.unwrap_err().to_string().contains("token too old"));
+            return;
+        }
+    }
+}
+
+/// A server of another protocol version is named at once.
+#[test]
+fn another_protocol_version_is_named() {
+    let mut s = Hs::new();
+    let e =
+        s.h.on_datagram(b"RB\x09\x02 from the future", s.t0, &mut s.out)
+            .unwrap_err();
+    assert!(e.to_string().contains("version 9"), "{e}");
+}
+
+/// At most [`MAX_HANDSHAKES`] places; each taken is given back.
+#[test]
+fn the_handshake_places_are_counted() {
+    let together = Together::new(Instant::now());
+    for _ in 0..MAX_HANDSHAKES {
+        assert!(together.try_begin_handshake());
+    }
+    assert!(!together.try_begin_handshake());
+    together.end_handshake();
+    assert!(together.try_begin_handshake());
+}
