@@ -4,8 +4,23 @@
 //! payload, the receiver parses and checks one per datagram. Length checks come before any
 //! field is believed; the property tests feed it random bytes.
 
+use super::field::{common, data as f};
 use super::limits::DATA_HEADER_LEN;
 use super::{kind, peek_kind, WireError, MAGIC, VERSION};
+
+const _: () = assert!(f::HEADER_LEN == DATA_HEADER_LEN);
+
+fn u16_at(buf: &[u8], at: std::ops::Range<usize>) -> u16 {
+    u16::from_be_bytes(buf[at].try_into().expect("2 bytes"))
+}
+
+fn u32_at(buf: &[u8], at: std::ops::Range<usize>) -> u32 {
+    u32::from_be_bytes(buf[at].try_into().expect("4 bytes"))
+}
+
+fn u64_at(buf: &[u8], at: std::ops::Range<usize>) -> u64 {
+    u64::from_be_bytes(buf[at].try_into().expect("8 bytes"))
+}
 
 /// Flags of a data datagram.
 pub mod data_flags {
@@ -18,7 +33,7 @@ pub mod data_flags {
 /// ```text
 ///  0    2   3    4      5      6           8          12      16           24          32
 ///  +----+---+----+------+------+-----------+----------+-------+------------+-----------+
-///  | RB | 1 | 12 | flags| rsvd | payload   | session  | crc32c| offset     | send_ts   |
+///  | RB | 4 | 12 | flags| rsvd | payload   | session  | crc32c| offset     | send_ts   |
 ///  |    |   |    |      |      | len u16   | u32      | u32   | u64        | ns u64    |
 ///  +----+---+----+------+------+-----------+----------+-------+------------+-----------+
 /// ```
@@ -39,17 +54,17 @@ pub struct DataHeader {
 impl DataHeader {
     /// Writes the header into `out[..32]`, computing the CRC from the payload's CRC.
     pub fn emit(&self, payload_crc: u32, out: &mut [u8; DATA_HEADER_LEN]) {
-        out[0..2].copy_from_slice(&MAGIC);
-        out[2] = VERSION;
-        out[3] = kind::DATA;
-        out[4] = self.flags;
-        out[5] = 0;
-        out[6..8].copy_from_slice(&self.payload_len.to_be_bytes());
-        out[8..12].copy_from_slice(&self.session.to_be_bytes());
-        out[16..24].copy_from_slice(&self.offset.to_be_bytes());
-        out[24..32].copy_from_slice(&self.send_ts_ns.to_be_bytes());
+        out[common::MAGIC].copy_from_slice(&MAGIC);
+        out[common::VERSION] = VERSION;
+        out[common::KIND] = kind::DATA;
+        out[f::FLAGS] = self.flags;
+        out[f::RESERVED] = 0;
+        out[f::PAYLOAD_LEN].copy_from_slice(&self.payload_len.to_be_bytes());
+        out[f::SESSION].copy_from_slice(&self.session.to_be_bytes());
+        out[f::OFFSET].copy_from_slice(&self.offset.to_be_bytes());
+        out[f::SEND_TS].copy_from_slice(&self.send_ts_ns.to_be_bytes());
         let crc = header_crc(payload_crc, out);
-        out[12..16].copy_from_slice(&crc.to_be_bytes());
+        out[f::CRC].copy_from_slice(&crc.to_be_bytes());
     }
 
     /// Parses and length-checks a data datagram. Returns the header and the payload slice;
@@ -62,12 +77,12 @@ impl DataHeader {
             return Err(WireError::Truncated);
         }
         let h = DataHeader {
-            flags: buf[4],
-            payload_len: u16::from_be_bytes([buf[6], buf[7]]),
-            session: u32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]]),
-            crc: u32::from_be_bytes([buf[12], buf[13], buf[14], buf[15]]),
-            offset: u64::from_be_bytes(buf[16..24].try_into().expect("8 bytes")),
-            send_ts_ns: u64::from_be_bytes(buf[24..32].try_into().expect("8 bytes")),
+            flags: buf[f::FLAGS],
+            payload_len: u16_at(buf, f::PAYLOAD_LEN),
+            session: u32_at(buf, f::SESSION),
+            crc: u32_at(buf, f::CRC),
+            offset: u64_at(buf, f::OFFSET),
+            send_ts_ns: u64_at(buf, f::SEND_TS),
         };
         let payload = &buf[DATA_HEADER_LEN..];
         if payload.len() != h.payload_len as usize {
@@ -82,20 +97,14 @@ impl DataHeader {
         if raw_header.len() < DATA_HEADER_LEN {
             return false;
         }
-        let got = u32::from_be_bytes([
-            raw_header[12],
-            raw_header[13],
-            raw_header[14],
-            raw_header[15],
-        ]);
-        header_crc(payload_crc, raw_header) == got
+        header_crc(payload_crc, raw_header) == u32_at(raw_header, f::CRC)
     }
 }
 
 /// CRC32C of payload ‖ header-without-crc, chained from the payload's CRC.
 fn header_crc(payload_crc: u32, header: &[u8]) -> u32 {
-    let c = crc32c::crc32c_append(payload_crc, &header[0..12]);
-    crc32c::crc32c_append(c, &header[16..32])
+    let c = crc32c::crc32c_append(payload_crc, &header[f::CRC_BEFORE]);
+    crc32c::crc32c_append(c, &header[f::CRC_AFTER])
 }
 
 #[cfg(test)]
@@ -120,9 +129,14 @@ mod tests {
         dgram.extend_from_slice(&payload);
         let (back, body) = DataHeader::parse(&dgram).unwrap();
         assert_eq!(body, &payload[..]);
-        assert_eq!(back.offset, h.offset);
-        assert_eq!(back.session, h.session);
-        assert_eq!(back.flags, h.flags);
+        // The whole header comes back, the CRC as emitted.
+        assert_eq!(
+            back,
+            DataHeader {
+                crc: u32::from_be_bytes(hdr[12..16].try_into().unwrap()),
+                ..h
+            }
+        );
         assert!(DataHeader::crc_ok(&dgram, crc32c::crc32c(body)));
         // The CRC covers the header: a flipped offset bit is caught.
         dgram[20] ^= 1;

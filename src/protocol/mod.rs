@@ -2,7 +2,8 @@
 //!
 //! Everything here is pure: no sockets, no threads, no clocks except the ones callers pass in.
 //! The server and the client are built from these pieces, so each can be tested alone:
-//! - [`message`]: every control message and its exact layout; [`data`]: the data datagram header;
+//! - [`message`]: every control message and its exact layout; [`data`]: the data datagram header,
+//!   its byte ranges named once in [`field`] (golden byte vectors pin every kind);
 //! - [`limits`]: the numbers both sides agree on; [`layout`]: how a file maps onto datagrams;
 //! - [`token`]: stateless address validation; [`sender`], [`congestion`] and [`pacer`]: what
 //!   to send next, and when; [`loss`]: the receiver's record of what arrived.
@@ -18,6 +19,9 @@
 
 pub mod congestion;
 pub mod data;
+pub mod field;
+#[cfg(test)]
+mod golden_tests;
 pub mod layout;
 pub mod limits;
 pub mod loss;
@@ -117,22 +121,25 @@ impl Mode {
 }
 /// Checks the common 4-byte header and returns the message kind.
 pub fn peek_kind(buf: &[u8]) -> Result<u8, WireError> {
-    if buf.len() < 4 {
+    use field::common;
+    if buf.len() < common::BODY {
         return Err(WireError::Truncated);
     }
-    if buf[0..2] != MAGIC {
+    if buf[common::MAGIC] != MAGIC {
         return Err(WireError::BadMagic);
     }
-    if buf[2] != VERSION {
-        return Err(WireError::BadVersion(buf[2]));
+    if buf[common::VERSION] != VERSION {
+        return Err(WireError::BadVersion(buf[common::VERSION]));
     }
-    Ok(buf[3])
+    Ok(buf[common::KIND])
 }
 
 /// The version a ringblast datagram of another version claims (magic right, version not
 /// ours): the peer runs another release of ringblast.
 pub fn foreign_version(buf: &[u8]) -> Option<u8> {
-    (buf.len() >= 4 && buf[0..2] == MAGIC && buf[2] != VERSION).then(|| buf[2])
+    use field::common;
+    let v = *buf.get(common::VERSION)?;
+    (buf.len() >= common::BODY && buf[common::MAGIC] == MAGIC && v != VERSION).then_some(v)
 }
 
 /// True when the datagram claims to be `DATA` (header checks only).
