@@ -20,7 +20,7 @@ mod receive;
 mod sink;
 mod subclient;
 pub mod window;
-mod writer;
+mod write;
 
 use std::io;
 use std::net::SocketAddr;
@@ -349,11 +349,15 @@ pub fn get(cfg: &GetConfig) -> Result<Vec<CopyReport>, ClientError> {
         ),
         n => n,
     };
-    check_fd_budget(&cfg, clients, threads)?;
+    let spare_fds = check_fd_budget(&cfg, clients, threads)?;
     let cfg = Arc::new(cfg);
-    let live = Live::new(clients);
     let now = std::time::Instant::now();
-    let together = handshake::Together::new(now);
+    let shared = subclient::Shared {
+        live: Live::new(clients),
+        together: handshake::Together::new(now),
+        writes: write::WriteEngine::new(spare_fds),
+    };
+    let live = shared.live.clone();
     // Every socket first: one that cannot be opened (the open-file limit) stops the run
     // before any request goes out.
     let mut subs = Vec::with_capacity(clients);
@@ -366,10 +370,9 @@ pub fn get(cfg: &GetConfig) -> Result<Vec<CopyReport>, ClientError> {
             .port();
         let sub = SubClient::new(
             cfg.clone(),
+            &shared,
             id,
             clients,
-            live.clone(),
-            together.clone(),
             facts,
             port,
             rand::random(),
@@ -405,13 +408,14 @@ const FD_SLACK: u64 = 8;
 
 /// Refuses, before any socket is opened or any request sent, a run whose copies cannot all
 /// get the descriptors they need (a socket each, a file each when written, an epoll per
-/// receive thread that serves several); what is left may go to second descriptors for
-/// O_DIRECT writes. (A copy failing midway for want of a descriptor, after its request went
-/// out, is what this prevents.)
-fn check_fd_budget(cfg: &GetConfig, clients: usize, threads: usize) -> Result<(), ClientError> {
+/// receive thread that serves several). Returns how many copies may take a second descriptor
+/// to be written with O_DIRECT: what is left, at most a quarter of the limit. (A copy
+/// failing midway for want of a descriptor, after its request went out, is what this
+/// prevents.)
+fn check_fd_budget(cfg: &GetConfig, clients: usize, threads: usize) -> Result<usize, ClientError> {
     let limit = crate::sys::fd_limit();
     if limit == 0 || limit >= i32::MAX as u64 {
-        return Ok(());
+        return Ok(usize::MAX);
     }
     let in_use = crate::sys::open_fds();
     let writes = cfg.out_dir.is_some();
@@ -432,8 +436,7 @@ fn check_fd_budget(cfg: &GetConfig, clients: usize, threads: usize) -> Result<()
             limit,
         });
     }
-    writer::set_direct_budget(available - needed);
-    Ok(())
+    Ok((available - needed).min(limit / 4) as usize)
 }
 
 #[cfg(test)]

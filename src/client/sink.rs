@@ -1,6 +1,6 @@
 //! Where one sub-client's copy goes: a temporary file written at each datagram's offset and
 //! renamed only once verified, or nowhere (`--discard`). How the bytes reach the file, and
-//! the content hash, are `writer.rs`'s.
+//! the content hash, are `write/`'s.
 
 use std::cell::RefCell;
 use std::fs::{File, OpenOptions};
@@ -8,8 +8,9 @@ use std::io::{self, IoSlice};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use super::writer::{self, Chunks, Output, CHUNK};
+use super::write::{Chunks, Output, WriteEngine, CHUNK};
 use super::{ClientError, WritePath};
 
 /// The output of one sub-client.
@@ -34,6 +35,7 @@ impl Sink {
     /// smaller than a chunk); with `hash`, its content hash is computed as it is written.
     /// Returns the sink and the temporary path, or the error and the path it was tried at.
     pub(super) fn create(
+        writes: &Arc<WriteEngine>,
         dir: &Path,
         final_path: &Path,
         size: u64,
@@ -46,14 +48,14 @@ impl Sink {
             // A copy smaller than a chunk gains nothing from staging: not worth a second
             // descriptor, of which a process may only spend so many.
             let direct = match write_path {
-                WritePath::Direct if size >= CHUNK && writer::direct_allowed() => {
+                WritePath::Direct if size >= CHUNK && writes.direct_allowed() => {
                     reopen_direct(&file)
                 }
                 WritePath::Direct | WritePath::Buffered => None,
             };
             Ok(Sink {
                 chunks: Some(RefCell::new(Chunks::new(Output::new(
-                    file, direct, size, hash,
+                    writes, file, direct, size, hash,
                 )))),
                 path: temp.clone(),
             })

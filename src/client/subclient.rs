@@ -16,6 +16,7 @@ use super::handshake::{Handshake, Together};
 use super::receive::{DataIo, DataReceiver, Progress};
 use super::sink::Sink;
 use super::window::window_for_buffer;
+use super::write::WriteEngine;
 use super::{copy_path, ClientError, GetConfig, Verify};
 use crate::protocol::layout::{datagram_count, manifest_hash};
 use crate::protocol::{DoneStatus, Message, Meta, DATA_HEADER_LEN, MAX_DATAGRAMS, MIN_PAYLOAD};
@@ -26,6 +27,15 @@ use crate::report::live::Live;
 const DONE_REPEATS: usize = 3;
 /// How often a sub-client waiting for its turn looks again.
 const TURN_POLL: Duration = Duration::from_millis(2);
+
+/// What every sub-client of one `get` shares: the live counters, the handshake turns and
+/// the progress of the others, the write path's stock and threads.
+#[derive(Clone)]
+pub(super) struct Shared {
+    pub(super) live: Arc<Live>,
+    pub(super) together: Arc<Together>,
+    pub(super) writes: Arc<WriteEngine>,
+}
 
 /// What the driver found out about a sub-client's socket when it opened it.
 #[derive(Debug, Clone, Copy)]
@@ -43,8 +53,7 @@ pub(super) struct SubClient {
     pub(super) id: usize,
     clients: usize,
     cfg: Arc<GetConfig>,
-    live: Arc<Live>,
-    together: Arc<Together>,
+    shared: Shared,
     /// The socket as the driver set it up, or why it could not be.
     socket: Result<SocketFacts, Option<ClientError>>,
     /// Seeds the handshake's nonces, request ids and backoff jitter.
@@ -84,10 +93,9 @@ impl SubClient {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         cfg: Arc<GetConfig>,
+        shared: &Shared,
         id: usize,
         clients: usize,
-        live: Arc<Live>,
-        together: Arc<Together>,
         socket: Result<SocketFacts, ClientError>,
         local_port: u16,
         seed: u64,
@@ -105,8 +113,7 @@ impl SubClient {
                 ..Default::default()
             },
             cfg,
-            live,
-            together,
+            shared: shared.clone(),
             socket: socket.map_err(Some),
             seed,
             in_handshake: false,
@@ -121,7 +128,7 @@ impl SubClient {
     /// looks again a little later. A copy whose socket could not be set up, or whose
     /// siblings found the server gone, ends here.
     pub(super) fn start(&mut self, now: Instant) {
-        if let Some(why) = self.together.gone() {
+        if let Some(why) = self.shared.together.gone() {
             let e = ClientError::NotStarted(why.to_string());
             return self.end(Err(e), now);
         }
@@ -132,7 +139,7 @@ impl SubClient {
                 return self.end(Err(e), now);
             }
         };
-        if !self.together.try_begin_handshake() {
+        if !self.shared.together.try_begin_handshake() {
             self.phase = Phase::New {
                 retry_at: now + TURN_POLL,
             };
@@ -142,7 +149,7 @@ impl SubClient {
         self.start = now;
         let h = Handshake::begin(
             self.cfg.clone(),
-            self.together.clone(),
+            self.shared.together.clone(),
             self.id,
             facts.rcvbuf,
             facts.max_datagram,
@@ -156,7 +163,7 @@ impl SubClient {
     /// This sub-client's handshake is over (data, or the end): its place goes to the next.
     fn leave_handshake(&mut self) {
         if std::mem::take(&mut self.in_handshake) {
-            self.together.end_handshake();
+            self.shared.together.end_handshake();
         }
     }
 
@@ -205,7 +212,7 @@ impl SubClient {
                 let mut io = DataIo {
                     server: self.cfg.server,
                     sink: &t.sink,
-                    live: &self.live.clients[self.id - 1],
+                    live: &self.shared.live.clients[self.id - 1],
                     out: &mut self.outbox,
                 };
                 match t.rx.on_batch(batch, read_ns, &mut io, now) {
@@ -276,7 +283,7 @@ impl SubClient {
                 let mut io = DataIo {
                     server: self.cfg.server,
                     sink: &t.sink,
-                    live: &self.live.clients[self.id - 1],
+                    live: &self.shared.live.clients[self.id - 1],
                     out: &mut self.outbox,
                 };
                 match t
@@ -329,13 +336,14 @@ impl SubClient {
         let window_max =
             (cfg.window_max_bytes / meta.payload_size.max(1) as u64).min(u32::MAX as u64) as u32;
         let mut rx = DataReceiver::new(&meta, window, window_max, now);
-        self.live
+        self.shared
+            .live
             .total_bytes
             .fetch_add(meta.file_size, Ordering::Relaxed);
         let mut io = DataIo {
             server: cfg.server,
             sink: &sink,
-            live: &self.live.clients[self.id - 1],
+            live: &self.shared.live.clients[self.id - 1],
             out: &mut self.outbox,
         };
         let progress = rx.check_end(&mut io, now)?;
@@ -364,12 +372,20 @@ impl SubClient {
         })?;
         let final_path = copy_path(dir, &cfg.file, self.id, self.clients);
         let hash = cfg.verify == Verify::Content;
-        let (sink, temp) = Sink::create(dir, &final_path, meta.file_size, hash, cfg.write_path)
-            .map_err(|(error, path)| ClientError::Path {
-                what: "cannot create the copy",
-                path,
-                error,
-            })?;
+        let writes = &self.shared.writes;
+        let (sink, temp) = Sink::create(
+            writes,
+            dir,
+            &final_path,
+            meta.file_size,
+            hash,
+            cfg.write_path,
+        )
+        .map_err(|(error, path)| ClientError::Path {
+            what: "cannot create the copy",
+            path,
+            error,
+        })?;
         self.temp = Some(temp);
         Ok(sink)
     }
@@ -394,7 +410,7 @@ impl SubClient {
             _ => outcome,
         };
         match &r {
-            Ok(()) => self.together.copy_done(now),
+            Ok(()) => self.shared.together.copy_done(now),
             // The server is gone, refuses us, or made no progress for this whole `get` for a
             // timeout: the sub-clients still waiting for their turn will not ask it.
             Err(
@@ -402,7 +418,7 @@ impl SubClient {
                 | ClientError::Refused { .. }
                 | ClientError::Version { .. }
                 | ClientError::Busy { .. }),
-            ) => self.together.give_up(e),
+            ) => self.shared.together.give_up(e),
             Err(_) => {}
         }
         if let Err(e) = r {

@@ -28,13 +28,20 @@ const FACTS: SocketFacts = SocketFacts {
 };
 
 /// A sub-client (of `clients`) sharing `together`, and a clock.
+fn shared(together: &Arc<Together>, clients: usize) -> Shared {
+    Shared {
+        live: Live::new(clients),
+        together: together.clone(),
+        writes: WriteEngine::new(4),
+    }
+}
+
 fn sub(id: usize, clients: usize, together: &Arc<Together>, t0: Instant) -> SubClient {
     SubClient::new(
         cfg(),
+        &shared(together, clients),
         id,
         clients,
-        Live::new(clients),
-        together.clone(),
         Ok(FACTS),
         4000 + id as u16,
         id as u64,
@@ -249,10 +256,9 @@ fn a_socket_that_could_not_be_set_up_fails_its_copy_at_the_start() {
     let together = Together::new(t0);
     let mut s = SubClient::new(
         cfg(),
+        &shared(&together, 1),
         1,
         1,
-        Live::new(1),
-        together,
         Err(ClientError::AbovePathMtu {
             asked: 9000,
             server: "127.0.0.1:9".parse().unwrap(),
