@@ -21,7 +21,7 @@ cd "$(dirname "$0")/.."
 # shellcheck source=lib.sh
 . benches/lib.sh
 cargo build --release -q
-BIN=$PWD/target/release/ringblast
+BIN=${BIN:-$PWD/target/release/ringblast}
 WORK=$(mktemp -d)
 SERVER_PID=
 cleanup() {

@@ -162,6 +162,9 @@ pub struct Session {
     /// Tests set it to make the engine see its next GSO send refused (EIO).
     #[cfg(test)]
     pub(crate) fail_gso: AtomicBool,
+    /// Times an engine pumped this session (tests: only sessions with work are pumped).
+    #[cfg(test)]
+    pub(crate) pumps: AtomicU64,
     /// The client was told why the server ended the session.
     pub told_client: AtomicBool,
 }
@@ -198,6 +201,8 @@ impl Session {
             fail_point: AtomicBool::new(false),
             #[cfg(test)]
             fail_gso: AtomicBool::new(false),
+            #[cfg(test)]
+            pumps: AtomicU64::new(0),
             told_client: AtomicBool::new(false),
         }
     }

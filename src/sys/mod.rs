@@ -2,6 +2,7 @@
 //! functions returning `io::Result` (as quinn-udp keeps its `unix.rs`). The rest of the crate
 //! is `#![deny(unsafe_code)]`; each `unsafe` block here carries a `// SAFETY:` line.
 
+pub mod cmsg;
 pub mod hugebuf;
 pub mod mmap;
 pub mod recvmmsg;

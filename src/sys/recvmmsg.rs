@@ -75,10 +75,11 @@ impl RecvBatch {
     }
 
     fn recv_flags(&mut self, sock: &UdpSocket, flags: libc::c_int) -> io::Result<usize> {
+        // The buffer's base, taken once: each slot is an offset from it (taking a slice of
+        // the buffer per slot would invalidate the pointers taken before).
+        let base = self.bufs.as_mut_slice().as_mut_ptr();
         let mut iovecs: [libc::iovec; BATCH] = std::array::from_fn(|i| libc::iovec {
-            iov_base: self.bufs.as_mut_slice()[i * SLOT_SIZE..]
-                .as_mut_ptr()
-                .cast(),
+            iov_base: base.wrapping_add(i * SLOT_SIZE).cast(),
             iov_len: SLOT_SIZE,
         });
         // SAFETY: mmsghdr is plain old data; all-zero is a valid value, filled in below.
@@ -198,25 +199,19 @@ pub fn enable_timestamps(sock: &UdpSocket) -> io::Result<()> {
 /// received message.
 fn control_data(msg: &libc::msghdr) -> (u64, usize) {
     let (mut stamp, mut segment) = (0, 0);
-    // SAFETY: `msg` was filled in by recvmmsg: msg_control/msg_controllen describe our buffer,
-    // and the CMSG_* macros walk only inside it. The payloads are read unaligned.
-    unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(msg);
-        while !c.is_null() {
-            match ((*c).cmsg_level, (*c).cmsg_type) {
-                (libc::SOL_SOCKET, libc::SCM_TIMESTAMPNS) => {
-                    let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
-                    stamp = (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64;
-                }
-                (libc::SOL_UDP, libc::UDP_GRO) => {
-                    let size: libc::c_int = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
-                    segment = size.max(0) as usize;
-                }
-                _ => {}
-            }
-            c = libc::CMSG_NXTHDR(msg, c);
+    super::cmsg::each(msg, |level, kind, data| match (level, kind) {
+        (libc::SOL_SOCKET, libc::SCM_TIMESTAMPNS) if data.len() >= 16 => {
+            // struct timespec: two native-endian 64-bit words on this platform.
+            let secs = i64::from_ne_bytes(data[..8].try_into().expect("8 bytes"));
+            let nanos = i64::from_ne_bytes(data[8..16].try_into().expect("8 bytes"));
+            stamp = (secs as u64) * 1_000_000_000 + nanos as u64;
         }
-    }
+        (libc::SOL_UDP, libc::UDP_GRO) if data.len() >= 4 => {
+            let size = libc::c_int::from_ne_bytes(data[..4].try_into().expect("4 bytes"));
+            segment = size.max(0) as usize;
+        }
+        _ => {}
+    });
     (stamp, segment)
 }
 

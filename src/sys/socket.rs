@@ -71,28 +71,6 @@ fn get_int(sock: &UdpSocket, level: libc::c_int, name: libc::c_int) -> io::Resul
     }
 }
 
-/// Control-message space for one `UDP_SEGMENT` (CMSG_SPACE of a u16), in u64 words.
-pub const GSO_CMSG_WORDS: usize = 3;
-
-/// Points `msg`'s control data at `space` and writes one `UDP_SEGMENT` of `size` bytes there:
-/// a send with it is cut into datagrams of that size (UDP GSO). `msg` keeps a pointer to
-/// `space`, so `space` must stay where it is for as long as `msg` is used.
-pub fn set_gso_cmsg(msg: &mut libc::msghdr, space: &mut [u64; GSO_CMSG_WORDS], size: u16) {
-    msg.msg_control = space.as_mut_ptr().cast();
-    // SAFETY: msg_control points at `space`, 24 bytes, and CMSG_SPACE of a u16 fits it (the
-    // assert); the CMSG macros only address inside it.
-    unsafe {
-        let len = libc::CMSG_SPACE(std::mem::size_of::<u16>() as u32) as usize;
-        assert!(len <= std::mem::size_of_val(space));
-        msg.msg_controllen = len;
-        let c = libc::CMSG_FIRSTHDR(msg);
-        (*c).cmsg_level = libc::SOL_UDP;
-        (*c).cmsg_type = libc::UDP_SEGMENT;
-        (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<u16>() as u32) as usize;
-        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), size);
-    }
-}
-
 /// Forbids fragmentation on `sock`: a datagram larger than the path MTU fails with EMSGSIZE
 /// instead of leaving as IP fragments (one lost fragment loses the whole datagram, and
 /// fragments of competing flows interleave at a bottleneck).

@@ -23,9 +23,7 @@ use std::time::Duration;
 
 use nix::sys::socket::{getsockopt, setsockopt, sockopt, SockaddrLike, SockaddrStorage};
 
-use super::socket::{
-    forbid_fragmentation, gso_supported, retry_eintr, set_gso_cmsg, set_send_buffer, GSO_CMSG_WORDS,
-};
+use super::socket::{forbid_fragmentation, gso_supported, retry_eintr, set_send_buffer};
 
 /// How long a send may block on a full socket buffer before it counts as failed (the sender
 /// repairs it like a loss): long enough never to fire on loopback or a veth, short enough
@@ -163,9 +161,9 @@ impl SpliceSocket {
         msg.msg_namelen = dest.len();
         msg.msg_iov = &mut iov;
         msg.msg_iovlen = 1;
-        let mut cmsg = [0u64; GSO_CMSG_WORDS];
+        let mut cmsg = [0u64; super::cmsg::GSO_WORDS];
         if let Some(size) = gso {
-            set_gso_cmsg(&mut msg, &mut cmsg, size);
+            super::cmsg::put_gso(&mut msg, &mut cmsg, size);
         }
         retry_eintr(|| {
             // SAFETY: `msg` points at `dest` and `iov` (which points at `bytes`), all live for

@@ -4,7 +4,6 @@
 //! then releases it. Engine threads never write to stdout or the log: what they have to say
 //! about a session goes back to the control thread in its summary.
 
-pub mod slots;
 pub mod threads;
 pub mod uring;
 

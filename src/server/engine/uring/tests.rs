@@ -1,9 +1,14 @@
 //! The uring engine against real sockets: GSO fallback, panics, idle workers.
 
+use std::time::Instant;
+
+use nix::sys::epoll::EpollTimeout;
+
 use super::*;
 use crate::protocol::congestion::CcKind;
 use crate::protocol::sender::{SenderConfig, SenderState};
 use crate::protocol::unix_ns;
+use crate::protocol::Mode;
 use crate::server::catalog::Catalog;
 use crate::server::engine::EngineKind;
 use crate::server::session::SessionCtx;
@@ -64,6 +69,7 @@ fn a_gso_send_the_device_refuses_falls_back_to_one_datagram_a_send() {
         summaries: tx,
         gso: true,
     };
+    let (file2, ctx2) = (file.clone(), ctx.clone());
     let session = Arc::new(Session::new(
         7,
         sink.local_addr().unwrap(),
@@ -87,6 +93,28 @@ fn a_gso_send_the_device_refuses_falls_back_to_one_datagram_a_send() {
     let why = s.gso_fallback.expect("the fallback is reported");
     assert!(why.contains("GSO send failed"), "{why}");
     assert_eq!(s.send_errors, 1);
+    // GSO is the socket's: a session that starts after the failure sends one datagram a
+    // call from its first send, without paying a failed send of its own.
+    let state = SenderState::new(blast(file2.size, 1440), now, unix_ns()).validated(now);
+    let second = Arc::new(Session::new(
+        8,
+        sink.local_addr().unwrap(),
+        file2,
+        state,
+        ctx2,
+    ));
+    engine.start(second.clone());
+    let mut seen = 0;
+    while sink.recv(&mut buf).is_ok() {
+        seen += 1;
+    }
+    second.close(CloseReason::Complete);
+    let s = summaries.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert_eq!(
+        (seen, s.send_errors, s.gso_segments),
+        (100 + 3, 0, 1),
+        "{s:?}"
+    );
     engine.shutdown();
 }
 
@@ -144,5 +172,64 @@ fn a_panicking_session_fails_alone_and_the_worker_goes_on() {
         ("00000002", "complete")
     );
     assert_eq!(ended.datagrams_sent, 40);
+    engine.shutdown();
+}
+
+/// A wake (an ACK) for one session pumps that session, not every session of the worker: an
+/// idle one, waiting for its client, is left alone.
+#[test]
+fn a_wake_pumps_its_own_session_only() {
+    if let Err(e) = available() {
+        eprintln!("SKIPPED: {e}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("f"), vec![3u8; 10 * 1000]).unwrap();
+    let file = Catalog::new(dir.path()).index("f", 1000).unwrap();
+    let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let sock = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
+    let stats = Arc::new(ServerStats::default());
+    let engine = UringEngine::new(sock, 1, stats.clone(), false).unwrap();
+    let (tx, summaries) = mpsc::channel();
+    let ctx = SessionCtx {
+        stats,
+        engine: EngineKind::Uring,
+        summaries: tx,
+        gso: false,
+    };
+    // Neither has heard from its client: nothing to send, no deadline.
+    let session = |id| {
+        let state = SenderState::new(blast(file.size, 1000), Instant::now(), unix_ns());
+        Arc::new(Session::new(
+            id,
+            sink.local_addr().unwrap(),
+            file.clone(),
+            state,
+            ctx.clone(),
+        ))
+    };
+    let (idle, woken) = (session(1), session(2));
+    engine.start(idle.clone());
+    engine.start(woken.clone());
+    std::thread::sleep(Duration::from_millis(50));
+    for _ in 0..200 {
+        woken.wake();
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    let (p_idle, p_woken) = (
+        idle.pumps.load(Ordering::Relaxed),
+        woken.pumps.load(Ordering::Relaxed),
+    );
+    assert!(
+        p_woken >= 20,
+        "the woken session was pumped {p_woken} times"
+    );
+    assert!(p_idle <= 3, "the idle session was pumped {p_idle} times");
+    idle.close(CloseReason::Shutdown);
+    woken.close(CloseReason::Shutdown);
+    for _ in 0..2 {
+        summaries.recv_timeout(Duration::from_secs(5)).unwrap();
+    }
     engine.shutdown();
 }
