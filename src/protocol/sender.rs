@@ -16,10 +16,10 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use super::congestion::{AckEvent, CcKind, Controller, RateSample, RttEstimator};
+use super::congestion::{CcKind, Controller, RttEstimator};
 use super::layout::{datagram_count, payload_len};
 use super::pacer::{Pacer, BURST_TIME};
-use super::{Ack, Mode, Status};
+use super::{Mode, Status};
 
 /// Blast mode repeats its END marker this many times, this far apart, against its loss.
 pub const END_REPEATS: u32 = 3;
@@ -400,169 +400,6 @@ impl SenderState {
         }
     }
 
-    /// Applies a receiver's `ACK`. `rtt`: the sample its echoed timestamp gives, if any.
-    /// `receiver_idle`: the receiver's socket was empty when it sent this ACK, so anything
-    /// sent long enough ago and still not seen is lost (the tail probe).
-    pub fn on_ack(
-        &mut self,
-        ack: &Ack<'_>,
-        rtt: Option<Duration>,
-        receiver_idle: bool,
-        now: Instant,
-    ) {
-        if self.mode != Mode::Reliable {
-            return;
-        }
-        let now_tick = self.tick(now);
-        // An echo from before the session began, from the future, or held for ages is not
-        // believed: no RTT, rate or loss decision rests on it.
-        let echo_ok = ack.echo_ts_ns >= self.epoch_unix_ns
-            && ack.echo_ts_ns <= self.last_send_ns
-            && Duration::from_micros(ack.echo_delay_us as u64) <= MAX_ECHO_DELAY;
-        if ack.echo_ts_ns != 0 && !echo_ok {
-            self.bad_acks += 1;
-        }
-        if echo_ok {
-            // The longest recent hold: up at once, down by an eighth of the gap per ACK.
-            let held = Duration::from_micros(ack.echo_delay_us as u64);
-            let decay = |d: Duration, by: u32| if held >= d { held } else { d - (d - held) / by };
-            self.ack_delay = decay(self.ack_delay, 8);
-            if !receiver_idle {
-                // An idle receiver's delay is mostly the wait for data, not a hold. A busy
-                // one's holds spike with the host's load: the longest is kept longer.
-                self.busy_hold = decay(self.busy_hold, 64);
-            }
-        }
-        let rtt = rtt.filter(|_| echo_ok);
-        if let Some(rtt) = rtt {
-            self.rtt.sample(rtt, now);
-        }
-        // Everything is clamped to what this sender actually sent: a confused or hostile
-        // receiver cannot make it index out of range or resend what it never sent.
-        let recv_next = ack.recv_next.min(self.next_new);
-        if recv_next > self.acked_below {
-            self.acked_below = recv_next;
-            self.pto_count = 0;
-            self.last_ack_at = now;
-            self.last_progress = now;
-        }
-        self.credit_limit = self.credit_limit.max(ack.credit_limit.min(self.total));
-        let received = (ack.received as u64).min(self.next_new as u64);
-        let newly_delivered = received.saturating_sub(self.delivered);
-        if newly_delivered > 0 {
-            // Progress: the probe timer restarts (ACKs that bring none do not hold it off).
-            self.delivered = received;
-            self.delivered_time = now;
-            self.pto_count = 0;
-            self.last_ack_at = now;
-            self.last_progress = now;
-        }
-        let sample = if echo_ok {
-            self.rate_sample(ack.echo_ts_ns, now)
-        } else {
-            None
-        };
-        // Spurious retransmissions: every duplicate the receiver counted. Reordering was
-        // taken for loss: widen the window.
-        if ack.duplicates > self.duplicates_seen {
-            self.spurious += (ack.duplicates - self.duplicates_seen) as u64;
-            self.duplicates_seen = ack.duplicates;
-            self.reo_mult = (self.reo_mult + 1).min(MAX_REO_MULT);
-            self.recoveries_clean = 0;
-        }
-        let lost = self.detect_losses(ack, receiver_idle, echo_ok, now, now_tick);
-        // One loss event per round trip, however many datagrams it lost.
-        if lost > 0 && self.delivered >= self.loss_round_end {
-            self.loss_events += 1;
-            self.loss_round_end = self.delivered + self.inflight();
-            self.recoveries_clean += 1;
-            if self.recoveries_clean >= REO_DECAY_RECOVERIES {
-                self.reo_mult = 1;
-                self.recoveries_clean = 0;
-            }
-        }
-        let ev = AckEvent {
-            now,
-            delivered: self.delivered,
-            newly_delivered,
-            newly_lost: lost,
-            inflight: self.inflight(),
-            sample,
-            rtt,
-        };
-        self.cc.on_ack(&ev, &mut self.rtt);
-        self.update_pacer(now);
-    }
-
-    /// The delivery-rate sample of the send the ACK echoes; forgets the sends before it.
-    fn rate_sample(&mut self, echo_ns: u64, now: Instant) -> Option<RateSample> {
-        let k = self.records.partition_point(|r| r.sent_ns <= echo_ns);
-        if k == 0 {
-            return None;
-        }
-        let r = self.records[k - 1];
-        self.records.drain(..k);
-        if r.sent_ns != echo_ns {
-            return None;
-        }
-        self.first_sent_time = r.sent_at;
-        let send_elapsed = r.sent_at.saturating_duration_since(r.first_sent_time);
-        let ack_elapsed = now.saturating_duration_since(r.delivered_time);
-        let interval = send_elapsed.max(ack_elapsed).as_secs_f64();
-        let delivered = self.delivered.saturating_sub(r.delivered);
-        if interval <= 0.0 || delivered == 0 {
-            return None;
-        }
-        Some(RateSample {
-            delivery_rate: delivered as f64 * self.payload_size as f64 / interval,
-            app_limited: r.app_limited,
-            prior_delivered: r.delivered,
-        })
-    }
-
-    fn update_pacer(&mut self, now: Instant) {
-        let datagram = self.payload_size as usize + super::DATA_HEADER_LEN;
-        let rate = self.cc.pacing_rate().map(|r| (r * 8.0) as u64);
-        let bps = match (rate, self.rate_cap_bps) {
-            (None, None) => return,
-            (r, c) => r.unwrap_or(u64::MAX).min(c.unwrap_or(u64::MAX)),
-        };
-        if let Some(p) = &mut self.pacer {
-            p.set_rate(bps, burst_for(bps, datagram), now);
-        }
-    }
-
-    /// When the probe timeout fires (RFC 9002: SRTT + 4 RTTVAR + the receiver's ACK delay,
-    /// doubling each time it fires without an answer), if anything is in flight. The ACK
-    /// delay is the longest the receiver has lately held one (RFC 9002's max_ack_delay, which
-    /// a receiver here does not promise: a thread among a thousand on two cores answers
-    /// hundreds of milliseconds late, and RTT samples rightly leave that out).
-    fn pto_at(&self) -> Option<Instant> {
-        if self.mode != Mode::Reliable || self.inflight() == 0 || self.is_complete() {
-            return None;
-        }
-        let pto = self.probe_base() * (1 << self.pto_count.min(10));
-        Some(self.last_ack_at + pto)
-    }
-
-    /// How long the path and the receiver may take to show a datagram: the RTO, plus the
-    /// longest the receiver has lately held an ACK, at least [`MIN_PROBE_BASE`]. The probe
-    /// timeout starts from it.
-    pub(super) fn probe_base(&self) -> Duration {
-        (self.rtt.rto() + self.ack_delay).max(MIN_PROBE_BASE)
-    }
-
-    /// How long ago a datagram must have left for an idle receiver's ACK to call it lost:
-    /// the RTO plus the longest recent hold of a busy receiver's ACKs, at least
-    /// [`MIN_PROBE_BASE`]. A receiver's hold runs from the kernel's arrival timestamp, and on
-    /// a loaded host the kernel itself keeps datagrams for milliseconds after that stamp
-    /// (softirq work deferred to ksoftirqd): longer than a microsecond path's RTO, with the
-    /// receiver's socket empty meanwhile. (An idle receiver's own delay is its wait for
-    /// data, and would put this off for ever.)
-    pub(super) fn idle_loss_time(&self) -> Duration {
-        (self.rtt.rto() + self.busy_hold).max(MIN_PROBE_BASE)
-    }
-
     /// The next datagram to send, if any may be sent now. Records it as sent.
     pub fn next(&mut self, now: Instant) -> Option<NextDatagram> {
         if !self.validated {
@@ -729,6 +566,8 @@ fn burst_for(bps: u64, datagram: usize) -> usize {
     burst.max(2 * datagram)
 }
 
+#[path = "sender_ack.rs"]
+mod ack;
 #[path = "sender_rack.rs"]
 mod rack;
 

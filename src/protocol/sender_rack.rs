@@ -1,12 +1,44 @@
 //! The sender's loss detection: RACK (RFC 8985) over the receiver's NACK ranges, with a
-//! reordering window that widens after spurious retransmissions, and the idle receiver's tail.
+//! reordering window that widens after spurious retransmissions, the idle receiver's tail,
+//! and the probe timeout (RFC 9002) when ACKs stop.
 
 use std::time::{Duration, Instant};
 
-use super::{ticks_of, SenderState, REO_WND_CAP_FLOOR, REO_WND_STEP};
-use crate::protocol::Ack;
+use super::{ticks_of, SenderState, MIN_PROBE_BASE, REO_WND_CAP_FLOOR, REO_WND_STEP};
+use crate::protocol::{Ack, Mode};
 
 impl SenderState {
+    /// When the probe timeout fires (RFC 9002: SRTT + 4 RTTVAR + the receiver's ACK delay,
+    /// doubling each time it fires without an answer), if anything is in flight. The ACK
+    /// delay is the longest the receiver has lately held one (RFC 9002's max_ack_delay, which
+    /// a receiver here does not promise: a thread among a thousand on two cores answers
+    /// hundreds of milliseconds late, and RTT samples rightly leave that out).
+    pub(super) fn pto_at(&self) -> Option<Instant> {
+        if self.mode != Mode::Reliable || self.inflight() == 0 || self.is_complete() {
+            return None;
+        }
+        let pto = self.probe_base() * (1 << self.pto_count.min(10));
+        Some(self.last_ack_at + pto)
+    }
+
+    /// How long the path and the receiver may take to show a datagram: the RTO, plus the
+    /// longest the receiver has lately held an ACK, at least [`MIN_PROBE_BASE`]. The probe
+    /// timeout starts from it.
+    pub(super) fn probe_base(&self) -> Duration {
+        (self.rtt.rto() + self.ack_delay).max(MIN_PROBE_BASE)
+    }
+
+    /// How long ago a datagram must have left for an idle receiver's ACK to call it lost:
+    /// the RTO plus the longest recent hold of a busy receiver's ACKs, at least
+    /// [`MIN_PROBE_BASE`]. A receiver's hold runs from the kernel's arrival timestamp, and on
+    /// a loaded host the kernel itself keeps datagrams for milliseconds after that stamp
+    /// (softirq work deferred to ksoftirqd): longer than a microsecond path's RTO, with the
+    /// receiver's socket empty meanwhile. (An idle receiver's own delay is its wait for
+    /// data, and would put this off for ever.)
+    pub(super) fn idle_loss_time(&self) -> Duration {
+        (self.rtt.rto() + self.busy_hold).max(MIN_PROBE_BASE)
+    }
+
     /// Queues `i` for resending. Returns whether it did (not already queued, sent at least
     /// once, not resent within the last round trip: a receiver cannot make the sender resend
     /// one datagram more than once per RTT).

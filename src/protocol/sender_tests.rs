@@ -1,6 +1,7 @@
 //! The sender's behaviour, ACK by ACK, in simulated time.
 
 use super::*;
+use crate::protocol::Ack;
 use crate::protocol::{ack_flags, NackRange};
 
 const P: u32 = 1000;

@@ -82,7 +82,9 @@ fn a_gso_send_the_device_refuses_falls_back_to_one_datagram_a_send() {
     // Every datagram arrives once, including those of the refused GSO send.
     let mut seen = std::collections::BTreeSet::new();
     let mut buf = [0u8; 2048];
-    while let Ok(n) = sink.recv(&mut buf) {
+    // (A blocking receive can be interrupted here, EINTR: it is retried, as everywhere.)
+    let recv = |buf: &mut [u8]| crate::sys::socket::retry_eintr(|| sink.recv(buf));
+    while let Ok(n) = recv(&mut buf) {
         if let Ok((h, _)) = crate::protocol::DataHeader::parse(&buf[..n]) {
             seen.insert(h.offset / 1440);
         }
@@ -105,7 +107,7 @@ fn a_gso_send_the_device_refuses_falls_back_to_one_datagram_a_send() {
     ));
     engine.start(second.clone());
     let mut seen = 0;
-    while sink.recv(&mut buf).is_ok() {
+    while recv(&mut buf).is_ok() {
         seen += 1;
     }
     second.close(CloseReason::Complete);

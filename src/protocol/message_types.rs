@@ -1,0 +1,206 @@
+//! The fields control messages carry, as types: error codes, a DONE's status, a listing's
+//! entries, the receiver's ACK with its NACK ranges, the sender's STATUS, a file's META. The
+//! layouts that carry them are `message.rs`'s.
+
+use super::super::limits::MAX_NACK_RANGES;
+use super::WireError;
+use crate::protocol::Mode;
+
+/// Error codes a server sends in `ERROR`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    NotFound,
+    BadName,
+    BadToken,
+    BadRequest,
+    Internal,
+    /// The session id in a client's message is unknown (expired or never existed).
+    NoSession,
+    /// The served file changed while it was being sent: the transfer is abandoned.
+    FileChanged,
+    /// The request came in another protocol version.
+    BadVersion,
+    /// The server gave the session's place to another client: it had made no progress for a
+    /// while (its client silent or stalled) while the server was full.
+    Evicted,
+}
+
+impl ErrorCode {
+    pub(super) fn to_u8(self) -> u8 {
+        match self {
+            ErrorCode::NotFound => 1,
+            ErrorCode::BadName => 2,
+            ErrorCode::BadToken => 3,
+            ErrorCode::BadRequest => 5,
+            ErrorCode::Internal => 6,
+            ErrorCode::NoSession => 7,
+            ErrorCode::FileChanged => 8,
+            ErrorCode::BadVersion => 9,
+            ErrorCode::Evicted => 10,
+        }
+    }
+    pub(super) fn from_u8(v: u8) -> Result<Self, WireError> {
+        Ok(match v {
+            1 => ErrorCode::NotFound,
+            2 => ErrorCode::BadName,
+            3 => ErrorCode::BadToken,
+            5 => ErrorCode::BadRequest,
+            6 => ErrorCode::Internal,
+            7 => ErrorCode::NoSession,
+            8 => ErrorCode::FileChanged,
+            9 => ErrorCode::BadVersion,
+            10 => ErrorCode::Evicted,
+            _ => return Err(WireError::Malformed("error code")),
+        })
+    }
+}
+
+/// How a client ended a session (`DONE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DoneStatus {
+    /// Every byte arrived and the manifest verified.
+    Complete,
+    /// The client stopped without a verified copy (blast loss, user abort, failure).
+    Incomplete,
+}
+
+/// One entry of a `LISTING`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListEntry<'a> {
+    pub name: &'a str,
+    pub size: u64,
+}
+
+/// Bits of an `ACK`'s flags.
+pub mod ack_flags {
+    /// The receiver's socket was empty when it sent this ACK: whatever it has not seen and
+    /// was sent long enough ago is lost, not queued (lets the sender probe the tail).
+    pub const IDLE: u8 = 1;
+}
+
+/// A run of missing datagram indices `[start, start + len)` reported by a receiver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NackRange {
+    pub start: u32,
+    pub len: u32,
+}
+
+/// The receiver's feedback, sent periodically during a transfer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ack<'a> {
+    pub session: u32,
+    /// Lowest datagram index not yet received: everything below it is in.
+    pub recv_next: u32,
+    /// The sender may send new datagrams with index below this (credit window).
+    pub credit_limit: u32,
+    /// Highest index received so far plus one (0: nothing yet).
+    pub seen_end: u32,
+    /// Distinct datagrams received so far: the sender's delivery count, for its rate samples.
+    pub received: u32,
+    /// Datagrams received more than once so far: a retransmission that arrives after its
+    /// original shows the sender it judged a late datagram lost (a spurious retransmission).
+    pub duplicates: u32,
+    /// The latest send timestamp (ns) among the data datagrams received, echoed: the RTT, and
+    /// for loss detection the send time of the most recent datagram known delivered.
+    pub echo_ts_ns: u64,
+    /// Time (µs) between that datagram's arrival and this ACK, subtracted from the RTT.
+    pub echo_delay_us: u32,
+    /// [`ack_flags`] bits.
+    pub flags: u8,
+    /// Missing ranges inside `[recv_next, seen_end)`, at most [`MAX_NACK_RANGES`]: set with
+    /// [`Ack::with_ranges`], read with [`Ack::ranges`].
+    pub nacks: NackRanges<'a>,
+}
+
+/// The encoded NACK ranges of an [`Ack`] (8 bytes each).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NackRanges<'a>(pub(super) &'a [u8]);
+
+impl Ack<'static> {
+    /// An ACK for `session` with every field zero and no ranges; set the fields with struct
+    /// update syntax, the ranges with [`Ack::with_ranges`].
+    pub fn new(session: u32) -> Self {
+        Ack {
+            session,
+            recv_next: 0,
+            credit_limit: 0,
+            seen_end: 0,
+            received: 0,
+            duplicates: 0,
+            echo_ts_ns: 0,
+            echo_delay_us: 0,
+            flags: 0,
+            nacks: NackRanges(&[]),
+        }
+    }
+}
+
+impl<'a> Ack<'a> {
+    /// This ACK with `ranges` (at most [`MAX_NACK_RANGES`]) encoded into `scratch`.
+    pub fn with_ranges<'b>(self, ranges: &[NackRange], scratch: &'b mut Vec<u8>) -> Ack<'b> {
+        scratch.clear();
+        for r in ranges.iter().take(MAX_NACK_RANGES) {
+            scratch.extend_from_slice(&r.start.to_be_bytes());
+            scratch.extend_from_slice(&r.len.to_be_bytes());
+        }
+        Ack {
+            nacks: NackRanges(scratch),
+            ..self
+        }
+    }
+
+    /// The NACK ranges carried by this ACK.
+    pub fn ranges(&self) -> impl Iterator<Item = NackRange> + 'a {
+        self.nacks.0.chunks_exact(8).map(|c| NackRange {
+            start: u32::from_be_bytes([c[0], c[1], c[2], c[3]]),
+            len: u32::from_be_bytes([c[4], c[5], c[6], c[7]]),
+        })
+    }
+
+    pub fn range_count(&self) -> usize {
+        self.nacks.0.len() / 8
+    }
+}
+
+/// The sender's congestion controller, as it reports itself (`STATUS`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Status {
+    /// In JSON as logs show it: 8 hex digits.
+    #[serde(serialize_with = "session_hex")]
+    pub session: u32,
+    /// The rate the sender paces at, bits/s.
+    pub pacing_bps: u64,
+    /// Its estimate of the path's delivery rate (bottleneck bandwidth), bits/s.
+    pub delivery_bps: u64,
+    pub srtt_us: u32,
+    pub min_rtt_us: u32,
+    /// Datagrams sent and not yet known delivered or lost.
+    pub inflight: u32,
+    /// The congestion window, datagrams.
+    pub cwnd: u32,
+    /// Rounds in which loss was detected.
+    pub loss_events: u32,
+    pub retransmitted: u32,
+    /// Retransmissions that turned out unneeded (the original arrived).
+    pub spurious: u32,
+}
+
+/// A session id as every report shows it: 8 hex digits.
+fn session_hex<S: serde::Serializer>(id: &u32, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{id:08x}"))
+}
+
+/// File description sent by the server in answer to `GET`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Meta {
+    pub request_id: u32,
+    pub session: u32,
+    pub file_size: u64,
+    /// File bytes per data datagram (the last one may carry fewer).
+    pub payload_size: u32,
+    pub mode: Mode,
+    /// BLAKE3 over the file's manifest (see `files::manifest_hash`).
+    pub manifest_hash: [u8; 32],
+    /// BLAKE3 of the file's content.
+    pub content_hash: [u8; 32],
+}
