@@ -1,5 +1,6 @@
 //! Micro-benchmarks of the per-datagram pieces: header encode/parse, CRC, loss tracking, ACK
-//! encoding, and the sender's batch planning. `cargo bench` runs them (criterion).
+//! encoding, and the sender's batch planning. `cargo bench --features bench` runs them (criterion, built only
+//! with that feature).
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -139,6 +140,7 @@ fn batch_building(c: &mut Criterion) {
                     Instant::now(),
                     1,
                 )
+                .validated(Instant::now())
             },
             |mut s| {
                 let now = Instant::now();

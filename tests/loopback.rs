@@ -614,10 +614,10 @@ fn both_write_paths_give_the_same_verified_copies() {
         };
         let _ = std::fs::remove_file(out.path().join("probe"));
         if !direct_ok {
-            eprintln!(
-                "SKIPPED: {} does not take O_DIRECT: only the fallback is tested",
+            ringblast::skip(&format!(
+                "{} does not take O_DIRECT: only the fallback is tested",
                 out.path().display()
-            );
+            ));
         }
         for (i, size) in sizes.iter().enumerate() {
             let name = format!("f{i}");
@@ -660,7 +660,7 @@ impl SmallDisk {
             .status()
             .is_ok_and(|s| s.success());
         if !ok {
-            eprintln!("SKIPPED: cannot mount a tmpfs here (needs root): the full-disk case");
+            ringblast::skip("cannot mount a tmpfs here (needs root): the full-disk case");
             return None;
         }
         Some(SmallDisk(dir))

@@ -1,7 +1,7 @@
 //! Two hosts on one machine: a server and a client in their own network namespaces, joined by
 //! a veth pair of a real MTU. What crosses a real link: the datagram size follows the path,
 //! nothing is fragmented, GSO and GRO carry 64 KiB per call, IPv6 works the same.
-//! Skipped (with a message) without root or iproute2; CI runs them (RINGBLAST_REQUIRE_NETNS=1).
+//! Skipped (with a message) without root or iproute2; CI runs them (RINGBLAST_CI=1 makes a skip a failure).
 
 mod common;
 use common::netns::{Hosts, CLIENT_V4, SERVER_V4, SERVER_V6};

@@ -125,11 +125,12 @@ pub const MAX_SPENT_TOKENS: usize = 1 << 18;
 /// GET with a token someone saw on the wire, replayed in its owner's name, starts nothing.
 #[derive(Default)]
 pub struct SpentTokens {
-    /// Token (its first 8 bytes are its issue time, big-endian: the map is in issue order)
+    /// Token (its first 8 bytes are its issue time in µs, big-endian: the map is in issue
+    /// order)
     /// -> the request that spent it.
     spent: BTreeMap<[u8; TOKEN_LEN], (SocketAddr, u32)>,
-    /// Tokens issued at or before this (ms) are refused: their record may have been forgotten.
-    floor_ms: u64,
+    /// Tokens issued at or before this (µs) are refused: their record may have been forgotten.
+    floor_us: u64,
 }
 
 /// Why a token cannot be spent.
@@ -156,22 +157,22 @@ impl SpentTokens {
                 Err(Spent::Used)
             };
         }
-        if issued_ms(token) <= self.floor_ms {
+        if issued_us(token) <= self.floor_us {
             return Err(Spent::Forgotten);
         }
         self.spent.insert(*token, (peer, request_id));
         while self.spent.len() > MAX_SPENT_TOKENS {
             if let Some((oldest, _)) = self.spent.pop_first() {
-                self.floor_ms = self.floor_ms.max(issued_ms(&oldest));
+                self.floor_us = self.floor_us.max(issued_us(&oldest));
             }
         }
         Ok(())
     }
 
-    /// Forgets tokens issued before `oldest_valid_ms`: they are refused as expired anyway.
-    pub fn forget_expired(&mut self, oldest_valid_ms: u64) {
+    /// Forgets tokens issued before `oldest_valid_us`: they are refused as expired anyway.
+    pub fn forget_expired(&mut self, oldest_valid_us: u64) {
         while let Some((t, _)) = self.spent.first_key_value() {
-            if issued_ms(t) >= oldest_valid_ms {
+            if issued_us(t) >= oldest_valid_us {
                 break;
             }
             self.spent.pop_first();
@@ -187,7 +188,7 @@ impl SpentTokens {
     }
 }
 
-fn issued_ms(token: &[u8; TOKEN_LEN]) -> u64 {
+fn issued_us(token: &[u8; TOKEN_LEN]) -> u64 {
     u64::from_be_bytes(token[..8].try_into().expect("8 bytes"))
 }
 
@@ -195,9 +196,9 @@ fn issued_ms(token: &[u8; TOKEN_LEN]) -> u64 {
 mod tests {
     use super::*;
 
-    fn token(issued_ms: u64, tag: u8) -> [u8; TOKEN_LEN] {
+    fn token(issued_us: u64, tag: u8) -> [u8; TOKEN_LEN] {
         let mut t = [tag; TOKEN_LEN];
-        t[..8].copy_from_slice(&issued_ms.to_be_bytes());
+        t[..8].copy_from_slice(&issued_us.to_be_bytes());
         t
     }
 

@@ -274,11 +274,7 @@ impl Control {
     }
 
     fn token_ok(&mut self, src: SocketAddr, token: &[u8; TOKEN_LEN]) -> bool {
-        if self
-            .tokens
-            .check(&src, token, unix_ns() / 1_000_000)
-            .is_ok()
-        {
+        if self.tokens.check(&src, token, unix_ns() / 1000).is_ok() {
             return true;
         }
         self.stats.bad_tokens.fetch_add(1, Ordering::Relaxed);
@@ -325,7 +321,7 @@ impl Control {
         }
         match msg {
             Message::Hello { nonce } => {
-                let token = self.tokens.mint(&src, unix_ns() / 1_000_000);
+                let token = self.tokens.mint(&src, unix_ns() / 1000);
                 self.send(src, &Message::Retry { nonce, token });
             }
             Message::List { token, start } => {

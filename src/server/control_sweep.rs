@@ -130,9 +130,9 @@ impl Control {
         }
         let now = Instant::now();
         self.requests.forget_idle(now);
-        let lifetime_ms = self.cfg.token_lifetime.as_millis() as u64;
+        let lifetime_us = self.cfg.token_lifetime.as_micros() as u64;
         self.spent
-            .forget_expired(unix_ns() / 1_000_000 - lifetime_ms.min(unix_ns() / 1_000_000));
+            .forget_expired((unix_ns() / 1000).saturating_sub(lifetime_us));
         self.refusals.flush(now);
         if let Some(l) = &mut self.legacy {
             l.flush_log(now);

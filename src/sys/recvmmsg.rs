@@ -272,8 +272,7 @@ mod tests {
             .unwrap();
         let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
         if !enable_gro(&rx) || !gso_supported(&tx) {
-            eprintln!("SKIPPED: this kernel has no UDP GSO/GRO");
-            return;
+            return crate::skip("this kernel has no UDP GSO/GRO");
         }
         // One GSO send of 10 x 1000 bytes and a 300-byte tail. Over loopback the kernel hands
         // a UDP_GRO socket the GSO packet whole.

@@ -3,8 +3,8 @@
 //!
 //! Tests that do not need io_uring run everywhere: [`engine`] picks the threads engine where
 //! this kernel gives no io_uring. Tests of the io_uring engine itself call [`no_uring`] and
-//! skip with a message. `RINGBLAST_REQUIRE_URING=1` (set by .ci/run) turns a missing io_uring
-//! into a failure instead, so CI cannot skip silently.
+//! skip with a message. Every skip goes through `ringblast::skip`: under CI (`RINGBLAST_CI=1`,
+//! set by .ci/run) it fails instead, so CI cannot skip silently.
 #![allow(dead_code)]
 
 pub mod netns;
@@ -29,8 +29,8 @@ pub fn uring_available() -> bool {
     match ringblast::server::engine::uring::available() {
         Ok(()) => true,
         Err(e) => {
-            if std::env::var("RINGBLAST_REQUIRE_URING").is_ok_and(|v| v == "1") {
-                panic!("RINGBLAST_REQUIRE_URING=1 but {e}");
+            if std::env::var("RINGBLAST_CI").is_ok_and(|v| v == "1") {
+                panic!("RINGBLAST_CI=1 but {e}");
             }
             false
         }
@@ -43,7 +43,7 @@ pub fn no_uring() -> bool {
     if uring_available() {
         return false;
     }
-    eprintln!("SKIPPED: io_uring is not available on this kernel (this test is about it)");
+    ringblast::skip("io_uring is not available on this kernel (this test is about it)");
     true
 }
 
@@ -246,7 +246,7 @@ pub fn lab_copies_whole(text: &str, out: &Path, clients: usize, data: &[u8]) {
 pub fn python3() -> bool {
     let ok = Command::new("python3").arg("--version").output().is_ok();
     if !ok {
-        eprintln!("SKIPPED: no python3 on this machine");
+        ringblast::skip("no python3 on this machine");
     }
     ok
 }

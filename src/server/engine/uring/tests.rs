@@ -43,8 +43,7 @@ fn a_worker_never_spins() {
 #[test]
 fn a_gso_send_the_device_refuses_falls_back_to_one_datagram_a_send() {
     if let Err(e) = available() {
-        eprintln!("SKIPPED: {e}");
-        return;
+        return crate::skip(&e.to_string());
     }
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("f"), vec![3u8; 100 * 1440]).unwrap();
@@ -55,8 +54,7 @@ fn a_gso_send_the_device_refuses_falls_back_to_one_datagram_a_send() {
         .unwrap();
     let sock = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
     if !crate::sys::socket::gso_supported(&sock) {
-        eprintln!("SKIPPED: no UDP GSO here");
-        return;
+        return crate::skip("no UDP GSO here");
     }
     let stats = Arc::new(ServerStats::default());
     let engine = UringEngine::new(sock, 1, stats.clone(), false).unwrap();
@@ -123,8 +121,7 @@ fn a_gso_send_the_device_refuses_falls_back_to_one_datagram_a_send() {
 #[test]
 fn a_panicking_session_fails_alone_and_the_worker_goes_on() {
     if let Err(e) = available() {
-        eprintln!("SKIPPED: {e}");
-        return;
+        return crate::skip(&e.to_string());
     }
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("f"), vec![7u8; 40_000]).unwrap();
@@ -182,8 +179,7 @@ fn a_panicking_session_fails_alone_and_the_worker_goes_on() {
 #[test]
 fn a_wake_pumps_its_own_session_only() {
     if let Err(e) = available() {
-        eprintln!("SKIPPED: {e}");
-        return;
+        return crate::skip(&e.to_string());
     }
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("f"), vec![3u8; 10 * 1000]).unwrap();
