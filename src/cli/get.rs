@@ -9,6 +9,43 @@ use std::time::Duration;
 use clap::Args;
 
 use super::{values, ModeArg};
+
+/// `--verify`.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum VerifyArg {
+    /// BLAKE3 of the written file against the server's content hash (plus the manifest).
+    Content,
+    /// The manifest: every datagram's CRC32C, in order, against the server's manifest hash.
+    Manifest,
+}
+
+impl From<VerifyArg> for Verify {
+    fn from(v: VerifyArg) -> Verify {
+        match v {
+            VerifyArg::Content => Verify::Content,
+            VerifyArg::Manifest => Verify::Manifest,
+        }
+    }
+}
+
+/// `--write-path`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum WritePathArg {
+    /// Payloads gathered in 4 MiB chunks in memory, each written with O_DIRECT and hashed
+    /// from memory.
+    Direct,
+    /// Every payload written through the page cache as it arrives; the hash reads it back.
+    Buffered,
+}
+
+impl From<WritePathArg> for WritePath {
+    fn from(w: WritePathArg) -> WritePath {
+        match w {
+            WritePathArg::Direct => WritePath::Direct,
+            WritePathArg::Buffered => WritePath::Buffered,
+        }
+    }
+}
 use crate::client::{self, GetConfig, Verify, WritePath};
 use crate::protocol::layout::DatagramSize;
 use crate::report::{json, logging, table};
@@ -61,14 +98,14 @@ pub struct GetArgs {
     /// manifest = every datagram's CRC32C against the server's manifest hash only
     /// [default: content when writing files, manifest with --discard].
     #[arg(long, value_enum)]
-    verify: Option<Verify>,
+    verify: Option<VerifyArg>,
     /// How copies reach the disk: direct = gathered in 4 MiB chunks in memory (256MiB at
     /// most in all), each written with O_DIRECT around the page cache and hashed from memory
     /// (through the page cache where the file system refuses O_DIRECT or that memory is in
     /// use); buffered = every payload written through the page cache as it arrives, the
     /// hash reading it back.
-    #[arg(long, value_enum, default_value_t = WritePath::Direct, conflicts_with = "discard")]
-    write_path: WritePath,
+    #[arg(long, value_enum, default_value_t = WritePathArg::Direct, conflicts_with = "discard")]
+    write_path: WritePathArg,
     /// Refuse a file larger than this (bounds the memory a server can make us use).
     #[arg(long, value_parser = values::size, default_value = "1TiB")]
     max_size: u64,
@@ -92,7 +129,7 @@ impl GetArgs {
 
     /// The client's config, or why these options cannot go together.
     pub fn config(&self) -> anyhow::Result<GetConfig> {
-        if self.discard && self.verify == Some(Verify::Content) {
+        if self.discard && self.verify == Some(VerifyArg::Content) {
             anyhow::bail!("--verify content needs the written file; with --discard only --verify manifest is possible");
         }
         let mut cfg = GetConfig::new(self.server, &self.file);
@@ -105,12 +142,15 @@ impl GetArgs {
         cfg.window_bytes = self.window.unwrap_or(0);
         cfg.datagram_size = self.datagram_size;
         cfg.gro = !self.no_gro;
-        cfg.verify = self.verify.unwrap_or(if self.discard {
-            Verify::Manifest
-        } else {
-            Verify::Content
-        });
-        cfg.write_path = self.write_path;
+        cfg.verify = self.verify.map_or(
+            if self.discard {
+                Verify::Manifest
+            } else {
+                Verify::Content
+            },
+            Verify::from,
+        );
+        cfg.write_path = self.write_path.into();
         cfg.max_size = self.max_size;
         cfg.interval = self.interval;
         cfg.quiet = self.quiet || self.json_to_stdout();

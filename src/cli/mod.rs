@@ -46,6 +46,25 @@ pub enum Command {
     Demo(tools::DemoArgs),
 }
 
+/// `--engine`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum EngineArg {
+    /// mmap + io_uring: one ring per session, batched sends, a bounded worker pool.
+    Uring,
+    /// The lab's baseline: one OS thread per session, read() then one blocking sendto() per
+    /// datagram, no batching, no mmap.
+    Threads,
+}
+
+impl From<EngineArg> for crate::server::engine::EngineKind {
+    fn from(e: EngineArg) -> Self {
+        match e {
+            EngineArg::Uring => Self::Uring,
+            EngineArg::Threads => Self::Threads,
+        }
+    }
+}
+
 /// `--mode`.
 #[derive(Clone, Copy, clap::ValueEnum)]
 pub enum ModeArg {

@@ -8,13 +8,38 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::values;
+use super::{values, EngineArg};
 use crate::client;
 use crate::protocol::congestion::CcKind;
 use crate::protocol::layout::DatagramSize;
 use crate::report::logging;
-use crate::server::engine::{EngineKind, SendPath};
+use crate::server::engine::SendPath;
 use crate::server::{Server, ServerConfig};
+
+/// `--send-path`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum SendPathArg {
+    /// Datagrams too large for UDP GSO to batch (loopback's) are spliced while the server is
+    /// busy (at least as many sessions as workers) and copied while it has cores to spare;
+    /// smaller ones (an Ethernet path's 1472) are copied, with GSO.
+    Auto,
+    /// `sendmsg` from the mapped file: the kernel copies each payload (with UDP GSO, up to 64
+    /// datagrams per call).
+    Copy,
+    /// The header with `MSG_MORE`, then `sendfile()` of the payload: the kernel attaches the
+    /// file's page-cache pages, nothing is copied; one datagram per pair of calls.
+    Splice,
+}
+
+impl From<SendPathArg> for SendPath {
+    fn from(p: SendPathArg) -> SendPath {
+        match p {
+            SendPathArg::Auto => SendPath::Auto,
+            SendPathArg::Copy => SendPath::Copy,
+            SendPathArg::Splice => SendPath::Splice,
+        }
+    }
+}
 
 /// `--cc`.
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -46,8 +71,8 @@ pub struct ServeArgs {
     /// Send engine: uring = mmap + io_uring, one ring per session, batched sends, a fixed
     /// worker pool; threads = the lab's baseline, one thread per client, read() + sendto()
     /// per datagram.
-    #[arg(long, value_enum, default_value_t = EngineKind::Uring)]
-    engine: EngineKind,
+    #[arg(long, value_enum, default_value_t = EngineArg::Uring)]
+    engine: EngineArg,
     /// Worker threads driving the rings (1-256) [default: number of cores].
     #[arg(long, value_parser = values::count(1, 256))]
     workers: Option<usize>,
@@ -81,7 +106,7 @@ pub struct ServeArgs {
     /// the same host then gets them from cache: faster); smaller ones (Ethernet) are copied
     /// with GSO; copy everywhere if splicing cannot be set up.
     #[arg(long, value_enum, default_value = "auto")]
-    send_path: SendPath,
+    send_path: SendPathArg,
     /// Most concurrent sessions (1-100000); further requests get a "busy" answer naming
     /// when to ask again, and clients retry with backoff. Each session costs ~40 KiB plus 4
     /// bytes per datagram of its file, and an open file (the soft limit is raised to the hard
@@ -115,11 +140,11 @@ impl From<ServeArgs> for ServerConfig {
         ServerConfig {
             dir: a.dir,
             bind: a.bind,
-            engine: a.engine,
+            engine: a.engine.into(),
             workers: a.workers.unwrap_or(defaults.workers),
             datagram_size: a.datagram_size,
             gso: !a.no_gso,
-            send_path: a.send_path,
+            send_path: a.send_path.into(),
             idle_timeout: a.idle_timeout,
             rate_bps: a.rate,
             cc: a.cc.into(),

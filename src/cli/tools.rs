@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 
-use super::{values, ModeArg};
+use super::{values, EngineArg, ModeArg};
 use crate::protocol::Mode;
 use crate::report::logging;
 use crate::server::engine::EngineKind;
@@ -32,7 +32,7 @@ pub struct BenchArgs {
         value_delimiter = ',',
         default_value = "uring,threads"
     )]
-    engines: Vec<EngineKind>,
+    engines: Vec<EngineArg>,
     /// Modes to measure, comma-separated: reliable, blast.
     #[arg(
         long,
@@ -61,7 +61,7 @@ impl From<BenchArgs> for BenchConfig {
         BenchConfig {
             clients: a.clients,
             sizes: a.sizes,
-            engines: a.engines,
+            engines: a.engines.into_iter().map(EngineKind::from).collect(),
             modes: a.modes.into_iter().map(Mode::from).collect(),
             reps: a.reps,
             out: a.out,
@@ -196,8 +196,8 @@ pub struct DemoArgs {
     #[arg(long, value_enum, default_value_t = ModeArg::Reliable)]
     mode: ModeArg,
     /// Send engine of the demo's server (see `serve --help`).
-    #[arg(long, value_enum, default_value_t = EngineKind::Uring)]
-    engine: EngineKind,
+    #[arg(long, value_enum, default_value_t = EngineArg::Uring)]
+    engine: EngineArg,
 }
 
 impl DemoArgs {
@@ -208,7 +208,7 @@ impl DemoArgs {
             size: self.size,
             clients: self.clients,
             mode: self.mode.into(),
-            engine: self.engine,
+            engine: self.engine.into(),
         })?;
         Ok(if ok {
             ExitCode::SUCCESS

@@ -40,7 +40,7 @@ use subclient::SubClient;
 use window::{auto_window_max_bytes, default_window_bytes};
 
 /// How a copy is verified at the end.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verify {
     /// BLAKE3 of the written file against the server's content hash (plus the manifest).
     Content,
@@ -49,12 +49,11 @@ pub enum Verify {
 }
 
 /// How a copy is written to its file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WritePath {
-    /// Payloads are gathered in 4 MiB chunks in memory (256 MiB at most for the whole
-    /// process) and each whole chunk is written with O_DIRECT, around the page cache, and
-    /// hashed from memory; through the page cache where the file system refuses O_DIRECT or
-    /// the memory is used up.
+    /// Payloads are gathered in 4 MiB chunks in memory (256 MiB at most for the whole run)
+    /// and each whole chunk is written with O_DIRECT and hashed from memory; through the page
+    /// cache where the file system refuses O_DIRECT or the memory is used up.
     Direct,
     /// Every payload is written through the page cache as it arrives; the hash reads it back.
     Buffered,

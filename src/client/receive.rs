@@ -20,6 +20,7 @@ use crate::protocol::{
 };
 use crate::report::copy::ClientHists;
 use crate::report::live::ClientLive;
+use crate::sys::IOV_MAX;
 
 /// How often an idle receiver re-sends its ACK (tail probe, lost-ACK recovery, keepalive).
 pub(super) const ACK_INTERVAL: Duration = Duration::from_millis(2);
@@ -27,8 +28,6 @@ pub(super) const ACK_INTERVAL: Duration = Duration::from_millis(2);
 /// last: the sender's delivery-rate samples and loss detection need a steady clock, and the
 /// control thread no more than ~5000 ACKs a second per receiver.
 const ACK_SPACING: Duration = Duration::from_micros(200);
-/// Most payloads written by one `pwritev` (the kernel's IOV_MAX).
-const MAX_RUN: usize = 1024;
 
 /// What a sub-client counted, datagram by datagram.
 #[derive(Debug, Default)]
@@ -272,7 +271,7 @@ impl DataReceiver {
     /// (`observed_ns`, read once right after the receive) stands in for each arrival.
     fn absorb(&mut self, batch: &dyn Batch, sink: &Sink) -> Result<u64, ClientError> {
         let batch_ns = self.observed_ns;
-        let mut run: Vec<IoSlice<'_>> = Vec::with_capacity(MAX_RUN);
+        let mut run: Vec<IoSlice<'_>> = Vec::with_capacity(IOV_MAX);
         let mut run_start = 0u64;
         let mut run_end = 0u64;
         let mut accepted = 0;
@@ -290,7 +289,7 @@ impl DataReceiver {
                     continue;
                 };
                 accepted += 1;
-                if offset != run_end || run.len() == MAX_RUN {
+                if offset != run_end || run.len() == IOV_MAX {
                     sink.write_run(run_start, &run)?;
                     run.clear();
                     run_start = offset;

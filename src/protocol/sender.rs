@@ -88,8 +88,9 @@ pub struct SenderState {
     acked_below: u32,
     retransmit_queue: VecDeque<u32>,
     queued: Vec<u64>,
-    /// Last send time of each index, in ticks since `epoch` (+1; 0 = never sent).
-    sent_at: Vec<u32>,
+    /// Last send time of each index, in ticks since `epoch` (+1; 0 = never sent): not an
+    /// `Instant` (as a [`SendRecord`]'s `sent_at` is) to keep 4 bytes a datagram.
+    sent_tick: Vec<u32>,
     epoch: Instant,
     /// `epoch` on the clock of the data header's send timestamps (Unix ns).
     epoch_unix_ns: u64,
@@ -198,7 +199,7 @@ impl SenderState {
             acked_below: 0,
             retransmit_queue: VecDeque::new(),
             queued: vec![0; (total as usize).div_ceil(64)],
-            sent_at: vec![
+            sent_tick: vec![
                 0;
                 if cfg.mode == Mode::Reliable {
                     total as usize
@@ -383,7 +384,7 @@ impl SenderState {
     pub fn left_at(&mut self, indices: &[u32], now: Instant) {
         let tick = self.tick(now);
         for &i in indices {
-            if let Some(sent) = self.sent_at.get_mut(i as usize) {
+            if let Some(sent) = self.sent_tick.get_mut(i as usize) {
                 if *sent != 0 && i >= self.acked_below {
                     *sent = (*sent).max(tick);
                 }
@@ -488,7 +489,7 @@ impl SenderState {
         let send_ts_ns = unix.max(self.last_send_ns + 1);
         self.last_send_ns = send_ts_ns;
         let tick = self.tick(now);
-        if let Some(slot) = self.sent_at.get_mut(i as usize) {
+        if let Some(slot) = self.sent_tick.get_mut(i as usize) {
             *slot = tick;
         }
         if self.mode == Mode::Reliable {

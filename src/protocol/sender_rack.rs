@@ -43,7 +43,7 @@ impl SenderState {
     /// once, not resent within the last round trip: a receiver cannot make the sender resend
     /// one datagram more than once per RTT).
     pub(super) fn mark_lost(&mut self, i: u32, now_tick: u32, min_gap_ticks: u32) -> bool {
-        let sent = self.sent_at[i as usize];
+        let sent = self.sent_tick[i as usize];
         if sent == 0 || self.is_queued(i) || now_tick.saturating_sub(sent) < min_gap_ticks {
             return false;
         }
@@ -116,7 +116,7 @@ impl SenderState {
                 continue;
             }
             for i in start..end {
-                let sent = self.sent_at[i as usize];
+                let sent = self.sent_tick[i as usize];
                 let by_rack = sent.saturating_add(reo) < rack_tick;
                 let by_time = receiver_idle && sent.saturating_add(rto) <= written;
                 if sent != 0 && (by_rack || by_time) && self.mark_lost(i, now_tick, min_gap) {
@@ -131,7 +131,7 @@ impl SenderState {
         if receiver_idle {
             let start = seen_end.max(self.acked_below);
             for i in start..self.next_new {
-                let sent = self.sent_at[i as usize];
+                let sent = self.sent_tick[i as usize];
                 if sent != 0
                     && sent.saturating_add(rto) <= written
                     && self.mark_lost(i, now_tick, min_gap)

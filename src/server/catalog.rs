@@ -3,8 +3,8 @@
 //! A file is indexed once (and again when it changes): memory-mapped, its per-datagram payload
 //! CRC32Cs computed, and two BLAKE3 digests taken: the content hash and the manifest hash (over
 //! the CRC list). The CRC list lets the send path stamp datagrams without reading payloads; the
-//! manifest hash lets a receiver verify the whole file from CRCs it computes anyway. The
-//! digest itself is `indexer.rs`; this file decides what may be served and caches the result,
+//! manifest hash lets a receiver verify the whole file from CRCs it computes anyway. This file
+//! computes the digest, decides what may be served and caches the result,
 //! per file and payload size (the CRCs are per datagram, so each datagram size a path needs
 //! has its own index).
 
@@ -17,8 +17,8 @@ use std::sync::{Arc, Mutex};
 
 use thiserror::Error;
 
-use super::indexer::digest;
 use crate::protocol::layout::{datagram_count, manifest_hash, payload_len, validate_name, BadName};
+use crate::sys::hugebuf::HugeBuf;
 use crate::sys::mmap::{MapRange, MappedFile};
 
 #[derive(Debug, Error)]
@@ -149,6 +149,35 @@ impl IndexedFile {
     fn index_bytes(&self) -> usize {
         self.crcs.len() * 4
     }
+}
+
+/// Per-datagram CRC32Cs and the BLAKE3 content hash of the first `len` bytes of `file`, read in
+/// chunks of whole datagrams into a huge-page buffer; the hash runs on all cores.
+///
+/// Read with pread, never through a map: a file truncated while it is read this way gives a
+/// short read (an error), where a map read in user space would be SIGBUS.
+pub fn digest(file: &File, len: u64, payload_size: u32) -> std::io::Result<(Vec<u32>, [u8; 32])> {
+    let chunk = (8 << 20) / payload_size as usize * payload_size as usize;
+    let mut buf = HugeBuf::new(chunk.max(payload_size as usize));
+    let mut crcs = Vec::with_capacity(datagram_count(len, payload_size) as usize);
+    let mut h = blake3::Hasher::new();
+    let mut pos = 0u64;
+    while pos < len {
+        let n = ((len - pos) as usize).min(buf.as_slice().len());
+        file.read_exact_at(&mut buf.as_mut_slice()[..n], pos)?;
+        let data = &buf.as_slice()[..n];
+        std::thread::scope(|s| {
+            let c = s.spawn(|| {
+                data.chunks(payload_size as usize)
+                    .map(crc32c::crc32c)
+                    .collect::<Vec<u32>>()
+            });
+            h.update_rayon(data);
+            crcs.extend(c.join().expect("crc thread"));
+        });
+        pos += n as u64;
+    }
+    Ok((crcs, *h.finalize().as_bytes()))
 }
 
 /// Checks each distinct file among `files` once (one fstat each, however many sessions send

@@ -2,6 +2,9 @@
 //! functions returning `io::Result` (as quinn-udp keeps its `unix.rs`). The rest of the crate
 //! is `#![deny(unsafe_code)]`; each `unsafe` block here carries a `// SAFETY:` line.
 
+/// Most pieces one `pwritev`/`sendmsg` takes (the kernel's `IOV_MAX`).
+pub const IOV_MAX: usize = 1024;
+
 pub mod cmsg;
 pub mod hugebuf;
 pub mod mmap;

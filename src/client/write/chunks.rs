@@ -9,24 +9,23 @@ use std::sync::Arc;
 use super::output::Output;
 use super::stock::Staged;
 use super::{Failure, CHUNK, INCOMPLETE, WRITING};
+use crate::sys::IOV_MAX;
 
 /// Staged chunks one copy may hold before they are whole (32 MiB): in order, a copy fills
 /// one or two at a time; more means its head waits for a repair.
 pub(super) const OPEN_PER_COPY: usize = 8;
-/// Most pieces in one `pwritev` (the kernel's `IOV_MAX`).
-const IOV_MAX: usize = 1024;
 
 pub(crate) struct Chunks {
     out: Arc<Output>,
     /// The first chunk not yet handed to the pool.
     head: u64,
     /// Chunks `head`, `head + 1`, ... as far as payloads have come.
-    slots: VecDeque<Slot>,
+    slots: VecDeque<Filling>,
 }
 
 /// A chunk on its way: how much of it came, and where it is kept.
 #[derive(Default)]
-struct Slot {
+struct Filling {
     /// Bytes of the chunk received.
     filled: usize,
     place: Place,
@@ -93,7 +92,7 @@ impl Chunks {
                 let within = (pos % CHUNK) as usize;
                 let take = data.len().min(CHUNK as usize - within);
                 let (piece, rest) = data.split_at(take);
-                let Some(slot) = slot(&mut self.slots, self.head, &self.out, k) else {
+                let Some(slot) = filling(&mut self.slots, self.head, &self.out, k) else {
                     // Before the first unfinished chunk, already handed on: the receiver
                     // drops duplicates, so this is a bug; the copy fails rather than risk a
                     // chunk written with a hole.
@@ -138,15 +137,15 @@ impl Chunks {
 
 /// Chunk `k`'s slot among `slots` (from chunk `head` on), created (and staged, while the
 /// stock lasts and `out` writes direct) on first use; `None` if `k` was already handed on.
-fn slot<'s>(
-    slots: &'s mut VecDeque<Slot>,
+fn filling<'s>(
+    slots: &'s mut VecDeque<Filling>,
     head: u64,
     out: &Output,
     k: u64,
-) -> Option<&'s mut Slot> {
+) -> Option<&'s mut Filling> {
     let i = k.checked_sub(head)? as usize;
     if i >= slots.len() {
-        slots.resize_with(i + 1, Slot::default);
+        slots.resize_with(i + 1, Filling::default);
     }
     if matches!(slots[i].place, Place::Untouched) {
         // A copy waiting for a repair at its head touches chunk after chunk: it may not hold

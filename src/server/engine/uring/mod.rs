@@ -6,7 +6,7 @@
 //! of `sendmsg`s (`copy.rs`). Each `sendmsg` carries one datagram, or with UDP GSO up to 64
 //! (as many as fit a 64 KiB GSO packet: 44 of 1472 bytes), each a 32-byte header plus a
 //! payload range of the mmap'd file: an iovec per header and per payload, no byte of the file
-//! copied in user space. Nothing is allocated and no syscall is made per datagram. A busy
+//! copied in user space. Nothing is allocated and no syscall is made per datagram. A loaded
 //! server splices instead (`splice.rs`: header, then `sendfile()`, beside the ring). A worker
 //! sleeps in `epoll_wait` on one eventfd per session, which the control thread signals after
 //! an ACK and the ring after a completion, and pumps the sessions whose eventfd fired or whose

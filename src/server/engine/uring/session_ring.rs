@@ -125,14 +125,15 @@ impl SessionRing {
     }
 
     /// Reaps, then sends what the session may send now, by copy through the ring or by splice
-    /// (`--send-path`; `auto` splices while the server is `busy`). Returns how many datagrams
+    /// (`--send-path`; `auto` splices while the server is `loaded`: at least as many sessions
+    /// as workers). Returns how many datagrams
     /// went, and when this session can next send without an ACK or a completion (pacing, END
     /// spacing), if it has room to.
     pub(super) fn pump(
         &mut self,
         sock: RawFd,
         splice: Option<&SpliceSocket>,
-        busy: bool,
+        loaded: bool,
     ) -> (usize, Option<Instant>) {
         self.reap();
         #[cfg(test)]
@@ -144,7 +145,7 @@ impl SessionRing {
         let splice_now = match self.session.send_path {
             SendPath::Copy => false,
             SendPath::Splice => true,
-            SendPath::Auto => busy,
+            SendPath::Auto => loaded,
         };
         match splice.filter(|_| splice_now) {
             Some(out) => self.pump_splice(out),

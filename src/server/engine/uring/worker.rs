@@ -26,7 +26,7 @@ use crate::sys::splice::SpliceSocket;
 
 pub(super) struct WorkerCtx {
     pub(super) sock: Arc<UdpSocket>,
-    /// Workers in the engine: with at least as many sessions the server is busy, and
+    /// Workers in the engine: with at least as many sessions the server is loaded, and
     /// `--send-path auto` sessions splice.
     pub(super) workers: u64,
     /// This worker's socket for spliced sessions (`--send-path auto|splice`).
@@ -126,7 +126,7 @@ impl WorkerCtx {
                 }
             }
             let now = Instant::now();
-            let busy = self.stats.sessions_active.load(Ordering::Relaxed) >= self.workers;
+            let loaded = self.stats.sessions_active.load(Ordering::Relaxed) >= self.workers;
             any_ready = false;
             for (i, slot) in entries.iter_mut().enumerate() {
                 let Some(e) = slot else { continue };
@@ -136,7 +136,7 @@ impl WorkerCtx {
                 e.ready = false;
                 let rs = &mut e.rs;
                 match catch_unwind(AssertUnwindSafe(|| {
-                    rs.pump(sock, self.splice.as_ref(), busy)
+                    rs.pump(sock, self.splice.as_ref(), loaded)
                 })) {
                     Ok((sent, deadline)) => {
                         e.deadline = deadline;
