@@ -7,35 +7,28 @@ use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Stops a server started with a piped stderr (or stdout) and returns what it wrote there.
+/// Stops a server and returns its log (`stdout`: what it printed, piped, instead).
 fn stop_and_read(srv: &mut common::Serve, stdout: bool) -> String {
-    srv.0.kill().unwrap();
-    let _ = srv.0.wait();
-    let mut text = String::new();
-    let mut pipe: Box<dyn Read> = if stdout {
-        Box::new(srv.0.stdout.take().unwrap())
+    if stdout {
+        srv.stop_stdout()
     } else {
-        Box::new(srv.0.stderr.take().unwrap())
-    };
-    pipe.read_to_string(&mut text).unwrap();
-    text
+        srv.stop()
+    }
 }
 
 /// A `serve` of a directory holding one file, `f`, of `data` (with `extra` options), up and
-/// answering; its log piped when `log` (read it with [`stop_and_read`]).
+/// answering; its log kept (read it with [`stop_and_read`]).
 struct Served {
     srv: common::Serve,
     server: String,
     _dir: tempfile::TempDir,
 }
 
-fn serve_f(data: &[u8], extra: &[&str], log: bool) -> Served {
+fn serve_f(data: &[u8], extra: &[&str], _log: bool) -> Served {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("f"), data).unwrap();
-    let port = free_port();
-    let server = format!("127.0.0.1:{port}");
-    let stderr = if log { Stdio::piped() } else { Stdio::null() };
-    let srv = serve_with(dir.path(), port, extra, stderr);
+    let srv = serve(dir.path(), extra);
+    let server = srv.server();
     assert!(wait_up(&server).status.success());
     Served {
         srv,
@@ -50,9 +43,8 @@ fn serve_list_get_and_failures() {
     let out = tempfile::tempdir().unwrap();
     let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
     std::fs::write(served.path().join("seed.bin"), &data).unwrap();
-    let port = free_port();
-    let server = format!("127.0.0.1:{port}");
-    let srv = serve(served.path(), port, &[]);
+    let srv = serve(served.path(), &[]);
+    let server = srv.server();
 
     let listed = wait_up(&server);
     assert!(listed.status.success(), "{listed:?}");
@@ -378,10 +370,9 @@ fn a_server_killed_mid_transfer_fails_the_client_fast_and_clean() {
     let served = tempfile::tempdir().unwrap();
     let out = tempfile::tempdir().unwrap();
     std::fs::write(served.path().join("slow.bin"), vec![1u8; 4_000_000]).unwrap();
-    let port = free_port();
-    let server = format!("127.0.0.1:{port}");
     // 16 Mbit/s: the 4 MB file takes 2 s.
-    let mut srv = serve(served.path(), port, &["--rate", "16M"]);
+    let mut srv = serve(served.path(), &["--rate", "16M"]);
+    let server = srv.server();
     assert!(wait_up(&server).status.success());
     let get = Command::new(BIN)
         .args([
@@ -401,8 +392,7 @@ fn a_server_killed_mid_transfer_fails_the_client_fast_and_clean() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(500));
-    srv.0.kill().unwrap(); // SIGKILL: no goodbye
-    let _ = srv.0.wait();
+    srv.stop(); // SIGKILL: no goodbye
     let t = Instant::now();
     let got = get.wait_with_output().unwrap();
     assert!(
@@ -426,19 +416,9 @@ fn a_server_killed_mid_transfer_fails_the_client_fast_and_clean() {
 fn serve_json_prints_one_object_per_finished_session() {
     let served = tempfile::tempdir().unwrap();
     std::fs::write(served.path().join("f"), vec![5u8; 150_000]).unwrap();
-    let port = free_port();
-    let server = format!("127.0.0.1:{port}");
     // Killed when dropped, even if an assertion fails first.
-    let mut srv = common::Serve(
-        Command::new(BIN)
-            .args(["serve", "--json", "--dir"])
-            .arg(served.path())
-            .args(["--bind", &server, "--engine", common::engine_arg()])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let mut srv = serve_with(served.path(), &["--json"], Stdio::piped());
+    let server = srv.server();
     assert!(wait_up(&server).status.success());
     let got = run(&[
         "get",
@@ -630,7 +610,7 @@ fn a_stopped_server_tells_its_clients_and_exits_cleanly() {
         .unwrap();
     std::thread::sleep(Duration::from_millis(800));
     let kill = Command::new("kill")
-        .args(["-TERM", &srv.0.id().to_string()])
+        .args(["-TERM", &srv.child.id().to_string()])
         .status()
         .unwrap();
     assert!(kill.success());
@@ -643,15 +623,9 @@ fn a_stopped_server_tells_its_clients_and_exits_cleanly() {
     assert_eq!(got.status.code(), Some(1));
     let err = String::from_utf8_lossy(&got.stderr);
     assert!(err.contains("the server is shutting down"), "{err}");
-    let status = srv.0.wait().unwrap();
+    let status = srv.child.wait().unwrap();
     assert!(status.success(), "{status:?}");
-    let mut log = String::new();
-    srv.0
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut log)
-        .unwrap();
+    let log = srv.log();
     assert!(
         log.contains("[STOPPED]") && log.contains("2 cut short"),
         "{log}"
@@ -754,9 +728,8 @@ fn list_escapes_control_characters_and_hides_unreadable_files() {
     let locked = served.path().join("locked.bin");
     std::fs::write(&locked, b"secret").unwrap();
     std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o000)).unwrap();
-    let port = free_port();
-    let server = format!("127.0.0.1:{port}");
-    let _srv = serve(served.path(), port, &[]);
+    let srv = serve(served.path(), &[]);
+    let server = srv.server();
     let listed = wait_up(&server);
     assert!(listed.status.success(), "{listed:?}");
     let text = String::from_utf8_lossy(&listed.stdout);

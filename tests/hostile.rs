@@ -7,7 +7,7 @@
 mod common;
 use common::{random_bytes, server, RawClient, BIN};
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -69,32 +69,6 @@ fn fds_of(pid: u32) -> (usize, usize) {
         }
     }
     (all, deleted)
-}
-
-/// `ringblast serve` on a free port with `extra`, its log in a file; waits until it answers.
-struct Logged {
-    serve: common::Serve,
-    addr: SocketAddr,
-    log: tempfile::NamedTempFile,
-}
-
-impl Logged {
-    fn start(dir: &Path, extra: &[&str]) -> Logged {
-        let log = tempfile::NamedTempFile::new().unwrap();
-        let port = common::free_port();
-        let serve = common::serve_with(dir, port, extra, Stdio::from(log.reopen().unwrap()));
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        common::wait_up(&addr.to_string());
-        Logged { serve, addr, log }
-    }
-
-    fn pid(&self) -> u32 {
-        self.serve.0.id()
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.log.path()).unwrap()
-    }
 }
 
 // ---- 2. The client's temporary file ---------------------------------------------------
@@ -196,7 +170,7 @@ fn asking_for_every_datagram_size_costs_a_few_indexes_and_deleted_files_are_let_
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("f"), random_bytes(1 << 20)).unwrap();
     std::fs::write(dir.path().join("g"), random_bytes(1 << 20)).unwrap();
-    let s = Logged::start(dir.path(), &[]);
+    let s = common::serve(dir.path(), &[]);
     let (before, _) = fds_of(s.pid());
     let rss_before = rss_anon_kib(s.pid());
     for (i, size) in (544u16..844).enumerate() {
@@ -566,7 +540,7 @@ fn ten_thousand_sub_clients_against_a_default_server_all_arrive() {
 #[test]
 fn a_flood_of_refused_requests_does_not_flood_the_log() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Logged::start(dir.path(), &[]);
+    let s = common::serve(dir.path(), &[]);
     let before = s.log().len();
     let mut hello = Message::Hello { nonce: 1 }.to_vec();
     hello[2] = 2;
@@ -771,7 +745,7 @@ fn json_on_stdout_is_json_only_and_an_empty_file_gets_its_line() {
 fn blast_sessions_are_logged_as_they_ended_and_a_failed_get_leaves_no_directory() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("f"), random_bytes(200 * MAX_PAYLOAD)).unwrap();
-    let s = Logged::start(dir.path(), &[]);
+    let s = common::serve(dir.path(), &[]);
     // A receive buffer too small for a blast: the client loses datagrams.
     let relay = ringblast::tools::relay::Relay::start(ringblast::tools::relay::RelayConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -820,7 +794,7 @@ fn serve_says_what_it_skips_and_escapes_names_in_its_log() {
     std::fs::write(dir.path().join("a\tb"), b"tab").unwrap();
     std::fs::create_dir(dir.path().join("sub")).unwrap();
     std::os::unix::fs::symlink("/etc/hostname", dir.path().join("link")).unwrap();
-    let s = Logged::start(dir.path(), &[]);
+    let s = common::serve(dir.path(), &[]);
     let out = Command::new(BIN)
         .args(["get", "a\tb", "--discard", "--server", &s.addr.to_string()])
         .output()
@@ -859,29 +833,11 @@ fn serve_says_what_it_skips_and_escapes_names_in_its_log() {
 fn serve_json_names_a_session_one_way() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("f"), random_bytes(100_000)).unwrap();
-    let port = common::free_port();
-    let mut serve = Command::new(BIN)
-        .args(["serve", "--json", "--dir"])
-        .arg(dir.path())
-        .args(["--bind", &format!("127.0.0.1:{port}")])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let server = format!("127.0.0.1:{port}");
-    common::wait_up(&server);
-    let out = common::run(&["get", "f", "--discard", "--server", &server]);
+    let mut srv = common::serve_with(dir.path(), &["--json"], Stdio::piped());
+    let out = common::run(&["get", "f", "--discard", "--server", &srv.server()]);
     assert!(out.status.success());
     std::thread::sleep(Duration::from_millis(300));
-    let _ = serve.kill();
-    let mut text = String::new();
-    serve
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut text)
-        .unwrap();
-    let _ = serve.wait();
+    let text = srv.stop_stdout();
     let v: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
     let id = v["session"].as_str().unwrap().to_string();
     assert_eq!(

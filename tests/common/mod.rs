@@ -251,7 +251,8 @@ pub fn python3() -> bool {
     ok
 }
 
-/// A UDP port free right now on 127.0.0.1.
+/// A UDP port free right now on 127.0.0.1: for an address where nothing listens (to give a
+/// server, use [`serve`], which lets the kernel pick).
 pub fn free_port() -> u16 {
     UdpSocket::bind("127.0.0.1:0")
         .unwrap()
@@ -260,34 +261,92 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// A `ringblast serve` process; killed when dropped.
-pub struct Serve(pub Child);
+/// A `ringblast serve` process on a port of its own choosing, its log in a file; killed when
+/// dropped.
+pub struct Serve {
+    pub child: Child,
+    /// Where it listens (it bound port 0 and said which port it got).
+    pub addr: SocketAddr,
+    log: tempfile::NamedTempFile,
+}
 
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+impl Serve {
+    /// Its address as `--server` takes it.
+    pub fn server(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap()
+    }
+
+    /// Stops it (SIGKILL) and returns its whole log.
+    pub fn stop(&mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.log()
+    }
+
+    /// Stops it and returns what it printed on stdout (started with `Stdio::piped()`).
+    pub fn stop_stdout(&mut self) -> String {
+        self.stop();
+        let mut text = String::new();
+        let mut out = self.child.stdout.take().expect("stdout was piped");
+        std::io::Read::read_to_string(&mut out, &mut text).unwrap();
+        text
     }
 }
 
-/// `ringblast serve` of `dir` on `port` with [`engine`] and `extra` arguments.
-pub fn serve(dir: &Path, port: u16, extra: &[&str]) -> Serve {
-    serve_with(dir, port, extra, Stdio::null())
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
-/// Like [`serve`], with its stderr (the log) going to `stderr`.
-pub fn serve_with(dir: &Path, port: u16, extra: &[&str], stderr: Stdio) -> Serve {
+/// `ringblast serve` of `dir` with [`engine`] and `extra` arguments, on 127.0.0.1 and a port
+/// the kernel picks (no race with another test for a port found free a moment before), once
+/// it is listening.
+pub fn serve(dir: &Path, extra: &[&str]) -> Serve {
+    serve_with(dir, extra, Stdio::null())
+}
+
+/// Like [`serve`], with its stdout (`--json`) going to `stdout`.
+pub fn serve_with(dir: &Path, extra: &[&str], stdout: Stdio) -> Serve {
+    let log = tempfile::NamedTempFile::new().unwrap();
     let child = Command::new(BIN)
         .args(["serve", "--dir"])
         .arg(dir)
-        .args(["--bind", &format!("127.0.0.1:{port}")])
+        .args(["--bind", "127.0.0.1:0"])
         .args(["--engine", engine_arg()])
         .args(extra)
-        .stdout(Stdio::null())
-        .stderr(stderr)
+        .stdout(stdout)
+        .stderr(Stdio::from(log.reopen().unwrap()))
         .spawn()
         .unwrap();
-    Serve(child)
+    // The first log line says where it listens.
+    let t = Instant::now();
+    let addr = loop {
+        let text = std::fs::read_to_string(log.path()).unwrap();
+        if let Some(rest) = text.split("Server is listening on ").nth(1) {
+            let addr = rest.split(',').next().unwrap_or("");
+            break addr
+                .parse()
+                .unwrap_or_else(|_| panic!("listening on {addr:?}?"));
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "serve never said where it listens: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Serve { child, addr, log }
 }
 
 /// `--engine` value matching [`engine`].
