@@ -232,7 +232,7 @@ fn many_ports_and_hosts_cannot_push_out_a_session_and_their_silent_sessions_expi
     assert_eq!(std::fs::read(out.path().join("f")).unwrap(), data);
     // The silent sessions are gone after the idle timeout.
     let t = Instant::now();
-    while srv.stats().sessions_active.load(Ordering::Relaxed) != 0 {
+    while srv.stats().sessions_active.load(Ordering::Acquire) != 0 {
         assert!(
             t.elapsed() < Duration::from_secs(3),
             "silent sessions were kept"

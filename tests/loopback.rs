@@ -275,7 +275,7 @@ fn server_frees_the_session_of_a_client_that_vanishes() {
         assert_eq!(srv.stats().sessions_active.load(Ordering::Relaxed), 1);
     }
     let t = Instant::now();
-    while srv.stats().sessions_active.load(Ordering::Relaxed) != 0 {
+    while srv.stats().sessions_active.load(Ordering::Acquire) != 0 {
         assert!(t.elapsed() < Duration::from_secs(3), "session not freed");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -713,7 +713,7 @@ fn a_copy_that_cannot_be_written_fails_at_once_and_frees_the_session() {
             "{case}: took {:?}",
             t.elapsed()
         );
-        while srv.stats().sessions_active.load(Ordering::Relaxed) > 0 {
+        while srv.stats().sessions_active.load(Ordering::Acquire) > 0 {
             assert!(
                 t.elapsed() < Duration::from_secs(3),
                 "{case}: the server kept the session"

@@ -370,7 +370,6 @@ impl Session {
             }
         };
         let stats = &self.ctx.stats;
-        stats.sessions_active.fetch_sub(1, Ordering::Relaxed);
         stats
             .bytes_sent
             .fetch_add(summary.bytes_sent, Ordering::Relaxed);
@@ -385,6 +384,8 @@ impl Session {
             CloseReason::TimedOut => stats.sessions_timed_out.fetch_add(1, Ordering::Relaxed),
             _ => stats.sessions_failed.fetch_add(1, Ordering::Relaxed),
         };
+        // Last (Release), so whoever sees no session active (Acquire) also sees how each ended.
+        stats.sessions_active.fetch_sub(1, Ordering::Release);
         // The control thread may be gone (shutdown): then nobody is listening.
         let _ = self.ctx.summaries.send(summary);
     }

@@ -99,7 +99,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn wait_idle(server: &Server) {
     let t = Instant::now();
-    while server.stats().sessions_active.load(Ordering::Relaxed) > 0
+    while server.stats().sessions_active.load(Ordering::Acquire) > 0
         && t.elapsed() < Duration::from_secs(3)
     {
         std::thread::sleep(Duration::from_millis(5));
