@@ -94,12 +94,14 @@ fn parse_addr(t: &str) -> Result<SocketAddr, String> {
     if let Ok(a) = t.parse::<SocketAddr>() {
         return Ok(a);
     }
-    if let Ok(ip) = t
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .parse::<IpAddr>()
-    {
+    // An address without a port: bare, or IPv6 in a pair of brackets ("[::1" is a typo, not
+    // an address).
+    if let Ok(ip) = t.parse::<IpAddr>() {
         return Ok(SocketAddr::new(ip, DEFAULT_PORT));
+    }
+    let bracketed = t.strip_prefix('[').and_then(|r| r.strip_suffix(']'));
+    if let Some(Ok(ip)) = bracketed.map(str::parse::<std::net::Ipv6Addr>) {
+        return Ok(SocketAddr::new(ip.into(), DEFAULT_PORT));
     }
     // [v6%interface]:port or [v6%interface]: the interface by name.
     if let Some(rest) = t.strip_prefix('[') {
@@ -310,6 +312,11 @@ mod tests {
             .unwrap_err()
             .contains("cannot resolve"));
         assert!(a("10.0.0.1:99999").is_err());
+        // Brackets come in pairs and hold IPv6 only.
+        for typo in ["[::1", "::1]", "[[::1]]", "[10.0.0.1]", "[10.0.0.1]:80"] {
+            assert!(a(typo).is_err(), "{typo} accepted as {:?}", a(typo));
+        }
+        assert!(a("[::1").unwrap_err().contains("missing ]"));
     }
 
     #[test]
