@@ -129,8 +129,9 @@ fn transfer_before_config_is_silent_and_rate_paces_raw_transfers() {
 }
 
 /// The lab's own Python client (tests/lab/lab_client.py: its select() with a 5 s timeout,
-/// recvfrom(65507), the kernel's default receive buffer) against `serve --legacy --rate`:
-/// every sub-client's file arrives whole. Skipped, with a message, without python3.
+/// here 1 s, recvfrom(65507), the kernel's default receive buffer) against
+/// `serve --legacy --rate`: every sub-client's file arrives whole. Skipped, with a message,
+/// without python3.
 #[test]
 fn the_labs_python_client_gets_whole_files_from_a_paced_legacy_server() {
     if !common::python3() {
@@ -146,6 +147,7 @@ fn the_labs_python_client_gets_whole_files_from_a_paced_legacy_server() {
     let out = tempfile::tempdir().unwrap();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/lab/lab_client.py");
     let got = std::process::Command::new("python3")
+        .env("LAB_SILENCE", "1")
         .arg(script)
         .arg("127.0.0.1")
         .arg(srv.local_addr().port().to_string())

@@ -250,6 +250,7 @@ fn the_labs_python_client_gets_whole_files_across_a_link() {
     // that sends nothing fails the test instead of hanging it.
     let got = hosts
         .command(&hosts.client, "timeout")
+        .env("LAB_SILENCE", "1")
         .args(["60", "python3", script])
         .args([SERVER_V4, "6969", "f.bin", "2"])
         .arg(out.path())
