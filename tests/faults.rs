@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use ringblast::client::{self, GetConfig};
 use ringblast::protocol::MAX_PAYLOAD;
 use ringblast::server::engine::{EngineKind, SendPath};
-use ringblast::server::{Server, ServerConfig};
 
 fn change_mid_transfer(engine: EngineKind, change: fn(&std::path::Path)) {
     change_mid_transfer_by(engine, SendPath::Auto, change)
@@ -24,15 +23,11 @@ fn change_mid_transfer_by(engine: EngineKind, send_path: SendPath, change: fn(&s
     std::fs::write(&path, vec![7u8; 60 * MAX_PAYLOAD]).unwrap();
     std::fs::write(served.path().join("other"), vec![1u8; 3 * MAX_PAYLOAD]).unwrap();
     // 20 Mbit/s: the 3.9 MB file takes ~1.6 s, time to change it underneath.
-    let srv = Server::start(ServerConfig {
-        dir: served.path().into(),
-        bind: "127.0.0.1:0".parse().unwrap(),
-        engine,
-        rate_bps: Some(20_000_000),
-        send_path,
-        ..ServerConfig::default()
-    })
-    .unwrap();
+    let srv = common::server(served.path(), |c| {
+        c.engine = engine;
+        c.rate_bps = Some(20_000_000);
+        c.send_path = send_path;
+    });
     let changer = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(400));
         change(&path);

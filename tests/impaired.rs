@@ -2,7 +2,6 @@
 //! directions, and the loss of each control message. Every copy must arrive intact.
 
 mod common;
-use common::engine;
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -27,15 +26,7 @@ fn setup(size: usize, tweak: impl FnOnce(&mut ServerConfig)) -> Setup {
     let mut data = vec![0u8; size];
     rand::rngs::SmallRng::seed_from_u64(size as u64).fill_bytes(&mut data);
     std::fs::write(served.path().join("f"), &data).unwrap();
-    let mut cfg = ServerConfig {
-        dir: served.path().into(),
-        bind: "127.0.0.1:0".parse().unwrap(),
-        engine: engine(),
-        workers: 2,
-        ..ServerConfig::default()
-    };
-    tweak(&mut cfg);
-    let server = Server::start(cfg).unwrap();
+    let server = common::server(served.path(), tweak);
     Setup {
         _served: served,
         out: tempfile::tempdir().unwrap(),

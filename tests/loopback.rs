@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use ringblast::client::{self, GetConfig, Verify, WritePath};
-use ringblast::protocol::{is_data, ErrorCode, Message, Meta, Mode, MAX_PAYLOAD};
+use ringblast::protocol::{is_data, ErrorCode, Message, Meta, Mode, DATA_HEADER_LEN, MAX_PAYLOAD};
 use ringblast::server::engine::EngineKind;
 
 /// Serves `data` as `name`, fetches it with `clients` sub-clients, compares every copy.
@@ -54,17 +54,38 @@ fn round_trip_with(engine: EngineKind, data: &[u8], clients: usize, mode: Mode) 
     srv.shutdown();
 }
 
+/// Sizes around one and two datagrams' payload, for the datagrams the server really sends:
+/// auto's (61472 bytes on loopback where it may splice) and the copy path's (the lab's 65507).
 #[test]
 fn edge_sizes_arrive_intact() {
-    for size in [
-        0,
-        1,
-        MAX_PAYLOAD - 1,
-        MAX_PAYLOAD,
-        MAX_PAYLOAD + 1,
-        2 * MAX_PAYLOAD,
-    ] {
-        round_trip(&random_bytes(size), 1, Mode::Reliable);
+    use ringblast::server::engine::SendPath;
+    for send_path in [SendPath::Auto, SendPath::Copy] {
+        let served = tempfile::tempdir().unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let srv = server(served.path(), |c| c.send_path = send_path);
+        // The payload per datagram, from a transfer: what the sizes below straddle.
+        std::fs::write(served.path().join("probe"), b"x").unwrap();
+        let probe = &fetch(srv.local_addr(), "probe", 1, out.path(), |_| {})[0];
+        assert!(probe.ok(), "{probe:?}");
+        let p = probe.datagram_size - DATA_HEADER_LEN;
+        let expect = match (send_path, engine()) {
+            (SendPath::Auto, EngineKind::Uring) => 61_472 - DATA_HEADER_LEN,
+            _ => MAX_PAYLOAD,
+        };
+        assert_eq!(p, expect, "{send_path:?}");
+        for size in [0, 1, p - 1, p, p + 1, 2 * p, 2 * p + 1] {
+            let name = format!("f{size}");
+            let data = random_bytes(size);
+            std::fs::write(served.path().join(&name), &data).unwrap();
+            let r = &fetch(srv.local_addr(), &name, 1, out.path(), |_| {})[0];
+            assert!(r.ok(), "{send_path:?} {size}: {r:?}");
+            assert_eq!(r.datagram_size, probe.datagram_size);
+            let want_datagrams = size.div_ceil(p) as u64;
+            assert_eq!(r.datagrams_expected, want_datagrams, "{send_path:?} {size}");
+            let got = std::fs::read(r.path.as_ref().unwrap()).unwrap();
+            assert!(got == data, "{send_path:?} {size}: copy differs");
+        }
+        srv.shutdown();
     }
 }
 

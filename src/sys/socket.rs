@@ -194,15 +194,16 @@ mod tests {
     }
 
     #[test]
-    fn an_oversize_datagram_fails_instead_of_fragmenting() {
+    fn the_socket_forbids_fragmentation() {
         let s = UdpSocket::bind("127.0.0.1:0").unwrap();
         forbid_fragmentation(&s).unwrap();
         assert_eq!(
             get_int(&s, libc::IPPROTO_IP, libc::IP_MTU_DISCOVER).unwrap(),
             libc::IP_PMTUDISC_DO
         );
-        // Loopback's MTU holds any UDP datagram, so only the option can be checked here;
-        // tests/netns.rs sends one past a 1500-byte MTU.
+        // Loopback's MTU holds any UDP datagram, so only the option can be checked here (and
+        // that the largest datagram still goes); tests/netns.rs sees a send past a 1500-byte
+        // MTU fail (a_server_whose_path_cannot_carry_its_size_fails_the_session_with_the_reason).
         let dst = UdpSocket::bind("127.0.0.1:0").unwrap();
         s.send_to(&[0u8; 65_507], dst.local_addr().unwrap())
             .unwrap();
