@@ -22,7 +22,7 @@ BIN=$PWD/target/release/ringblast
 # shellcheck source=netns-lib.sh
 . benches/netns-lib.sh
 
-head -c $((SIZE_MIB << 20)) /dev/urandom > "$WORK/f.bin"
+make_file "$WORK/f.bin" $((SIZE_MIB << 20))
 ip netns exec $S "$BIN" serve --dir "$WORK" --bind [::]:6969 --json > "$WORK/serve.json" 2> "$WORK/serve.log" &
 disown
 ip netns exec $S iperf3 -s -p 5201 -D --pidfile "$WORK/iperf.pid"
@@ -35,7 +35,7 @@ summary() { python3 -c "
 import json, sys; d=json.load(open('$1')); c=d['clients'][0]
 ok = 'ok' if d['all_intact'] else 'NOT INTACT'
 print('%.1f %.4f %.2f %s' % (c['bytes_intact']*8/c['duration_s']/1e6, c['retransmitted']/max(c['datagrams_expected'],1), c['duration_s'], ok))"; }
-tcp() { ip netns exec $C iperf3 -c $SV4 -p 5201 -R -t "$1" -J | python3 -c "import json,sys; print(json.load(sys.stdin)['end']['sum_received']['bits_per_second']/1e6)"; }
+tcp() { ip netns exec $C iperf3 -c $SV4 -p 5201 -R -t "$1" -J | iperf3_rate | awk '{print $1 * 8 / 1e6}'; }
 
 echo "machine: $(nproc) cores, kernel $(uname -r); link: tbf $RATE, queue $QUEUE, MTU $MTU, via a router namespace; file ${SIZE_MIB} MiB; $RUNS runs each"
 t=(); a=(); ar=(); p1=(); p2=(); pr=(); sr=(); st=()

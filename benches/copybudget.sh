@@ -26,10 +26,7 @@ DIR=${RINGBLAST_BENCH_DIR:-/tmp/ringblast-bench}
 OUT=$DIR/out
 PORT=${PORT:-6980}
 mkdir -p "$DIR/files"
-for size in 1024 250; do
-  f="$DIR/files/${size}MiB.bin"
-  [ "$(stat -c %s "$f" 2>/dev/null || echo 0)" = $((size << 20)) ] || head -c $((size << 20)) /dev/urandom > "$f"
-done
+for size in 1024 250; do make_file "$DIR/files/${size}MiB.bin" $((size << 20)); done
 command -v iperf3 >/dev/null || { echo "iperf3 is not installed: apt-get install iperf3" >&2; exit 1; }
 
 PIDS=()
@@ -39,8 +36,7 @@ serve() { # port, args...
   local port=$1; shift
   $BIN serve --dir "$DIR/files" --bind "127.0.0.1:$port" "$@" > "$DIR/serve-$port.log" 2>&1 &
   PIDS+=($!)
-  for _ in $(seq 300); do [ "$(grep -c indexed "$DIR/serve-$port.log" || true)" -ge 2 ] && return; sleep 0.1; done
-  echo "server on $port did not index its files: $(tail -3 "$DIR/serve-$port.log")" >&2; exit 1
+  wait_server "$DIR/serve-$port.log" 2 || exit 1
 }
 serve $PORT --send-path auto;              AUTO_PID=${PIDS[-1]}
 serve $((PORT + 2)) --send-path copy;       COPY_PID=${PIDS[-1]}
@@ -56,12 +52,11 @@ get() { # label, port, server pid or "", args...
   local label=$1 port=$2 pid=$3; shift 3
   rm -rf "$OUT"; sync
   local before=0; [ -n "$pid" ] && before=$(cpu_ticks "$pid")
-  local out TIMEFORMAT='%U %S' t
+  local TIMEFORMAT='%U %S' t
   # The client's CPU (user, system) from bash's `time`, on stderr after the get's own.
-  t=$( { time $BIN get "$@" --server "127.0.0.1:$port" > "$DIR/get.out" 2>/dev/null; } 2>&1 )
-  out=$(cat "$DIR/get.out")
-  add "$label" "$(echo "$out" | goodput)"
-  local bytes; bytes=$(echo "$out" | awk 'NR>2 && $1 ~ /^[0-9]+$/ {s += $4} END {print s}')
+  t=$( { time $BIN get "$@" --server "127.0.0.1:$port" --json "$DIR/get.json" > /dev/null 2>&1; } 2>&1 )
+  add "$label" "$(goodput "$DIR/get.json")"
+  local bytes; bytes=$(get_json "$DIR/get.json" "sum(x['bytes_received'] for x in c)")
   add "${label}_ccpu" "$(echo "$t" | awk -v b="$bytes" '{printf "%.3f", ($1 + $2) / (b / 1e9)}')"
   if [ -n "$pid" ]; then
     add "${label}_cpu" "$(awk -v t=$(( $(cpu_ticks "$pid") - before )) -v hz="$HZ" -v b="$bytes" 'BEGIN {printf "%.3f", t / hz / (b / 1e9)}')"
@@ -74,18 +69,8 @@ iperf() { # label, parallel streams
   sleep 0.3
   iperf3 -c 127.0.0.1 -p $port -u -b 0 -l 65507 -t 3 -P "$streams" -J > "$DIR/iperf.json" 2>/dev/null || true
   wait $spid || true
-  read -r rate cpu < <(python3 - "$DIR/iperf.json" <<'EOF'
-import json, sys
-j = json.load(open(sys.argv[1]))
-s = j["end"]["sum"] if "sum" in j["end"] else j["end"]["sum_received"]
-# The receiver's rate: bytes sent less the datagrams it counted lost.
-rate = s["bits_per_second"] * (1 - s.get("lost_percent", 0) / 100) / 8 / 1048576
-sent_gb = s["bytes"] / 1e9
-cpu_s = j["end"]["cpu_utilization_percent"]["host_total"] / 100 * s["seconds"]
-print(f"{rate:.1f} {cpu_s / sent_gb:.3f}")
-EOF
-)
-  add "$label" "$rate"; add "${label}_cpu" "$cpu"
+  add "$label" "$(iperf3_rate < "$DIR/iperf.json" | awk '{printf "%.1f", $1 / 1048576}')"
+  add "${label}_cpu" "$(iperf3_cpu_per_gb < "$DIR/iperf.json" | awk '{printf "%.3f", $1}')"
 }
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), kernel $(uname -r)"

@@ -10,6 +10,8 @@ set -euo pipefail
 ROUNDS=${1:-500}
 PORT=${PORT:-6993}
 cd "$(dirname "$0")/.."
+# shellcheck source=lib.sh
+. benches/lib.sh
 cargo build --release --quiet
 BIN=target/release/ringblast
 WORK=$(mktemp -d)
@@ -24,10 +26,7 @@ mkdir -p "$WORK/files"
 head -c $((4 << 20)) /dev/urandom > "$WORK/files/f"
 "$BIN" serve --dir "$WORK/files" --bind "127.0.0.1:$PORT" 2> "$WORK/serve.log" &
 SERVER_PID=$!
-for _ in $(seq 50); do
-  "$BIN" list --server "127.0.0.1:$PORT" --timeout 0.2 > /dev/null 2>&1 && break
-  sleep 0.1
-done
+wait_server "$WORK/serve.log" 1
 alive=yes
 for round in $(seq "$ROUNDS"); do
   head -c $((4 << 20)) /dev/urandom > "$WORK/files/f"

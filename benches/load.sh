@@ -30,10 +30,8 @@ cleanup() {
   rm -rf "$WORK"
 }
 trap cleanup EXIT
-head -c 32M /dev/urandom > "$WORK/f32.bin"
-head -c 8M /dev/urandom > "$WORK/f8.bin"
-head -c 1M /dev/urandom > "$WORK/f1.bin"
-[ -n "${SIZE_MIB:-}" ] && head -c "${SIZE_MIB}M" /dev/urandom > "$WORK/f$SIZE_MIB.bin"
+mkdir "$WORK/files"
+for mib in 32 8 1 ${SIZE_MIB:-}; do make_file "$WORK/files/f$mib.bin" $((mib << 20)); done
 
 # Samples /proc/PID/status of the given processes every 20 ms until STOP exists; writes the
 # peak RssAnon (KiB) and Threads of each, one line per pid.
@@ -74,12 +72,9 @@ for n in $SESSIONS; do
   max=$((n > 4096 ? n : 4096))
   rows=()
   for run in $(seq "$RUNS"); do
-    "$BIN" serve --dir "$WORK" --bind "127.0.0.1:$PORT" --max-sessions "$max" --sessions-per-ip "$max" $SERVE_ARGS > /dev/null 2> "$WORK/serve.log" &
+    "$BIN" serve --dir "$WORK/files" --bind "127.0.0.1:$PORT" --max-sessions "$max" --sessions-per-ip "$max" $SERVE_ARGS > /dev/null 2> "$WORK/serve.log" &
     SERVER_PID=$!
-    for _ in $(seq 100); do
-      [ "$(grep -c indexed "$WORK/serve.log" || true)" -ge 3 ] && break
-      sleep 0.1
-    done
+    wait_server "$WORK/serve.log" "$(ls "$WORK/files" | wc -l)"
     sleep 0.3
     base=$(rss_anon "$SERVER_PID")
     drops0=$(rcvbuf_errors)

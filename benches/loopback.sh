@@ -17,17 +17,11 @@ OUT=$DIR/out
 PORT=${PORT:-6990}
 SERVER=127.0.0.1:$PORT
 mkdir -p "$DIR/files"
-for size in 1024 250; do
-  f="$DIR/files/${size}MiB.bin"
-  [ "$(stat -c %s "$f" 2>/dev/null || echo 0)" = $((size << 20)) ] || head -c $((size << 20)) /dev/urandom > "$f"
-done
+for size in 1024 250; do make_file "$DIR/files/${size}MiB.bin" $((size << 20)); done
 $BIN serve --dir "$DIR/files" --bind "$SERVER" > "$DIR/serve.log" 2>&1 &
 SERVE_PID=$!
 trap 'kill $SERVE_PID 2>/dev/null || true' EXIT
-# Wait until both files are indexed.
-for _ in $(seq 100); do [ "$(grep -c indexed "$DIR/serve.log" || true)" -ge 2 ] && break; sleep 0.1; done
-
-# Aggregate goodput in MiB/s from the table's last line.
+wait_server "$DIR/serve.log" 2
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), kernel $(uname -r)"
 run_case() { # label, args...
@@ -36,7 +30,8 @@ run_case() { # label, args...
   for _ in $(seq "$RUNS"); do
     # Start each run with no dirty pages of the last one still being written back.
     rm -rf "$OUT"; sync
-    vals+=("$($BIN get 1024MiB.bin --server "$SERVER" "$@" | goodput)")
+    $BIN get 1024MiB.bin --server "$SERVER" --json "$DIR/get.json" "$@" > /dev/null
+    vals+=("$(goodput "$DIR/get.json")")
   done
   printf '%-44s median %8.1f MiB/s = %5.2f GB/s   runs: %s\n' "$label" \
     "$(printf '%s\n' "${vals[@]}" | median)" \
@@ -53,9 +48,9 @@ if command -v iperf3 >/dev/null; then
     iperf3 -s -p $((PORT + 1)) -1 >/dev/null 2>&1 &
     IPERF_PID=$!
     sleep 0.3
-    line=$(iperf3 -c 127.0.0.1 -p $((PORT + 1)) -u -b 0 -l 65507 -t 3 2>/dev/null | grep receiver)
-    vals+=("$(echo "$line" | awk '{for(i=1;i<=NF;i++) if ($i ~ /bits\/sec/) {v=$(i-1); u=$i}} END {m=(u ~ /^G/)?1e9:(u ~ /^M/)?1e6:1; print v*m/8/1048576}')")
-    loss=$(echo "$line" | grep -o '([0-9.]*%)')
+    iperf3 -c 127.0.0.1 -p $((PORT + 1)) -u -b 0 -l 65507 -t 3 -J > "$DIR/iperf.json" 2> /dev/null
+    vals+=("$(iperf3_rate < "$DIR/iperf.json" | awk '{print $1 / 1048576}')")
+    loss=$(python3 -c "import json; print('%.1f%%' % json.load(open('$DIR/iperf.json'))['end']['sum']['lost_percent'])")
     wait $IPERF_PID
   done
   printf '%-44s median %8.1f MiB/s = %5.2f GB/s   runs: %s (last run lost %s)\n' "iperf3 -u -b 0 -l 65507, receiver" \
@@ -66,8 +61,8 @@ fi
 
 (sleep 0.5; ps -L -o comm= -p $SERVE_PID | sort | uniq -c | awk '{printf "%s x%s, ", $2, $1}' > "$DIR/threads.txt") &
 PS_PID=$!
-table=$($BIN get 250MiB.bin --server "$SERVER" --discard --clients 10)
+$BIN get 250MiB.bin --server "$SERVER" --discard --clients 10 --json "$DIR/get.json" > /dev/null
 wait $PS_PID
-echo "10 clients x 250 MiB, --discard: $(echo "$table" | tail -1)"
+echo "10 clients x 250 MiB, --discard: $(get_json "$DIR/get.json" "'%d of %d copies intact, goodput %.1f MiB/s' % (sum(x['hash_ok'] for x in c), len(c), d['goodput_bps'] / 8 / MiB)")"
 echo "  server threads during the transfer: $(cat "$DIR/threads.txt")"
-echo "  retransmitted per client: $(echo "$table" | awk 'NR>2 && $1 ~ /^[0-9]+$/ {printf "%s ", $10}')"
+echo "  retransmitted per client: $(get_json "$DIR/get.json" "' '.join(str(x['retransmitted']) for x in c)")"

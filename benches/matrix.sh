@@ -40,12 +40,12 @@ else
 fi
 for r in $RATES; do
   f="$WORK/f$(size_mib "$r").bin"
-  [ -f "$f" ] || head -c $(($(size_mib "$r") << 20)) /dev/urandom > "$f"
+  make_file "$f" $(($(size_mib "$r") << 20))
 done
 $IN_S "$BIN" serve --dir "$WORK" --bind "${SERVER/10.78.1.1/[::]}" > "$WORK/serve.log" 2>&1 &
 SERVE_PID=$!
 disown
-for _ in $(seq 50); do grep -q LISTENING "$WORK/serve.log" && break; sleep 0.1; done
+wait_server "$WORK/serve.log"
 
 echo "machine: $(nproc) cores, kernel $(uname -r); bottleneck: $KIND; $SEEDS seeds a cell"
 echo
@@ -90,7 +90,7 @@ except Exception:
       if [ "$KIND" = tbf ] && [ -n "$direct" ] && command -v iperf3 > /dev/null; then
         $IN_S iperf3 -s -p 5201 -1 > /dev/null 2>&1 &
         sleep 0.3
-        tcp=$($IN_C iperf3 -c "$SV4" -p 5201 -R -t 3 -J | python3 -c "import json,sys; print('%.1f' % (json.load(sys.stdin)['end']['sum_received']['bits_per_second'] / ($rate * 1e6) * 100))" || echo "-")
+        tcp=$($IN_C iperf3 -c "$SV4" -p 5201 -R -t 3 -J | iperf3_rate | awk -v r="$rate" '{printf "%.1f", $1 * 8 / (r * 1e6) * 100}' || echo "-")
       fi
       printf '| %s Mbit/s | %s ms | %s%% | %.1f | %.2f | %s/%s | %s |\n' "$rate" "$rtt" "$loss" \
         "$(printf '%s\n' "${g[@]}" | median)" "$(printf '%s\n' "${o[@]}" | median)" "$ok" "$SEEDS" "$tcp"

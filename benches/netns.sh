@@ -30,7 +30,7 @@ BIN=$PWD/target/release/ringblast
 # shellcheck source=netns-lib.sh
 . benches/netns-lib.sh
 
-head -c $((SIZE_MIB << 20)) /dev/urandom > "$WORK/f.bin"
+make_file "$WORK/f.bin" $((SIZE_MIB << 20))
 ip netns exec $S "$BIN" serve --dir "$WORK" --bind [::]:6969 --json > "$WORK/serve-6969.json" 2> "$WORK/serve.log" &
 disown
 # The same server without GSO, for the comparison.
@@ -88,8 +88,8 @@ if command -v iperf3 > /dev/null; then
   sleep 0.5
   t=() u=()
   for _ in $(seq "$RUNS"); do
-    t+=("$(ip netns exec $C iperf3 -c $SV4 -p 5201 -R -t 3 -J | python3 -c "import json,sys; print(json.load(sys.stdin)['end']['sum_received']['bits_per_second']/8e9)")")
-    u+=("$(ip netns exec $C iperf3 -c $SV4 -p 5201 -R -t 3 -u -b 0 -l $((MTU - 28)) -J | python3 -c "import json,sys; e=json.load(sys.stdin)['end']['sum']; print(e['bits_per_second']*(1-e['lost_percent']/100)/8e9)")")
+    t+=("$(ip netns exec $C iperf3 -c $SV4 -p 5201 -R -t 3 -J | iperf3_rate | awk '{print $1 / 1e9}')")
+    u+=("$(ip netns exec $C iperf3 -c $SV4 -p 5201 -R -t 3 -u -b 0 -l $((MTU - 28)) -J | iperf3_rate | awk '{print $1 / 1e9}')")
   done
   TCP=$(printf '%s\n' "${t[@]}" | median)
   printf '%-36s %6.2f GB/s   (runs: %s)\n' "iperf3 TCP" "$TCP" "$(printf '%.2f ' "${t[@]}")"

@@ -37,7 +37,7 @@ for VARIANT in ${ENGINES//,/ }; do
   ENGINE_NAME=$VARIANT; VARIANT=${VARIANT//:/-}
   $BIN serve --dir "$DIR" --bind 127.0.0.1:$PORT --engine "$ENGINE" "${PATHARG[@]}" >"$OUT/$VARIANT.serve.log" 2>&1 &
   SERVE=$!
-  sleep 2
+  wait_server "$OUT/$VARIANT.serve.log" 1
   # One untimed run to warm the page cache, then the profiled ones.
   $BIN get "$NAME" --server 127.0.0.1:$PORT --clients "$CLIENTS" $GET >/dev/null
   perf stat -e task-clock,context-switches,cpu-migrations,page-faults -p $SERVE -o "$OUT/$VARIANT.stat.txt" &
