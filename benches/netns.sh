@@ -15,6 +15,7 @@
 #   - 10 sub-clients at once (aggregate, every copy intact), and IPv6.
 # Usage: benches/netns.sh [RUNS]     env: MTU=1500 SIZE_MIB=1024 RATE= (e.g. 1gbit) ROUTER=
 #                                         OUT=DIR (where --out writes; default a temp dir)
+#                                         BIN=path (another build, e.g. the one before a change)
 # Needs root, iproute2 and iperf3 (apt-get install iproute2 iperf3).
 set -euo pipefail
 RUNS=${1:-5}
@@ -26,7 +27,7 @@ cd "$(dirname "$0")/.."
 # shellcheck source=lib.sh
 . benches/lib.sh
 cargo build --release -q
-BIN=$PWD/target/release/ringblast
+BIN=${BIN:-$PWD/target/release/ringblast}
 # shellcheck source=netns-lib.sh
 . benches/netns-lib.sh
 

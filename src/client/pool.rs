@@ -80,16 +80,25 @@ impl Driven {
         self.sub.id
     }
 
-    /// Sends what the logic queued. A datagram the socket has no room for is lost (the logic
-    /// resends requests and ACKs on its own); any other failure is the copy's.
+    /// Sends what the logic queued, then lets a copy whose data phase ended close. A datagram
+    /// the socket has no room for is lost (the logic resends requests and ACKs on its own);
+    /// any other failure is the copy's.
     fn flush(&mut self) {
-        while let Some(buf) = self.sub.outbox.pop() {
-            match socket::retry_eintr(|| self.sock.send(&buf)) {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => self.sub.on_socket_error(e, Instant::now()),
+        loop {
+            while let Some(buf) = self.sub.outbox.pop() {
+                match socket::retry_eintr(|| self.sock.send(&buf)) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => self.sub.on_socket_error(e, Instant::now()),
+                }
+                self.sub.outbox.recycle(buf);
             }
-            self.sub.outbox.recycle(buf);
+            // The server has what the copy's last step queued (its last ACK, then DONE):
+            // the next step, until the copy has ended.
+            if !self.sub.is_closing() {
+                return;
+            }
+            self.sub.close(Instant::now());
         }
     }
 

@@ -77,7 +77,34 @@ enum Phase {
     },
     Handshake(Box<Handshake>),
     Data(Box<Transfer>),
+    /// The data phase is over, in steps that each wait for the driver to send what the
+    /// last one queued ([`SubClient::close`]): the server is never kept waiting behind work
+    /// of the client's own.
+    Closing(Box<Closing>),
     Ended,
+}
+
+struct Closing {
+    step: Step,
+    /// When the data phase ended: [`SubClient::deadline`] names it, so a driver that did not
+    /// call [`SubClient::close`] closes the copy at its next look.
+    since: Instant,
+}
+
+enum Step {
+    /// The last ACK is queued (a complete copy's): next, the counts, the whole-file manifest
+    /// and DONE.
+    Conclude {
+        transfer: Box<Transfer>,
+        outcome: Result<(), ClientError>,
+    },
+    /// DONE is queued: next, the copy's own checks (waiting for its content hash, the rename).
+    Keep {
+        outcome: Result<(), ClientError>,
+        /// The copy, if it is to be checked and kept (`outcome` is Ok).
+        sink: Option<Sink>,
+        content_hash: [u8; 32],
+    },
 }
 
 struct Transfer {
@@ -176,7 +203,7 @@ impl SubClient {
     /// temporary file removed, and the report says how far it got.
     pub(super) fn interrupt(&mut self, now: Instant) {
         let e = match &self.phase {
-            Phase::Ended => return,
+            Phase::Ended | Phase::Closing(_) => return,
             Phase::Data(t) => ClientError::Interrupted {
                 got: t.rx.counts.bytes_intact,
                 of: t.meta.file_size,
@@ -195,11 +222,18 @@ impl SubClient {
         matches!(self.phase, Phase::Ended)
     }
 
+    /// The data phase ended and its last datagrams wait in the outbox: send them, then
+    /// [`SubClient::close`].
+    pub(super) fn is_closing(&self) -> bool {
+        matches!(self.phase, Phase::Closing(_))
+    }
+
     /// When [`SubClient::on_timer`] has something to do, if no datagram comes first.
     pub(super) fn deadline(&self) -> Option<Instant> {
         match &self.phase {
             Phase::New { retry_at } => Some(*retry_at),
             Phase::Ended => None,
+            Phase::Closing(c) => Some(c.since),
             Phase::Handshake(h) => h.deadline(),
             Phase::Data(t) => Some(t.rx.deadline(self.cfg.timeout)),
         }
@@ -247,7 +281,7 @@ impl SubClient {
                     Err(e) => Err(e),
                 }
             }
-            Phase::New { .. } | Phase::Ended => return,
+            Phase::New { .. } | Phase::Closing(_) | Phase::Ended => return,
         };
         self.end(r, now);
     }
@@ -255,7 +289,9 @@ impl SubClient {
     /// The socket failed, receiving or sending (`ECONNREFUSED`: nothing listens at the
     /// server's address).
     pub(super) fn on_socket_error(&mut self, e: std::io::Error, now: Instant) {
-        if self.is_ended() {
+        // Closing: only the last ACK and DONE were left to send, and a copy that came whole
+        // is whole (DONE is not acknowledged anyway).
+        if self.is_ended() || self.is_closing() {
             return;
         }
         let e = if e.kind() == std::io::ErrorKind::ConnectionRefused {
@@ -274,6 +310,7 @@ impl SubClient {
     pub(super) fn on_timer(&mut self, empty_at: Option<u64>, now_ns: u64, now: Instant) {
         let ended = match &mut self.phase {
             Phase::Ended => return,
+            Phase::Closing(_) => return self.close(now),
             Phase::New { .. } => return self.start(now),
             Phase::Handshake(h) => match h.on_timer(now, &mut self.outbox) {
                 Ok(()) => return,
@@ -397,18 +434,66 @@ impl SubClient {
         }
     }
 
-    /// The copy is over, one way or another: the report is filled in, the server told (once
-    /// there is a session), the copy verified and renamed, or removed.
+    /// The copy is over, one way or another. A transfer's counts go into the report and the
+    /// server is told (DONE) at once; the copy's own checks wait for [`SubClient::close`].
     fn end(&mut self, outcome: Result<(), ClientError>, now: Instant) {
         self.leave_handshake();
         let phase = std::mem::replace(&mut self.phase, Phase::Ended);
         if let Phase::Handshake(h) = &phase {
             self.report.busy_retries = h.busy_retries;
         }
-        let r = match phase {
-            Phase::Data(t) => outcome.and(self.finish(*t)),
-            _ => outcome,
+        match phase {
+            Phase::Data(transfer) => {
+                self.phase = Phase::Closing(Box::new(Closing {
+                    step: Step::Conclude { transfer, outcome },
+                    since: now,
+                }))
+            }
+            _ => self.settle(outcome, now),
+        }
+    }
+
+    /// The driver sent what the copy's last step queued: the next step. After the last ACK,
+    /// the counts and DONE; after DONE, the copy checked (its content hash, where it has
+    /// one) and renamed into place, or removed.
+    pub(super) fn close(&mut self, now: Instant) {
+        if !self.is_closing() {
+            return;
+        }
+        let Phase::Closing(c) = std::mem::replace(&mut self.phase, Phase::Ended) else {
+            unreachable!("closing, just checked")
         };
+        let Closing { step, since } = *c;
+        match step {
+            Step::Conclude { transfer, outcome } => {
+                let (wire, sink, content_hash) = self.conclude(*transfer);
+                let outcome = outcome.and(wire);
+                let sink = outcome.is_ok().then_some(sink);
+                self.phase = Phase::Closing(Box::new(Closing {
+                    step: Step::Keep {
+                        outcome,
+                        sink,
+                        content_hash,
+                    },
+                    since,
+                }));
+            }
+            Step::Keep {
+                outcome,
+                sink,
+                content_hash,
+            } => {
+                let r = match (outcome, sink) {
+                    (Ok(()), Some(sink)) => self.keep(sink, content_hash),
+                    (outcome, _) => outcome,
+                };
+                self.settle(r, now);
+            }
+        }
+    }
+
+    /// The copy's end, told: the other sub-clients, the report, the temporary file.
+    fn settle(&mut self, r: Result<(), ClientError>, now: Instant) {
         match &r {
             Ok(()) => self.shared.together.copy_done(now),
             // The server is gone, refuses us, or made no progress for this whole `get` for a
@@ -432,9 +517,10 @@ impl SubClient {
         self.report.finish();
     }
 
-    /// The data phase's counts into the report, DONE to the server, and the whole-file
-    /// checks. Runs whatever ended the data phase (DONE goes in any case).
-    fn finish(&mut self, t: Transfer) -> Result<(), ClientError> {
+    /// The data phase's counts into the report, DONE to the server (whatever ended the data
+    /// phase), and what the wire can tell: every datagram came, and the manifest matches.
+    /// Returns that, the copy and the content hash it should have.
+    fn conclude(&mut self, t: Transfer) -> (Result<(), ClientError>, Sink, [u8; 32]) {
         let Transfer { meta, mut rx, sink } = t;
         let r = &mut self.report;
         r.file_size = meta.file_size;
@@ -455,29 +541,35 @@ impl SubClient {
         let manifest_ok = r.complete
             && manifest_hash(meta.file_size, meta.payload_size, &rx.crcs) == meta.manifest_hash;
         drop(rx);
-        // Tell the server we are done, whatever happened.
         let status = if manifest_ok {
             DoneStatus::Complete
         } else {
             DoneStatus::Incomplete
         };
         self.done(meta.session, status);
-        let r = &mut self.report;
-        if !r.complete {
-            return Err(ClientError::Incomplete(format!(
+        let r = &self.report;
+        let wire = if !r.complete {
+            Err(ClientError::Incomplete(format!(
                 "{} of {} datagrams lost ({} of {} bytes intact)",
                 r.datagrams_lost, r.datagrams_expected, r.bytes_intact, meta.file_size
-            )));
-        }
-        if !manifest_ok {
-            return Err(ClientError::Verification(
+            )))
+        } else if !manifest_ok {
+            Err(ClientError::Verification(
                 "whole-file manifest hash mismatch: copy discarded".into(),
-            ));
-        }
+            ))
+        } else {
+            Ok(())
+        };
+        (wire, sink, meta.content_hash)
+    }
+
+    /// A copy the wire found whole: its content hash checked (where it has one) and, with
+    /// `--out`, renamed into place.
+    fn keep(&mut self, sink: Sink, content_hash: [u8; 32]) -> Result<(), ClientError> {
         let hash = sink.finish();
         self.report.written_direct = sink.direct_bytes();
         let content_ok = match hash? {
-            Some(hash) => hash == meta.content_hash,
+            Some(hash) => hash == content_hash,
             None => true,
         };
         if !content_ok {

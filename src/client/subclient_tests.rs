@@ -49,9 +49,15 @@ fn sub(id: usize, clients: usize, together: &Arc<Together>, t0: Instant) -> SubC
     )
 }
 
-/// What the copy sent since the last look.
+/// What the copy sent since the last look (as the driver does, a copy whose data phase ended
+/// is closed, step by step, each step's datagrams sent).
 fn sent(s: &mut SubClient) -> Vec<Vec<u8>> {
-    s.outbox.drain()
+    let mut out = s.outbox.drain();
+    while s.is_closing() {
+        s.close(Instant::now());
+        out.extend(s.outbox.drain());
+    }
+    out
 }
 
 fn feed(s: &mut SubClient, datagrams: Vec<Vec<u8>>, at: Instant) {
@@ -165,6 +171,59 @@ fn a_copy_from_hello_to_verified() {
     assert!(acks >= 2, "the first ACK and the last");
     assert_eq!(done, DONE_REPEATS);
     assert_eq!(r.datagram_size, P as usize + DATA_HEADER_LEN);
+}
+
+/// The last datagram in: the last ACK is queued and the copy closes in steps, each after
+/// the driver sent what the one before queued: the counts and DONE, then the copy's own
+/// checks (waiting for a content hash may take a while). The server is kept waiting behind
+/// neither: it would probe and resend meanwhile.
+#[test]
+fn the_server_hears_the_end_before_the_copy_is_checked() {
+    let t0 = Instant::now();
+    let together = Together::new(t0);
+    let mut s = sub(1, 1, &together, t0);
+    s.start(t0);
+    let server = Server::new(file(3_500));
+    let mut acks = 0;
+    // HELLO -> RETRY, GET -> META, first ACK -> all the data.
+    let mut replies = Vec::new();
+    for step in 1..=3 {
+        replies = server.answer(&s.outbox.drain(), &mut acks);
+        if step < 3 {
+            feed(&mut s, replies.clone(), t0);
+        }
+    }
+    assert_eq!(acks, 1, "the first ACK");
+    assert_eq!(replies.len(), 4, "every datagram of the file");
+    let t1 = t0 + Duration::from_millis(1);
+    feed(&mut s, replies, t1);
+    let kinds = |s: &mut SubClient| -> Vec<&str> {
+        s.outbox
+            .drain()
+            .iter()
+            .map(|d| match Message::parse(d).unwrap() {
+                Message::Ack(a) if a.recv_next == 4 => "last ACK",
+                Message::Done { session: 77, .. } => "DONE",
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    };
+    assert!(s.is_closing() && !s.is_ended());
+    assert_eq!(s.deadline(), Some(t1));
+    assert_eq!(kinds(&mut s), ["last ACK"]);
+    assert_eq!(s.report.datagrams_expected, 0, "not counted yet");
+    s.close(t1);
+    assert!(s.is_closing());
+    assert_eq!(kinds(&mut s), ["DONE", "DONE", "DONE"]);
+    assert_eq!(s.report.datagrams_expected, 4);
+    assert!(!s.report.hash_ok, "not checked yet");
+    // A send failing now (the server gone after all) changes nothing: the copy is whole.
+    s.on_socket_error(std::io::ErrorKind::ConnectionRefused.into(), t1);
+    s.close(t0 + Duration::from_millis(2));
+    assert!(s.is_ended());
+    let r = s.take_report();
+    assert!(r.ok(), "{r:?}");
+    assert_eq!(r.bytes_intact, 3_500);
 }
 
 /// A META that would make this client allocate without bound is refused, and the server,
