@@ -103,8 +103,14 @@ pub fn manifest_hash(file_size: u64, payload_size: u32, crcs: &[u32]) -> [u8; 32
     let mut h = blake3::Hasher::new_derive_key("ringblast 2026 manifest v1");
     h.update(&file_size.to_be_bytes());
     h.update(&payload_size.to_be_bytes());
-    for c in crcs {
-        h.update(&c.to_be_bytes());
+    // A few KiB at a time: one update per 4-byte CRC made the hash of a 1 GiB file's 745 000
+    // CRCs (1472-byte datagrams) take ~12 ms, at the end of every copy.
+    let mut buf = [0u8; 4096];
+    for run in crcs.chunks(buf.len() / 4) {
+        for (b, c) in buf.chunks_exact_mut(4).zip(run) {
+            b.copy_from_slice(&c.to_be_bytes());
+        }
+        h.update(&buf[..run.len() * 4]);
     }
     *h.finalize().as_bytes()
 }
@@ -112,6 +118,31 @@ pub fn manifest_hash(file_size: u64, payload_size: u32, crcs: &[u32]) -> [u8; 32
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The manifest hash is BLAKE3 (derived key) over size, payload size and the CRCs, all
+    /// big-endian, however the bytes are fed to it.
+    #[test]
+    fn the_manifest_hash_is_of_the_bytes_in_order() {
+        for n in [0usize, 1, 1023, 1024, 1025, 5000] {
+            let crcs: Vec<u32> = (0..n as u32)
+                .map(|i| i.wrapping_mul(2_654_435_761))
+                .collect();
+            let mut bytes = Vec::new();
+            bytes.extend_from_slice(&123_456_789u64.to_be_bytes());
+            bytes.extend_from_slice(&1440u32.to_be_bytes());
+            for c in &crcs {
+                bytes.extend_from_slice(&c.to_be_bytes());
+            }
+            let want = blake3::Hasher::new_derive_key("ringblast 2026 manifest v1")
+                .update(&bytes)
+                .finalize();
+            assert_eq!(
+                manifest_hash(123_456_789, 1440, &crcs),
+                *want.as_bytes(),
+                "{n}"
+            );
+        }
+    }
 
     #[test]
     fn names_that_escape_are_refused() {
