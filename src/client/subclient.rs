@@ -434,8 +434,9 @@ impl SubClient {
         }
     }
 
-    /// The copy is over, one way or another. A transfer's counts go into the report and the
-    /// server is told (DONE) at once; the copy's own checks wait for [`SubClient::close`].
+    /// The copy is over, one way or another. One that never reached its data phase is
+    /// settled at once; a transfer closes in steps ([`SubClient::close`]), the first once the
+    /// driver has sent what is queued (a complete copy's last ACK).
     fn end(&mut self, outcome: Result<(), ClientError>, now: Instant) {
         self.leave_handshake();
         let phase = std::mem::replace(&mut self.phase, Phase::Ended);
