@@ -38,10 +38,16 @@ pub mod client;
 /// Returns so that a test can `if cond { return skip(..) }`.
 #[doc(hidden)]
 pub fn skip(why: &str) {
-    if std::env::var("RINGBLAST_CI").is_ok_and(|v| v == "1") {
+    if in_ci() {
         panic!("RINGBLAST_CI=1, and this test cannot run here: {why}");
     }
     eprintln!("SKIPPED: {why}");
+}
+
+/// For tests: whether this is CI (`RINGBLAST_CI=1`), where everything a test needs is there.
+#[doc(hidden)]
+pub fn in_ci() -> bool {
+    std::env::var("RINGBLAST_CI").is_ok_and(|v| v == "1")
 }
 pub mod protocol;
 pub mod report;

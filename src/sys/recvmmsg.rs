@@ -148,11 +148,7 @@ impl RecvBatch {
     /// may be shorter). Empty if the buffer was truncated.
     pub fn segments(&self, i: usize) -> impl Iterator<Item = &[u8]> {
         let buf = self.datagram(i).unwrap_or(&[]);
-        let step = match self.segment_sizes.get(i) {
-            Some(&s) if s > 0 && i < self.count => s,
-            _ => buf.len().max(1),
-        };
-        buf.chunks(step)
+        buf.chunks(self.segment_size(i).unwrap_or(buf.len().max(1)))
     }
 
     /// The GRO segment size of buffer `i` (each datagram in it but the last is this long),

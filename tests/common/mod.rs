@@ -29,7 +29,7 @@ pub fn uring_available() -> bool {
     match ringblast::server::engine::uring::available() {
         Ok(()) => true,
         Err(e) => {
-            if std::env::var("RINGBLAST_CI").is_ok_and(|v| v == "1") {
+            if ringblast::in_ci() {
                 panic!("RINGBLAST_CI=1 but {e}");
             }
             false
