@@ -81,7 +81,7 @@ impl TokenKey {
         token: &[u8; TOKEN_LEN],
         now_us: u64,
     ) -> Result<(), TokenError> {
-        let issued_us = u64::from_be_bytes(token[..8].try_into().expect("8 bytes"));
+        let issued_us = issued_us(token);
         // Compare all 16 bytes without an early exit, so timing says nothing about the MAC.
         let expect = self.mac(addr, issued_us);
         let diff = expect
@@ -100,6 +100,11 @@ impl TokenKey {
         }
         Ok(())
     }
+}
+
+/// When `token` says it was issued (Unix µs): its first 8 bytes, whether or not its MAC holds.
+pub fn issued_us(token: &[u8; TOKEN_LEN]) -> u64 {
+    u64::from_be_bytes(token[..8].try_into().expect("8 bytes"))
 }
 
 #[cfg(test)]

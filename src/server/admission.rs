@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use crate::protocol::token::issued_us;
 use crate::protocol::TOKEN_LEN;
 
 /// A token bucket: `rate` tokens per second, up to `burst`.
@@ -186,10 +187,6 @@ impl SpentTokens {
     pub fn is_empty(&self) -> bool {
         self.spent.is_empty()
     }
-}
-
-fn issued_us(token: &[u8; TOKEN_LEN]) -> u64 {
-    u64::from_be_bytes(token[..8].try_into().expect("8 bytes"))
 }
 
 #[cfg(test)]
