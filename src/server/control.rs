@@ -425,10 +425,9 @@ impl Control {
     fn datagram_size_for(&self, peer: SocketAddr, client_max: u16) -> Result<usize, String> {
         let ours = match self.cfg.datagram_size {
             DatagramSize::Fixed(n) => n,
-            DatagramSize::Auto => socket::route_mtu(peer)
-                .map(|mtu| socket::datagram_size_for_mtu(mtu, &peer))
-                .unwrap_or(MAX_DATAGRAM)
-                .min(self.send_path.auto_datagram()),
+            DatagramSize::Auto => {
+                socket::route_datagram_size(peer).min(self.send_path.auto_datagram())
+            }
         };
         // The client's limit is snapped down to one of a few sizes: each size a file is sent
         // at needs an index of its own (a CRC per datagram), and a client asking for every

@@ -21,7 +21,6 @@ use super::catalog::Catalog;
 use super::log_budget::LogBudget;
 use super::stats::ServerStats;
 use crate::protocol::layout::validate_name;
-use crate::protocol::MAX_DATAGRAM;
 use crate::report::escape;
 use crate::sys::socket::{self, retry_eintr};
 
@@ -230,10 +229,7 @@ fn send_raw(
     let mut f =
         open_regular(path).map_err(|e| std::io::Error::other(format!("cannot open it: {e}")))?;
     let size = f.metadata().map(|m| m.len()).unwrap_or(0);
-    let datagram = socket::route_mtu(to)
-        .map(|mtu| socket::datagram_size_for_mtu(mtu, &to))
-        .unwrap_or(MAX_DATAGRAM)
-        .min(MAX_DATAGRAM);
+    let datagram = socket::route_datagram_size(to);
     tracing::info!("[TRANSFER] Sending file {name} to client {to}");
     tracing::info!(
         "[TRANSFER] File size: {size} bytes, in datagrams of {datagram} bytes. Client {to}"

@@ -129,6 +129,14 @@ pub fn route_mtu(peer: SocketAddr) -> io::Result<usize> {
     path_mtu(&connected(peer)?)
 }
 
+/// The largest datagram that reaches `peer` unfragmented by its route's MTU ([`route_mtu`],
+/// [`datagram_size_for_mtu`]); 65507 when the route cannot be asked.
+pub fn route_datagram_size(peer: SocketAddr) -> usize {
+    route_mtu(peer)
+        .map(|mtu| datagram_size_for_mtu(mtu, &peer))
+        .unwrap_or(MAX_DATAGRAM)
+}
+
 /// The largest UDP payload a packet of `mtu` bytes carries to `peer`: the MTU minus the IP
 /// header (20 bytes for IPv4, 40 for IPv6) and the UDP header (8), at most 65507.
 pub fn datagram_size_for_mtu(mtu: usize, peer: &SocketAddr) -> usize {
