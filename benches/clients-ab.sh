@@ -24,7 +24,7 @@ make_file "$WORK/f.bin" $((SIZE_MIB << 20))
 ip netns exec "$S" "$SERVER_BIN" serve --dir "$WORK" --bind "[::]:6969" 2> "$WORK/serve.log" > /dev/null &
 disown
 wait_server "$WORK/serve.log" 1
-# Warm up: the file indexed at this path's datagram size, the page cache full.
+# Warm up: the file scanned at this path's datagram size, the page cache full.
 ip netns exec "$C" "$SERVER_BIN" get f.bin --server "$SV4:6969" --discard --timeout 30 > /dev/null
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), kernel $(uname -r)"

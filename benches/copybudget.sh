@@ -39,7 +39,7 @@ serve() { # port, args...
   wait_server "$DIR/serve-$port.log" 2 || exit 1
 }
 serve $PORT --send-path auto;              AUTO_PID=${PIDS[-1]}
-serve $((PORT + 2)) --send-path copy;       COPY_PID=${PIDS[-1]}
+serve $((PORT + 2)) --send-path sendmsg;       COPY_PID=${PIDS[-1]}
 serve $((PORT + 4)) --engine threads;       THREADS_PID=${PIDS[-1]}
 serve $((PORT + 6)) --send-path splice;     SPLICE_PID=${PIDS[-1]}
 

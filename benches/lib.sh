@@ -17,12 +17,12 @@ make_file() {
 }
 
 # wait_server LOG [FILES]: waits (up to 30 s) until the `serve` whose log (stderr) is LOG says
-# it is listening and has indexed FILES files (default 0); fails with the log's last lines.
+# it is listening and has scanned FILES files (default 0); fails with the log's last lines.
 wait_server() {
   local log=$1 files=${2:-0}
   for _ in $(seq 300); do
     if grep -q LISTENING "$log" 2> /dev/null \
-      && [ "$(grep -c '\[INDEX\].* indexed' "$log" || true)" -ge "$files" ]; then
+      && [ "$(grep -c '\[SCAN\].* scanned' "$log" || true)" -ge "$files" ]; then
       return 0
     fi
     sleep 0.1

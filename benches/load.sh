@@ -10,7 +10,7 @@
 # runs with defaults except --max-sessions and --sessions-per-ip, raised to N where N passes
 # their defaults (4096, 1024): every session comes from one address here.
 # Usage: benches/load.sh [RUNS]   env: SESSIONS="100 1000 5000" SIZE_MIB= TIMEOUT=30s
-#        SERVE_ARGS="--send-path copy" (more options for the server)
+#        SERVE_ARGS="--send-path sendmsg" (more options for the server)
 set -euo pipefail
 RUNS=${1:-3}
 SESSIONS=${SESSIONS:-100 1000 5000}

@@ -38,7 +38,7 @@ disown
 ip netns exec $S "$BIN" serve --dir "$WORK" --bind [::]:6970 --json --no-gso > "$WORK/serve-6970.json" 2> "$WORK/serve-nogso.log" &
 disown
 snmp() { ip netns exec $C awk -v f="$1" '/^Ip:/{ if (!n) { for (i=1;i<=NF;i++) if ($i==f) c=i; n=1 } else print $c }' /proc/net/snmp; }
-# Warm up: the server indexes the file at this path's datagram size, the page cache fills.
+# Warm up: the server scans the file at this path's datagram size, the page cache fills.
 for server in $SV4:6969 $SV4:6970 "[$SV6]:6969"; do
   for _ in $(seq 50); do
     ip netns exec $C "$BIN" get f.bin --server "$server" --discard --timeout 30 > /dev/null 2>&1 && break

@@ -3,7 +3,7 @@
 //!
 //! # The two data paths
 //!
-//! **Server, file to wire.** [`server::catalog`] indexes a file once (mmap, a CRC32C per
+//! **Server, file to wire.** [`server::catalog`] scans a file once (mmap, a CRC32C per
 //! datagram, BLAKE3 content and manifest hashes). The control thread ([`server`]) validates a
 //! client's address with a [`protocol::token`], answers its `GET` with `META`, and creates a
 //! [`server::session::Session`] whose [`protocol::sender::SenderState`] decides what to send

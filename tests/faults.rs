@@ -51,7 +51,7 @@ fn change_mid_transfer_by(engine: EngineKind, send_path: SendPath, change: fn(&s
         0,
         "partial copy kept"
     );
-    // Still serving: another file, and the changed one afresh (re-indexed).
+    // Still serving: another file, and the changed one afresh (re-scanned).
     let mut g = GetConfig::new(srv.local_addr(), "other");
     g.out_dir = Some(out.path().into());
     assert!(client::get(&g).unwrap()[0].ok());
@@ -105,7 +105,7 @@ fn file_truncated_while_splicing() {
 
 /// Spliced, bytes rewritten in place would go out as they are now: the file's changed
 /// identity ends the session, and any datagram that left with the new bytes fails its CRC
-/// (computed at indexing) at the receiver.
+/// (computed at scanning) at the receiver.
 #[test]
 fn file_rewritten_while_splicing() {
     if no_uring() {

@@ -207,7 +207,7 @@ fn losing_each_control_message_is_survived() {
 fn blast_without_end_marker_ends_by_timeout_and_counts_loss_exactly() {
     // Copied: datagrams of the lab's size, MAX_PAYLOAD bytes of payload each.
     let s = setup(200 * MAX_PAYLOAD, |c| {
-        c.send_path = ringblast::server::engine::SendPath::Copy
+        c.send_path = ringblast::server::engine::SendPath::Sendmsg
     });
     let mut cfg = RelayConfig::new("127.0.0.1:0".parse().unwrap(), s.server.local_addr());
     cfg.impair.loss = 0.1;

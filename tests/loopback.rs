@@ -59,7 +59,7 @@ fn round_trip_with(engine: EngineKind, data: &[u8], clients: usize, mode: Mode) 
 #[test]
 fn edge_sizes_arrive_intact() {
     use ringblast::server::engine::SendPath;
-    for send_path in [SendPath::Auto, SendPath::Copy] {
+    for send_path in [SendPath::Auto, SendPath::Sendmsg] {
         let served = tempfile::tempdir().unwrap();
         let out = tempfile::tempdir().unwrap();
         let srv = server(served.path(), |c| c.send_path = send_path);
@@ -137,7 +137,7 @@ fn blast_counts_loss_exactly_and_keeps_no_partial_copy() {
     std::fs::write(served.path().join("big"), &data).unwrap();
     // Copied: datagrams of the lab's size, MAX_PAYLOAD bytes of payload each.
     let srv = server(served.path(), |c| {
-        c.send_path = ringblast::server::engine::SendPath::Copy
+        c.send_path = ringblast::server::engine::SendPath::Sendmsg
     });
     // A receive buffer of one datagram: most of a blast is dropped by the kernel.
     let reports = fetch(srv.local_addr(), "big", 1, out.path(), |c| {
@@ -458,7 +458,7 @@ fn the_datagram_size_is_negotiated_down_to_the_client_s() {
     assert_eq!(r.datagram_size, if splices { 61_472 } else { 65_507 });
     srv.shutdown();
     let srv = server(served.path(), |c| {
-        c.send_path = ringblast::server::engine::SendPath::Copy
+        c.send_path = ringblast::server::engine::SendPath::Sendmsg
     });
     let r = &fetch(srv.local_addr(), "f", 1, out.path(), |_| {})[0];
     assert_eq!(r.datagram_size, 65_507);
@@ -576,7 +576,7 @@ fn spliced_datagrams_all_arrive_at_any_offset() {
 
 /// `--send-path auto` on loopback: a lone session (fewer sessions than workers) is copied, a
 /// busy server (as many sessions as workers) splices; both at 61472-byte datagrams.
-/// `--send-path copy` keeps the lab's 65507.
+/// `--send-path sendmsg` keeps the lab's 65507.
 #[test]
 fn auto_splices_when_busy_and_copies_when_cores_are_spare() {
     use ringblast::server::engine::SendPath;
@@ -590,7 +590,7 @@ fn auto_splices_when_busy_and_copies_when_cores_are_spare() {
     for (workers, path, size, splices) in [
         (2, SendPath::Auto, 61_472, false),
         (1, SendPath::Auto, 61_472, true),
-        (1, SendPath::Copy, 65_507, false),
+        (1, SendPath::Sendmsg, 65_507, false),
     ] {
         let srv = server(served.path(), |c| {
             c.engine = EngineKind::Uring;

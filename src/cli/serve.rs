@@ -25,7 +25,8 @@ pub enum SendPathArg {
     Auto,
     /// `sendmsg` from the mapped file: the kernel copies each payload (with UDP GSO, up to 64
     /// datagrams per call).
-    Copy,
+    #[value(alias = "copy")]
+    Sendmsg,
     /// The header with `MSG_MORE`, then `sendfile()` of the payload: the kernel attaches the
     /// file's page-cache pages, nothing is copied; one datagram per pair of calls.
     Splice,
@@ -35,7 +36,7 @@ impl From<SendPathArg> for SendPath {
     fn from(p: SendPathArg) -> SendPath {
         match p {
             SendPathArg::Auto => SendPath::Auto,
-            SendPathArg::Copy => SendPath::Copy,
+            SendPathArg::Sendmsg => SendPath::Sendmsg,
             SendPathArg::Splice => SendPath::Splice,
         }
     }
@@ -90,21 +91,22 @@ pub struct ServeArgs {
     idle_timeout: Duration,
     /// Datagram size on the wire, header included: auto = each client's path MTU less the
     /// IP and UDP headers, never fragmented (61472 on loopback where payloads may be
-    /// spliced, 65507 with --send-path copy; 1472 on Ethernet), or bytes (544-65507). A
+    /// spliced, 65507 with --send-path sendmsg; 1472 on Ethernet), or bytes (544-65507). A
     /// client's own limit lowers it (to one of a few sizes: 65507, 61472, 8972, 1472, ...).
     #[arg(long, default_value = "auto", value_parser = DatagramSize::from_str)]
     datagram_size: DatagramSize,
     /// Send one datagram per sendmsg instead of up to 64 with UDP GSO (to compare).
     #[arg(long)]
     no_gso: bool,
-    /// How the uring engine puts payloads on the wire. splice: the header, then sendfile() of
-    /// the payload, whose page-cache pages the kernel attaches to the datagram: no copy on the
-    /// server (Linux 6.5+); datagrams of at most 61473 bytes (the kernel splices at most 16
-    /// pages into one), so auto picks 61472 on loopback (15 whole pages) instead of 65507. copy: sendmsg from the mapped file, with UDP
-    /// GSO. auto: datagrams over 32 KiB (loopback) are spliced while the server has at least
-    /// as many sessions as workers and copied while it has cores to spare (a lone receiver on
-    /// the same host then gets them from cache: faster); smaller ones (Ethernet) are copied
-    /// with GSO; copy everywhere if splicing cannot be set up.
+    /// How the uring engine puts payloads on the wire. sendmsg (alias: copy): sendmsg from
+    /// the mapped file, the kernel copies each payload, with UDP GSO. splice: the header, then
+    /// sendfile() of the payload, whose page-cache pages the kernel attaches to the datagram:
+    /// no copy on the server (Linux 6.5+); datagrams of at most 61473 bytes (the kernel
+    /// splices at most 16 pages into one), so auto picks 61472 on loopback (15 whole pages)
+    /// instead of 65507. auto: datagrams over 32 KiB (loopback) are spliced while the server
+    /// has at least as many sessions as workers and sent with sendmsg while it has cores to
+    /// spare (a lone receiver on the same host then gets them from cache: faster); smaller
+    /// ones (Ethernet) go by sendmsg with GSO; sendmsg everywhere if splicing cannot be set up.
     #[arg(long, value_enum, default_value = "auto")]
     send_path: SendPathArg,
     /// Most concurrent sessions (1-100000); further requests get a "busy" answer naming

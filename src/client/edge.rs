@@ -1,7 +1,7 @@
 //! The edge between a copy's logic and its socket. The logic (`subclient.rs`,
 //! `handshake.rs`, `receive.rs`) never touches a socket or reads a clock: what arrived comes
 //! in as a [`Batch`], with the times the driver read; what it wants sent goes into its
-//! [`Outbox`], which the receive thread (`pool.rs`) empties onto the socket. Tests drive the
+//! [`Outbox`], which the receive thread (`threads.rs`) empties onto the socket. Tests drive the
 //! same logic with datagrams they build and simulated time, as quinn-proto's `Connection` is
 //! driven by `handle_event` and `poll_transmit`.
 

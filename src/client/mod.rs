@@ -3,7 +3,7 @@
 //! Each sub-client has its own socket (connected to the server's one port, so the kernel
 //! filters everything else) and its own copy. Its logic (`subclient.rs`, `handshake.rs`,
 //! `receive.rs`) is a state machine with no socket and no clock: a bounded pool of receive
-//! threads (`pool.rs`: epoll, one `recvmmsg` buffer per thread) feeds it what arrived and the
+//! threads (`threads.rs`: epoll, one `recvmmsg` buffer per thread) feeds it what arrived and the
 //! time, and sends what it queued (`edge.rs`). It validates its address with a token, asks
 //! for the file (again later if the server is busy), answers META with its first ACK, then
 //! takes data batch by batch: every datagram is length- and range-checked, its CRC32C
@@ -15,10 +15,10 @@
 mod connection;
 mod edge;
 mod handshake;
-mod pool;
 mod receive;
 mod sink;
 mod subclient;
+mod threads;
 pub mod window;
 mod write;
 
@@ -361,8 +361,11 @@ pub fn get(cfg: &GetConfig) -> Result<Vec<CopyReport>, ClientError> {
     // before any request goes out.
     let mut subs = Vec::with_capacity(clients);
     for id in 1..=clients {
-        let (sock, facts) =
-            pool::open_socket(&cfg).map_err(|error| ClientError::Spawn { id, clients, error })?;
+        let (sock, facts) = threads::open_socket(&cfg).map_err(|error| ClientError::Spawn {
+            id,
+            clients,
+            error,
+        })?;
         let port = sock
             .local_addr()
             .map_err(|error| ClientError::Spawn { id, clients, error })?
@@ -377,7 +380,7 @@ pub fn get(cfg: &GetConfig) -> Result<Vec<CopyReport>, ClientError> {
             rand::random(),
             now,
         );
-        subs.push(pool::Driven { sock, sub });
+        subs.push(threads::Driven { sock, sub });
     }
     let done = Arc::new(AtomicBool::new(false));
     let reporter = spawn_reporter(
@@ -387,7 +390,7 @@ pub fn get(cfg: &GetConfig) -> Result<Vec<CopyReport>, ClientError> {
         cfg.intervals_to_stderr,
         done.clone(),
     );
-    let reports = pool::run(subs, threads);
+    let reports = threads::run(subs, threads);
     done.store(true, Ordering::Release);
     if let Some(r) = reporter {
         let _ = r.join();

@@ -1,5 +1,5 @@
 //! One sub-client, one copy, from start to end, as a state machine with no socket and no
-//! clock: a receive thread (`pool.rs`) feeds it the batches its socket receives and the
+//! clock: a receive thread (`threads.rs`) feeds it the batches its socket receives and the
 //! deadlines it names, with the times it read, and sends what it queues in its [`Outbox`].
 //! The handshake (token, GET, busy, wait) is `handshake.rs`'s, the data phase `receive.rs`'s;
 //! here: waiting for a turn, the server's META checked against what this client will

@@ -47,7 +47,7 @@ pub enum Message<'a> {
     /// S→C `META request_id:u32 session:u32 file_size:u64 payload_size:u32 mode:u8
     /// manifest_hash:[32] content_hash:[32]`.
     Meta(Meta),
-    /// S→C `WAIT request_id:u32`: the request is being prepared (file being indexed).
+    /// S→C `WAIT request_id:u32`: the request is being prepared (file being scanned).
     Wait { request_id: u32 },
     /// S→C `BUSY request_id:u32 retry_after_ms:u32 text_len:u8 text`: no room now (the
     /// server's session limits, or this address's request budget); ask again in

@@ -289,7 +289,7 @@ impl SenderState {
     }
 
     /// Datagrams resent so often that the file may no longer match their CRCs: the caller
-    /// re-reads them (see `IndexedFile::payload_matches`).
+    /// re-reads them (see `ScannedFile::payload_matches`).
     pub fn take_suspects(&mut self) -> Vec<u32> {
         std::mem::take(&mut self.suspects)
     }
@@ -381,7 +381,7 @@ impl SenderState {
     /// sends in flight may hold a datagram for milliseconds (behind the other sessions'
     /// sends on one socket); timed from the queue, an idle receiver's ACK would make it look
     /// lost before it had even left.
-    pub fn left_at(&mut self, indices: &[u32], now: Instant) {
+    pub fn departed_at(&mut self, indices: &[u32], now: Instant) {
         let tick = self.tick(now);
         for &i in indices {
             if let Some(sent) = self.sent_tick.get_mut(i as usize) {

@@ -1,12 +1,12 @@
-//! What the server serves: the regular files directly inside one directory, and their index.
+//! What the server serves: the regular files directly inside one directory, and their scans.
 //!
-//! A file is indexed once (and again when it changes): memory-mapped, its per-datagram payload
+//! A file is scanned once (and again when it changes): memory-mapped, its per-datagram payload
 //! CRC32Cs computed, and two BLAKE3 digests taken: the content hash and the manifest hash (over
 //! the CRC list). The CRC list lets the send path stamp datagrams without reading payloads; the
 //! manifest hash lets a receiver verify the whole file from CRCs it computes anyway. This file
 //! computes the digest, decides what may be served and caches the result,
 //! per file and payload size (the CRCs are per datagram, so each datagram size a path needs
-//! has its own index).
+//! has its own scan).
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -41,7 +41,7 @@ pub enum FileError {
     },
 }
 
-/// Identity of a file version: a change to any of these means re-index. The change time is
+/// Identity of a file version: a change to any of these means re-scan. The change time is
 /// in it because a writer can restore the size and the modification time (`touch -d`), but
 /// not the change time: any write or metadata change sets it to now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,7 +66,7 @@ impl Identity {
 }
 
 /// A file ready to be sent: mapped, with its CRCs and hashes.
-pub struct IndexedFile {
+pub struct ScannedFile {
     pub name: String,
     pub size: u64,
     pub payload_size: u32,
@@ -85,9 +85,9 @@ pub struct IndexedFile {
     identity_checks: AtomicU64,
 }
 
-impl IndexedFile {
+impl ScannedFile {
     /// Reads the file's identity from disk (one fstat): true when it is no longer the version
-    /// that was indexed (written to, truncated, replaced), so its bytes may no longer match the
+    /// that was scanned (written to, truncated, replaced), so its bytes may no longer match the
     /// CRCs and hashes. Once changed, always changed.
     pub fn check_changed(&self) -> bool {
         if self.changed.load(Ordering::Relaxed) {
@@ -105,7 +105,7 @@ impl IndexedFile {
     }
 
     /// Reads datagram `index`'s payload back from the file (pread, never the map) and checks
-    /// it against the CRC it was indexed with: false, and the file marked changed, when it no
+    /// it against the CRC it was scanned with: false, and the file marked changed, when it no
     /// longer matches (written in place with its identity intact: what repeated repairs of one
     /// datagram suggest). An error reading counts as changed.
     pub fn payload_matches(&self, index: u32) -> bool {
@@ -121,12 +121,12 @@ impl IndexedFile {
         ok
     }
 
-    /// What the last [`IndexedFile::check_changed`] found, without touching the disk.
+    /// What the last [`ScannedFile::check_changed`] found, without touching the disk.
     pub fn known_changed(&self) -> bool {
         self.changed.load(Ordering::Relaxed)
     }
 
-    /// fstat calls made by [`IndexedFile::check_changed`] so far.
+    /// fstat calls made by [`ScannedFile::check_changed`] so far.
     pub fn identity_checks(&self) -> u64 {
         self.identity_checks.load(Ordering::Relaxed)
     }
@@ -145,7 +145,7 @@ impl IndexedFile {
         }
     }
 
-    /// Bytes this index keeps in memory (its CRC table), for the cache's bound.
+    /// Bytes this scan keeps in memory (its CRC table), for the cache's bound.
     fn index_bytes(&self) -> usize {
         self.crcs.len() * 4
     }
@@ -181,10 +181,10 @@ pub fn digest(file: &File, len: u64, payload_size: u32) -> std::io::Result<(Vec<
 }
 
 /// Checks each distinct file among `files` once (one fstat each, however many sessions send
-/// it) and returns those that changed on disk since they were indexed.
+/// it) and returns those that changed on disk since they were scanned.
 pub fn changed_among<'a>(
-    files: impl IntoIterator<Item = &'a Arc<IndexedFile>>,
-) -> Vec<Arc<IndexedFile>> {
+    files: impl IntoIterator<Item = &'a Arc<ScannedFile>>,
+) -> Vec<Arc<ScannedFile>> {
     let mut seen = std::collections::HashSet::new();
     let mut changed = Vec::new();
     for f in files {
@@ -198,24 +198,24 @@ pub fn changed_among<'a>(
     changed
 }
 
-/// Most indexes the cache keeps (each holds an open file and a map): a client asking for one
+/// Most scans the cache keeps (each holds an open file and a map): a client asking for one
 /// file at many datagram sizes, or for many files, cannot make the server hold descriptors
-/// without bound. Sessions hold their own index while they run.
-pub const MAX_CACHED_INDEXES: usize = 64;
+/// without bound. Sessions hold their own scan while they run.
+pub const MAX_CACHED_SCANS: usize = 64;
 /// Most bytes of CRC tables the cache keeps (4 bytes per datagram).
-pub const MAX_CACHED_INDEX_BYTES: usize = 256 << 20;
+pub const MAX_CACHED_SCAN_BYTES: usize = 256 << 20;
 
-/// The cache of indexes, least recently used first out.
+/// The cache of scans, least recently used first out.
 #[derive(Default)]
 struct Cache {
-    entries: HashMap<(String, u32), (Arc<IndexedFile>, u64)>,
+    entries: HashMap<(String, u32), (Arc<ScannedFile>, u64)>,
     /// Use counter: an entry's is when it was last asked for.
     clock: u64,
     bytes: usize,
 }
 
 impl Cache {
-    fn get(&mut self, key: &(String, u32)) -> Option<Arc<IndexedFile>> {
+    fn get(&mut self, key: &(String, u32)) -> Option<Arc<ScannedFile>> {
         self.clock += 1;
         let clock = self.clock;
         self.entries.get_mut(key).map(|(f, used)| {
@@ -224,14 +224,14 @@ impl Cache {
         })
     }
 
-    fn insert(&mut self, key: (String, u32), f: Arc<IndexedFile>) {
+    fn insert(&mut self, key: (String, u32), f: Arc<ScannedFile>) {
         self.clock += 1;
         self.bytes += f.index_bytes();
         if let Some((old, _)) = self.entries.insert(key, (f, self.clock)) {
             self.bytes -= old.index_bytes();
         }
-        while self.entries.len() > MAX_CACHED_INDEXES
-            || (self.bytes > MAX_CACHED_INDEX_BYTES && self.entries.len() > 1)
+        while self.entries.len() > MAX_CACHED_SCANS
+            || (self.bytes > MAX_CACHED_SCAN_BYTES && self.entries.len() > 1)
         {
             let Some(oldest) = self
                 .entries
@@ -252,7 +252,7 @@ impl Cache {
     }
 }
 
-/// The served directory and the index of its files.
+/// The served directory and the scans of its files.
 pub struct Catalog {
     dir: PathBuf,
     cache: Mutex<Cache>,
@@ -375,13 +375,13 @@ impl Catalog {
         Ok(out)
     }
 
-    /// The index of `name` at `payload_size` bytes per datagram, if it is cached and the file
+    /// The scan of `name` at `payload_size` bytes per datagram, if it is cached and the file
     /// has not changed since.
     pub fn cached(
         &self,
         name: &str,
         payload_size: u32,
-    ) -> Result<Option<Arc<IndexedFile>>, FileError> {
+    ) -> Result<Option<Arc<ScannedFile>>, FileError> {
         let (_, md) = open_plain(&self.dir, name)?;
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         Ok(cache
@@ -389,9 +389,9 @@ impl Catalog {
             .filter(|f| f.identity == Identity::of(&md) && !f.known_changed()))
     }
 
-    /// Indexes `name` (maps it, computes CRCs and hashes) unless a fresh index is cached.
+    /// Scans `name` (maps it, computes CRCs and hashes) unless a fresh scan is cached.
     /// Takes time proportional to the file size: call it off the control path.
-    pub fn index(&self, name: &str, payload_size: u32) -> Result<Arc<IndexedFile>, FileError> {
+    pub fn scan(&self, name: &str, payload_size: u32) -> Result<Arc<ScannedFile>, FileError> {
         if let Some(f) = self.cached(name, payload_size)? {
             return Ok(f);
         }
@@ -420,7 +420,7 @@ impl Catalog {
         } else {
             None
         };
-        let indexed = Arc::new(IndexedFile {
+        let scanned = Arc::new(ScannedFile {
             name: name.to_string(),
             size: md.len(),
             payload_size,
@@ -436,11 +436,11 @@ impl Catalog {
         self.cache
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert((name.to_string(), payload_size), indexed.clone());
-        Ok(indexed)
+            .insert((name.to_string(), payload_size), scanned.clone());
+        Ok(scanned)
     }
 
-    /// Drops cached indexes of files deleted, replaced or changed on disk (one fstat each):
+    /// Drops cached scans of files deleted, replaced or changed on disk (one fstat each):
     /// a deleted file's space is not held by a cache nobody will ask again.
     pub fn evict_stale(&self) -> usize {
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
@@ -458,8 +458,8 @@ impl Catalog {
         stale.len()
     }
 
-    /// Indexes (and descriptors) the cache holds now.
-    pub fn cached_indexes(&self) -> usize {
+    /// Scans (and descriptors) the cache holds now.
+    pub fn cached_scans(&self) -> usize {
         self.cache
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -485,33 +485,30 @@ mod tests {
             cat.list().unwrap(),
             vec![("a.bin".to_string(), 25), ("empty".to_string(), 0)]
         );
-        let f = cat.index("a.bin", 10).unwrap();
+        let f = cat.scan("a.bin", 10).unwrap();
         assert_eq!(f.datagrams(), 3);
         assert_eq!((f.payload(2).len(), f.payload(3).len()), (5, 0));
         assert_eq!(f.crcs[1], crc32c::crc32c(&data[10..20]));
         assert_eq!(f.content_hash, *blake3::hash(&data).as_bytes());
         assert_eq!(f.manifest_hash, manifest_hash(25, 10, &f.crcs));
         // Cached until the file changes.
-        assert!(Arc::ptr_eq(&f, &cat.index("a.bin", 10).unwrap()));
+        assert!(Arc::ptr_eq(&f, &cat.scan("a.bin", 10).unwrap()));
         std::fs::write(dir.path().join("a.bin"), b"changed!").unwrap();
-        assert_eq!(cat.index("a.bin", 10).unwrap().size, 8);
-        // Another datagram size is another index of the same file.
-        let coarse = cat.index("a.bin", 4).unwrap();
+        assert_eq!(cat.scan("a.bin", 10).unwrap().size, 8);
+        // Another datagram size is another scan of the same file.
+        let coarse = cat.scan("a.bin", 4).unwrap();
         assert_eq!((coarse.payload_size, coarse.datagrams()), (4, 2));
-        assert_eq!(cat.index("a.bin", 10).unwrap().payload_size, 10);
-        let e = cat.index("empty", 10).unwrap();
+        assert_eq!(cat.scan("a.bin", 10).unwrap().payload_size, 10);
+        let e = cat.scan("empty", 10).unwrap();
         assert_eq!((e.size, e.datagrams()), (0, 0));
         assert!(matches!(
-            cat.index("link", 10),
+            cat.scan("link", 10),
             Err(FileError::NotRegular(_))
         ));
+        assert!(matches!(cat.scan("sub", 10), Err(FileError::NotRegular(_))));
+        assert!(matches!(cat.scan("nope", 10), Err(FileError::NotFound(_))));
         assert!(matches!(
-            cat.index("sub", 10),
-            Err(FileError::NotRegular(_))
-        ));
-        assert!(matches!(cat.index("nope", 10), Err(FileError::NotFound(_))));
-        assert!(matches!(
-            cat.index("../a.bin", 10),
+            cat.scan("../a.bin", 10),
             Err(FileError::BadName(_))
         ));
     }
@@ -525,7 +522,7 @@ mod tests {
         let path = dir.path().join("f");
         std::fs::write(&path, vec![1u8; 100]).unwrap();
         let cat = Catalog::new(dir.path());
-        let f = cat.index("f", 10).unwrap();
+        let f = cat.scan("f", 10).unwrap();
         assert!(f.payload_matches(3) && !f.check_changed());
         let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
         std::thread::sleep(std::time::Duration::from_millis(20));
@@ -538,10 +535,10 @@ mod tests {
         assert_eq!(std::fs::metadata(&path).unwrap().modified().unwrap(), mtime);
         assert!(!f.payload_matches(3));
         assert!(f.known_changed() && f.check_changed());
-        // Not served from the cache again: the next GET indexes the new content.
+        // Not served from the cache again: the next GET scans the new content.
         assert!(cat.cached("f", 10).unwrap().is_none());
         assert_eq!(
-            cat.index("f", 10).unwrap().crcs[0],
+            cat.scan("f", 10).unwrap().crcs[0],
             crc32c::crc32c(&[2u8; 10])
         );
     }
@@ -556,33 +553,33 @@ mod tests {
         )
         .unwrap();
         let cat = Catalog::new(dir.path());
-        assert!(matches!(cat.index("p", 10), Err(FileError::NotRegular(_))));
+        assert!(matches!(cat.scan("p", 10), Err(FileError::NotRegular(_))));
         assert!(cat.list().unwrap().is_empty());
         assert!(cat.skipped.lock().unwrap().contains("p"));
     }
 
-    /// Issue 19.4: the cache keeps at most [`MAX_CACHED_INDEXES`] indexes (each an open file),
+    /// Issue 19.4: the cache keeps at most [`MAX_CACHED_SCANS`] scans (each an open file),
     /// least recently used out first, and lets go of deleted files.
     #[test]
     fn the_index_cache_is_bounded_and_forgets_deleted_files() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("f"), vec![1u8; 1000]).unwrap();
         let cat = Catalog::new(dir.path());
-        let first = cat.index("f", 512).unwrap();
-        for size in 513..(513 + MAX_CACHED_INDEXES as u32 + 10) {
-            cat.index("f", size).unwrap();
+        let first = cat.scan("f", 512).unwrap();
+        for size in 513..(513 + MAX_CACHED_SCANS as u32 + 10) {
+            cat.scan("f", size).unwrap();
             // The first stays in use, so it stays.
             assert!(cat.cached("f", 512).unwrap().is_some());
         }
-        assert_eq!(cat.cached_indexes(), MAX_CACHED_INDEXES);
+        assert_eq!(cat.cached_scans(), MAX_CACHED_SCANS);
         assert!(
             cat.cached("f", 513).unwrap().is_none(),
             "the least recent went first"
         );
         drop(first);
         std::fs::remove_file(dir.path().join("f")).unwrap();
-        assert_eq!(cat.evict_stale(), MAX_CACHED_INDEXES);
-        assert_eq!(cat.cached_indexes(), 0);
+        assert_eq!(cat.evict_stale(), MAX_CACHED_SCANS);
+        assert_eq!(cat.cached_scans(), 0);
     }
 
     #[test]
@@ -591,9 +588,9 @@ mod tests {
         std::fs::write(dir.path().join("f"), vec![1u8; 100]).unwrap();
         std::fs::write(dir.path().join("g"), vec![2u8; 100]).unwrap();
         let cat = Catalog::new(dir.path());
-        let (f, g) = (cat.index("f", 10).unwrap(), cat.index("g", 10).unwrap());
+        let (f, g) = (cat.scan("f", 10).unwrap(), cat.scan("g", 10).unwrap());
         // 50 sessions of f and 50 of g: one fstat per file, not per session.
-        let sessions: Vec<Arc<IndexedFile>> = (0..100)
+        let sessions: Vec<Arc<ScannedFile>> = (0..100)
             .map(|i| if i % 2 == 0 { f.clone() } else { g.clone() })
             .collect();
         assert!(changed_among(&sessions).is_empty());

@@ -108,7 +108,7 @@ impl ServerConfig {
         if let (SendPath::Splice, DatagramSize::Fixed(n)) = (self.send_path, self.datagram_size) {
             if n > SPLICE_DATAGRAM + 1 {
                 anyhow::bail!(
-                    "--send-path splice sends datagrams of at most {} bytes ({} of payload: the kernel splices at most 16 pages into one), not {n}; use --send-path copy or auto for larger ones",
+                    "--send-path splice sends datagrams of at most {} bytes ({} of payload: the kernel splices at most 16 pages into one), not {n}; use --send-path sendmsg or auto for larger ones",
                     SPLICE_DATAGRAM + 1,
                     MAX_SPLICE_PAYLOAD
                 );
@@ -180,7 +180,7 @@ pub enum SendPath {
     Auto,
     /// `sendmsg` from the mapped file: the kernel copies each payload (with UDP GSO, up to 64
     /// datagrams per call).
-    Copy,
+    Sendmsg,
     /// The header with `MSG_MORE`, then `sendfile()` of the payload: the kernel attaches the
     /// file's page-cache pages, nothing is copied; one datagram per pair of calls.
     Splice,
@@ -190,7 +190,7 @@ impl SendPath {
     pub fn as_str(self) -> &'static str {
         match self {
             SendPath::Auto => "auto",
-            SendPath::Copy => "copy",
+            SendPath::Sendmsg => "sendmsg",
             SendPath::Splice => "splice",
         }
     }
@@ -205,7 +205,7 @@ impl SendPath {
             // worth, MAX_DATAGRAM): splicing costs nothing in calls.
             SendPath::Auto if fits && datagram_size > MAX_DATAGRAM / 2 => SendPath::Auto,
             SendPath::Splice if fits => SendPath::Splice,
-            _ => SendPath::Copy,
+            _ => SendPath::Sendmsg,
         }
     }
 
@@ -213,7 +213,7 @@ impl SendPath {
     /// 65507 copied, [`SPLICE_DATAGRAM`] where it may splice.
     pub fn auto_datagram(self) -> usize {
         match self {
-            SendPath::Copy => MAX_DATAGRAM,
+            SendPath::Sendmsg => MAX_DATAGRAM,
             SendPath::Auto | SendPath::Splice => SPLICE_DATAGRAM,
         }
     }

@@ -14,11 +14,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::admission::{Admit, RateBudget, RequestBudgets, Spent, SpentTokens};
-use super::catalog::{Catalog, FileError, IndexedFile};
+use super::catalog::{Catalog, FileError, ScannedFile};
 use super::engine::{panic_text, Engine, SendPath};
-use super::indexer::{IndexJob, Indexed, Indexer};
 use super::legacy::Legacy;
 use super::log_budget::LogBudget;
+use super::scanner::{ScanJob, Scanned, Scanner};
 use super::session::{CloseReason, Session, SessionCtx, SessionSummary};
 use super::stats::ServerStats;
 use super::table::{Entry, SessionTable};
@@ -45,10 +45,10 @@ const STALL_YIELD: Duration = Duration::from_secs(1);
 /// After a search for a stalled session found none, GETs to a full server are refused busy
 /// for this long without searching again.
 const STALL_SEARCH_EVERY: Duration = Duration::from_millis(100);
-/// Sweeps between two looks for cached indexes of deleted or changed files (a second).
+/// Sweeps between two looks for cached scans of deleted or changed files (a second).
 const EVICT_SWEEPS: u64 = 20;
 
-/// A GET, while its file is (being) indexed at the datagram size chosen for its path.
+/// A GET, while its file is (being) scanned at the datagram size chosen for its path.
 struct PendingGet {
     peer: SocketAddr,
     request_id: u32,
@@ -78,13 +78,13 @@ pub(super) struct Control {
     stats: Arc<ServerStats>,
     sessions: SessionTable,
     pending: Vec<PendingGet>,
-    indexing: HashSet<IndexJob>,
-    indexer: Indexer,
+    scanning: HashSet<ScanJob>,
+    scanner: Scanner,
     summaries: Receiver<SessionSummary>,
     summaries_tx: Sender<SessionSummary>,
     /// Sessions may use UDP GSO.
     gso: bool,
-    /// How sessions send payloads ([`SendPath::Copy`] where splicing is not available).
+    /// How sessions send payloads ([`SendPath::Sendmsg`] where splicing is not available).
     send_path: SendPath,
     sweeps: u64,
     /// What was shed (requests over budget, ACKs over budget, GETs refused busy) when it was
@@ -108,20 +108,20 @@ impl Control {
         send_path: SendPath,
     ) -> anyhow::Result<Control> {
         let catalog = Arc::new(Catalog::new(cfg.dir.clone()));
-        let indexer = Indexer::spawn(catalog.clone())?;
+        let scanner = Scanner::spawn(catalog.clone())?;
         // Index what is there now, so the first client does not wait for it: at the fixed
-        // size, or with auto at loopback's (other paths are indexed when first asked for).
+        // size, or with auto at loopback's (other paths are scanned when first asked for).
         let payload_size = match cfg.datagram_size {
             DatagramSize::Fixed(n) => n,
             DatagramSize::Auto => send_path.auto_datagram(),
         } - DATA_HEADER_LEN;
         let payload_size = payload_size as u32;
-        let mut indexing = HashSet::new();
+        let mut scanning = HashSet::new();
         if let Ok(list) = catalog.list() {
             for (name, _) in list {
-                let job = IndexJob { name, payload_size };
-                if indexer.request(job.clone()) {
-                    indexing.insert(job);
+                let job = ScanJob { name, payload_size };
+                if scanner.request(job.clone()) {
+                    scanning.insert(job);
                 }
             }
         }
@@ -152,8 +152,8 @@ impl Control {
             stats,
             sessions: SessionTable::default(),
             pending: Vec::new(),
-            indexing,
-            indexer,
+            scanning,
+            scanner,
             summaries,
             summaries_tx,
             gso,
@@ -192,8 +192,8 @@ impl Control {
                     tracing::debug!("recv on the server port: {e}");
                 }
             }
-            while let Ok(done) = self.indexer.done.try_recv() {
-                self.indexed(done);
+            while let Ok(done) = self.scanner.done.try_recv() {
+                self.scanned(done);
             }
             self.report_finished();
             if last_sweep.elapsed() >= SWEEP_EVERY {
@@ -216,7 +216,7 @@ impl Control {
         }
         self.engine.shutdown();
         self.report_finished();
-        self.indexer.stop();
+        self.scanner.stop();
         let st = &self.stats;
         let n = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         tracing::info!(
@@ -430,8 +430,8 @@ impl Control {
             }
         };
         // The client's limit is snapped down to one of a few sizes: each size a file is sent
-        // at needs an index of its own (a CRC per datagram), and a client asking for every
-        // size in turn must not make the server index the file again and again.
+        // at needs a scan of its own (a CRC per datagram), and a client asking for every
+        // size in turn must not make the server scan the file again and again.
         let size = match client_max as usize {
             0 => ours,
             theirs => ours.min(snap_datagram_size(theirs)),

@@ -1,4 +1,4 @@
-//! The control thread's answers to `LIST` and `GET`: the file list, indexing on demand, and
+//! The control thread's answers to `LIST` and `GET`: the file list, scanning on demand, and
 //! the creation of a session with its `META`.
 
 use super::*;
@@ -57,12 +57,12 @@ impl Control {
         match self.catalog.cached(&req.name, req.payload_size) {
             Ok(Some(file)) => self.create_session(req, file),
             Ok(None) => {
-                let job = IndexJob {
+                let job = ScanJob {
                     name: req.name.clone(),
                     payload_size: req.payload_size,
                 };
-                if !self.indexing.contains(&job) && self.indexer.request(job.clone()) {
-                    self.indexing.insert(job);
+                if !self.scanning.contains(&job) && self.scanner.request(job.clone()) {
+                    self.scanning.insert(job);
                 }
                 self.send(
                     req.peer,
@@ -95,11 +95,11 @@ impl Control {
         self.error(req.peer, req.request_id, code, &e.to_string());
     }
 
-    pub(super) fn indexed(&mut self, done: Indexed) {
-        let Indexed { job, result, took } = done;
+    pub(super) fn scanned(&mut self, done: Scanned) {
+        let Scanned { job, result, took } = done;
         if let Ok(f) = &result {
             tracing::info!(
-                "[INDEX] {} indexed: {} bytes, {} of {} bytes, in {:.3} s",
+                "[SCAN] {} scanned: {} bytes, {} of {} bytes, in {:.3} s",
                 crate::report::escape(&job.name),
                 f.size,
                 crate::report::plural(f.datagrams(), "datagram"),
@@ -107,7 +107,7 @@ impl Control {
                 took.as_secs_f64()
             );
         }
-        self.indexing.remove(&job);
+        self.scanning.remove(&job);
         let (ready, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending)
             .into_iter()
             .partition(|p| p.name == job.name && p.payload_size == job.payload_size);
@@ -170,7 +170,7 @@ impl Control {
         false
     }
 
-    pub(super) fn create_session(&mut self, req: PendingGet, file: Arc<IndexedFile>) {
+    pub(super) fn create_session(&mut self, req: PendingGet, file: Arc<ScannedFile>) {
         if !self.make_room(&req) {
             return;
         }

@@ -5,8 +5,8 @@
 //! `LIST`, turns `GET`s into [`Session`](session::Session)s (kept in `table.rs`) handed to an
 //! engine (`engine/`),
 //! applies `ACK`s to their sender state and wakes the engine, times out silent clients, and
-//! logs what engines report back. Indexing a file (`catalog.rs`, `indexer.rs`) takes time
-//! proportional to its size, so it runs on an indexer thread; a client asking meanwhile is told
+//! logs what engines report back. Scanning a file (`catalog.rs`, `scanner.rs`) takes time
+//! proportional to its size, so it runs on an scanner thread; a client asking meanwhile is told
 //! to `WAIT`. `legacy.rs` answers the lab's text protocol when asked to.
 
 pub mod admission;
@@ -14,9 +14,9 @@ pub mod catalog;
 pub mod config;
 mod control;
 pub mod engine;
-pub mod indexer;
 pub mod legacy;
 mod log_budget;
+pub mod scanner;
 pub mod session;
 pub mod stats;
 mod table;
@@ -70,18 +70,18 @@ impl Server {
         let stats = Arc::new(ServerStats::default());
         let mut send_path = match cfg.engine {
             EngineKind::Uring => cfg.send_path,
-            EngineKind::Threads => SendPath::Copy,
+            EngineKind::Threads => SendPath::Sendmsg,
         };
         let engine: Box<dyn Engine> = match cfg.engine {
             EngineKind::Uring => {
-                let splice = send_path != SendPath::Copy;
+                let splice = send_path != SendPath::Sendmsg;
                 match UringEngine::new(sock.clone(), cfg.workers, stats.clone(), splice) {
                     Ok(e) => Box::new(e),
                     Err(e) if splice && send_path == SendPath::Auto => {
                         tracing::warn!(
-                            "cannot splice ({e}): payloads are copied (--send-path copy)"
+                            "cannot splice ({e}): payloads are copied (--send-path sendmsg)"
                         );
-                        send_path = SendPath::Copy;
+                        send_path = SendPath::Sendmsg;
                         Box::new(UringEngine::new(
                             sock.clone(),
                             cfg.workers,
@@ -106,7 +106,7 @@ impl Server {
             cfg.datagram_size,
             match send_path {
                 SendPath::Auto => "auto: splice while sessions >= workers",
-                SendPath::Copy => "copy",
+                SendPath::Sendmsg => "sendmsg",
                 SendPath::Splice => "splice",
             },
             rcvbuf / 1024,
@@ -136,7 +136,7 @@ impl Server {
         &self.stats
     }
 
-    /// Threads the engine runs (not counting the control and indexer threads).
+    /// Threads the engine runs (not counting the control and scanner threads).
     pub fn engine_threads(&self) -> usize {
         self.engine_threads
     }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use nix::sys::eventfd::EventFd;
 use serde::Serialize;
 
-use super::catalog::IndexedFile;
+use super::catalog::ScannedFile;
 use super::engine::{EngineKind, SendPath};
 use super::stats::ServerStats;
 use crate::protocol::layout::payload_len;
@@ -134,7 +134,7 @@ impl CloseReason {
 pub struct Session {
     pub id: u32,
     pub peer: SocketAddr,
-    pub file: Arc<IndexedFile>,
+    pub file: Arc<ScannedFile>,
     pub mode: Mode,
     pub started: Instant,
     state: Mutex<SenderState>,
@@ -151,7 +151,7 @@ pub struct Session {
     pub gso_segments: AtomicU64,
     /// Why the engine stopped using GSO for this session.
     pub gso_fallback: OnceLock<String>,
-    /// How payloads go: by copy, by splice (header, then `sendfile()` of the file's pages), or
+    /// How payloads go: by `sendmsg`, by splice (header, then `sendfile()` of the file's pages), or
     /// `Auto`: by splice while the server is busy, by copy otherwise.
     pub send_path: SendPath,
     /// Datagrams that went by splice.
@@ -173,7 +173,7 @@ impl Session {
     pub fn new(
         id: u32,
         peer: SocketAddr,
-        file: Arc<IndexedFile>,
+        file: Arc<ScannedFile>,
         state: SenderState,
         ctx: SessionCtx,
     ) -> Self {
@@ -195,7 +195,7 @@ impl Session {
             problem: OnceLock::new(),
             gso_segments: AtomicU64::new(0),
             gso_fallback: OnceLock::new(),
-            send_path: SendPath::Copy,
+            send_path: SendPath::Sendmsg,
             spliced: AtomicU64::new(0),
             #[cfg(test)]
             fail_point: AtomicBool::new(false),

@@ -111,7 +111,7 @@ mod tests {
     use super::*;
     use std::io::Write;
 
-    /// Issue 19.1: a file truncated between its indexing and its mapping killed the server
+    /// Issue 19.1: a file truncated between its scanning and its mapping killed the server
     /// with SIGBUS (the fallback pre-fault touched every page in user space). Run in a child
     /// process, so that a regression fails this test instead of killing the whole harness.
     #[test]

@@ -149,7 +149,7 @@ impl RawClient {
         }
     }
 
-    /// Sends a GET until the answer is not WAIT (the file may still be being indexed),
+    /// Sends a GET until the answer is not WAIT (the file may still be being scanned),
     /// resending on silence as a real client does.
     pub fn get(&mut self, m: &Message<'_>) -> Vec<u8> {
         let deadline = Instant::now() + Duration::from_secs(20);

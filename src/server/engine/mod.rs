@@ -46,14 +46,17 @@ mod tests {
         // 16 pages and more, or small enough for GSO to batch: copied.
         assert_eq!(
             SendPath::Auto.for_datagram(SPLICE_DATAGRAM + 2),
-            SendPath::Copy
+            SendPath::Sendmsg
         );
-        assert_eq!(SendPath::Auto.for_datagram(65_507), SendPath::Copy);
-        assert_eq!(SendPath::Auto.for_datagram(1472), SendPath::Copy);
-        assert_eq!(SendPath::Auto.for_datagram(32_000), SendPath::Copy);
+        assert_eq!(SendPath::Auto.for_datagram(65_507), SendPath::Sendmsg);
+        assert_eq!(SendPath::Auto.for_datagram(1472), SendPath::Sendmsg);
+        assert_eq!(SendPath::Auto.for_datagram(32_000), SendPath::Sendmsg);
         assert_eq!(SendPath::Splice.for_datagram(1472), SendPath::Splice);
-        assert_eq!(SendPath::Splice.for_datagram(65_507), SendPath::Copy);
-        assert_eq!(SendPath::Copy.for_datagram(SPLICE_DATAGRAM), SendPath::Copy);
+        assert_eq!(SendPath::Splice.for_datagram(65_507), SendPath::Sendmsg);
+        assert_eq!(
+            SendPath::Sendmsg.for_datagram(SPLICE_DATAGRAM),
+            SendPath::Sendmsg
+        );
         // Whole pages, at most 16 of them wherever a payload starts.
         assert_eq!(
             (SPLICE_DATAGRAM - crate::protocol::DATA_HEADER_LEN) % 4096,
@@ -61,7 +64,7 @@ mod tests {
         );
         assert!((4095 + MAX_SPLICE_PAYLOAD).div_ceil(4096) <= 16);
         assert_eq!(
-            SendPath::Copy.auto_datagram(),
+            SendPath::Sendmsg.auto_datagram(),
             crate::protocol::MAX_DATAGRAM
         );
     }

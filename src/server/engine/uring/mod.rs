@@ -3,7 +3,7 @@
 //! A worker (`worker.rs`) owns the rings of the sessions it was given. It reaps a session's
 //! completions, asks its [`SenderState`](crate::protocol::sender::SenderState) for datagrams
 //! to fill its free send slots, and submits them with one `io_uring_enter` per ring: a batch
-//! of `sendmsg`s (`copy.rs`). Each `sendmsg` carries one datagram, or with UDP GSO up to 64
+//! of `sendmsg`s (`sendmsg.rs`). Each `sendmsg` carries one datagram, or with UDP GSO up to 64
 //! (as many as fit a 64 KiB GSO packet: 44 of 1472 bytes), each a 32-byte header plus a
 //! payload range of the mmap'd file: an iovec per header and per payload, no byte of the file
 //! copied in user space. Nothing is allocated and no syscall is made per datagram. A loaded
@@ -15,8 +15,8 @@
 //! A panic in one session's code fails that session only: the worker catches it, closes the
 //! session with the reason in its summary, and goes on with its other sessions.
 
-mod copy;
 mod ring;
+mod sendmsg;
 mod session_ring;
 pub mod slots;
 mod splice;

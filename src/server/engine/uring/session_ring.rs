@@ -1,6 +1,6 @@
 //! One session as a uring worker drives it: its ring, what its pump carries from one turn to
 //! the next, and what a completion means for it (sent, resent, failed). Each turn the worker
-//! reaps the session's completions and pumps it: by copy through the ring (`copy.rs`), or by
+//! reaps the session's completions and pumps it: by `sendmsg` through the ring (`copy.rs`), or by
 //! splice beside it (`splice.rs`).
 
 use std::io;
@@ -27,7 +27,7 @@ pub(super) struct SessionRing {
     /// Reused to encode END markers: nothing is allocated per datagram.
     pub(super) scratch: Vec<u8>,
     /// Reused: the datagrams whose sends just completed.
-    pub(super) left: Vec<u32>,
+    pub(super) departed: Vec<u32>,
     pub(super) hists: SendHists,
     /// Whether UDP GSO works on the engine's socket: one failed GSO send (a device without
     /// checksum offload) turns it off for every session, not each session in turn.
@@ -59,7 +59,7 @@ impl SessionRing {
             session,
             ring,
             pending_end: false,
-            left: Vec::new(),
+            departed: Vec::new(),
             scratch: Vec::with_capacity(crate::protocol::DATA_HEADER_LEN),
             hists: SendHists::default(),
             gso_works,
@@ -67,12 +67,12 @@ impl SessionRing {
     }
 
     /// Takes every completion: frees its slot, records its latency, puts the datagrams sent
-    /// in `left` and handles errors. A GSO send that failed the way a device without
+    /// in `departed` and handles errors. A GSO send that failed the way a device without
     /// segmentation offload fails (EIO, EINVAL, as quinn-udp found) has its datagrams queued
     /// to go again, and GSO goes off for the engine.
     pub(super) fn reap(&mut self) {
-        let (session, hists, left) = (&self.session, &mut self.hists, &mut self.left);
-        left.clear();
+        let (session, hists, departed) = (&self.session, &mut self.hists, &mut self.departed);
+        departed.clear();
         let (mut errors, mut gso_failed) = (0u64, false);
         let gso = self.ring.max_segments() > 1;
         self.ring.reap(Instant::now(), |done| {
@@ -85,7 +85,7 @@ impl SessionRing {
                 err = libc::EIO;
             }
             if err == 0 {
-                left.extend(done.indices.iter().filter(|&&i| i != END_SEGMENT));
+                departed.extend(done.indices.iter().filter(|&&i| i != END_SEGMENT));
                 return;
             }
             errors += 1;
@@ -124,7 +124,7 @@ impl SessionRing {
         }
     }
 
-    /// Reaps, then sends what the session may send now, by copy through the ring or by splice
+    /// Reaps, then sends what the session may send now, by `sendmsg` through the ring or by splice
     /// (`--send-path`; `auto` splices while the server is `loaded`: at least as many sessions
     /// as workers). Returns how many datagrams
     /// went, and when this session can next send without an ACK or a completion (pacing, END
@@ -143,13 +143,13 @@ impl SessionRing {
             panic!("injected fault in session {:08x}", self.session.id);
         }
         let splice_now = match self.session.send_path {
-            SendPath::Copy => false,
+            SendPath::Sendmsg => false,
             SendPath::Splice => true,
             SendPath::Auto => loaded,
         };
         match splice.filter(|_| splice_now) {
             Some(out) => self.pump_splice(out),
-            None => self.pump_copy(sock),
+            None => self.pump_sendmsg(sock),
         }
     }
 

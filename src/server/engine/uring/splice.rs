@@ -17,7 +17,7 @@ impl SessionRing {
     /// Sends what the session may send now by splice (see [`SpliceSocket`]): up to [`SLOTS`]
     /// datagrams, taken from the sender a few at a time so that its lock (which ACKs need) is
     /// never held across a send. Each send is over when its calls return; a datagram's send
-    /// time is then moved to when its batch was sent (`left_at`, under the next lock): a
+    /// time is then moved to when its batch was sent (`departed_at`, under the next lock): a
     /// worker descheduled between taking and sending must not make data look lost before it
     /// left. Returns what [`SessionRing::pump`] returns. The ring is not touched.
     pub(super) fn pump_splice(&mut self, out: &SpliceSocket) -> (usize, Option<Instant>) {
@@ -33,8 +33,8 @@ impl SessionRing {
             {
                 let mut state = session.state();
                 // What the last batch sent, timed from now (it has just left).
-                state.left_at(&self.left, now);
-                self.left.clear();
+                state.departed_at(&self.departed, now);
+                self.departed.clear();
                 if session.close_reason().is_some() {
                     return (pushed, None);
                 }
@@ -91,7 +91,7 @@ impl SessionRing {
                     Ok(Spliced::Sent) if index == END_SEGMENT => {}
                     Ok(Spliced::Sent) => {
                         spliced += 1;
-                        self.left.push(index);
+                        self.departed.push(index);
                     }
                     Ok(Spliced::Short) => {
                         errors += 1;
@@ -117,8 +117,8 @@ impl SessionRing {
             pushed += n;
             if pushed >= SLOTS {
                 self.hists.batch.record(pushed as u64);
-                session.state().left_at(&self.left, Instant::now());
-                self.left.clear();
+                session.state().departed_at(&self.departed, Instant::now());
+                self.departed.clear();
                 // Come back after the worker's other sessions.
                 return (pushed, None);
             }

@@ -47,7 +47,7 @@ fn a_gso_send_the_device_refuses_falls_back_to_one_datagram_a_send() {
     }
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("f"), vec![3u8; 100 * 1440]).unwrap();
-    let file = Catalog::new(dir.path()).index("f", 1440).unwrap();
+    let file = Catalog::new(dir.path()).scan("f", 1440).unwrap();
     let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
     crate::sys::socket::set_recv_buffer(&sink, 8 << 20).unwrap();
     sink.set_read_timeout(Some(Duration::from_millis(300)))
@@ -126,7 +126,7 @@ fn a_panicking_session_fails_alone_and_the_worker_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("f"), vec![7u8; 40_000]).unwrap();
     let catalog = Catalog::new(dir.path());
-    let file = catalog.index("f", 1000).unwrap();
+    let file = catalog.scan("f", 1000).unwrap();
     let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
     let sock = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
     let stats = Arc::new(ServerStats::default());
@@ -183,7 +183,7 @@ fn a_wake_pumps_its_own_session_only() {
     }
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("f"), vec![3u8; 10 * 1000]).unwrap();
-    let file = Catalog::new(dir.path()).index("f", 1000).unwrap();
+    let file = Catalog::new(dir.path()).scan("f", 1000).unwrap();
     let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
     let sock = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
     let stats = Arc::new(ServerStats::default());

@@ -29,7 +29,7 @@ pub(super) struct WorkerCtx {
     /// Workers in the engine: with at least as many sessions the server is loaded, and
     /// `--send-path auto` sessions splice.
     pub(super) workers: u64,
-    /// This worker's socket for spliced sessions (`--send-path auto|splice`).
+    /// This worker's socket for spliced sessions (`--send-path auto|sendmsg|splice`).
     pub(super) splice: Option<SpliceSocket>,
     pub(super) rx: Receiver<Arc<Session>>,
     pub(super) epoll: Epoll,

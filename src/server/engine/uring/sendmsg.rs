@@ -1,4 +1,4 @@
-//! A session's datagrams by copy: `sendmsg`s through its ring, each a header from the slot
+//! A session's datagrams by `sendmsg`: `sendmsg`s through its ring, each a header from the slot
 //! and a payload range of the mapped file (the kernel copies it), up to a GSO batch each.
 
 use std::os::fd::RawFd;
@@ -14,7 +14,7 @@ use crate::server::session::CloseReason;
 impl SessionRing {
     /// Fills free slots with what the session may send now and submits them (see
     /// [`SessionRing::pump`] for what it returns).
-    pub(super) fn pump_copy(&mut self, sock: RawFd) -> (usize, Option<Instant>) {
+    pub(super) fn pump_sendmsg(&mut self, sock: RawFd) -> (usize, Option<Instant>) {
         // Read the clock here, not once per worker turn: the sessions before this one took
         // milliseconds to submit, and a stale send time makes data look lost too early.
         let now = Instant::now();
@@ -31,7 +31,7 @@ impl SessionRing {
         {
             let mut state = session.state();
             // What the reap found sent, timed from now (under the lock taken here anyway).
-            state.left_at(&self.left, now);
+            state.departed_at(&self.departed, now);
             while let Some(slot) = self.ring.free_slot() {
                 while slot.segments < max_segments {
                     let Some(next) = next_datagram(&mut self.pending_end, &mut state, now) else {
