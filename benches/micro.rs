@@ -155,9 +155,42 @@ fn batch_building(c: &mut Criterion) {
     g.finish();
 }
 
+/// The erasure code at the block sizes a multicast plan may choose (protocol/fec.rs quotes
+/// these): encoding a block's repairs, and rebuilding a block that lost 2% of its sources.
+fn erasure_coding(c: &mut Criterion) {
+    use ringblast::protocol::fec::{BlockDecoder, BlockEncoder, BlockPlan};
+    let mut g = c.benchmark_group("fec");
+    for k in [16u32, 64, 256] {
+        let plan = BlockPlan::announced(k as u64 * 1440, 1440, k, (k / 4).max(4)).unwrap();
+        let data: Vec<Vec<u8>> = (0..k).map(|i| vec![i as u8; 1440]).collect();
+        g.throughput(Throughput::Bytes(k as u64 * 1440));
+        let mut enc = BlockEncoder::new();
+        let mut rep = Vec::new();
+        g.bench_function(format!("encode k={k} parity={}", plan.parity), |b| {
+            b.iter(|| {
+                enc.encode(&plan, 0, data.iter().map(|d| &d[..]), &mut rep)
+                    .unwrap()
+            })
+        });
+        let lost = (k as usize).div_ceil(50);
+        let sources: Vec<(usize, &[u8])> = (lost..k as usize).map(|i| (i, &data[i][..])).collect();
+        let repairs: Vec<(usize, &[u8])> = (0..lost).map(|j| (j, &rep[j][..])).collect();
+        let mut dec = BlockDecoder::new();
+        g.bench_function(format!("rebuild {lost} of k={k}"), |b| {
+            b.iter(|| {
+                dec.decode(&plan, 0, &sources, &repairs, |_, s| {
+                    black_box(s);
+                })
+                .unwrap()
+            })
+        });
+    }
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(2)).warm_up_time(Duration::from_millis(500));
-    targets = header, loss_tracking, batch_building
+    targets = header, loss_tracking, batch_building, erasure_coding
 }
 criterion_main!(benches);

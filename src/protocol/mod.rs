@@ -19,6 +19,7 @@
 
 pub mod congestion;
 pub mod data;
+pub mod fec;
 pub mod field;
 #[cfg(test)]
 mod golden_tests;

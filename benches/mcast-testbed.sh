@@ -1,0 +1,370 @@
+#!/usr/bin/env bash
+# A multicast LAN on one machine, and the baselines that a multicast transfer is measured against.
+#
+# The testbed (testbed_up / testbed_down): a sender namespace rbm-s and $RECEIVERS receiver
+# namespaces rbm-r1..rbm-rK, each with one veth (eth0 inside) plugged into a Linux bridge br0 in a
+# switch namespace rbm-sw (mcast_snooping 0: the bridge floods every group to every port, as it
+# would anyway while no IGMP querier is present). Sender 10.77.0.1/24, receiver i 10.77.0.(10+i)/24,
+# 224.0.0.0/4 routed on eth0 in every host.
+#   - The sender's link is its NIC: tbf at $RATE on the sender's own eth0 egress. A sender that
+#     outruns a real NIC is held back by its socket buffer (the qdisc holds more than the socket
+#     may have in flight), not silently dropped; that is what shaping the sender's own egress
+#     does here (benches/netns-lib.sh shapes a router's egress instead, a switch port, where the
+#     sender feels no backpressure: right for a bottleneck further along, not for the NIC).
+#     Past the bridge nothing is shaped: the switch copies each datagram to every port.
+#   - Loss: nftables in each receiver drops $LOSS_PERMILLE of every thousand incoming UDP
+#     datagrams at random, independently per receiver (input hook). nftables sees a UDP GSO
+#     burst as one packet, so the sender's eth0 has tx-udp-segmentation off while loss is on.
+#   - br_netfilter is off inside the switch (bridge-nf-call-*=0): a switch runs no IP firewall.
+#
+# The measurements, $RUNS runs each, medians; each run also reads the sender's eth0 tx_bytes
+# before and after (egress on the wire, Ethernet headers included), to compare with what one
+# receiver alone costs:
+#   - floor: /work/shared/tools/mcast-floor (its README.md): `rcv GROUP PORT` in every receiver,
+#     then `snd GROUP PORT N 1472 PACE_BPS` in the sender, N = ceil(FILE_MIB MiB / 1472). No
+#     protocol, no repair: the time until the slowest receiver has its last datagram is what no
+#     reliable multicast can beat on this machine. rcv prints only its own first-to-last span and
+#     exits after silence, so the script takes timestamps: t0 just before snd starts, and each
+#     rcv's exit. rcv waits with SO_RCVTIMEO = 1 s and recvmmsg(64) without MSG_WAITFORONE: the
+#     last, partial batch (count not a multiple of 64) returns 1 s after the last datagram, and
+#     the next call times out 1 s later, then rcv exits. So a receiver's last datagram arrived at
+#     exit - 1 s - (1 s if count % 64 != 0), and the floor is the latest of those minus t0
+#     (accurate to a few ms: the timeout's jiffies and a process exit). rcv never exits while
+#     nothing arrives: every rcv runs under `timeout`.
+#   - uftp: `uftpd -d` in every receiver (own destination directory), then `uftp` in the sender
+#     at the same pace (-R in Kbps), block 1428, closed group (-H with each receiver's UID, so it
+#     waits for all of them); the time is the whole uftp command's (announce to the last
+#     receiver's completion), and every receiver's copy is compared with the source (cmp).
+#   - ringblast: not written yet; see ringblast_run below for where it goes.
+#
+# Usage: benches/mcast-testbed.sh
+#   env: RECEIVERS=10 FILE_MIB=128 RATE=1gbit LOSS_PERMILLE=20 RUNS=3
+#        PACE_BPS (default 95% of RATE: snd's rate, and uftp -R in Kbps)
+#        QUEUE=50ms BURST=256kb (the sender's tbf latency and bucket)
+#        CASES="floor uftp" (which measurements, in order)  JSON=FILE (a summary as JSON)
+#        FLOOR_DIR=/work/shared/tools/mcast-floor
+# As a library: MCAST_TESTBED_LIB=1 . benches/mcast-testbed.sh   (defines the functions only;
+#   testbed_up reads RECEIVERS RATE LOSS_PERMILLE QUEUE BURST; testbed_down removes it all.)
+# Needs root; installs nftables, ethtool, uftp, iproute2 and gcc from Debian if a command is missing.
+
+# ---- the testbed --------------------------------------------------------------------------------
+MT_S=rbm-s MT_SW=rbm-sw MT_DEV=eth0 MT_BR=br0
+MT_SADDR=10.77.0.1
+MT_BG=() # background processes the script started (timeout wrappers, subshells)
+
+mt_recv_ns() { echo "rbm-r$1"; }
+mt_recv_addr() { echo "10.77.0.$((10 + $1))"; }
+
+# bits/s of a tc rate: 1gbit, 200mbit, 500kbit, 1000000bit or a bare number (bits/s); kbps,
+# mbps, gbps are bytes/s, as in tc.
+rate_bps() {
+  awk -v r="$1" 'BEGIN {
+    if (!match(r, /^[0-9.]+/)) { print "bad rate: " r > "/dev/stderr"; exit 1 }
+    n = substr(r, 1, RLENGTH); u = tolower(substr(r, RLENGTH + 1))
+    m["bit"] = 1; m[""] = 1; m["kbit"] = 1e3; m["mbit"] = 1e6; m["gbit"] = 1e9; m["tbit"] = 1e12
+    m["bps"] = 8; m["kbps"] = 8e3; m["mbps"] = 8e6; m["gbps"] = 8e9
+    if (!(u in m)) { print "bad rate unit: " r > "/dev/stderr"; exit 1 }
+    printf "%.0f\n", n * m[u] }'
+}
+
+# Installs what a missing command needs, from Debian's packages (one apt-get update, quiet).
+mcast_install_deps() {
+  local need=() cmd pkg
+  for cmd in ip:iproute2 tc:iproute2 nft:nftables ethtool:ethtool uftp:uftp uftpd:uftp cc:gcc; do
+    pkg=${cmd#*:}
+    command -v "${cmd%%:*}" > /dev/null || [[ " ${need[*]} " == *" $pkg "* ]] || need+=("$pkg")
+  done
+  [ ${#need[@]} -eq 0 ] && return 0
+  echo "installing ${need[*]}" >&2
+  apt-get update -qq > /dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" > /dev/null
+}
+
+# The namespaces this testbed owns (whatever a run that died left, too).
+mt_namespaces() { ip netns list | awk '{print $1}' | grep -E '^rbm-(s|sw|r[0-9]+)$' || true; }
+
+testbed_down() {
+  local ns pid
+  for pid in "${MT_BG[@]}"; do kill "$pid" 2> /dev/null || true; done
+  for ns in $(mt_namespaces); do
+    ip netns pids "$ns" 2> /dev/null | xargs -r kill -9 2> /dev/null || true
+  done
+  for ns in $(mt_namespaces); do ip netns del "$ns" 2> /dev/null || true; done
+  MT_BG=()
+}
+
+# mt_host NAMESPACE SWITCH_PORT ADDRESS: a host on the switch, eth0 inside, 224.0.0.0/4 on it.
+mt_host() {
+  ip netns add "$1"
+  ip link add $MT_DEV netns "$1" type veth peer name "$2" netns $MT_SW
+  ip -n $MT_SW link set "$2" master $MT_BR up
+  ip -n "$1" link set lo up
+  ip -n "$1" link set $MT_DEV up
+  ip -n "$1" addr add "$3/24" dev $MT_DEV
+  ip -n "$1" route add 224.0.0.0/4 dev $MT_DEV
+}
+
+testbed_up() {
+  local k=${RECEIVERS:-10} loss=${LOSS_PERMILLE:-20} i ns port
+  testbed_down
+  ip netns add $MT_SW
+  ip -n $MT_SW link set lo up
+  ip -n $MT_SW link add $MT_BR type bridge mcast_snooping 0 stp_state 0 forward_delay 0
+  ip -n $MT_SW link set $MT_BR up
+  # br_netfilter, where loaded, would run every bridged frame through iptables' hooks.
+  ip netns exec $MT_SW sysctl -qw net.bridge.bridge-nf-call-iptables=0 \
+    net.bridge.bridge-nf-call-ip6tables=0 net.bridge.bridge-nf-call-arptables=0 2> /dev/null || true
+  mt_host $MT_S p-s $MT_SADDR
+  for i in $(seq "$k"); do
+    ns=$(mt_recv_ns "$i")
+    mt_host "$ns" "p-r$i" "$(mt_recv_addr "$i")"
+    if [ "$loss" -gt 0 ]; then
+      ip netns exec "$ns" nft add table inet rbm
+      ip netns exec "$ns" nft add chain inet rbm in '{ type filter hook input priority 0; }'
+      ip netns exec "$ns" nft add rule inet rbm in meta l4proto udp numgen random mod 1000 \< "$loss" counter drop
+    fi
+  done
+  # nftables would drop a whole UDP GSO burst as one packet (one loss of up to 64 datagrams).
+  [ "$loss" -gt 0 ] && ip netns exec $MT_S ethtool -K $MT_DEV tx-udp-segmentation off > /dev/null
+  ip netns exec $MT_S tc qdisc add dev $MT_DEV root tbf rate "${RATE:-1gbit}" \
+    burst "${BURST:-256kb}" latency "${QUEUE:-50ms}"
+  # Every port forwarding before anyone sends (no STP, but be sure).
+  for port in p-s $(seq -f p-r%g "$k"); do
+    for _ in $(seq 50); do
+      [ "$(ip netns exec $MT_SW cat "/sys/class/net/$port/brport/state")" = 3 ] && break
+      sleep 0.1
+    done
+  done
+  return 0
+}
+
+# The sender's eth0 tx_bytes (all it put on the wire).
+mt_tx_bytes() { ip netns exec $MT_S cat /sys/class/net/$MT_DEV/statistics/tx_bytes; }
+
+# Datagrams the receivers' nftables rules dropped so far, all receivers summed.
+mt_nft_drops() {
+  local i sum=0 n
+  for i in $(seq "${RECEIVERS:-10}"); do
+    n=$(ip netns exec "$(mt_recv_ns "$i")" nft list chain inet rbm in 2> /dev/null \
+      | awk '/counter/ { for (j = 1; j < NF; j++) if ($j == "packets") print $(j + 1) }')
+    sum=$((sum + ${n:-0}))
+  done
+  echo $sum
+}
+
+# Packets the kernel's per-CPU input backlog dropped (every veth hop goes through it; 10
+# receivers multiply the packets the bridge hands on): /proc/net/softnet_stat's 2nd column.
+mt_backlog_drops() {
+  local sum=0 dropped
+  while read -r _ dropped _; do sum=$((sum + 0x$dropped)); done < /proc/net/softnet_stat
+  echo $sum
+}
+
+# mt_wait_joined GROUP: waits (up to 10 s) until every receiver's eth0 has joined GROUP.
+mt_wait_joined() {
+  local i ns
+  for i in $(seq "${RECEIVERS:-10}"); do
+    ns=$(mt_recv_ns "$i")
+    for _ in $(seq 100); do
+      ip -n "$ns" maddr show dev $MT_DEV | awk -v g="$1" '$1 == "inet" && $2 == g { f = 1 } END { exit !f }' \
+        && continue 2
+      sleep 0.1
+    done
+    echo "receiver $ns never joined $1" >&2
+    return 1
+  done
+}
+
+# mt_bounded SECS CMD...: runs CMD under timeout, in the background so that Ctrl-C reaches the
+# script's trap at once (bash defers a trap while a foreground child runs); returns CMD's status.
+mt_bounded() {
+  local secs=$1 pid
+  shift
+  timeout -k 5 "$secs" "$@" &
+  pid=$!
+  MT_BG+=("$pid")
+  wait "$pid"
+}
+
+# mt_stop PID: TERM to a process this script started, then waits (up to 10 s) until it is gone.
+mt_stop() {
+  kill "$1" 2> /dev/null || return 0
+  for _ in $(seq 100); do
+    kill -0 "$1" 2> /dev/null || return 0
+    sleep 0.1
+  done
+  kill -9 "$1" 2> /dev/null || true
+}
+
+[ "${MCAST_TESTBED_LIB:-}" = 1 ] && return 0
+
+# ---- the measurements ---------------------------------------------------------------------------
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=lib.sh
+. benches/lib.sh
+RECEIVERS=${RECEIVERS:-10}
+FILE_MIB=${FILE_MIB:-128}
+RATE=${RATE:-1gbit}
+LOSS_PERMILLE=${LOSS_PERMILLE:-20}
+RUNS=${RUNS:-3}
+CASES=${CASES:-floor uftp}
+FLOOR_DIR=${FLOOR_DIR:-/work/shared/tools/mcast-floor}
+[ "$(id -u)" = 0 ] || { echo "needs root (network namespaces)" >&2; exit 1; }
+RATE_BPS=$(rate_bps "$RATE")
+PACE_BPS=${PACE_BPS:-$((RATE_BPS * 95 / 100))}
+FILE_BYTES=$((FILE_MIB << 20))
+DGRAM=1472
+NDGRAMS=$(((FILE_BYTES + DGRAM - 1) / DGRAM))
+# The seconds the file takes on the wire at the pace: the scale of every timeout below.
+WIRE_S=$(awk -v b=$FILE_BYTES -v r="$PACE_BPS" 'BEGIN { printf "%d\n", b * 8 / r + 1 }')
+
+W=$(mktemp -d /tmp/rbm-mcast.XXXXXX)
+trap 'testbed_down; rm -rf "$W"' EXIT
+trap 'exit 130' INT TERM
+
+mcast_install_deps
+cc -O2 -o "$W/snd" "$FLOOR_DIR/snd.c"
+cc -O2 -o "$W/rcv" "$FLOOR_DIR/rcv.c"
+make_file "$W/file.bin" $FILE_BYTES
+testbed_up
+
+# Each run function sets RUN_S (seconds, empty if the run failed), RUN_TX (sender tx bytes) and
+# RUN_NOTE (a short word on the run); run_case records them.
+
+floor_run() {
+  local group=239.255.77.1 port=7000 to i t0 tx0 bl0
+  to=$((20 + 4 * WIRE_S * (1 + RECEIVERS / 4)))
+  rm -f "$W"/rcv*.out "$W"/rcv*.end
+  for i in $(seq "$RECEIVERS"); do
+    (
+      timeout -k 5 $to ip netns exec "$(mt_recv_ns "$i")" "$W/rcv" $group $port > "$W/rcv$i.out" 2>&1 || true
+      echo "$EPOCHREALTIME" > "$W/rcv$i.end"
+    ) &
+    MT_BG+=($!)
+    disown
+  done
+  mt_wait_joined $group
+  tx0=$(mt_tx_bytes) bl0=$(mt_backlog_drops)
+  t0=$EPOCHREALTIME
+  mt_bounded $to ip netns exec $MT_S "$W/snd" $group $port $NDGRAMS $DGRAM "$PACE_BPS" > "$W/snd.out" || true
+  for i in $(seq "$RECEIVERS"); do
+    while [ ! -s "$W/rcv$i.end" ]; do sleep 0.1; done
+  done
+  RUN_TX=$(($(mt_tx_bytes) - tx0))
+  # Per receiver: exit time, datagrams got ("got N in T s"); see the header for the arithmetic.
+  read -r RUN_S RUN_NOTE < <(for i in $(seq "$RECEIVERS"); do
+    echo "$(cat "$W/rcv$i.end") $(awk '/^got/ {print $2}' "$W/rcv$i.out")"
+  done | awk -v t0="$t0" -v n=$NDGRAMS -v snd="$(awk '{print $4}' "$W/snd.out")" -v bl=$(($(mt_backlog_drops) - bl0)) '
+    { if ($2 == "" || $2 == 0) bad++; else { last = $1 - 1 - ($2 % 64 ? 1 : 0); if (last > max) max = last }
+      if (min == "" || $2 < min) min = $2 }
+    END { printf "%s least-got=%d/%d(%.2f%%lost) snd=%ss backlog-drops=%d\n",
+      bad ? "-" : sprintf("%.3f", max - t0), min, n, 100 * (1 - min / n), snd, bl }')
+  [ "$RUN_S" = - ] && RUN_S=
+}
+
+uftp_run() {
+  local to i ns uid uids=() buf t0 tx0 rc=0 intact=0
+  to=$((60 + 20 * WIRE_S * (1 + RECEIVERS / 4)))
+  # Socket buffers as large as the kernel lets an unprivileged SO_RCVBUF have (uftp clamps to
+  # its 64 KiB..100 MiB), so that neither side is starved by the default 256 KiB.
+  buf=$(cat /proc/sys/net/core/rmem_max)
+  [ "$buf" -gt 16777216 ] && buf=16777216
+  [ "$buf" -lt 262144 ] && buf=262144
+  rm -rf "$W/uftp" && mkdir -p "$W/uftp"
+  for i in $(seq "$RECEIVERS"); do
+    ns=$(mt_recv_ns "$i")
+    uid=$(printf '0x%08X' $((0x0A4D0000 + 10 + i)))
+    uids+=("$uid")
+    mkdir -p "$W/uftp/r$i"
+    # -q: no reverse DNS lookup of the sender; -c: a 20 MB write cache (uftpd(1): it matters
+    # at gigabit speeds).
+    timeout -k 5 $to ip netns exec "$ns" uftpd -d -q -I $MT_DEV -U "$uid" -B "$buf" -c 20971520 \
+      -D "$W/uftp/r$i" > "$W/uftp/r$i.log" 2>&1 &
+    MT_BG+=($!)
+    disown
+  done
+  mt_wait_joined 230.4.4.1 # uftpd's default public group
+  tx0=$(mt_tx_bytes)
+  t0=$EPOCHREALTIME
+  mt_bounded $to ip netns exec $MT_S uftp -R $((PACE_BPS / 1000)) -b 1428 -I $MT_DEV -B "$buf" \
+    -H "$(IFS=,; echo "${uids[*]}")" -S "$W/uftp/status" "$W/file.bin" > "$W/uftp/uftp.log" 2>&1 || rc=$?
+  RUN_S=$(awk -v t0="$t0" -v t1="$EPOCHREALTIME" 'BEGIN { printf "%.3f\n", t1 - t0 }')
+  RUN_TX=$(($(mt_tx_bytes) - tx0))
+  for i in $(seq "$RECEIVERS"); do
+    cmp -s "$W/file.bin" "$W/uftp/r$i/file.bin" && intact=$((intact + 1))
+  done
+  # Stop the uftpds (timeout passes the TERM on) and wait for them: the next run's bind port 1044.
+  for i in $(seq "$RECEIVERS"); do mt_stop "${MT_BG[-i]}"; done
+  # uftp's own transfer time (its STATS lines: after registration, to the last completion).
+  RUN_NOTE="intact=$intact/$RECEIVERS uftp-exit=$rc uftp-stats-time=$(awk -F';' '$1 == "STATS" && $7 + 0 > m { m = $7 } END { print m + 0 }' "$W/uftp/status" 2> /dev/null)s"
+  if [ $rc -ne 0 ] || [ $intact -ne "$RECEIVERS" ]; then
+    echo "uftp run failed (exit $rc, $intact/$RECEIVERS copies intact): $(tail -3 "$W/uftp/uftp.log")" >&2
+    cp -r "$W/uftp" "/tmp/rbm-mcast-uftp-failed.$$" 2> /dev/null && echo "  logs kept in /tmp/rbm-mcast-uftp-failed.$$" >&2
+    RUN_S=
+  fi
+  rm -rf "$W/uftp"
+}
+
+# ringblast_run: ringblast's own multicast, once it exists. Same contract as the two above: the
+# sender (`ip netns exec $MT_S ...`) serves $W/file.bin at $PACE_BPS, every receiver
+# (`ip netns exec "$(mt_recv_ns "$i")" ...`) fetches it, each under mt_bounded/timeout; set RUN_S
+# (first send to the last receiver's verified copy), RUN_TX (mt_tx_bytes after - before) and
+# RUN_NOTE (copies intact, repair datagrams...), then add "ringblast" to CASES.
+ringblast_run() {
+  echo "ringblast multicast is not implemented yet" >&2
+  RUN_S= RUN_TX=0 RUN_NOTE="not implemented"
+}
+
+RESULTS=$W/results.tsv
+: > "$RESULTS"
+# run_case NAME: $RUNS runs of NAME_run, each line to $RESULTS, and a line of the table.
+run_case() {
+  local name=$1 r secs=() txs=() notes=() fails=0
+  for r in $(seq "$RUNS"); do
+    sync
+    RUN_S= RUN_TX=0 RUN_NOTE=
+    "${name}_run"
+    printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$r" "${RUN_S:-}" "$RUN_TX" "$RUN_NOTE" >> "$RESULTS"
+    if [ -n "$RUN_S" ]; then secs+=("$RUN_S"); else fails=$((fails + 1)); fi
+    txs+=("$RUN_TX")
+    notes+=("$RUN_NOTE")
+  done
+  local med=nan rate=nan
+  if [ ${#secs[@]} -gt 0 ]; then
+    med=$(printf '%s\n' "${secs[@]}" | median)
+    rate=$(awk -v b=$FILE_BYTES -v s="$med" 'BEGIN { printf "%.0f", b * 8 / s / 1e6 }')
+  fi
+  local tx
+  tx=$(printf '%s\n' "${txs[@]}" | median)
+  printf '%-10s %8s s %6s Mbit/s   runs: %-24s tx %7.1f MiB = %5.3f x file%s\n' "$name" "$med" "$rate" \
+    "$(printf '%s ' "${secs[@]}")" "$(awk -v t="$tx" 'BEGIN { print t / 1048576 }')" \
+    "$(awk -v t="$tx" -v b=$FILE_BYTES 'BEGIN { print t / b }')" "$([ $fails -gt 0 ] && echo ", $fails FAILED")"
+  printf '           %s\n' "${notes[@]}"
+}
+
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), kernel $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "testbed: $RECEIVERS receivers, sender link tbf $RATE (pace $((PACE_BPS / 1000000)) Mbit/s), loss $LOSS_PERMILLE/1000 per receiver; file $FILE_MIB MiB ($NDGRAMS x $DGRAM B); $RUNS runs each, medians"
+for c in $CASES; do run_case "$c"; done
+
+if [ -n "${JSON:-}" ]; then
+  python3 - "$RESULTS" "$JSON" << EOF
+import json, statistics, sys
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
+cases = {}
+for name, run, s, tx, note in rows:
+    cases.setdefault(name, {"runs": []})["runs"].append(
+        {"run": int(run), "seconds": float(s) if s else None, "tx_bytes": int(tx), "note": note})
+for c in cases.values():
+    ok = [r["seconds"] for r in c["runs"] if r["seconds"] is not None]
+    c["median_s"] = statistics.median(ok) if ok else None
+    c["median_tx_bytes"] = statistics.median(r["tx_bytes"] for r in c["runs"])
+    c["failed_runs"] = len(c["runs"]) - len(ok)
+json.dump({"config": {"receivers": $RECEIVERS, "file_bytes": $FILE_BYTES, "rate": "$RATE",
+                      "rate_bps": $RATE_BPS, "pace_bps": $PACE_BPS, "loss_permille": $LOSS_PERMILLE,
+                      "datagram_bytes": $DGRAM, "datagrams": $NDGRAMS, "runs": $RUNS,
+                      "nproc": $(nproc), "kernel": "$(uname -r)"},
+           "cases": cases}, open(sys.argv[2], "w"), indent=1)
+EOF
+  echo "JSON: $JSON"
+fi
