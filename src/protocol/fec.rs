@@ -163,15 +163,11 @@ impl BlockEncoder {
         let k = plan.check(block)?;
         let (parity, shard) = (plan.parity as usize, plan.shard_bytes());
         let codec = codec_err;
-        let rs = match &mut self.rs {
-            Some(rs) => {
-                rs.reset(k, parity, shard).map_err(codec)?;
-                rs
-            }
-            None => self
-                .rs
-                .insert(ReedSolomonEncoder::new(k, parity, shard).map_err(codec)?),
-        };
+        let rs = reuse(
+            &mut self.rs,
+            |rs| rs.reset(k, parity, shard),
+            || ReedSolomonEncoder::new(k, parity, shard),
+        )?;
         let mut added = 0;
         for s in sources {
             if s.len() > shard {
@@ -180,12 +176,8 @@ impl BlockEncoder {
                     shard_bytes: shard,
                 });
             }
-            if s.len() == shard {
-                rs.add_original_shard(s).map_err(codec)?;
-            } else {
-                pad_into(&mut self.padded, s, shard);
-                rs.add_original_shard(&self.padded).map_err(codec)?;
-            }
+            rs.add_original_shard(padded(&mut self.padded, s, shard))
+                .map_err(codec)?;
             added += 1;
         }
         if added != k {
@@ -254,22 +246,14 @@ impl BlockDecoder {
             return Err(FecError::NotEnough { have, k });
         }
         let codec = codec_err;
-        let rs = match &mut self.rs {
-            Some(rs) => {
-                rs.reset(k, parity, shard).map_err(codec)?;
-                rs
-            }
-            None => self
-                .rs
-                .insert(ReedSolomonDecoder::new(k, parity, shard).map_err(codec)?),
-        };
+        let rs = reuse(
+            &mut self.rs,
+            |rs| rs.reset(k, parity, shard),
+            || ReedSolomonDecoder::new(k, parity, shard),
+        )?;
         for &(i, s) in sources {
-            if s.len() == shard {
-                rs.add_original_shard(i, s).map_err(codec)?;
-            } else {
-                pad_into(&mut self.padded, s, shard);
-                rs.add_original_shard(i, &self.padded).map_err(codec)?;
-            }
+            rs.add_original_shard(i, padded(&mut self.padded, s, shard))
+                .map_err(codec)?;
         }
         for &(j, s) in repairs {
             rs.add_recovery_shard(j, s).map_err(codec)?;
@@ -289,10 +273,30 @@ fn codec_err(e: reed_solomon_simd::Error) -> FecError {
     FecError::Codec(e.to_string())
 }
 
-fn pad_into(buf: &mut Vec<u8>, s: &[u8], shard: usize) {
+/// The codec kept in `slot`, set up for the next block (made on first use).
+fn reuse<T>(
+    slot: &mut Option<T>,
+    reset: impl FnOnce(&mut T) -> Result<(), reed_solomon_simd::Error>,
+    new: impl FnOnce() -> Result<T, reed_solomon_simd::Error>,
+) -> Result<&mut T, FecError> {
+    match slot {
+        Some(rs) => {
+            reset(rs).map_err(codec_err)?;
+            Ok(rs)
+        }
+        None => Ok(slot.insert(new().map_err(codec_err)?)),
+    }
+}
+
+/// `s` as a whole shard: itself, or copied into `buf` and padded with zeros.
+fn padded<'a>(buf: &'a mut Vec<u8>, s: &'a [u8], shard: usize) -> &'a [u8] {
+    if s.len() == shard {
+        return s;
+    }
     buf.clear();
     buf.extend_from_slice(s);
     buf.resize(shard, 0);
+    buf
 }
 
 #[cfg(test)]
