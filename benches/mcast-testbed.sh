@@ -6,11 +6,13 @@
 # switch namespace rbm-sw (mcast_snooping 0: the bridge floods every group to every port, as it
 # would anyway while no IGMP querier is present). Sender 10.77.0.1/24, receiver i 10.77.0.(10+i)/24,
 # 224.0.0.0/4 routed on eth0 in every host.
-#   - The sender's link is its NIC: tbf at $RATE on the sender's own eth0 egress. A sender that
-#     outruns a real NIC is held back by its socket buffer (the qdisc holds more than the socket
-#     may have in flight), not silently dropped; that is what shaping the sender's own egress
-#     does here (benches/netns-lib.sh shapes a router's egress instead, a switch port, where the
-#     sender feels no backpressure: right for a bottleneck further along, not for the NIC).
+#   - The sender's link is its NIC: tbf at $RATE on the sender's own eth0 egress, so a sender
+#     that outruns it meets its own qdisc, as with a real NIC: blocked while what its socket
+#     buffer holds fits in the tbf queue ($QUEUE at $RATE, plus $BURST), dropped at the sender
+#     past that (each run notes tbf's drops). Shaping the switch's port instead (a router's
+#     egress, as benches/netns-lib.sh does) would model a bottleneck further along, where the
+#     sender feels no backpressure; the switch port towards the sender only carries the
+#     receivers' answers, so a tbf there would shape the wrong direction.
 #     Past the bridge nothing is shaped: the switch copies each datagram to every port.
 #   - Loss: nftables in each receiver drops $LOSS_PERMILLE of every thousand incoming UDP
 #     datagrams at random, independently per receiver (input hook). nftables sees a UDP GSO
@@ -21,15 +23,19 @@
 # before and after (egress on the wire, Ethernet headers included), to compare with what one
 # receiver alone costs:
 #   - floor: /work/shared/tools/mcast-floor (its README.md): `rcv GROUP PORT` in every receiver,
-#     then `snd GROUP PORT N 1472 PACE_BPS` in the sender, N = ceil(FILE_MIB MiB / 1472). No
+#     then `snd GROUP PORT N 1472 PACE_BPS` in the sender, N = ceil(FILE_MIB MiB / 1472) (snd
+#     sends whole sendmmsg batches of 64, so up to 63 more; the loss is counted on what it sent). No
 #     protocol, no repair: the time until the slowest receiver has its last datagram is what no
-#     reliable multicast can beat on this machine. rcv prints only its own first-to-last span and
-#     exits after silence, so the script takes timestamps: t0 just before snd starts, and each
-#     rcv's exit. rcv waits with SO_RCVTIMEO = 1 s and recvmmsg(64) without MSG_WAITFORONE: the
-#     last, partial batch (count not a multiple of 64) returns 1 s after the last datagram, and
-#     the next call times out 1 s later, then rcv exits. So a receiver's last datagram arrived at
-#     exit - 1 s - (1 s if count % 64 != 0), and the floor is the latest of those minus t0
-#     (accurate to a few ms: the timeout's jiffies and a process exit). rcv never exits while
+#     reliable multicast can beat on this machine. rcv prints only its own first-to-last span, so
+#     the script takes timestamps: t0 (CLOCK_REALTIME) just before it starts snd, and, from a
+#     small LD_PRELOAD shim in rcv (lastrx.so, built below; rcv.c is untouched), the kernel's
+#     SO_TIMESTAMPNS arrival time of the last datagram each receiver read (stamped as its veth
+#     queued it). floor = the latest of those - t0 (snd's start-up, a few ms, included).
+#     Not rcv's exit: it waits with SO_RCVTIMEO = 1 s and recvmmsg(64) without MSG_WAITFORONE,
+#     so its last, partial batch returns 1 s after the last datagram and the next call times out
+#     1 s later; exit - 1 s - (1 s if count % 64 != 0) is kept in the notes as a check
+#     (exit-estimate), but each such timeout runs up to 32 ms late (8 jiffies at HZ=250, the
+#     timer wheel's granularity for a 1 s timer): it reads ~40 ms high. rcv never exits while
 #     nothing arrives: every rcv runs under `timeout`.
 #   - uftp: `uftpd -d` in every receiver (own destination directory), then `uftp` in the sender
 #     at the same pace (-R in Kbps), block 1428, closed group (-H with each receiver's UID, so it
@@ -43,6 +49,9 @@
 #        QUEUE=50ms BURST=256kb (the sender's tbf latency and bucket)
 #        CASES="floor uftp" (which measurements, in order)  JSON=FILE (a summary as JSON)
 #        FLOOR_DIR=/work/shared/tools/mcast-floor
+#        QUIET_WAIT=30 (before each run, wait up to that many seconds for the CPUs to be < 25%
+#          busy; each run notes how busy they were: on 2 cores a build alongside skews it all)
+#        LOGS=DIR (keep every run's logs there)
 # As a library: MCAST_TESTBED_LIB=1 . benches/mcast-testbed.sh   (defines the functions only;
 #   testbed_up reads RECEIVERS RATE LOSS_PERMILLE QUEUE BURST; testbed_down removes it all.)
 # Needs root; installs nftables, ethtool, uftp, iproute2 and gcc from Debian if a command is missing.
@@ -141,6 +150,12 @@ testbed_up() {
 # The sender's eth0 tx_bytes (all it put on the wire).
 mt_tx_bytes() { ip netns exec $MT_S cat /sys/class/net/$MT_DEV/statistics/tx_bytes; }
 
+# Packets the sender's tbf dropped so far (its queue overflowed: the sender outran its link).
+mt_tbf_drops() {
+  ip netns exec $MT_S tc -s qdisc show dev $MT_DEV \
+    | awk '/dropped/ { for (j = 1; j < NF; j++) if ($j == "(dropped") { sub(",", "", $(j + 1)); print $(j + 1) } }'
+}
+
 # Datagrams the receivers' nftables rules dropped so far, all receivers summed.
 mt_nft_drops() {
   local i sum=0 n
@@ -209,6 +224,7 @@ RATE=${RATE:-1gbit}
 LOSS_PERMILLE=${LOSS_PERMILLE:-20}
 RUNS=${RUNS:-3}
 CASES=${CASES:-floor uftp}
+QUIET_WAIT=${QUIET_WAIT:-30}
 FLOOR_DIR=${FLOOR_DIR:-/work/shared/tools/mcast-floor}
 [ "$(id -u)" = 0 ] || { echo "needs root (network namespaces)" >&2; exit 1; }
 RATE_BPS=$(rate_bps "$RATE")
@@ -226,45 +242,101 @@ trap 'exit 130' INT TERM
 mcast_install_deps
 cc -O2 -o "$W/snd" "$FLOOR_DIR/snd.c"
 cc -O2 -o "$W/rcv" "$FLOOR_DIR/rcv.c"
+# lastrx.so, preloaded into rcv (whose source stays as it is): turns SO_TIMESTAMPNS on and, at
+# exit, prints to stderr "last-rx SEC.NSEC", the CLOCK_REALTIME at which the kernel took in the
+# last datagram that recvmmsg returned (stamped as the receiver's veth queued it). rcv's own exit
+# comes 1-2 s of SO_RCVTIMEO later, and such a timeout runs late by up to 8 jiffies (32 ms at
+# HZ=250: the timer wheel's granularity for a 1 s timer): too coarse for a ~1 s floor.
+cat > "$W/lastrx.c" << 'EOF'
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+static struct timespec last;
+static long got;
+static char ctl[1024][CMSG_SPACE(sizeof(struct timespec))];
+int recvmmsg(int fd, struct mmsghdr *m, unsigned int vlen, int flags, struct timespec *tmo) {
+  static int (*real)(int, struct mmsghdr *, unsigned int, int, struct timespec *);
+  static int stamping;
+  if (!real) real = dlsym(RTLD_NEXT, "recvmmsg");
+  if (!stamping) { int one = 1; setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof one); stamping = 1; }
+  if (vlen > 1024) vlen = 1024;
+  for (unsigned int i = 0; i < vlen; i++) {
+    m[i].msg_hdr.msg_control = ctl[i];
+    m[i].msg_hdr.msg_controllen = sizeof ctl[i];
+  }
+  int k = real(fd, m, vlen, flags, tmo);
+  if (k > 0) {
+    struct msghdr *h = &m[k - 1].msg_hdr;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(h); c; c = CMSG_NXTHDR(h, c))
+      if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_TIMESTAMPNS) memcpy(&last, CMSG_DATA(c), sizeof last);
+    got += k;
+  }
+  return k;
+}
+__attribute__((destructor)) static void report(void) {
+  if (got) fprintf(stderr, "last-rx %ld.%09ld\n", (long)last.tv_sec, last.tv_nsec);
+}
+EOF
+cc -O2 -shared -fPIC -o "$W/lastrx.so" "$W/lastrx.c" -ldl
 make_file "$W/file.bin" $FILE_BYTES
 testbed_up
+
+# keep_logs FILE...: with LOGS set, copies FILEs to $LOGS/CASE-RUN/.
+keep_logs() {
+  [ -n "${LOGS:-}" ] || return 0
+  mkdir -p "$LOGS/$RUN_CASE-$RUN_NO" && cp "$@" "$LOGS/$RUN_CASE-$RUN_NO/" 2> /dev/null || true
+}
 
 # Each run function sets RUN_S (seconds, empty if the run failed), RUN_TX (sender tx bytes) and
 # RUN_NOTE (a short word on the run); run_case records them.
 
 floor_run() {
-  local group=239.255.77.1 port=7000 to i t0 tx0 bl0
+  local group=239.255.77.1 port=7000 to i t0 tx0 bl0 tbf0
   to=$((20 + 4 * WIRE_S * (1 + RECEIVERS / 4)))
   rm -f "$W"/rcv*.out "$W"/rcv*.end
   for i in $(seq "$RECEIVERS"); do
     (
-      timeout -k 5 $to ip netns exec "$(mt_recv_ns "$i")" "$W/rcv" $group $port > "$W/rcv$i.out" 2>&1 || true
+      timeout -k 5 $to ip netns exec "$(mt_recv_ns "$i")" env LD_PRELOAD="$W/lastrx.so" \
+        "$W/rcv" $group $port > "$W/rcv$i.out" 2>&1 || true
       echo "$EPOCHREALTIME" > "$W/rcv$i.end"
     ) &
     MT_BG+=($!)
     disown
   done
   mt_wait_joined $group
-  tx0=$(mt_tx_bytes) bl0=$(mt_backlog_drops)
+  tx0=$(mt_tx_bytes) bl0=$(mt_backlog_drops) tbf0=$(mt_tbf_drops)
   t0=$EPOCHREALTIME
   mt_bounded $to ip netns exec $MT_S "$W/snd" $group $port $NDGRAMS $DGRAM "$PACE_BPS" > "$W/snd.out" || true
   for i in $(seq "$RECEIVERS"); do
     while [ ! -s "$W/rcv$i.end" ]; do sleep 0.1; done
   done
   RUN_TX=$(($(mt_tx_bytes) - tx0))
-  # Per receiver: exit time, datagrams got ("got N in T s"); see the header for the arithmetic.
+  # Per receiver: the kernel's arrival time of its last datagram (lastrx.so), datagrams got
+  # (rcv's "got N in T s"), its exit time. The floor is the latest arrival less t0; the
+  # estimate from the exit times (see the header) is kept beside it as a check.
   read -r RUN_S RUN_NOTE < <(for i in $(seq "$RECEIVERS"); do
-    echo "$(cat "$W/rcv$i.end") $(awk '/^got/ {print $2}' "$W/rcv$i.out")"
-  done | awk -v t0="$t0" -v n=$NDGRAMS -v snd="$(awk '{print $4}' "$W/snd.out")" -v bl=$(($(mt_backlog_drops) - bl0)) '
-    { if ($2 == "" || $2 == 0) bad++; else { last = $1 - 1 - ($2 % 64 ? 1 : 0); if (last > max) max = last }
+    # (awk prints a number that it computed with %.6g: these stay strings.)
+    echo "$(awk '/^last-rx/ {x = $2} END {print x == "" ? 0 : x}' "$W/rcv$i.out")" \
+      "$(awk '/^got/ {x = $2} END {print x == "" ? 0 : x}' "$W/rcv$i.out")" "$(cat "$W/rcv$i.end")"
+  done | awk -v t0="$t0" -v n="$(awk '{print $2}' "$W/snd.out")" -v snd="$(awk '{print $4}' "$W/snd.out")" \
+    -v bl=$(($(mt_backlog_drops) - bl0)) -v tbf=$(($(mt_tbf_drops) - tbf0)) '
+    { if ($1 == 0 || $2 == 0) bad++
+      else { if ($1 > last) last = $1; e = $3 - 1 - ($2 % 64 ? 1 : 0); if (e > est) est = e }
       if (min == "" || $2 < min) min = $2 }
-    END { printf "%s least-got=%d/%d(%.2f%%lost) snd=%ss backlog-drops=%d\n",
-      bad ? "-" : sprintf("%.3f", max - t0), min, n, 100 * (1 - min / n), snd, bl }')
-  [ "$RUN_S" = - ] && RUN_S=
+    END { printf "%s least-got=%d/%d(%.2f%%lost) snd=%ss exit-estimate=%.3fs backlog-drops=%d tbf-drops=%d\n",
+      bad ? "-" : sprintf("%.3f", last - t0), min, n, n ? 100 * (1 - min / n) : 100, snd, est - t0, bl, tbf }')
+  keep_logs "$W"/rcv*.out "$W"/rcv*.end "$W/snd.out"
+  if [ "$RUN_S" = - ]; then
+    RUN_S=
+    echo "floor run failed: a receiver got nothing ($(head -c 300 "$W"/rcv*.out | tr '\n' ' '))" >&2
+  fi
 }
 
 uftp_run() {
-  local to i ns uid uids=() buf t0 tx0 rc=0 intact=0
+  local to i ns uid uids=() buf t0 tx0 tbf0 bl0 rc=0 intact=0
   to=$((60 + 20 * WIRE_S * (1 + RECEIVERS / 4)))
   # Socket buffers as large as the kernel lets an unprivileged SO_RCVBUF have (uftp clamps to
   # its 64 KiB..100 MiB), so that neither side is starved by the default 256 KiB.
@@ -285,7 +357,7 @@ uftp_run() {
     disown
   done
   mt_wait_joined 230.4.4.1 # uftpd's default public group
-  tx0=$(mt_tx_bytes)
+  tx0=$(mt_tx_bytes) bl0=$(mt_backlog_drops) tbf0=$(mt_tbf_drops)
   t0=$EPOCHREALTIME
   mt_bounded $to ip netns exec $MT_S uftp -R $((PACE_BPS / 1000)) -b 1428 -I $MT_DEV -B "$buf" \
     -H "$(IFS=,; echo "${uids[*]}")" -S "$W/uftp/status" "$W/file.bin" > "$W/uftp/uftp.log" 2>&1 || rc=$?
@@ -298,9 +370,10 @@ uftp_run() {
   for i in $(seq "$RECEIVERS"); do mt_stop "${MT_BG[-i]}"; done
   # uftp's own transfer time (its STATS lines: after registration, to the last completion).
   RUN_NOTE="intact=$intact/$RECEIVERS uftp-exit=$rc uftp-stats-time=$(awk -F';' '$1 == "STATS" && $7 + 0 > m { m = $7 } END { print m + 0 }' "$W/uftp/status" 2> /dev/null)s"
+  RUN_NOTE+=" backlog-drops=$(($(mt_backlog_drops) - bl0)) tbf-drops=$(($(mt_tbf_drops) - tbf0))"
+  keep_logs "$W"/uftp/*.log "$W/uftp/status"
   if [ $rc -ne 0 ] || [ $intact -ne "$RECEIVERS" ]; then
     echo "uftp run failed (exit $rc, $intact/$RECEIVERS copies intact): $(tail -3 "$W/uftp/uftp.log")" >&2
-    cp -r "$W/uftp" "/tmp/rbm-mcast-uftp-failed.$$" 2> /dev/null && echo "  logs kept in /tmp/rbm-mcast-uftp-failed.$$" >&2
     RUN_S=
   fi
   rm -rf "$W/uftp"
@@ -316,6 +389,23 @@ ringblast_run() {
   RUN_S= RUN_TX=0 RUN_NOTE="not implemented"
 }
 
+# The share (%) of all CPUs busy over the next half second (/proc/stat: all but idle and iowait).
+cpu_busy() {
+  local a b
+  a=$(awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9, $5 + $6 }' /proc/stat)
+  sleep 0.5
+  b=$(awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9, $5 + $6 }' /proc/stat)
+  echo "$a $b" | awk '{ d = ($3 - $1) + ($4 - $2); printf "%.0f\n", d ? 100 * ($3 - $1) / d : 0 }'
+}
+
+# Waits (up to $QUIET_WAIT s) for the machine to be quiet (< 25% busy) before a run: a build on
+# the same 2 cores halves the floor's rate. Sets BUSY, the share busy just before the run.
+wait_quiet() {
+  local deadline=$((SECONDS + QUIET_WAIT))
+  BUSY=$(cpu_busy)
+  while [ "$BUSY" -ge 25 ] && [ $SECONDS -lt $deadline ]; do BUSY=$(cpu_busy); done
+}
+
 RESULTS=$W/results.tsv
 : > "$RESULTS"
 # run_case NAME: $RUNS runs of NAME_run, each line to $RESULTS, and a line of the table.
@@ -323,23 +413,24 @@ run_case() {
   local name=$1 r secs=() txs=() notes=() fails=0
   for r in $(seq "$RUNS"); do
     sync
-    RUN_S= RUN_TX=0 RUN_NOTE=
+    wait_quiet
+    RUN_CASE=$name RUN_NO=$r RUN_S= RUN_TX=0 RUN_NOTE=
     "${name}_run"
+    RUN_NOTE+=" cpu-busy-before=$BUSY%"
     printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$r" "${RUN_S:-}" "$RUN_TX" "$RUN_NOTE" >> "$RESULTS"
     if [ -n "$RUN_S" ]; then secs+=("$RUN_S"); else fails=$((fails + 1)); fi
     txs+=("$RUN_TX")
     notes+=("$RUN_NOTE")
   done
-  local med=nan rate=nan
+  local med=- rate=- tx
   if [ ${#secs[@]} -gt 0 ]; then
-    med=$(printf '%s\n' "${secs[@]}" | median)
+    med=$(printf '%s\n' "${secs[@]}" | median | xargs printf '%.3f')
     rate=$(awk -v b=$FILE_BYTES -v s="$med" 'BEGIN { printf "%.0f", b * 8 / s / 1e6 }')
   fi
-  local tx
-  tx=$(printf '%s\n' "${txs[@]}" | median)
-  printf '%-10s %8s s %6s Mbit/s   runs: %-24s tx %7.1f MiB = %5.3f x file%s\n' "$name" "$med" "$rate" \
-    "$(printf '%s ' "${secs[@]}")" "$(awk -v t="$tx" 'BEGIN { print t / 1048576 }')" \
-    "$(awk -v t="$tx" -v b=$FILE_BYTES 'BEGIN { print t / b }')" "$([ $fails -gt 0 ] && echo ", $fails FAILED")"
+  tx=$(printf '%s\n' "${txs[@]}" | median | xargs printf '%.0f')
+  printf '%-10s %8s s %5s Mbit/s  runs: %-22s tx %11d B = %5.3f x file%s\n' "$name" "$med" "$rate" \
+    "$(printf '%s ' "${secs[@]}")" "$tx" "$(awk -v t="$tx" -v b=$FILE_BYTES 'BEGIN { print t / b }')" \
+    "$([ $fails -gt 0 ] && echo ", $fails FAILED")"
   printf '           %s\n' "${notes[@]}"
 }
 

@@ -40,6 +40,7 @@ fn an_unvalidated_address_gets_less_than_it_sends() {
             mode: Mode::Blast,
             window_bytes: 4096 * MAX_PAYLOAD as u32,
             max_datagram: 0,
+            flags: 0,
             name: "big",
         }
         .to_vec(),
@@ -210,6 +211,7 @@ fn many_ports_and_hosts_cannot_push_out_a_session_and_their_silent_sessions_expi
             mode: Mode::Reliable,
             window_bytes: 4 * MAX_PAYLOAD as u32,
             max_datagram: 0,
+            flags: 0,
             name: "f",
         });
         match Message::parse(&answer).unwrap() {
@@ -410,6 +412,7 @@ fn an_expired_token_is_refused_end_to_end() {
         mode: Mode::Reliable,
         window_bytes: 8 * MAX_PAYLOAD as u32,
         max_datagram: 0,
+        flags: 0,
         name: "f",
     };
     match Message::parse(&ask(&get)).unwrap() {
@@ -437,6 +440,7 @@ fn a_hostile_ack_storm_costs_bounded_work_and_is_rate_limited() {
         mode: Mode::Reliable,
         window_bytes: 256 * MAX_PAYLOAD as u32,
         max_datagram: 0,
+        flags: 0,
         name: "f",
     });
     let session = match Message::parse(&meta).unwrap() {

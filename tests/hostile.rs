@@ -27,6 +27,7 @@ fn get_msg(token: [u8; 24], request_id: u32, mode: Mode, name: &str) -> Message<
         mode,
         window_bytes: 64 * MAX_PAYLOAD as u32,
         max_datagram: 0,
+        flags: 0,
         name,
     }
 }
@@ -182,6 +183,7 @@ fn asking_for_every_datagram_size_costs_a_few_indexes_and_deleted_files_are_let_
             mode: Mode::Blast,
             window_bytes: 1 << 20,
             max_datagram: size,
+            flags: 0,
             name: if i % 2 == 0 { "f" } else { "g" },
         });
         let Ok(Message::Meta(m)) = Message::parse(&answer) else {
@@ -233,6 +235,7 @@ fn open_session(c: &mut RawClient, request_id: u32, name: &str, credit: u32) -> 
         mode: Mode::Reliable,
         window_bytes: 1,
         max_datagram: 0,
+        flags: 0,
         name,
     });
     match Message::parse(&answer).unwrap() {

@@ -222,6 +222,7 @@ fn server_refuses_bad_tokens_and_escaping_names() {
         mode: Mode::Reliable,
         window_bytes: 8 * MAX_PAYLOAD as u32,
         max_datagram: 0,
+        flags: 0,
         name,
     };
     c.send(&get([0; 24], "ok"));
@@ -280,6 +281,7 @@ fn server_frees_the_session_of_a_client_that_vanishes() {
             mode: Mode::Reliable,
             window_bytes: 8 * MAX_PAYLOAD as u32,
             max_datagram: 0,
+            flags: 0,
             name: "f",
         });
         let Ok(Message::Meta(m)) = Message::parse(&meta) else {
@@ -492,13 +494,13 @@ fn another_protocol_version_is_named_both_ways() {
     }
     assert_eq!(srv.stats().version_mismatch.load(Ordering::Relaxed), 1);
 
-    // A newer server (version 5) answering this client.
+    // A newer server (version 6) answering this client.
     let future = UdpSocket::bind("127.0.0.1:0").unwrap();
     let addr = future.local_addr().unwrap();
     std::thread::spawn(move || {
         let mut buf = [0u8; 2048];
         while let Ok((_, from)) = future.recv_from(&mut buf) {
-            let _ = future.send_to(b"RB\x05\x02future", from);
+            let _ = future.send_to(b"RB\x06\x02future", from);
         }
     });
     let mut cfg = GetConfig::new(addr, "f");
@@ -507,7 +509,7 @@ fn another_protocol_version_is_named_both_ways() {
     let r = &client::get(&cfg).unwrap()[0];
     let e = r.error.as_deref().unwrap();
     assert!(
-        e.contains("protocol version 5") && e.contains("speaks 4"),
+        e.contains("protocol version 6") && e.contains("speaks 5"),
         "{e}"
     );
     assert!(t.elapsed() < Duration::from_secs(2));

@@ -206,6 +206,7 @@ impl Handshake {
             mode: self.cfg.mode,
             window_bytes: self.window_bytes,
             max_datagram: self.max_datagram as u16,
+            flags: 0,
             name: &self.cfg.file,
         }
         .encode(&mut self.get_bytes);

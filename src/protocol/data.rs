@@ -26,6 +26,8 @@ fn u64_at(buf: &[u8], at: std::ops::Range<usize>) -> u64 {
 pub mod data_flags {
     /// This datagram is a retransmission.
     pub const RETRANSMIT: u8 = 1;
+    /// Sent to a multicast group: `session` is the group transmission's id.
+    pub const GROUP: u8 = 2;
 }
 
 /// Header of a data datagram, followed by `payload_len` bytes of the file.
@@ -101,8 +103,9 @@ impl DataHeader {
     }
 }
 
-/// CRC32C of payload ‖ header-without-crc, chained from the payload's CRC.
-fn header_crc(payload_crc: u32, header: &[u8]) -> u32 {
+/// CRC32C of payload ‖ header-without-crc, chained from the payload's CRC (the data and the
+/// repair header put their CRC in the same place).
+pub(super) fn header_crc(payload_crc: u32, header: &[u8]) -> u32 {
     let c = crc32c::crc32c_append(payload_crc, &header[f::CRC_BEFORE]);
     crc32c::crc32c_append(c, &header[f::CRC_AFTER])
 }

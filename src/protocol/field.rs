@@ -32,5 +32,21 @@ pub mod data {
     pub const CRC_AFTER: Field = 16..32;
 }
 
+/// The repair datagram's header (32 bytes, laid out like the data header's), then one
+/// erasure-coded shard.
+pub mod repair {
+    use super::Field;
+    pub const FLAGS: usize = 4;
+    pub const RESERVED: usize = 5;
+    pub const PAYLOAD_LEN: Field = 6..8;
+    pub const GROUP: Field = 8..12;
+    pub const CRC: Field = 12..16;
+    pub const BLOCK: Field = 16..20;
+    pub const REPAIR: Field = 20..22;
+    pub const K: Field = 22..24;
+    pub const SEND_TS: Field = 24..32;
+    pub const HEADER_LEN: usize = 32;
+}
+
 /// The CRC32C trailer of every control message: the last four bytes.
 pub const TRAILER_LEN: usize = 4;

@@ -46,21 +46,21 @@ fn hello_retry_list_listing() {
         Message::Hello {
             nonce: 0x0102_0304_0506_0708,
         },
-        control("5242 04 01 0102030405060708", Some(1200)),
+        control("5242 05 01 0102030405060708", Some(1200)),
     );
     pinned(
         Message::Retry {
             nonce: 0x0102_0304_0506_0708,
             token: TOKEN,
         },
-        control(&format!("5242 04 02 0102030405060708 {TOKEN_HEX}"), None),
+        control(&format!("5242 05 02 0102030405060708 {TOKEN_HEX}"), None),
     );
     pinned(
         Message::List {
             token: TOKEN,
             start: 0x0000_0102,
         },
-        control(&format!("5242 04 03 {TOKEN_HEX} 00000102"), Some(1200)),
+        control(&format!("5242 05 03 {TOKEN_HEX} 00000102"), Some(1200)),
     );
     pinned(
         Message::Listing {
@@ -75,7 +75,7 @@ fn hello_retry_list_listing() {
             ],
         },
         control(
-            "5242 04 04 00000002 00000001 0002 \
+            "5242 05 04 00000002 00000001 0002 \
              0000000000000102 02 6162 \
              0000000000000007 00",
             None,
@@ -92,10 +92,11 @@ fn get_meta_wait_busy_error() {
             mode: Mode::Blast,
             window_bytes: 0x0200_0000,
             max_datagram: 1472,
+            flags: get_flags::MULTICAST,
             name: "f.bin",
         },
         control(
-            &format!("5242 04 05 {TOKEN_HEX} 0a0b0c0d 01 02000000 05c0 05 662e62696e"),
+            &format!("5242 05 05 {TOKEN_HEX} 0a0b0c0d 01 02000000 05c0 01 05 662e62696e"),
             None,
         ),
     );
@@ -111,7 +112,7 @@ fn get_meta_wait_busy_error() {
         }),
         control(
             &format!(
-                "5242 04 06 0a0b0c0d 11223344 0000000100000000 0000f000 00 {} {}",
+                "5242 05 06 0a0b0c0d 11223344 0000000100000000 0000f000 00 {} {}",
                 "11".repeat(32),
                 "22".repeat(32)
             ),
@@ -122,7 +123,7 @@ fn get_meta_wait_busy_error() {
         Message::Wait {
             request_id: 0x0a0b_0c0d,
         },
-        control("5242 04 07 0a0b0c0d", None),
+        control("5242 05 07 0a0b0c0d", None),
     );
     pinned(
         Message::Busy {
@@ -130,7 +131,7 @@ fn get_meta_wait_busy_error() {
             retry_after_ms: 200,
             text: "full",
         },
-        control("5242 04 0e 0a0b0c0d 000000c8 04 66756c6c", None),
+        control("5242 05 0e 0a0b0c0d 000000c8 04 66756c6c", None),
     );
     // Error codes: 1 not found ... 9 other version, 10 evicted (4 is unused: busy is BUSY).
     for (code, byte) in [
@@ -150,10 +151,10 @@ fn get_meta_wait_busy_error() {
                 code,
                 text: "no",
             },
-            control(&format!("5242 04 08 0a0b0c0d {byte} 02 6e6f"), None),
+            control(&format!("5242 05 08 0a0b0c0d {byte} 02 6e6f"), None),
         );
     }
-    assert!(Message::parse(&control("5242 04 08 0a0b0c0d 04 00", None)).is_err());
+    assert!(Message::parse(&control("5242 05 08 0a0b0c0d 04 00", None)).is_err());
 }
 
 #[test]
@@ -182,7 +183,7 @@ fn ack_done_end_status() {
             .with_ranges(&ranges, &mut scratch),
         ),
         control(
-            "5242 04 09 11223344 00000005 00001005 00000101 000000f0 00000003 \
+            "5242 05 09 11223344 00000005 00001005 00000101 000000f0 00000003 \
              1122334455667788 00000400 01 0002 \
              00000005 00000002 00000100 00000001",
             None,
@@ -193,14 +194,14 @@ fn ack_done_end_status() {
             session: 0x1122_3344,
             status: DoneStatus::Incomplete,
         },
-        control("5242 04 0a 11223344 01", None),
+        control("5242 05 0a 11223344 01", None),
     );
     pinned(
         Message::End {
             session: 0x1122_3344,
             datagrams: 0x0001_0000,
         },
-        control("5242 04 0b 11223344 00010000", None),
+        control("5242 05 0b 11223344 00010000", None),
     );
     pinned(
         Message::Status(Status {
@@ -216,7 +217,7 @@ fn ack_done_end_status() {
             spurious: 7,
         }),
         control(
-            "5242 04 0d 11223344 000000003b9aca00 0000000000000102 \
+            "5242 05 0d 11223344 000000003b9aca00 0000000000000102 \
              00000001 00000002 00000003 00000004 00000005 00000006 00000007",
             None,
         ),
@@ -238,7 +239,7 @@ fn the_data_header() {
     };
     let mut out = [0u8; DATA_HEADER_LEN];
     h.emit(crc32c::crc32c(payload), &mut out);
-    let before = hex("5242 04 0c 01 00 0010 11223344");
+    let before = hex("5242 05 0c 01 00 0010 11223344");
     let after = hex("0000000100000000 1122334455667788");
     let crc = crc32c::crc32c(&[&payload[..], &before, &after].concat());
     let want = [before, crc.to_be_bytes().to_vec(), after].concat();
@@ -248,4 +249,111 @@ fn the_data_header() {
     assert_eq!(back, DataHeader { crc, ..h });
     assert_eq!(body, payload);
     assert!(DataHeader::crc_ok(&datagram, crc32c::crc32c(payload)));
+}
+
+#[test]
+fn join_feedback_group_end() {
+    pinned(
+        Message::Join(Join {
+            request_id: 0x0a0b_0c0d,
+            session: 0x1122_3344,
+            group: 0x5566_7788,
+            addr: "239.255.77.1:7000".parse().unwrap(),
+            k: 256,
+            parity: 64,
+            first_block: 3,
+            feedback_ms: 20,
+        }),
+        control(
+            "5242 05 0f 0a0b0c0d 11223344 55667788 04 efff4d01 000000000000000000000000 \
+             1b58 0100 0040 00000003 0014",
+            None,
+        ),
+    );
+    pinned(
+        Message::Join(Join {
+            request_id: 1,
+            session: 2,
+            group: 3,
+            addr: "[ff15::77]:7000".parse().unwrap(),
+            k: 6,
+            parity: 4,
+            first_block: 0,
+            feedback_ms: 100,
+        }),
+        control(
+            "5242 05 0f 00000001 00000002 00000003 06 ff150000000000000000000000000077 \
+             1b58 0006 0004 00000000 0064",
+            None,
+        ),
+    );
+    let mut scratch = Vec::new();
+    pinned(
+        Message::Feedback(
+            Feedback {
+                session: 0x1122_3344,
+                group: 0x5566_7788,
+                whole_below: 7,
+                seen_end: 12,
+                received: 0x0102_0304_0506_0708,
+                lacks: Default::default(),
+            }
+            .with_lacks(
+                &[
+                    Lack {
+                        block: 7,
+                        missing: 3,
+                        repairs_seen: 0,
+                    },
+                    Lack {
+                        block: 9,
+                        missing: 1,
+                        repairs_seen: 5,
+                    },
+                ],
+                &mut scratch,
+            ),
+        ),
+        control(
+            "5242 05 10 11223344 55667788 00000007 0000000c 0102030405060708 0002 \
+             00000007 0003 0000 00000009 0001 0005",
+            None,
+        ),
+    );
+    pinned(
+        Message::GroupEnd {
+            group: 0x5566_7788,
+            blocks: 512,
+            last: true,
+        },
+        control("5242 05 11 55667788 00000200 01", None),
+    );
+}
+
+/// A group's repair datagram: laid out like the data header, kind 18, its CRC computed the
+/// same way.
+#[test]
+fn the_repair_header() {
+    let shard = b"parity!!";
+    let h = RepairHeader {
+        flags: 0,
+        payload_len: shard.len() as u16,
+        group: 0x5566_7788,
+        crc: 0,
+        block: 0x0000_0102,
+        repair: 3,
+        k: 256,
+        send_ts_ns: 0x1122_3344_5566_7788,
+    };
+    let mut out = [0u8; DATA_HEADER_LEN];
+    h.emit(crc32c::crc32c(shard), &mut out);
+    let before = hex("5242 05 12 00 00 0008 55667788");
+    let after = hex("00000102 0003 0100 1122334455667788");
+    let crc = crc32c::crc32c(&[&shard[..], &before, &after].concat());
+    let want = [before, crc.to_be_bytes().to_vec(), after].concat();
+    assert_eq!(out.to_vec(), want);
+    let datagram = [&want[..], shard].concat();
+    let (back, body) = RepairHeader::parse(&datagram).unwrap();
+    assert_eq!(back, RepairHeader { crc, ..h });
+    assert_eq!(body, shard);
 }

@@ -27,3 +27,6 @@ pub const MAX_NAME_LEN: usize = 255;
 pub const MAX_NACK_RANGES: usize = 128;
 /// Longest human-readable text in an `ERROR`.
 pub const MAX_ERROR_TEXT: usize = 200;
+/// Most blocks one multicast `FEEDBACK` reports (8 bytes each: the message stays under 1200
+/// bytes, one datagram on any path).
+pub const MAX_FEEDBACK_BLOCKS: usize = 128;

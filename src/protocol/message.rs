@@ -5,8 +5,11 @@
 //! random and truncated input. Every control message ends with a CRC32C trailer.
 //! docs/PROTOCOL.md describes the exchange.
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
 use super::limits::{
-    HELLO_MIN_LEN, MAX_ERROR_TEXT, MAX_NACK_RANGES, MAX_NAME_LEN, MAX_PAYLOAD, TOKEN_LEN,
+    HELLO_MIN_LEN, MAX_ERROR_TEXT, MAX_FEEDBACK_BLOCKS, MAX_NACK_RANGES, MAX_NAME_LEN, MAX_PAYLOAD,
+    TOKEN_LEN,
 };
 use super::{kind, peek_kind, Mode, WireError, MAGIC, VERSION};
 
@@ -31,7 +34,7 @@ pub enum Message<'a> {
         start: u32,
         entries: Vec<ListEntry<'a>>,
     },
-    /// C→S `GET token:[24] request_id:u32 mode:u8 window_bytes:u32 max_datagram:u16
+    /// C→S `GET token:[24] request_id:u32 mode:u8 window_bytes:u32 max_datagram:u16 flags:u8
     /// name_len:u8 name`.
     Get {
         token: [u8; TOKEN_LEN],
@@ -42,6 +45,8 @@ pub enum Message<'a> {
         /// Largest datagram (header included) the receiver takes: its path MTU less the IP
         /// and UDP headers, or what its user set. 0: no limit of its own.
         max_datagram: u16,
+        /// [`get_flags`] bits.
+        flags: u8,
         name: &'a str,
     },
     /// S→C `META request_id:u32 session:u32 file_size:u64 payload_size:u32 mode:u8
@@ -75,6 +80,18 @@ pub enum Message<'a> {
     Done { session: u32, status: DoneStatus },
     /// S→C `END session:u32 datagrams:u32`: blast mode, the server sent every datagram once.
     End { session: u32, datagrams: u32 },
+    /// S→C `JOIN request_id:u32 session:u32 group:u32 family:u8 addr:[16] port:u16 k:u16
+    /// parity:u16 first_block:u32 feedback_ms:u16` (family 4: the address's first 4 bytes,
+    /// zeros after; 6: all 16): after `META`, the group that carries the file.
+    Join(Join),
+    /// C→S `FEEDBACK session:u32 group:u32 whole_below:u32 seen_end:u32 received:u64
+    /// count:u16 {block:u32 missing:u16 repairs_seen:u16}*`: a group receiver's progress and
+    /// the blocks it still lacks.
+    Feedback(Feedback<'a>),
+    /// S→group `GROUP_END group:u32 blocks:u32 last:u8`: the transmission has sent all its
+    /// blocks; with `last`, no more repairs come by multicast (what is missing is fetched by
+    /// unicast).
+    GroupEnd { group: u32, blocks: u32, last: bool },
 }
 
 /// Cursor over untrusted bytes: every read is bounds-checked.
@@ -147,8 +164,10 @@ impl<'a> Message<'a> {
     /// Parses a control message. `DATA` is refused here: use [`DataHeader::parse`].
     pub fn parse(buf: &'a [u8]) -> Result<Self, WireError> {
         let k = peek_kind(buf)?;
-        if k == kind::DATA {
-            return Err(WireError::Malformed("DATA is not a control message"));
+        if k == kind::DATA || k == kind::REPAIR {
+            return Err(WireError::Malformed(
+                "DATA and REPAIR are not control messages",
+            ));
         }
         // Every control message ends with CRC32C(everything before it): a corrupted request,
         // ACK or META is dropped here, before any of its fields is believed.
@@ -210,6 +229,7 @@ impl<'a> Message<'a> {
                 mode: Mode::from_u8(r.u8()?)?,
                 window_bytes: r.u32()?,
                 max_datagram: r.u16()?,
+                flags: r.u8()?,
                 name: r.str8("file name")?,
             },
             kind::META => {
@@ -292,7 +312,62 @@ impl<'a> Message<'a> {
                 session: r.u32()?,
                 datagrams: r.u32()?,
             },
-            kind::DATA => return Err(WireError::Malformed("DATA is not a control message")),
+            kind::JOIN => {
+                let (request_id, session, group) = (r.u32()?, r.u32()?, r.u32()?);
+                let family = r.u8()?;
+                let raw: [u8; 16] = r.array()?;
+                let ip = match family {
+                    4 if raw[4..] == [0; 12] => {
+                        IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))
+                    }
+                    6 => IpAddr::V6(Ipv6Addr::from(raw)),
+                    _ => return Err(WireError::Malformed("group address")),
+                };
+                if !ip.is_multicast() {
+                    return Err(WireError::Malformed("group address"));
+                }
+                Message::Join(Join {
+                    request_id,
+                    session,
+                    group,
+                    addr: SocketAddr::new(ip, r.u16()?),
+                    k: r.u16()?,
+                    parity: r.u16()?,
+                    first_block: r.u32()?,
+                    feedback_ms: r.u16()?,
+                })
+            }
+            kind::FEEDBACK => {
+                let (session, group, whole_below, seen_end) =
+                    (r.u32()?, r.u32()?, r.u32()?, r.u32()?);
+                let received = r.u64()?;
+                let count = r.u16()? as usize;
+                if count > MAX_FEEDBACK_BLOCKS {
+                    return Err(WireError::Malformed("too many blocks in FEEDBACK"));
+                }
+                Message::Feedback(Feedback {
+                    session,
+                    group,
+                    whole_below,
+                    seen_end,
+                    received,
+                    lacks: LackList(r.take(count * 8)?),
+                })
+            }
+            kind::GROUP_END => Message::GroupEnd {
+                group: r.u32()?,
+                blocks: r.u32()?,
+                last: match r.u8()? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(WireError::Malformed("GROUP_END last")),
+                },
+            },
+            kind::DATA | kind::REPAIR => {
+                return Err(WireError::Malformed(
+                    "DATA and REPAIR are not control messages",
+                ))
+            }
             other => return Err(WireError::UnknownKind(other)),
         };
         r.finish()?;
@@ -351,6 +426,7 @@ impl<'a> Message<'a> {
                 mode,
                 window_bytes,
                 max_datagram,
+                flags,
                 name,
             } => {
                 header(out, kind::GET);
@@ -359,6 +435,7 @@ impl<'a> Message<'a> {
                 out.push(mode.to_u8());
                 out.extend_from_slice(&window_bytes.to_be_bytes());
                 out.extend_from_slice(&max_datagram.to_be_bytes());
+                out.push(*flags);
                 put_str8(out, name, MAX_NAME_LEN);
             }
             Message::Meta(m) => {
@@ -439,6 +516,49 @@ impl<'a> Message<'a> {
                 header(out, kind::END);
                 out.extend_from_slice(&session.to_be_bytes());
                 out.extend_from_slice(&datagrams.to_be_bytes());
+            }
+            Message::Join(j) => {
+                header(out, kind::JOIN);
+                for v in [j.request_id, j.session, j.group] {
+                    out.extend_from_slice(&v.to_be_bytes());
+                }
+                let mut raw = [0u8; 16];
+                match j.addr.ip() {
+                    IpAddr::V4(a) => {
+                        out.push(4);
+                        raw[..4].copy_from_slice(&a.octets());
+                    }
+                    IpAddr::V6(a) => {
+                        out.push(6);
+                        raw = a.octets();
+                    }
+                }
+                out.extend_from_slice(&raw);
+                for v in [j.addr.port(), j.k, j.parity] {
+                    out.extend_from_slice(&v.to_be_bytes());
+                }
+                out.extend_from_slice(&j.first_block.to_be_bytes());
+                out.extend_from_slice(&j.feedback_ms.to_be_bytes());
+            }
+            Message::Feedback(f) => {
+                header(out, kind::FEEDBACK);
+                for v in [f.session, f.group, f.whole_below, f.seen_end] {
+                    out.extend_from_slice(&v.to_be_bytes());
+                }
+                out.extend_from_slice(&f.received.to_be_bytes());
+                let n = f.lack_count().min(MAX_FEEDBACK_BLOCKS);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+                out.extend_from_slice(&f.lacks.0[..n * 8]);
+            }
+            Message::GroupEnd {
+                group,
+                blocks,
+                last,
+            } => {
+                header(out, kind::GROUP_END);
+                out.extend_from_slice(&group.to_be_bytes());
+                out.extend_from_slice(&blocks.to_be_bytes());
+                out.push(*last as u8);
             }
         }
     }

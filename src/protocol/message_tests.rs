@@ -54,6 +54,7 @@ fn control_messages_round_trip() {
         mode: Mode::Blast,
         window_bytes: 32 << 20,
         max_datagram: 1472,
+        flags: 0,
         name: "250mb.mp4",
     });
     roundtrip(Message::Meta(Meta {
@@ -121,10 +122,14 @@ fn control_messages_round_trip() {
 fn rejects_foreign_and_future_datagrams() {
     assert_eq!(Message::parse(b"LIST"), Err(WireError::BadMagic));
     assert_eq!(
-        Message::parse(b"RB\x05\x01abcdefgh"),
-        Err(WireError::BadVersion(5))
+        Message::parse(b"RB\x06\x01abcdefgh"),
+        Err(WireError::BadVersion(6))
     );
-    // Version 3 (before padded LISTs), 2 (before BUSY) and 1 (before the datagram size was
+    assert_eq!(
+        Message::parse(b"RB\x04\x01abcdefgh"),
+        Err(WireError::BadVersion(4))
+    );
+    // Version 4 (before multicast), 3 (before padded LISTs), 2 (before BUSY) and 1 (before the datagram size was
     // negotiated) are others.
     assert_eq!(
         Message::parse(b"RB\x03\x01abcdefgh"),
@@ -141,14 +146,15 @@ fn rejects_foreign_and_future_datagrams() {
     assert_eq!(crate::protocol::foreign_version(b"RB\x01\x01"), Some(1));
     assert_eq!(crate::protocol::foreign_version(b"RB\x02\x01"), Some(2));
     assert_eq!(crate::protocol::foreign_version(b"RB\x03\x01"), Some(3));
-    assert_eq!(crate::protocol::foreign_version(b"RB\x04\x01"), None);
+    assert_eq!(crate::protocol::foreign_version(b"RB\x04\x01"), Some(4));
+    assert_eq!(crate::protocol::foreign_version(b"RB\x05\x01"), None);
     assert_eq!(crate::protocol::foreign_version(b"XX\x01\x01"), None);
     assert_eq!(
-        Message::parse(&with_crc(b"RB\x04\xEE")),
+        Message::parse(&with_crc(b"RB\x05\xEE")),
         Err(WireError::UnknownKind(0xEE))
     );
     assert_eq!(
-        Message::parse(b"RB\x04\x0A\x00\x00\x00\x01\x00"),
+        Message::parse(b"RB\x05\x0A\x00\x00\x00\x01\x00"),
         Err(WireError::BadChecksum)
     );
     assert_eq!(Message::parse(b"R"), Err(WireError::Truncated));
@@ -217,6 +223,7 @@ fn unvalidated_answers_are_smaller_than_what_provokes_them() {
         mode: Mode::Reliable,
         window_bytes: 1,
         max_datagram: 0,
+        flags: 0,
         name: "",
     }
     .to_vec();
@@ -258,7 +265,7 @@ proptest! {
     }
 
     #[test]
-    fn control_parser_never_panics_on_valid_prefix(kind in 1u8..=15, rest in proptest::collection::vec(any::<u8>(), 0..600)) {
+    fn control_parser_never_panics_on_valid_prefix(kind in 1u8..=19, rest in proptest::collection::vec(any::<u8>(), 0..600)) {
         let mut body = vec![b'R', b'B', VERSION, kind];
         body.extend_from_slice(&rest);
         // A valid trailer, so the field parsers (not just the checksum) meet random bytes.
@@ -267,6 +274,25 @@ proptest! {
             // Whatever parses re-encodes to something that parses to the same message.
             let again = m.to_vec();
             prop_assert_eq!(Message::parse(&again).unwrap(), m);
+        }
+    }
+
+    #[test]
+    fn feedback_round_trips(session: u32, group: u32, whole: u32, seen: u32, received: u64,
+                            raw in proptest::collection::vec((any::<u32>(), any::<u16>(), any::<u16>()), 0..200)) {
+        let lacks: Vec<Lack> = raw.iter().map(|&(block, missing, repairs_seen)| Lack { block, missing, repairs_seen }).collect();
+        let mut scratch = Vec::new();
+        let f = Feedback { session, group, whole_below: whole, seen_end: seen, received, lacks: Default::default() }
+            .with_lacks(&lacks, &mut scratch);
+        let bytes = Message::Feedback(f).to_vec();
+        prop_assert!(bytes.len() <= HELLO_MIN_LEN);
+        match Message::parse(&bytes).unwrap() {
+            Message::Feedback(back) => {
+                let got: Vec<Lack> = back.lacks().collect();
+                prop_assert_eq!(&got[..], &lacks[..lacks.len().min(MAX_FEEDBACK_BLOCKS)]);
+                prop_assert_eq!((back.session, back.group, back.whole_below, back.seen_end, back.received), (session, group, whole, seen, received));
+            }
+            other => prop_assert!(false, "{:?}", other),
         }
     }
 

@@ -204,3 +204,93 @@ pub struct Meta {
     /// BLAKE3 of the file's content.
     pub content_hash: [u8; 32],
 }
+
+/// Bits of a `GET`'s flags.
+pub mod get_flags {
+    /// The client would take the file from a multicast group, where the server has one.
+    pub const MULTICAST: u8 = 1;
+}
+
+/// The server's answer, after `META`, to a `GET` it serves by multicast: the group to join and
+/// how the file is cut into erasure-coded blocks ([`crate::protocol::fec::BlockPlan`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Join {
+    pub request_id: u32,
+    /// The client's unicast session (for the repair of what the group did not deliver).
+    pub session: u32,
+    /// The group transmission: the `session` field of its datagrams.
+    pub group: u32,
+    /// Group address and port (IPv4 or IPv6).
+    pub addr: std::net::SocketAddr,
+    /// Source datagrams per block, and most repair datagrams per block.
+    pub k: u16,
+    pub parity: u16,
+    /// The first block the transmission sends after this client joined: one that joins late
+    /// gets the blocks before it by unicast.
+    pub first_block: u32,
+    /// Least time between two `FEEDBACK`s of this receiver, ms (grows with the group).
+    pub feedback_ms: u16,
+}
+
+/// A group receiver's report: how far it got and what it still lacks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Feedback<'a> {
+    pub session: u32,
+    pub group: u32,
+    /// Every block from the receiver's first up to this one (excluded) is whole.
+    pub whole_below: u32,
+    /// The newest block it has received anything of, plus one (0: nothing yet).
+    pub seen_end: u32,
+    /// Datagrams received from the group so far, sources and repairs.
+    pub received: u64,
+    /// Blocks the transmission has passed that still lack datagrams, at most
+    /// [`MAX_FEEDBACK_BLOCKS`](super::super::limits::MAX_FEEDBACK_BLOCKS): set with
+    /// [`Feedback::with_lacks`], read with [`Feedback::lacks`].
+    pub lacks: LackList<'a>,
+}
+
+/// What a receiver lacks of one block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lack {
+    pub block: u32,
+    /// Datagrams it still needs to rebuild the block.
+    pub missing: u16,
+    /// 1 + the highest repair index of the block it has received (0: none): repairs the
+    /// server sent after that one may still be on their way.
+    pub repairs_seen: u16,
+}
+
+/// The encoded lacks of a [`Feedback`] (8 bytes each).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LackList<'a>(pub(super) &'a [u8]);
+
+impl<'a> Feedback<'a> {
+    /// This feedback with `lacks` (at most [`MAX_FEEDBACK_BLOCKS`] of them) encoded into
+    /// `scratch`.
+    ///
+    /// [`MAX_FEEDBACK_BLOCKS`]: super::super::limits::MAX_FEEDBACK_BLOCKS
+    pub fn with_lacks<'b>(self, lacks: &[Lack], scratch: &'b mut Vec<u8>) -> Feedback<'b> {
+        scratch.clear();
+        for l in lacks.iter().take(super::super::limits::MAX_FEEDBACK_BLOCKS) {
+            scratch.extend_from_slice(&l.block.to_be_bytes());
+            scratch.extend_from_slice(&l.missing.to_be_bytes());
+            scratch.extend_from_slice(&l.repairs_seen.to_be_bytes());
+        }
+        Feedback {
+            lacks: LackList(scratch),
+            ..self
+        }
+    }
+
+    pub fn lacks(&self) -> impl Iterator<Item = Lack> + 'a {
+        self.lacks.0.chunks_exact(8).map(|c| Lack {
+            block: u32::from_be_bytes([c[0], c[1], c[2], c[3]]),
+            missing: u16::from_be_bytes([c[4], c[5]]),
+            repairs_seen: u16::from_be_bytes([c[6], c[7]]),
+        })
+    }
+
+    pub fn lack_count(&self) -> usize {
+        self.lacks.0.len() / 8
+    }
+}

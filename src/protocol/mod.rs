@@ -13,7 +13,7 @@
 //! ```text
 //!  0      2        3      4
 //!  +------+--------+------+
-//!  | "RB" | ver=4  | kind |
+//!  | "RB" | ver=5  | kind |
 //!  +------+--------+------+
 //! ```
 
@@ -28,6 +28,7 @@ pub mod limits;
 pub mod loss;
 pub mod message;
 pub mod pacer;
+pub mod repair;
 pub mod rtt;
 pub mod sender;
 #[cfg(test)]
@@ -41,8 +42,10 @@ use thiserror::Error;
 pub use data::{data_flags, DataHeader};
 pub use limits::*;
 pub use message::{
-    ack_flags, Ack, DoneStatus, ErrorCode, ListEntry, Message, Meta, NackRange, Status,
+    ack_flags, get_flags, Ack, DoneStatus, ErrorCode, Feedback, Join, Lack, ListEntry, Message,
+    Meta, NackRange, Status,
 };
+pub use repair::RepairHeader;
 
 /// First two bytes of every ringblast datagram.
 pub const MAGIC: [u8; 2] = *b"RB";
@@ -51,7 +54,8 @@ pub const MAGIC: [u8; 2] = *b"RB";
 /// session (`GET` carries the receiver's limit), window in bytes. Version 3: `BUSY`. Version
 /// 4: `LIST` padded like `HELLO` (its answer at most three times its size), data only after
 /// the client's first `ACK` of the session, a token good for one `GET`, `ERROR` code 10.
-pub const VERSION: u8 = 4;
+/// Version 5: multicast (`GET` flags, `JOIN`, `FEEDBACK`, `GROUP_END`, `REPAIR`).
+pub const VERSION: u8 = 5;
 
 /// Message kinds (byte 3).
 pub(crate) mod kind {
@@ -69,6 +73,10 @@ pub(crate) mod kind {
     pub const DATA: u8 = 12;
     pub const STATUS: u8 = 13;
     pub const BUSY: u8 = 14;
+    pub const JOIN: u8 = 15;
+    pub const FEEDBACK: u8 = 16;
+    pub const GROUP_END: u8 = 17;
+    pub const REPAIR: u8 = 18;
 }
 
 /// Why a datagram was rejected. Receivers count these and drop the datagram.

@@ -338,6 +338,9 @@ impl Control {
                 mode,
                 window_bytes,
                 max_datagram,
+                // The multicast wish: this server serves by unicast only, which is what a
+                // client gets from a server without a group (it says so when no JOIN comes).
+                flags: _,
                 name,
             } => {
                 if !self.token_ok(src, &token) {
