@@ -89,12 +89,16 @@ mcast_install_deps() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" > /dev/null
 }
 
+# mt_ours PID: PID is still a child of this shell (not a process that took over a PID that one
+# of ours left).
+mt_ours() { [ "$(awk '{print $4}' "/proc/$1/stat" 2> /dev/null)" = $$ ]; }
+
 # The namespaces this testbed owns (whatever a run that died left, too).
 mt_namespaces() { ip netns list | awk '{print $1}' | grep -E '^rbm-(s|sw|r[0-9]+)$' || true; }
 
 testbed_down() {
   local ns pid
-  for pid in "${MT_BG[@]}"; do kill "$pid" 2> /dev/null || true; done
+  for pid in "${MT_BG[@]}"; do { mt_ours "$pid" && kill "$pid"; } 2> /dev/null || true; done
   for ns in $(mt_namespaces); do
     ip netns pids "$ns" 2> /dev/null | xargs -r kill -9 2> /dev/null || true
   done
@@ -156,17 +160,6 @@ mt_tbf_drops() {
     | awk '/dropped/ { for (j = 1; j < NF; j++) if ($j == "(dropped") { sub(",", "", $(j + 1)); print $(j + 1) } }'
 }
 
-# Datagrams the receivers' nftables rules dropped so far, all receivers summed.
-mt_nft_drops() {
-  local i sum=0 n
-  for i in $(seq "${RECEIVERS:-10}"); do
-    n=$(ip netns exec "$(mt_recv_ns "$i")" nft list chain inet rbm in 2> /dev/null \
-      | awk '/counter/ { for (j = 1; j < NF; j++) if ($j == "packets") print $(j + 1) }')
-    sum=$((sum + ${n:-0}))
-  done
-  echo $sum
-}
-
 # Packets the kernel's per-CPU input backlog dropped (every veth hop goes through it; 10
 # receivers multiply the packets the bridge hands on): /proc/net/softnet_stat's 2nd column.
 mt_backlog_drops() {
@@ -203,7 +196,7 @@ mt_bounded() {
 
 # mt_stop PID: TERM to a process this script started, then waits (up to 10 s) until it is gone.
 mt_stop() {
-  kill "$1" 2> /dev/null || return 0
+  mt_ours "$1" && kill "$1" 2> /dev/null || return 0
   for _ in $(seq 100); do
     kill -0 "$1" 2> /dev/null || return 0
     sleep 0.1
@@ -336,10 +329,11 @@ floor_run() {
 }
 
 uftp_run() {
-  local to i ns uid uids=() buf t0 tx0 tbf0 bl0 rc=0 intact=0
+  local to i ns uid uids=() daemons=() buf t0 tx0 tbf0 bl0 rc=0 intact=0 pid
   to=$((60 + 20 * WIRE_S * (1 + RECEIVERS / 4)))
-  # Socket buffers as large as the kernel lets an unprivileged SO_RCVBUF have (uftp clamps to
-  # its 64 KiB..100 MiB), so that neither side is starved by the default 256 KiB.
+  # Socket buffers as large as uftp can have: it sets SO_RCVBUF/SO_SNDBUF (not the FORCE
+  # variants), which net.core.rmem_max/wmem_max cap (4 MiB here, 8 MiB as the kernel doubles it;
+  # the floor's rcv forces 16 MiB); its default is 256 KiB.
   buf=$(cat /proc/sys/net/core/rmem_max)
   [ "$buf" -gt 16777216 ] && buf=16777216
   [ "$buf" -lt 262144 ] && buf=262144
@@ -353,7 +347,7 @@ uftp_run() {
     # at gigabit speeds).
     timeout -k 5 $to ip netns exec "$ns" uftpd -d -q -I $MT_DEV -U "$uid" -B "$buf" -c 20971520 \
       -D "$W/uftp/r$i" > "$W/uftp/r$i.log" 2>&1 &
-    MT_BG+=($!)
+    MT_BG+=($!) daemons+=($!)
     disown
   done
   mt_wait_joined 230.4.4.1 # uftpd's default public group
@@ -367,9 +361,10 @@ uftp_run() {
     cmp -s "$W/file.bin" "$W/uftp/r$i/file.bin" && intact=$((intact + 1))
   done
   # Stop the uftpds (timeout passes the TERM on) and wait for them: the next run's bind port 1044.
-  for i in $(seq "$RECEIVERS"); do mt_stop "${MT_BG[-i]}"; done
+  for pid in "${daemons[@]}"; do mt_stop "$pid"; done
   # uftp's own transfer time (its STATS lines: after registration, to the last completion).
   RUN_NOTE="intact=$intact/$RECEIVERS uftp-exit=$rc uftp-stats-time=$(awk -F';' '$1 == "STATS" && $7 + 0 > m { m = $7 } END { print m + 0 }' "$W/uftp/status" 2> /dev/null)s"
+  RUN_NOTE+=" passes=$(grep -c '^Starting pass' "$W/uftp/uftp.log" || true)"
   RUN_NOTE+=" backlog-drops=$(($(mt_backlog_drops) - bl0)) tbf-drops=$(($(mt_tbf_drops) - tbf0))"
   keep_logs "$W"/uftp/*.log "$W/uftp/status"
   if [ $rc -ne 0 ] || [ $intact -ne "$RECEIVERS" ]; then

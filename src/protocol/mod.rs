@@ -23,6 +23,10 @@ pub mod fec;
 pub mod field;
 #[cfg(test)]
 mod golden_tests;
+pub mod group_rx;
+#[cfg(test)]
+mod group_tests;
+pub mod group_tx;
 pub mod layout;
 pub mod limits;
 pub mod loss;

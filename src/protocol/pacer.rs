@@ -19,6 +19,12 @@ const MAX_WAIT: Duration = Duration::from_secs(3600);
 /// lost.
 pub const BURST_TIME: Duration = Duration::from_millis(2);
 
+/// A pacer's burst at `bps`: [`BURST_TIME`] of sending, at least 2 datagrams.
+pub fn burst_for(bps: u64, datagram: usize) -> usize {
+    let burst = (bps as f64 / 8.0 * BURST_TIME.as_secs_f64()).min(usize::MAX as f64) as usize;
+    burst.max(2 * datagram)
+}
+
 /// Smallest quantum, bytes.
 const MIN_QUANTUM: f64 = 65_536.0;
 

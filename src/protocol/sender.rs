@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use super::congestion::{CcKind, Controller, RttEstimator};
 use super::layout::{datagram_count, payload_len};
-use super::pacer::{Pacer, BURST_TIME};
+use super::pacer::{burst_for, Pacer};
 use super::{Mode, Status};
 
 /// Blast mode repeats its END marker this many times, this far apart, against its loss.
@@ -559,12 +559,6 @@ impl SenderState {
 /// Ticks of a duration in ns, +1 (0 means never), saturating.
 fn ticks_of(ns: u64) -> u32 {
     (ns / TICK_NS).min(u32::MAX as u64 - 1) as u32 + 1
-}
-
-/// The pacer's burst at `bps`: [`BURST_TIME`] of sending, at least 2 datagrams.
-fn burst_for(bps: u64, datagram: usize) -> usize {
-    let burst = (bps as f64 / 8.0 * BURST_TIME.as_secs_f64()).min(usize::MAX as f64) as usize;
-    burst.max(2 * datagram)
 }
 
 #[path = "sender_ack.rs"]

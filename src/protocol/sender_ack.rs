@@ -4,8 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use super::{burst_for, SenderState, MAX_ECHO_DELAY, MAX_REO_MULT, REO_DECAY_RECOVERIES};
+use super::{SenderState, MAX_ECHO_DELAY, MAX_REO_MULT, REO_DECAY_RECOVERIES};
 use crate::protocol::congestion::{AckEvent, RateSample};
+use crate::protocol::pacer::burst_for;
 use crate::protocol::{Ack, Mode};
 
 impl SenderState {
