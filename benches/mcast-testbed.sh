@@ -353,7 +353,12 @@ uftp_run() {
   mt_wait_joined 230.4.4.1 # uftpd's default public group
   tx0=$(mt_tx_bytes) bl0=$(mt_backlog_drops) tbf0=$(mt_tbf_drops)
   t0=$EPOCHREALTIME
-  mt_bounded $to ip netns exec $MT_S uftp -R $((PACE_BPS / 1000)) -b 1428 -I $MT_DEV -B "$buf" \
+  # -s 50 (the most uftp allows; default 20): after each pass uftp sends DONE up to that many
+  # times, 3 GRTT apart, and gives every receiver up for lost if no NAK or COMPLETE comes back in
+  # that window ("Sending thread timed out", exit 9). On one machine the GRTT falls to its 10 ms
+  # minimum, so the default window is 0.6 s, which a busy CPU overran in 2 runs of 3 at 200mbit;
+  # answering receivers never wait for it, so it costs nothing when all goes well.
+  mt_bounded $to ip netns exec $MT_S uftp -R $((PACE_BPS / 1000)) -b 1428 -s 50 -I $MT_DEV -B "$buf" \
     -H "$(IFS=,; echo "${uids[*]}")" -S "$W/uftp/status" "$W/file.bin" > "$W/uftp/uftp.log" 2>&1 || rc=$?
   RUN_S=$(awk -v t0="$t0" -v t1="$EPOCHREALTIME" 'BEGIN { printf "%.3f\n", t1 - t0 }')
   RUN_TX=$(($(mt_tx_bytes) - tx0))

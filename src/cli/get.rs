@@ -94,6 +94,13 @@ pub struct GetArgs {
     /// Receive one datagram per buffer instead of coalesced ones (UDP GRO), to compare.
     #[arg(long)]
     no_gro: bool,
+    /// Take the file from the server's multicast group (serve --multicast): one
+    /// transmission for every client asking for the same file at about the same time,
+    /// lost datagrams rebuilt from erasure-coded repairs, the rest fetched by unicast. By
+    /// unicast, with one line saying so, where the server has no group or none of its
+    /// datagrams arrive (the network must carry the group: TTL, IGMP snooping, routes).
+    #[arg(long)]
+    multicast: bool,
     /// Final check: content = BLAKE3 of the written file (and the manifest);
     /// manifest = every datagram's CRC32C against the server's manifest hash only
     /// [default: content when writing files, manifest with --discard].
@@ -142,6 +149,7 @@ impl GetArgs {
         cfg.window_bytes = self.window.unwrap_or(0);
         cfg.datagram_size = self.datagram_size;
         cfg.gro = !self.no_gro;
+        cfg.multicast = self.multicast;
         cfg.verify = self.verify.map_or(
             if self.discard {
                 Verify::Manifest

@@ -1,6 +1,6 @@
 //! `ringblast serve` and `ringblast list`.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::str::FromStr;
@@ -14,6 +14,7 @@ use crate::protocol::congestion::CcKind;
 use crate::protocol::layout::DatagramSize;
 use crate::report::logging;
 use crate::server::engine::SendPath;
+use crate::server::group::MulticastConfig;
 use crate::server::{Server, ServerConfig};
 
 /// `--send-path`.
@@ -134,6 +135,26 @@ pub struct ServeArgs {
     /// no address validation, so anyone can make the server blast a file at any address.
     #[arg(long)]
     legacy: bool,
+    /// Serve GETs that ask for it (get --multicast) by multicast to this group: one
+    /// transmission to every client that asks for the same file at about the same time,
+    /// erasure-coded repairs for what each lost, the rest by unicast. An IPv4 or IPv6 group
+    /// with an optional port (default 6970), e.g. 239.255.77.1 or [ff15::77]:7000. The server
+    /// chooses the group; clients never name one.
+    #[arg(long, value_parser = values::group_addr)]
+    multicast: Option<SocketAddr>,
+    /// Hops a group datagram may take: 1 (the default) keeps it on the LAN.
+    #[arg(long, default_value_t = 1, value_parser = values::count(1, 255), requires = "multicast")]
+    multicast_ttl: usize,
+    /// Send group datagrams from the interface with this address [default: by route].
+    #[arg(long, requires = "multicast")]
+    multicast_if: Option<IpAddr>,
+    /// The group's pace, bits/s (e.g. 950M, 200M): what the slowest member's path takes.
+    #[arg(long, default_value = "950M", value_parser = values::rate, requires = "multicast")]
+    multicast_rate: u64,
+    /// How long the first GET of a file waits for others to share its transmission
+    /// (e.g. 200ms, 0); later ones join the running transmission.
+    #[arg(long, default_value = "200ms", value_parser = values::duration_or_zero, requires = "multicast")]
+    multicast_gather: Duration,
 }
 
 impl From<ServeArgs> for ServerConfig {
@@ -155,6 +176,13 @@ impl From<ServeArgs> for ServerConfig {
             json: a.json,
             legacy: a.legacy,
             requests_per_ip: a.requests_per_ip,
+            multicast: a.multicast.map(|group| MulticastConfig {
+                group,
+                ttl: a.multicast_ttl as u32,
+                interface: a.multicast_if,
+                rate_bps: a.multicast_rate,
+                gather: a.multicast_gather,
+            }),
             ..defaults
         }
     }

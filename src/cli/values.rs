@@ -145,6 +145,34 @@ fn parse_addr(t: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("cannot resolve {t:?}: no address"))
 }
 
+/// A multicast group: `239.255.77.1`, `239.255.77.1:7000`, `ff15::77`, `[ff15::77]:7000`
+/// (port 6970 if none). Anything but a multicast address is refused.
+pub fn group_addr(s: &str) -> Result<SocketAddr, String> {
+    let t = s.trim();
+    let default_port = crate::server::group::DEFAULT_GROUP_PORT;
+    let addr = if let Ok(ip) = t.parse::<IpAddr>() {
+        SocketAddr::new(ip, default_port)
+    } else if let Some(Ok(ip)) = t
+        .strip_prefix('[')
+        .and_then(|r| r.strip_suffix(']'))
+        .map(str::parse::<std::net::Ipv6Addr>)
+    {
+        SocketAddr::new(ip.into(), default_port)
+    } else {
+        t.parse::<SocketAddr>()
+            .map_err(|_| format!("bad group {t:?}: a multicast address, e.g. 239.255.77.1 or 239.255.77.1:7000 or [ff15::77]:7000"))?
+    };
+    if !addr.ip().is_multicast() {
+        return Err(format!(
+            "{t} is not a multicast address (IPv4 224.0.0.0/4, e.g. 239.255.77.1; IPv6 ff00::/8)"
+        ));
+    }
+    if addr.port() == 0 {
+        return Err(format!("{t}: the group needs a port"));
+    }
+    Ok(addr)
+}
+
 /// A receive window: a size of at least 64 KiB (one of the largest datagrams) and at most 4 GiB.
 pub fn window(s: &str) -> Result<u64, String> {
     let v = size(s)?;

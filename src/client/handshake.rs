@@ -19,7 +19,9 @@ use super::connection::{next_backoff, server_error, Resend};
 use super::edge::Outbox;
 use super::window::window_for_buffer;
 use super::{ClientError, GetConfig};
-use crate::protocol::{foreign_version, ErrorCode, Message, Meta, DATA_HEADER_LEN, TOKEN_LEN};
+use crate::protocol::{
+    foreign_version, get_flags, ErrorCode, Join, Message, Meta, DATA_HEADER_LEN, TOKEN_LEN,
+};
 
 /// Most sub-clients of one `get` between their first HELLO and their META at once: the rest
 /// wait their turn without asking (and without their timeout running), so ten thousand
@@ -27,6 +29,9 @@ use crate::protocol::{foreign_version, ErrorCode, Message, Meta, DATA_HEADER_LEN
 pub(super) const MAX_HANDSHAKES: usize = 128;
 /// Tokens a sub-client asks for again when the server refuses one (expired while busy).
 const TOKEN_RENEWALS: u8 = 3;
+/// How long a META that came without its JOIN waits for one (the JOIN was lost, or the
+/// server has no group).
+const JOIN_WAIT: Duration = Duration::from_millis(300);
 /// Timeouts the server may answer WAIT (preparing the file) for: 60 s by default, after
 /// which the copy is given up.
 const WAIT_TIMEOUTS: u32 = 12;
@@ -41,6 +46,8 @@ pub(super) struct Together {
     last_done_ns: AtomicU64,
     epoch: Instant,
     gone: OnceLock<String>,
+    /// The server answered a multicast GET without a group (said once per `get`).
+    no_group: std::sync::atomic::AtomicBool,
 }
 
 impl Together {
@@ -50,6 +57,7 @@ impl Together {
             last_done_ns: AtomicU64::new(0),
             epoch,
             gone: OnceLock::new(),
+            no_group: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -83,6 +91,14 @@ impl Together {
     /// The server was given up on, for `why`: the sub-clients not started yet will not.
     pub(super) fn give_up(&self, why: &ClientError) {
         let _ = self.gone.set(why.to_string());
+    }
+
+    /// `server` serves this copy by unicast though multicast was asked for: one line says
+    /// so, for the whole `get`.
+    pub(super) fn no_group(&self, server: SocketAddr) {
+        if !self.no_group.swap(true, Ordering::AcqRel) {
+            tracing::warn!("{server} offers no multicast group for this file: going on by unicast");
+        }
     }
 
     /// Why the server was given up on, if it was.
@@ -119,6 +135,9 @@ enum Phase {
     },
     /// GET sent; waiting for META.
     Get { get: GetRequest, req: Resend },
+    /// META came without the JOIN a multicast GET asked for: the GET goes once more (the
+    /// server answers it again, JOIN first) and META is held until `until` for the JOIN.
+    Joining { meta: Meta, until: Instant },
     /// The server is busy: ask again at `until`.
     Busy { again: Again, until: Instant },
     /// Over (META came, or an error): nothing more to do.
@@ -150,6 +169,8 @@ pub(super) struct Handshake {
     get_bytes: Vec<u8>,
     /// Times the server answered busy.
     pub(super) busy_retries: u32,
+    /// The multicast group the server put this copy in (a `JOIN` before the META).
+    pub(super) join: Option<Join>,
     rng: StdRng,
 }
 
@@ -180,6 +201,7 @@ impl Handshake {
             max_datagram,
             get_bytes: Vec::new(),
             busy_retries: 0,
+            join: None,
             rng: StdRng::seed_from_u64(seed),
         };
         h.hello(Backoff::default(), 0, now, out);
@@ -206,7 +228,11 @@ impl Handshake {
             mode: self.cfg.mode,
             window_bytes: self.window_bytes,
             max_datagram: self.max_datagram as u16,
-            flags: 0,
+            flags: if self.cfg.multicast {
+                get_flags::MULTICAST
+            } else {
+                0
+            },
             name: &self.cfg.file,
         }
         .encode(&mut self.get_bytes);
@@ -222,16 +248,27 @@ impl Handshake {
         let timeout = self.cfg.timeout;
         match &self.phase {
             Phase::Token { req, .. } | Phase::Get { req, .. } => Some(req.deadline(timeout)),
-            Phase::Busy { until, .. } => Some(*until),
+            Phase::Busy { until, .. } | Phase::Joining { until, .. } => Some(*until),
             Phase::Done => None,
         }
     }
 
-    /// The deadline came: a request resent, a busy server asked again, or the server given
-    /// up on (silent for the timeout while no other copy of this `get` arrived either).
-    pub(super) fn on_timer(&mut self, now: Instant, out: &mut Outbox) -> Result<(), ClientError> {
+    /// The deadline came: a request resent, a busy server asked again, the server given up
+    /// on (silent for the timeout while no other copy of this `get` arrived either), or a
+    /// META that waited for its JOIN long enough (returned: the copy goes by unicast).
+    pub(super) fn on_timer(
+        &mut self,
+        now: Instant,
+        out: &mut Outbox,
+    ) -> Result<Option<Meta>, ClientError> {
         let (server, timeout) = (self.cfg.server, self.cfg.timeout);
         match &mut self.phase {
+            Phase::Joining { until, .. } if now < *until => {}
+            Phase::Joining { meta, .. } => {
+                let meta = *meta;
+                self.phase = Phase::Done;
+                return Ok(Some(meta));
+            }
             Phase::Token { nonce, req, .. } => {
                 if due(req, &self.together, now, timeout, server)? {
                     out.push(&Message::Hello { nonce: *nonce });
@@ -255,7 +292,7 @@ impl Handshake {
             }
             Phase::Done => {}
         }
-        Ok(())
+        Ok(None)
     }
 
     /// One datagram from the server. Returns the META that answers our GET.
@@ -344,8 +381,29 @@ impl Handshake {
                     return Err(server_error(code, text));
                 }
             }
+            // The group comes before the META that completes the answer.
+            (Phase::Get { get, .. }, Message::Join(j))
+                if j.request_id == get.request_id && self.cfg.multicast =>
+            {
+                self.join = Some(j);
+            }
+            (Phase::Joining { meta, .. }, Message::Join(j)) if j.request_id == meta.request_id => {
+                let meta = *meta;
+                self.join = Some(j);
+                self.phase = Phase::Done;
+                return Ok(Some(meta));
+            }
             // A META repeated because our GET was resent: the first one counts.
             (Phase::Get { get, .. }, Message::Meta(meta)) if meta.request_id == get.request_id => {
+                if self.cfg.multicast && self.join.is_none() {
+                    // Its JOIN may have been lost: ask once more before going by unicast.
+                    out.push_bytes(&self.get_bytes);
+                    self.phase = Phase::Joining {
+                        meta,
+                        until: now + JOIN_WAIT,
+                    };
+                    return Ok(None);
+                }
                 self.phase = Phase::Done;
                 return Ok(Some(meta));
             }

@@ -22,10 +22,14 @@ struct Hs {
 
 impl Hs {
     fn new() -> Hs {
+        Hs::with(cfg())
+    }
+
+    fn with(cfg: Arc<GetConfig>) -> Hs {
         let t0 = Instant::now();
         let together = Together::new(t0);
         let mut out = Outbox::default();
-        let h = Handshake::begin(cfg(), together.clone(), 1, 4 << 20, 1472, 7, t0, &mut out);
+        let h = Handshake::begin(cfg, together.clone(), 1, 4 << 20, 1472, 7, t0, &mut out);
         Hs {
             h,
             out,
@@ -61,7 +65,7 @@ impl Hs {
         self.h.on_datagram(&m.to_vec(), now, &mut self.out)
     }
 
-    fn timer(&mut self, ms: u64) -> Result<(), ClientError> {
+    fn timer(&mut self, ms: u64) -> Result<Option<Meta>, ClientError> {
         let now = self.at(ms);
         self.h.on_timer(now, &mut self.out)
     }
@@ -305,4 +309,55 @@ fn the_handshake_places_are_counted() {
     assert!(!together.try_begin_handshake());
     together.end_handshake();
     assert!(together.try_begin_handshake());
+}
+
+fn join(request_id: u32) -> crate::protocol::Join {
+    crate::protocol::Join {
+        request_id,
+        session: 3,
+        group: 9,
+        addr: "239.255.77.1:7000".parse().unwrap(),
+        k: 256,
+        parity: 64,
+        first_block: 0,
+        feedback_ms: 10,
+    }
+}
+
+/// A multicast GET: the JOIN before META puts the copy in the group. A META without one
+/// (its JOIN lost) asks once more and waits a moment: a JOIN then still counts; none, and the
+/// copy goes by unicast.
+#[test]
+fn a_multicast_get_takes_the_join_before_its_meta_and_asks_again_if_it_was_lost() {
+    let mut c = (*cfg()).clone();
+    c.multicast = true;
+    let c = Arc::new(c);
+    let mut s = Hs::with(c.clone());
+    let (_, id) = s.until_get();
+    assert_eq!(s.answer(Message::Join(join(id)), 2).unwrap(), None);
+    assert_eq!(
+        s.answer(Message::Meta(meta(id)), 3).unwrap(),
+        Some(meta(id))
+    );
+    assert_eq!(s.h.join, Some(join(id)));
+
+    // The JOIN lost: META alone sends the GET again; the JOIN that answers it counts.
+    let mut s = Hs::with(c.clone());
+    let (_, id) = s.until_get();
+    assert_eq!(s.answer(Message::Meta(meta(id)), 3).unwrap(), None);
+    assert!(matches!(s.sent()[..], [Sent::Get(_, i, _)] if i == id));
+    assert_eq!(s.timer(100).unwrap(), None);
+    assert_eq!(
+        s.answer(Message::Join(join(id)), 150).unwrap(),
+        Some(meta(id))
+    );
+    assert_eq!(s.h.join, Some(join(id)));
+
+    // No JOIN at all (a server without a group): META goes on, by unicast, 300 ms later.
+    let mut s = Hs::with(c);
+    let (_, id) = s.until_get();
+    assert_eq!(s.answer(Message::Meta(meta(id)), 3).unwrap(), None);
+    assert_eq!(s.timer(200).unwrap(), None);
+    assert_eq!(s.timer(303).unwrap(), Some(meta(id)));
+    assert_eq!(s.h.join, None);
 }

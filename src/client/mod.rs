@@ -14,6 +14,7 @@
 
 mod connection;
 mod edge;
+pub mod group;
 mod handshake;
 mod receive;
 mod sink;
@@ -113,6 +114,9 @@ pub struct GetConfig {
     /// Set (by a signal handler) to stop every copy: each removes its temporary file, tells
     /// the server, and reports how far it got.
     pub stop: Option<&'static AtomicBool>,
+    /// Ask to take the file from the server's multicast group (`get --multicast`); by
+    /// unicast where the server has none or no group datagram arrives.
+    pub multicast: bool,
 }
 
 impl GetConfig {
@@ -138,6 +142,7 @@ impl GetConfig {
             intervals_to_stderr: false,
             force: false,
             stop: None,
+            multicast: false,
         }
     }
 }
@@ -380,7 +385,7 @@ pub fn get(cfg: &GetConfig) -> Result<Vec<CopyReport>, ClientError> {
             rand::random(),
             now,
         );
-        subs.push(threads::Driven { sock, sub });
+        subs.push(threads::Driven::new(sock, sub));
     }
     let done = Arc::new(AtomicBool::new(false));
     let reporter = spawn_reporter(

@@ -9,14 +9,15 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::edge::{Batch, Outbox};
+use super::group::{GroupPart, Left};
 use super::sink::Sink;
 use super::window::window_for_path;
 use super::ClientError;
 use crate::protocol::layout::{datagram_count, payload_len};
 use crate::protocol::loss::{LossTracker, RepairClock};
 use crate::protocol::{
-    ack_flags, data_flags, Ack, DataHeader, ErrorCode, Message, Meta, Mode, NackRange, Status,
-    MAX_NACK_RANGES,
+    ack_flags, data_flags, kind, peek_kind, Ack, DataHeader, ErrorCode, Join, Message, Meta, Mode,
+    NackRange, Status, MAX_NACK_RANGES,
 };
 use crate::report::copy::ClientHists;
 use crate::report::live::ClientLive;
@@ -41,6 +42,10 @@ pub(super) struct Counts {
     pub(super) malformed: u64,
     /// `recvmmsg` calls that returned data.
     pub(super) recv_calls: u64,
+    /// Datagrams rebuilt from a multicast group's repairs.
+    pub(super) rebuilt: u64,
+    /// New datagrams from the session itself (for a group member: its unicast repair).
+    pub(super) unicast: u64,
 }
 
 /// The data phase of one sub-client.
@@ -76,6 +81,10 @@ pub(super) struct DataReceiver {
     nack_cursor: u32,
     scratch: Vec<u8>,
     clock: FeedbackClock,
+    /// The multicast part, for a member of a group (`get --multicast`).
+    pub(super) group: Option<GroupPart>,
+    /// Sources the group's repairs rebuilt in this batch, to be recorded and written.
+    rebuilt: Vec<(u64, Vec<u8>)>,
 }
 
 /// When feedback last went and data last came.
@@ -141,7 +150,42 @@ impl DataReceiver {
                 heard_at: now,
                 received_at_progress: 0,
             },
+            group: None,
+            rebuilt: Vec::new(),
         }
+    }
+
+    /// Takes the file from the group `join` names first (see `group.rs`): no ACK goes until
+    /// the group part ends. False (unicast from the start) when its block plan is invalid.
+    pub(super) fn join_group(&mut self, join: Join, now: Instant) -> bool {
+        self.group = GroupPart::new(join, &self.meta, now);
+        self.group.is_some()
+    }
+
+    /// Still taking the file from a group: no unicast ACK.
+    pub(super) fn in_group(&self) -> bool {
+        self.group.as_ref().is_some_and(GroupPart::active)
+    }
+
+    /// The group's socket could not be opened: on by unicast.
+    pub(super) fn group_failed(&mut self, io: &mut DataIo<'_>, why: String, now: Instant) {
+        if let Some(left) = self.group.as_mut().and_then(|g| g.opened(Err(why))) {
+            self.left_group(left, io, now);
+        }
+    }
+
+    /// The group part ended: over (the server sends no more repairs) or given up. The copy
+    /// goes on by unicast from what it has: the ACK tells the session what is missing (in
+    /// blast mode, a group that ended is the end: the loss is measured).
+    fn left_group(&mut self, left: Left, io: &mut DataIo<'_>, now: Instant) -> Progress {
+        if let Left::Unicast(why) = &left {
+            tracing::warn!("{why}: going on by unicast");
+        }
+        if self.meta.mode == Mode::Blast && left == Left::Over {
+            return Progress::Finished;
+        }
+        self.send_ack(io, true, now);
+        Progress::Going
     }
 
     /// A batch arrived, read at `now` (`read_ns` on the clock of send timestamps, Unix ns):
@@ -180,6 +224,9 @@ impl DataReceiver {
         }
         let ack_every = (self.window / 4).max(1) as u64;
         let c = &self.clock;
+        if self.in_group() {
+            return Ok(Progress::Going);
+        }
         if c.since_ack >= ack_every
             || (c.since_ack >= 2 && now.saturating_duration_since(c.last_ack) >= ACK_SPACING)
         {
@@ -204,6 +251,13 @@ impl DataReceiver {
         now: Instant,
     ) -> Result<Progress, ClientError> {
         self.observed_ns = empty_at.unwrap_or(now_ns);
+        if self.in_group() {
+            let g = self.group.as_mut().expect("in a group");
+            if let Some(left) = g.on_timer(self.meta.session, now, io.out) {
+                return Ok(self.left_group(left, io, now));
+            }
+            return self.silence(io.server, timeout, now);
+        }
         let idle =
             empty_at.is_some() && now.saturating_duration_since(self.clock.last_rx) >= ACK_INTERVAL;
         if self.meta.mode == Mode::Blast && self.end_seen && idle {
@@ -211,25 +265,8 @@ impl DataReceiver {
             // is lost.
             return Ok(Progress::Finished);
         }
-        let silent = now.saturating_duration_since(self.clock.heard_at);
-        if silent >= timeout {
-            if self.meta.mode == Mode::Blast && self.counts.datagrams_received > 0 {
-                tracing::debug!("blast transfer ended by idle timeout (no END marker)");
-                return Ok(Progress::Finished);
-            }
-            let since = self.counts.datagrams_received - self.clock.received_at_progress;
-            if since > 0 {
-                return Err(ClientError::NoProgress {
-                    server: io.server,
-                    secs: silent.as_secs_f64(),
-                    datagrams: since,
-                });
-            }
-            return Err(ClientError::ServerSilent {
-                server: io.server,
-                secs: silent.as_secs_f64(),
-                stage: "no data during the transfer",
-            });
+        if self.silence(io.server, timeout, now)? == Progress::Finished {
+            return Ok(Progress::Finished);
         }
         let since = now.saturating_duration_since(self.clock.last_ack);
         if (self.clock.since_ack > 0 && since >= ACK_SPACING) || (idle && since >= ACK_INTERVAL) {
@@ -238,9 +275,43 @@ impl DataReceiver {
         Ok(Progress::Going)
     }
 
+    /// Nothing new for the timeout: the server is given up on (a blast transfer that
+    /// received anything ends, its loss measured).
+    fn silence(
+        &self,
+        server: SocketAddr,
+        timeout: Duration,
+        now: Instant,
+    ) -> Result<Progress, ClientError> {
+        let silent = now.saturating_duration_since(self.clock.heard_at);
+        if silent < timeout {
+            return Ok(Progress::Going);
+        }
+        if self.meta.mode == Mode::Blast && self.counts.datagrams_received > 0 {
+            tracing::debug!("blast transfer ended by idle timeout (no END marker)");
+            return Ok(Progress::Finished);
+        }
+        let since = self.counts.datagrams_received - self.clock.received_at_progress;
+        if since > 0 {
+            return Err(ClientError::NoProgress {
+                server,
+                secs: silent.as_secs_f64(),
+                datagrams: since,
+            });
+        }
+        Err(ClientError::ServerSilent {
+            server,
+            secs: silent.as_secs_f64(),
+            stage: "no data during the transfer",
+        })
+    }
+
     /// When [`DataReceiver::on_timer`] has something to do if no batch comes first.
     pub(super) fn deadline(&self, timeout: Duration) -> Instant {
         let c = &self.clock;
+        if let Some(g) = self.group.as_ref().filter(|g| g.active()) {
+            return g.deadline().min(c.heard_at + timeout);
+        }
         let feedback = if c.since_ack > 0 {
             c.last_ack + ACK_SPACING
         } else {
@@ -299,6 +370,7 @@ impl DataReceiver {
             }
         }
         sink.write_run(run_start, &run)?;
+        accepted += self.take_rebuilt(sink)?;
         self.hists.recv_batch.record(datagrams);
         self.counts.recv_calls += 1;
         Ok(accepted)
@@ -309,6 +381,17 @@ impl DataReceiver {
     /// payload of new intact data, to be written.
     fn accept<'d>(&mut self, d: &'d [u8], arrival_ns: u64) -> Option<(u64, &'d [u8])> {
         let payload_size = self.meta.payload_size as u64;
+        let now = self.clock.last_rx;
+        if peek_kind(d) == Ok(kind::REPAIR) {
+            let ok = match &mut self.group {
+                Some(g) => g.on_repair(d, now, &mut self.rebuilt),
+                None => false,
+            };
+            if !ok {
+                self.counts.malformed += 1;
+            }
+            return None;
+        }
         let (h, payload) = match DataHeader::parse(d) {
             Ok(x) => x,
             Err(_) => {
@@ -317,7 +400,11 @@ impl DataReceiver {
             }
         };
         let index = h.offset / payload_size;
-        let valid = h.session == self.meta.session
+        let from_group = self
+            .group
+            .as_ref()
+            .is_some_and(|g| h.session == g.join.group && h.flags & data_flags::GROUP != 0);
+        let valid = (h.session == self.meta.session || from_group)
             && h.offset % payload_size == 0
             && index < self.tracker.total() as u64
             && payload.len() == payload_len(self.meta.file_size, self.meta.payload_size, index);
@@ -347,12 +434,39 @@ impl DataReceiver {
         self.tracker.insert(index);
         self.repair.prune(self.tracker.recv_next());
         self.crcs[index as usize] = crc;
+        if from_group {
+            if let Some(g) = &mut self.group {
+                g.on_source(index as u64, payload, now, &mut self.rebuilt);
+            }
+        } else {
+            self.counts.unicast += 1;
+        }
         self.counts.bytes_intact += payload.len() as u64;
         if h.send_ts_ns > self.echo_ts_ns {
             self.echo_ts_ns = h.send_ts_ns;
             self.echo_arrival_ns = arrival_ns;
         }
         Some((h.offset, payload))
+    }
+
+    /// Records and writes the sources the group's repairs rebuilt. Their CRCs join the
+    /// manifest like any datagram's, so the whole-file check covers them.
+    fn take_rebuilt(&mut self, sink: &Sink) -> Result<u64, ClientError> {
+        let mut n = 0;
+        for (index, payload) in std::mem::take(&mut self.rebuilt) {
+            let i = index as u32;
+            if index >= self.tracker.total() as u64 || self.tracker.contains(i) {
+                continue;
+            }
+            self.tracker.insert(i);
+            self.crcs[index as usize] = crc32c::crc32c(&payload);
+            self.counts.bytes_intact += payload.len() as u64;
+            self.counts.rebuilt += 1;
+            let offset = index * self.meta.payload_size as u64;
+            sink.write_run(offset, &[IoSlice::new(&payload)])?;
+            n += 1;
+        }
+        Ok(n)
     }
 
     fn publish(&self, live: &ClientLive) {
@@ -388,6 +502,15 @@ impl DataReceiver {
             Ok(Message::End { session, .. }) if session == self.meta.session => {
                 self.end_seen = true
             }
+            Ok(Message::GroupEnd { group, last, .. }) => {
+                let now = self.clock.last_rx;
+                match &mut self.group {
+                    Some(g) => g.on_end(group, last, now),
+                    None => self.counts.malformed += 1,
+                }
+            }
+            // The group, repeated with a repeated META: harmless.
+            Ok(Message::Join(_)) => {}
             Ok(Message::Error {
                 code:
                     ErrorCode::NoSession

@@ -239,6 +239,51 @@ impl SubClient {
         }
     }
 
+    /// The copy asks for the file by multicast: it may get a group socket.
+    pub(super) fn wants_multicast(&self) -> bool {
+        self.cfg.multicast
+    }
+
+    /// The multicast group whose socket the driver is to open for this copy (asked once).
+    pub(super) fn take_group_request(&mut self) -> Option<std::net::SocketAddr> {
+        match &mut self.phase {
+            Phase::Data(t) => t.rx.group.as_mut()?.take_request(),
+            _ => None,
+        }
+    }
+
+    /// The driver opened the group's socket (`Ok`), or could not: the copy goes on by
+    /// unicast.
+    pub(super) fn group_opened(&mut self, r: std::io::Result<()>, now: Instant) {
+        let Phase::Data(t) = &mut self.phase else {
+            return;
+        };
+        match r {
+            Ok(()) => {
+                if let Some(g) = &mut t.rx.group {
+                    g.opened(Ok(()));
+                }
+            }
+            Err(e) => {
+                let mut io = DataIo {
+                    server: self.cfg.server,
+                    sink: &t.sink,
+                    live: &self.shared.live.clients[self.id - 1],
+                    out: &mut self.outbox,
+                };
+                t.rx.group_failed(&mut io, e.to_string(), now);
+            }
+        }
+    }
+
+    /// The copy needs its group socket no more.
+    pub(super) fn group_finished(&self) -> bool {
+        match &self.phase {
+            Phase::Data(t) => t.rx.group.as_ref().is_none_or(|g| g.finished()),
+            _ => true,
+        }
+    }
+
     /// A batch arrived, read at `now` (`read_ns`: the same instant, Unix ns).
     pub(super) fn on_batch(&mut self, batch: &dyn Batch, read_ns: u64, now: Instant) {
         let r = match &mut self.phase {
@@ -313,7 +358,12 @@ impl SubClient {
             Phase::Closing(_) => return self.close(now),
             Phase::New { .. } => return self.start(now),
             Phase::Handshake(h) => match h.on_timer(now, &mut self.outbox) {
-                Ok(()) => return,
+                Ok(None) => return,
+                Ok(Some(meta)) => match self.begin_data(meta, now_ns, now) {
+                    Ok(Progress::Going) => return,
+                    Ok(Progress::Finished) => Ok(()),
+                    Err(e) => Err(e),
+                },
                 Err(e) => Err(e),
             },
             Phase::Data(t) => {
@@ -348,6 +398,7 @@ impl SubClient {
             unreachable!("META ends the handshake")
         };
         self.report.busy_retries = h.busy_retries;
+        let join = h.join;
         self.leave_handshake();
         let facts = *self
             .socket
@@ -383,8 +434,15 @@ impl SubClient {
             live: &self.shared.live.clients[self.id - 1],
             out: &mut self.outbox,
         };
+        let grouped = match join {
+            Some(j) if cfg.multicast => rx.join_group(j, now),
+            _ => false,
+        };
+        if cfg.multicast && !grouped {
+            self.shared.together.no_group(cfg.server);
+        }
         let progress = rx.check_end(&mut io, now)?;
-        if progress == Progress::Going {
+        if progress == Progress::Going && !grouped {
             rx.first_ack(&mut io, now_ns, now);
         }
         self.phase = Phase::Data(Box::new(Transfer { meta, rx, sink }));
@@ -537,6 +595,7 @@ impl SubClient {
         r.corrupt = c.corrupt;
         r.malformed = c.malformed;
         r.recv_calls = c.recv_calls;
+        r.multicast = rx.group.as_ref().map(|g| g.report(c.unicast));
         r.hists = std::mem::take(&mut rx.hists);
         r.sender = rx.status;
         let manifest_ok = r.complete

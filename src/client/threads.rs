@@ -27,7 +27,7 @@ use crate::protocol::{unix_ns, MAX_DATAGRAM};
 use crate::report::copy::CopyReport;
 use crate::report::cpu::cpu_time;
 use crate::sys::recvmmsg::{enable_timestamps, is_timeout, RecvBatch, BATCH};
-use crate::sys::socket;
+use crate::sys::{multicast, socket};
 
 /// Opens a sub-client's socket, connected to the server, and sets it up: the receive buffer,
 /// kernel timestamps, GRO. What it found is the logic's to know (a failure to set it up fails
@@ -69,15 +69,48 @@ fn max_datagram(cfg: &GetConfig, sock: &UdpSocket) -> Result<usize, ClientError>
     }
 }
 
-/// A sub-client as its receive thread drives it: its socket and its logic.
+/// A sub-client as its receive thread drives it: its socket and its logic, and the socket
+/// of the multicast group it was put in while it takes the file from there.
 pub(super) struct Driven {
     pub(super) sock: UdpSocket,
     pub(super) sub: SubClient,
+    pub(super) group: Option<UdpSocket>,
+    /// `group` was opened and is not yet watched.
+    group_new: bool,
 }
 
 impl Driven {
+    pub(super) fn new(sock: UdpSocket, sub: SubClient) -> Driven {
+        Driven {
+            sock,
+            sub,
+            group: None,
+            group_new: false,
+        }
+    }
+
     fn id(&self) -> usize {
         self.sub.id
+    }
+
+    /// Opens the group socket the logic asked for (bound to the group, joined on the
+    /// interface this host reaches the server from), or tells it why not.
+    fn open_group(&mut self) {
+        let Some(group) = self.sub.take_group_request() else {
+            return;
+        };
+        let opened = self.sock.local_addr().and_then(|local| {
+            let g = multicast::group_receiver(group, local.ip())?;
+            let _ = socket::set_recv_buffer(&g, GROUP_RECV_BUFFER);
+            let _ = enable_timestamps(&g);
+            let _ = socket::enable_gro(&g);
+            Ok(g)
+        });
+        let r = opened.map(|g| {
+            self.group = Some(g);
+            self.group_new = true;
+        });
+        self.sub.group_opened(r, Instant::now());
     }
 
     /// Sends what the logic queued, then lets a copy whose data phase ended close. A datagram
@@ -93,6 +126,7 @@ impl Driven {
                 }
                 self.sub.outbox.recycle(buf);
             }
+            self.open_group();
             // The server has what the copy's last step queued (its last ACK, then DONE):
             // the next step, until the copy has ended.
             if !self.sub.is_closing() {
@@ -132,6 +166,8 @@ impl Driven {
     }
 }
 
+/// The receive buffer of a group socket: a group does not wait for a slow member.
+const GROUP_RECV_BUFFER: usize = 32 << 20;
 /// Most batches taken from one ready socket before the thread looks at the others.
 const DRAIN_BATCHES: usize = 8;
 /// The receive timeout of a thread that serves one sub-client: how late a deadline may be
@@ -206,7 +242,8 @@ fn drive(mut subs: Vec<Driven>) -> Vec<CopyReport> {
     for s in subs.iter_mut() {
         s.start(now);
     }
-    let mut reports = if subs.len() == 1 {
+    // A group member has two sockets: epoll watches both.
+    let mut reports = if subs.len() == 1 && !subs[0].sub.wants_multicast() {
         drive_one(subs.pop().expect("one"), &mut batch)
     } else {
         match drive_many(subs, &mut batch) {
@@ -265,15 +302,21 @@ fn drive_one(mut s: Driven, batch: &mut RecvBatch) -> Vec<CopyReport> {
     vec![s.sub.take_report()]
 }
 
-/// Receives up to [`DRAIN_BATCHES`] batches for `s`. Returns whether its socket was found
-/// empty: a receive came back with nothing, or with less than a full batch (it took all
-/// there was; asking again would cost a call to hear `EAGAIN`).
-fn drain(s: &mut Driven, batch: &mut RecvBatch) -> bool {
+/// Receives up to [`DRAIN_BATCHES`] batches for `s` (from its group socket with `group`).
+/// Returns whether the socket was found empty: a receive came back with nothing, or with
+/// less than a full batch (it took all there was; asking again would cost a call to hear
+/// `EAGAIN`).
+fn drain(s: &mut Driven, batch: &mut RecvBatch, group: bool) -> bool {
     for _ in 0..DRAIN_BATCHES {
         if s.sub.is_ended() {
             return false;
         }
-        match batch.recv_nowait(&s.sock) {
+        let r = match (group, &s.group) {
+            (false, _) => batch.recv_nowait(&s.sock),
+            (true, Some(g)) => batch.recv_nowait(g),
+            (true, None) => return false,
+        };
+        match r {
             Ok(n) => {
                 s.on_batch(batch);
                 if n < BATCH {
@@ -298,7 +341,7 @@ fn drive_many(subs: Vec<Driven>, batch: &mut RecvBatch) -> Result<Vec<CopyReport
     let mut slots: Vec<Option<Driven>> = Vec::with_capacity(subs.len());
     let mut reports = Vec::with_capacity(subs.len());
     for (i, s) in subs.into_iter().enumerate() {
-        if let Err(e) = epoll.add(&s.sock, EpollEvent::new(EpollFlags::EPOLLIN, i as u64)) {
+        if let Err(e) = epoll.add(&s.sock, EpollEvent::new(EpollFlags::EPOLLIN, 2 * i as u64)) {
             let mut left: Vec<Driven> = slots.into_iter().flatten().collect();
             left.push(s);
             return Err((e.into(), left));
@@ -328,6 +371,9 @@ fn drive_many(subs: Vec<Driven>, batch: &mut RecvBatch) -> Result<Vec<CopyReport
             if slot.as_ref().is_some_and(|s| s.sub.is_ended()) {
                 let mut s = slot.take().expect("checked");
                 let _ = epoll.delete(&s.sock);
+                if let Some(g) = s.group.take() {
+                    let _ = epoll.delete(&g);
+                }
                 reports.push(s.sub.take_report());
                 live -= 1;
             } else if let Some(d) = slot.as_ref().and_then(|s| s.sub.deadline()) {
@@ -336,6 +382,23 @@ fn drive_many(subs: Vec<Driven>, batch: &mut RecvBatch) -> Result<Vec<CopyReport
         }
         if live == 0 {
             break;
+        }
+        // Group sockets opened since the last turn are watched; those no longer needed go.
+        for (i, s) in slots.iter_mut().enumerate() {
+            let Some(s) = s.as_mut() else { continue };
+            if s.group_new {
+                s.group_new = false;
+                let g = s.group.as_ref().expect("opened");
+                let ev = EpollEvent::new(EpollFlags::EPOLLIN, 2 * i as u64 + 1);
+                if let Err(e) = epoll.add(g, ev) {
+                    s.group = None;
+                    s.sub.group_opened(Err(e.into()), Instant::now());
+                    s.flush();
+                }
+            } else if s.group.is_some() && s.sub.group_finished() {
+                let g = s.group.take().expect("checked");
+                let _ = epoll.delete(&g);
+            }
         }
         let wait = next.map_or(MAX_SLEEP, |d| {
             d.saturating_duration_since(Instant::now()).min(MAX_SLEEP)
@@ -352,9 +415,12 @@ fn drive_many(subs: Vec<Driven>, batch: &mut RecvBatch) -> Result<Vec<CopyReport
         emptied.clear();
         emptied.resize(slots.len(), None);
         for ev in &events[..ready] {
-            let i = ev.data() as usize;
+            let (i, group) = ((ev.data() / 2) as usize, ev.data() % 2 == 1);
             if let Some(s) = slots.get_mut(i).and_then(Option::as_mut) {
-                emptied[i] = drain(s, batch).then(unix_ns);
+                let empty = drain(s, batch, group);
+                if !group {
+                    emptied[i] = empty.then(unix_ns);
+                }
             }
         }
         let now = Instant::now();
@@ -364,7 +430,7 @@ fn drive_many(subs: Vec<Driven>, batch: &mut RecvBatch) -> Result<Vec<CopyReport
                 // What is queued comes first: its deadline may be an ACK it answers, and an
                 // idle ACK may only go from a socket seen empty, written as of then (this
                 // thread may have spent milliseconds on other sockets since).
-                let empty_at = emptied[i].or_else(|| drain(s, batch).then(unix_ns));
+                let empty_at = emptied[i].or_else(|| drain(s, batch, false).then(unix_ns));
                 s.on_timer(empty_at);
             }
         }

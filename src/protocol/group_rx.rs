@@ -121,8 +121,8 @@ impl GroupReceiver {
             reported: HashMap::new(),
             interval,
             // A lack reported is not reported again before the server's repairs can have
-            // come: three intervals (the server gathers feedback over one), at least 30 ms.
-            repeat_after: (interval * 3).max(Duration::from_millis(30)),
+            // come (the server counts them on their way as long).
+            repeat_after: super::group_tx::repeat_after(interval),
             next_feedback: now + interval,
             last_sent: None,
             received: 0,

@@ -417,3 +417,49 @@ fn feedback_from_a_hundred_receivers_is_bounded() {
     let by_interval = receivers as u64 * (o.elapsed.as_micros() / interval.as_micros() + 2) as u64;
     assert!(s.feedback_received <= by_interval, "{s:?}");
 }
+
+/// Blast over multicast: every source once, no repair whatever the receivers lack, and the
+/// end marker right after the sources; each receiver's loss is what it is.
+#[test]
+fn a_blast_transmission_sends_once_and_repairs_nothing() {
+    let plan = BlockPlan::for_file(2 << 20, ETH);
+    let t = Instant::now();
+    let mut tx =
+        GroupSender::new(plan, 10_000_000_000, Duration::from_millis(10), t).without_repairs();
+    tx.join(1);
+    let mut now = t;
+    let (mut sources, mut ends) = (0, 0);
+    let mut lacks = Vec::new();
+    while !tx.is_done() && now < t + Duration::from_secs(5) {
+        while let Some(s) = tx.next(now) {
+            match s {
+                GroupSend::Source(_) => sources += 1,
+                GroupSend::Repair { .. } => panic!("blast repairs nothing"),
+                GroupSend::End { last } => {
+                    assert!(last);
+                    ends += 1
+                }
+            }
+        }
+        let fb = Feedback {
+            session: 1,
+            group: 1,
+            whole_below: 0,
+            seen_end: 0,
+            received: 0,
+            lacks: Default::default(),
+        }
+        .with_lacks(
+            &[super::message::Lack {
+                block: 0,
+                missing: 10,
+                repairs_seen: 0,
+            }],
+            &mut lacks,
+        );
+        tx.on_feedback(&fb, now);
+        now += Duration::from_millis(1);
+    }
+    assert_eq!((sources, ends), (plan.datagrams(), 3));
+    assert!(now < t + Duration::from_millis(100), "{:?}", now - t);
+}

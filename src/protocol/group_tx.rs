@@ -41,6 +41,8 @@ pub struct GroupTxStats {
     /// Repairs sent right after their block, and in answer to feedback.
     pub proactive_repairs: u64,
     pub reactive_repairs: u64,
+    /// Members that joined (some may have left since).
+    pub members_joined: u64,
     pub feedback_received: u64,
     /// Feedback read too soon after the member's previous one, or from no member.
     pub feedback_dropped: u64,
@@ -65,6 +67,13 @@ struct Member {
 pub fn feedback_interval(members: usize) -> Duration {
     Duration::from_micros(100 * members as u64)
         .clamp(Duration::from_millis(10), Duration::from_secs(1))
+}
+
+/// How long a receiver waits before it reports a lack again, and so how long the server
+/// counts the repairs it sent as still on their way: four feedback intervals, at least 50 ms
+/// (a receiver thread on a loaded host may take tens of milliseconds to read what came).
+pub fn repeat_after(interval: Duration) -> Duration {
+    (interval * 4).max(Duration::from_millis(50))
 }
 
 /// How many recent blocks' needs set the proactive repair count.
@@ -103,6 +112,8 @@ pub struct GroupSender {
     last_lack_at: Option<Instant>,
     ends_sent: u32,
     next_end_at: Option<Instant>,
+    /// Blast mode sends every source once and repairs nothing.
+    repairs: bool,
     pub stats: GroupTxStats,
 }
 
@@ -135,8 +146,27 @@ impl GroupSender {
             last_lack_at: None,
             ends_sent: 0,
             next_end_at: None,
+            repairs: true,
             stats: GroupTxStats::default(),
         }
+    }
+
+    /// Blast mode's transmission: every source once, no repairs, lacks ignored; `GROUP_END
+    /// last` as soon as the sources are out.
+    pub fn without_repairs(mut self) -> Self {
+        self.repairs = false;
+        self
+    }
+
+    /// The least time between a receiver's feedbacks, as the group grows (see
+    /// [`feedback_interval`]).
+    pub fn set_interval(&mut self, interval: Duration) {
+        self.interval = interval;
+        self.linger = (interval * 6).max(Duration::from_millis(100));
+    }
+
+    pub fn interval(&self) -> Duration {
+        self.interval
     }
 
     pub fn plan(&self) -> &BlockPlan {
@@ -152,6 +182,7 @@ impl GroupSender {
     /// Adds unicast session `session` to the group; returns its first block.
     pub fn join(&mut self, session: u32) -> u32 {
         let first_block = self.next_block();
+        self.stats.members_joined += 1;
         self.members.insert(
             session,
             Member {
@@ -175,7 +206,7 @@ impl GroupSender {
 
     /// Every `GROUP_END last` has been sent: the transmission is over.
     pub fn is_done(&self) -> bool {
-        self.ends_sent >= 3 + 3
+        self.ends_sent >= if self.repairs { 3 + 3 } else { 3 }
     }
 
     /// What to send now, if the pacer allows anything. Call until `None`, then wait until
@@ -205,7 +236,11 @@ impl GroupSender {
             self.stats.sources_sent += 1;
             let block = self.plan.block_of(index);
             if self.plan.sources(block).end == self.next_source {
-                let n = self.proactive.min(self.plan.parity);
+                let n = if self.repairs {
+                    self.proactive.min(self.plan.parity)
+                } else {
+                    0
+                };
                 self.per_block[block as usize].proactive = n as u16;
                 if n > 0 {
                     self.wanted.insert(block, n);
@@ -227,12 +262,12 @@ impl GroupSender {
             return None;
         }
         let quiet_since = self.last_lack_at.map_or(done_at, |t| t.max(done_at));
-        let last = self.ends_sent >= 3;
-        if last && now.saturating_duration_since(quiet_since) < self.linger {
+        let last = self.ends_sent >= 3 || !self.repairs;
+        if last && self.repairs && now.saturating_duration_since(quiet_since) < self.linger {
             self.next_end_at = Some(quiet_since + self.linger);
             return None;
         }
-        if self.ends_sent < 3 || last {
+        if !self.is_done() {
             self.ends_sent += 1;
             self.next_end_at = Some(now + Duration::from_millis(5));
             return Some(GroupSend::End { last });
@@ -270,8 +305,11 @@ impl GroupSender {
         m.seen_end = fb.seen_end.min(self.blocks);
         m.received = fb.received;
         let first_block = m.first_block;
-        // How long a repair may be on its way: a round of feedback.
-        let in_flight_for = (self.interval * 2).max(Duration::from_millis(20));
+        if !self.repairs {
+            return;
+        }
+        // How long a repair may be on its way: until the receiver would report again.
+        let in_flight_for = repeat_after(self.interval);
         for lack in fb.lacks() {
             let b = lack.block;
             // Only blocks the transmission has passed (all sources sent), from the member's first.

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use super::congestion::{CcKind, Controller, RttEstimator};
 use super::layout::{datagram_count, payload_len};
 use super::pacer::{burst_for, Pacer};
-use super::{Mode, Status};
+use super::{Ack, Mode, Status};
 
 /// Blast mode repeats its END marker this many times, this far apart, against its loss.
 pub const END_REPEATS: u32 = 3;
@@ -149,6 +149,9 @@ pub struct SenderState {
     resends: Vec<u8>,
     /// Datagrams resent [`SUSPECT_RESENDS`] times or more (see [`SenderState::take_suspects`]).
     suspects: Vec<u32>,
+    /// The receiver takes the file from a multicast group first: its first ACK says what
+    /// the group delivered (see [`SenderState::join_group`]).
+    after_group: bool,
 }
 
 /// What a session is told at creation.
@@ -246,6 +249,50 @@ impl SenderState {
                 Vec::new()
             },
             suspects: Vec::new(),
+            after_group: false,
+        }
+    }
+
+    /// The receiver is a member of a multicast transmission of the file: this session sends
+    /// nothing until the receiver's first ACK (as any session), and then only what that ACK
+    /// and the later ones show missing: everything below the ACK's `seen_end` counts as
+    /// sent long ago (the group sent it), the ranges it lists go out at once, holes it lists
+    /// later are found lost as usual, and what lies past `seen_end` is sent as new.
+    pub fn join_group(&mut self) {
+        self.after_group = true;
+    }
+
+    /// The receiver showed progress some other way (multicast feedback): it is not stalled.
+    pub fn progressed(&mut self, now: Instant) {
+        self.last_progress = self.last_progress.max(now);
+    }
+
+    /// The first ACK after a multicast transmission (see [`SenderState::join_group`]).
+    fn resume_after_group(&mut self, ack: &Ack<'_>) {
+        self.after_group = false;
+        if self.mode != Mode::Reliable {
+            return;
+        }
+        let seen_end = ack.seen_end.min(self.total);
+        if seen_end > self.next_new {
+            for t in &mut self.sent_tick[self.next_new as usize..seen_end as usize] {
+                // Sent at the epoch: as long ago as the session is old.
+                *t = (*t).max(1);
+            }
+            self.next_new = seen_end;
+        }
+        self.delivered = self.delivered.max((ack.received.min(seen_end)) as u64);
+        let mut floor = ack.recv_next.min(seen_end);
+        for r in ack.ranges() {
+            let start = r.start.max(floor);
+            let end = r.start.saturating_add(r.len).min(seen_end);
+            for i in start..end {
+                if !self.is_queued(i) {
+                    self.set_queued(i, true);
+                    self.retransmit_queue.push_back(i);
+                }
+            }
+            floor = floor.max(end);
         }
     }
 

@@ -20,6 +20,9 @@ impl SenderState {
         receiver_idle: bool,
         now: Instant,
     ) {
+        if self.after_group {
+            self.resume_after_group(ack);
+        }
         if self.mode != Mode::Reliable {
             return;
         }

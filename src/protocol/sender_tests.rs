@@ -598,3 +598,64 @@ fn a_datagram_resent_again_and_again_becomes_a_suspect() {
         .collect();
     assert_eq!(named, want);
 }
+
+/// A multicast member's session: nothing goes before its first ACK; then the holes that ACK
+/// lists go at once, nothing the group delivered is sent again, and what lies past its
+/// `seen_end` goes as new data; a hole it names later is found lost and resent.
+#[test]
+fn after_a_group_only_what_the_receiver_lacks_is_sent() {
+    let t0 = Instant::now();
+    let mut s = SenderState::new(
+        SenderConfig {
+            mode: Mode::Reliable,
+            file_size: 100 * P as u64,
+            payload_size: P,
+            window: 1000,
+            cc: CcKind::Fixed,
+            rate_cap_bps: None,
+            seed: 1,
+        },
+        t0,
+        EPOCH_NS,
+    );
+    s.join_group();
+    assert!(drain(&mut s, t0).is_empty(), "nothing before the first ACK");
+    let t1 = t0 + Duration::from_secs(2);
+    s.validate(t1);
+    // The group delivered 0..90 but 10..12 and 50; the receiver lists the first hole only.
+    ack(
+        &mut s,
+        AckSpec {
+            next: 10,
+            credit: 100,
+            seen: 90,
+            received: 87,
+            echo: 0,
+            ranges: &[NackRange { start: 10, len: 2 }],
+            idle: true,
+        },
+        t1,
+    );
+    let sent = drain(&mut s, t1);
+    assert_eq!(indices(&sent, true), vec![10, 11]);
+    assert_eq!(indices(&sent, false), (90..100).collect::<Vec<_>>());
+    // The next ACK names 50: lost (sent long ago, the receiver idle), resent.
+    let t2 = t1 + Duration::from_millis(50);
+    let echo = ts_of(&sent, 99);
+    ack(
+        &mut s,
+        AckSpec {
+            next: 50,
+            credit: 150,
+            seen: 100,
+            received: 99,
+            echo,
+            ranges: &[NackRange { start: 50, len: 1 }],
+            idle: true,
+        },
+        t2,
+    );
+    let again = drain(&mut s, t2);
+    assert_eq!(indices(&again, true), vec![50]);
+    assert!(indices(&again, false).is_empty());
+}

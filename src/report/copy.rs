@@ -125,6 +125,28 @@ pub struct CopyReport {
     pub sender: Option<crate::protocol::Status>,
     /// CPU seconds this sub-client's thread used (user + system).
     pub cpu_s: f64,
+    /// What the multicast group delivered, for a member of one (`get --multicast`).
+    pub multicast: Option<MulticastReport>,
+}
+
+/// A group member's account of the group (`get --multicast`): what came from it, what its
+/// repairs rebuilt, and what unicast had to fetch.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct MulticastReport {
+    /// The group's address, and the transmission's id.
+    pub group: String,
+    pub transmission: String,
+    /// The first block sent after this member joined (a late one fetches those before it by
+    /// unicast), of how many.
+    pub first_block: u32,
+    pub blocks: u32,
+    /// Sources and repairs from the group, datagrams rebuilt, feedback sent.
+    #[serde(flatten)]
+    pub stats: crate::protocol::group_rx::GroupRxStats,
+    /// Datagrams the unicast session brought (what the group did not deliver).
+    pub unicast_datagrams: u64,
+    /// Why the copy went on by unicast before the group ended, if it did.
+    pub fallback: Option<String>,
 }
 
 impl CopyReport {

@@ -62,6 +62,8 @@ pub struct ServerConfig {
     pub acks_per_session: f64,
     /// How long an address-validation token stays valid.
     pub token_lifetime: Duration,
+    /// Serve GETs that ask for it by multicast to this group (`serve --multicast`).
+    pub multicast: Option<super::group::MulticastConfig>,
 }
 
 impl Default for ServerConfig {
@@ -85,6 +87,7 @@ impl Default for ServerConfig {
             requests_per_ip: DEFAULT_REQUESTS_PER_IP,
             acks_per_session: 100_000.0,
             token_lifetime: DEFAULT_TOKEN_LIFETIME,
+            multicast: None,
         }
     }
 }

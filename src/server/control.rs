@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use super::admission::{Admit, RateBudget, RequestBudgets, Spent, SpentTokens};
 use super::catalog::{Catalog, FileError, ScannedFile};
 use super::engine::{panic_text, Engine, SendPath};
+use super::group::{log_summary, GroupSummary, Groups};
 use super::legacy::Legacy;
 use super::log_budget::LogBudget;
 use super::scanner::{ScanJob, Scanned, Scanner};
@@ -27,8 +28,8 @@ use crate::protocol::layout::{snap_datagram_size, DatagramSize};
 use crate::protocol::sender::{SenderConfig, SenderState};
 use crate::protocol::token::TokenKey;
 use crate::protocol::{
-    ack_flags, unix_ns, Ack, DoneStatus, ErrorCode, ListEntry, Message, Meta, Mode, WireError,
-    DATA_HEADER_LEN, MAX_DATAGRAM, MIN_DATAGRAM, TOKEN_LEN, VERSION,
+    ack_flags, get_flags, unix_ns, Ack, DoneStatus, ErrorCode, Feedback, ListEntry, Message, Meta,
+    Mode, WireError, DATA_HEADER_LEN, MAX_DATAGRAM, MIN_DATAGRAM, TOKEN_LEN, VERSION,
 };
 use crate::sys::recvmmsg::{is_timeout, RecvBatch};
 use crate::sys::socket;
@@ -59,6 +60,8 @@ struct PendingGet {
     payload_size: u32,
     /// How its payloads go ([`SendPath::for_datagram`]).
     send_path: SendPath,
+    /// The client would take the file from the multicast group.
+    multicast: bool,
 }
 
 pub(super) struct Control {
@@ -91,6 +94,8 @@ pub(super) struct Control {
     /// last logged.
     shed_logged: [u64; 3],
     out: Vec<u8>,
+    /// Multicast transmissions (`serve --multicast`).
+    groups: Option<Groups>,
 }
 
 #[path = "control_get.rs"]
@@ -137,8 +142,33 @@ impl Control {
         if legacy.is_some() {
             tracing::warn!("[LEGACY] answering the lab's LIST / !CONFIG / TRANSFER: unauthenticated, any source address can make this server send a whole file anywhere");
         }
+        let groups = match cfg.multicast.clone() {
+            Some(m) => {
+                let g = Groups::new(m).map_err(|e| {
+                    anyhow::anyhow!(
+                        "cannot send to multicast group {}: {e}",
+                        cfg.multicast
+                            .as_ref()
+                            .map(|m| m.group.to_string())
+                            .unwrap_or_default()
+                    )
+                })?;
+                let m = g.config();
+                tracing::info!(
+                    "[MULTICAST] GETs that ask for it go by multicast to {} (ttl {}, interface {}, {:.0} Mbit/s, gathering {} ms)",
+                    m.group,
+                    m.ttl,
+                    m.interface.map_or("by route".to_string(), |i| i.to_string()),
+                    m.rate_bps as f64 / 1e6,
+                    m.gather.as_millis()
+                );
+                Some(g)
+            }
+            None => None,
+        };
         let (summaries_tx, summaries) = mpsc::channel();
         Ok(Control {
+            groups,
             legacy,
             requests: RequestBudgets::new(cfg.requests_per_ip),
             spent: SpentTokens::default(),
@@ -216,6 +246,10 @@ impl Control {
         }
         self.engine.shutdown();
         self.report_finished();
+        if let Some(g) = &mut self.groups {
+            let done = g.shutdown();
+            self.report_groups(done);
+        }
         self.scanner.stop();
         let st = &self.stats;
         let n = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
@@ -338,9 +372,7 @@ impl Control {
                 mode,
                 window_bytes,
                 max_datagram,
-                // The multicast wish: this server serves by unicast only, which is what a
-                // client gets from a server without a group (it says so when no JOIN comes).
-                flags: _,
+                flags,
                 name,
             } => {
                 if !self.token_ok(src, &token) {
@@ -376,9 +408,13 @@ impl Control {
                     window_bytes,
                     payload_size,
                     send_path,
+                    // A server without a group serves by unicast: the client sees no JOIN
+                    // and says so.
+                    multicast: flags & get_flags::MULTICAST != 0 && self.groups.is_some(),
                 });
             }
             Message::Ack(ack) => self.ack(src, &ack),
+            Message::Feedback(fb) => self.feedback(src, &fb),
             Message::Done { session, status } => {
                 if let Some(s) = self.session_from(src, session) {
                     s.heard();
@@ -476,6 +512,32 @@ impl Control {
             _ => {
                 self.stats.stray.fetch_add(1, Ordering::Relaxed);
                 None
+            }
+        }
+    }
+
+    /// A group member's `FEEDBACK`: from its session's address, it keeps the session alive
+    /// and tells the transmission what the member lacks.
+    fn feedback(&mut self, src: SocketAddr, fb: &Feedback<'_>) {
+        let Some(s) = self.session_from(src, fb.session) else {
+            return;
+        };
+        let now = Instant::now();
+        s.heard();
+        s.state().progressed(now);
+        if let Some(g) = &mut self.groups {
+            g.feedback(fb, now);
+        }
+    }
+
+    /// Logs (and with `--json` prints) what finished transmissions did.
+    fn report_groups(&mut self, done: Vec<GroupSummary>) {
+        for s in done {
+            log_summary(&s);
+            if self.cfg.json {
+                let line = serde_json::json!({ "group": s.json() });
+                use std::io::Write;
+                let _ = writeln!(std::io::stdout().lock(), "{line}");
             }
         }
     }

@@ -235,12 +235,32 @@ impl Control {
             },
             req.request_id,
         );
-        // META first, then data: on one flow the kernel keeps them in order.
+        if req.multicast {
+            let groups = self
+                .groups
+                .as_mut()
+                .expect("multicast GETs only with groups");
+            if let Some(join) = groups.join(&session.file, req.mode, id, req.request_id, now) {
+                session.state().join_group();
+                let _ = session.group.set(join);
+            }
+        }
+        // (JOIN,) META first, then data: on one flow the kernel keeps them in order.
         self.meta(&session, req.request_id);
         self.engine.start(session);
     }
 
     pub(super) fn meta(&mut self, s: &Session, request_id: u32) {
+        // A member learns its group before its META: a META alone means unicast.
+        if let Some(join) = s.group.get() {
+            self.send(
+                s.peer,
+                &Message::Join(crate::protocol::Join {
+                    request_id,
+                    ..*join
+                }),
+            );
+        }
         let f = &s.file;
         let meta = Message::Meta(Meta {
             request_id,

@@ -10,6 +10,9 @@ impl Control {
     pub(super) fn report_finished(&mut self) {
         use crate::report::{bits_per_second, escape, plural, MIB};
         while let Ok(s) = self.summaries.try_recv() {
+            if let (Some(g), Ok(id)) = (&mut self.groups, u32::from_str_radix(&s.session, 16)) {
+                g.leave(id);
+            }
             let mut problems = String::new();
             if s.send_errors > 0 {
                 problems += &format!(", {}", plural(s.send_errors, "send error"));
@@ -125,6 +128,10 @@ impl Control {
     /// other sweep (100 ms), tells each reliable session's client its sender's view (`STATUS`).
     pub(super) fn sweep(&mut self) {
         self.check_suspects();
+        if let Some(g) = &mut self.groups {
+            let done = g.reap();
+            self.report_groups(done);
+        }
         for (peer, code, text) in self.sessions.sweep(self.cfg.idle_timeout) {
             self.error(peer, 0, code, &text);
         }

@@ -14,6 +14,7 @@ pub mod catalog;
 pub mod config;
 mod control;
 pub mod engine;
+pub mod group;
 pub mod legacy;
 mod log_budget;
 pub mod scanner;

@@ -167,6 +167,8 @@ pub struct Session {
     pub(crate) pumps: AtomicU64,
     /// The client was told why the server ended the session.
     pub told_client: AtomicBool,
+    /// The multicast transmission the client is a member of (`serve --multicast`).
+    pub group: OnceLock<crate::protocol::Join>,
 }
 
 impl Session {
@@ -204,6 +206,7 @@ impl Session {
             #[cfg(test)]
             pumps: AtomicU64::new(0),
             told_client: AtomicBool::new(false),
+            group: OnceLock::new(),
         }
     }
 

@@ -8,6 +8,7 @@ pub const IOV_MAX: usize = 1024;
 pub mod cmsg;
 pub mod hugebuf;
 pub mod mmap;
+pub mod multicast;
 pub mod recvmmsg;
 pub mod socket;
 pub mod splice;

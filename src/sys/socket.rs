@@ -34,14 +34,26 @@ fn set_int(
     name: libc::c_int,
     value: libc::c_int,
 ) -> io::Result<()> {
-    // SAFETY: `value` is a live c_int and its size is passed; the fd is open for the call.
+    set_raw(sock, level, name, &value)
+}
+
+/// Sets a socket option whose value is the plain-data `value` (an int, an address, a
+/// membership request).
+pub(super) fn set_raw<T: Copy>(
+    sock: &UdpSocket,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: &T,
+) -> io::Result<()> {
+    // SAFETY: `value` is a live, initialised T (plain data: Copy) and its exact size is
+    // passed; the kernel only reads it. The fd is open for the call (borrowed from `sock`).
     let r = unsafe {
         libc::setsockopt(
             sock.as_raw_fd(),
             level,
             name,
-            (&value as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            (value as *const T).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
         )
     };
     if r == 0 {

@@ -83,6 +83,20 @@ fn remove_stale() {
     }
 }
 
+/// `program` run inside namespace `ns`.
+fn in_ns(ns: &str, program: &str) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns, program]);
+    c
+}
+
+/// Starts `cmd` and keeps it in `children` (killed when they go).
+fn keep(children: &mut Vec<Child>, mut cmd: Command) -> &mut Child {
+    let child = cmd.spawn().expect("spawn in a namespace");
+    children.push(child);
+    children.last_mut().expect("just pushed")
+}
+
 fn kill_all_in(ns: &str) {
     let pids = String::from_utf8_lossy(&ip(&["netns", "pids", ns]).stdout).to_string();
     for pid in pids.split_whitespace() {
@@ -166,16 +180,12 @@ impl Hosts {
 
     /// `program args` run inside namespace `ns`.
     pub fn command(&self, ns: &str, program: &str) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", ns, program]);
-        c
+        in_ns(ns, program)
     }
 
     /// Starts `cmd` and keeps it, to be killed when the hosts go.
-    pub fn spawn(&mut self, mut cmd: Command) -> &mut Child {
-        let child = cmd.spawn().expect("spawn in a namespace");
-        self.children.push(child);
-        self.children.last_mut().expect("just pushed")
+    pub fn spawn(&mut self, cmd: Command) -> &mut Child {
+        keep(&mut self.children, cmd)
     }
 
     /// Stops every process started with [`Hosts::spawn`] and hands them back (their piped
@@ -218,6 +228,163 @@ impl Drop for Hosts {
         for ns in [&self.server, &self.client] {
             kill_all_in(ns);
             // Deleting a namespace deletes the veth end in it, and with it the pair.
+            ip(&["netns", "del", ns]);
+        }
+    }
+}
+
+/// A LAN on one machine, for multicast: a sender and `k` receivers, each a namespace with a
+/// veth into one bridge in a switch namespace (which floods groups: `mcast_snooping 0`).
+/// Addresses 10.78.0.1 (sender) and 10.78.0.10 + i (receiver i). With `loss_permille`, each
+/// receiver drops that share of incoming UDP at random (nftables, independently), and the
+/// sender's veth segments UDP GSO bursts in software so the drops see single datagrams.
+pub struct Lan {
+    pub sender: String,
+    pub receivers: Vec<String>,
+    switch: String,
+    children: Vec<Child>,
+}
+
+pub const LAN_SENDER: &str = "10.78.0.1";
+
+/// Whether `program` can be run (`-V`/`--version` answers).
+fn have(program: &str, arg: &str) -> bool {
+    Command::new(program)
+        .arg(arg)
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+impl Lan {
+    /// `None` (after a message) when namespaces, nftables or ethtool are missing.
+    pub fn new(k: usize, loss_permille: u32) -> Option<Lan> {
+        // Namespaces at all (and stale ones removed): as for two hosts.
+        drop(Hosts::two(1500)?);
+        if loss_permille > 0 && !(have("nft", "--version") && have("ethtool", "--version")) {
+            ringblast::skip("no nft or ethtool (Debian: nftables, ethtool) for per-host loss");
+            return None;
+        }
+        static N: AtomicU32 = AtomicU32::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        let tag = format!("{pid}m{n}");
+        let lan = Lan {
+            sender: format!("{PREFIX}{tag}s"),
+            receivers: (0..k).map(|i| format!("{PREFIX}{tag}r{i}")).collect(),
+            switch: format!("{PREFIX}{tag}w"),
+            children: Vec::new(),
+        };
+        ip_ok(&["netns", "add", &lan.switch]);
+        ip_ok(&["-n", &lan.switch, "link", "add", "br0", "type", "bridge"]);
+        ip_ok(&[
+            "-n",
+            &lan.switch,
+            "link",
+            "set",
+            "br0",
+            "type",
+            "bridge",
+            "mcast_snooping",
+            "0",
+        ]);
+        ip_ok(&["-n", &lan.switch, "link", "set", "br0", "up"]);
+        let hosts: Vec<(String, String)> = std::iter::once((lan.sender.clone(), LAN_SENDER.into()))
+            .chain(
+                lan.receivers
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| (r.clone(), format!("10.78.0.{}", 10 + i))),
+            )
+            .collect();
+        for (j, (ns, addr)) in hosts.iter().enumerate() {
+            ip_ok(&["netns", "add", ns]);
+            let port = format!("p{j}");
+            ip_ok(&[
+                "-n",
+                &lan.switch,
+                "link",
+                "add",
+                &port,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                ns,
+            ]);
+            ip_ok(&[
+                "-n",
+                &lan.switch,
+                "link",
+                "set",
+                &port,
+                "master",
+                "br0",
+                "up",
+            ]);
+            ip_ok(&["-n", ns, "link", "set", "lo", "up"]);
+            ip_ok(&["-n", ns, "link", "set", "eth0", "up"]);
+            ip_ok(&[
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{addr}/24"),
+                "dev",
+                "eth0",
+            ]);
+        }
+        if loss_permille > 0 {
+            let out = lan
+                .command(&lan.sender, "ethtool")
+                .args(["-K", "eth0", "tx-udp-segmentation", "off"])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "ethtool: {out:?}");
+            for r in &lan.receivers {
+                let rule = format!(
+                    "add table inet rb; add chain inet rb in {{ type filter hook input priority 0; }}; add rule inet rb in meta l4proto udp numgen random mod 1000 < {loss_permille} drop"
+                );
+                let out = lan.command(r, "nft").arg(&rule).output().unwrap();
+                assert!(out.status.success(), "nft: {out:?}");
+            }
+        }
+        Some(lan)
+    }
+
+    /// `program` run inside namespace `ns`.
+    pub fn command(&self, ns: &str, program: &str) -> Command {
+        in_ns(ns, program)
+    }
+
+    /// Starts `cmd` and keeps it, to be killed when the LAN goes.
+    pub fn spawn(&mut self, cmd: Command) -> &mut Child {
+        keep(&mut self.children, cmd)
+    }
+
+    /// Bytes the sender's interface has sent.
+    pub fn sender_tx_bytes(&self) -> u64 {
+        let out = self
+            .command(&self.sender, "cat")
+            .arg("/sys/class/net/eth0/statistics/tx_bytes")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    }
+}
+
+impl Drop for Lan {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for ns in std::iter::once(&self.sender)
+            .chain(self.receivers.iter())
+            .chain(std::iter::once(&self.switch))
+        {
+            kill_all_in(ns);
             ip(&["netns", "del", ns]);
         }
     }

@@ -1,0 +1,430 @@
+//! One file to many hosts (`serve --multicast`, `get --multicast`): on loopback (the host's
+//! sockets share one delivery, so their loss is the same) and on a LAN of namespaces (each
+//! receiver loses its own datagrams). Every copy is checked byte for byte.
+//!
+//! Loopback needs `lo` to carry multicast (`ip link set lo multicast on`, root) and per-port
+//! loss nftables (root); the LAN needs namespaces, nftables and ethtool. Each test skips with
+//! a message where they are missing; CI has them all (RINGBLAST_CI=1 makes a skip a failure).
+
+mod common;
+use common::netns::{Lan, LAN_SENDER};
+use common::{random_bytes, serve, Serve, BIN};
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Whether loopback carries multicast, turning it on if it may.
+fn loopback_multicast() -> bool {
+    let flags = |c: &mut Command| {
+        c.output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).contains("MULTICAST"))
+            .unwrap_or(false)
+    };
+    let show = || {
+        let mut c = Command::new("ip");
+        c.args(["link", "show", "lo"]);
+        c
+    };
+    if flags(&mut show()) {
+        return true;
+    }
+    let _ = Command::new("ip")
+        .args(["link", "set", "lo", "multicast", "on"])
+        .output();
+    if flags(&mut show()) {
+        return true;
+    }
+    ringblast::skip(
+        "loopback has no MULTICAST flag and it cannot be set (root: ip link set lo multicast on)",
+    );
+    false
+}
+
+/// Drops UDP to `port` at random (`permille` of a thousand) on this host while it lives.
+struct Drop_ {
+    table: String,
+}
+
+impl Drop_ {
+    fn new(port: u16, permille: u32) -> Option<Drop_> {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let table = format!(
+            "rbmc{}x{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        let chance = if permille >= 1000 {
+            String::new()
+        } else {
+            format!("numgen random mod 1000 < {permille} ")
+        };
+        let rule = format!(
+            "add table inet {table}; add chain inet {table} in {{ type filter hook input priority 0; }}; add rule inet {table} in udp dport {port} {chance}drop"
+        );
+        match Command::new("nft").arg(&rule).output() {
+            Ok(o) if o.status.success() => Some(Drop_ { table }),
+            other => {
+                ringblast::skip(&format!(
+                    "nftables cannot drop here (root, nftables): {other:?}"
+                ));
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Drop_ {
+    fn drop(&mut self) {
+        let _ = Command::new("nft")
+            .args(["delete", "table", "inet", &self.table])
+            .output();
+    }
+}
+
+/// A group address and port of this test's own.
+fn group() -> (String, u16) {
+    static N: AtomicU32 = AtomicU32::new(1);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let port = common::free_port();
+    (format!("239.255.{}.{}", 70 + n / 250, n % 250 + 1), port)
+}
+
+/// A server of `dir` with a group at `group:port`.
+fn group_server(dir: &Path, group: &str, port: u16, extra: &[&str]) -> Serve {
+    let g = format!("{group}:{port}");
+    let mut args = vec!["--multicast", &g, "--multicast-if", "127.0.0.1"];
+    args.extend_from_slice(extra);
+    serve(dir, &args)
+}
+
+/// `get FILE --multicast` of `clients` copies into `out`, with `extra` arguments: its exit,
+/// stderr, and `--json` report.
+fn get(server: &str, clients: usize, out: &Path, extra: &[&str]) -> (Output, Value) {
+    let json = out.join("report.json");
+    let clients = clients.to_string();
+    let o = Command::new(BIN)
+        .args([
+            "get",
+            "f",
+            "--server",
+            server,
+            "--multicast",
+            "--clients",
+            &clients,
+        ])
+        .args(["--out"])
+        .arg(out)
+        .args(["--force", "--quiet", "--timeout", "10s", "--json"])
+        .arg(&json)
+        .args(extra)
+        .output()
+        .unwrap();
+    let v = std::fs::read_to_string(&json)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or(Value::Null);
+    (o, v)
+}
+
+fn copies(v: &Value) -> Vec<Value> {
+    v["clients"].as_array().cloned().unwrap_or_default()
+}
+
+fn file_copy(out: &Path, clients: usize, i: usize) -> Vec<u8> {
+    let name = if clients == 1 {
+        "f".to_string()
+    } else {
+        format!("f.{i}")
+    };
+    std::fs::read(out.join(name)).unwrap()
+}
+
+fn setup(size: usize) -> (tempfile::TempDir, tempfile::TempDir, Vec<u8>) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = random_bytes(size);
+    std::fs::write(dir.path().join("f"), &data).unwrap();
+    (dir, tempfile::tempdir().unwrap(), data)
+}
+
+/// Three members on loopback, 3% of the group's datagrams dropped: every copy whole and
+/// verified, the losses rebuilt from repairs (one per loss: the members share their loss
+/// here), nothing fetched by unicast, and the server's summary counts the three.
+#[test]
+fn members_get_whole_copies_with_losses_rebuilt_from_repairs() {
+    if !loopback_multicast() {
+        return;
+    }
+    let (group, port) = group();
+    let Some(_loss) = Drop_::new(port, 30) else {
+        return;
+    };
+    let (dir, out, data) = setup(32 << 20);
+    let mut srv = group_server(dir.path(), &group, port, &[]);
+    let (o, v) = get(&srv.server(), 3, out.path(), &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for (i, c) in copies(&v).iter().enumerate() {
+        assert!(
+            file_copy(out.path(), 3, i + 1) == data,
+            "copy {} differs",
+            i + 1
+        );
+        let m = &c["multicast"];
+        assert!(m["sources"].as_u64().unwrap() > 0, "{m}");
+        assert!(m["rebuilt"].as_u64().unwrap() > 0, "nothing rebuilt: {m}");
+        assert_eq!(m["fallback"], Value::Null, "{m}");
+    }
+    // The group's end is logged once the transmission lingered.
+    let t = Instant::now();
+    while !srv.log().contains("3 members") && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = srv.stop();
+    assert!(log.contains("[GROUP") && log.contains("3 members"), "{log}");
+}
+
+/// A server without a group answers a multicast GET by unicast: the copy arrives, and one
+/// line says why.
+#[test]
+fn a_server_without_a_group_serves_by_unicast_and_says_so() {
+    let (dir, out, data) = setup(4 << 20);
+    let srv = serve(dir.path(), &[]);
+    let (o, v) = get(&srv.server(), 2, out.path(), &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert_eq!(err.matches("offers no multicast group").count(), 1, "{err}");
+    for (i, c) in copies(&v).iter().enumerate() {
+        assert!(file_copy(out.path(), 2, i + 1) == data);
+        assert_eq!(c["multicast"], Value::Null);
+    }
+}
+
+/// The group never arrives (every group datagram dropped): after a few seconds the copy
+/// goes on by unicast, says so, and arrives whole.
+#[test]
+fn a_group_that_never_arrives_falls_back_to_unicast() {
+    if !loopback_multicast() {
+        return;
+    }
+    let (group, port) = group();
+    let Some(_loss) = Drop_::new(port, 1000) else {
+        return;
+    };
+    let (dir, out, data) = setup(4 << 20);
+    let srv = group_server(dir.path(), &group, port, &[]);
+    let (o, v) = get(&srv.server(), 1, out.path(), &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("no datagram from multicast group") && err.contains("by unicast"),
+        "{err}"
+    );
+    assert!(file_copy(out.path(), 1, 1) == data);
+    let c = &copies(&v)[0];
+    let m = &c["multicast"];
+    assert!(m["fallback"].is_string(), "{m}");
+    assert_eq!(m["unicast_datagrams"], c["datagrams_expected"], "{c}");
+}
+
+/// A member that joins a running transmission gets the blocks from its first on from the
+/// group and those before it by unicast; the first member gets everything from the group.
+#[test]
+fn a_late_joiner_gets_what_it_missed_by_unicast() {
+    if !loopback_multicast() {
+        return;
+    }
+    let (group, port) = group();
+    let (dir, out, data) = setup(32 << 20);
+    let srv = group_server(
+        dir.path(),
+        &group,
+        port,
+        &["--multicast-gather", "0", "--multicast-rate", "200M"],
+    );
+    let server = srv.server();
+    let first_out = tempfile::tempdir().unwrap();
+    let first = {
+        let server = server.clone();
+        let path = first_out.path().to_path_buf();
+        std::thread::spawn(move || get(&server, 1, &path, &[]))
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let (o, v) = get(&server, 1, out.path(), &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (o1, v1) = first.join().unwrap();
+    assert!(
+        o1.status.success(),
+        "{}",
+        String::from_utf8_lossy(&o1.stderr)
+    );
+    assert!(file_copy(out.path(), 1, 1) == data);
+    assert!(file_copy(first_out.path(), 1, 1) == data);
+    let late = &copies(&v)[0]["multicast"];
+    let early = &copies(&v1)[0]["multicast"];
+    let first_block = late["first_block"].as_u64().unwrap();
+    assert!(first_block > 0, "joined late: {late}");
+    assert_eq!(early["first_block"], 0);
+    assert!(
+        late["unicast_datagrams"].as_u64().unwrap() >= first_block,
+        "the blocks before its first came by unicast: {late}"
+    );
+    assert!(late["sources"].as_u64().unwrap() > 0, "{late}");
+}
+
+/// Blast over multicast: every datagram once, nothing repaired, the loss measured per
+/// receiver (and no partial copy kept).
+#[test]
+fn blast_over_multicast_repairs_nothing_and_measures_loss() {
+    if !loopback_multicast() {
+        return;
+    }
+    let (group, port) = group();
+    let Some(_loss) = Drop_::new(port, 50) else {
+        return;
+    };
+    let (dir, out, _) = setup(16 << 20);
+    let mut srv = group_server(dir.path(), &group, port, &[]);
+    let (o, v) = get(&srv.server(), 2, out.path(), &["--mode", "blast"]);
+    assert!(!o.status.success(), "5% loss, nothing repaired");
+    for c in copies(&v) {
+        let m = &c["multicast"];
+        assert!(c["datagrams_lost"].as_u64().unwrap() > 0, "{c}");
+        assert_eq!(m["repairs"], 0, "{m}");
+        assert_eq!(m["unicast_datagrams"], 0, "{m}");
+        assert_eq!(c["complete"], false);
+    }
+    assert_eq!(
+        common::files_in(out.path()),
+        1,
+        "only the report: no partial copy"
+    );
+    let t = Instant::now();
+    while !srv.log().contains("members, ") && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = srv.stop();
+    assert!(log.contains(" 0 repairs"), "{log}");
+}
+
+/// A member that loses more than a block's repairs can heal (40%) is not held to the group:
+/// what the repairs could not rebuild comes by unicast, and the copy is whole.
+#[test]
+fn a_member_losing_too_much_finishes_by_unicast() {
+    if !loopback_multicast() {
+        return;
+    }
+    let (group, port) = group();
+    let Some(_loss) = Drop_::new(port, 400) else {
+        return;
+    };
+    let (dir, out, data) = setup(8 << 20);
+    let srv = group_server(dir.path(), &group, port, &[]);
+    let (o, v) = get(&srv.server(), 1, out.path(), &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(file_copy(out.path(), 1, 1) == data);
+    let m = &copies(&v)[0]["multicast"];
+    assert!(m["unicast_datagrams"].as_u64().unwrap() > 0, "{m}");
+}
+
+/// Five hosts on a LAN, each losing 2% of what reaches it, independently: every copy whole,
+/// each rebuilt its own losses, and the group sent far fewer repairs than the union of the
+/// losses would cost (1-(0.98)^5 = 9.6% of the file): one repair heals a different loss at
+/// each receiver.
+#[test]
+fn five_hosts_with_independent_loss_get_whole_copies_for_few_repairs() {
+    let Some(mut lan) = Lan::new(5, 20) else {
+        return;
+    };
+    let (dir, _, data) = setup(16 << 20);
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let mut cmd = lan.command(&lan.sender.clone(), BIN);
+    cmd.args(["serve", "--dir"])
+        .arg(dir.path())
+        .args(["--bind", &format!("{LAN_SENDER}:6969")])
+        .args([
+            "--multicast",
+            "239.255.78.1:7000",
+            "--multicast-if",
+            LAN_SENDER,
+        ])
+        .args(["--multicast-rate", "500M", "--multicast-gather", "500ms"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log.reopen().unwrap()));
+    lan.spawn(cmd);
+    let t = Instant::now();
+    while !std::fs::read_to_string(log.path())
+        .unwrap()
+        .contains("[MULTICAST]")
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "server never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let outs: Vec<tempfile::TempDir> = (0..5).map(|_| tempfile::tempdir().unwrap()).collect();
+    let runs: Vec<_> = lan
+        .receivers
+        .clone()
+        .into_iter()
+        .zip(outs.iter().map(|d| d.path().to_path_buf()))
+        .map(|(ns, out)| {
+            let mut c = lan.command(&ns, BIN);
+            c.args([
+                "get",
+                "f",
+                "--server",
+                &format!("{LAN_SENDER}:6969"),
+                "--multicast",
+            ])
+            .arg("--out")
+            .arg(&out)
+            .args(["--quiet", "--timeout", "10s", "--json"])
+            .arg(out.join("report.json"));
+            std::thread::spawn(move || c.output().unwrap())
+        })
+        .collect();
+    let mut sources_lost = 0;
+    for (run, out) in runs.into_iter().zip(&outs) {
+        let o = run.join().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(std::fs::read(out.path().join("f")).unwrap() == data);
+        let v: Value =
+            serde_json::from_str(&std::fs::read_to_string(out.path().join("report.json")).unwrap())
+                .unwrap();
+        let m = &copies(&v)[0]["multicast"];
+        assert!(m["rebuilt"].as_u64().unwrap() > 0, "{m}");
+        sources_lost += m["rebuilt"].as_u64().unwrap() + m["unicast_datagrams"].as_u64().unwrap();
+    }
+    let t = Instant::now();
+    let text = loop {
+        let text = std::fs::read_to_string(log.path()).unwrap();
+        if text.contains("members, ") || t.elapsed() > Duration::from_secs(5) {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let line = text
+        .lines()
+        .find(|l| l.contains("members, "))
+        .unwrap_or_else(|| panic!("no group summary: {text}"));
+    let repairs: u64 = line
+        .split(" repairs (")
+        .next()
+        .and_then(|s| s.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    let datagrams = (16u64 << 20).div_ceil(1440);
+    eprintln!(
+        "measured: 5 hosts x 2% loss, {datagrams} datagrams: {repairs} repairs for {sources_lost} losses in all ({:.1}% of the file)",
+        100.0 * repairs as f64 / datagrams as f64
+    );
+    assert!(
+        (repairs as f64) < 0.08 * datagrams as f64,
+        "repairs should cost well under the union of the losses: {line}"
+    );
+    assert!(line.contains("5 members"), "{line}");
+}
