@@ -37,11 +37,19 @@
 #     (exit-estimate), but each such timeout runs up to 32 ms late (8 jiffies at HZ=250, the
 #     timer wheel's granularity for a 1 s timer): it reads ~40 ms high. rcv never exits while
 #     nothing arrives: every rcv runs under `timeout`.
-#   - uftp: `uftpd -d` in every receiver (own destination directory), then `uftp` in the sender
-#     at the same pace (-R in Kbps), block 1428, closed group (-H with each receiver's UID, so it
-#     waits for all of them); the time is the whole uftp command's (announce to the last
-#     receiver's completion), and every receiver's copy is compared with the source (cmp).
+#     On a 2-core VM the bridge's fan-out runs in softirq on one CPU, and it paces snd itself:
+#     with ten receivers at 1gbit, snd manages ~260 Mbit/s (~4 s for 128 MiB; one receiver 1.15 s).
+#   - uftp (Debian's 4.10): `uftpd -d -q -I eth0 -U UID -B BUF -c 20971520 -D DIR` in every
+#     receiver, then `uftp -R PACE_KBPS -b 1428 -s 50 -I eth0 -B BUF -H UID,UID,... -S STATUS FILE`
+#     in the sender (no encryption: uftp's default): a closed group, so it waits for all of them.
+#     The time is the whole uftp command's (announce to the last receiver's completion; uftp's
+#     own STATS time, from registration on, is in the notes), and every receiver's copy is
+#     compared with the source (cmp): a run with a bad copy or a non-zero exit counts as failed.
 #   - ringblast: not written yet; see ringblast_run below for where it goes.
+#
+# Each case prints one line: median seconds, the file's payload over it in Mbit/s, each run's
+# seconds, the median of the sender's tx bytes (and that over the file's size), then a line of
+# notes per run.
 #
 # Usage: benches/mcast-testbed.sh
 #   env: RECEIVERS=10 FILE_MIB=128 RATE=1gbit LOSS_PERMILLE=20 RUNS=3
@@ -302,7 +310,7 @@ floor_run() {
   mt_wait_joined $group
   tx0=$(mt_tx_bytes) bl0=$(mt_backlog_drops) tbf0=$(mt_tbf_drops)
   t0=$EPOCHREALTIME
-  mt_bounded $to ip netns exec $MT_S "$W/snd" $group $port $NDGRAMS $DGRAM "$PACE_BPS" > "$W/snd.out" || true
+  mt_bounded $to ip netns exec $MT_S "$W/snd" $group $port "$NDGRAMS" "$DGRAM" "$PACE_BPS" > "$W/snd.out" || true
   for i in $(seq "$RECEIVERS"); do
     while [ ! -s "$W/rcv$i.end" ]; do sleep 0.1; done
   done
@@ -386,7 +394,7 @@ uftp_run() {
 # RUN_NOTE (copies intact, repair datagrams...), then add "ringblast" to CASES.
 ringblast_run() {
   echo "ringblast multicast is not implemented yet" >&2
-  RUN_S= RUN_TX=0 RUN_NOTE="not implemented"
+  RUN_S='' RUN_TX=0 RUN_NOTE="not implemented"
 }
 
 # The share (%) of all CPUs busy over the next half second (/proc/stat: all but idle and iowait).
@@ -414,7 +422,7 @@ run_case() {
   for r in $(seq "$RUNS"); do
     sync
     wait_quiet
-    RUN_CASE=$name RUN_NO=$r RUN_S= RUN_TX=0 RUN_NOTE=
+    RUN_CASE=$name RUN_NO=$r RUN_S='' RUN_TX=0 RUN_NOTE=''
     "${name}_run"
     RUN_NOTE+=" cpu-busy-before=$BUSY%"
     printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$r" "${RUN_S:-}" "$RUN_TX" "$RUN_NOTE" >> "$RESULTS"

@@ -329,16 +329,12 @@ fn a_member_losing_too_much_finishes_by_unicast() {
     assert!(m["unicast_datagrams"].as_u64().unwrap() > 0, "{m}");
 }
 
-/// Five hosts on a LAN, each losing 2% of what reaches it, independently: every copy whole,
-/// each rebuilt its own losses, and the group sent far fewer repairs than the union of the
-/// losses would cost (1-(0.98)^5 = 9.6% of the file): one repair heals a different loss at
-/// each receiver.
-#[test]
-fn five_hosts_with_independent_loss_get_whole_copies_for_few_repairs() {
-    let Some(mut lan) = Lan::new(5, 20) else {
-        return;
-    };
-    let (dir, _, data) = setup(16 << 20);
+/// A transmission of a `mib` MiB file at `rate` to hosts on a LAN losing `losses` (per
+/// thousand) each: every copy compared with the file; each host's `get --json` report, and
+/// the server's log once its group summary is in.
+fn lan_run(losses: &[u32], mib: usize, rate: &str) -> Option<(Vec<Value>, String)> {
+    let mut lan = Lan::with_losses(losses)?;
+    let (dir, _, data) = setup(mib << 20);
     let log = tempfile::NamedTempFile::new().unwrap();
     let mut cmd = lan.command(&lan.sender.clone(), BIN);
     cmd.args(["serve", "--dir"])
@@ -350,7 +346,7 @@ fn five_hosts_with_independent_loss_get_whole_copies_for_few_repairs() {
             "--multicast-if",
             LAN_SENDER,
         ])
-        .args(["--multicast-rate", "500M", "--multicast-gather", "500ms"])
+        .args(["--multicast-rate", rate, "--multicast-gather", "500ms"])
         .stdout(Stdio::null())
         .stderr(Stdio::from(log.reopen().unwrap()));
     lan.spawn(cmd);
@@ -365,7 +361,10 @@ fn five_hosts_with_independent_loss_get_whole_copies_for_few_repairs() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let outs: Vec<tempfile::TempDir> = (0..5).map(|_| tempfile::tempdir().unwrap()).collect();
+    let outs: Vec<tempfile::TempDir> = losses
+        .iter()
+        .map(|_| tempfile::tempdir().unwrap())
+        .collect();
     let runs: Vec<_> = lan
         .receivers
         .clone()
@@ -387,7 +386,7 @@ fn five_hosts_with_independent_loss_get_whole_copies_for_few_repairs() {
             std::thread::spawn(move || c.output().unwrap())
         })
         .collect();
-    let mut sources_lost = 0;
+    let mut reports = Vec::new();
     for (run, out) in runs.into_iter().zip(&outs) {
         let o = run.join().unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -395,9 +394,7 @@ fn five_hosts_with_independent_loss_get_whole_copies_for_few_repairs() {
         let v: Value =
             serde_json::from_str(&std::fs::read_to_string(out.path().join("report.json")).unwrap())
                 .unwrap();
-        let m = &copies(&v)[0]["multicast"];
-        assert!(m["rebuilt"].as_u64().unwrap() > 0, "{m}");
-        sources_lost += m["rebuilt"].as_u64().unwrap() + m["unicast_datagrams"].as_u64().unwrap();
+        reports.push(copies(&v)[0].clone());
     }
     let t = Instant::now();
     let text = loop {
@@ -407,19 +404,44 @@ fn five_hosts_with_independent_loss_get_whole_copies_for_few_repairs() {
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    let line = text
+    Some((reports, text))
+}
+
+/// The repairs a group summary line counts.
+fn repairs_in(log: &str) -> (u64, String) {
+    let line = log
         .lines()
         .find(|l| l.contains("members, "))
-        .unwrap_or_else(|| panic!("no group summary: {text}"));
-    let repairs: u64 = line
+        .unwrap_or_else(|| panic!("no group summary: {log}"))
+        .to_string();
+    let repairs = line
         .split(" repairs (")
         .next()
         .and_then(|s| s.rsplit(' ').next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("{line}"));
+    (repairs, line)
+}
+
+/// Five hosts on a LAN, each losing 2% of what reaches it, independently: every copy whole,
+/// each rebuilt its own losses, and the group sent far fewer repairs than the union of the
+/// losses would cost (1-(0.98)^5 = 9.6% of the file): one repair heals a different loss at
+/// each receiver.
+#[test]
+fn five_hosts_with_independent_loss_get_whole_copies_for_few_repairs() {
+    let Some((reports, log)) = lan_run(&[20; 5], 16, "500M") else {
+        return;
+    };
+    let mut losses = 0;
+    for c in &reports {
+        let m = &c["multicast"];
+        assert!(m["rebuilt"].as_u64().unwrap() > 0, "{m}");
+        losses += m["rebuilt"].as_u64().unwrap() + m["unicast_datagrams"].as_u64().unwrap();
+    }
+    let (repairs, line) = repairs_in(&log);
     let datagrams = (16u64 << 20).div_ceil(1440);
     eprintln!(
-        "measured: 5 hosts x 2% loss, {datagrams} datagrams: {repairs} repairs for {sources_lost} losses in all ({:.1}% of the file)",
+        "measured: 5 hosts x 2% loss, {datagrams} datagrams: {repairs} repairs for {losses} losses in all ({:.1}% of the file)",
         100.0 * repairs as f64 / datagrams as f64
     );
     assert!(
@@ -427,4 +449,26 @@ fn five_hosts_with_independent_loss_get_whole_copies_for_few_repairs() {
         "repairs should cost well under the union of the losses: {line}"
     );
     assert!(line.contains("5 members"), "{line}");
+}
+
+/// Three hosts losing 1% and one losing 20%: the lossy one is moved to unicast (the log says
+/// so) and finishes whole by its session; the others take the file from the group.
+#[test]
+fn a_host_losing_far_more_than_the_rest_is_moved_to_unicast() {
+    let Some((reports, log)) = lan_run(&[10, 10, 10, 200], 32, "500M") else {
+        return;
+    };
+    assert!(log.contains("goes on by unicast"), "{log}");
+    let lossy = &reports[3]["multicast"];
+    assert!(lossy["unicast_datagrams"].as_u64().unwrap() > 0, "{lossy}");
+    for c in &reports[..3] {
+        let m = &c["multicast"];
+        assert!(m["sources"].as_u64().unwrap() > 0, "{m}");
+    }
+    let (repairs, line) = repairs_in(&log);
+    eprintln!("measured: 3 hosts x 1% + 1 x 20%: {line}");
+    assert!(
+        (repairs as f64) < 0.12 * (32u64 << 20).div_ceil(1440) as f64,
+        "{line}"
+    );
 }

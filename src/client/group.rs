@@ -163,7 +163,7 @@ impl GroupPart {
                 group: self.join.group,
                 whole_below: r.whole_below,
                 seen_end: r.seen_end,
-                received: r.received,
+                sources_received: r.sources_received,
                 lacks: Default::default(),
             }
             .with_lacks(&r.lacks, &mut self.scratch);

@@ -295,7 +295,7 @@ fn join_feedback_group_end() {
                 group: 0x5566_7788,
                 whole_below: 7,
                 seen_end: 12,
-                received: 0x0102_0304_0506_0708,
+                sources_received: 0x0102_0304_0506_0708,
                 lacks: Default::default(),
             }
             .with_lacks(

@@ -56,7 +56,9 @@ struct Pending {
 pub struct FeedbackReport {
     pub whole_below: u32,
     pub seen_end: u32,
-    pub received: u64,
+    /// Sources received of the blocks from the first to `seen_end - 1` (excluded): what the
+    /// server measures this receiver's loss by.
+    pub sources_received: u64,
     pub lacks: Vec<Lack>,
 }
 
@@ -83,7 +85,11 @@ pub struct GroupReceiver {
     repeat_after: Duration,
     next_feedback: Instant,
     last_sent: Option<Instant>,
-    received: u64,
+    /// Sources received per block (first copies), and their sum over the blocks from the
+    /// first to `counted_below`.
+    source_counts: Vec<u16>,
+    counted_below: u32,
+    sources_counted: u64,
     pub stats: GroupRxStats,
 }
 
@@ -125,7 +131,9 @@ impl GroupReceiver {
             repeat_after: super::group_tx::repeat_after(interval),
             next_feedback: now + interval,
             last_sent: None,
-            received: 0,
+            source_counts: vec![0; blocks as usize],
+            counted_below: first_block.min(blocks),
+            sources_counted: 0,
             stats: GroupRxStats::default(),
         }
     }
@@ -160,7 +168,6 @@ impl GroupReceiver {
         if block >= self.blocks {
             return;
         }
-        self.received += 1;
         self.seen(block);
         if self.is_settled(block) {
             self.stats.duplicates += 1;
@@ -176,6 +183,7 @@ impl GroupReceiver {
         p.have_sources += 1;
         p.bytes += payload.len();
         self.pending_bytes += payload.len();
+        self.source_counts[block as usize] += 1;
         self.stats.sources += 1;
         self.try_finish(block, rebuilt);
     }
@@ -198,7 +206,6 @@ impl GroupReceiver {
         {
             return;
         }
-        self.received += 1;
         self.seen(block);
         if self.is_settled(block) {
             self.stats.repairs_unneeded += 1;
@@ -353,12 +360,17 @@ impl GroupReceiver {
             return None;
         }
         self.last_sent = Some(now);
+        let counted_end = self.seen_end.saturating_sub(1).min(self.blocks);
+        while self.counted_below < counted_end {
+            self.sources_counted += self.source_counts[self.counted_below as usize] as u64;
+            self.counted_below += 1;
+        }
         self.stats.feedback_sent += 1;
         self.stats.lacks_reported += lacks.len() as u64;
         Some(FeedbackReport {
             whole_below: self.settled_below,
             seen_end: self.seen_end,
-            received: self.received,
+            sources_received: self.sources_counted,
             lacks,
         })
     }

@@ -171,11 +171,25 @@ fn run(plan: BlockPlan, rate_bps: u64, interval: Duration, paths: &[Path], seed:
                         group: 1,
                         whole_below: report.whole_below,
                         seen_end: report.seen_end,
-                        received: report.received,
+                        sources_received: report.sources_received,
                         lacks: Default::default(),
                     }
                     .with_lacks(&report.lacks, &mut scratch);
                     tx.on_feedback(&fb, now);
+                    // A member moved to unicast is told by a GROUP_END last of its own.
+                    for s in tx.take_evicted() {
+                        let at = now + paths[s as usize].delay;
+                        let send = GroupSend::End { last: true };
+                        push(
+                            &mut events,
+                            &mut slab,
+                            at,
+                            Event::Deliver {
+                                to: s as usize,
+                                send,
+                            },
+                        );
+                    }
                 }
             }
         }
@@ -336,7 +350,7 @@ fn hostile_feedback_cannot_make_the_group_send_more_than_parity_per_block() {
                 group: 1,
                 whole_below: 0,
                 seen_end: 0,
-                received: 0,
+                sources_received: 0,
                 lacks: Default::default(),
             }
             .with_lacks(&all, &mut lacks);
@@ -446,7 +460,7 @@ fn a_blast_transmission_sends_once_and_repairs_nothing() {
             group: 1,
             whole_below: 0,
             seen_end: 0,
-            received: 0,
+            sources_received: 0,
             lacks: Default::default(),
         }
         .with_lacks(
@@ -462,4 +476,60 @@ fn a_blast_transmission_sends_once_and_repairs_nothing() {
     }
     assert_eq!((sources, ends), (plan.datagrams(), 3));
     assert!(now < t + Duration::from_millis(100), "{:?}", now - t);
+}
+
+/// Ten members losing 1% and one losing 15%: the lossy one is moved to unicast within a few
+/// loss windows, so its repairs stop costing the others; they finish whole, with few repairs,
+/// and the group's pace stays where it was.
+#[test]
+fn a_member_losing_far_more_than_the_rest_is_moved_to_unicast() {
+    let plan = BlockPlan::for_file(64 << 20, ETH);
+    let ok = Path {
+        delay: Duration::from_micros(300),
+        loss_permille: 10,
+        join_at_block: 0,
+    };
+    let lossy = Path {
+        loss_permille: 150,
+        ..ok
+    };
+    let mut paths = vec![ok; 10];
+    paths.push(lossy);
+    let o = run(plan, 1_000_000_000, Duration::from_millis(10), &paths, 21);
+    let s = o.tx.stats;
+    assert_eq!(s.members_evicted, 1, "{s:?}");
+    assert!(
+        o.rx[10].is_over() && !o.rx[10].is_whole(),
+        "the lossy one finishes by unicast"
+    );
+    check_copies(&o.copies[..10], &o.first_blocks[..10], &plan);
+    assert!(o.rx[..10].iter().all(|g| g.is_whole()));
+    let repairs = s.proactive_repairs + s.reactive_repairs;
+    eprintln!(
+        "measured: 10 x 1% + 1 x 15%: {repairs} repairs for {} sources, {s:?}",
+        plan.datagrams()
+    );
+    assert!((repairs as f64) < 0.08 * plan.datagrams() as f64, "{s:?}");
+    assert_eq!(o.tx.rate_bps(), 1_000_000_000, "1% loss is no congestion");
+}
+
+/// Every member losing 20% (the sender's pace too much for their paths): the group slows
+/// down, and nobody is singled out.
+#[test]
+fn a_group_whose_members_all_lose_much_slows_down() {
+    let plan = BlockPlan::for_file(32 << 20, ETH);
+    let path = Path {
+        delay: Duration::from_micros(300),
+        loss_permille: 200,
+        join_at_block: 0,
+    };
+    let o = run(
+        plan,
+        1_000_000_000,
+        Duration::from_millis(10),
+        &[path; 4],
+        9,
+    );
+    assert!(o.tx.rate_bps() < 500_000_000, "{}", o.tx.rate_bps());
+    assert_eq!(o.tx.stats.members_evicted, 0);
 }

@@ -3,8 +3,9 @@
 //! `FEEDBACK` changes.
 //!
 //! - Sources go out once, in order. After each block, `proactive` repairs follow at once: as
-//!   many as recent blocks turned out to need (the median of the most any receiver lacked),
-//!   so most blocks are whole without waiting for a round of feedback.
+//!   many as the most lossy member kept is likely to lack of it (its measured loss rate, plus
+//!   one and a half standard deviations), so most blocks are whole without waiting for a round
+//!   of feedback.
 //! - A lack (block, missing, repairs seen) from a receiver asks for `missing` less the repairs
 //!   sent after the ones it saw and so recently that they may still be on their way. The
 //!   server sends a block the most any receiver still needs, not the sum: each repair heals a
@@ -13,10 +14,16 @@
 //! - Feedback is bounded by its receivers (one per member per half interval is read, the rest
 //!   dropped and counted); a lack for a block the transmission has not passed, or before the
 //!   member joined, is ignored: a hostile member can make a block get at most its `parity`.
+//! - The pace: the configured rate at most; each member's loss is measured over windows of
+//!   50 ms (the group's datagrams sent against what its feedback says it received). Above 5%
+//!   at the median member the group slows by a fifth per window, below it speeds up again by
+//!   a sixteenth of the configured rate: random loss of a few percent is repaired, not taken
+//!   for congestion. A member losing more than 8% and three times the median, two windows in
+//!   a row (a slow or lossy path), is moved to unicast: its repairs would slow everyone.
 //! - When every source is sent, `GROUP_END` goes out; repairs continue while lacks come; after
 //!   `linger` without one, `GROUP_END last` ends the transmission (three times).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use super::fec::BlockPlan;
@@ -41,8 +48,12 @@ pub struct GroupTxStats {
     /// Repairs sent right after their block, and in answer to feedback.
     pub proactive_repairs: u64,
     pub reactive_repairs: u64,
-    /// Members that joined (some may have left since).
+    /// Members that joined (some may have left since), and those moved to unicast because
+    /// they lost far more than the rest.
     pub members_joined: u64,
+    pub members_evicted: u64,
+    /// Repairs sent (proactive and reactive ones that went out).
+    pub repairs_sent: u64,
     pub feedback_received: u64,
     /// Feedback read too soon after the member's previous one, or from no member.
     pub feedback_dropped: u64,
@@ -58,8 +69,28 @@ struct Member {
     last_feedback: Option<Instant>,
     whole_below: u32,
     seen_end: u32,
-    received: u64,
+    /// The start of the member's current loss window: when, the sources of the blocks it had
+    /// passed, and how many of them it had received.
+    window: Option<(Instant, u64, u64)>,
+    /// Its share of the group's datagrams lost, smoothed over windows (`None`: not measured).
+    loss: Option<f64>,
+    /// Windows in a row in which it lost far more than the group.
+    bad_windows: u32,
 }
+
+/// How long a member's loss is measured over.
+const LOSS_WINDOW: Duration = Duration::from_millis(50);
+/// The group slows down when its median member loses more than this (random loss of a few
+/// percent is repaired, not a sign of congestion), and speeds up again below it.
+const CONGESTION_LOSS: f64 = 0.05;
+/// A member losing more than this, and more than [`EVICT_FACTOR`] times the group's median,
+/// for [`EVICT_WINDOWS`] windows in a row is moved to unicast: its path is too slow or too
+/// lossy for the group's pace, and its repairs would slow everyone.
+const EVICT_LOSS: f64 = 0.08;
+const EVICT_FACTOR: f64 = 3.0;
+const EVICT_WINDOWS: u32 = 2;
+/// The slowest the group goes, as a share of its configured rate.
+const MIN_RATE_SHARE: f64 = 1.0 / 32.0;
 
 /// The least time between two feedbacks of one receiver, for a group of `members`: 10 ms,
 /// and 0.1 ms more per member past 100, so the server reads at most ~10,000 feedbacks a
@@ -76,20 +107,11 @@ pub fn repeat_after(interval: Duration) -> Duration {
     (interval * 4).max(Duration::from_millis(50))
 }
 
-/// How many recent blocks' needs set the proactive repair count.
-const NEED_HISTORY: usize = 16;
-/// A block's need is sampled this many blocks after it (its lacks have come in by then).
-const NEED_LAG: u32 = 8;
-
 #[derive(Debug, Clone, Copy, Default)]
 struct BlockTx {
     /// Repairs sent (the next repair index), and when the last went.
     repairs_sent: u16,
     last_repair_at: Option<Instant>,
-    /// Repairs sent right after the sources.
-    proactive: u16,
-    /// The most repairs receivers asked for beyond the proactive ones.
-    extra_asked: u16,
 }
 
 pub struct GroupSender {
@@ -100,8 +122,7 @@ pub struct GroupSender {
     per_block: Vec<BlockTx>,
     /// Repairs to send, per block, oldest block first.
     wanted: BTreeMap<u32, u32>,
-    /// The most any receiver lacked of recent blocks (after the proactive repairs).
-    needs: VecDeque<u32>,
+    /// Repairs sent with each block unasked.
     proactive: u32,
     members: HashMap<u32, Member>,
     pacer: Pacer,
@@ -114,6 +135,12 @@ pub struct GroupSender {
     next_end_at: Option<Instant>,
     /// Blast mode sends every source once and repairs nothing.
     repairs: bool,
+    /// The configured pace, and the one the group's loss allows now (bits/s).
+    max_rate_bps: u64,
+    rate_bps: u64,
+    last_adapt: Instant,
+    /// Members moved to unicast, for the caller to tell.
+    evicted: Vec<u32>,
     pub stats: GroupTxStats,
 }
 
@@ -130,7 +157,6 @@ impl GroupSender {
             next_source: 0,
             per_block: vec![BlockTx::default(); blocks as usize],
             wanted: BTreeMap::new(),
-            needs: VecDeque::new(),
             proactive: 0,
             members: HashMap::new(),
             pacer: Pacer::new(
@@ -147,7 +173,124 @@ impl GroupSender {
             ends_sent: 0,
             next_end_at: None,
             repairs: true,
+            max_rate_bps: rate_bps,
+            rate_bps,
+            last_adapt: now,
+            evicted: Vec::new(),
             stats: GroupTxStats::default(),
+        }
+    }
+
+    /// The pace now, bits/s.
+    pub fn rate_bps(&self) -> u64 {
+        self.rate_bps
+    }
+
+    /// Members moved to unicast since the last call: each is to be told (a `GROUP_END last`
+    /// of its own), and its feedback is no longer read.
+    pub fn take_evicted(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.evicted)
+    }
+
+    /// Measures member `fb.session`'s loss over its window, once the window is long enough:
+    /// the sources of the blocks it has passed against those it says it received (sources go
+    /// once each; what is still on its way or in its socket is not counted as lost).
+    fn measure(&mut self, session: u32, fb: &Feedback<'_>, now: Instant) {
+        let Some(m) = self.members.get_mut(&session) else {
+            return;
+        };
+        let passed = fb
+            .seen_end
+            .saturating_sub(1)
+            .clamp(m.first_block, self.blocks);
+        let expected = self.plan.sources(passed).start - self.plan.sources(m.first_block).start;
+        let got = fb.sources_received.min(expected);
+        let Some((since, expected0, got0)) = m.window else {
+            m.window = Some((now, expected, got));
+            return;
+        };
+        if now.saturating_duration_since(since) < LOSS_WINDOW || expected < expected0 + 64 {
+            return;
+        }
+        let loss = 1.0 - got.saturating_sub(got0) as f64 / (expected - expected0) as f64;
+        let loss = loss.clamp(0.0, 1.0);
+        m.loss = Some(match m.loss {
+            Some(l) => 0.5 * l + 0.5 * loss,
+            None => loss,
+        });
+        m.window = Some((now, expected, got));
+    }
+
+    /// Repairs to send with each full block unasked when the most lossy member kept loses
+    /// `p`: its expected losses of the block and one and a half standard deviations more.
+    fn proactive_for(&self, p: f64) -> u32 {
+        if !self.repairs || p <= 0.0 {
+            return 0;
+        }
+        let k = self.plan.k as f64;
+        let need = k * p + 1.5 * (k * p * (1.0 - p)).sqrt();
+        (need.ceil() as u32).min(self.plan.parity)
+    }
+
+    /// Every [`LOSS_WINDOW`]: the pace follows the median member's loss (down by a fifth above
+    /// [`CONGESTION_LOSS`], up by a sixteenth of the configured rate below it), and a member
+    /// losing far more than the rest is moved to unicast.
+    fn adapt(&mut self, now: Instant) {
+        // Blast mode keeps its pace and its members, whatever they lose: that is its measure.
+        if !self.repairs || now.saturating_duration_since(self.last_adapt) < LOSS_WINDOW {
+            return;
+        }
+        self.last_adapt = now;
+        let mut losses: Vec<f64> = self.members.values().filter_map(|m| m.loss).collect();
+        if losses.is_empty() {
+            return;
+        }
+        losses.sort_by(f64::total_cmp);
+        let median = losses[losses.len() / 2];
+        let floor = ((self.max_rate_bps as f64 * MIN_RATE_SHARE) as u64).max(1_000_000);
+        let rate = if median > CONGESTION_LOSS {
+            ((self.rate_bps as f64 * 0.8) as u64).max(floor)
+        } else {
+            (self.rate_bps + self.max_rate_bps / 16).min(self.max_rate_bps)
+        };
+        if rate != self.rate_bps {
+            self.rate_bps = rate;
+            self.pacer.set_rate(
+                rate,
+                super::pacer::burst_for(rate, self.datagram_bytes),
+                now,
+            );
+        }
+        if self.members.len() >= 2 {
+            self.evict_lossy(median);
+        }
+        let worst = self
+            .members
+            .values()
+            .filter_map(|m| m.loss)
+            .fold(0.0, f64::max);
+        self.proactive = self.proactive_for(worst);
+    }
+
+    /// Moves to unicast the members that lost more than [`EVICT_LOSS`] and [`EVICT_FACTOR`]
+    /// times the `median` member, [`EVICT_WINDOWS`] windows in a row.
+    fn evict_lossy(&mut self, median: f64) {
+        let mut out = Vec::new();
+        for (&s, m) in self.members.iter_mut() {
+            let Some(l) = m.loss else { continue };
+            if l > EVICT_LOSS && l > EVICT_FACTOR * median {
+                m.bad_windows += 1;
+                if m.bad_windows >= EVICT_WINDOWS {
+                    out.push(s);
+                }
+            } else {
+                m.bad_windows = 0;
+            }
+        }
+        for s in out {
+            self.members.remove(&s);
+            self.stats.members_evicted += 1;
+            self.evicted.push(s);
         }
     }
 
@@ -190,7 +333,9 @@ impl GroupSender {
                 last_feedback: None,
                 whole_below: first_block,
                 seen_end: 0,
-                received: 0,
+                window: None,
+                loss: None,
+                bad_windows: 0,
             },
         );
         first_block
@@ -229,6 +374,7 @@ impl GroupSender {
                 let repair = bt.repairs_sent;
                 bt.repairs_sent += 1;
                 bt.last_repair_at = Some(now);
+                self.stats.repairs_sent += 1;
                 return Some(GroupSend::Repair { block, repair });
             }
             let index = self.next_source;
@@ -241,13 +387,9 @@ impl GroupSender {
                 } else {
                     0
                 };
-                self.per_block[block as usize].proactive = n as u16;
                 if n > 0 {
                     self.wanted.insert(block, n);
                     self.stats.proactive_repairs += n as u64;
-                }
-                if let Some(old) = block.checked_sub(NEED_LAG) {
-                    self.sample_need(old);
                 }
             }
             if self.next_source == self.datagrams {
@@ -303,8 +445,13 @@ impl GroupSender {
         m.last_feedback = Some(now);
         m.whole_below = fb.whole_below.min(self.blocks);
         m.seen_end = fb.seen_end.min(self.blocks);
-        m.received = fb.received;
         let first_block = m.first_block;
+        self.measure(fb.session, fb, now);
+        self.adapt(now);
+        if !self.members.contains_key(&fb.session) {
+            // Moved to unicast just now: its lacks are unicast's.
+            return;
+        }
         if !self.repairs {
             return;
         }
@@ -344,28 +491,6 @@ impl GroupSender {
                 self.wanted.insert(b, target);
                 self.stats.reactive_repairs += (target - queued) as u64;
             }
-            let extra = (sent + target).saturating_sub(bt.proactive as u32) as u16;
-            let bt = &mut self.per_block[b as usize];
-            bt.extra_asked = bt.extra_asked.max(extra);
         }
-    }
-
-    /// Learns from `block` (sent [`NEED_LAG`] blocks ago) how many repairs to send with each
-    /// block: what it needed if receivers asked for more than its proactive repairs, one less
-    /// than those if nobody asked (so an unneeded count decays); the median of recent blocks.
-    fn sample_need(&mut self, block: u32) {
-        let bt = self.per_block[block as usize];
-        let need = if bt.extra_asked > 0 {
-            bt.proactive as u32 + bt.extra_asked as u32
-        } else {
-            (bt.proactive as u32).saturating_sub(1)
-        };
-        self.needs.push_back(need.min(self.plan.parity));
-        if self.needs.len() > NEED_HISTORY {
-            self.needs.pop_front();
-        }
-        let mut v: Vec<u32> = self.needs.iter().copied().collect();
-        v.sort_unstable();
-        self.proactive = v[v.len() / 2];
     }
 }

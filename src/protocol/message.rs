@@ -84,7 +84,7 @@ pub enum Message<'a> {
     /// parity:u16 first_block:u32 feedback_ms:u16` (family 4: the address's first 4 bytes,
     /// zeros after; 6: all 16): after `META`, the group that carries the file.
     Join(Join),
-    /// C→S `FEEDBACK session:u32 group:u32 whole_below:u32 seen_end:u32 received:u64
+    /// C→S `FEEDBACK session:u32 group:u32 whole_below:u32 seen_end:u32 sources_received:u64
     /// count:u16 {block:u32 missing:u16 repairs_seen:u16}*`: a group receiver's progress and
     /// the blocks it still lacks.
     Feedback(Feedback<'a>),
@@ -340,7 +340,7 @@ impl<'a> Message<'a> {
             kind::FEEDBACK => {
                 let (session, group, whole_below, seen_end) =
                     (r.u32()?, r.u32()?, r.u32()?, r.u32()?);
-                let received = r.u64()?;
+                let sources_received = r.u64()?;
                 let count = r.u16()? as usize;
                 if count > MAX_FEEDBACK_BLOCKS {
                     return Err(WireError::Malformed("too many blocks in FEEDBACK"));
@@ -350,7 +350,7 @@ impl<'a> Message<'a> {
                     group,
                     whole_below,
                     seen_end,
-                    received,
+                    sources_received,
                     lacks: LackList(r.take(count * 8)?),
                 })
             }
@@ -545,7 +545,7 @@ impl<'a> Message<'a> {
                 for v in [f.session, f.group, f.whole_below, f.seen_end] {
                     out.extend_from_slice(&v.to_be_bytes());
                 }
-                out.extend_from_slice(&f.received.to_be_bytes());
+                out.extend_from_slice(&f.sources_received.to_be_bytes());
                 let n = f.lack_count().min(MAX_FEEDBACK_BLOCKS);
                 out.extend_from_slice(&(n as u16).to_be_bytes());
                 out.extend_from_slice(&f.lacks.0[..n * 8]);

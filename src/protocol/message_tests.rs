@@ -282,7 +282,7 @@ proptest! {
                             raw in proptest::collection::vec((any::<u32>(), any::<u16>(), any::<u16>()), 0..200)) {
         let lacks: Vec<Lack> = raw.iter().map(|&(block, missing, repairs_seen)| Lack { block, missing, repairs_seen }).collect();
         let mut scratch = Vec::new();
-        let f = Feedback { session, group, whole_below: whole, seen_end: seen, received, lacks: Default::default() }
+        let f = Feedback { session, group, whole_below: whole, seen_end: seen, sources_received: received, lacks: Default::default() }
             .with_lacks(&lacks, &mut scratch);
         let bytes = Message::Feedback(f).to_vec();
         prop_assert!(bytes.len() <= HELLO_MIN_LEN);
@@ -290,7 +290,7 @@ proptest! {
             Message::Feedback(back) => {
                 let got: Vec<Lack> = back.lacks().collect();
                 prop_assert_eq!(&got[..], &lacks[..lacks.len().min(MAX_FEEDBACK_BLOCKS)]);
-                prop_assert_eq!((back.session, back.group, back.whole_below, back.seen_end, back.received), (session, group, whole, seen, received));
+                prop_assert_eq!((back.session, back.group, back.whole_below, back.seen_end, back.sources_received), (session, group, whole, seen, received));
             }
             other => prop_assert!(false, "{:?}", other),
         }

@@ -241,8 +241,9 @@ pub struct Feedback<'a> {
     pub whole_below: u32,
     /// The newest block it has received anything of, plus one (0: nothing yet).
     pub seen_end: u32,
-    /// Datagrams received from the group so far, sources and repairs.
-    pub received: u64,
+    /// Sources received of the blocks from its first to `seen_end - 1` (excluded, the block
+    /// in progress): against how many those blocks have, the server measures its loss.
+    pub sources_received: u64,
     /// Blocks the transmission has passed that still lack datagrams, at most
     /// [`MAX_FEEDBACK_BLOCKS`](super::super::limits::MAX_FEEDBACK_BLOCKS): set with
     /// [`Feedback::with_lacks`], read with [`Feedback::lacks`].

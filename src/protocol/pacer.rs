@@ -73,7 +73,8 @@ impl Pacer {
     fn refill(&mut self, now: Instant) {
         let dt = now.saturating_duration_since(self.last).as_secs_f64();
         self.tokens = (self.tokens + dt * self.bytes_per_s).min(self.burst);
-        self.last = now;
+        // Never backwards: threads that share a pacer read their clocks at different times.
+        self.last = self.last.max(now);
     }
 
     /// Takes `bytes` if available now.
@@ -101,7 +102,9 @@ impl Pacer {
             bytes as f64
         };
         let missing = (want - self.tokens).max(0.0);
-        let wait = Duration::try_from_secs_f64(missing / self.bytes_per_s)
+        // Rounded up to the nanosecond: a shortfall of a rounding error must still be a wait,
+        // or a caller whose clock has not moved asks again at once, for ever.
+        let wait = Duration::try_from_secs_f64((missing / self.bytes_per_s * 1e9).ceil() / 1e9)
             .unwrap_or(MAX_WAIT)
             .min(MAX_WAIT);
         self.last.checked_add(wait).unwrap_or(self.last)
@@ -121,6 +124,25 @@ mod tests {
         assert!(p.take(1000, t0));
         let at = p.ready_at(65_507);
         assert!(at > t0 && at <= t0 + MAX_WAIT, "{:?}", at - t0);
+    }
+
+    /// A shortfall of a rounding error is still a wait: a caller whose clock stands still
+    /// (simulated time) asked again at once for ever.
+    #[test]
+    fn a_shortfall_of_a_rounding_error_is_a_wait_and_the_clock_never_runs_back() {
+        let t0 = Instant::now();
+        let mut p = Pacer::new(800_000_000, 200_000, t0);
+        p.tokens = 65_536.0 - 1e-9;
+        p.refilling = true;
+        assert!(!p.take(1472, t0));
+        let at = p.ready_at(1472);
+        assert!(at > t0, "a wait of at least a nanosecond");
+        assert!(p.take(1472, at));
+        // A clock read earlier on another thread does not move the pacer back.
+        let later = t0 + Duration::from_millis(5);
+        p.take(1, later);
+        p.take(1, t0);
+        assert_eq!(p.last, later);
     }
 
     #[test]

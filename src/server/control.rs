@@ -525,8 +525,19 @@ impl Control {
         let now = Instant::now();
         s.heard();
         s.state().progressed(now);
-        if let Some(g) = &mut self.groups {
-            g.feedback(fb, now);
+        let evicted = match &mut self.groups {
+            Some(g) => g.feedback(fb, now),
+            None => return,
+        };
+        for (session, end) in evicted {
+            if let Some(e) = self.sessions.of_session(session) {
+                let peer = e.session.peer;
+                tracing::info!(
+                    "[GROUP {:08x}] session {session:08x} ({peer}) loses far more than the rest of the group: it goes on by unicast",
+                    fb.group
+                );
+                self.send(peer, &end);
+            }
         }
     }
 

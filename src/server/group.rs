@@ -211,15 +211,47 @@ impl Groups {
         }
     }
 
-    /// A member's `FEEDBACK` (its session already matched to the sender's address).
-    pub(super) fn feedback(&mut self, fb: &Feedback<'_>, now: Instant) {
+    /// A member's `FEEDBACK` (its session already matched to the sender's address). Returns
+    /// the members the transmission moved to unicast (they lose far more than the rest), each
+    /// with the `GROUP_END last` that tells it so.
+    pub(super) fn feedback(
+        &mut self,
+        fb: &Feedback<'_>,
+        now: Instant,
+    ) -> Vec<(u32, Message<'static>)> {
         if self.members.get(&fb.session) != Some(&fb.group) {
-            return;
+            return Vec::new();
         }
-        if let Some((tx, _)) = self.live.get(&fb.group) {
-            tx.sender.lock().expect("group sender").on_feedback(fb, now);
-            tx.wake();
+        let Some((tx, _)) = self.live.get(&fb.group) else {
+            return Vec::new();
+        };
+        let (evicted, rate) = {
+            let mut s = tx.sender.lock().expect("group sender");
+            let before = s.rate_bps();
+            s.on_feedback(fb, now);
+            let rate = (s.rate_bps() != before).then(|| s.rate_bps());
+            (s.take_evicted(), rate)
+        };
+        tx.wake();
+        if let Some(rate) = rate {
+            tracing::debug!(
+                "[GROUP {:08x}] pace now {:.0} Mbit/s",
+                tx.id,
+                rate as f64 / 1e6
+            );
         }
+        let end = Message::GroupEnd {
+            group: tx.id,
+            blocks: tx.plan.blocks(),
+            last: true,
+        };
+        evicted
+            .into_iter()
+            .map(|session| {
+                self.members.remove(&session);
+                (session, end.clone())
+            })
+            .collect()
     }
 
     /// Session `session` ended: it is no member any more.

@@ -97,6 +97,11 @@ impl SessionTable {
         self.entries.get_mut(&id).filter(|e| e.session.peer == src)
     }
 
+    /// Session `id`, whoever asks (the server's own decisions about it).
+    pub fn of_session(&self, id: u32) -> Option<&Entry> {
+        self.entries.get(&id)
+    }
+
     pub fn sessions(&self) -> impl Iterator<Item = &Arc<Session>> {
         self.entries.values().map(|e| &e.session)
     }

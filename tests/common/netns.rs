@@ -258,9 +258,16 @@ fn have(program: &str, arg: &str) -> bool {
 impl Lan {
     /// `None` (after a message) when namespaces, nftables or ethtool are missing.
     pub fn new(k: usize, loss_permille: u32) -> Option<Lan> {
+        Lan::with_losses(&vec![loss_permille; k])
+    }
+
+    /// A receiver per entry of `losses`, each losing that many datagrams in a thousand.
+    pub fn with_losses(losses: &[u32]) -> Option<Lan> {
+        let k = losses.len();
+        let lossy = losses.iter().any(|&l| l > 0);
         // Namespaces at all (and stale ones removed): as for two hosts.
         drop(Hosts::two(1500)?);
-        if loss_permille > 0 && !(have("nft", "--version") && have("ethtool", "--version")) {
+        if lossy && !(have("nft", "--version") && have("ethtool", "--version")) {
             ringblast::skip("no nft or ethtool (Debian: nftables, ethtool) for per-host loss");
             return None;
         }
@@ -335,14 +342,14 @@ impl Lan {
                 "eth0",
             ]);
         }
-        if loss_permille > 0 {
+        if lossy {
             let out = lan
                 .command(&lan.sender, "ethtool")
                 .args(["-K", "eth0", "tx-udp-segmentation", "off"])
                 .output()
                 .unwrap();
             assert!(out.status.success(), "ethtool: {out:?}");
-            for r in &lan.receivers {
+            for (r, &loss_permille) in lan.receivers.iter().zip(losses) {
                 let rule = format!(
                     "add table inet rb; add chain inet rb in {{ type filter hook input priority 0; }}; add rule inet rb in meta l4proto udp numgen random mod 1000 < {loss_permille} drop"
                 );
