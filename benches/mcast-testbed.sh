@@ -45,7 +45,9 @@
 #     The time is the whole uftp command's (announce to the last receiver's completion; uftp's
 #     own STATS time, from registration on, is in the notes), and every receiver's copy is
 #     compared with the source (cmp): a run with a bad copy or a non-zero exit counts as failed.
-#   - ringblast: not written yet; see ringblast_run below for where it goes.
+#   - ringblast: `serve --multicast` in the sender, `get --multicast` in every receiver (case
+#     "ringblast"), and the same by unicast (case "unicast": one session per receiver, the file
+#     sent ten times); see rb_run below.
 #
 # Each case prints one line: median seconds, the file's payload over it in Mbit/s, each run's
 # seconds, the median of the sender's tx bytes (and that over the file's size), then a line of
@@ -55,7 +57,9 @@
 #   env: RECEIVERS=10 FILE_MIB=128 RATE=1gbit LOSS_PERMILLE=20 RUNS=3
 #        PACE_BPS (default 95% of RATE: snd's rate, and uftp -R in Kbps)
 #        QUEUE=50ms BURST=256kb (the sender's tbf latency and bucket)
-#        CASES="floor uftp" (which measurements, in order)  JSON=FILE (a summary as JSON)
+#        CASES="floor ringblast uftp unicast" (which measurements, in order)
+#        JSON=FILE (a summary as JSON)  BIN=path (the ringblast binary; built if missing)
+#        GATHER=DURATION (serve --multicast-gather; default the server's)
 #        FLOOR_DIR=/work/shared/tools/mcast-floor
 #        QUIET_WAIT=30 (before each run, wait up to that many seconds for the CPUs to be < 25%
 #          busy; each run notes how busy they were: on 2 cores a build alongside skews it all)
@@ -224,7 +228,11 @@ FILE_MIB=${FILE_MIB:-128}
 RATE=${RATE:-1gbit}
 LOSS_PERMILLE=${LOSS_PERMILLE:-20}
 RUNS=${RUNS:-3}
-CASES=${CASES:-floor uftp}
+CASES=${CASES:-floor ringblast uftp unicast}
+BIN=${BIN:-$PWD/target/release/ringblast}
+if [[ " $CASES " == *" ringblast "* || " $CASES " == *" unicast "* ]] && [ ! -x "$BIN" ]; then
+  cargo build --release --quiet
+fi
 QUIET_WAIT=${QUIET_WAIT:-30}
 FLOOR_DIR=${FLOOR_DIR:-/work/shared/tools/mcast-floor}
 [ "$(id -u)" = 0 ] || { echo "needs root (network namespaces)" >&2; exit 1; }
@@ -387,14 +395,86 @@ uftp_run() {
   rm -rf "$W/uftp"
 }
 
-# ringblast_run: ringblast's own multicast, once it exists. Same contract as the two above: the
-# sender (`ip netns exec $MT_S ...`) serves $W/file.bin at $PACE_BPS, every receiver
-# (`ip netns exec "$(mt_recv_ns "$i")" ...`) fetches it, each under mt_bounded/timeout; set RUN_S
-# (first send to the last receiver's verified copy), RUN_TX (mt_tx_bytes after - before) and
-# RUN_NOTE (copies intact, repair datagrams...), then add "ringblast" to CASES.
-ringblast_run() {
-  echo "ringblast multicast is not implemented yet" >&2
-  RUN_S='' RUN_TX=0 RUN_NOTE="not implemented"
+# ringblast_run / unicast_run: ringblast's multicast (serve --multicast, get --multicast) and,
+# to compare, the same file by unicast to every receiver (what ringblast did before). The server
+# runs in the sender; a warm-up unicast GET from receiver 1 (before the clock starts) has it scan
+# the file at the path's datagram size. The clock starts as the receivers' `get`s start and
+# stops when the last has verified its copy (multicast: the 200 ms gathering window included);
+# every copy is compared with the file. RUN_NOTE: copies intact, the group's summary (repairs,
+# feedback, members moved to unicast), datagrams fetched by unicast, fallbacks.
+ringblast_run() { rb_run multicast; }
+unicast_run() { rb_run unicast; }
+
+rb_run() {
+  local how=$1 to i ns pids=() t0 tx0 tbf0 bl0 srv intact=0 rc=0 mc=() pid
+  to=$((60 + 10 * WIRE_S * (1 + RECEIVERS / 4)))
+  rm -rf "$W/rb" && mkdir -p "$W/rb/files"
+  ln "$W/file.bin" "$W/rb/files/file.bin"
+  timeout -k 5 $to ip netns exec $MT_S "$BIN" serve --dir "$W/rb/files" --bind $MT_SADDR:6969 \
+    --multicast 239.255.77.2:7002 --multicast-if $MT_SADDR --multicast-rate "$PACE_BPS" \
+    ${GATHER:+--multicast-gather "$GATHER"} --json > "$W/rb/serve.json" 2> "$W/rb/serve.log" &
+  srv=$!
+  MT_BG+=("$srv")
+  disown
+  wait_server "$W/rb/serve.log"
+  mt_bounded 60 ip netns exec "$(mt_recv_ns 1)" "$BIN" get file.bin --server $MT_SADDR:6969 \
+    --discard --quiet --timeout 30 > /dev/null 2>&1 || true
+  [ "$how" = multicast ] && mc=(--multicast)
+  tx0=$(mt_tx_bytes) bl0=$(mt_backlog_drops) tbf0=$(mt_tbf_drops)
+  t0=$EPOCHREALTIME
+  for i in $(seq "$RECEIVERS"); do
+    ns=$(mt_recv_ns "$i")
+    mkdir -p "$W/rb/r$i"
+    timeout -k 5 $to ip netns exec "$ns" "$BIN" get file.bin --server $MT_SADDR:6969 "${mc[@]}" \
+      --out "$W/rb/r$i" --quiet --timeout 30 --json "$W/rb/r$i.json" > /dev/null 2> "$W/rb/r$i.err" &
+    pids+=($!)
+  done
+  for pid in "${pids[@]}"; do wait "$pid" || rc=$?; done
+  RUN_S=$(awk -v t0="$t0" -v t1="$EPOCHREALTIME" 'BEGIN { printf "%.3f\n", t1 - t0 }')
+  RUN_TX=$(($(mt_tx_bytes) - tx0))
+  for i in $(seq "$RECEIVERS"); do
+    cmp -s "$W/file.bin" "$W/rb/r$i/file.bin" && intact=$((intact + 1))
+  done
+  # The group's summary is logged once its last GROUP_END went.
+  for _ in $(seq 50); do
+    grep -q 'members, ' "$W/rb/serve.log" && break
+    [ "$how" = unicast ] && break
+    sleep 0.1
+  done
+  mt_stop "$srv"
+  RUN_NOTE="intact=$intact/$RECEIVERS"
+  if [ "$how" = multicast ]; then
+    RUN_NOTE+=" $(python3 - "$W/rb" "$RECEIVERS" << 'PY'
+import json, re, sys
+d, n = sys.argv[1], int(sys.argv[2])
+uni = rebuilt = fallbacks = 0
+for i in range(1, n + 1):
+    try:
+        c = json.load(open(f"{d}/r{i}.json"))["clients"][0]
+    except Exception:
+        continue
+    m = c.get("multicast") or {}
+    uni += m.get("unicast_datagrams", 0)
+    late = m.get("first_block", 0)
+    if late:
+        print(f"late-joiner(r{i} from block {late})", end=" ")
+    rebuilt += m.get("rebuilt", 0)
+    fallbacks += 1 if m.get("fallback") or not m else 0
+line = next((l for l in open(f"{d}/serve.log") if "members, " in l), "")
+g = re.search(r"(\d+) members, .*?(\d+) sources, (\d+) repairs \((\d+) proactive, (\d+) on feedback.*?(\d+) feedbacks read", line)
+grp = "sources=%s repairs=%s(proactive %s) feedback=%s" % (g.group(2), g.group(3), g.group(4), g.group(6)) if g else "no-group-summary"
+moved = len(re.findall("goes on by unicast", open(f"{d}/serve.log").read()))
+print(f"{grp} rebuilt={rebuilt} unicast-datagrams={uni} moved-to-unicast={moved} fallbacks={fallbacks}")
+PY
+)"
+  fi
+  RUN_NOTE+=" backlog-drops=$(($(mt_backlog_drops) - bl0)) tbf-drops=$(($(mt_tbf_drops) - tbf0))"
+  keep_logs "$W"/rb/*.log "$W"/rb/*.json "$W"/rb/*.err
+  if [ $rc -ne 0 ] || [ $intact -ne "$RECEIVERS" ]; then
+    echo "ringblast $how run failed (exit $rc, $intact/$RECEIVERS intact): $(cat "$W"/rb/r*.err | head -3)" >&2
+    RUN_S=
+  fi
+  rm -rf "$W/rb"
 }
 
 # The share (%) of all CPUs busy over the next half second (/proc/stat: all but idle and iowait).

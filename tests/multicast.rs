@@ -7,7 +7,7 @@
 //! a message where they are missing; CI has them all (RINGBLAST_CI=1 makes a skip a failure).
 
 mod common;
-use common::netns::{Lan, LAN_SENDER};
+use common::netns::{Lan, LAN_SENDER, LAN_SENDER_V6};
 use common::{random_bytes, serve, Serve, BIN};
 
 use std::path::Path;
@@ -333,19 +333,26 @@ fn a_member_losing_too_much_finishes_by_unicast() {
 /// thousand) each: every copy compared with the file; each host's `get --json` report, and
 /// the server's log once its group summary is in.
 fn lan_run(losses: &[u32], mib: usize, rate: &str) -> Option<(Vec<Value>, String)> {
+    lan_run_on(losses, mib, rate, LAN_SENDER, "239.255.78.1:7000")
+}
+
+/// [`lan_run`] with the server at `sender` (IPv4 or IPv6) and the group `group`.
+fn lan_run_on(
+    losses: &[u32],
+    mib: usize,
+    rate: &str,
+    sender: &str,
+    group: &str,
+) -> Option<(Vec<Value>, String)> {
     let mut lan = Lan::with_losses(losses)?;
+    let server = std::net::SocketAddr::new(sender.parse().unwrap(), 6969).to_string();
     let (dir, _, data) = setup(mib << 20);
     let log = tempfile::NamedTempFile::new().unwrap();
     let mut cmd = lan.command(&lan.sender.clone(), BIN);
     cmd.args(["serve", "--dir"])
         .arg(dir.path())
-        .args(["--bind", &format!("{LAN_SENDER}:6969")])
-        .args([
-            "--multicast",
-            "239.255.78.1:7000",
-            "--multicast-if",
-            LAN_SENDER,
-        ])
+        .args(["--bind", &server])
+        .args(["--multicast", group, "--multicast-if", sender])
         .args(["--multicast-rate", rate, "--multicast-gather", "500ms"])
         .stdout(Stdio::null())
         .stderr(Stdio::from(log.reopen().unwrap()));
@@ -357,7 +364,8 @@ fn lan_run(losses: &[u32], mib: usize, rate: &str) -> Option<(Vec<Value>, String
     {
         assert!(
             t.elapsed() < Duration::from_secs(10),
-            "server never started"
+            "server never started: {}",
+            std::fs::read_to_string(log.path()).unwrap()
         );
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -372,17 +380,11 @@ fn lan_run(losses: &[u32], mib: usize, rate: &str) -> Option<(Vec<Value>, String
         .zip(outs.iter().map(|d| d.path().to_path_buf()))
         .map(|(ns, out)| {
             let mut c = lan.command(&ns, BIN);
-            c.args([
-                "get",
-                "f",
-                "--server",
-                &format!("{LAN_SENDER}:6969"),
-                "--multicast",
-            ])
-            .arg("--out")
-            .arg(&out)
-            .args(["--quiet", "--timeout", "10s", "--json"])
-            .arg(out.join("report.json"));
+            c.args(["get", "f", "--server", &server, "--multicast"])
+                .arg("--out")
+                .arg(&out)
+                .args(["--quiet", "--timeout", "10s", "--json"])
+                .arg(out.join("report.json"));
             std::thread::spawn(move || c.output().unwrap())
         })
         .collect();
@@ -471,4 +473,20 @@ fn a_host_losing_far_more_than_the_rest_is_moved_to_unicast() {
         (repairs as f64) < 0.12 * (32u64 << 20).div_ceil(1440) as f64,
         "{line}"
     );
+}
+
+/// The same over IPv6: an ff15:: group, two hosts, every copy whole from the group.
+#[test]
+fn an_ipv6_group_works() {
+    let Some((reports, log)) = lan_run_on(&[0, 0], 8, "500M", LAN_SENDER_V6, "[ff15::78]:7000")
+    else {
+        return;
+    };
+    for c in &reports {
+        let m = &c["multicast"];
+        assert_eq!(m["group"], "[ff15::78]:7000", "{m}");
+        assert!(m["sources"].as_u64().unwrap() > 0, "{m}");
+        assert_eq!(m["unicast_datagrams"], 0, "{m}");
+    }
+    assert!(log.contains("2 members"), "{log}");
 }

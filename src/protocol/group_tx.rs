@@ -100,6 +100,17 @@ pub fn feedback_interval(members: usize) -> Duration {
         .clamp(Duration::from_millis(10), Duration::from_secs(1))
 }
 
+/// The group's pacing burst: [`GROUP_BURST_TIME`] of sending. A group transmission runs on a
+/// thread of its own that sleeps between bursts; on a host busy with its receivers' traffic it
+/// may wake a millisecond late, and with the unicast sessions' 2 ms of burst it would lose that
+/// much of its rate each time. The sender's own link (a NIC's queue) takes the burst.
+pub fn group_burst(bps: u64, datagram: usize) -> usize {
+    let burst = (bps as f64 / 8.0 * GROUP_BURST_TIME.as_secs_f64()) as usize;
+    burst.max(super::pacer::burst_for(bps, datagram))
+}
+
+pub const GROUP_BURST_TIME: Duration = Duration::from_millis(10);
+
 /// How long a receiver waits before it reports a lack again, and so how long the server
 /// counts the repairs it sent as still on their way: four feedback intervals, at least 50 ms
 /// (a receiver thread on a loaded host may take tens of milliseconds to read what came).
@@ -159,11 +170,7 @@ impl GroupSender {
             wanted: BTreeMap::new(),
             proactive: 0,
             members: HashMap::new(),
-            pacer: Pacer::new(
-                rate_bps,
-                super::pacer::burst_for(rate_bps, datagram_bytes),
-                now,
-            ),
+            pacer: Pacer::new(rate_bps, group_burst(rate_bps, datagram_bytes), now),
             datagram_bytes,
             interval,
             // Long enough for a receiver to have reported twice after the last repairs.
@@ -255,11 +262,8 @@ impl GroupSender {
         };
         if rate != self.rate_bps {
             self.rate_bps = rate;
-            self.pacer.set_rate(
-                rate,
-                super::pacer::burst_for(rate, self.datagram_bytes),
-                now,
-            );
+            self.pacer
+                .set_rate(rate, group_burst(rate, self.datagram_bytes), now);
         }
         if self.members.len() >= 2 {
             self.evict_lossy(median);

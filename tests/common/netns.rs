@@ -235,7 +235,8 @@ impl Drop for Hosts {
 
 /// A LAN on one machine, for multicast: a sender and `k` receivers, each a namespace with a
 /// veth into one bridge in a switch namespace (which floods groups: `mcast_snooping 0`).
-/// Addresses 10.78.0.1 (sender) and 10.78.0.10 + i (receiver i). With `loss_permille`, each
+/// Addresses 10.78.0.1 and fd78::1 (sender), 10.78.0.10 + i and fd78::(10 + i) (receiver i).
+/// With `loss_permille`, each
 /// receiver drops that share of incoming UDP at random (nftables, independently), and the
 /// sender's veth segments UDP GSO bursts in software so the drops see single datagrams.
 pub struct Lan {
@@ -246,6 +247,8 @@ pub struct Lan {
 }
 
 pub const LAN_SENDER: &str = "10.78.0.1";
+/// The sender's IPv6 address (receiver i has fd78::(10 + i)).
+pub const LAN_SENDER_V6: &str = "fd78::1";
 
 /// Whether `program` can be run (`-V`/`--version` answers).
 fn have(program: &str, arg: &str) -> bool {
@@ -341,6 +344,8 @@ impl Lan {
                 "dev",
                 "eth0",
             ]);
+            let v6 = format!("fd78::{}/64", addr.rsplit('.').next().expect("dotted"));
+            ip_ok(&["-n", ns, "-6", "addr", "add", &v6, "dev", "eth0", "nodad"]);
         }
         if lossy {
             let out = lan
