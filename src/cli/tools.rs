@@ -54,6 +54,22 @@ pub struct BenchArgs {
     /// kernel default, 208KiB: try it to see the lab's losses in blast mode).
     #[arg(long, value_parser = values::size, default_value = "48MiB")]
     recv_buffer: u64,
+    /// How copies travel, comma-separated: unicast (a session per sub-client, the file sent
+    /// N times), multicast (one group transmission for all N, on loopback: needs
+    /// `ip link set lo multicast on`). Both compare the time until all N are done and the
+    /// bytes the server sent (uring engine).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "unicast")]
+    delivery: Vec<DeliveryArg>,
+    /// The group's pace in multicast runs, bits/s (e.g. 2G).
+    #[arg(long, value_parser = values::rate, default_value = "2G")]
+    multicast_rate: u64,
+}
+
+/// `bench --delivery`.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DeliveryArg {
+    Unicast,
+    Multicast,
 }
 
 impl From<BenchArgs> for BenchConfig {
@@ -67,6 +83,15 @@ impl From<BenchArgs> for BenchConfig {
             out: a.out,
             files: a.files,
             recv_buffer: a.recv_buffer.min(usize::MAX as u64) as usize,
+            deliveries: a
+                .delivery
+                .into_iter()
+                .map(|d| match d {
+                    DeliveryArg::Unicast => bench::Delivery::Unicast,
+                    DeliveryArg::Multicast => bench::Delivery::Multicast,
+                })
+                .collect(),
+            multicast_rate_bps: a.multicast_rate,
         }
     }
 }

@@ -144,7 +144,7 @@ impl Control {
         }
         let groups = match cfg.multicast.clone() {
             Some(m) => {
-                let g = Groups::new(m).map_err(|e| {
+                let g = Groups::new(m, stats.clone()).map_err(|e| {
                     anyhow::anyhow!(
                         "cannot send to multicast group {}: {e}",
                         cfg.multicast

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use nix::sys::socket::SockaddrStorage;
 
 use super::catalog::ScannedFile;
+use super::stats::ServerStats;
 use crate::protocol::fec::{BlockEncoder, BlockPlan};
 use crate::protocol::group_tx::{feedback_interval, GroupSend, GroupSender, GroupTxStats};
 use crate::protocol::{
@@ -84,6 +85,7 @@ impl Transmission {
 
 pub(super) struct Groups {
     cfg: MulticastConfig,
+    stats: Arc<ServerStats>,
     sock: Arc<UdpSocket>,
     gso: bool,
     live: HashMap<u32, (Arc<Transmission>, JoinHandle<GroupSummary>)>,
@@ -91,11 +93,12 @@ pub(super) struct Groups {
 }
 
 impl Groups {
-    pub(super) fn new(cfg: MulticastConfig) -> io::Result<Groups> {
+    pub(super) fn new(cfg: MulticastConfig, stats: Arc<ServerStats>) -> io::Result<Groups> {
         let sock = multicast::group_sender(cfg.group, cfg.ttl, cfg.interface)?;
         let gso = crate::sys::socket::gso_supported(&sock);
         Ok(Groups {
             cfg,
+            stats,
             sock: Arc::new(sock),
             gso,
             live: HashMap::new(),
@@ -183,6 +186,7 @@ impl Groups {
             dest: SockaddrStorage::from(self.cfg.group),
             gso: self.gso,
             start_at: now + self.cfg.gather,
+            stats: self.stats.clone(),
         };
         let spawned = std::thread::Builder::new()
             .name(format!("group-{id:08x}"))
@@ -422,6 +426,7 @@ struct Run {
     dest: SockaddrStorage,
     gso: bool,
     start_at: Instant,
+    stats: Arc<ServerStats>,
 }
 
 /// Consecutive datagrams of one size, sent in one call.
@@ -478,6 +483,9 @@ impl Run {
                 }
                 bytes += dgram.len() as u64;
                 datagrams += 1;
+                self.stats
+                    .group_bytes_sent
+                    .fetch_add(dgram.len() as u64, Ordering::Relaxed);
                 if let Err(e) = self.push(&mut batch, &dgram) {
                     error = Some(format!("cannot send to the group: {e}"));
                     break;

@@ -11,6 +11,8 @@ pub struct ServerStats {
     pub sessions_timed_out: AtomicU64,
     pub sessions_failed: AtomicU64,
     pub bytes_sent: AtomicU64,
+    /// Bytes sent to multicast groups (sources, repairs, end markers).
+    pub group_bytes_sent: AtomicU64,
     pub datagrams_sent: AtomicU64,
     pub retransmitted: AtomicU64,
     /// Datagrams whose payload went by splice (the rest were copied).

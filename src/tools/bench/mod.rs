@@ -6,6 +6,10 @@
 //! (`RUSAGE_THREAD`), so client work is not charged to the server. Writes results.csv (one row
 //! per run), results.json (runs and per-cell medians), throughput.svg and loss.svg (the lab's
 //! figures 7 and 8), and prints the medians.
+//!
+//! `--delivery unicast,multicast` measures each cell both ways (the uring engine; multicast
+//! on loopback needs `ip link set lo multicast on`): the time until all N copies are done and
+//! the bytes the server sent, against N.
 
 mod chart;
 
@@ -22,8 +26,10 @@ use crate::protocol::Mode;
 use crate::report::copy::{aggregate_goodput_bps, ClientHists};
 use crate::report::cpu::cpu_time;
 use crate::server::engine::EngineKind;
+use crate::server::group::MulticastConfig;
 use crate::server::{Server, ServerConfig};
 use chart::line_chart;
+use std::net::SocketAddr;
 
 pub struct BenchConfig {
     pub clients: Vec<usize>,
@@ -37,6 +43,26 @@ pub struct BenchConfig {
     /// Kernel receive buffer each sub-client asks for (the lab's Python used the default,
     /// ~208 KiB).
     pub recv_buffer: usize,
+    /// Unicast (a session per sub-client), and/or multicast (one group transmission).
+    pub deliveries: Vec<Delivery>,
+    /// The group's pace for multicast runs, bits/s.
+    pub multicast_rate_bps: u64,
+}
+
+/// How the copies of one run travel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    Unicast,
+    Multicast,
+}
+
+impl Delivery {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Delivery::Unicast => "unicast",
+            Delivery::Multicast => "multicast",
+        }
+    }
 }
 
 /// One transfer of the matrix.
@@ -44,6 +70,7 @@ pub struct BenchConfig {
 pub struct Run {
     pub engine: &'static str,
     pub mode: &'static str,
+    pub delivery: &'static str,
     pub size_bytes: u64,
     pub clients: usize,
     pub rep: usize,
@@ -71,6 +98,7 @@ pub struct Run {
 pub struct Cell {
     pub engine: &'static str,
     pub mode: &'static str,
+    pub delivery: &'static str,
     pub size_bytes: u64,
     pub clients: usize,
     pub reps: usize,
@@ -81,6 +109,9 @@ pub struct Cell {
     pub retransmitted: f64,
     pub server_cpu_s_per_gb: f64,
     pub p99_one_way_delay_us: f64,
+    /// Until the last copy was done, and what the server sent for all of them.
+    pub duration_s: f64,
+    pub server_bytes_sent: f64,
     pub all_intact_every_rep: bool,
 }
 
@@ -127,6 +158,7 @@ fn get_config(
 struct Point<'a> {
     engine: EngineKind,
     mode: Mode,
+    delivery: Delivery,
     size: u64,
     name: &'a str,
     clients: usize,
@@ -137,6 +169,7 @@ fn one_run(server: &Server, cfg: &BenchConfig, p: &Point<'_>) -> anyhow::Result<
     let Point {
         engine,
         mode,
+        delivery,
         size,
         name,
         clients,
@@ -144,12 +177,21 @@ fn one_run(server: &Server, cfg: &BenchConfig, p: &Point<'_>) -> anyhow::Result<
     } = *p;
     wait_idle(server);
     let stats = server.stats();
-    let sent0 = stats.bytes_sent.load(Ordering::Relaxed);
+    let all_sent = || {
+        stats.bytes_sent.load(Ordering::Relaxed) + stats.group_bytes_sent.load(Ordering::Relaxed)
+    };
+    let sent0 = all_sent();
     let cpu0 = cpu_time(false);
-    let reports = client::get(&get_config(server, name, clients, mode, cfg.recv_buffer))?;
+    let mut g = get_config(server, name, clients, mode, cfg.recv_buffer);
+    g.multicast = delivery == Delivery::Multicast;
+    let reports = client::get(&g)?;
     wait_idle(server);
+    if g.multicast {
+        // The group's last datagrams (its end markers) go after the copies are done.
+        std::thread::sleep(Duration::from_millis(300));
+    }
     let cpu = cpu_time(false).saturating_sub(cpu0).as_secs_f64();
-    let sent = stats.bytes_sent.load(Ordering::Relaxed) - sent0;
+    let sent = all_sent() - sent0;
     let client_cpu: f64 = reports.iter().map(|r| r.cpu_s).sum();
     let server_cpu = (cpu - client_cpu).max(0.0);
     let requested = size * clients as u64;
@@ -162,6 +204,7 @@ fn one_run(server: &Server, cfg: &BenchConfig, p: &Point<'_>) -> anyhow::Result<
     Ok(Run {
         engine: engine.as_str(),
         mode: mode.as_str(),
+        delivery: delivery.as_str(),
         size_bytes: size,
         clients,
         rep,
@@ -200,11 +243,27 @@ pub fn run(cfg: &BenchConfig) -> anyhow::Result<(Vec<Run>, Vec<Cell>)> {
         names.push((size, crate::tools::demo::ensure_file(&cfg.files, size)?));
     }
     let mut runs = Vec::new();
+    let multicast = cfg.deliveries.contains(&Delivery::Multicast);
+    if multicast && !loopback_multicast() {
+        anyhow::bail!(
+            "--delivery multicast runs on loopback, which carries no multicast here: `ip link set lo multicast on` (root) first"
+        );
+    }
     for &engine in &cfg.engines {
         let server = Server::start(ServerConfig {
             dir: cfg.files.clone(),
             bind: "127.0.0.1:0".parse().expect("literal"),
             engine,
+            multicast: multicast.then(|| MulticastConfig {
+                group: SocketAddr::new(
+                    [239, 255, 70, 1 + (std::process::id() % 250) as u8].into(),
+                    free_port(),
+                ),
+                ttl: 1,
+                interface: Some([127, 0, 0, 1].into()),
+                rate_bps: cfg.multicast_rate_bps,
+                gather: Duration::from_millis(100),
+            }),
             ..ServerConfig::default()
         })?;
         // Warm up: index every file and bring it into the page cache.
@@ -221,30 +280,36 @@ pub fn run(cfg: &BenchConfig) -> anyhow::Result<(Vec<Run>, Vec<Cell>)> {
             }
         }
         for &mode in &cfg.modes {
-            for (size, name) in &names {
-                for &clients in &cfg.clients {
-                    for rep in 1..=cfg.reps {
-                        let point = Point {
-                            engine,
-                            mode,
-                            size: *size,
-                            name,
-                            clients,
-                            rep,
-                        };
-                        let r = one_run(&server, cfg, &point)?;
-                        eprintln!(
-                            "{:>7} {:>8} {:>10} x{:<3} rep {rep}: {:>8.1} MiB/s aggregate, {:>5.2}% lost, {} retransmitted, server {:.3} CPU s/GB",
+            for &delivery in &cfg.deliveries {
+                for (size, name) in &names {
+                    for &clients in &cfg.clients {
+                        for rep in 1..=cfg.reps {
+                            let point = Point {
+                                engine,
+                                mode,
+                                delivery,
+                                size: *size,
+                                name,
+                                clients,
+                                rep,
+                            };
+                            let r = one_run(&server, cfg, &point)?;
+                            eprintln!(
+                            "{:>7} {:>8} {:>9} {:>10} x{:<3} rep {rep}: {:>8.1} MiB/s aggregate, {:.3} s, server sent {:.1} MiB, {:>5.2}% lost, {} retransmitted, server {:.3} CPU s/GB",
                             r.engine,
                             r.mode,
+                            r.delivery,
                             name,
                             clients,
                             r.goodput_bps / 8.0 / 1048576.0,
+                            r.duration_s,
+                            r.server_bytes_sent as f64 / 1048576.0,
                             r.loss_pct,
                             r.retransmitted,
                             r.server_cpu_s_per_gb
                         );
-                        runs.push(r);
+                            runs.push(r);
+                        }
                     }
                 }
             }
@@ -262,6 +327,7 @@ fn cells(runs: &[Run]) -> Vec<Cell> {
         if out.iter().any(|c| {
             c.engine == r.engine
                 && c.mode == r.mode
+                && c.delivery == r.delivery
                 && c.size_bytes == r.size_bytes
                 && c.clients == r.clients
         }) {
@@ -272,6 +338,7 @@ fn cells(runs: &[Run]) -> Vec<Cell> {
             .filter(|x| {
                 x.engine == r.engine
                     && x.mode == r.mode
+                    && x.delivery == r.delivery
                     && x.size_bytes == r.size_bytes
                     && x.clients == r.clients
             })
@@ -280,6 +347,7 @@ fn cells(runs: &[Run]) -> Vec<Cell> {
         out.push(Cell {
             engine: r.engine,
             mode: r.mode,
+            delivery: r.delivery,
             size_bytes: r.size_bytes,
             clients: r.clients,
             reps: same.len(),
@@ -290,6 +358,8 @@ fn cells(runs: &[Run]) -> Vec<Cell> {
             retransmitted: m(|x| x.retransmitted as f64),
             server_cpu_s_per_gb: m(|x| x.server_cpu_s_per_gb),
             p99_one_way_delay_us: m(|x| x.p99_one_way_delay_us as f64),
+            duration_s: m(|x| x.duration_s),
+            server_bytes_sent: m(|x| x.server_bytes_sent as f64),
             all_intact_every_rep: same.iter().all(|x| x.all_intact),
         });
     }
@@ -307,13 +377,16 @@ pub fn table(cells: &[Cell]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:>7} {:>8} {:>8} {:>7} {:>12} {:>12} {:>12} {:>8} {:>8} {:>12} {:>9}  intact",
+        "{:>7} {:>8} {:>9} {:>8} {:>7} {:>12} {:>12} {:>9} {:>12} {:>12} {:>8} {:>8} {:>12} {:>9}  intact",
         "engine",
         "mode",
+        "delivery",
         "size",
         "clients",
         "aggr MiB/s",
         "client MiB/s",
+        "all done s",
+        "server MiB",
         "bytes lost",
         "lost %",
         "retrans",
@@ -323,13 +396,16 @@ pub fn table(cells: &[Cell]) -> String {
     for c in cells {
         let _ = writeln!(
             s,
-            "{:>7} {:>8} {:>8} {:>7} {:>12.1} {:>12.1} {:>12.0} {:>8.3} {:>8.0} {:>12.3} {:>9.0}  {}",
+            "{:>7} {:>8} {:>9} {:>8} {:>7} {:>12.1} {:>12.1} {:>9.3} {:>12.1} {:>12.0} {:>8.3} {:>8.0} {:>12.3} {:>9.0}  {}",
             c.engine,
             c.mode,
+            c.delivery,
             size_label(c.size_bytes),
             c.clients,
             c.goodput_bps / 8.0 / 1048576.0,
             c.per_client_bps / 8.0 / 1048576.0,
+            c.duration_s,
+            c.server_bytes_sent / 1048576.0,
             c.bytes_lost,
             c.loss_pct,
             c.retransmitted,
@@ -374,7 +450,10 @@ fn write_outputs(cfg: &BenchConfig, runs: &[Run], cells: &[Cell]) -> anyhow::Res
     let series = |f: fn(&Cell) -> f64| -> Vec<(String, Vec<(f64, f64)>)> {
         let mut out: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
         for c in cells {
-            let key = format!("{} {} {}", c.engine, c.mode, size_label(c.size_bytes));
+            let key = match c.delivery {
+                "unicast" => format!("{} {} {}", c.engine, c.mode, size_label(c.size_bytes)),
+                d => format!("{} {} {d} {}", c.engine, c.mode, size_label(c.size_bytes)),
+            };
             match out.iter_mut().find(|(k, _)| *k == key) {
                 Some((_, pts)) => pts.push((c.clients as f64, f(c))),
                 None => out.push((key, vec![(c.clients as f64, f(c))])),
@@ -403,6 +482,20 @@ fn write_outputs(cfg: &BenchConfig, runs: &[Run], cells: &[Cell]) -> anyhow::Res
     Ok(())
 }
 
+/// Whether loopback carries multicast (its MULTICAST flag).
+fn loopback_multicast() -> bool {
+    let flags = std::fs::read_to_string("/sys/class/net/lo/flags").unwrap_or_default();
+    u32::from_str_radix(flags.trim().trim_start_matches("0x"), 16)
+        .is_ok_and(|f| f & libc::IFF_MULTICAST as u32 != 0)
+}
+
+/// A UDP port free on loopback now (for the group).
+fn free_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map_or(6970, |a| a.port())
+}
+
 fn write(path: &Path, text: &str) -> anyhow::Result<()> {
     std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
 }
@@ -424,6 +517,7 @@ mod tests {
         let run = Run {
             engine: "uring",
             mode: "reliable",
+            delivery: "unicast",
             size_bytes: 100,
             clients: 5,
             rep: 1,
@@ -452,16 +546,19 @@ mod tests {
             out: dir.path().into(),
             files: dir.path().into(),
             recv_buffer: 1 << 20,
+            deliveries: vec![Delivery::Unicast],
+            multicast_rate_bps: 1_000_000_000,
         };
         let runs = vec![run.clone(), Run { rep: 2, ..run }];
         write_outputs(&cfg, &runs, &cells(&runs)).unwrap();
         let text = std::fs::read_to_string(dir.path().join("results.csv")).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 3, "{text}");
-        assert!(lines[0].starts_with("engine,mode,size_bytes,clients,rep,duration_s,goodput_bps"));
+        assert!(lines[0]
+            .starts_with("engine,mode,delivery,size_bytes,clients,rep,duration_s,goodput_bps"));
         assert_eq!(lines[0].split(',').count(), lines[2].split(',').count());
         assert!(
-            lines[2].starts_with("uring,reliable,100,5,2,0.5,1600.0"),
+            lines[2].starts_with("uring,reliable,unicast,100,5,2,0.5,1600.0"),
             "{}",
             lines[2]
         );
