@@ -60,6 +60,8 @@
 #        CASES="floor ringblast uftp unicast" (which measurements, in order)
 #        JSON=FILE (a summary as JSON)  BIN=path (the ringblast binary; built if missing)
 #        GATHER=DURATION (serve --multicast-gather; default the server's)
+#        LOSSY=N:PERMILLE (receiver N loses that many per thousand instead)
+#        SLOW=N:RATE (receiver N's switch port shaped to RATE, e.g. 100mbit)
 #        FLOOR_DIR=/work/shared/tools/mcast-floor
 #        QUIET_WAIT=30 (before each run, wait up to that many seconds for the CPUs to be < 25%
 #          busy; each run notes how busy they were: on 2 cores a build alongside skews it all)
@@ -143,14 +145,22 @@ testbed_up() {
   for i in $(seq "$k"); do
     ns=$(mt_recv_ns "$i")
     mt_host "$ns" "p-r$i" "$(mt_recv_addr "$i")"
+    # LOSSY=N:PERMILLE: receiver N loses that much instead; SLOW=N:RATE: its port on the switch
+    # is shaped to RATE (a slower link than the others').
+    [ -n "${LOSSY:-}" ] && [ "${LOSSY%%:*}" = "$i" ] && loss=${LOSSY#*:}
+    [ -n "${SLOW:-}" ] && [ "${SLOW%%:*}" = "$i" ] && ip netns exec $MT_SW tc qdisc add dev "p-r$i" root tbf \
+      rate "${SLOW#*:}" burst 256kb latency 50ms
     if [ "$loss" -gt 0 ]; then
       ip netns exec "$ns" nft add table inet rbm
       ip netns exec "$ns" nft add chain inet rbm in '{ type filter hook input priority 0; }'
       ip netns exec "$ns" nft add rule inet rbm in meta l4proto udp numgen random mod 1000 \< "$loss" counter drop
     fi
+    loss=${LOSS_PERMILLE:-20}
   done
   # nftables would drop a whole UDP GSO burst as one packet (one loss of up to 64 datagrams).
-  [ "$loss" -gt 0 ] && ip netns exec $MT_S ethtool -K $MT_DEV tx-udp-segmentation off > /dev/null
+  if [ "$loss" -gt 0 ] || [ -n "${LOSSY:-}" ]; then
+    ip netns exec $MT_S ethtool -K $MT_DEV tx-udp-segmentation off > /dev/null
+  fi
   ip netns exec $MT_S tc qdisc add dev $MT_DEV root tbf rate "${RATE:-1gbit}" \
     burst "${BURST:-256kb}" latency "${QUEUE:-50ms}"
   # Every port forwarding before anyone sends (no STP, but be sure).
@@ -444,7 +454,7 @@ rb_run() {
   mt_stop "$srv"
   RUN_NOTE="intact=$intact/$RECEIVERS"
   if [ "$how" = multicast ]; then
-    RUN_NOTE+=" $(python3 - "$W/rb" "$RECEIVERS" << 'PY'
+    RUN_NOTE+=" $(LOSSY=${LOSSY:-} SLOW=${SLOW:-} python3 - "$W/rb" "$RECEIVERS" << 'PY'
 import json, re, sys
 d, n = sys.argv[1], int(sys.argv[2])
 uni = rebuilt = fallbacks = 0
@@ -460,10 +470,24 @@ for i in range(1, n + 1):
         print(f"late-joiner(r{i} from block {late})", end=" ")
     rebuilt += m.get("rebuilt", 0)
     fallbacks += 1 if m.get("fallback") or not m else 0
+import os
+odd = {int(x.split(":")[0]) for x in (os.environ.get("LOSSY", ""), os.environ.get("SLOW", "")) if x}
+times = {}
+for i in range(1, n + 1):
+    try:
+        times[i] = json.load(open(f"{d}/r{i}.json"))["clients"][0]["duration_s"]
+    except Exception:
+        pass
+others = [t for i, t in times.items() if i not in odd]
+if others:
+    print("others-max=%.3fs others-median=%.3fs" % (max(others), sorted(others)[len(others) // 2]), end=" ")
+for i in sorted(odd):
+    if i in times:
+        print("r%d=%.3fs" % (i, times[i]), end=" ")
 line = next((l for l in open(f"{d}/serve.log") if "members, " in l), "")
 g = re.search(r"(\d+) members, .*?(\d+) sources, (\d+) repairs \((\d+) proactive, (\d+) on feedback.*?(\d+) feedbacks read", line)
 grp = "sources=%s repairs=%s(proactive %s) feedback=%s" % (g.group(2), g.group(3), g.group(4), g.group(6)) if g else "no-group-summary"
-moved = len(re.findall("goes on by unicast", open(f"{d}/serve.log").read()))
+moved = len(re.findall("no more repairs for it", open(f"{d}/serve.log").read()))
 print(f"{grp} rebuilt={rebuilt} unicast-datagrams={uni} moved-to-unicast={moved} fallbacks={fallbacks}")
 PY
 )"

@@ -478,7 +478,7 @@ fn a_blast_transmission_sends_once_and_repairs_nothing() {
     assert!(now < t + Duration::from_millis(100), "{:?}", now - t);
 }
 
-/// Ten members losing 1% and one losing 15%: the lossy one is moved to unicast within a few
+/// Ten members losing 1% and one losing 15%: the lossy one is no longer served within a few
 /// loss windows, so its repairs stop costing the others; they finish whole, with few repairs,
 /// and the group's pace stays where it was.
 #[test]

@@ -18,8 +18,9 @@
 //!   50 ms (the group's datagrams sent against what its feedback says it received). Above 5%
 //!   at the median member the group slows by a fifth per window, below it speeds up again by
 //!   a sixteenth of the configured rate: random loss of a few percent is repaired, not taken
-//!   for congestion. A member losing more than 8% and three times the median, two windows in
-//!   a row (a slow or lossy path), is moved to unicast: its repairs would slow everyone.
+//!   for congestion. A member losing more than 8% and three times the median, three windows in
+//!   a row (a slow or lossy path), is no longer served: its repairs would slow everyone; it
+//!   keeps what the group brings and fetches the rest by unicast after the group.
 //! - When every source is sent, `GROUP_END` goes out; repairs continue while lacks come; after
 //!   `linger` without one, `GROUP_END last` ends the transmission (three times).
 
@@ -88,7 +89,7 @@ const CONGESTION_LOSS: f64 = 0.05;
 /// lossy for the group's pace, and its repairs would slow everyone.
 const EVICT_LOSS: f64 = 0.08;
 const EVICT_FACTOR: f64 = 3.0;
-const EVICT_WINDOWS: u32 = 2;
+const EVICT_WINDOWS: u32 = 3;
 /// The slowest the group goes, as a share of its configured rate.
 const MIN_RATE_SHARE: f64 = 1.0 / 32.0;
 
@@ -193,8 +194,9 @@ impl GroupSender {
         self.rate_bps
     }
 
-    /// Members moved to unicast since the last call: each is to be told (a `GROUP_END last`
-    /// of its own), and its feedback is no longer read.
+    /// Members no longer served since the last call (for the log): their feedback is no
+    /// longer read, so their lacks cost the group nothing; they keep what the group brings
+    /// and fetch the rest by unicast once it ends.
     pub fn take_evicted(&mut self) -> Vec<u32> {
         std::mem::take(&mut self.evicted)
     }

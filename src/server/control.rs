@@ -529,15 +529,13 @@ impl Control {
             Some(g) => g.feedback(fb, now),
             None => return,
         };
-        for (session, end) in evicted {
-            if let Some(e) = self.sessions.of_session(session) {
-                let peer = e.session.peer;
-                tracing::info!(
-                    "[GROUP {:08x}] session {session:08x} ({peer}) loses far more than the rest of the group: it goes on by unicast",
-                    fb.group
-                );
-                self.send(peer, &end);
-            }
+        for session in evicted {
+            let peer = self.sessions.of_session(session).map(|e| e.session.peer);
+            tracing::info!(
+                "[GROUP {:08x}] session {session:08x} ({}) loses far more than the rest of the group: no more repairs for it; it finishes by unicast after the group",
+                fb.group,
+                peer.map_or("gone".to_string(), |p| p.to_string())
+            );
         }
     }
 
