@@ -8,7 +8,8 @@
 
 mod common;
 use common::netns::{Lan, LAN_SENDER, LAN_SENDER_V6};
-use common::{random_bytes, serve, Serve, BIN};
+use common::{random_bytes, serve, RawClient, Serve, BIN};
+use ringblast::protocol::{get_flags, Message, Mode};
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -109,7 +110,7 @@ fn get(server: &str, clients: usize, out: &Path, extra: &[&str]) -> (Output, Val
     let o = Command::new(BIN)
         .args([
             "get",
-            "f",
+            NAME,
             "--server",
             server,
             "--multicast",
@@ -136,17 +137,21 @@ fn copies(v: &Value) -> Vec<Value> {
 
 fn file_copy(out: &Path, clients: usize, i: usize) -> Vec<u8> {
     let name = if clients == 1 {
-        "f".to_string()
+        NAME.to_string()
     } else {
-        format!("f.{i}")
+        format!("{NAME}.{i}")
     };
     std::fs::read(out.join(name)).unwrap()
 }
 
+/// The served file's name: a GET for it is long enough for JOIN and META together to stay
+/// within three times its size, with an IPv6 group too.
+const NAME: &str = "f.bin";
+
 fn setup(size: usize) -> (tempfile::TempDir, tempfile::TempDir, Vec<u8>) {
     let dir = tempfile::tempdir().unwrap();
     let data = random_bytes(size);
-    std::fs::write(dir.path().join("f"), &data).unwrap();
+    std::fs::write(dir.path().join(NAME), &data).unwrap();
     (dir, tempfile::tempdir().unwrap(), data)
 }
 
@@ -380,7 +385,7 @@ fn lan_run_on(
         .zip(outs.iter().map(|d| d.path().to_path_buf()))
         .map(|(ns, out)| {
             let mut c = lan.command(&ns, BIN);
-            c.args(["get", "f", "--server", &server, "--multicast"])
+            c.args(["get", NAME, "--server", &server, "--multicast"])
                 .arg("--out")
                 .arg(&out)
                 .args(["--quiet", "--timeout", "10s", "--json"])
@@ -392,7 +397,7 @@ fn lan_run_on(
     for (run, out) in runs.into_iter().zip(&outs) {
         let o = run.join().unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        assert!(std::fs::read(out.path().join("f")).unwrap() == data);
+        assert!(std::fs::read(out.path().join(NAME)).unwrap() == data);
         let v: Value =
             serde_json::from_str(&std::fs::read_to_string(out.path().join("report.json")).unwrap())
                 .unwrap();
@@ -489,4 +494,46 @@ fn an_ipv6_group_works() {
         assert_eq!(m["unicast_datagrams"], 0, "{m}");
     }
     assert!(log.contains("2 members"), "{log}");
+}
+
+/// The answer to a multicast GET (JOIN and META) is at most three times the GET, as every
+/// answer to a request: a one-letter name asks too little for an IPv6 group's JOIN, and is
+/// served by unicast; with an IPv4 group its JOIN fits.
+#[test]
+fn a_multicast_get_is_answered_with_at_most_three_times_its_size() {
+    if !loopback_multicast() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("f"), random_bytes(100_000)).unwrap();
+    for (group, joins) in [("239.255.77.250", true), ("[ff15::7a]", false)] {
+        let port = common::free_port().to_string();
+        let g = format!("{group}:{port}");
+        let srv = serve(dir.path(), &["--multicast", &g]);
+        let mut c = RawClient::new(srv.addr);
+        let token = c.token();
+        let get = Message::Get {
+            token,
+            request_id: 7,
+            mode: Mode::Reliable,
+            window_bytes: 1 << 20,
+            max_datagram: 0,
+            flags: get_flags::MULTICAST,
+            name: "f",
+        };
+        let request = get.to_vec().len();
+        let first = c.get(&get);
+        let mut answer = first.len();
+        let join = matches!(Message::parse(&first), Ok(Message::Join(_)));
+        if join {
+            let meta = c.recv_control().unwrap();
+            assert!(matches!(Message::parse(&meta), Ok(Message::Meta(_))));
+            answer += meta.len();
+        }
+        assert_eq!(join, joins, "{group}");
+        assert!(
+            answer <= 3 * request,
+            "{answer} bytes for a {request}-byte GET"
+        );
+    }
 }

@@ -80,9 +80,9 @@ pub enum Message<'a> {
     Done { session: u32, status: DoneStatus },
     /// S→C `END session:u32 datagrams:u32`: blast mode, the server sent every datagram once.
     End { session: u32, datagrams: u32 },
-    /// S→C `JOIN request_id:u32 session:u32 group:u32 family:u8 addr:[16] port:u16 k:u16
-    /// parity:u16 first_block:u32 feedback_ms:u16` (family 4: the address's first 4 bytes,
-    /// zeros after; 6: all 16): after `META`, the group that carries the file.
+    /// S→C `JOIN request_id:u32 session:u32 group:u32 family:u8 addr:[4 or 16] port:u16 k:u16
+    /// parity:u16 first_block:u32 feedback_ms:u16` (family 4: a 4-byte address; 6: 16 bytes):
+    /// before `META`, the group that carries the file.
     Join(Join),
     /// C→S `FEEDBACK session:u32 group:u32 whole_below:u32 seen_end:u32 sources_received:u64
     /// count:u16 {block:u32 missing:u16 repairs_seen:u16}*`: a group receiver's progress and
@@ -314,13 +314,9 @@ impl<'a> Message<'a> {
             },
             kind::JOIN => {
                 let (request_id, session, group) = (r.u32()?, r.u32()?, r.u32()?);
-                let family = r.u8()?;
-                let raw: [u8; 16] = r.array()?;
-                let ip = match family {
-                    4 if raw[4..] == [0; 12] => {
-                        IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))
-                    }
-                    6 => IpAddr::V6(Ipv6Addr::from(raw)),
+                let ip = match r.u8()? {
+                    4 => IpAddr::V4(Ipv4Addr::from(r.array::<4>()?)),
+                    6 => IpAddr::V6(Ipv6Addr::from(r.array::<16>()?)),
                     _ => return Err(WireError::Malformed("group address")),
                 };
                 if !ip.is_multicast() {
@@ -522,18 +518,16 @@ impl<'a> Message<'a> {
                 for v in [j.request_id, j.session, j.group] {
                     out.extend_from_slice(&v.to_be_bytes());
                 }
-                let mut raw = [0u8; 16];
                 match j.addr.ip() {
                     IpAddr::V4(a) => {
                         out.push(4);
-                        raw[..4].copy_from_slice(&a.octets());
+                        out.extend_from_slice(&a.octets());
                     }
                     IpAddr::V6(a) => {
                         out.push(6);
-                        raw = a.octets();
+                        out.extend_from_slice(&a.octets());
                     }
                 }
-                out.extend_from_slice(&raw);
                 for v in [j.addr.port(), j.k, j.parity] {
                     out.extend_from_slice(&v.to_be_bytes());
                 }

@@ -322,3 +322,31 @@ proptest! {
         }
     }
 }
+
+/// A META on the wire is the length the server's amplification check counts (93 bytes); a
+/// JOIN of an IPv4 group 37, of an IPv6 one 49.
+#[test]
+fn meta_and_join_lengths() {
+    let meta = Message::Meta(Meta {
+        request_id: 1,
+        session: 2,
+        file_size: 3,
+        payload_size: 1440,
+        mode: Mode::Reliable,
+        manifest_hash: [0; 32],
+        content_hash: [0; 32],
+    });
+    assert_eq!(meta.to_vec().len(), 93);
+    let join = |addr: &str| Join {
+        request_id: 0,
+        session: 0,
+        group: 0,
+        addr: addr.parse().unwrap(),
+        k: 256,
+        parity: 64,
+        first_block: 0,
+        feedback_ms: 10,
+    };
+    assert_eq!(Message::Join(join("239.1.2.3:7000")).to_vec().len(), 37);
+    assert_eq!(Message::Join(join("[ff15::1]:7000")).to_vec().len(), 49);
+}

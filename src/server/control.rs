@@ -62,6 +62,8 @@ struct PendingGet {
     send_path: SendPath,
     /// The client would take the file from the multicast group.
     multicast: bool,
+    /// The GET's length: its answer (JOIN and META) may be at most three times as long.
+    request_len: usize,
 }
 
 pub(super) struct Control {
@@ -411,6 +413,7 @@ impl Control {
                     // A server without a group serves by unicast: the client sees no JOIN
                     // and says so.
                     multicast: flags & get_flags::MULTICAST != 0 && self.groups.is_some(),
+                    request_len: dgram.len(),
                 });
             }
             Message::Ack(ack) => self.ack(src, &ack),

@@ -110,6 +110,22 @@ impl Groups {
         &self.cfg
     }
 
+    /// Bytes of a JOIN for this group on the wire.
+    pub(super) fn join_len(&self) -> usize {
+        Message::Join(Join {
+            request_id: 0,
+            session: 0,
+            group: 0,
+            addr: self.cfg.group,
+            k: 0,
+            parity: 0,
+            first_block: 0,
+            feedback_ms: 0,
+        })
+        .to_vec()
+        .len()
+    }
+
     /// Adds unicast session `session` (of GET `request_id`) to a transmission of `file` in
     /// `mode`, starting one if none is open: the `JOIN` to send, or `None` when this file
     /// cannot go by multicast (an odd payload size at the 65507-byte maximum, whose repair
