@@ -277,6 +277,23 @@ fn a_late_joiner_gets_what_it_missed_by_unicast() {
         "the blocks before its first came by unicast: {late}"
     );
     assert!(late["sources"].as_u64().unwrap() > 0, "{late}");
+    // The server sums up what its members fetched by unicast once both are done.
+    let t = Instant::now();
+    let line = loop {
+        let log = srv.log();
+        if let Some(l) = log.lines().find(|l| l.contains("every member done")) {
+            break l.to_string();
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "{log}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let bytes: u64 = line
+        .split(" repaired ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(line.contains("2 sessions") && bytes > 0, "{line}");
 }
 
 /// Blast over multicast: every datagram once, nothing repaired, the loss measured per

@@ -252,6 +252,7 @@ impl Control {
             let done = g.shutdown();
             self.report_groups(done);
         }
+        self.report_settled();
         self.scanner.stop();
         let st = &self.stats;
         let n = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
@@ -548,6 +549,28 @@ impl Control {
             log_summary(&s);
             if self.cfg.json {
                 let line = serde_json::json!({ "group": s.json() });
+                use std::io::Write;
+                let _ = writeln!(std::io::stdout().lock(), "{line}");
+            }
+        }
+    }
+
+    /// Logs (and with `--json` prints) what the members of each ended transmission fetched
+    /// by unicast, once the last of them is done.
+    pub(super) fn report_settled(&mut self) {
+        let Some(g) = &mut self.groups else {
+            return;
+        };
+        for (group, bytes, sessions) in g.take_settled() {
+            tracing::info!(
+                "[GROUP {group:08x}] every member done: {sessions} sessions repaired {bytes} bytes by unicast"
+            );
+            if self.cfg.json {
+                let line = serde_json::json!({ "group_repair": {
+                    "group": format!("{group:08x}"),
+                    "sessions": sessions,
+                    "unicast_bytes": bytes,
+                }});
                 use std::io::Write;
                 let _ = writeln!(std::io::stdout().lock(), "{line}");
             }

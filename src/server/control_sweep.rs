@@ -11,7 +11,7 @@ impl Control {
         use crate::report::{bits_per_second, escape, plural, MIB};
         while let Ok(s) = self.summaries.try_recv() {
             if let (Some(g), Ok(id)) = (&mut self.groups, u32::from_str_radix(&s.session, 16)) {
-                g.leave(id);
+                g.leave(id, s.bytes_sent);
             }
             let mut problems = String::new();
             if s.send_errors > 0 {
@@ -132,6 +132,7 @@ impl Control {
             let done = g.reap();
             self.report_groups(done);
         }
+        self.report_settled();
         for (peer, code, text) in self.sessions.sweep(self.cfg.idle_timeout) {
             self.error(peer, 0, code, &text);
         }

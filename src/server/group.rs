@@ -90,6 +90,10 @@ pub(super) struct Groups {
     gso: bool,
     live: HashMap<u32, (Arc<Transmission>, JoinHandle<GroupSummary>)>,
     members: HashMap<u32, u32>,
+    /// What the members of each transmission fetched by unicast (bytes, sessions) so far.
+    repairs: HashMap<u32, (u64, u64)>,
+    /// Transmissions whose members have all ended: (group, unicast bytes, sessions).
+    settled: Vec<(u32, u64, u64)>,
 }
 
 impl Groups {
@@ -103,6 +107,8 @@ impl Groups {
             gso,
             live: HashMap::new(),
             members: HashMap::new(),
+            repairs: HashMap::new(),
+            settled: Vec::new(),
         })
     }
 
@@ -260,13 +266,34 @@ impl Groups {
         evicted
     }
 
-    /// Session `session` ended: it is no member any more.
-    pub(super) fn leave(&mut self, session: u32) {
-        if let Some(group) = self.members.remove(&session) {
-            if let Some((tx, _)) = self.live.get(&group) {
-                tx.sender.lock().expect("group sender").leave(session);
-            }
+    /// Session `session` ended, having sent `unicast_bytes` (its repair of what the group
+    /// did not deliver): it is no member any more.
+    pub(super) fn leave(&mut self, session: u32, unicast_bytes: u64) {
+        let Some(group) = self.members.remove(&session) else {
+            return;
+        };
+        if let Some((tx, _)) = self.live.get(&group) {
+            tx.sender.lock().expect("group sender").leave(session);
         }
+        let r = self.repairs.entry(group).or_default();
+        r.0 += unicast_bytes;
+        r.1 += 1;
+        self.settle(group);
+    }
+
+    /// Records `group` as settled once its thread has ended and its last member has left.
+    fn settle(&mut self, group: u32) {
+        if self.live.contains_key(&group) || self.members.values().any(|&g| g == group) {
+            return;
+        }
+        let (bytes, sessions) = self.repairs.remove(&group).unwrap_or_default();
+        self.settled.push((group, bytes, sessions));
+    }
+
+    /// Transmissions over whose members have all ended since the last call: (group, bytes
+    /// their sessions sent by unicast, sessions).
+    pub(super) fn take_settled(&mut self) -> Vec<(u32, u64, u64)> {
+        std::mem::take(&mut self.settled)
     }
 
     /// The transmissions that ended, with what they did.
@@ -280,11 +307,11 @@ impl Groups {
         let mut out = Vec::new();
         for id in done {
             let (_, h) = self.live.remove(&id).expect("listed");
-            self.members.retain(|_, g| *g != id);
             match h.join() {
                 Ok(s) => out.push(s),
                 Err(_) => tracing::error!("bug: multicast transmission {id:08x} panicked"),
             }
+            self.settle(id);
         }
         out
     }
