@@ -554,3 +554,45 @@ fn a_multicast_get_is_answered_with_at_most_three_times_its_size() {
         );
     }
 }
+
+/// A transmission is a thread: at most MAX_TRANSMISSIONS run at once, and a multicast GET of
+/// one more file is served by unicast (META without JOIN).
+#[test]
+fn transmissions_are_bounded_and_one_more_file_goes_by_unicast() {
+    if !loopback_multicast() {
+        return;
+    }
+    let max = ringblast::server::group::MAX_TRANSMISSIONS;
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..=max {
+        std::fs::write(dir.path().join(format!("file{i:02}")), random_bytes(10_000)).unwrap();
+    }
+    let (group, port) = group();
+    // A long gathering window: every transmission is still waiting when the last GET comes.
+    let srv = group_server(dir.path(), &group, port, &["--multicast-gather", "10s"]);
+    let mut joined = 0;
+    for i in 0..=max {
+        // A client each: no answer to an earlier GET is left in its socket.
+        let mut c = RawClient::new(srv.addr);
+        let name = format!("file{i:02}");
+        let get = Message::Get {
+            token: c.token(),
+            request_id: i as u32 + 1,
+            mode: Mode::Reliable,
+            window_bytes: 1 << 20,
+            max_datagram: 0,
+            flags: get_flags::MULTICAST,
+            name: &name,
+        };
+        let first = c.get(&get);
+        match Message::parse(&first) {
+            Ok(Message::Join(_)) => {
+                joined += 1;
+                let _meta = c.recv_control().unwrap();
+            }
+            Ok(Message::Meta(_)) => assert_eq!(i, max, "only the one past the bound"),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(joined, max);
+}

@@ -18,8 +18,10 @@ use crate::report::copy::MulticastReport;
 /// How long a member waits for a group datagram (from its JOIN, or since the last) before it
 /// goes on by unicast: the server's gathering window, and a margin.
 pub(super) const GROUP_SILENCE: Duration = Duration::from_secs(3);
-/// Most bytes of incomplete blocks a member holds (their gaps go to unicast past it).
-const MAX_PENDING_BYTES: usize = 256 << 20;
+/// Most bytes of incomplete blocks the members of one `get` hold in all (their gaps go to
+/// unicast past it): each sub-client holds its share, at least [`MIN_PENDING_BYTES`].
+const PENDING_BYTES: usize = 512 << 20;
+const MIN_PENDING_BYTES: usize = 8 << 20;
 
 enum State {
     /// The driver has been asked for the group's socket.
@@ -50,8 +52,9 @@ pub(super) struct GroupPart {
 }
 
 impl GroupPart {
-    /// The group part of a copy of `meta`'s file, if the server's block plan makes sense.
-    pub(super) fn new(join: Join, meta: &Meta, now: Instant) -> Option<GroupPart> {
+    /// The group part of a copy of `meta`'s file (one of `clients` sub-clients), if the
+    /// server's block plan makes sense.
+    pub(super) fn new(join: Join, meta: &Meta, clients: usize, now: Instant) -> Option<GroupPart> {
         let plan = BlockPlan::announced(
             meta.file_size,
             meta.payload_size,
@@ -60,7 +63,13 @@ impl GroupPart {
         )?;
         let interval = Duration::from_millis(join.feedback_ms.max(1) as u64);
         Some(GroupPart {
-            rx: GroupReceiver::new(plan, join.first_block, interval, MAX_PENDING_BYTES, now),
+            rx: GroupReceiver::new(
+                plan,
+                join.first_block,
+                interval,
+                (PENDING_BYTES / clients.max(1)).clamp(MIN_PENDING_BYTES, 256 << 20),
+                now,
+            ),
             join,
             state: State::Asked,
             joined_at: now,

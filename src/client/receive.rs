@@ -157,8 +157,9 @@ impl DataReceiver {
 
     /// Takes the file from the group `join` names first (see `group.rs`): no ACK goes until
     /// the group part ends. False (unicast from the start) when its block plan is invalid.
-    pub(super) fn join_group(&mut self, join: Join, now: Instant) -> bool {
-        self.group = GroupPart::new(join, &self.meta, now);
+    /// `clients`: the sub-clients of this `get`, who share a bound on what they hold.
+    pub(super) fn join_group(&mut self, join: Join, clients: usize, now: Instant) -> bool {
+        self.group = GroupPart::new(join, &self.meta, clients, now);
         self.group.is_some()
     }
 

@@ -435,7 +435,7 @@ impl SubClient {
             out: &mut self.outbox,
         };
         let grouped = match join {
-            Some(j) if cfg.multicast => rx.join_group(j, now),
+            Some(j) if cfg.multicast => rx.join_group(j, self.clients, now),
             _ => false,
         };
         if cfg.multicast && !grouped {

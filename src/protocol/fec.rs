@@ -77,8 +77,10 @@ impl BlockPlan {
     /// A plan as announced by a server: `None` when the numbers make no sense (a receiver
     /// drops such an announcement).
     pub fn announced(file_size: u64, payload_size: u32, k: u32, parity: u32) -> Option<Self> {
+        // At least MIN_BLOCK_SOURCES sources a block: what a receiver keeps per block is
+        // then bounded by the datagrams it already accepted.
         let ok = payload_size > 0
-            && (1..=MAX_BLOCK_SOURCES).contains(&k)
+            && (MIN_BLOCK_SOURCES..=MAX_BLOCK_SOURCES).contains(&k)
             && (1..=MAX_BLOCK_SOURCES).contains(&parity)
             && reed_solomon_simd::ReedSolomonEncoder::supports(k as usize, parity as usize);
         ok.then_some(BlockPlan {
@@ -327,6 +329,7 @@ mod tests {
         assert!(odd.sources(1).is_empty());
         assert_eq!(BlockPlan::for_file(0, 1440).blocks(), 0);
         assert!(BlockPlan::announced(1, 1440, 0, 4).is_none());
+        assert!(BlockPlan::announced(1, 1440, 3, 4).is_none());
         assert!(BlockPlan::announced(1, 1440, 257, 4).is_none());
         assert!(BlockPlan::announced(1, 0, 8, 4).is_none());
         assert!(BlockPlan::announced(1, 1440, 8, 4).is_some());

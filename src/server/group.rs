@@ -33,6 +33,8 @@ use crate::protocol::{
 };
 use crate::sys::multicast;
 
+/// Most transmissions at once (a thread each): GETs for more files at once go by unicast.
+pub const MAX_TRANSMISSIONS: usize = 16;
 /// The group port when `--multicast` names none.
 pub const DEFAULT_GROUP_PORT: u16 = 6970;
 /// How long the first GET of a file waits for others to share its transmission.
@@ -135,7 +137,8 @@ impl Groups {
     /// Adds unicast session `session` (of GET `request_id`) to a transmission of `file` in
     /// `mode`, starting one if none is open: the `JOIN` to send, or `None` when this file
     /// cannot go by multicast (an odd payload size at the 65507-byte maximum, whose repair
-    /// datagrams would not fit; or no thread could be started).
+    /// datagrams would not fit; [`MAX_TRANSMISSIONS`] running already; or no thread could be
+    /// started).
     pub(super) fn join(
         &mut self,
         file: &Arc<ScannedFile>,
@@ -155,6 +158,7 @@ impl Groups {
         });
         let tx = match open {
             Some((t, _)) => t.clone(),
+            None if self.live.len() >= MAX_TRANSMISSIONS => return None,
             None => self.start(file, mode, key, plan, now)?,
         };
         let (first_block, interval) = {
