@@ -71,6 +71,8 @@ pub struct GroupSummary {
 struct Transmission {
     id: u32,
     key: (String, u32, Mode),
+    /// The scan it sends (a file changed and scanned again is another transmission's).
+    file: Arc<ScannedFile>,
     plan: BlockPlan,
     sender: Mutex<GroupSender>,
     stop: AtomicBool,
@@ -154,7 +156,10 @@ impl Groups {
         let key = (file.name.clone(), file.payload_size, mode);
         let open = self.live.values().find(|(t, _)| {
             let s = t.sender.lock().expect("group sender");
-            t.key == key && !t.stop.load(Ordering::Relaxed) && s.next_block() < t.plan.blocks()
+            t.key == key
+                && Arc::ptr_eq(&t.file, file)
+                && !t.stop.load(Ordering::Relaxed)
+                && s.next_block() < t.plan.blocks()
         });
         let tx = match open {
             Some((t, _)) => t.clone(),
@@ -200,6 +205,7 @@ impl Groups {
         let tx = Arc::new(Transmission {
             id,
             key,
+            file: file.clone(),
             plan,
             sender: Mutex::new(sender),
             stop: AtomicBool::new(false),
