@@ -978,3 +978,61 @@ fn extreme_values_never_panic() {
         }
     }
 }
+
+/// A long `bench` shows its progress (run k of n, elapsed, time left), and Ctrl-C keeps what
+/// it measured: the table and the result files of the runs done, exit 130.
+#[test]
+fn ctrl_c_during_bench_keeps_the_runs_measured() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = dir.path().join("files");
+    let out = dir.path().join("out");
+    let mut child = Command::new(BIN)
+        .args([
+            "bench",
+            "--sizes",
+            "256MiB",
+            "--clients",
+            "1,2",
+            "--reps",
+            "100",
+        ])
+        .args(["--engines", "uring", "--modes", "reliable", "--files"])
+        .arg(&files)
+        .arg("--out")
+        .arg(&out)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Until a few runs are done.
+    let t = Instant::now();
+    while !out.exists() || t.elapsed() < Duration::from_secs(2) {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            panic!("bench ended early ({status}): {err}");
+        }
+        assert!(t.elapsed() < Duration::from_secs(60), "bench never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(130), "{err}");
+    assert!(err.contains("[1/200, "), "progress lines: {err}");
+    assert!(err.contains("runs measured and kept"), "{err}");
+    assert!(table.contains("intact reps"), "{table}");
+    let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
+    assert!(csv.lines().count() >= 2, "{csv}");
+}

@@ -92,6 +92,7 @@ impl From<BenchArgs> for BenchConfig {
                 })
                 .collect(),
             multicast_rate_bps: a.multicast_rate,
+            stop: None,
         }
     }
 }
@@ -99,13 +100,23 @@ impl From<BenchArgs> for BenchConfig {
 impl BenchArgs {
     pub fn run(self) -> anyhow::Result<ExitCode> {
         logging::init("warn");
-        let cfg = BenchConfig::from(self);
-        let (_, cells) = bench::run(&cfg)?;
+        let mut cfg = BenchConfig::from(self);
+        // Ctrl-C: the run under way is dropped, the runs measured are kept, written and shown.
+        cfg.stop = Some(crate::sys::stop_on_signals());
+        let (runs, cells) = bench::run(&cfg)?;
         print!("{}", bench::table(&cells));
         println!(
             "results: {}/results.csv, results.json, throughput.svg, loss.svg",
             cfg.out.display()
         );
+        if let Some(sig) = crate::sys::stop_signal() {
+            eprintln!(
+                "ringblast: interrupted: {} runs measured and kept in {}",
+                runs.len(),
+                cfg.out.display()
+            );
+            return Ok(ExitCode::from((128 + sig).clamp(0, 255) as u8));
+        }
         Ok(ExitCode::SUCCESS)
     }
 }

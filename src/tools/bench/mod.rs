@@ -47,6 +47,9 @@ pub struct BenchConfig {
     pub deliveries: Vec<Delivery>,
     /// The group's pace for multicast runs, bits/s.
     pub multicast_rate_bps: u64,
+    /// Set (by a signal handler) to stop: the run under way is dropped, the ones measured are
+    /// kept and written.
+    pub stop: Option<&'static std::sync::atomic::AtomicBool>,
 }
 
 /// How the copies of one run travel.
@@ -157,6 +160,11 @@ fn get_config(
     g
 }
 
+/// Whether the user asked to stop.
+fn stopped(cfg: &BenchConfig) -> bool {
+    cfg.stop.is_some_and(|s| s.load(Ordering::Acquire))
+}
+
 /// One point of the matrix.
 struct Point<'a> {
     engine: EngineKind,
@@ -187,6 +195,7 @@ fn one_run(server: &Server, cfg: &BenchConfig, p: &Point<'_>) -> anyhow::Result<
     let cpu0 = cpu_time(false);
     let mut g = get_config(server, name, clients, mode, cfg.recv_buffer);
     g.multicast = delivery == Delivery::Multicast;
+    g.stop = cfg.stop;
     let reports = client::get(&g)?;
     wait_idle(server);
     if g.multicast {
@@ -237,7 +246,8 @@ fn one_run(server: &Server, cfg: &BenchConfig, p: &Point<'_>) -> anyhow::Result<
     })
 }
 
-/// Runs the matrix; returns the per-run rows and the per-cell medians.
+/// Runs the matrix; returns the per-run rows and the per-cell medians (of the runs measured
+/// before a stop, if one was asked for: see [`BenchConfig::stop`]).
 pub fn run(cfg: &BenchConfig) -> anyhow::Result<(Vec<Run>, Vec<Cell>)> {
     std::fs::create_dir_all(&cfg.out)
         .with_context(|| format!("cannot create {}", cfg.out.display()))?;
@@ -245,14 +255,28 @@ pub fn run(cfg: &BenchConfig) -> anyhow::Result<(Vec<Run>, Vec<Cell>)> {
     for &size in &cfg.sizes {
         names.push((size, crate::tools::demo::ensure_file(&cfg.files, size)?));
     }
+    if cfg.stop.is_some() {
+        // Generating a file gave the signals their default action back after it.
+        crate::sys::stop_on_signals();
+    }
     let mut runs = Vec::new();
+    let total = cfg.engines.len()
+        * cfg.modes.len()
+        * cfg.deliveries.len()
+        * names.len()
+        * cfg.clients.len()
+        * cfg.reps;
+    let started = Instant::now();
     let multicast = cfg.deliveries.contains(&Delivery::Multicast);
     if multicast && !loopback_multicast() {
         anyhow::bail!(
             "--delivery multicast runs on loopback, which carries no multicast here: `ip link set lo multicast on` (root) first"
         );
     }
-    for &engine in &cfg.engines {
+    'matrix: for &engine in &cfg.engines {
+        if stopped(cfg) {
+            break;
+        }
         let server = Server::start(ServerConfig {
             dir: cfg.files.clone(),
             bind: "127.0.0.1:0".parse().expect("literal"),
@@ -296,9 +320,21 @@ pub fn run(cfg: &BenchConfig) -> anyhow::Result<(Vec<Run>, Vec<Cell>)> {
                                 clients,
                                 rep,
                             };
+                            if stopped(cfg) {
+                                server.shutdown();
+                                break 'matrix;
+                            }
                             let r = one_run(&server, cfg, &point)?;
+                            if stopped(cfg) {
+                                // Cut short by the stop: not a measurement.
+                                server.shutdown();
+                                break 'matrix;
+                            }
+                            let done = runs.len() + 1;
+                            let elapsed = started.elapsed().as_secs_f64();
+                            let left = elapsed / done as f64 * (total - done) as f64;
                             eprintln!(
-                            "{:>7} {:>8} {:>9} {:>10} x{:<3} rep {rep}: {:>8.1} MiB/s aggregate, {:.3} s, server sent {:.1} MiB, {:>5.2}% lost, {} retransmitted, server {:.3} CPU s/GB",
+                            "[{done}/{total}, {elapsed:.0} s, ~{left:.0} s left] {:>7} {:>8} {:>9} {:>10} x{:<3} rep {rep}: {:>8.1} MiB/s aggregate, {:.3} s, server sent {:.1} MiB, {:>5.2}% lost, {} retransmitted, server {:.3} CPU s/GB",
                             r.engine,
                             r.mode,
                             r.delivery,
@@ -560,6 +596,7 @@ mod tests {
             recv_buffer: 1 << 20,
             deliveries: vec![Delivery::Unicast],
             multicast_rate_bps: 1_000_000_000,
+            stop: None,
         };
         let runs = vec![run.clone(), Run { rep: 2, ..run }];
         write_outputs(&cfg, &runs, &cells(&runs)).unwrap();
