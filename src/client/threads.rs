@@ -118,6 +118,9 @@ impl Driven {
     /// any other failure is the copy's.
     fn flush(&mut self) {
         loop {
+            // First the group socket the logic may have asked for: if it cannot be had, what
+            // the logic queues instead (its first ACK) goes out with the rest below.
+            self.open_group();
             while let Some(buf) = self.sub.outbox.pop() {
                 match socket::retry_eintr(|| self.sock.send(&buf)) {
                     Ok(_) => {}
@@ -126,7 +129,6 @@ impl Driven {
                 }
                 self.sub.outbox.recycle(buf);
             }
-            self.open_group();
             // The server has what the copy's last step queued (its last ACK, then DONE):
             // the next step, until the copy has ended.
             if !self.sub.is_closing() {
