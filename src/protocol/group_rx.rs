@@ -68,7 +68,6 @@ pub struct GroupReceiver {
     first_block: u32,
     /// A bit per block: whole, or given up.
     settled: Vec<u64>,
-    whole: u32,
     given_up: Vec<u64>,
     /// Every block in `[first_block, whole_below)` is settled.
     settled_below: u32,
@@ -114,7 +113,6 @@ impl GroupReceiver {
             blocks,
             first_block: first_block.min(blocks),
             settled: vec![0; words],
-            whole: 0,
             given_up: vec![0; words],
             settled_below: first_block.min(blocks),
             seen_end: 0,
@@ -144,8 +142,7 @@ impl GroupReceiver {
 
     /// Every block from the first this receiver was sent is whole (nothing given up).
     pub fn is_whole(&self) -> bool {
-        self.whole == self.blocks - self.first_block.min(self.blocks)
-            && (self.first_block..self.blocks).all(|b| self.is_whole_block(b))
+        (self.first_block..self.blocks).all(|b| self.is_whole_block(b))
     }
 
     /// The transmission said it will send no more repairs (`GROUP_END` with `last`).
@@ -304,8 +301,6 @@ impl GroupReceiver {
         set_bit(&mut self.settled, block);
         if given_up {
             set_bit(&mut self.given_up, block);
-        } else {
-            self.whole += 1;
         }
         while self.settled_below < self.blocks && self.is_settled(self.settled_below) {
             self.settled_below += 1;

@@ -237,7 +237,8 @@ pub struct Join {
 pub struct Feedback<'a> {
     pub session: u32,
     pub group: u32,
-    /// Every block from the receiver's first up to this one (excluded) is whole.
+    /// Every block from the receiver's first up to this one (excluded) is settled: whole, or
+    /// given up to unicast (the receiver could hold no more of it).
     pub whole_below: u32,
     /// The newest block it has received anything of, plus one (0: nothing yet).
     pub seen_end: u32,
