@@ -148,7 +148,9 @@ pub struct ServeArgs {
     /// Send group datagrams from the interface with this address [default: by route].
     #[arg(long, requires = "multicast")]
     multicast_if: Option<IpAddr>,
-    /// The group's pace, bits/s (e.g. 950M, 200M): what the slowest member's path takes.
+    /// The group's highest pace, bits/s (e.g. 950M, 200M): what the members' links carry. It
+    /// slows down by itself while most members lose much; a member losing far more than the
+    /// rest is no longer served and finishes by unicast.
     #[arg(long, default_value = "950M", value_parser = values::rate, requires = "multicast")]
     multicast_rate: u64,
     /// How long the first GET of a file waits for others to share its transmission
