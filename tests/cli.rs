@@ -8,6 +8,18 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Stops a server and returns its log (`stdout`: what it printed, piped, instead).
+/// What a piped child wrote to stderr (all of it: call once it has ended).
+fn stderr_of(child: &mut std::process::Child) -> String {
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    err
+}
+
 fn stop_and_read(srv: &mut common::Serve, stdout: bool) -> String {
     if stdout {
         srv.stop_stdout()
@@ -963,13 +975,7 @@ fn extreme_values_never_panic() {
             let _ = child.kill();
         }
         let status = child.wait().unwrap();
-        let mut err = String::new();
-        child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut err)
-            .unwrap();
+        let err = stderr_of(child);
         assert!(!err.contains("panicked"), "{args:?}: {err}");
         if !stopped {
             use std::os::unix::process::ExitStatusExt;
@@ -1008,13 +1014,7 @@ fn ctrl_c_during_bench_keeps_the_runs_measured() {
     let t = Instant::now();
     while !out.exists() || t.elapsed() < Duration::from_secs(2) {
         if let Some(status) = child.try_wait().unwrap() {
-            let mut err = String::new();
-            child
-                .stderr
-                .take()
-                .unwrap()
-                .read_to_string(&mut err)
-                .unwrap();
+            let err = stderr_of(&mut child);
             panic!("bench ended early ({status}): {err}");
         }
         assert!(t.elapsed() < Duration::from_secs(60), "bench never started");

@@ -383,18 +383,19 @@ impl DataReceiver {
     fn accept<'d>(&mut self, d: &'d [u8], arrival_ns: u64) -> Option<(u64, &'d [u8])> {
         let payload_size = self.meta.payload_size as u64;
         let now = self.clock.last_rx;
-        if peek_kind(d) == Ok(kind::REPAIR) {
-            let ok = match &mut self.group {
-                Some(g) => g.on_repair(d, now, &mut self.rebuilt),
-                None => false,
-            };
-            if !ok {
-                self.counts.malformed += 1;
-            }
-            return None;
-        }
         let (h, payload) = match DataHeader::parse(d) {
             Ok(x) => x,
+            // Off the data's path: a group's repair, or a control message.
+            Err(_) if peek_kind(d) == Ok(kind::REPAIR) => {
+                let ok = match &mut self.group {
+                    Some(g) => g.on_repair(d, now, &mut self.rebuilt),
+                    None => false,
+                };
+                if !ok {
+                    self.counts.malformed += 1;
+                }
+                return None;
+            }
             Err(_) => {
                 self.control(d);
                 return None;

@@ -57,6 +57,16 @@ struct AckSeen {
 }
 
 /// A receiver and what it writes to.
+/// What the data phase under test writes to.
+fn io<'a>(sink: &'a Sink, live: &'a ClientLive, out: &'a mut Outbox) -> DataIo<'a> {
+    DataIo {
+        server: "127.0.0.1:9".parse().unwrap(),
+        sink,
+        live,
+        out,
+    }
+}
+
 struct Rx {
     rx: DataReceiver,
     sink: Sink,
@@ -86,24 +96,14 @@ impl Rx {
         let ns = T0_NS + ms * 1_000_000;
         let batch = TestBatch::of(datagrams.into_iter().map(|d| (d, ns)));
         let now = self.at(ms);
-        let mut io = DataIo {
-            server: "127.0.0.1:9".parse().unwrap(),
-            sink: &self.sink,
-            live: &self.live,
-            out: &mut self.out,
-        };
+        let mut io = io(&self.sink, &self.live, &mut self.out);
         self.rx.on_batch(&batch, ns, &mut io, now)
     }
 
     /// The timer at `ms`; the socket found empty at `empty_ms` if given.
     fn timer(&mut self, empty_ms: Option<u64>, ms: u64) -> Result<Progress, ClientError> {
         let now = self.at(ms);
-        let mut io = DataIo {
-            server: "127.0.0.1:9".parse().unwrap(),
-            sink: &self.sink,
-            live: &self.live,
-            out: &mut self.out,
-        };
+        let mut io = io(&self.sink, &self.live, &mut self.out);
         let empty_at = empty_ms.map(|m| T0_NS + m * 1_000_000);
         let timeout = Duration::from_secs(1);
         self.rx
@@ -175,12 +175,7 @@ fn every_datagram_is_checked_before_it_counts() {
     r.batch(batch, 0).unwrap();
     let mut truncated = TestBatch::of([(good(3), T0_NS)]);
     truncated.buffers[0].0 = None;
-    let mut io = DataIo {
-        server: "127.0.0.1:9".parse().unwrap(),
-        sink: &r.sink,
-        live: &r.live,
-        out: &mut r.out,
-    };
+    let mut io = io(&r.sink, &r.live, &mut r.out);
     r.rx.on_batch(&truncated, T0_NS, &mut io, r.t0).unwrap();
     let c = &r.rx.counts;
     assert_eq!(
@@ -205,12 +200,7 @@ fn a_coalesced_buffer_is_split_into_its_datagrams() {
             Some(T0_NS),
         )],
     };
-    let mut io = DataIo {
-        server: "127.0.0.1:9".parse().unwrap(),
-        sink: &r.sink,
-        live: &r.live,
-        out: &mut r.out,
-    };
+    let mut io = io(&r.sink, &r.live, &mut r.out);
     assert_eq!(
         r.rx.on_batch(&batch, T0_NS, &mut io, r.t0).unwrap(),
         Progress::Finished

@@ -265,12 +265,7 @@ impl SubClient {
                 }
             }
             Err(e) => {
-                let mut io = DataIo {
-                    server: self.cfg.server,
-                    sink: &t.sink,
-                    live: &self.shared.live.clients[self.id - 1],
-                    out: &mut self.outbox,
-                };
+                let mut io = data_io(&self.cfg, &self.shared, self.id, &t.sink, &mut self.outbox);
                 t.rx.group_failed(&mut io, e.to_string(), now);
             }
         }
@@ -288,12 +283,7 @@ impl SubClient {
     pub(super) fn on_batch(&mut self, batch: &dyn Batch, read_ns: u64, now: Instant) {
         let r = match &mut self.phase {
             Phase::Data(t) => {
-                let mut io = DataIo {
-                    server: self.cfg.server,
-                    sink: &t.sink,
-                    live: &self.shared.live.clients[self.id - 1],
-                    out: &mut self.outbox,
-                };
+                let mut io = data_io(&self.cfg, &self.shared, self.id, &t.sink, &mut self.outbox);
                 match t.rx.on_batch(batch, read_ns, &mut io, now) {
                     Ok(Progress::Going) => return,
                     Ok(Progress::Finished) => Ok(()),
@@ -367,12 +357,7 @@ impl SubClient {
                 Err(e) => Err(e),
             },
             Phase::Data(t) => {
-                let mut io = DataIo {
-                    server: self.cfg.server,
-                    sink: &t.sink,
-                    live: &self.shared.live.clients[self.id - 1],
-                    out: &mut self.outbox,
-                };
+                let mut io = data_io(&self.cfg, &self.shared, self.id, &t.sink, &mut self.outbox);
                 match t
                     .rx
                     .on_timer(&mut io, self.cfg.timeout, empty_at, now_ns, now)
@@ -428,12 +413,7 @@ impl SubClient {
             .live
             .total_bytes
             .fetch_add(meta.file_size, Ordering::Relaxed);
-        let mut io = DataIo {
-            server: cfg.server,
-            sink: &sink,
-            live: &self.shared.live.clients[self.id - 1],
-            out: &mut self.outbox,
-        };
+        let mut io = data_io(cfg, &self.shared, self.id, &sink, &mut self.outbox);
         let grouped = match join {
             Some(j) if cfg.multicast => rx.join_group(j, self.clients, now),
             _ => false,
@@ -663,6 +643,22 @@ impl Drop for SubClient {
 }
 
 /// Refuses a META that would make this client allocate without bound, or that does not match
+/// What the data phase of sub-client `id` writes to: its copy, its live counters, its outbox.
+fn data_io<'a>(
+    cfg: &GetConfig,
+    shared: &'a Shared,
+    id: usize,
+    sink: &'a Sink,
+    out: &'a mut Outbox,
+) -> DataIo<'a> {
+    DataIo {
+        server: cfg.server,
+        sink,
+        live: &shared.live.clients[id - 1],
+        out,
+    }
+}
+
 /// what was asked.
 fn check_meta(cfg: &GetConfig, m: &Meta, max_datagram: usize) -> Result<(), ClientError> {
     if m.payload_size as usize + DATA_HEADER_LEN > max_datagram {

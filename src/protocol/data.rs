@@ -10,15 +10,15 @@ use super::{kind, peek_kind, WireError, MAGIC, VERSION};
 
 const _: () = assert!(f::HEADER_LEN == DATA_HEADER_LEN);
 
-fn u16_at(buf: &[u8], at: std::ops::Range<usize>) -> u16 {
+pub(super) fn u16_at(buf: &[u8], at: std::ops::Range<usize>) -> u16 {
     u16::from_be_bytes(buf[at].try_into().expect("2 bytes"))
 }
 
-fn u32_at(buf: &[u8], at: std::ops::Range<usize>) -> u32 {
+pub(super) fn u32_at(buf: &[u8], at: std::ops::Range<usize>) -> u32 {
     u32::from_be_bytes(buf[at].try_into().expect("4 bytes"))
 }
 
-fn u64_at(buf: &[u8], at: std::ops::Range<usize>) -> u64 {
+pub(super) fn u64_at(buf: &[u8], at: std::ops::Range<usize>) -> u64 {
     u64::from_be_bytes(buf[at].try_into().expect("8 bytes"))
 }
 

@@ -30,3 +30,6 @@ pub const MAX_ERROR_TEXT: usize = 200;
 /// Most blocks one multicast `FEEDBACK` reports (8 bytes each: the message stays under 1200
 /// bytes, one datagram on any path).
 pub const MAX_FEEDBACK_BLOCKS: usize = 128;
+/// Bytes of a `META` on the wire (its layout is fixed): what the server counts against the
+/// three-times bound of an answer to a `GET`.
+pub const META_LEN: usize = 93;

@@ -336,7 +336,7 @@ fn meta_and_join_lengths() {
         manifest_hash: [0; 32],
         content_hash: [0; 32],
     });
-    assert_eq!(meta.to_vec().len(), 93);
+    assert_eq!(meta.to_vec().len(), crate::protocol::META_LEN);
     let join = |addr: &str| Join {
         request_id: 0,
         session: 0,

@@ -2,7 +2,7 @@
 //! header's (same CRC placement and coverage), then one erasure-coded shard of a block
 //! ([`super::fec`]). Any `k` of a block's sources and repairs rebuild it.
 
-use super::data::header_crc;
+use super::data::{header_crc, u16_at, u32_at, u64_at};
 use super::field::{common, repair as f};
 use super::limits::DATA_HEADER_LEN;
 use super::{kind, peek_kind, WireError, MAGIC, VERSION};
@@ -61,16 +61,15 @@ impl RepairHeader {
         if buf.len() < DATA_HEADER_LEN {
             return Err(WireError::Truncated);
         }
-        let be = |r: std::ops::Range<usize>| buf[r].iter().fold(0u64, |v, &b| v << 8 | b as u64);
         let h = RepairHeader {
             flags: buf[f::FLAGS],
-            payload_len: be(f::PAYLOAD_LEN) as u16,
-            group: be(f::GROUP) as u32,
-            crc: be(f::CRC) as u32,
-            block: be(f::BLOCK) as u32,
-            repair: be(f::REPAIR) as u16,
-            k: be(f::K) as u16,
-            send_ts_ns: be(f::SEND_TS),
+            payload_len: u16_at(buf, f::PAYLOAD_LEN),
+            group: u32_at(buf, f::GROUP),
+            crc: u32_at(buf, f::CRC),
+            block: u32_at(buf, f::BLOCK),
+            repair: u16_at(buf, f::REPAIR),
+            k: u16_at(buf, f::K),
+            send_ts_ns: u64_at(buf, f::SEND_TS),
         };
         let shard = &buf[DATA_HEADER_LEN..];
         if shard.len() != h.payload_len as usize {

@@ -3,9 +3,6 @@
 
 use super::*;
 
-/// Bytes of a META on the wire.
-const META_LEN: usize = 93;
-
 impl Control {
     /// One page of the file list, at most three times as long as the `LIST` that asked
     /// (`request_len`, padded to 1200 bytes by the client): a token replayed in someone
@@ -241,7 +238,7 @@ impl Control {
         // JOIN and META together stay within three times the GET (as every answer to a
         // request does): too short a GET (a one- or two-letter name, an IPv6 group) goes
         // by unicast.
-        let fits = |g: &Groups| g.join_len() + META_LEN <= 3 * req.request_len;
+        let fits = |g: &Groups| g.join_len() + crate::protocol::META_LEN <= 3 * req.request_len;
         if req.multicast && self.groups.as_ref().is_some_and(fits) {
             let groups = self.groups.as_mut().expect("checked");
             if let Some(join) = groups.join(&session.file, req.mode, id, req.request_id, now) {

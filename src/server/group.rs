@@ -98,13 +98,28 @@ pub(super) struct Groups {
     repairs: HashMap<u32, (u64, u64)>,
     /// Transmissions whose members have all ended: (group, unicast bytes, sessions).
     settled: Vec<(u32, u64, u64)>,
+    /// Bytes of a JOIN for this group on the wire.
+    join_len: usize,
 }
 
 impl Groups {
     pub(super) fn new(cfg: MulticastConfig, stats: Arc<ServerStats>) -> io::Result<Groups> {
         let sock = multicast::group_sender(cfg.group, cfg.ttl, cfg.interface)?;
         let gso = crate::sys::socket::gso_supported(&sock);
+        let join_len = Message::Join(Join {
+            request_id: 0,
+            session: 0,
+            group: 0,
+            addr: cfg.group,
+            k: 0,
+            parity: 0,
+            first_block: 0,
+            feedback_ms: 0,
+        })
+        .to_vec()
+        .len();
         Ok(Groups {
+            join_len,
             cfg,
             stats,
             sock: Arc::new(sock),
@@ -122,18 +137,7 @@ impl Groups {
 
     /// Bytes of a JOIN for this group on the wire.
     pub(super) fn join_len(&self) -> usize {
-        Message::Join(Join {
-            request_id: 0,
-            session: 0,
-            group: 0,
-            addr: self.cfg.group,
-            k: 0,
-            parity: 0,
-            first_block: 0,
-            feedback_ms: 0,
-        })
-        .to_vec()
-        .len()
+        self.join_len
     }
 
     /// Adds unicast session `session` (of GET `request_id`) to a transmission of `file` in
