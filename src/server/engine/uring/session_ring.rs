@@ -1,6 +1,6 @@
 //! One session as a uring worker drives it: its ring, what its pump carries from one turn to
 //! the next, and what a completion means for it (sent, resent, failed). Each turn the worker
-//! reaps the session's completions and pumps it: by `sendmsg` through the ring (`copy.rs`), or by
+//! reaps the session's completions and pumps it: by `sendmsg` through the ring (`sendmsg.rs`), or by
 //! splice beside it (`splice.rs`).
 
 use std::io;
