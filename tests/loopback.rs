@@ -494,13 +494,13 @@ fn another_protocol_version_is_named_both_ways() {
     }
     assert_eq!(srv.stats().version_mismatch.load(Ordering::Relaxed), 1);
 
-    // A newer server (version 6) answering this client.
+    // A newer server (version 7) answering this client.
     let future = UdpSocket::bind("127.0.0.1:0").unwrap();
     let addr = future.local_addr().unwrap();
     std::thread::spawn(move || {
         let mut buf = [0u8; 2048];
         while let Ok((_, from)) = future.recv_from(&mut buf) {
-            let _ = future.send_to(b"RB\x06\x02future", from);
+            let _ = future.send_to(b"RB\x07\x02future", from);
         }
     });
     let mut cfg = GetConfig::new(addr, "f");
@@ -509,7 +509,7 @@ fn another_protocol_version_is_named_both_ways() {
     let r = &client::get(&cfg).unwrap()[0];
     let e = r.error.as_deref().unwrap();
     assert!(
-        e.contains("protocol version 6") && e.contains("speaks 5"),
+        e.contains("protocol version 7") && e.contains("speaks 6"),
         "{e}"
     );
     assert!(t.elapsed() < Duration::from_secs(2));

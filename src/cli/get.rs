@@ -101,6 +101,11 @@ pub struct GetArgs {
     /// datagrams arrive (the network must carry the group: TTL, IGMP snooping, routes).
     #[arg(long)]
     multicast: bool,
+    /// The server's send engine to ask for: uring or threads (the lab's baseline). The
+    /// server must offer it (serve --engines uring,threads) or it refuses with an error
+    /// [default: the server's].
+    #[arg(long, value_enum)]
+    engine: Option<super::EngineArg>,
     /// Final check: content = BLAKE3 of the written file (and the manifest);
     /// manifest = every datagram's CRC32C against the server's manifest hash only
     /// [default: content when writing files, manifest with --discard].
@@ -150,6 +155,7 @@ impl GetArgs {
         cfg.datagram_size = self.datagram_size;
         cfg.gro = !self.no_gro;
         cfg.multicast = self.multicast;
+        cfg.engine = self.engine.map(Into::into);
         cfg.verify = self.verify.map_or(
             if self.discard {
                 Verify::Manifest

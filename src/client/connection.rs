@@ -200,7 +200,10 @@ pub(super) fn next_backoff(last: Duration, asked: Duration, jitter: f64) -> Dura
 pub(super) fn server_error(code: ErrorCode, text: &str) -> ClientError {
     let text = &crate::report::escape(text);
     ClientError::Server(match code {
-        ErrorCode::NotFound | ErrorCode::BadName | ErrorCode::Internal => text.to_string(),
+        ErrorCode::NotFound
+        | ErrorCode::BadName
+        | ErrorCode::Internal
+        | ErrorCode::EngineNotOffered => text.to_string(),
         other => format!("{text} ({other:?})"),
     })
 }

@@ -22,6 +22,7 @@ use super::{ClientError, GetConfig};
 use crate::protocol::{
     foreign_version, get_flags, ErrorCode, Join, Message, Meta, DATA_HEADER_LEN, TOKEN_LEN,
 };
+use crate::server::engine::EngineKind;
 
 /// Most sub-clients of one `get` between their first HELLO and their META at once: the rest
 /// wait their turn without asking (and without their timeout running), so ten thousand
@@ -232,6 +233,10 @@ impl Handshake {
                 get_flags::MULTICAST
             } else {
                 0
+            } | match self.cfg.engine {
+                None => 0,
+                Some(EngineKind::Uring) => get_flags::ENGINE_URING,
+                Some(EngineKind::Threads) => get_flags::ENGINE_THREADS,
             },
             name: &self.cfg.file,
         }

@@ -117,6 +117,8 @@ pub struct GetConfig {
     /// Ask to take the file from the server's multicast group (`get --multicast`); by
     /// unicast where the server has none or no group datagram arrives.
     pub multicast: bool,
+    /// The server's send engine to ask for (`get --engine`); `None`: the server's default.
+    pub engine: Option<crate::server::engine::EngineKind>,
 }
 
 impl GetConfig {
@@ -143,6 +145,7 @@ impl GetConfig {
             force: false,
             stop: None,
             multicast: false,
+            engine: None,
         }
     }
 }

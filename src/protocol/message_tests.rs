@@ -122,14 +122,14 @@ fn control_messages_round_trip() {
 fn rejects_foreign_and_future_datagrams() {
     assert_eq!(Message::parse(b"LIST"), Err(WireError::BadMagic));
     assert_eq!(
-        Message::parse(b"RB\x06\x01abcdefgh"),
-        Err(WireError::BadVersion(6))
+        Message::parse(b"RB\x07\x01abcdefgh"),
+        Err(WireError::BadVersion(7))
     );
     assert_eq!(
         Message::parse(b"RB\x04\x01abcdefgh"),
         Err(WireError::BadVersion(4))
     );
-    // Version 4 (before multicast), 3 (before padded LISTs), 2 (before BUSY) and 1 (before the datagram size was
+    // Version 5 (before the engine in GET), 4 (before multicast), 3 (before padded LISTs), 2 (before BUSY) and 1 (before the datagram size was
     // negotiated) are others.
     assert_eq!(
         Message::parse(b"RB\x03\x01abcdefgh"),
@@ -147,14 +147,15 @@ fn rejects_foreign_and_future_datagrams() {
     assert_eq!(crate::protocol::foreign_version(b"RB\x02\x01"), Some(2));
     assert_eq!(crate::protocol::foreign_version(b"RB\x03\x01"), Some(3));
     assert_eq!(crate::protocol::foreign_version(b"RB\x04\x01"), Some(4));
-    assert_eq!(crate::protocol::foreign_version(b"RB\x05\x01"), None);
+    assert_eq!(crate::protocol::foreign_version(b"RB\x05\x01"), Some(5));
+    assert_eq!(crate::protocol::foreign_version(b"RB\x06\x01"), None);
     assert_eq!(crate::protocol::foreign_version(b"XX\x01\x01"), None);
     assert_eq!(
-        Message::parse(&with_crc(b"RB\x05\xEE")),
+        Message::parse(&with_crc(b"RB\x06\xEE")),
         Err(WireError::UnknownKind(0xEE))
     );
     assert_eq!(
-        Message::parse(b"RB\x05\x0A\x00\x00\x00\x01\x00"),
+        Message::parse(b"RB\x06\x0A\x00\x00\x00\x01\x00"),
         Err(WireError::BadChecksum)
     );
     assert_eq!(Message::parse(b"R"), Err(WireError::Truncated));

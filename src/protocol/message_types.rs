@@ -23,6 +23,8 @@ pub enum ErrorCode {
     /// The server gave the session's place to another client: it had made no progress for a
     /// while (its client silent or stalled) while the server was full.
     Evicted,
+    /// The GET named a send engine this server does not offer (`serve --engines`).
+    EngineNotOffered,
 }
 
 impl ErrorCode {
@@ -37,6 +39,7 @@ impl ErrorCode {
             ErrorCode::FileChanged => 8,
             ErrorCode::BadVersion => 9,
             ErrorCode::Evicted => 10,
+            ErrorCode::EngineNotOffered => 11,
         }
     }
     pub(super) fn from_u8(v: u8) -> Result<Self, WireError> {
@@ -50,6 +53,7 @@ impl ErrorCode {
             8 => ErrorCode::FileChanged,
             9 => ErrorCode::BadVersion,
             10 => ErrorCode::Evicted,
+            11 => ErrorCode::EngineNotOffered,
             _ => return Err(WireError::Malformed("error code")),
         })
     }
@@ -209,6 +213,12 @@ pub struct Meta {
 pub mod get_flags {
     /// The client would take the file from a multicast group, where the server has one.
     pub const MULTICAST: u8 = 1;
+    /// Bits 1-2: the send engine the client wants (both 0: the server's default).
+    pub const ENGINE_MASK: u8 = 0b110;
+    /// The io_uring engine.
+    pub const ENGINE_URING: u8 = 0b010;
+    /// The thread-per-client baseline.
+    pub const ENGINE_THREADS: u8 = 0b100;
 }
 
 /// The server's answer, after `META`, to a `GET` it serves by multicast: the group to join and

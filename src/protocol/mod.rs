@@ -21,6 +21,7 @@ pub mod congestion;
 pub mod data;
 pub mod fec;
 pub mod field;
+pub mod generated;
 #[cfg(test)]
 mod golden_tests;
 pub mod group_rx;
@@ -58,8 +59,9 @@ pub const MAGIC: [u8; 2] = *b"RB";
 /// session (`GET` carries the receiver's limit), window in bytes. Version 3: `BUSY`. Version
 /// 4: `LIST` padded like `HELLO` (its answer at most three times its size), data only after
 /// the client's first `ACK` of the session, a token good for one `GET`, `ERROR` code 10.
-/// Version 5: multicast (`GET` flags, `JOIN`, `FEEDBACK`, `GROUP_END`, `REPAIR`).
-pub const VERSION: u8 = 5;
+/// Version 5: multicast (`GET` flags, `JOIN`, `FEEDBACK`, `GROUP_END`, `REPAIR`). Version 6:
+/// the engine a `GET` asks for (flags bits 1-2), `ERROR` code 11.
+pub const VERSION: u8 = 6;
 
 /// Message kinds (byte 3).
 pub(crate) mod kind {

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 
 use thiserror::Error;
 
+use super::generated::GeneratedStore;
 use crate::protocol::layout::{datagram_count, manifest_hash, payload_len, validate_name, BadName};
 use crate::sys::hugebuf::HugeBuf;
 use crate::sys::mmap::{MapRange, MappedFile};
@@ -33,6 +34,8 @@ pub enum FileError {
     Unfinished(String),
     #[error("{0} changed while it was being read")]
     Changed(String),
+    #[error("{name} is larger than this server generates (at most {limit} bytes: serve --generated-max)")]
+    TooLarge { name: String, limit: u64 },
     #[error("cannot read {name}: {source}")]
     Io {
         name: String,
@@ -83,6 +86,8 @@ pub struct ScannedFile {
     changed: AtomicBool,
     /// How often the file's identity was read from disk (fstat), for tests and stats.
     identity_checks: AtomicU64,
+    /// A generated file (`gen-SIZE`, in memory): its bytes never change.
+    pub generated: bool,
 }
 
 impl ScannedFile {
@@ -92,6 +97,10 @@ impl ScannedFile {
     pub fn check_changed(&self) -> bool {
         if self.changed.load(Ordering::Relaxed) {
             return true;
+        }
+        if self.generated {
+            // Its memory only grows (its size and times move) and never changes.
+            return false;
         }
         self.identity_checks.fetch_add(1, Ordering::Relaxed);
         let changed = match self.file.metadata() {
@@ -149,6 +158,19 @@ impl ScannedFile {
     fn index_bytes(&self) -> usize {
         self.crcs.len() * 4
     }
+}
+
+/// What a scan found, before it is cached as a [`ScannedFile`].
+struct Scan<'a> {
+    name: &'a str,
+    size: u64,
+    payload_size: u32,
+    crcs: Vec<u32>,
+    content_hash: [u8; 32],
+    map: Option<MappedFile>,
+    file: File,
+    identity: Identity,
+    generated: bool,
 }
 
 /// Per-datagram CRC32Cs and the BLAKE3 content hash of the first `len` bytes of `file`, read in
@@ -252,9 +274,12 @@ impl Cache {
     }
 }
 
-/// The served directory and the scans of its files.
+/// The served directory, the generated files, and the scans of both.
 pub struct Catalog {
-    dir: PathBuf,
+    /// `None`: generated files only (`serve --generated` without `--dir`).
+    dir: Option<PathBuf>,
+    /// `serve --generated`: `gen-SIZE` names are generated, not read from `dir`.
+    generated: Option<GeneratedStore>,
     cache: Mutex<Cache>,
     /// Names left out of listings (unreadable, links, directories, ...), each logged once.
     skipped: Mutex<std::collections::HashSet<String>>,
@@ -267,8 +292,11 @@ pub fn is_unfinished(name: &str) -> bool {
     name.starts_with('.') && (name.ends_with(".part") || name.ends_with(".generating"))
 }
 
-fn open_plain(dir: &Path, name: &str) -> Result<(File, std::fs::Metadata), FileError> {
+fn open_plain(dir: Option<&Path>, name: &str) -> Result<(File, std::fs::Metadata), FileError> {
     validate_name(name)?;
+    let Some(dir) = dir else {
+        return Err(FileError::NotFound(name.to_string()));
+    };
     if is_unfinished(name) {
         return Err(FileError::Unfinished(name.to_string()));
     }
@@ -313,17 +341,50 @@ fn not_served(md: &std::fs::Metadata) -> Option<&'static str> {
     }
 }
 
+/// Sizes `list` shows as examples of generated files (those within the server's limit, and
+/// the limit itself): any other size may be asked for by name.
+const GENERATED_EXAMPLES: [u64; 4] = [1 << 20, 100 << 20, 250 << 20, 1 << 30];
+
 impl Catalog {
+    /// The regular files directly inside `dir`.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self::with(Some(dir.into()), None)
+    }
+
+    /// The files of `dir` (if any) and, with `generated_limit`, generated files of up to
+    /// that many bytes.
+    pub fn with(dir: Option<PathBuf>, generated_limit: Option<u64>) -> Self {
         Catalog {
-            dir: dir.into(),
+            dir,
+            generated: generated_limit.map(GeneratedStore::new),
             cache: Mutex::new(Cache::default()),
             skipped: Mutex::new(std::collections::HashSet::new()),
         }
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
+    pub fn dir(&self) -> Option<&Path> {
+        self.dir.as_deref()
+    }
+
+    /// The size `name` asks for when it names a generated file this catalog serves
+    /// (`Ok(None)`: not a generated name, or no generated files here), or why it cannot be
+    /// served (larger than the limit).
+    fn generated_size(&self, name: &str) -> Result<Option<u64>, FileError> {
+        let Some(store) = &self.generated else {
+            return Ok(None);
+        };
+        match crate::protocol::generated::parse_name(name) {
+            Some(size) if size > store.limit() => Err(FileError::TooLarge {
+                name: name.to_string(),
+                limit: store.limit(),
+            }),
+            size => Ok(size),
+        }
+    }
+
+    /// Bytes of generated content held in memory now.
+    pub fn generated_bytes(&self) -> u64 {
+        self.generated.as_ref().map_or(0, |g| g.held())
     }
 
     /// Logs, once per name, why `name` is left out.
@@ -334,12 +395,35 @@ impl Catalog {
         }
     }
 
-    /// The regular files directly inside the directory (symlinks, directories, other kinds,
-    /// unfinished temporary files and non-UTF-8 names left out, each logged once), sorted by
-    /// name, with sizes.
+    /// What `LIST` shows: the files of the directory, then (`serve --generated`) a few
+    /// generated ones as examples, the largest being the server's limit.
     pub fn list(&self) -> std::io::Result<Vec<(String, u64)>> {
+        let mut out = self.list_files()?;
+        if let Some(store) = &self.generated {
+            let limit = store.limit();
+            let mut sizes: Vec<u64> = GENERATED_EXAMPLES
+                .into_iter()
+                .filter(|&s| s < limit)
+                .collect();
+            sizes.push(limit);
+            out.extend(
+                sizes
+                    .into_iter()
+                    .map(|s| (crate::protocol::generated::name_for(s), s)),
+            );
+        }
+        Ok(out)
+    }
+
+    /// The regular files directly inside the directory (symlinks, directories, other kinds,
+    /// unfinished temporary files, non-UTF-8 names and, with generated files, names that
+    /// generated files take left out, each logged once), sorted by name, with sizes.
+    pub fn list_files(&self) -> std::io::Result<Vec<(String, u64)>> {
         let mut out = Vec::new();
-        for entry in std::fs::read_dir(&self.dir)? {
+        let Some(dir) = &self.dir else {
+            return Ok(out);
+        };
+        for entry in std::fs::read_dir(dir)? {
             let entry = entry?;
             let name = match entry.file_name().into_string() {
                 Ok(n) => n,
@@ -364,6 +448,13 @@ impl Catalog {
                 self.skip(&name, "its name cannot be carried on the wire");
                 continue;
             }
+            if self.generated.is_some() && crate::protocol::generated::parse_name(&name).is_some() {
+                self.skip(
+                    &name,
+                    "with --generated, gen-SIZE names are generated files",
+                );
+                continue;
+            }
             // Only what a GET could actually send is listed.
             if nix::unistd::access(&entry.path(), nix::unistd::AccessFlags::R_OK).is_err() {
                 self.skip(&name, "this server cannot read it");
@@ -382,7 +473,11 @@ impl Catalog {
         name: &str,
         payload_size: u32,
     ) -> Result<Option<Arc<ScannedFile>>, FileError> {
-        let (_, md) = open_plain(&self.dir, name)?;
+        if self.generated_size(name)?.is_some() {
+            let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            return Ok(cache.get(&(name.to_string(), payload_size)));
+        }
+        let (_, md) = open_plain(self.dir(), name)?;
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         Ok(cache
             .get(&(name.to_string(), payload_size))
@@ -395,7 +490,10 @@ impl Catalog {
         if let Some(f) = self.cached(name, payload_size)? {
             return Ok(f);
         }
-        let (file, md) = open_plain(&self.dir, name)?;
+        if let Some(size) = self.generated_size(name)? {
+            return self.scan_generated(name, size, payload_size);
+        }
+        let (file, md) = open_plain(self.dir(), name)?;
         let identity = Identity::of(&md);
         let io_err = |source| FileError::Io {
             name: name.to_string(),
@@ -420,24 +518,74 @@ impl Catalog {
         } else {
             None
         };
-        let scanned = Arc::new(ScannedFile {
-            name: name.to_string(),
+        Ok(self.keep(Scan {
+            name,
             size: md.len(),
             payload_size,
-            manifest_hash: manifest_hash(md.len(), payload_size, &crcs),
             crcs,
             content_hash,
             map,
             file,
             identity,
+            generated: false,
+        }))
+    }
+
+    /// A finished scan, cached.
+    fn keep(&self, scan: Scan<'_>) -> Arc<ScannedFile> {
+        let scanned = Arc::new(ScannedFile {
+            name: scan.name.to_string(),
+            size: scan.size,
+            payload_size: scan.payload_size,
+            manifest_hash: manifest_hash(scan.size, scan.payload_size, &scan.crcs),
+            crcs: scan.crcs,
+            content_hash: scan.content_hash,
+            map: scan.map,
+            file: scan.file,
+            identity: scan.identity,
             changed: AtomicBool::new(false),
             identity_checks: AtomicU64::new(0),
+            generated: scan.generated,
         });
         self.cache
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert((name.to_string(), payload_size), scanned.clone());
-        Ok(scanned)
+            .insert((scan.name.to_string(), scan.payload_size), scanned.clone());
+        scanned
+    }
+
+    /// The scan of a generated file: the store's memory, grown to `size` if needed, mapped
+    /// and digested like a file on disk.
+    fn scan_generated(
+        &self,
+        name: &str,
+        size: u64,
+        payload_size: u32,
+    ) -> Result<Arc<ScannedFile>, FileError> {
+        let store = self.generated.as_ref().expect("a generated name");
+        let io_err = |source| FileError::Io {
+            name: name.to_string(),
+            source,
+        };
+        let file = store.file_for(size).map_err(io_err)?;
+        let (crcs, content_hash) = digest(&file, size, payload_size).map_err(io_err)?;
+        let map = if size > 0 {
+            Some(MappedFile::map(&file, size).map_err(io_err)?)
+        } else {
+            None
+        };
+        let identity = Identity::of(&file.metadata().map_err(io_err)?);
+        Ok(self.keep(Scan {
+            name,
+            size,
+            payload_size,
+            crcs,
+            content_hash,
+            map,
+            file,
+            identity,
+            generated: true,
+        }))
     }
 
     /// Drops cached scans of files deleted, replaced or changed on disk (one fstat each):
@@ -448,7 +596,9 @@ impl Catalog {
             .entries
             .iter()
             .filter(|(_, (f, _))| {
-                f.check_changed() || f.file.metadata().map_or(true, |md| md.nlink() == 0)
+                // A generated file's memfd has no link, and never changes.
+                !f.generated
+                    && (f.check_changed() || f.file.metadata().map_or(true, |md| md.nlink() == 0))
             })
             .map(|(k, _)| k.clone())
             .collect();

@@ -28,9 +28,17 @@ pub const DEFAULT_REQUESTS_PER_IP: f64 = 2000.0;
 /// Everything `ringblast serve` can be told.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    pub dir: PathBuf,
+    /// The directory whose files are served (`None`: generated files only).
+    pub dir: Option<PathBuf>,
+    /// `serve --generated`: also serve `gen-SIZE` files of up to this many bytes, generated
+    /// in memory ([`crate::protocol::generated`]).
+    pub generated: Option<u64>,
     pub bind: SocketAddr,
+    /// The engine of a GET that names none.
     pub engine: EngineKind,
+    /// Every engine this server offers (`serve --engines`), `engine` among them; empty:
+    /// `engine` alone. A GET naming an engine not offered is refused.
+    pub engines: Vec<EngineKind>,
     pub workers: usize,
     /// Datagram size on the wire, header included: auto (each client's path MTU, 65507 on
     /// loopback) or fixed. A client's own limit (its `GET`) lowers it.
@@ -69,9 +77,11 @@ pub struct ServerConfig {
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
-            dir: PathBuf::from("files"),
+            dir: Some(PathBuf::from("files")),
+            generated: None,
             bind: "127.0.0.1:6969".parse().expect("literal address"),
             engine: EngineKind::Uring,
+            engines: Vec::new(),
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             datagram_size: DatagramSize::Auto,
             gso: true,
@@ -93,6 +103,17 @@ impl Default for ServerConfig {
 }
 
 impl ServerConfig {
+    /// The engines offered, the default (`engine`) first.
+    pub fn offered(&self) -> Vec<EngineKind> {
+        let mut out = vec![self.engine];
+        for &e in &self.engines {
+            if !out.contains(&e) {
+                out.push(e);
+            }
+        }
+        out
+    }
+
     /// Refuses settings that cannot work, with the reason (the CLI's value parsers refuse
     /// them earlier; this guards the library's other callers).
     pub fn validate(&self) -> anyhow::Result<()> {
@@ -138,16 +159,23 @@ impl ServerConfig {
         if self.idle_timeout.is_zero() {
             anyhow::bail!("the idle timeout must be positive");
         }
-        if !self.dir.is_dir() {
-            anyhow::bail!(
+        match &self.dir {
+            Some(dir) if !dir.is_dir() => anyhow::bail!(
                 "--dir {}: {}",
-                self.dir.display(),
-                if self.dir.exists() {
+                dir.display(),
+                if dir.exists() {
                     "not a directory"
                 } else {
                     "no such directory (create it, or point --dir at the files to serve)"
                 }
-            );
+            ),
+            None if self.generated.is_none() => {
+                anyhow::bail!("nothing to serve: give --dir, --generated, or both")
+            }
+            _ => {}
+        }
+        if self.generated == Some(0) {
+            anyhow::bail!("--generated-max must be at least 1 byte");
         }
         Ok(())
     }
@@ -238,7 +266,7 @@ mod tests {
     fn nonsensical_settings_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let ok = ServerConfig {
-            dir: dir.path().into(),
+            dir: Some(dir.path().into()),
             ..ServerConfig::default()
         };
         assert!(ok.validate().is_ok());
@@ -310,10 +338,17 @@ mod tests {
             ),
             (
                 ServerConfig {
-                    dir: dir.path().join("nope"),
+                    dir: Some(dir.path().join("nope")),
                     ..ok.clone()
                 },
                 "no such directory",
+            ),
+            (
+                ServerConfig {
+                    dir: None,
+                    ..ok.clone()
+                },
+                "nothing to serve",
             ),
         ];
         for (cfg, why) in cases {

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use super::admission::{Admit, RateBudget, RequestBudgets, Spent, SpentTokens};
 use super::catalog::{Catalog, FileError, ScannedFile};
-use super::engine::{panic_text, Engine, SendPath};
+use super::engine::{panic_text, EngineKind, Engines, SendPath};
 use super::group::{log_summary, GroupSummary, Groups};
 use super::legacy::Legacy;
 use super::log_budget::LogBudget;
@@ -62,6 +62,8 @@ struct PendingGet {
     send_path: SendPath,
     /// The client would take the file from the multicast group.
     multicast: bool,
+    /// The engine that sends it (the one the GET named, or the server's default).
+    engine: EngineKind,
     /// The GET's length: its answer (JOIN and META) may be at most three times as long.
     request_len: usize,
 }
@@ -78,7 +80,7 @@ pub(super) struct Control {
     cfg: ServerConfig,
     sock: Arc<UdpSocket>,
     catalog: Arc<Catalog>,
-    engine: Box<dyn Engine>,
+    engines: Engines,
     tokens: TokenKey,
     stats: Arc<ServerStats>,
     sessions: SessionTable,
@@ -87,9 +89,10 @@ pub(super) struct Control {
     scanner: Scanner,
     summaries: Receiver<SessionSummary>,
     summaries_tx: Sender<SessionSummary>,
-    /// Sessions may use UDP GSO.
+    /// Sessions of the uring engine may use UDP GSO.
     gso: bool,
-    /// How sessions send payloads ([`SendPath::Sendmsg`] where splicing is not available).
+    /// How the uring engine's sessions send payloads ([`SendPath::Sendmsg`] where splicing is
+    /// not available); the threads engine's always copy.
     send_path: SendPath,
     sweeps: u64,
     /// What was shed (requests over budget, ACKs over budget, GETs refused busy) when it was
@@ -109,22 +112,27 @@ impl Control {
     pub(super) fn new(
         cfg: ServerConfig,
         sock: Arc<UdpSocket>,
-        engine: Box<dyn Engine>,
+        engines: Engines,
         stats: Arc<ServerStats>,
         gso: bool,
         send_path: SendPath,
     ) -> anyhow::Result<Control> {
-        let catalog = Arc::new(Catalog::new(cfg.dir.clone()));
+        let catalog = Arc::new(Catalog::with(cfg.dir.clone(), cfg.generated));
         let scanner = Scanner::spawn(catalog.clone())?;
         // Index what is there now, so the first client does not wait for it: at the fixed
         // size, or with auto at loopback's (other paths are scanned when first asked for).
+        let send_path_default = match engines.default_kind() {
+            EngineKind::Uring => send_path,
+            EngineKind::Threads => SendPath::Sendmsg,
+        };
         let payload_size = match cfg.datagram_size {
             DatagramSize::Fixed(n) => n,
-            DatagramSize::Auto => send_path.auto_datagram(),
+            DatagramSize::Auto => send_path_default.auto_datagram(),
         } - DATA_HEADER_LEN;
         let payload_size = payload_size as u32;
         let mut scanning = HashSet::new();
-        if let Ok(list) = catalog.list() {
+        // (Generated files are made when first asked for: nothing to scan ahead.)
+        if let Ok(list) = catalog.list_files() {
             for (name, _) in list {
                 let job = ScanJob { name, payload_size };
                 if scanner.request(job.clone()) {
@@ -180,7 +188,7 @@ impl Control {
             cfg,
             sock,
             catalog,
-            engine,
+            engines,
             stats,
             sessions: SessionTable::default(),
             pending: Vec::new(),
@@ -246,7 +254,7 @@ impl Control {
         for s in self.sessions.sessions() {
             s.close(CloseReason::Shutdown);
         }
-        self.engine.shutdown();
+        self.engines.shutdown();
         self.report_finished();
         if let Some(g) = &mut self.groups {
             let done = g.shutdown();
@@ -393,16 +401,36 @@ impl Control {
                     self.error(src, request_id, ErrorCode::BadToken, text);
                     return;
                 }
-                let (payload_size, send_path) = match self.datagram_size_for(src, max_datagram) {
-                    Ok(size) => (
-                        (size - DATA_HEADER_LEN) as u32,
-                        self.send_path.for_datagram(size),
-                    ),
-                    Err(text) => {
-                        self.error(src, request_id, ErrorCode::BadRequest, &text);
+                let engine = match flags & get_flags::ENGINE_MASK {
+                    0 => self.engines.default_kind(),
+                    get_flags::ENGINE_URING => EngineKind::Uring,
+                    get_flags::ENGINE_THREADS => EngineKind::Threads,
+                    _ => {
+                        self.error(src, request_id, ErrorCode::BadRequest, "unknown engine");
                         return;
                     }
                 };
+                if self.engines.get(engine).is_none() {
+                    let text = format!(
+                        "this server does not offer the {} engine (it offers {}: serve --engines)",
+                        engine.as_str(),
+                        self.engines.names()
+                    );
+                    self.error(src, request_id, ErrorCode::EngineNotOffered, &text);
+                    return;
+                }
+                let engine_path = self.send_path_of(engine);
+                let (payload_size, send_path) =
+                    match self.datagram_size_for(src, max_datagram, engine_path) {
+                        Ok(size) => (
+                            (size - DATA_HEADER_LEN) as u32,
+                            engine_path.for_datagram(size),
+                        ),
+                        Err(text) => {
+                            self.error(src, request_id, ErrorCode::BadRequest, &text);
+                            return;
+                        }
+                    };
                 self.get(PendingGet {
                     peer: src,
                     request_id,
@@ -415,6 +443,7 @@ impl Control {
                     // and says so.
                     multicast: flags & get_flags::MULTICAST != 0 && self.groups.is_some(),
                     request_len: dgram.len(),
+                    engine,
                 });
             }
             Message::Ack(ack) => self.ack(src, &ack),
@@ -463,14 +492,25 @@ impl Control {
         }
     }
 
+    /// How `engine`'s sessions send payloads.
+    fn send_path_of(&self, engine: EngineKind) -> SendPath {
+        match engine {
+            EngineKind::Uring => self.send_path,
+            EngineKind::Threads => SendPath::Sendmsg,
+        }
+    }
+
     /// The datagram size for a client at `peer` whose own limit is `client_max` (0: none):
     /// the server's (fixed, or its path MTU to the peer), lowered to the client's.
-    fn datagram_size_for(&self, peer: SocketAddr, client_max: u16) -> Result<usize, String> {
+    fn datagram_size_for(
+        &self,
+        peer: SocketAddr,
+        client_max: u16,
+        send_path: SendPath,
+    ) -> Result<usize, String> {
         let ours = match self.cfg.datagram_size {
             DatagramSize::Fixed(n) => n,
-            DatagramSize::Auto => {
-                socket::route_datagram_size(peer).min(self.send_path.auto_datagram())
-            }
+            DatagramSize::Auto => socket::route_datagram_size(peer).min(send_path.auto_datagram()),
         };
         // The client's limit is snapped down to one of a few sizes: each size a file is sent
         // at needs a scan of its own (a CRC per datagram), and a client asking for every

@@ -82,6 +82,7 @@ impl Control {
             FileError::NotFound(_) | FileError::Unfinished(_) => ErrorCode::NotFound,
             FileError::Io { .. } => ErrorCode::Internal,
             FileError::Changed(_) => ErrorCode::FileChanged,
+            FileError::TooLarge { .. } => ErrorCode::NotFound,
         };
         let kind = match code {
             ErrorCode::NotFound => "for files not served",
@@ -204,19 +205,20 @@ impl Control {
         );
         let ctx = SessionCtx {
             stats: self.stats.clone(),
-            engine: self.cfg.engine,
+            engine: req.engine,
             summaries: self.summaries_tx.clone(),
-            gso: self.gso,
+            gso: self.gso && req.engine == EngineKind::Uring,
         };
         let session =
             Arc::new(Session::new(id, req.peer, file, state, ctx).with_send_path(req.send_path));
         session.heard();
         tracing::info!(
-            "[TRANSFER] session {:08x}: sending {} ({} bytes, {} mode, {}-byte datagrams, {} send path, window {} datagrams, congestion control {}) to {}",
+            "[TRANSFER] session {:08x}: sending {} ({} bytes, {} mode, engine {}, {}-byte datagrams, {} send path, window {} datagrams, congestion control {}) to {}",
             id,
             crate::report::escape(&session.file.name),
             session.file.size,
             req.mode.as_str(),
+            req.engine.as_str(),
             datagram_size,
             session.send_path.as_str(),
             window,
@@ -248,7 +250,11 @@ impl Control {
         }
         // (JOIN,) META first, then data: on one flow the kernel keeps them in order.
         self.meta(&session, req.request_id);
-        self.engine.start(session);
+        match self.engines.get(req.engine) {
+            Some(engine) => engine.start(session),
+            // Checked when the GET came: never here.
+            None => session.close(CloseReason::Shutdown),
+        }
     }
 
     pub(super) fn meta(&mut self, s: &Session, request_id: u32) {

@@ -107,7 +107,7 @@ impl Legacy {
 
     fn files(&self) -> Vec<String> {
         self.catalog
-            .list()
+            .list_files()
             .map(|l| l.into_iter().map(|(n, _)| n).collect())
             .unwrap_or_default()
     }
@@ -170,7 +170,10 @@ impl Legacy {
             });
             return;
         }
-        let path = self.catalog.dir().join(&name);
+        let Some(dir) = self.catalog.dir() else {
+            return;
+        };
+        let path = dir.join(&name);
         let sock = self.sock.clone();
         let transfers = self.transfers.clone();
         let rate = self.rate_bps;

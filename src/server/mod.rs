@@ -14,6 +14,7 @@ pub mod catalog;
 pub mod config;
 mod control;
 pub mod engine;
+pub mod generated;
 pub mod group;
 pub mod legacy;
 mod log_budget;
@@ -37,7 +38,7 @@ pub use config::{
 use control::Control;
 use engine::threads::ThreadsEngine;
 use engine::uring::UringEngine;
-use engine::{Engine, EngineKind, SendPath};
+use engine::{Engine, EngineKind, Engines, SendPath};
 use stats::ServerStats;
 
 /// A running server. Dropping it shuts it down.
@@ -60,50 +61,79 @@ impl Server {
         let sndbuf = socket::set_send_buffer(&sock, 8 << 20)?;
         // A datagram the path cannot carry whole fails loudly instead of fragmenting.
         socket::forbid_fragmentation(&sock).context("cannot forbid IP fragmentation")?;
-        let gso = match (cfg.gso, cfg.engine) {
+        let offered = cfg.offered();
+        let uring_offered = offered.contains(&EngineKind::Uring);
+        let gso = match (cfg.gso, uring_offered) {
             (false, _) => "off (--no-gso)",
-            (true, EngineKind::Threads) => "off (the threads engine sends one datagram per call)",
-            (true, EngineKind::Uring) if socket::gso_supported(&sock) => "on",
-            (true, EngineKind::Uring) => "off (this kernel has no UDP_SEGMENT)",
+            (true, false) => "off (the threads engine sends one datagram per call)",
+            (true, true) if socket::gso_supported(&sock) => "on",
+            (true, true) => "off (this kernel has no UDP_SEGMENT)",
         };
         sock.set_read_timeout(Some(Duration::from_millis(20)))?;
         let sock = Arc::new(sock);
         let stats = Arc::new(ServerStats::default());
-        let mut send_path = match cfg.engine {
-            EngineKind::Uring => cfg.send_path,
-            EngineKind::Threads => SendPath::Sendmsg,
+        // The uring engine's; the threads engine always sends with sendmsg.
+        let mut send_path = if uring_offered {
+            cfg.send_path
+        } else {
+            SendPath::Sendmsg
         };
-        let engine: Box<dyn Engine> = match cfg.engine {
-            EngineKind::Uring => {
-                let splice = send_path != SendPath::Sendmsg;
-                match UringEngine::new(sock.clone(), cfg.workers, stats.clone(), splice) {
-                    Ok(e) => Box::new(e),
-                    Err(e) if splice && send_path == SendPath::Auto => {
-                        tracing::warn!(
-                            "cannot splice ({e}): payloads are copied (--send-path sendmsg)"
-                        );
-                        send_path = SendPath::Sendmsg;
-                        Box::new(UringEngine::new(
-                            sock.clone(),
-                            cfg.workers,
-                            stats.clone(),
-                            false,
-                        )?)
+        let mut list: Vec<(EngineKind, Box<dyn Engine>)> = Vec::new();
+        for kind in offered {
+            let engine: Box<dyn Engine> = match kind {
+                EngineKind::Uring => {
+                    let splice = send_path != SendPath::Sendmsg;
+                    match UringEngine::new(sock.clone(), cfg.workers, stats.clone(), splice) {
+                        Ok(e) => Box::new(e),
+                        Err(e) if splice && send_path == SendPath::Auto => {
+                            tracing::warn!(
+                                "cannot splice ({e}): payloads are copied (--send-path sendmsg)"
+                            );
+                            send_path = SendPath::Sendmsg;
+                            Box::new(UringEngine::new(
+                                sock.clone(),
+                                cfg.workers,
+                                stats.clone(),
+                                false,
+                            )?)
+                        }
+                        Err(e) => return Err(e).context("cannot start the uring engine"),
                     }
-                    Err(e) => return Err(e).context("cannot start the uring engine"),
                 }
-            }
-            EngineKind::Threads => Box::new(ThreadsEngine::new(sock.clone(), stats.clone())),
+                EngineKind::Threads => Box::new(ThreadsEngine::new(sock.clone(), stats.clone())),
+            };
+            list.push((kind, engine));
+        }
+        let engines = Engines::new(list);
+        let engine_threads = engines.threads();
+        let engine_text = |k: &EngineKind| match k {
+            EngineKind::Uring => format!("uring ({} workers)", cfg.workers),
+            EngineKind::Threads => "threads (a thread per session)".to_string(),
         };
-        let engine_threads = engine.threads();
-        let threads = match cfg.engine {
-            EngineKind::Uring => format!("{engine_threads} workers"),
-            EngineKind::Threads => "one thread per session".to_string(),
+        let offered_text = match cfg.offered().as_slice() {
+            [one] => format!("engine {}", engine_text(one)),
+            [first, rest @ ..] => format!(
+                "engines {}, the default, and {}",
+                engine_text(first),
+                rest.iter().map(engine_text).collect::<Vec<_>>().join(", ")
+            ),
+            [] => unreachable!("offered() holds the default engine"),
+        };
+        let serving = match (&cfg.dir, cfg.generated) {
+            (Some(d), None) => crate::report::escape(&d.display().to_string()),
+            (Some(d), Some(max)) => format!(
+                "{} and generated files gen-SIZE up to {}",
+                crate::report::escape(&d.display().to_string()),
+                crate::protocol::generated::name_for(max)
+            ),
+            (None, Some(max)) => format!(
+                "generated files gen-SIZE up to {}",
+                crate::protocol::generated::name_for(max)
+            ),
+            (None, None) => "nothing".to_string(),
         };
         tracing::info!(
-            "[LISTENING] Server is listening on {local_addr}, serving {} (engine {}, {threads}, datagram size {}, send path {}, GSO {gso}, receive buffer {} KiB, send buffer {} KiB)",
-            crate::report::escape(&cfg.dir.display().to_string()),
-            cfg.engine.as_str(),
+            "[LISTENING] Server is listening on {local_addr}, serving {serving} ({offered_text}, datagram size {}, send path {}, GSO {gso}, receive buffer {} KiB, send buffer {} KiB)",
             cfg.datagram_size,
             match send_path {
                 SendPath::Auto => "auto: splice while sessions >= workers",
@@ -115,7 +145,7 @@ impl Server {
         );
         let stop = Arc::new(AtomicBool::new(false));
         let use_gso = gso == "on";
-        let control = Control::new(cfg, sock, engine, stats.clone(), use_gso, send_path)?;
+        let control = Control::new(cfg, sock, engines, stats.clone(), use_gso, send_path)?;
         let stop2 = stop.clone();
         let control = std::thread::Builder::new()
             .name("control".into())

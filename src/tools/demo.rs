@@ -136,7 +136,7 @@ pub fn ensure_file(dir: &Path, size: u64) -> anyhow::Result<String> {
 pub fn run(cfg: &DemoConfig) -> anyhow::Result<bool> {
     let name = ensure_file(&cfg.dir, cfg.size)?;
     let server = Server::start(ServerConfig {
-        dir: cfg.dir.clone(),
+        dir: Some(cfg.dir.clone()),
         bind: "127.0.0.1:0".parse().expect("literal"),
         engine: cfg.engine,
         ..ServerConfig::default()

@@ -67,7 +67,7 @@ pub fn random_bytes(n: usize) -> Vec<u8> {
 /// A server on 127.0.0.1 (any port) serving `dir` with [`engine`], 2 workers, then `tweak`.
 pub fn server(dir: &Path, tweak: impl FnOnce(&mut ServerConfig)) -> Server {
     let mut cfg = ServerConfig {
-        dir: dir.to_path_buf(),
+        dir: Some(dir.to_path_buf()),
         bind: "127.0.0.1:0".parse().unwrap(),
         engine: engine(),
         workers: 2,
@@ -319,13 +319,20 @@ pub fn serve(dir: &Path, extra: &[&str]) -> Serve {
 
 /// Like [`serve`], with its stdout (`--json`) going to `stdout`.
 pub fn serve_with(dir: &Path, extra: &[&str], stdout: Stdio) -> Serve {
+    let dir = dir.to_str().expect("a UTF-8 temporary path");
+    let mut args = vec!["--dir", dir, "--engine", engine_arg()];
+    args.extend_from_slice(extra);
+    serve_args(&args, stdout)
+}
+
+/// `ringblast serve --bind 127.0.0.1:0` with exactly `args` (no --dir, no --engine), once it
+/// is listening.
+pub fn serve_args(args: &[&str], stdout: Stdio) -> Serve {
     let log = tempfile::NamedTempFile::new().unwrap();
     let child = Command::new(BIN)
-        .args(["serve", "--dir"])
-        .arg(dir)
+        .arg("serve")
         .args(["--bind", "127.0.0.1:0"])
-        .args(["--engine", engine_arg()])
-        .args(extra)
+        .args(args)
         .stdout(stdout)
         .stderr(Stdio::from(log.reopen().unwrap()))
         .spawn()

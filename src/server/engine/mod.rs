@@ -23,6 +23,50 @@ pub trait Engine: Send + Sync {
     fn threads(&self) -> usize;
 }
 
+/// The engines a server offers (`serve --engines`), each started once; the first is the one
+/// a GET naming none gets.
+pub struct Engines {
+    list: Vec<(EngineKind, Box<dyn Engine>)>,
+}
+
+impl Engines {
+    /// `list` must not be empty; its first engine is the default.
+    pub fn new(list: Vec<(EngineKind, Box<dyn Engine>)>) -> Self {
+        assert!(!list.is_empty(), "a server runs at least one engine");
+        Engines { list }
+    }
+
+    /// The engine of a GET that names none.
+    pub fn default_kind(&self) -> EngineKind {
+        self.list[0].0
+    }
+
+    /// The engine of `kind`, if this server offers it.
+    pub fn get(&self, kind: EngineKind) -> Option<&dyn Engine> {
+        self.list
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map(|(_, e)| e.as_ref())
+    }
+
+    /// The engines offered, as the log and errors name them (`uring, threads`).
+    pub fn names(&self) -> String {
+        let names: Vec<&str> = self.list.iter().map(|(k, _)| k.as_str()).collect();
+        names.join(", ")
+    }
+
+    pub fn shutdown(&self) {
+        for (_, e) in &self.list {
+            e.shutdown();
+        }
+    }
+
+    /// OS threads of all engines.
+    pub fn threads(&self) -> usize {
+        self.list.iter().map(|(_, e)| e.threads()).sum()
+    }
+}
+
 /// The text of a caught panic, for the session's summary.
 pub(crate) fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
     payload

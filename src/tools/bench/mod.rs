@@ -278,7 +278,7 @@ pub fn run(cfg: &BenchConfig) -> anyhow::Result<(Vec<Run>, Vec<Cell>)> {
             break;
         }
         let server = Server::start(ServerConfig {
-            dir: cfg.files.clone(),
+            dir: Some(cfg.files.clone()),
             bind: "127.0.0.1:0".parse().expect("literal"),
             engine,
             multicast: multicast.then(|| MulticastConfig {
