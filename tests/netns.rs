@@ -230,20 +230,7 @@ fn the_labs_python_client_gets_whole_files_across_a_link() {
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     hosts.spawn(cmd);
-    let t = Instant::now();
-    while !hosts
-        .command(&hosts.client, BIN)
-        .args(["list", "--server", &bind, "--timeout", "0.5"])
-        .output()
-        .unwrap()
-        .status
-        .success()
-    {
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "the server never answered"
-        );
-    }
+    hosts.wait_listing(&bind);
     let out = tempfile::tempdir().unwrap();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/lab/lab_client.py");
     // The lab's client waits for its first datagram for ever: bounded here, so that a server

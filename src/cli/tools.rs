@@ -6,12 +6,14 @@ use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use clap::Args;
 
 use super::{values, EngineArg, ModeArg};
 use crate::protocol::Mode;
 use crate::report::logging;
 use crate::server::engine::EngineKind;
+use crate::tools::bench::path::{Impair, PathSpec, Testbed};
 use crate::tools::bench::{self, BenchConfig};
 use crate::tools::demo::{self, DemoConfig};
 use crate::tools::relay::{Impairments, Relay, RelayConfig};
@@ -22,10 +24,12 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',', default_value = "1,5,10",
           value_parser = values::count(1, 1000))]
     clients: Vec<usize>,
-    /// File sizes, comma-separated (generated in --files if missing).
+    /// File sizes, comma-separated (files on disk are made in --files if missing; generated
+    /// ones are gen-SIZE on the server).
     #[arg(long, value_delimiter = ',', value_parser = values::size, default_value = "100MiB,250MiB")]
     sizes: Vec<u64>,
-    /// Engines to measure, comma-separated: uring, threads.
+    /// Engines to measure, comma-separated: uring, threads. Each GET names its engine: one
+    /// server offers them all (serve --engines uring,threads for --server).
     #[arg(
         long,
         value_enum,
@@ -41,15 +45,20 @@ pub struct BenchArgs {
         default_value = "reliable,blast"
     )]
     modes: Vec<ModeArg>,
-    /// Repetitions of each cell (1-100); the medians are reported.
+    /// Repetitions of each cell (1-100); the medians are reported, with their spread.
     #[arg(long, default_value_t = 3, value_parser = values::count(1, 100))]
     reps: usize,
     /// Directory for the results.
     #[arg(long, default_value = "bench-results")]
     out: PathBuf,
-    /// Directory of the generated files.
+    /// Directory of the files on disk (source files).
     #[arg(long, default_value = "files")]
     files: PathBuf,
+    /// Where the files come from, comma-separated: files (on disk, in --files) or generated
+    /// (the server's gen-SIZE, from memory); both to compare them
+    /// [default: files; generated with --server or --path].
+    #[arg(long, value_enum, value_delimiter = ',')]
+    sources: Vec<SourceArg>,
     /// Receive buffer each sub-client asks for (the lab's Python client had the
     /// kernel default, 208KiB: try it to see the lab's losses in blast mode).
     #[arg(long, value_parser = values::size, default_value = "48MiB")]
@@ -63,6 +72,39 @@ pub struct BenchArgs {
     /// The group's pace in multicast runs, bits/s (e.g. 2G).
     #[arg(long, value_parser = values::rate, default_value = "2G")]
     multicast_rate: u64,
+    /// Measure against a server running on another host (HOST[:PORT], port 6969 if none):
+    /// start it there with `serve --generated --engines uring,threads --bind 0.0.0.0`. Its
+    /// generated files are fetched; its CPU is not measured from here.
+    #[arg(long, value_parser = values::socket_addr, conflicts_with = "path")]
+    server: Option<SocketAddr>,
+    /// The path to measure across, built on this machine (root): loopback (a server in this
+    /// process), veth:MTU (two network namespaces joined by a veth pair, e.g. veth:1500),
+    /// router:RATE (a third, router namespace shaping the link with tc tbf, e.g.
+    /// router:1gbit). Everything made is removed at the end, on a failure and on Ctrl-C.
+    #[arg(long, default_value = "loopback")]
+    path: PathSpec,
+    /// Delay added on the path by a `ringblast relay` (e.g. 20ms; veth and router paths).
+    #[arg(long, value_parser = values::delay, default_value = "0")]
+    delay: Duration,
+    /// Loss the relay adds per datagram and direction (e.g. 1%).
+    #[arg(long, value_parser = values::probability, default_value = "0")]
+    loss: f64,
+    /// Datagrams the relay holds back ~1-2 ms so later ones overtake them (e.g. 1%).
+    #[arg(long, value_parser = values::probability, default_value = "0")]
+    reorder: f64,
+    /// Compare two result directories instead of measuring: B's medians over A's per cell,
+    /// flagged where the spreads over repetitions overlap.
+    #[arg(long, num_args = 2, value_names = ["DIR_A", "DIR_B"], conflicts_with_all = ["server", "path"])]
+    compare: Option<Vec<PathBuf>>,
+    /// (For `--path`: what the results call the path the bench runs across.)
+    #[arg(long, hide = true)]
+    path_name: Option<String>,
+    /// (For `--path`: what is known of the server's machine.)
+    #[arg(long, hide = true)]
+    server_machine: Option<String>,
+    /// (For `--path`: the server's process, whose CPU time /proc gives.)
+    #[arg(long, hide = true)]
+    server_pid: Option<u32>,
 }
 
 /// `bench --delivery`.
@@ -72,20 +114,30 @@ pub enum DeliveryArg {
     Multicast,
 }
 
-impl From<BenchArgs> for BenchConfig {
-    fn from(a: BenchArgs) -> BenchConfig {
+/// `bench --sources`.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SourceArg {
+    /// Files on disk, in --files (made there if missing), read from the page cache.
+    Files,
+    /// The server's generated files (gen-SIZE), from memory.
+    Generated,
+}
+
+impl From<&BenchArgs> for BenchConfig {
+    fn from(a: &BenchArgs) -> BenchConfig {
+        let remote = a.server.is_some() || a.path != PathSpec::Loopback;
         BenchConfig {
-            clients: a.clients,
-            sizes: a.sizes,
-            engines: a.engines.into_iter().map(EngineKind::from).collect(),
-            modes: a.modes.into_iter().map(Mode::from).collect(),
+            clients: a.clients.clone(),
+            sizes: a.sizes.clone(),
+            engines: a.engines.iter().map(|&e| EngineKind::from(e)).collect(),
+            modes: a.modes.iter().map(|&m| Mode::from(m)).collect(),
             reps: a.reps,
-            out: a.out,
-            files: a.files,
+            out: a.out.clone(),
+            files: a.files.clone(),
             recv_buffer: a.recv_buffer.min(usize::MAX as u64) as usize,
             deliveries: a
                 .delivery
-                .into_iter()
+                .iter()
                 .map(|d| match d {
                     DeliveryArg::Unicast => bench::Delivery::Unicast,
                     DeliveryArg::Multicast => bench::Delivery::Multicast,
@@ -93,31 +145,146 @@ impl From<BenchArgs> for BenchConfig {
                 .collect(),
             multicast_rate_bps: a.multicast_rate,
             stop: None,
+            server: a.server,
+            sources: match (a.sources.is_empty(), remote) {
+                (true, false) => vec![bench::Source::Files],
+                (true, true) => vec![bench::Source::Generated],
+                (false, _) => a
+                    .sources
+                    .iter()
+                    .map(|s| match s {
+                        SourceArg::Files => bench::Source::Files,
+                        SourceArg::Generated => bench::Source::Generated,
+                    })
+                    .collect(),
+            },
+            path: a.path_name.clone().unwrap_or_else(|| match a.server {
+                Some(addr) => format!("to {addr}"),
+                None => bench::path::label(a.path, &a.impairments()),
+            }),
+            server_machine: a.server_machine.clone(),
+            server_pid: a.server_pid,
         }
     }
 }
 
 impl BenchArgs {
+    fn impairments(&self) -> Impair {
+        Impair {
+            delay: self.delay,
+            loss: self.loss,
+            reorder: self.reorder,
+        }
+    }
+
     pub fn run(self) -> anyhow::Result<ExitCode> {
         logging::init("warn");
-        let mut cfg = BenchConfig::from(self);
+        if let Some(dirs) = &self.compare {
+            print!("{}", bench::compare::compare(&dirs[0], &dirs[1])?);
+            return Ok(ExitCode::SUCCESS);
+        }
+        let stop = crate::sys::stop_on_signals();
+        if self.path != PathSpec::Loopback {
+            return self.run_across_path(stop);
+        }
+        if self.impairments() != Impair::default() {
+            anyhow::bail!(
+                "--delay, --loss and --reorder need a path with a relay on it: --path veth:1500 or router:RATE"
+            );
+        }
+        let mut cfg = BenchConfig::from(&self);
         // Ctrl-C: the run under way is dropped, the runs measured are kept, written and shown.
-        cfg.stop = Some(crate::sys::stop_on_signals());
-        let (runs, cells) = bench::run(&cfg)?;
-        print!("{}", bench::table(&cells));
+        cfg.stop = Some(stop);
+        let results = bench::run(&cfg)?;
+        print!("{}", bench::table(&results.cells));
         println!(
-            "results: {}/results.csv, results.json, throughput.svg, loss.svg",
+            "results: {}/results.csv, results.json, throughput.svg, per_client.svg, loss.svg, latency.svg",
             cfg.out.display()
         );
         if let Some(sig) = crate::sys::stop_signal() {
             eprintln!(
                 "ringblast: interrupted: {} runs measured and kept in {}",
-                runs.len(),
+                results.runs.len(),
                 cfg.out.display()
             );
             return Ok(ExitCode::from((128 + sig).clamp(0, 255) as u8));
         }
         Ok(ExitCode::SUCCESS)
+    }
+
+    /// `--path veth:MTU | router:RATE`: builds the namespaces, serves in one, runs this bench
+    /// with `--server` in the other, removes everything (also on a failure or a stop).
+    fn run_across_path(
+        self,
+        stop: &'static std::sync::atomic::AtomicBool,
+    ) -> anyhow::Result<ExitCode> {
+        if self.delivery.contains(&DeliveryArg::Multicast) {
+            anyhow::bail!("--delivery multicast runs on loopback only (--path loopback)");
+        }
+        if self.sources.contains(&SourceArg::Files) {
+            anyhow::bail!("--path serves generated files only: --sources generated");
+        }
+        let imp = self.impairments();
+        std::fs::create_dir_all(&self.out)
+            .with_context(|| format!("cannot create {}", self.out.display()))?;
+        let mut bed = Testbed::build(self.path, &imp)?;
+        let engines: Vec<&str> = self
+            .engines
+            .iter()
+            .map(|&e| EngineKind::from(e).as_str())
+            .collect();
+        let max = self.sizes.iter().copied().max().unwrap_or(1).max(1);
+        bed.start(&engines.join(","), max, &imp, &self.out.join("server.log"))?;
+        let label = bench::path::label(self.path, &imp);
+        eprintln!(
+            "bench across {label}: server in namespace {} at {}, clients in {} (server log: {})",
+            bed.server_ns,
+            bed.server_addr,
+            bed.client_ns,
+            self.out.join("server.log").display()
+        );
+        let list = |v: Vec<String>| v.join(",");
+        let mut args: Vec<String> = vec![
+            "bench".into(),
+            "--server".into(),
+            bed.server_addr.to_string(),
+            "--sources".into(),
+            "generated".into(),
+            "--clients".into(),
+            list(self.clients.iter().map(|c| c.to_string()).collect()),
+            "--sizes".into(),
+            list(self.sizes.iter().map(|s| s.to_string()).collect()),
+            "--engines".into(),
+            engines.join(","),
+            "--modes".into(),
+            list(
+                self.modes
+                    .iter()
+                    .map(|&m| Mode::from(m).as_str().to_string())
+                    .collect(),
+            ),
+            "--reps".into(),
+            self.reps.to_string(),
+            "--recv-buffer".into(),
+            self.recv_buffer.to_string(),
+            "--path-name".into(),
+            label,
+            "--server-machine".into(),
+            format!(
+                "this machine, namespace {} ({})",
+                bed.server_ns,
+                bench::output_machine()
+            ),
+            "--server-pid".into(),
+            bed.server_pid().to_string(),
+            "--out".into(),
+        ];
+        args.push(self.out.display().to_string());
+        let code = bed.run_client(&args, stop)?;
+        drop(bed);
+        // Stopped here: the exit status names the signal this process got.
+        let code = crate::sys::stop_signal().map_or(code, |sig| 128 + sig);
+        Ok(ExitCode::from(code.clamp(0, 255) as u8))
     }
 }
 

@@ -18,6 +18,15 @@ pub fn count(min: u64, max: u64) -> RangedU64ValueParser<usize> {
 /// e.g. `500M`, `2G`, `100k`; at least 1 kbit/s.
 pub fn rate(s: &str) -> Result<u64, String> {
     let s = s.trim();
+    // tc's spelling too: 1gbit, 100mbit, 800Mbit/s.
+    let lower = s.to_ascii_lowercase();
+    let s = match ["bit/s", "bits", "bit", "bps"]
+        .iter()
+        .find(|suffix| lower.ends_with(*suffix) && lower.len() > suffix.len())
+    {
+        Some(suffix) => &s[..s.len() - suffix.len()],
+        None => s,
+    };
     let (num, mult) = match s.chars().last() {
         Some('k' | 'K') => (&s[..s.len() - 1], 1e3),
         Some('m' | 'M') => (&s[..s.len() - 1], 1e6),
@@ -286,6 +295,9 @@ mod tests {
         assert_eq!(rate("2.5G"), Ok(2_500_000_000));
         assert_eq!(rate("100k"), Ok(100_000));
         assert_eq!(rate("1k"), Ok(1000));
+        assert_eq!(rate("1gbit"), Ok(1_000_000_000));
+        assert_eq!(rate("100Mbit/s"), Ok(100_000_000));
+        assert_eq!(rate("800mbps"), Ok(800_000_000));
         for bad in ["fast", "-1M", "0", "0.5", "999", "inf", "NaN"] {
             assert!(rate(bad).is_err(), "{bad} accepted");
         }

@@ -61,6 +61,16 @@ impl Hist {
         self.0.distinct_values() * std::mem::size_of::<u64>()
     }
 
+    /// `(q, value)` at each quantile of `qs` (empty for an empty histogram).
+    pub fn quantiles(&self, qs: &[f64]) -> Vec<(f64, u64)> {
+        if self.0.is_empty() {
+            return Vec::new();
+        }
+        qs.iter()
+            .map(|&q| (q, self.0.value_at_quantile(q)))
+            .collect()
+    }
+
     pub fn summary(&self) -> Percentiles {
         if self.0.is_empty() {
             return Percentiles::default();

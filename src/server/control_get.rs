@@ -209,8 +209,13 @@ impl Control {
             summaries: self.summaries_tx.clone(),
             gso: self.gso && req.engine == EngineKind::Uring,
         };
+        // Splicing a file in small pages is slower than copying it (see `small_pages`).
+        let send_path = match req.send_path {
+            SendPath::Auto if file.small_pages => SendPath::Sendmsg,
+            p => p,
+        };
         let session =
-            Arc::new(Session::new(id, req.peer, file, state, ctx).with_send_path(req.send_path));
+            Arc::new(Session::new(id, req.peer, file, state, ctx).with_send_path(send_path));
         session.heard();
         tracing::info!(
             "[TRANSFER] session {:08x}: sending {} ({} bytes, {} mode, engine {}, {}-byte datagrams, {} send path, window {} datagrams, congestion control {}) to {}",

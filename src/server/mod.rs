@@ -143,6 +143,11 @@ impl Server {
             rcvbuf / 1024,
             sndbuf / 1024
         );
+        if cfg.generated.is_some() && uring_offered && !generated::shmem_huge_pages() {
+            tracing::info!(
+                "generated files are in 4 KiB pages (shared memory huge pages are off: /sys/kernel/mm/transparent_hugepage/shmem_enabled): they are copied, not spliced (~7% below cached files with many clients); `advise` there lets them splice like cached files"
+            );
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let use_gso = gso == "on";
         let control = Control::new(cfg, sock, engines, stats.clone(), use_gso, send_path)?;

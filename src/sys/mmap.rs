@@ -106,6 +106,45 @@ impl MappedFile {
     }
 }
 
+/// Writes bytes `start .. end` of `file`, a memory file of this process that nothing else
+/// truncates (the generated files' memfd, already `end` bytes long), through a shared map
+/// with `MADV_HUGEPAGE`: where the system lets shared memory have huge pages
+/// (`/sys/kernel/mm/transparent_hugepage/shmem_enabled`: advise, within_size, always), the
+/// pages are allocated huge, and later sends splice fewer, larger pieces. `fill(offset, out)`
+/// writes the bytes at `offset` into `out`.
+pub fn write_through_map(
+    file: &File,
+    start: u64,
+    end: u64,
+    mut fill: impl FnMut(u64, &mut [u8]),
+) -> io::Result<()> {
+    if start >= end {
+        return Ok(());
+    }
+    // Maps start at a page boundary.
+    let first = start - start % 4096;
+    let len = usize::try_from(end - first).map_err(|_| io::Error::other("too large to map"))?;
+    // SAFETY: the caller's file is a memfd private to this process, `end` bytes long, that
+    // nothing truncates while this map lives (the store holds its lock), so every page of the
+    // map is backed; the map is written here and dropped before this returns.
+    let mut map = unsafe {
+        memmap2::MmapOptions::new()
+            .offset(first)
+            .len(len)
+            .map_mut(file)?
+    };
+    let _ = map.advise(memmap2::Advice::HugePage);
+    let skip = (start - first) as usize;
+    const CHUNK: usize = 8 << 20;
+    let mut at = skip;
+    while at < len {
+        let n = (len - at).min(CHUNK);
+        fill(first + at as u64, &mut map[at..at + n]);
+        at += n;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -44,6 +44,20 @@ fn ip_ok(args: &[&str]) {
     );
 }
 
+/// Whether namespaces can be made here (checked once per test process); if not, says why
+/// and the test skips (fails in CI).
+#[allow(dead_code)]
+pub fn available() -> bool {
+    static WHY: OnceLock<Option<String>> = OnceLock::new();
+    match WHY.get_or_init(unavailable) {
+        Some(why) => {
+            ringblast::skip(why);
+            false
+        }
+        None => true,
+    }
+}
+
 /// Why namespaces cannot be made here, if they cannot.
 fn unavailable() -> Option<String> {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -181,6 +195,24 @@ impl Hosts {
     /// `program args` run inside namespace `ns`.
     pub fn command(&self, ns: &str, program: &str) -> Command {
         in_ns(ns, program)
+    }
+
+    /// Waits (at most 10 s) until a server at `server` answers `list` from the client.
+    #[allow(dead_code)]
+    pub fn wait_listing(&self, server: &str) {
+        let t = std::time::Instant::now();
+        while !in_ns(&self.client, crate::common::BIN)
+            .args(["list", "--server", server, "--timeout", "0.5"])
+            .output()
+            .unwrap()
+            .status
+            .success()
+        {
+            assert!(
+                t.elapsed() < std::time::Duration::from_secs(10),
+                "the server never answered"
+            );
+        }
     }
 
     /// Starts `cmd` and keeps it, to be killed when the hosts go.

@@ -1,6 +1,6 @@
-//! A plain SVG line chart: the lab's figures (per-client goodput and loss against the number
-//! of clients), drawn without a plotting library: x values are shared ticks, one line per
-//! series, a legend on the right.
+//! Plain SVG line charts: the lab's figures (goodput and loss against the number of clients,
+//! with the spread over repetitions) and latency percentiles, drawn without a plotting
+//! library: x values are shared ticks, one line per series, a legend on the right.
 
 use std::fmt::Write as _;
 
@@ -25,12 +25,50 @@ fn esc(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
-/// A plain SVG line chart: x values are shared ticks (client counts), one line per series.
-pub fn line_chart(
+/// One line of a chart: `(x, y, low, high)` points, the low-high spread drawn as a bar.
+pub struct Series {
+    pub name: String,
+    pub points: Vec<(f64, f64, f64, f64)>,
+}
+
+/// A plain SVG line chart: x values are shared ticks (client counts), one line per series,
+/// each point's spread (the lowest and highest of its repetitions) drawn as a vertical bar.
+pub fn spread_chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) -> String {
+    chart(title, x_label, y_label, series, &|x| format!("{x}"))
+}
+
+/// Percentiles against "nines" (x = -log10(1 - q)): 0 is the median's half, 1 is p90, 2 is
+/// p99, 3 is p99.9; the tails of a latency distribution spread out where they matter.
+pub fn percentile_chart(
+    title: &str,
+    y_label: &str,
+    series: &[(String, Vec<(f64, f64)>)],
+) -> String {
+    let spread: Vec<Series> = series
+        .iter()
+        .map(|(name, pts)| Series {
+            name: name.clone(),
+            points: pts
+                .iter()
+                .map(|&(q, y)| {
+                    let x = -(1.0 - q.min(0.99999)).log10();
+                    (x, y, y, y)
+                })
+                .collect(),
+        })
+        .collect();
+    chart(title, "percentile", y_label, &spread, &|x| {
+        let q = 100.0 * (1.0 - 10f64.powf(-x));
+        format!("p{}", (q * 1000.0).round() / 1000.0)
+    })
+}
+
+fn chart(
     title: &str,
     x_label: &str,
     y_label: &str,
-    series: &[(String, Vec<(f64, f64)>)],
+    series: &[Series],
+    x_tick: &dyn Fn(f64) -> String,
 ) -> String {
     const W: f64 = 760.0;
     const H: f64 = 440.0;
@@ -40,13 +78,13 @@ pub fn line_chart(
     ];
     let mut xs: Vec<f64> = series
         .iter()
-        .flat_map(|(_, p)| p.iter().map(|(x, _)| *x))
+        .flat_map(|s| s.points.iter().map(|p| p.0))
         .collect();
     xs.sort_by(|a, b| a.total_cmp(b));
     xs.dedup();
     let ymax = series
         .iter()
-        .flat_map(|(_, p)| p.iter().map(|(_, y)| *y))
+        .flat_map(|s| s.points.iter().map(|p| p.1.max(p.3)))
         .fold(0.0, f64::max);
     let (ytop, ystep) = nice_axis(ymax);
     let (xmin, xmax) = (
@@ -94,13 +132,14 @@ pub fn line_chart(
     for x in &xs {
         let _ = writeln!(
             s,
-            r##"<line x1="{:.1}" x2="{:.1}" y1="{}" y2="{}" stroke="#ddd"/><text x="{:.1}" y="{}" text-anchor="middle">{x}</text>"##,
+            r##"<line x1="{:.1}" x2="{:.1}" y1="{}" y2="{}" stroke="#ddd"/><text x="{:.1}" y="{}" text-anchor="middle">{}</text>"##,
             px(*x),
             px(*x),
             t,
             H - b,
             px(*x),
-            H - b + 18.0
+            H - b + 18.0,
+            esc(&x_tick(*x))
         );
     }
     let _ = writeln!(
@@ -124,24 +163,38 @@ pub fn line_chart(
         (H - b + t) / 2.0,
         esc(y_label)
     );
-    for (i, (name, pts)) in series.iter().enumerate() {
+    for (i, Series { name, points: pts }) in series.iter().enumerate() {
         let c = colors[i % colors.len()];
         let path: Vec<String> = pts
             .iter()
-            .map(|(x, y)| format!("{:.1},{:.1}", px(*x), py(*y)))
+            .map(|(x, y, _, _)| format!("{:.1},{:.1}", px(*x), py(*y)))
             .collect();
         let _ = writeln!(
             s,
             r#"<polyline fill="none" stroke="{c}" stroke-width="2" points="{}"/>"#,
             path.join(" ")
         );
-        for (x, y) in pts {
+        for (x, y, lo, hi) in pts {
             let _ = writeln!(
                 s,
                 r#"<circle cx="{:.1}" cy="{:.1}" r="3.5" fill="{c}"/>"#,
                 px(*x),
                 py(*y)
             );
+            if hi > lo {
+                // The spread over repetitions: a bar from the lowest to the highest.
+                let _ = writeln!(
+                    s,
+                    r#"<path class="spread" d="M{x:.1},{:.1}V{:.1}M{:.1},{:.1}h8M{:.1},{:.1}h8" stroke="{c}" stroke-width="1.5"/>"#,
+                    py(*lo),
+                    py(*hi),
+                    px(*x) - 4.0,
+                    py(*lo),
+                    px(*x) - 4.0,
+                    py(*hi),
+                    x = px(*x)
+                );
+            }
         }
         let ly = t + 10.0 + i as f64 * 20.0;
         let _ = writeln!(
@@ -174,17 +227,33 @@ mod tests {
 
     #[test]
     fn chart_is_wellformed_svg() {
-        let svg = line_chart(
+        let flat = |name: &str, pts: &[(f64, f64)]| Series {
+            name: name.into(),
+            points: pts.iter().map(|&(x, y)| (x, y, y, y)).collect(),
+        };
+        let svg = spread_chart(
             "t <&>",
             "x",
             "y",
             &[
-                ("a".into(), vec![(1.0, 2.0), (5.0, 3.0)]),
-                ("b".into(), vec![(1.0, 0.0)]),
+                flat("a", &[(1.0, 2.0), (5.0, 3.0)]),
+                flat("b", &[(1.0, 0.0)]),
             ],
         );
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
         assert!(svg.contains("t &lt;&amp;&gt;"));
         assert_eq!(svg.matches("<polyline").count(), 2);
+        let spread = spread_chart(
+            "s",
+            "x",
+            "y",
+            &[Series {
+                name: "a".into(),
+                points: vec![(1.0, 2.0, 1.5, 2.5), (2.0, 3.0, 3.0, 3.0)],
+            }],
+        );
+        assert_eq!(spread.matches(r#"class="spread""#).count(), 1, "{spread}");
+        let p = percentile_chart("p", "us", &[("a".into(), vec![(0.5, 10.0), (0.99, 90.0)])]);
+        assert!(p.contains(">p50<") && p.contains(">p99<"), "{p}");
     }
 }

@@ -1,35 +1,43 @@
 //! `ringblast bench`: the lab's experiment matrix, repeated and measured.
 //!
-//! For each engine a server runs in this process; for each mode x file size x client count
-//! the transfer is repeated `reps` times. Server CPU comes from `getrusage`: the process's
-//! CPU time over a run minus what the sub-client threads measured for themselves
-//! (`RUSAGE_THREAD`), so client work is not charged to the server. Writes results.csv (one row
-//! per run), results.json (runs and per-cell medians), throughput.svg and loss.svg (the lab's
-//! figures 7 and 8), and prints the medians.
+//! Against a server in this process on loopback (the default: one server offering every
+//! engine asked for, its files on disk in `--files` and/or generated), or against a running
+//! server elsewhere (`--server`: its generated files, each GET naming its engine), or across
+//! a path this machine builds (`--path`, `path.rs`: namespaces, a veth pair or a shaping
+//! router, the bench re-run inside them). For each source x engine x mode x delivery x file
+//! size x client count the transfer is repeated `reps` times. A server in this process has
+//! its CPU measured from `getrusage`: the process's CPU time over a run minus what the
+//! sub-client threads measured for themselves (`RUSAGE_THREAD`). `output.rs` writes
+//! results.csv (one row per run), results.json (runs, per-cell medians with their spread and
+//! latency percentiles, the machines), and the plots; `compare.rs` sets two result
+//! directories side by side.
 //!
-//! `--delivery unicast,multicast` measures each cell both ways (the uring engine; multicast
-//! on loopback needs `ip link set lo multicast on`): the time until all N copies are done and
-//! the bytes the server sent, against N.
+//! `--delivery unicast,multicast` measures each cell both ways (multicast on loopback needs
+//! `ip link set lo multicast on`): the time until all N copies are done and the bytes the
+//! server sent, against N.
 
 mod chart;
+pub mod compare;
+mod output;
+pub mod path;
 
-use std::fmt::Write as _;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::client::{self, GetConfig, Verify};
 use crate::protocol::Mode;
 use crate::report::copy::{aggregate_goodput_bps, ClientHists};
 use crate::report::cpu::cpu_time;
+use crate::report::MIB;
 use crate::server::engine::EngineKind;
 use crate::server::group::MulticastConfig;
 use crate::server::{Server, ServerConfig};
-use chart::line_chart;
-use std::net::SocketAddr;
+pub use output::{ratios, table, this_machine as output_machine};
 
 pub struct BenchConfig {
     pub clients: Vec<usize>,
@@ -38,7 +46,7 @@ pub struct BenchConfig {
     pub modes: Vec<Mode>,
     pub reps: usize,
     pub out: PathBuf,
-    /// Where the generated files live (and are served from).
+    /// Where the files on disk live (and are served from) for the `files` source.
     pub files: PathBuf,
     /// Kernel receive buffer each sub-client asks for (the lab's Python used the default,
     /// ~208 KiB).
@@ -50,6 +58,62 @@ pub struct BenchConfig {
     /// Set (by a signal handler) to stop: the run under way is dropped, the ones measured are
     /// kept and written.
     pub stop: Option<&'static std::sync::atomic::AtomicBool>,
+    /// A server already running elsewhere (`bench --server`): its generated files are
+    /// fetched, each GET naming its engine. `None`: a server in this process on loopback.
+    pub server: Option<SocketAddr>,
+    /// Where the files come from (a server in this process): files on disk, generated, or
+    /// both (to compare them).
+    pub sources: Vec<Source>,
+    /// What the results call the path ("loopback", "veth:1500", "router:1gbit", ...).
+    pub path: String,
+    /// What is known of the server's machine when it is not this process's (`bench --path`
+    /// runs it on this machine, in a namespace).
+    pub server_machine: Option<String>,
+    /// The server's process id when it runs on this machine (`bench --path`): its CPU time
+    /// is read from /proc.
+    pub server_pid: Option<u32>,
+}
+
+impl BenchConfig {
+    /// The lab's matrix at its defaults, on loopback (the command line's defaults).
+    pub fn new(out: PathBuf) -> Self {
+        BenchConfig {
+            clients: vec![1, 5, 10],
+            sizes: vec![100 << 20, 250 << 20],
+            engines: vec![EngineKind::Uring, EngineKind::Threads],
+            modes: vec![Mode::Reliable, Mode::Blast],
+            reps: 3,
+            out,
+            files: PathBuf::from("files"),
+            recv_buffer: 48 << 20,
+            deliveries: vec![Delivery::Unicast],
+            multicast_rate_bps: 2_000_000_000,
+            stop: None,
+            server: None,
+            sources: vec![Source::Files],
+            path: "loopback".to_string(),
+            server_machine: None,
+            server_pid: None,
+        }
+    }
+}
+
+/// Where a bench's files come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// Files on disk (`--files`), generated there once and read from the page cache.
+    Files,
+    /// The server's generated files (`gen-SIZE`, from memory).
+    Generated,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Files => "files",
+            Source::Generated => "generated",
+        }
+    }
 }
 
 /// How the copies of one run travel.
@@ -71,6 +135,10 @@ impl Delivery {
 /// One transfer of the matrix.
 #[derive(Debug, Clone, Serialize)]
 pub struct Run {
+    /// The path's name, and the server's address.
+    pub path: String,
+    pub server: String,
+    pub source: &'static str,
     pub engine: &'static str,
     pub mode: &'static str,
     pub delivery: &'static str,
@@ -89,37 +157,87 @@ pub struct Run {
     pub datagrams_lost: u64,
     pub retransmitted: u64,
     pub all_intact: bool,
-    pub server_bytes_sent: u64,
-    pub server_cpu_s: f64,
-    pub server_cpu_s_per_gb: f64,
+    /// What the server sent, its CPU time: measured only for a server in this process.
+    pub server_bytes_sent: Option<u64>,
+    pub server_cpu_s: Option<f64>,
+    pub server_cpu_s_per_gb: Option<f64>,
     pub client_cpu_s: f64,
+    pub p50_one_way_delay_us: u64,
     pub p99_one_way_delay_us: u64,
+    /// The path as the copies saw it: datagram size on the wire (header included), whether
+    /// they arrived coalesced (GRO), and the RTT the sender measured (its last STATUS;
+    /// medians over the copies).
+    pub datagram_size: usize,
+    pub gro: bool,
+    pub sender_srtt_us: u64,
+    pub sender_min_rtt_us: u64,
+    /// The first copy's error, if one failed (server gone, refused, timed out).
+    pub error: Option<String>,
 }
 
-/// Medians of one cell (engine x mode x size x clients) over its repetitions.
-#[derive(Debug, Clone, Serialize)]
-pub struct Cell {
-    pub engine: &'static str,
-    pub mode: &'static str,
-    pub delivery: &'static str,
+/// What identifies a cell: everything but the repetition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CellKey {
+    pub path: String,
+    pub source: String,
+    pub engine: String,
+    pub mode: String,
+    pub delivery: String,
     pub size_bytes: u64,
     pub clients: usize,
+}
+
+impl CellKey {
+    fn of(r: &Run) -> CellKey {
+        CellKey {
+            path: r.path.clone(),
+            source: r.source.to_string(),
+            engine: r.engine.to_string(),
+            mode: r.mode.to_string(),
+            delivery: r.delivery.to_string(),
+            size_bytes: r.size_bytes,
+            clients: r.clients,
+        }
+    }
+}
+
+/// Medians of one cell (path x source x engine x mode x delivery x size x clients) over its
+/// repetitions, with the lowest and highest of the throughputs and losses (their spread).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Cell {
+    #[serde(flatten)]
+    pub key: CellKey,
     pub reps: usize,
     pub goodput_bps: f64,
+    pub goodput_min_bps: f64,
+    pub goodput_max_bps: f64,
     pub per_client_bps: f64,
+    pub per_client_min_bps: f64,
+    pub per_client_max_bps: f64,
     pub bytes_lost: f64,
     pub loss_pct: f64,
+    pub loss_min_pct: f64,
+    pub loss_max_pct: f64,
     pub retransmitted: f64,
-    pub server_cpu_s_per_gb: f64,
+    pub server_cpu_s_per_gb: Option<f64>,
     pub p99_one_way_delay_us: f64,
     /// Until the last copy was done, and what the server sent for all of them.
     pub duration_s: f64,
-    pub server_bytes_sent: f64,
+    pub server_bytes_sent: Option<f64>,
     pub all_intact_every_rep: bool,
     /// Repetitions in which every copy arrived whole and verified (a median of bytes lost
     /// can be 0 with one of them short).
     pub reps_intact: usize,
+    /// The data's one-way delay and the gaps between arrivals over every copy of every
+    /// repetition: `(quantile, microseconds)` at [`QUANTILES`].
+    #[serde(default)]
+    pub one_way_delay_us: Vec<(f64, u64)>,
+    #[serde(default)]
+    pub inter_arrival_us: Vec<(f64, u64)>,
 }
+
+/// The quantiles of the latency histograms kept per cell (and plotted).
+pub const QUANTILES: [f64; 9] = [0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 0.999, 0.9999, 1.0];
 
 fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
@@ -134,23 +252,67 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-fn wait_idle(server: &Server) {
-    let t = Instant::now();
-    while server.stats().sessions_active.load(Ordering::Acquire) > 0
-        && t.elapsed() < Duration::from_secs(3)
-    {
-        std::thread::sleep(Duration::from_millis(5));
+/// The server a run fetches from: in this process (its counters and CPU are known) or
+/// elsewhere (its CPU known if it is a process of this machine).
+#[derive(Clone, Copy)]
+enum Target<'a> {
+    Local(&'a Server),
+    Remote(SocketAddr, Option<u32>),
+}
+
+impl Target<'_> {
+    fn addr(&self) -> SocketAddr {
+        match self {
+            Target::Local(s) => s.local_addr(),
+            Target::Remote(a, _) => *a,
+        }
+    }
+
+    /// Waits until the previous run's sessions are gone (a remote server: a moment).
+    fn wait_idle(&self) {
+        match self {
+            Target::Local(server) => {
+                let t = Instant::now();
+                while server.stats().sessions_active.load(Ordering::Acquire) > 0
+                    && t.elapsed() < Duration::from_secs(3)
+                {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+            Target::Remote(..) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+
+    fn bytes_sent(&self) -> Option<u64> {
+        match self {
+            Target::Local(server) => {
+                let st = server.stats();
+                Some(
+                    st.bytes_sent.load(Ordering::Relaxed)
+                        + st.group_bytes_sent.load(Ordering::Relaxed),
+                )
+            }
+            Target::Remote(..) => None,
+        }
+    }
+
+    /// The CPU time of a server that is another process of this machine.
+    fn process_cpu(&self) -> Option<Duration> {
+        match self {
+            Target::Remote(_, Some(pid)) => crate::report::cpu::process_cpu_time(*pid),
+            _ => None,
+        }
     }
 }
 
 fn get_config(
-    server: &Server,
+    server: SocketAddr,
     name: &str,
     clients: usize,
     mode: Mode,
     recv_buffer: usize,
 ) -> GetConfig {
-    let mut g = GetConfig::new(server.local_addr(), name);
+    let mut g = GetConfig::new(server, name);
     g.clients = clients;
     g.mode = mode;
     g.out_dir = None;
@@ -167,6 +329,7 @@ fn stopped(cfg: &BenchConfig) -> bool {
 
 /// One point of the matrix.
 struct Point<'a> {
+    source: Source,
     engine: EngineKind,
     mode: Mode,
     delivery: Delivery,
@@ -176,8 +339,15 @@ struct Point<'a> {
     rep: usize,
 }
 
-fn one_run(server: &Server, cfg: &BenchConfig, p: &Point<'_>) -> anyhow::Result<Run> {
+/// One transfer; its copies' histograms are merged into `hists`.
+fn one_run(
+    target: Target<'_>,
+    cfg: &BenchConfig,
+    p: &Point<'_>,
+    hists: &mut ClientHists,
+) -> anyhow::Result<Run> {
     let Point {
+        source,
         engine,
         mode,
         delivery,
@@ -186,34 +356,54 @@ fn one_run(server: &Server, cfg: &BenchConfig, p: &Point<'_>) -> anyhow::Result<
         clients,
         rep,
     } = *p;
-    wait_idle(server);
-    let stats = server.stats();
-    let all_sent = || {
-        stats.bytes_sent.load(Ordering::Relaxed) + stats.group_bytes_sent.load(Ordering::Relaxed)
-    };
-    let sent0 = all_sent();
+    target.wait_idle();
+    let sent0 = target.bytes_sent();
     let cpu0 = cpu_time(false);
-    let mut g = get_config(server, name, clients, mode, cfg.recv_buffer);
+    let server_cpu0 = target.process_cpu();
+    let mut g = get_config(target.addr(), name, clients, mode, cfg.recv_buffer);
     g.multicast = delivery == Delivery::Multicast;
+    g.engine = Some(engine);
     g.stop = cfg.stop;
     let reports = client::get(&g)?;
-    wait_idle(server);
+    target.wait_idle();
     if g.multicast {
         // The group's last datagrams (its end markers) go after the copies are done.
         std::thread::sleep(Duration::from_millis(300));
     }
     let cpu = cpu_time(false).saturating_sub(cpu0).as_secs_f64();
-    let sent = all_sent() - sent0;
+    let sent = sent0.and_then(|s0| target.bytes_sent().map(|s| s - s0));
     let client_cpu: f64 = reports.iter().map(|r| r.cpu_s).sum();
-    let server_cpu = (cpu - client_cpu).max(0.0);
+    // A server in this process: its CPU is the process's less the sub-clients' own; another
+    // process of this machine: what /proc says it used.
+    let server_cpu = match target {
+        Target::Local(_) => Some((cpu - client_cpu).max(0.0)),
+        Target::Remote(..) => server_cpu0
+            .zip(target.process_cpu())
+            .map(|(a, b)| b.saturating_sub(a).as_secs_f64()),
+    };
+    // CPU per GB of what the server sent; without its counters, of the file bytes asked for.
+    let per_gb_of = sent.unwrap_or(size * clients as u64);
     let requested = size * clients as u64;
     let intact: u64 = reports.iter().map(|r| r.bytes_intact).sum();
-    let mut hists = ClientHists::default();
+    let mut run_hists = ClientHists::default();
     for r in &reports {
-        hists.merge(&r.hists);
+        run_hists.merge(&r.hists);
     }
+    hists.merge(&run_hists);
+    let delay = run_hists.one_way_delay_us.summary();
     let wall = reports.iter().map(|r| r.duration_s).fold(0.0, f64::max);
+    let sender = |f: fn(&crate::protocol::Status) -> u32| -> u64 {
+        median(
+            reports
+                .iter()
+                .filter_map(|r| r.sender.as_ref().map(|s| f(s) as f64))
+                .collect(),
+        ) as u64
+    };
     Ok(Run {
+        path: cfg.path.clone(),
+        server: target.addr().to_string(),
+        source: source.as_str(),
         engine: engine.as_str(),
         mode: mode.as_str(),
         delivery: delivery.as_str(),
@@ -236,30 +426,102 @@ fn one_run(server: &Server, cfg: &BenchConfig, p: &Point<'_>) -> anyhow::Result<
         all_intact: reports.iter().all(|r| r.ok()),
         server_bytes_sent: sent,
         server_cpu_s: server_cpu,
-        server_cpu_s_per_gb: if sent > 0 {
-            server_cpu / (sent as f64 / 1e9)
-        } else {
-            0.0
-        },
+        server_cpu_s_per_gb: server_cpu
+            .and_then(|cpu| (per_gb_of > 0).then(|| cpu / (per_gb_of as f64 / 1e9))),
         client_cpu_s: client_cpu,
-        p99_one_way_delay_us: hists.one_way_delay_us.summary().p99,
+        p50_one_way_delay_us: delay.p50,
+        p99_one_way_delay_us: delay.p99,
+        datagram_size: reports.iter().map(|r| r.datagram_size).max().unwrap_or(0),
+        gro: reports.iter().any(|r| r.gro),
+        sender_srtt_us: sender(|s| s.srtt_us),
+        sender_min_rtt_us: sender(|s| s.min_rtt_us),
+        error: reports.iter().find_map(|r| r.error.clone()),
     })
 }
 
-/// Runs the matrix; returns the per-run rows and the per-cell medians (of the runs measured
-/// before a stop, if one was asked for: see [`BenchConfig::stop`]).
-pub fn run(cfg: &BenchConfig) -> anyhow::Result<(Vec<Run>, Vec<Cell>)> {
-    std::fs::create_dir_all(&cfg.out)
-        .with_context(|| format!("cannot create {}", cfg.out.display()))?;
+/// What a bench measured: a row per run and the medians per cell.
+pub struct Results {
+    pub runs: Vec<Run>,
+    pub cells: Vec<Cell>,
+}
+
+/// The name each size is fetched by, per source (files on disk made first if missing).
+fn names(cfg: &BenchConfig) -> anyhow::Result<Vec<(Source, u64, String)>> {
     let mut names = Vec::new();
-    for &size in &cfg.sizes {
-        names.push((size, crate::tools::demo::ensure_file(&cfg.files, size)?));
+    for &source in &cfg.sources {
+        for &size in &cfg.sizes {
+            let name = match source {
+                Source::Files => crate::tools::demo::ensure_file(&cfg.files, size)?,
+                Source::Generated => crate::protocol::generated::name_for(size),
+            };
+            names.push((source, size, name));
+        }
     }
     if cfg.stop.is_some() {
         // Generating a file gave the signals their default action back after it.
         crate::sys::stop_on_signals();
     }
+    Ok(names)
+}
+
+/// The server of a bench without `--server`: in this process on loopback, offering every
+/// engine measured, the files on disk and/or generated ones.
+fn local_server(cfg: &BenchConfig, multicast: bool) -> anyhow::Result<Server> {
+    Server::start(ServerConfig {
+        dir: Some(cfg.files.clone()),
+        generated: cfg
+            .sources
+            .contains(&Source::Generated)
+            .then(|| cfg.sizes.iter().copied().max().unwrap_or(1).max(1)),
+        bind: "127.0.0.1:0".parse().expect("literal"),
+        engine: cfg.engines[0],
+        engines: cfg.engines.clone(),
+        multicast: multicast.then(|| MulticastConfig {
+            group: SocketAddr::new(
+                [239, 255, 70, 1 + (std::process::id() % 250) as u8].into(),
+                free_port(),
+            ),
+            ttl: 1,
+            interface: Some([127, 0, 0, 1].into()),
+            rate_bps: cfg.multicast_rate_bps,
+            gather: Duration::from_millis(100),
+        }),
+        ..ServerConfig::default()
+    })
+}
+
+/// Runs the matrix, writes the results; returns the per-run rows and the per-cell medians
+/// (of the runs measured before a stop, if one was asked for: see [`BenchConfig::stop`]).
+pub fn run(cfg: &BenchConfig) -> anyhow::Result<Results> {
+    std::fs::create_dir_all(&cfg.out)
+        .with_context(|| format!("cannot create {}", cfg.out.display()))?;
+    if cfg.engines.is_empty() || cfg.sources.is_empty() {
+        anyhow::bail!("nothing to measure: give at least one engine and one source");
+    }
+    if cfg.server.is_some() && cfg.sources.contains(&Source::Files) {
+        anyhow::bail!(
+            "bench --server fetches the server's generated files (serve --generated): --sources generated"
+        );
+    }
+    let names = names(cfg)?;
+    let multicast = cfg.deliveries.contains(&Delivery::Multicast);
+    if multicast && cfg.server.is_none() && !loopback_multicast() {
+        anyhow::bail!(
+            "--delivery multicast runs on loopback, which carries no multicast here: `ip link set lo multicast on` (root) first"
+        );
+    }
+    let local = match cfg.server {
+        Some(_) => None,
+        None => Some(local_server(cfg, multicast)?),
+    };
+    let target = match (&local, cfg.server) {
+        (Some(server), _) => Target::Local(server),
+        (None, Some(addr)) => Target::Remote(addr, cfg.server_pid),
+        (None, None) => unreachable!("a local server is started without --server"),
+    };
+    warm_up(cfg, target, &names)?;
     let mut runs = Vec::new();
+    let mut hists: Vec<(CellKey, ClientHists)> = Vec::new();
     let total = cfg.engines.len()
         * cfg.modes.len()
         * cfg.deliveries.len()
@@ -267,51 +529,14 @@ pub fn run(cfg: &BenchConfig) -> anyhow::Result<(Vec<Run>, Vec<Cell>)> {
         * cfg.clients.len()
         * cfg.reps;
     let started = Instant::now();
-    let multicast = cfg.deliveries.contains(&Delivery::Multicast);
-    if multicast && !loopback_multicast() {
-        anyhow::bail!(
-            "--delivery multicast runs on loopback, which carries no multicast here: `ip link set lo multicast on` (root) first"
-        );
-    }
     'matrix: for &engine in &cfg.engines {
-        if stopped(cfg) {
-            break;
-        }
-        let server = Server::start(ServerConfig {
-            dir: Some(cfg.files.clone()),
-            bind: "127.0.0.1:0".parse().expect("literal"),
-            engine,
-            multicast: multicast.then(|| MulticastConfig {
-                group: SocketAddr::new(
-                    [239, 255, 70, 1 + (std::process::id() % 250) as u8].into(),
-                    free_port(),
-                ),
-                ttl: 1,
-                interface: Some([127, 0, 0, 1].into()),
-                rate_bps: cfg.multicast_rate_bps,
-                gather: Duration::from_millis(100),
-            }),
-            ..ServerConfig::default()
-        })?;
-        // Warm up: index every file and bring it into the page cache.
-        for (_, name) in &names {
-            let r = client::get(&get_config(
-                &server,
-                name,
-                1,
-                Mode::Reliable,
-                cfg.recv_buffer,
-            ))?;
-            if let Some(e) = r.iter().find_map(|r| r.error.clone()) {
-                anyhow::bail!("warm-up fetch of {name} failed: {e}");
-            }
-        }
         for &mode in &cfg.modes {
             for &delivery in &cfg.deliveries {
-                for (size, name) in &names {
+                for (source, size, name) in &names {
                     for &clients in &cfg.clients {
                         for rep in 1..=cfg.reps {
                             let point = Point {
+                                source: *source,
                                 engine,
                                 mode,
                                 delivery,
@@ -321,213 +546,148 @@ pub fn run(cfg: &BenchConfig) -> anyhow::Result<(Vec<Run>, Vec<Cell>)> {
                                 rep,
                             };
                             if stopped(cfg) {
-                                server.shutdown();
                                 break 'matrix;
                             }
-                            let r = one_run(&server, cfg, &point)?;
+                            let mut h = ClientHists::default();
+                            let r = one_run(target, cfg, &point, &mut h)?;
                             if stopped(cfg) {
                                 // Cut short by the stop: not a measurement.
-                                server.shutdown();
                                 break 'matrix;
                             }
-                            let done = runs.len() + 1;
-                            let elapsed = started.elapsed().as_secs_f64();
-                            let left = elapsed / done as f64 * (total - done) as f64;
-                            eprintln!(
-                            "[{done}/{total}, {elapsed:.0} s, ~{left:.0} s left] {:>7} {:>8} {:>9} {:>10} x{:<3} rep {rep}: {:>8.1} MiB/s aggregate, {:.3} s, server sent {:.1} MiB, {:>5.2}% lost, {} retransmitted, server {:.3} CPU s/GB",
-                            r.engine,
-                            r.mode,
-                            r.delivery,
-                            name,
-                            clients,
-                            r.goodput_bps / 8.0 / 1048576.0,
-                            r.duration_s,
-                            r.server_bytes_sent as f64 / 1048576.0,
-                            r.loss_pct,
-                            r.retransmitted,
-                            r.server_cpu_s_per_gb
-                        );
+                            let key = CellKey::of(&r);
+                            match hists.iter_mut().find(|(k, _)| *k == key) {
+                                Some((_, all)) => all.merge(&h),
+                                None => hists.push((key, h)),
+                            }
+                            progress(runs.len() + 1, total, started, name, &r);
+                            let failed = (r.bytes_intact == 0).then(|| r.error.clone()).flatten();
                             runs.push(r);
+                            if let Some(e) = failed {
+                                // Nothing arrived: the server is gone or refuses; the rest
+                                // of the matrix would only time out. What was measured stays.
+                                let cells = cells(&runs, &hists);
+                                output::write_outputs(cfg, &runs, &cells)?;
+                                anyhow::bail!(
+                                    "run {} of {total} failed, nothing arrived: {e} (the {} runs measured are in {})",
+                                    runs.len(),
+                                    runs.len() - 1,
+                                    cfg.out.display()
+                                );
+                            }
                         }
                     }
                 }
             }
         }
+    }
+    if let Some(server) = local {
         server.shutdown();
     }
-    let cells = cells(&runs);
-    write_outputs(cfg, &runs, &cells)?;
-    Ok((runs, cells))
+    let cells = cells(&runs, &hists);
+    output::write_outputs(cfg, &runs, &cells)?;
+    Ok(Results { runs, cells })
 }
 
-fn cells(runs: &[Run]) -> Vec<Cell> {
+/// Every file fetched once per engine before the matrix: scanned (generated) at the engine's
+/// datagram size and in memory. A server that lacks an engine or the files says so here.
+fn warm_up(
+    cfg: &BenchConfig,
+    target: Target<'_>,
+    names: &[(Source, u64, String)],
+) -> anyhow::Result<()> {
+    for &engine in &cfg.engines {
+        for (_, _, name) in names {
+            let mut g = get_config(target.addr(), name, 1, Mode::Reliable, cfg.recv_buffer);
+            g.engine = Some(engine);
+            g.timeout = Duration::from_secs(30);
+            g.stop = cfg.stop;
+            let r = client::get(&g)?;
+            if let Some(e) = r.iter().find_map(|r| r.error.clone()) {
+                anyhow::bail!(
+                    "warm-up fetch of {name} from {} (engine {}) failed: {e}",
+                    target.addr(),
+                    engine.as_str()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The line after each run: where the matrix is, and what the run measured.
+fn progress(done: usize, total: usize, started: Instant, name: &str, r: &Run) {
+    let elapsed = started.elapsed().as_secs_f64();
+    let left = elapsed / done as f64 * (total - done) as f64;
+    eprintln!(
+        "[{done}/{total}, {elapsed:.0} s, ~{left:.0} s left] {:>7} {:>8} {:>9} {:>10} x{:<3} rep {}: {:>8.1} MiB/s aggregate, {:.3} s, {:>5.2}% lost, {} retransmitted{}",
+        r.engine,
+        r.mode,
+        r.delivery,
+        name,
+        r.clients,
+        r.rep,
+        r.goodput_bps / 8.0 / MIB,
+        r.duration_s,
+        r.loss_pct,
+        r.retransmitted,
+        match (r.server_bytes_sent, r.server_cpu_s_per_gb) {
+            (Some(sent), Some(cpu)) => format!(
+                ", server sent {:.1} MiB, {cpu:.3} CPU s/GB",
+                sent as f64 / MIB
+            ),
+            _ => String::new(),
+        }
+    );
+}
+
+/// The medians and spreads per cell, in the order cells were first measured.
+fn cells(runs: &[Run], hists: &[(CellKey, ClientHists)]) -> Vec<Cell> {
     let mut out: Vec<Cell> = Vec::new();
     for r in runs {
-        if out.iter().any(|c| {
-            c.engine == r.engine
-                && c.mode == r.mode
-                && c.delivery == r.delivery
-                && c.size_bytes == r.size_bytes
-                && c.clients == r.clients
-        }) {
+        let key = CellKey::of(r);
+        if out.iter().any(|c| c.key == key) {
             continue;
         }
-        let same: Vec<&Run> = runs
-            .iter()
-            .filter(|x| {
-                x.engine == r.engine
-                    && x.mode == r.mode
-                    && x.delivery == r.delivery
-                    && x.size_bytes == r.size_bytes
-                    && x.clients == r.clients
-            })
-            .collect();
+        let same: Vec<&Run> = runs.iter().filter(|x| CellKey::of(x) == key).collect();
         let m = |f: fn(&Run) -> f64| median(same.iter().map(|x| f(x)).collect());
+        let lo = |f: fn(&Run) -> f64| same.iter().map(|x| f(x)).fold(f64::INFINITY, f64::min);
+        let hi = |f: fn(&Run) -> f64| same.iter().map(|x| f(x)).fold(0.0, f64::max);
+        let opt = |f: fn(&Run) -> Option<f64>| {
+            let v: Vec<f64> = same.iter().filter_map(|x| f(x)).collect();
+            (!v.is_empty()).then(|| median(v))
+        };
+        let quantiles = |pick: fn(&ClientHists) -> &crate::report::hist::Hist| {
+            hists
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, h)| pick(h).quantiles(&QUANTILES))
+                .unwrap_or_default()
+        };
         out.push(Cell {
-            engine: r.engine,
-            mode: r.mode,
-            delivery: r.delivery,
-            size_bytes: r.size_bytes,
-            clients: r.clients,
             reps: same.len(),
             goodput_bps: m(|x| x.goodput_bps),
+            goodput_min_bps: lo(|x| x.goodput_bps),
+            goodput_max_bps: hi(|x| x.goodput_bps),
             per_client_bps: m(|x| x.per_client_bps),
+            per_client_min_bps: lo(|x| x.per_client_bps),
+            per_client_max_bps: hi(|x| x.per_client_bps),
             bytes_lost: m(|x| x.bytes_lost as f64),
             loss_pct: m(|x| x.loss_pct),
+            loss_min_pct: lo(|x| x.loss_pct),
+            loss_max_pct: hi(|x| x.loss_pct),
             retransmitted: m(|x| x.retransmitted as f64),
-            server_cpu_s_per_gb: m(|x| x.server_cpu_s_per_gb),
+            server_cpu_s_per_gb: opt(|x| x.server_cpu_s_per_gb),
             p99_one_way_delay_us: m(|x| x.p99_one_way_delay_us as f64),
             duration_s: m(|x| x.duration_s),
-            server_bytes_sent: m(|x| x.server_bytes_sent as f64),
+            server_bytes_sent: opt(|x| x.server_bytes_sent.map(|b| b as f64)),
             all_intact_every_rep: same.iter().all(|x| x.all_intact),
             reps_intact: same.iter().filter(|x| x.all_intact).count(),
+            one_way_delay_us: quantiles(|h| &h.one_way_delay_us),
+            inter_arrival_us: quantiles(|h| &h.inter_arrival_us),
+            key,
         });
     }
     out
-}
-
-fn size_label(size: u64) -> String {
-    crate::tools::demo::file_name(size)
-        .trim_end_matches(".bin")
-        .to_string()
-}
-
-/// The medians as a table for people.
-pub fn table(cells: &[Cell]) -> String {
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "{:>7} {:>8} {:>9} {:>8} {:>7} {:>12} {:>12} {:>9} {:>12} {:>12} {:>8} {:>8} {:>12} {:>11}  intact reps",
-        "engine",
-        "mode",
-        "delivery",
-        "size",
-        "clients",
-        "all MiB/s",
-        "copy MiB/s",
-        "all done s",
-        "server MiB",
-        "bytes lost",
-        "lost %",
-        "retrans",
-        "srv CPU s/GB",
-        "delay p99 us",
-    );
-    for c in cells {
-        let _ = writeln!(
-            s,
-            "{:>7} {:>8} {:>9} {:>8} {:>7} {:>12.1} {:>12.1} {:>9.3} {:>12.1} {:>12.0} {:>8.3} {:>8.0} {:>12.3} {:>11.0}  {}/{}",
-            c.engine,
-            c.mode,
-            c.delivery,
-            size_label(c.size_bytes),
-            c.clients,
-            c.goodput_bps / 8.0 / 1048576.0,
-            c.per_client_bps / 8.0 / 1048576.0,
-            c.duration_s,
-            c.server_bytes_sent / 1048576.0,
-            c.bytes_lost,
-            c.loss_pct,
-            c.retransmitted,
-            c.server_cpu_s_per_gb,
-            c.p99_one_way_delay_us,
-            c.reps_intact,
-            c.reps,
-        );
-    }
-    s.push_str(concat!(
-        "Medians over the repetitions. all MiB/s: every copy's verified bytes over the slowest\n",
-        "copy's time. copy MiB/s: the mean of each copy's own rate (one that ends early has a shorter\n",
-        "time, so it can exceed all / clients). all done s: until the last copy was done. delay p99\n",
-        "us: the 99th percentile of the data's one-way delay. intact reps: repetitions in which every\n",
-        "copy arrived whole and verified (blast mode measures its loss instead).\n",
-    ));
-    s
-}
-
-fn write_outputs(cfg: &BenchConfig, runs: &[Run], cells: &[Cell]) -> anyhow::Result<()> {
-    let csv_path = cfg.out.join("results.csv");
-    let mut csv = csv::Writer::from_path(&csv_path)
-        .with_context(|| format!("cannot write {}", csv_path.display()))?;
-    for r in runs {
-        csv.serialize(r)?;
-    }
-    csv.flush()
-        .with_context(|| format!("cannot write {}", csv_path.display()))?;
-    #[derive(Serialize)]
-    struct Out<'a> {
-        machine: String,
-        runs: &'a [Run],
-        medians: &'a [Cell],
-    }
-    let machine = format!(
-        "{} cores, kernel {}",
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .unwrap_or_default()
-            .trim()
-    );
-    write(
-        &cfg.out.join("results.json"),
-        &serde_json::to_string_pretty(&Out {
-            machine,
-            runs,
-            medians: cells,
-        })?,
-    )?;
-    let series = |f: fn(&Cell) -> f64| -> Vec<(String, Vec<(f64, f64)>)> {
-        let mut out: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
-        for c in cells {
-            let key = match c.delivery {
-                "unicast" => format!("{} {} {}", c.engine, c.mode, size_label(c.size_bytes)),
-                d => format!("{} {} {d} {}", c.engine, c.mode, size_label(c.size_bytes)),
-            };
-            match out.iter_mut().find(|(k, _)| *k == key) {
-                Some((_, pts)) => pts.push((c.clients as f64, f(c))),
-                None => out.push((key, vec![(c.clients as f64, f(c))])),
-            }
-        }
-        out
-    };
-    write(
-        &cfg.out.join("throughput.svg"),
-        &line_chart(
-            "Per-client goodput vs active clients (median)",
-            "clients",
-            "MiB/s per client",
-            &series(|c| c.per_client_bps / 8.0 / 1048576.0),
-        ),
-    )?;
-    write(
-        &cfg.out.join("loss.svg"),
-        &line_chart(
-            "Bytes lost vs active clients (median, % of requested)",
-            "clients",
-            "% lost",
-            &series(|c| c.loss_pct),
-        ),
-    )?;
-    Ok(())
 }
 
 /// Whether loopback carries multicast (its MULTICAST flag).
@@ -559,19 +719,21 @@ mod tests {
         assert_eq!(median(vec![]), 0.0);
     }
 
-    #[test]
-    fn results_csv_has_a_header_and_a_row_per_run() {
-        let dir = tempfile::tempdir().unwrap();
-        let run = Run {
-            engine: "uring",
+    /// A run as a test makes one: `engine`, `clients`, `rep`, and a goodput.
+    pub(super) fn run_of(engine: &'static str, clients: usize, rep: usize, mibps: f64) -> Run {
+        Run {
+            path: "loopback".into(),
+            server: "127.0.0.1:6969".into(),
+            source: "generated",
+            engine,
             mode: "reliable",
             delivery: "unicast",
             size_bytes: 100,
-            clients: 5,
-            rep: 1,
+            clients,
+            rep,
             duration_s: 0.5,
-            goodput_bps: 1600.0,
-            per_client_bps: 320.0,
+            goodput_bps: mibps * 8.0 * MIB,
+            per_client_bps: mibps * 8.0 * MIB / clients as f64,
             bytes_requested: 500,
             bytes_intact: 500,
             bytes_lost: 0,
@@ -579,35 +741,57 @@ mod tests {
             datagrams_lost: 0,
             retransmitted: 2,
             all_intact: true,
-            server_bytes_sent: 510,
-            server_cpu_s: 0.01,
-            server_cpu_s_per_gb: 19.6,
+            server_bytes_sent: Some(510),
+            server_cpu_s: Some(0.01),
+            server_cpu_s_per_gb: Some(19.6),
             client_cpu_s: 0.02,
+            p50_one_way_delay_us: 300,
             p99_one_way_delay_us: 900,
-        };
-        let cfg = BenchConfig {
-            clients: vec![5],
-            sizes: vec![100],
-            engines: vec![EngineKind::Uring],
-            modes: vec![Mode::Reliable],
-            reps: 1,
-            out: dir.path().into(),
-            files: dir.path().into(),
-            recv_buffer: 1 << 20,
-            deliveries: vec![Delivery::Unicast],
-            multicast_rate_bps: 1_000_000_000,
-            stop: None,
-        };
-        let runs = vec![run.clone(), Run { rep: 2, ..run }];
-        write_outputs(&cfg, &runs, &cells(&runs)).unwrap();
+            datagram_size: 1472,
+            gro: true,
+            sender_srtt_us: 120,
+            sender_min_rtt_us: 80,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn results_have_a_row_per_run_a_cell_per_point_and_plots() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = BenchConfig::new(dir.path().into());
+        let runs = vec![
+            run_of("uring", 5, 1, 100.0),
+            run_of("uring", 5, 2, 120.0),
+            run_of("threads", 5, 1, 50.0),
+            run_of("threads", 5, 2, 60.0),
+        ];
+        let mut h = ClientHists::default();
+        for us in 1..=1000 {
+            h.one_way_delay_us.record(us);
+        }
+        let key = CellKey::of(&runs[0]);
+        let cells = cells(&runs, &[(key, h)]);
+        assert_eq!(cells.len(), 2);
+        assert_eq!(
+            (cells[0].goodput_min_bps, cells[0].goodput_max_bps),
+            (100.0 * 8.0 * MIB, 120.0 * 8.0 * MIB)
+        );
+        assert_eq!(cells[0].one_way_delay_us.len(), QUANTILES.len());
+        assert_eq!(cells[0].one_way_delay_us[2].0, 0.5);
+        assert!((495..=505).contains(&cells[0].one_way_delay_us[2].1));
+        output::write_outputs(&cfg, &runs, &cells).unwrap();
         let text = std::fs::read_to_string(dir.path().join("results.csv")).unwrap();
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 3, "{text}");
-        assert!(lines[0]
-            .starts_with("engine,mode,delivery,size_bytes,clients,rep,duration_s,goodput_bps"));
+        assert_eq!(lines.len(), 5, "{text}");
+        assert!(
+            lines[0].starts_with("path,server,source,engine,mode,delivery,size_bytes,clients,rep"),
+            "{}",
+            lines[0]
+        );
         assert_eq!(lines[0].split(',').count(), lines[2].split(',').count());
         assert!(
-            lines[2].starts_with("uring,reliable,unicast,100,5,2,0.5,1600.0"),
+            lines[2]
+                .starts_with("loopback,127.0.0.1:6969,generated,uring,reliable,unicast,100,5,2"),
             "{}",
             lines[2]
         );
@@ -616,6 +800,18 @@ mod tests {
         )
         .unwrap();
         assert_eq!(json["medians"][0]["reps"], 2);
-        assert!(dir.path().join("throughput.svg").exists() && dir.path().join("loss.svg").exists());
+        assert_eq!(json["medians"][0]["engine"], "uring");
+        assert!(json["client_machine"].as_str().unwrap().contains("cores"));
+        assert_eq!(json["ratios"][0]["uring_over_threads"], 2.0);
+        for svg in ["throughput.svg", "loss.svg", "latency.svg"] {
+            let text = std::fs::read_to_string(dir.path().join(svg)).unwrap();
+            assert!(
+                text.contains("loopback"),
+                "{svg} names where it was measured"
+            );
+        }
+        let table = table(&cells);
+        assert!(table.contains("uring/threads"), "{table}");
+        assert!(table.contains("2.00 (1.67-2.40)"), "{table}");
     }
 }

@@ -1,0 +1,220 @@
+//! `bench --compare DIR_A DIR_B`: two result directories side by side, cell by cell (the
+//! same source, engine, mode, delivery, size and clients; the paths may differ, that is often
+//! the point): B's median goodput over A's, and whether the two spreads over repetitions
+//! overlap (then the difference is within what repeating the run shows, not a finding).
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::Context;
+
+use super::output::ResultsFile;
+use super::{Cell, CellKey};
+use crate::report::MIB;
+
+/// One cell of the comparison.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Compared {
+    pub key: CellKey,
+    /// Median goodput, lowest and highest, bits/s, in A and in B (`None`: not measured there).
+    pub a: Option<(f64, f64, f64)>,
+    pub b: Option<(f64, f64, f64)>,
+}
+
+impl Compared {
+    /// B's median over A's.
+    pub fn ratio(&self) -> Option<f64> {
+        match (self.a, self.b) {
+            (Some((a, ..)), Some((b, ..))) if a > 0.0 => Some(b / a),
+            _ => None,
+        }
+    }
+
+    /// The two ranges over repetitions share some value.
+    pub fn overlap(&self) -> bool {
+        match (self.a, self.b) {
+            (Some((_, alo, ahi)), Some((_, blo, bhi))) => alo <= bhi && blo <= ahi,
+            _ => false,
+        }
+    }
+}
+
+fn read(dir: &Path) -> anyhow::Result<ResultsFile> {
+    let path = dir.join("results.json");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {} (a bench --out directory?)", path.display()))?;
+    serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a bench results file", path.display()))
+}
+
+/// The cell's key without its path: cells of two paths compare.
+fn same_point(a: &CellKey, b: &CellKey) -> bool {
+    CellKey {
+        path: String::new(),
+        ..a.clone()
+    } == CellKey {
+        path: String::new(),
+        ..b.clone()
+    }
+}
+
+/// Every cell of A, then those only B has.
+pub fn compare_cells(a: &[Cell], b: &[Cell]) -> Vec<Compared> {
+    let spread = |c: &Cell| (c.goodput_bps, c.goodput_min_bps, c.goodput_max_bps);
+    let mut out: Vec<Compared> = a
+        .iter()
+        .map(|ca| Compared {
+            key: ca.key.clone(),
+            a: Some(spread(ca)),
+            b: b.iter().find(|cb| same_point(&ca.key, &cb.key)).map(spread),
+        })
+        .collect();
+    for cb in b {
+        if !a.iter().any(|ca| same_point(&ca.key, &cb.key)) {
+            out.push(Compared {
+                key: cb.key.clone(),
+                a: None,
+                b: Some(spread(cb)),
+            });
+        }
+    }
+    out
+}
+
+/// The comparison of two result directories, as a table for people.
+pub fn compare(dir_a: &Path, dir_b: &Path) -> anyhow::Result<String> {
+    let (a, b) = (read(dir_a)?, read(dir_b)?);
+    let rows = compare_cells(&a.medians, &b.medians);
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "A: {} ({}, server {}; {})\nB: {} ({}, server {}; {})",
+        dir_a.display(),
+        a.path,
+        a.server,
+        a.client_machine,
+        dir_b.display(),
+        b.path,
+        b.server,
+        b.client_machine
+    );
+    let _ = writeln!(
+        s,
+        "{:>9} {:>8} {:>9} {:>9} {:>10} {:>7} {:>24} {:>24} {:>7}  spreads",
+        "source",
+        "engine",
+        "mode",
+        "delivery",
+        "size",
+        "clients",
+        "A all MiB/s (range)",
+        "B all MiB/s (range)",
+        "B/A"
+    );
+    let cell = |v: Option<(f64, f64, f64)>| {
+        v.map_or("-".to_string(), |(m, lo, hi)| {
+            let f = |x: f64| x / 8.0 / MIB;
+            format!("{:.1} ({:.1}-{:.1})", f(m), f(lo), f(hi))
+        })
+    };
+    for r in &rows {
+        let k = &r.key;
+        let _ = writeln!(
+            s,
+            "{:>9} {:>8} {:>9} {:>9} {:>10} {:>7} {:>24} {:>24} {:>7}  {}",
+            k.source,
+            k.engine,
+            k.mode,
+            k.delivery,
+            crate::tools::demo::file_name(k.size_bytes).trim_end_matches(".bin"),
+            k.clients,
+            cell(r.a),
+            cell(r.b),
+            r.ratio().map_or("-".to_string(), |x| format!("{x:.2}")),
+            match (r.a, r.b) {
+                (None, _) => "only in B",
+                (_, None) => "only in A",
+                _ if r.overlap() => "overlap: within the repetitions' spread",
+                _ if r.ratio().is_some_and(|x| x > 1.0) => "apart: B faster",
+                _ => "apart: B slower",
+            }
+        );
+    }
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::run_of;
+    use super::super::{cells, output, BenchConfig};
+    use super::*;
+
+    /// Two small result directories, as bench writes them: ratios per cell, flagged where
+    /// the spreads overlap, cells only one side has said so.
+    #[test]
+    fn two_result_directories_compare_cell_by_cell() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let write = |dir: &Path, path: &str, runs: Vec<super::super::Run>| {
+            let mut cfg = BenchConfig::new(dir.into());
+            cfg.path = path.into();
+            let runs: Vec<_> = runs
+                .into_iter()
+                .map(|r| super::super::Run {
+                    path: path.into(),
+                    ..r
+                })
+                .collect();
+            output::write_outputs(&cfg, &runs, &cells(&runs, &[])).unwrap();
+        };
+        write(
+            a.path(),
+            "loopback",
+            vec![
+                run_of("uring", 1, 1, 100.0),
+                run_of("uring", 1, 2, 110.0),
+                run_of("threads", 1, 1, 50.0),
+                run_of("threads", 1, 2, 52.0),
+                run_of("uring", 10, 1, 300.0),
+            ],
+        );
+        write(
+            b.path(),
+            "veth:1500",
+            vec![
+                run_of("uring", 1, 1, 105.0),
+                run_of("uring", 1, 2, 115.0),
+                run_of("threads", 1, 1, 20.0),
+                run_of("threads", 1, 2, 22.0),
+                run_of("threads", 10, 1, 30.0),
+            ],
+        );
+        let text = compare(a.path(), b.path()).unwrap();
+        let line = |engine: &str, clients: &str| {
+            text.lines()
+                .find(|l| {
+                    let w: Vec<&str> = l.split_whitespace().collect();
+                    w.get(1) == Some(&engine) && w.get(5) == Some(&clients)
+                })
+                .unwrap_or_else(|| panic!("no {engine} x{clients} row:\n{text}"))
+                .to_string()
+        };
+        let uring = line("uring", "1");
+        assert!(
+            uring.contains("1.05") && uring.contains("overlap"),
+            "{uring}"
+        );
+        let threads = line("threads", "1");
+        assert!(
+            threads.contains("0.41") && threads.contains("apart: B slower"),
+            "{threads}"
+        );
+        assert!(line("uring", "10").contains("only in A"), "{text}");
+        assert!(line("threads", "10").contains("only in B"), "{text}");
+        assert!(
+            text.contains("loopback") && text.contains("veth:1500"),
+            "{text}"
+        );
+        let missing = compare(a.path(), &a.path().join("nope")).unwrap_err();
+        assert!(format!("{missing:#}").contains("a bench --out directory"));
+    }
+}
