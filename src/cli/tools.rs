@@ -54,8 +54,9 @@ pub struct BenchArgs {
     /// Directory of the files on disk (source files).
     #[arg(long, default_value = "files")]
     files: PathBuf,
-    /// Where the files come from, comma-separated: files (on disk, in --files) or generated
-    /// (the server's gen-SIZE, from memory); both to compare them
+    /// Where the files come from, comma-separated: files (on disk, in --files; with --server,
+    /// the server's SIZE.bin files, as bench or demo made them there) or generated (the
+    /// server's gen-SIZE, from memory); both to compare them
     /// [default: files; generated with --server or --path].
     #[arg(long, value_enum, value_delimiter = ',')]
     sources: Vec<SourceArg>,
@@ -221,10 +222,14 @@ impl BenchArgs {
         if self.delivery.contains(&DeliveryArg::Multicast) {
             anyhow::bail!("--delivery multicast runs on loopback only (--path loopback)");
         }
-        if self.sources.contains(&SourceArg::Files) {
-            anyhow::bail!("--path serves generated files only: --sources generated");
-        }
         let imp = self.impairments();
+        let files = self.sources.contains(&SourceArg::Files);
+        if files {
+            // Made here, served from this machine's disk by the server in its namespace.
+            for &size in &self.sizes {
+                crate::tools::demo::ensure_file(&self.files, size)?;
+            }
+        }
         std::fs::create_dir_all(&self.out)
             .with_context(|| format!("cannot create {}", self.out.display()))?;
         let mut bed = Testbed::build(self.path, &imp)?;
@@ -234,10 +239,17 @@ impl BenchArgs {
             .map(|&e| EngineKind::from(e).as_str())
             .collect();
         let max = self.sizes.iter().copied().max().unwrap_or(1).max(1);
-        bed.start(&engines.join(","), max, &imp, &self.out.join("server.log"))?;
+        let dir = files.then_some(self.files.as_path());
+        bed.start(
+            &engines.join(","),
+            max,
+            dir,
+            &imp,
+            &self.out.join("server.log"),
+        )?;
         let label = bench::path::label(self.path, &imp);
         eprintln!(
-            "bench across {label}: server in namespace {} at {}, clients in {} (server log: {})",
+            "bench across {label}: server in namespace {}, reached at {}, clients in {} (server log: {})",
             bed.server_ns,
             bed.server_addr,
             bed.client_ns,
@@ -249,7 +261,18 @@ impl BenchArgs {
             "--server".into(),
             bed.server_addr.to_string(),
             "--sources".into(),
-            "generated".into(),
+            if files {
+                self.sources
+                    .iter()
+                    .map(|s| match s {
+                        SourceArg::Files => "files",
+                        SourceArg::Generated => "generated",
+                    })
+                    .collect::<Vec<_>>()
+                    .join(",")
+            } else {
+                "generated".into()
+            },
             "--clients".into(),
             list(self.clients.iter().map(|c| c.to_string()).collect()),
             "--sizes".into(),

@@ -37,8 +37,9 @@ pub fn spread_chart(title: &str, x_label: &str, y_label: &str, series: &[Series]
     chart(title, x_label, y_label, series, &|x| format!("{x}"))
 }
 
-/// Percentiles against "nines" (x = -log10(1 - q)): 0 is the median's half, 1 is p90, 2 is
-/// p99, 3 is p99.9; the tails of a latency distribution spread out where they matter.
+/// Percentiles from the median up against "nines" (x = -log10(1 - q)): 1 is p90, 2 is p99, 3
+/// is p99.9, the maximum at the right; the tail of a latency distribution spreads out where
+/// it matters.
 pub fn percentile_chart(
     title: &str,
     y_label: &str,
@@ -48,8 +49,10 @@ pub fn percentile_chart(
         .iter()
         .map(|(name, pts)| Series {
             name: name.clone(),
+            // From the median up (the tail is what differs); the maximum drawn at p99.999.
             points: pts
                 .iter()
+                .filter(|&&(q, _)| q >= 0.5)
                 .map(|&(q, y)| {
                     let x = -(1.0 - q.min(0.99999)).log10();
                     (x, y, y, y)
@@ -58,6 +61,9 @@ pub fn percentile_chart(
         })
         .collect();
     chart(title, "percentile", y_label, &spread, &|x| {
+        if x >= 4.99 {
+            return "max".to_string();
+        }
         let q = 100.0 * (1.0 - 10f64.powf(-x));
         format!("p{}", (q * 1000.0).round() / 1000.0)
     })
@@ -70,9 +76,9 @@ fn chart(
     series: &[Series],
     x_tick: &dyn Fn(f64) -> String,
 ) -> String {
-    const W: f64 = 760.0;
+    const W: f64 = 860.0;
     const H: f64 = 440.0;
-    let (l, r, t, b) = (80.0, 220.0, 40.0, 60.0);
+    let (l, r, t, b) = (80.0, 220.0, 56.0, 60.0);
     let colors = [
         "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
     ];
@@ -105,11 +111,15 @@ fn chart(
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">"#
     );
     let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    // What was measured, then where (after " - "), on a line of its own.
+    let (what, where_) = title.split_once(" - ").unwrap_or((title, ""));
     let _ = writeln!(
         s,
-        r#"<text x="{}" y="22" font-size="15" text-anchor="middle">{}</text>"#,
-        (W - r + l) / 2.0,
-        esc(title)
+        r##"<text x="{}" y="20" font-size="15" text-anchor="middle">{}</text><text x="{}" y="38" text-anchor="middle" fill="#444">{}</text>"##,
+        W / 2.0,
+        esc(what),
+        W / 2.0,
+        esc(where_)
     );
     let mut y = 0.0;
     while y <= ytop + 1e-9 {

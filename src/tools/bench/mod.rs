@@ -445,14 +445,17 @@ pub struct Results {
     pub cells: Vec<Cell>,
 }
 
-/// The name each size is fetched by, per source (files on disk made first if missing).
+/// The name each size is fetched by, per source (files on disk made first if missing, when
+/// the server is this process's).
 fn names(cfg: &BenchConfig) -> anyhow::Result<Vec<(Source, u64, String)>> {
     let mut names = Vec::new();
     for &source in &cfg.sources {
         for &size in &cfg.sizes {
-            let name = match source {
-                Source::Files => crate::tools::demo::ensure_file(&cfg.files, size)?,
-                Source::Generated => crate::protocol::generated::name_for(size),
+            let name = match (source, cfg.server) {
+                (Source::Files, None) => crate::tools::demo::ensure_file(&cfg.files, size)?,
+                // Another server's files, named as bench and demo make them (SIZE.bin).
+                (Source::Files, Some(_)) => crate::tools::demo::file_name(size),
+                (Source::Generated, _) => crate::protocol::generated::name_for(size),
             };
             names.push((source, size, name));
         }
@@ -468,7 +471,10 @@ fn names(cfg: &BenchConfig) -> anyhow::Result<Vec<(Source, u64, String)>> {
 /// engine measured, the files on disk and/or generated ones.
 fn local_server(cfg: &BenchConfig, multicast: bool) -> anyhow::Result<Server> {
     Server::start(ServerConfig {
-        dir: Some(cfg.files.clone()),
+        dir: cfg
+            .sources
+            .contains(&Source::Files)
+            .then(|| cfg.files.clone()),
         generated: cfg
             .sources
             .contains(&Source::Generated)
@@ -497,11 +503,6 @@ pub fn run(cfg: &BenchConfig) -> anyhow::Result<Results> {
         .with_context(|| format!("cannot create {}", cfg.out.display()))?;
     if cfg.engines.is_empty() || cfg.sources.is_empty() {
         anyhow::bail!("nothing to measure: give at least one engine and one source");
-    }
-    if cfg.server.is_some() && cfg.sources.contains(&Source::Files) {
-        anyhow::bail!(
-            "bench --server fetches the server's generated files (serve --generated): --sources generated"
-        );
     }
     let names = names(cfg)?;
     let multicast = cfg.deliveries.contains(&Delivery::Multicast);

@@ -63,13 +63,13 @@ impl fmt::Display for PathSpec {
         match self {
             PathSpec::Loopback => write!(f, "loopback"),
             PathSpec::Veth { mtu } => write!(f, "veth:{mtu}"),
-            PathSpec::Router { rate_bps } => {
-                write!(
-                    f,
-                    "router:{}",
-                    crate::report::bits_per_second(*rate_bps as f64)
-                )
-            }
+            // tc's spelling, as the user would give it.
+            PathSpec::Router { rate_bps } => match *rate_bps {
+                r if r % 1_000_000_000 == 0 => write!(f, "router:{}gbit", r / 1_000_000_000),
+                r if r % 1_000_000 == 0 => write!(f, "router:{}mbit", r / 1_000_000),
+                r if r % 1_000 == 0 => write!(f, "router:{}kbit", r / 1_000),
+                r => write!(f, "router:{r}bit"),
+            },
         }
     }
 }
@@ -299,12 +299,13 @@ impl Testbed {
         &mut self,
         engines: &str,
         generated_max: u64,
+        dir: Option<&std::path::Path>,
         imp: &Impair,
         log: &std::path::Path,
     ) -> anyhow::Result<()> {
         let log_file = std::fs::File::create(log)
             .with_context(|| format!("cannot write {}", log.display()))?;
-        let args: Vec<String> = [
+        let mut args: Vec<String> = [
             "serve",
             "--generated",
             "--generated-max",
@@ -317,6 +318,10 @@ impl Testbed {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        if let Some(dir) = dir {
+            args.push("--dir".into());
+            args.push(dir.display().to_string());
+        }
         let child = Self::command(&self.server_ns, &args)?
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -443,6 +448,9 @@ mod tests {
             assert!(bad.parse::<PathSpec>().is_err(), "{bad}");
         }
         assert_eq!(PathSpec::Veth { mtu: 9000 }.to_string(), "veth:9000");
+        for spelled in ["router:1gbit", "router:200mbit", "router:1500kbit"] {
+            assert_eq!(spelled.parse::<PathSpec>().unwrap().to_string(), spelled);
+        }
         let imp = Impair {
             delay: Duration::from_millis(20),
             loss: 0.01,
