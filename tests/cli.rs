@@ -230,6 +230,13 @@ fn help_explains_every_command() {
                 "--out",
                 "--files",
                 "--recv-buffer",
+                "--sources",
+                "--server",
+                "--path",
+                "--delay",
+                "--loss",
+                "--reorder",
+                "--compare",
             ],
         ),
         (
@@ -1035,4 +1042,15 @@ fn ctrl_c_during_bench_keeps_the_runs_measured() {
     assert!(table.contains("intact reps"), "{table}");
     let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
     assert!(csv.lines().count() >= 2, "{csv}");
+    // Both sides' latency, per cell: the receivers' one-way delay, the server's send latency.
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    let cell = &json["medians"][0];
+    for field in ["one_way_delay_us", "server_send_latency_us"] {
+        assert_eq!(
+            cell[field].as_array().map(Vec::len),
+            Some(9),
+            "{field}: {cell}"
+        );
+    }
 }

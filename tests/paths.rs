@@ -186,6 +186,14 @@ fn bench_across_a_veth_path_it_builds_and_removes() {
         assert!(r["server_cpu_s"].as_f64().is_some(), "read from /proc: {r}");
     }
     assert_eq!(json["ratios"].as_array().unwrap().len(), 2);
+    // The server's send latency, from the sessions it wrote (serve --json).
+    for c in json["medians"].as_array().unwrap() {
+        assert_eq!(
+            c["server_send_latency_us"].as_array().map(Vec::len),
+            Some(5),
+            "{c}"
+        );
+    }
     assert!(out.path().join("server.log").exists());
     assert_eq!(left_behind(pid), Vec::<String>::new());
 }

@@ -106,6 +106,9 @@ pub struct BenchArgs {
     /// (For `--path`: the server's process, whose CPU time /proc gives.)
     #[arg(long, hide = true)]
     server_pid: Option<u32>,
+    /// (For `--path`: where that server writes its sessions, `serve --json`.)
+    #[arg(long, hide = true)]
+    server_sessions: Option<PathBuf>,
 }
 
 /// `bench --delivery`.
@@ -165,6 +168,7 @@ impl From<&BenchArgs> for BenchConfig {
             }),
             server_machine: a.server_machine.clone(),
             server_pid: a.server_pid,
+            server_sessions: a.server_sessions.clone(),
         }
     }
 }
@@ -199,7 +203,7 @@ impl BenchArgs {
         let results = bench::run(&cfg)?;
         print!("{}", bench::table(&results.cells));
         println!(
-            "results: {}/results.csv, results.json, throughput.svg, per_client.svg, loss.svg, latency.svg",
+            "results: {}/results.csv, results.json, throughput.svg, per_client.svg, loss.svg, latency.svg, server_latency.svg",
             cfg.out.display()
         );
         if let Some(sig) = crate::sys::stop_signal() {
@@ -240,12 +244,14 @@ impl BenchArgs {
             .collect();
         let max = self.sizes.iter().copied().max().unwrap_or(1).max(1);
         let dir = files.then_some(self.files.as_path());
+        let sessions = self.out.join("server-sessions.jsonl");
         bed.start(
             &engines.join(","),
             max,
             dir,
             &imp,
             &self.out.join("server.log"),
+            &sessions,
         )?;
         let label = bench::path::label(self.path, &imp);
         eprintln!(
@@ -300,6 +306,8 @@ impl BenchArgs {
             ),
             "--server-pid".into(),
             bed.server_pid().to_string(),
+            "--server-sessions".into(),
+            sessions.display().to_string(),
             "--out".into(),
         ];
         args.push(self.out.display().to_string());

@@ -25,7 +25,7 @@ impl std::fmt::Debug for Hist {
 }
 
 /// Percentiles of a histogram, as printed and as written to JSON.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct Percentiles {
     pub count: u64,
     pub p50: u64,

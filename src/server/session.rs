@@ -373,6 +373,7 @@ impl Session {
             }
         };
         let stats = &self.ctx.stats;
+        stats.add_send_latency(&hists.send_latency_us);
         stats
             .bytes_sent
             .fetch_add(summary.bytes_sent, Ordering::Relaxed);

@@ -2,9 +2,15 @@
 //! control message) and read by reports, tests and `bench`.
 
 use std::sync::atomic::AtomicU64;
+use std::sync::Mutex;
+
+use crate::report::hist::Hist;
 
 #[derive(Debug, Default)]
 pub struct ServerStats {
+    /// The send latency of every session finished since it was last taken
+    /// ([`ServerStats::take_send_latency`]): `bench` reads it per run.
+    send_latency_us: Mutex<Option<Hist>>,
     pub sessions_active: AtomicU64,
     pub sessions_started: AtomicU64,
     pub sessions_completed: AtomicU64,
@@ -40,4 +46,24 @@ pub struct ServerStats {
     pub version_mismatch: AtomicU64,
     /// Panics caught in one session's or one message's handling (a bug: the rest went on).
     pub panics: AtomicU64,
+}
+
+impl ServerStats {
+    /// Adds a finished session's send latency histogram.
+    pub fn add_send_latency(&self, h: &Hist) {
+        let mut all = self
+            .send_latency_us
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        all.get_or_insert_with(Hist::latency_us).merge(h);
+    }
+
+    /// The send latency of the sessions finished since the last call, and a fresh start.
+    pub fn take_send_latency(&self) -> Hist {
+        self.send_latency_us
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .unwrap_or_else(Hist::latency_us)
+    }
 }

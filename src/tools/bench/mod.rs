@@ -33,6 +33,7 @@ use crate::client::{self, GetConfig, Verify};
 use crate::protocol::Mode;
 use crate::report::copy::{aggregate_goodput_bps, ClientHists};
 use crate::report::cpu::cpu_time;
+use crate::report::hist::{Hist, Percentiles};
 use crate::report::MIB;
 use crate::server::engine::EngineKind;
 use crate::server::group::MulticastConfig;
@@ -72,6 +73,9 @@ pub struct BenchConfig {
     /// The server's process id when it runs on this machine (`bench --path`): its CPU time
     /// is read from /proc.
     pub server_pid: Option<u32>,
+    /// Where that server writes its sessions (`serve --json`): their send latency is read
+    /// from it after each run.
+    pub server_sessions: Option<PathBuf>,
 }
 
 impl BenchConfig {
@@ -94,6 +98,7 @@ impl BenchConfig {
             path: "loopback".to_string(),
             server_machine: None,
             server_pid: None,
+            server_sessions: None,
         }
     }
 }
@@ -234,6 +239,54 @@ pub struct Cell {
     pub one_way_delay_us: Vec<(f64, u64)>,
     #[serde(default)]
     pub inter_arrival_us: Vec<(f64, u64)>,
+    /// The server's send latency (submit to completion, uring; the `sendto` call, threads):
+    /// exact quantiles for a server in this process; for another process of this machine
+    /// (`--path`), the median over its sessions of each percentile (p50 ... p99.9) and the
+    /// largest maximum; empty where not known.
+    #[serde(default)]
+    pub server_send_latency_us: Vec<(f64, u64)>,
+}
+
+/// What a cell's runs recorded, merged: the receivers' histograms, the server's send latency
+/// (a server in this process), or its sessions' percentiles (another process).
+#[derive(Default)]
+struct CellHists {
+    client: ClientHists,
+    server: Option<Hist>,
+    server_sessions: Vec<Percentiles>,
+}
+
+impl CellHists {
+    fn merge(&mut self, o: CellHists) {
+        self.client.merge(&o.client);
+        if let Some(h) = o.server {
+            match &mut self.server {
+                Some(all) => all.merge(&h),
+                None => self.server = Some(h),
+            }
+        }
+        self.server_sessions.extend(o.server_sessions);
+    }
+
+    /// The server's send latency as `(quantile, us)`.
+    fn server_quantiles(&self) -> Vec<(f64, u64)> {
+        if let Some(h) = &self.server {
+            return h.quantiles(&QUANTILES);
+        }
+        let s = &self.server_sessions;
+        if s.is_empty() {
+            return Vec::new();
+        }
+        let med =
+            |f: fn(&Percentiles) -> u64| median(s.iter().map(|p| f(p) as f64).collect()) as u64;
+        vec![
+            (0.5, med(|p| p.p50)),
+            (0.9, med(|p| p.p90)),
+            (0.99, med(|p| p.p99)),
+            (0.999, med(|p| p.p999)),
+            (1.0, s.iter().map(|p| p.max).max().unwrap_or(0)),
+        ]
+    }
 }
 
 /// The quantiles of the latency histograms kept per cell (and plotted).
@@ -296,6 +349,21 @@ impl Target<'_> {
         }
     }
 
+    /// What the server recorded of its send latency since the last call: a server in this
+    /// process, exactly; another that writes its sessions to `sessions` (from byte `from`),
+    /// their percentiles.
+    fn send_latency(&self, sessions: Option<(&Path, u64)>) -> (Option<Hist>, Vec<Percentiles>) {
+        match (self, sessions) {
+            (Target::Local(server), _) => (Some(server.stats().take_send_latency()), Vec::new()),
+            (Target::Remote(..), Some((path, from))) => {
+                // The server logs a finished session within its 50 ms sweep.
+                std::thread::sleep(Duration::from_millis(150));
+                (None, sessions_since(path, from))
+            }
+            (Target::Remote(..), None) => (None, Vec::new()),
+        }
+    }
+
     /// The CPU time of a server that is another process of this machine.
     fn process_cpu(&self) -> Option<Duration> {
         match self {
@@ -303,6 +371,23 @@ impl Target<'_> {
             _ => None,
         }
     }
+}
+
+/// The send latency percentiles of the sessions `serve --json` wrote to `path` after byte
+/// `from`.
+fn sessions_since(path: &Path, from: u64) -> Vec<Percentiles> {
+    let text = std::fs::read(path).unwrap_or_default();
+    let new = text.get(from as usize..).unwrap_or_default();
+    String::from_utf8_lossy(new)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| serde_json::from_value(v.get("send_latency_us")?.clone()).ok())
+        .collect()
+}
+
+fn file_len(path: Option<&PathBuf>) -> u64 {
+    path.and_then(|p| std::fs::metadata(p).ok())
+        .map_or(0, |m| m.len())
 }
 
 fn get_config(
@@ -339,12 +424,12 @@ struct Point<'a> {
     rep: usize,
 }
 
-/// One transfer; its copies' histograms are merged into `hists`.
+/// One transfer; its copies' and the server's histograms are merged into `hists`.
 fn one_run(
     target: Target<'_>,
     cfg: &BenchConfig,
     p: &Point<'_>,
-    hists: &mut ClientHists,
+    hists: &mut CellHists,
 ) -> anyhow::Result<Run> {
     let Point {
         source,
@@ -357,6 +442,9 @@ fn one_run(
         rep,
     } = *p;
     target.wait_idle();
+    // Whatever the server recorded before this run is not this run's.
+    let _ = target.send_latency(None);
+    let sessions_from = file_len(cfg.server_sessions.as_ref());
     let sent0 = target.bytes_sent();
     let cpu0 = cpu_time(false);
     let server_cpu0 = target.process_cpu();
@@ -389,7 +477,14 @@ fn one_run(
     for r in &reports {
         run_hists.merge(&r.hists);
     }
-    hists.merge(&run_hists);
+    hists.client.merge(&run_hists);
+    let (server, server_sessions) =
+        target.send_latency(cfg.server_sessions.as_deref().map(|p| (p, sessions_from)));
+    hists.merge(CellHists {
+        client: ClientHists::default(),
+        server,
+        server_sessions,
+    });
     let delay = run_hists.one_way_delay_us.summary();
     let wall = reports.iter().map(|r| r.duration_s).fold(0.0, f64::max);
     let sender = |f: fn(&crate::protocol::Status) -> u32| -> u64 {
@@ -522,7 +617,7 @@ pub fn run(cfg: &BenchConfig) -> anyhow::Result<Results> {
     };
     warm_up(cfg, target, &names)?;
     let mut runs = Vec::new();
-    let mut hists: Vec<(CellKey, ClientHists)> = Vec::new();
+    let mut hists: Vec<(CellKey, CellHists)> = Vec::new();
     let total = cfg.engines.len()
         * cfg.modes.len()
         * cfg.deliveries.len()
@@ -549,7 +644,7 @@ pub fn run(cfg: &BenchConfig) -> anyhow::Result<Results> {
                             if stopped(cfg) {
                                 break 'matrix;
                             }
-                            let mut h = ClientHists::default();
+                            let mut h = CellHists::default();
                             let r = one_run(target, cfg, &point, &mut h)?;
                             if stopped(cfg) {
                                 // Cut short by the stop: not a measurement.
@@ -557,7 +652,7 @@ pub fn run(cfg: &BenchConfig) -> anyhow::Result<Results> {
                             }
                             let key = CellKey::of(&r);
                             match hists.iter_mut().find(|(k, _)| *k == key) {
-                                Some((_, all)) => all.merge(&h),
+                                Some((_, all)) => all.merge(h),
                                 None => hists.push((key, h)),
                             }
                             progress(runs.len() + 1, total, started, name, &r);
@@ -642,7 +737,7 @@ fn progress(done: usize, total: usize, started: Instant, name: &str, r: &Run) {
 }
 
 /// The medians and spreads per cell, in the order cells were first measured.
-fn cells(runs: &[Run], hists: &[(CellKey, ClientHists)]) -> Vec<Cell> {
+fn cells(runs: &[Run], hists: &[(CellKey, CellHists)]) -> Vec<Cell> {
     let mut out: Vec<Cell> = Vec::new();
     for r in runs {
         let key = CellKey::of(r);
@@ -657,11 +752,10 @@ fn cells(runs: &[Run], hists: &[(CellKey, ClientHists)]) -> Vec<Cell> {
             let v: Vec<f64> = same.iter().filter_map(|x| f(x)).collect();
             (!v.is_empty()).then(|| median(v))
         };
-        let quantiles = |pick: fn(&ClientHists) -> &crate::report::hist::Hist| {
-            hists
-                .iter()
-                .find(|(k, _)| *k == key)
-                .map(|(_, h)| pick(h).quantiles(&QUANTILES))
+        let cell_hists = hists.iter().find(|(k, _)| *k == key).map(|(_, h)| h);
+        let quantiles = |pick: fn(&ClientHists) -> &Hist| {
+            cell_hists
+                .map(|h| pick(&h.client).quantiles(&QUANTILES))
                 .unwrap_or_default()
         };
         out.push(Cell {
@@ -685,6 +779,9 @@ fn cells(runs: &[Run], hists: &[(CellKey, ClientHists)]) -> Vec<Cell> {
             reps_intact: same.iter().filter(|x| x.all_intact).count(),
             one_way_delay_us: quantiles(|h| &h.one_way_delay_us),
             inter_arrival_us: quantiles(|h| &h.inter_arrival_us),
+            server_send_latency_us: cell_hists
+                .map(CellHists::server_quantiles)
+                .unwrap_or_default(),
             key,
         });
     }
@@ -766,12 +863,26 @@ mod tests {
             run_of("threads", 5, 1, 50.0),
             run_of("threads", 5, 2, 60.0),
         ];
-        let mut h = ClientHists::default();
+        let mut h = CellHists::default();
         for us in 1..=1000 {
-            h.one_way_delay_us.record(us);
+            h.client.one_way_delay_us.record(us);
         }
+        // Another server process's sessions: medians of their percentiles, the largest max.
+        let session = |p50, max| Percentiles {
+            count: 10,
+            p50,
+            p90: p50 * 2,
+            p99: p50 * 3,
+            p999: p50 * 4,
+            max,
+        };
+        h.server_sessions = vec![session(10, 100), session(20, 900), session(30, 50)];
         let key = CellKey::of(&runs[0]);
         let cells = cells(&runs, &[(key, h)]);
+        assert_eq!(
+            cells[0].server_send_latency_us,
+            vec![(0.5, 20), (0.9, 40), (0.99, 60), (0.999, 80), (1.0, 900)]
+        );
         assert_eq!(cells.len(), 2);
         assert_eq!(
             (cells[0].goodput_min_bps, cells[0].goodput_max_bps),
@@ -804,7 +915,12 @@ mod tests {
         assert_eq!(json["medians"][0]["engine"], "uring");
         assert!(json["client_machine"].as_str().unwrap().contains("cores"));
         assert_eq!(json["ratios"][0]["uring_over_threads"], 2.0);
-        for svg in ["throughput.svg", "loss.svg", "latency.svg"] {
+        for svg in [
+            "throughput.svg",
+            "loss.svg",
+            "latency.svg",
+            "server_latency.svg",
+        ] {
             let text = std::fs::read_to_string(dir.path().join(svg)).unwrap();
             assert!(
                 text.contains("loopback"),

@@ -165,6 +165,39 @@ pub fn this_machine() -> String {
     )
 }
 
+/// Latency percentiles to plot: per engine and mode, the most loaded cell (most clients,
+/// largest file) that has them, over all its repetitions.
+fn percentiles(
+    cells: &[Cell],
+    pick: fn(&Cell) -> &Vec<(f64, u64)>,
+) -> Vec<(String, Vec<(f64, f64)>)> {
+    let mut out = Vec::new();
+    let mut seen: Vec<(&str, &str)> = Vec::new();
+    for c in cells {
+        let k = (c.key.engine.as_str(), c.key.mode.as_str());
+        if seen.contains(&k) || pick(c).is_empty() {
+            continue;
+        }
+        seen.push(k);
+        let top = cells
+            .iter()
+            .filter(|o| (o.key.engine.as_str(), o.key.mode.as_str()) == k && !pick(o).is_empty())
+            .max_by_key(|o| (o.key.clients, o.key.size_bytes))
+            .expect("c itself");
+        out.push((
+            format!(
+                "{} {} {} x{}",
+                k.0,
+                k.1,
+                size_label(top.key.size_bytes),
+                top.key.clients
+            ),
+            pick(top).iter().map(|&(q, us)| (q, us as f64)).collect(),
+        ));
+    }
+    out
+}
+
 /// results.json as written and as `bench --compare` reads it back.
 #[derive(Serialize, Deserialize)]
 pub struct ResultsFile {
@@ -288,41 +321,22 @@ pub fn write_outputs(cfg: &BenchConfig, runs: &[Run], cells: &[Cell]) -> anyhow:
             ),
         ),
     )?;
-    // One-way delay percentiles: per engine and mode, the most loaded cell (most clients,
-    // largest file), over all its repetitions.
-    let mut latency: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
-    let mut seen: Vec<(&str, &str)> = Vec::new();
-    for c in cells {
-        let k = (c.key.engine.as_str(), c.key.mode.as_str());
-        if seen.contains(&k) || c.one_way_delay_us.is_empty() {
-            continue;
-        }
-        seen.push(k);
-        let top = cells
-            .iter()
-            .filter(|o| (o.key.engine.as_str(), o.key.mode.as_str()) == k)
-            .max_by_key(|o| (o.key.clients, o.key.size_bytes))
-            .expect("c itself");
-        latency.push((
-            format!(
-                "{} {} {} x{}",
-                k.0,
-                k.1,
-                size_label(top.key.size_bytes),
-                top.key.clients
-            ),
-            top.one_way_delay_us
-                .iter()
-                .map(|&(q, us)| (q, us as f64))
-                .collect(),
-        ));
-    }
     write(
         &cfg.out.join("latency.svg"),
         &percentile_chart(
             &format!("One-way delay of the data, percentiles (receivers' histograms) - {where_}"),
             "microseconds",
-            &latency,
+            &percentiles(cells, |c| &c.one_way_delay_us),
+        ),
+    )?;
+    write(
+        &cfg.out.join("server_latency.svg"),
+        &percentile_chart(
+            &format!(
+                "Send latency at the server, percentiles (uring: submit to completion; threads: sendto) - {where_}"
+            ),
+            "microseconds",
+            &percentiles(cells, |c| &c.server_send_latency_us),
         ),
     )?;
     Ok(())

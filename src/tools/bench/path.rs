@@ -294,7 +294,8 @@ impl Testbed {
         Ok(cmd)
     }
 
-    /// Starts the server (and the relay), waits until the server answers `list`.
+    /// Starts the server (and the relay), its log to `log` and its sessions (`serve --json`)
+    /// to `sessions`; waits until it answers `list`.
     pub fn start(
         &mut self,
         engines: &str,
@@ -302,9 +303,12 @@ impl Testbed {
         dir: Option<&std::path::Path>,
         imp: &Impair,
         log: &std::path::Path,
+        sessions: &std::path::Path,
     ) -> anyhow::Result<()> {
         let log_file = std::fs::File::create(log)
             .with_context(|| format!("cannot write {}", log.display()))?;
+        let sessions_file = std::fs::File::create(sessions)
+            .with_context(|| format!("cannot write {}", sessions.display()))?;
         let mut args: Vec<String> = [
             "serve",
             "--generated",
@@ -314,6 +318,7 @@ impl Testbed {
             engines,
             "--bind",
             &self.server_bind.to_string(),
+            "--json",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -324,7 +329,7 @@ impl Testbed {
         }
         let child = Self::command(&self.server_ns, &args)?
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(sessions_file)
             .stderr(log_file)
             // Its own process group: the terminal's Ctrl-C reaches the bench, which stops
             // it when the cells measured are written.
