@@ -596,3 +596,49 @@ fn transmissions_are_bounded_and_one_more_file_goes_by_unicast() {
     }
     assert_eq!(joined, max);
 }
+
+/// Issue 22.1: a generated file goes by multicast like one on disk: three members, every copy
+/// the generated sequence, the file multicast once, nothing by unicast.
+#[test]
+fn a_generated_file_is_multicast_like_one_on_disk() {
+    if !loopback_multicast() {
+        return;
+    }
+    let (group, port) = group();
+    let g = format!("{group}:{port}");
+    let srv = common::serve_args(
+        &[
+            "--generated",
+            "--multicast",
+            &g,
+            "--multicast-if",
+            "127.0.0.1",
+        ],
+        std::process::Stdio::null(),
+    );
+    let out = tempfile::tempdir().unwrap();
+    let o = Command::new(BIN)
+        .args(["get", "gen-6MiB", "--server", &srv.server(), "--multicast"])
+        .args([
+            "--clients",
+            "3",
+            "--quiet",
+            "--timeout",
+            "10s",
+            "--json",
+            "-",
+            "--out",
+        ])
+        .arg(out.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let mut want = vec![0u8; 6 << 20];
+    ringblast::protocol::generated::fill(0, &mut want);
+    for (i, c) in copies(&v).iter().enumerate() {
+        assert!(std::fs::read(out.path().join(format!("gen-6MiB.{}", i + 1))).unwrap() == want);
+        assert!(c["multicast"]["sources"].as_u64().unwrap() > 0, "{c}");
+        assert_eq!(c["multicast"]["unicast_datagrams"], 0, "{c}");
+    }
+}

@@ -184,6 +184,12 @@ fn bench_across_a_veth_path_it_builds_and_removes() {
         assert_eq!(r["path"], "veth:1500");
         assert_eq!(r["datagram_size"], 1472);
         assert!(r["server_cpu_s"].as_f64().is_some(), "read from /proc: {r}");
+        // GSO batches for uring, one datagram per call for the baseline.
+        let gso = r["gso_segments"].as_u64().unwrap();
+        match r["engine"].as_str().unwrap() {
+            "uring" => assert!(gso > 1, "{r}"),
+            _ => assert_eq!(gso, 1, "{r}"),
+        }
     }
     assert_eq!(json["ratios"].as_array().unwrap().len(), 2);
     // The server's send latency, from the sessions it wrote (serve --json).

@@ -351,7 +351,11 @@ impl Session {
                 retransmitted: st.retransmitted,
                 send_errors: self.send_errors.load(Ordering::Relaxed),
                 datagram_size: self.datagram_size(),
-                gso_segments: self.gso_segments.load(Ordering::Relaxed),
+                // One datagram per call where no GSO batch was recorded (threads).
+                gso_segments: self
+                    .gso_segments
+                    .load(Ordering::Relaxed)
+                    .max(u64::from(st.datagrams_sent > 0)),
                 send_calls: hists.send_calls,
                 io_uring_enters: hists.enters,
                 send_path: self.send_path.as_str(),
@@ -373,7 +377,7 @@ impl Session {
             }
         };
         let stats = &self.ctx.stats;
-        stats.add_send_latency(&hists.send_latency_us);
+        stats.add_send_latency(&hists.send_latency_us, summary.gso_segments);
         stats
             .bytes_sent
             .fetch_add(summary.bytes_sent, Ordering::Relaxed);

@@ -11,6 +11,9 @@ pub struct ServerStats {
     /// The send latency of every session finished since it was last taken
     /// ([`ServerStats::take_send_latency`]): `bench` reads it per run.
     send_latency_us: Mutex<Option<Hist>>,
+    /// The most datagrams one send carried (UDP GSO) in a session finished since it was last
+    /// taken ([`ServerStats::take_send_latency`]).
+    max_gso_segments: AtomicU64,
     pub sessions_active: AtomicU64,
     pub sessions_started: AtomicU64,
     pub sessions_completed: AtomicU64,
@@ -49,8 +52,10 @@ pub struct ServerStats {
 }
 
 impl ServerStats {
-    /// Adds a finished session's send latency histogram.
-    pub fn add_send_latency(&self, h: &Hist) {
+    /// Adds a finished session's send latency histogram and its largest GSO batch.
+    pub fn add_send_latency(&self, h: &Hist, gso_segments: u64) {
+        self.max_gso_segments
+            .fetch_max(gso_segments, std::sync::atomic::Ordering::Relaxed);
         let mut all = self
             .send_latency_us
             .lock()
@@ -58,12 +63,18 @@ impl ServerStats {
         all.get_or_insert_with(Hist::latency_us).merge(h);
     }
 
-    /// The send latency of the sessions finished since the last call, and a fresh start.
-    pub fn take_send_latency(&self) -> Hist {
-        self.send_latency_us
+    /// The send latency of the sessions finished since the last call and the most datagrams
+    /// one of their sends carried, and a fresh start.
+    pub fn take_send_latency(&self) -> (Hist, u64) {
+        let gso = self
+            .max_gso_segments
+            .swap(0, std::sync::atomic::Ordering::Relaxed);
+        let h = self
+            .send_latency_us
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take()
-            .unwrap_or_else(Hist::latency_us)
+            .unwrap_or_else(Hist::latency_us);
+        (h, gso)
     }
 }

@@ -176,6 +176,9 @@ pub struct Run {
     pub gro: bool,
     pub sender_srtt_us: u64,
     pub sender_min_rtt_us: u64,
+    /// The most datagrams one of the server's sends carried (UDP GSO; 1: none), where the
+    /// server is known (this process, or `--path`).
+    pub gso_segments: Option<u64>,
     /// The first copy's error, if one failed (server gone, refused, timed out).
     pub error: Option<String>,
 }
@@ -349,18 +352,25 @@ impl Target<'_> {
         }
     }
 
-    /// What the server recorded of its send latency since the last call: a server in this
-    /// process, exactly; another that writes its sessions to `sessions` (from byte `from`),
-    /// their percentiles.
-    fn send_latency(&self, sessions: Option<(&Path, u64)>) -> (Option<Hist>, Vec<Percentiles>) {
+    /// What the server recorded of its sessions since the last call: a server in this
+    /// process, its send latency exactly; another that writes its sessions to `sessions`
+    /// (from byte `from`), their percentiles. With the most datagrams a send carried (GSO).
+    fn sessions(&self, sessions: Option<(&Path, u64)>) -> ServerRecord {
         match (self, sessions) {
-            (Target::Local(server), _) => (Some(server.stats().take_send_latency()), Vec::new()),
+            (Target::Local(server), _) => {
+                let (h, gso) = server.stats().take_send_latency();
+                ServerRecord {
+                    hist: Some(h),
+                    sessions: Vec::new(),
+                    gso_segments: Some(gso),
+                }
+            }
             (Target::Remote(..), Some((path, from))) => {
                 // The server logs a finished session within its 50 ms sweep.
                 std::thread::sleep(Duration::from_millis(150));
-                (None, sessions_since(path, from))
+                sessions_since(path, from)
             }
-            (Target::Remote(..), None) => (None, Vec::new()),
+            (Target::Remote(..), None) => ServerRecord::default(),
         }
     }
 
@@ -373,16 +383,34 @@ impl Target<'_> {
     }
 }
 
-/// The send latency percentiles of the sessions `serve --json` wrote to `path` after byte
-/// `from`.
-fn sessions_since(path: &Path, from: u64) -> Vec<Percentiles> {
+/// What the server said of a run's sessions.
+#[derive(Default)]
+struct ServerRecord {
+    hist: Option<Hist>,
+    sessions: Vec<Percentiles>,
+    gso_segments: Option<u64>,
+}
+
+/// The send latency percentiles and largest GSO batch of the sessions `serve --json` wrote to
+/// `path` after byte `from`.
+fn sessions_since(path: &Path, from: u64) -> ServerRecord {
     let text = std::fs::read(path).unwrap_or_default();
     let new = text.get(from as usize..).unwrap_or_default();
-    String::from_utf8_lossy(new)
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(new)
         .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|v| serde_json::from_value(v.get("send_latency_us")?.clone()).ok())
-        .collect()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    ServerRecord {
+        hist: None,
+        sessions: lines
+            .iter()
+            .filter_map(|v| serde_json::from_value(v.get("send_latency_us")?.clone()).ok())
+            .collect(),
+        gso_segments: lines
+            .iter()
+            .filter_map(|v| v.get("gso_segments")?.as_u64())
+            .max(),
+    }
 }
 
 fn file_len(path: Option<&PathBuf>) -> u64 {
@@ -443,7 +471,7 @@ fn one_run(
     } = *p;
     target.wait_idle();
     // Whatever the server recorded before this run is not this run's.
-    let _ = target.send_latency(None);
+    let _ = target.sessions(None);
     let sessions_from = file_len(cfg.server_sessions.as_ref());
     let sent0 = target.bytes_sent();
     let cpu0 = cpu_time(false);
@@ -478,12 +506,12 @@ fn one_run(
         run_hists.merge(&r.hists);
     }
     hists.client.merge(&run_hists);
-    let (server, server_sessions) =
-        target.send_latency(cfg.server_sessions.as_deref().map(|p| (p, sessions_from)));
+    let record = target.sessions(cfg.server_sessions.as_deref().map(|p| (p, sessions_from)));
+    let gso_segments = record.gso_segments;
     hists.merge(CellHists {
         client: ClientHists::default(),
-        server,
-        server_sessions,
+        server: record.hist,
+        server_sessions: record.sessions,
     });
     let delay = run_hists.one_way_delay_us.summary();
     let wall = reports.iter().map(|r| r.duration_s).fold(0.0, f64::max);
@@ -530,6 +558,7 @@ fn one_run(
         gro: reports.iter().any(|r| r.gro),
         sender_srtt_us: sender(|s| s.srtt_us),
         sender_min_rtt_us: sender(|s| s.min_rtt_us),
+        gso_segments,
         error: reports.iter().find_map(|r| r.error.clone()),
     })
 }
@@ -849,6 +878,7 @@ mod tests {
             gro: true,
             sender_srtt_us: 120,
             sender_min_rtt_us: 80,
+            gso_segments: Some(64),
             error: None,
         }
     }
