@@ -385,11 +385,6 @@ impl Catalog {
         }
     }
 
-    /// Bytes of generated content held in memory now.
-    pub fn generated_bytes(&self) -> u64 {
-        self.generated.as_ref().map_or(0, |g| g.held())
-    }
-
     /// Logs, once per name, why `name` is left out.
     fn skip(&self, name: &str, why: &str) {
         let mut seen = self.skipped.lock().unwrap_or_else(|e| e.into_inner());

@@ -27,7 +27,8 @@ pub fn default_limit() -> u64 {
 /// (`/sys/kernel/mm/transparent_hugepage/shmem_enabled`: advise, within_size, always or
 /// force). Without them the generated files are 4 KiB pages, and splicing a datagram takes
 /// 15 of them: measured ~30% slower than a cached file on disk (large folios) with 5
-/// clients on loopback, so their sessions copy instead (sendmsg: ~7% slower).
+/// clients on loopback, so their sessions copy instead (sendmsg: as fast as a spliced cached
+/// file within this VM's spread, README "Experiments between hosts").
 pub fn shmem_huge_pages() -> bool {
     let text = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/shmem_enabled")
         .unwrap_or_default();

@@ -145,7 +145,7 @@ impl Server {
         );
         if cfg.generated.is_some() && uring_offered && !generated::shmem_huge_pages() {
             tracing::info!(
-                "generated files are in 4 KiB pages (shared memory huge pages are off: /sys/kernel/mm/transparent_hugepage/shmem_enabled): they are copied, not spliced (~7% below cached files with many clients); `advise` there lets them splice like cached files"
+                "generated files are in 4 KiB pages (shared memory huge pages are off: /sys/kernel/mm/transparent_hugepage/shmem_enabled): they are copied, not spliced; `advise` there lets them splice like cached files"
             );
         }
         let stop = Arc::new(AtomicBool::new(false));

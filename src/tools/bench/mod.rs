@@ -727,6 +727,10 @@ fn warm_up(
             g.timeout = Duration::from_secs(30);
             g.stop = cfg.stop;
             let r = client::get(&g)?;
+            if stopped(cfg) {
+                // Ctrl-C: no run is measured; the matrix ends at once.
+                return Ok(());
+            }
             if let Some(e) = r.iter().find_map(|r| r.error.clone()) {
                 anyhow::bail!(
                     "warm-up fetch of {name} from {} (engine {}) failed: {e}",

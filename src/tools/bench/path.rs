@@ -394,6 +394,7 @@ impl Testbed {
                     log.display()
                 );
             }
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
