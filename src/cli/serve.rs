@@ -157,6 +157,11 @@ pub struct ServeArgs {
     /// chooses the group; clients never name one.
     #[arg(long, value_parser = values::group_addr)]
     multicast: Option<SocketAddr>,
+    /// Answer only these source addresses, comma-separated or repeated (10.0.0.0/8,
+    /// 2001:db8::/32, 192.168.1.7); datagrams from any other are dropped unread and counted
+    /// (the lab's protocol too) [default: every address].
+    #[arg(long, value_delimiter = ',', value_parser = values::cidr)]
+    allow: Vec<crate::server::admission::Cidr>,
     /// Hops a group datagram may take: 1 (the default) keeps it on the LAN.
     #[arg(long, default_value_t = 1, value_parser = values::count(1, 255), requires = "multicast")]
     multicast_ttl: usize,
@@ -189,6 +194,7 @@ impl From<ServeArgs> for ServerConfig {
                     .unwrap_or_else(crate::server::generated::default_limit)
             }),
             bind: a.bind,
+            allow: a.allow,
             engine: engines.first().copied().unwrap_or(a.engine.into()),
             engines,
             workers: a.workers.unwrap_or(defaults.workers),

@@ -45,6 +45,11 @@ pub fn rate(s: &str) -> Result<u64, String> {
     Ok(bps as u64)
 }
 
+/// An address prefix for `serve --allow`: `10.0.0.0/8`, `2001:db8::/32`, or one address.
+pub fn cidr(s: &str) -> Result<crate::server::admission::Cidr, String> {
+    s.parse()
+}
+
 /// A size like `100MiB`, `250MB`, `1GiB`, `4096` (bytes).
 pub fn size(s: &str) -> Result<u64, String> {
     let s = s.trim();

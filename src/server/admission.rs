@@ -1,4 +1,5 @@
-//! Admission: who may ask the server for work, and how much. A token bucket per source IP for
+//! Admission: who may ask the server for work, and how much. The addresses allowed at all
+//! (`serve --allow CIDR`); a token bucket per source IP for
 //! requests (HELLO, LIST, GET) and one per session for ACKs, so neither a request flood nor
 //! one client's ACK storm can monopolise the control thread; and the record of the tokens
 //! already spent, so a token seen on the wire cannot start a second transfer.
@@ -9,6 +10,79 @@ use std::time::{Duration, Instant};
 
 use crate::protocol::token::issued_us;
 use crate::protocol::TOKEN_LEN;
+
+/// An address prefix (`10.0.0.0/8`, `2001:db8::/32`, or one address): `serve --allow`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// Whether `ip` is inside. An IPv4 address seen as IPv4-mapped IPv6 (a server bound to
+    /// `[::]`) is matched as the IPv4 address it is.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip.to_canonical()) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX.checked_shl(32 - self.prefix as u32).unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX.checked_shl(128 - self.prefix as u32).unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = String;
+
+    /// `ADDR/PREFIX` or a lone address (all its bits). Bits set past the prefix are refused
+    /// (`10.1.2.3/8` is most likely a typo for `10.1.2.3/32` or `10.0.0.0/8`).
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (addr, prefix) = match s.trim().split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s.trim(), None),
+        };
+        let addr: IpAddr = addr.parse().map_err(|_| {
+            format!("bad address {addr:?} in {s:?} (e.g. 10.0.0.0/8, 2001:db8::/32)")
+        })?;
+        let addr = addr.to_canonical();
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|&p| p <= max)
+                .ok_or_else(|| format!("bad prefix length in {s:?} (0-{max})"))?,
+        };
+        let cidr = Cidr { addr, prefix };
+        let host_bits = match addr {
+            IpAddr::V4(a) => {
+                u32::from(a) as u128
+                    & !(u32::MAX.checked_shl(32 - prefix as u32).unwrap_or(0) as u128)
+            }
+            IpAddr::V6(a) => {
+                u128::from(a) & !u128::MAX.checked_shl(128 - prefix as u32).unwrap_or(0)
+            }
+        };
+        if host_bits != 0 {
+            return Err(format!(
+                "{s:?} has bits set past its /{prefix} prefix: give the network (e.g. 10.0.0.0/8) or one address"
+            ));
+        }
+        Ok(cidr)
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
 
 /// A token bucket: `rate` tokens per second, up to `burst`.
 #[derive(Debug, Clone)]
@@ -192,6 +266,37 @@ impl SpentTokens {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn address_prefixes_parse_and_match() {
+        let c = |s: &str| s.parse::<Cidr>().unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(c("10.0.0.0/8").contains(ip("10.255.1.2")));
+        assert!(!c("10.0.0.0/8").contains(ip("11.0.0.1")));
+        assert!(c("192.168.1.7").contains(ip("192.168.1.7")));
+        assert!(!c("192.168.1.7").contains(ip("192.168.1.8")));
+        assert!(c("0.0.0.0/0").contains(ip("203.0.113.9")));
+        assert!(
+            !c("0.0.0.0/0").contains(ip("::1")),
+            "IPv4 prefixes hold no IPv6 address"
+        );
+        // An IPv4 client of a server bound to [::] arrives IPv4-mapped.
+        assert!(c("127.0.0.0/8").contains(ip("::ffff:127.0.0.1")));
+        assert!(c("2001:db8::/32").contains(ip("2001:db8:ffff::1")));
+        assert!(!c("2001:db8::/32").contains(ip("2001:db9::1")));
+        assert!(c("::/0").contains(ip("fe80::1")));
+        assert_eq!(c("10.0.0.0/8").to_string(), "10.0.0.0/8");
+        for bad in [
+            "10.1.2.3/8",
+            "10.0.0.0/33",
+            "2001:db8::1/32",
+            "host/8",
+            "10.0.0.0/x",
+            "",
+        ] {
+            assert!(bad.parse::<Cidr>().is_err(), "{bad}");
+        }
+    }
 
     fn token(issued_us: u64, tag: u8) -> [u8; TOKEN_LEN] {
         let mut t = [tag; TOKEN_LEN];

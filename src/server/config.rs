@@ -72,6 +72,9 @@ pub struct ServerConfig {
     pub token_lifetime: Duration,
     /// Serve GETs that ask for it by multicast to this group (`serve --multicast`).
     pub multicast: Option<super::group::MulticastConfig>,
+    /// Only these source addresses are answered (`serve --allow`); empty: every address.
+    /// Datagrams from others are dropped unread and counted.
+    pub allow: Vec<super::admission::Cidr>,
 }
 
 impl Default for ServerConfig {
@@ -98,6 +101,7 @@ impl Default for ServerConfig {
             acks_per_session: 100_000.0,
             token_lifetime: DEFAULT_TOKEN_LIFETIME,
             multicast: None,
+            allow: Vec::new(),
         }
     }
 }

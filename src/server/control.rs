@@ -327,6 +327,15 @@ impl Control {
     }
 
     fn handle(&mut self, src: SocketAddr, dgram: &[u8]) {
+        // Outside --allow: not read, not answered (the lab's protocol included).
+        if !self.cfg.allow.is_empty() && !self.cfg.allow.iter().any(|c| c.contains(src.ip())) {
+            self.stats.not_allowed.fetch_add(1, Ordering::Relaxed);
+            self.refusals
+                .log("from addresses outside --allow", Instant::now(), || {
+                    format!("{src} is outside --allow: its datagrams are dropped unanswered")
+                });
+            return;
+        }
         let msg = match Message::parse(dgram) {
             Ok(m) => m,
             Err(WireError::BadMagic) if self.legacy.is_some() => {

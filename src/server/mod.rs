@@ -143,6 +143,19 @@ impl Server {
             rcvbuf / 1024,
             sndbuf / 1024
         );
+        if !local_addr.ip().is_loopback() {
+            // Said once, where the operator looks first: what binding beyond this host means.
+            let allowed: Vec<String> = cfg.allow.iter().map(|c| c.to_string()).collect();
+            match allowed.is_empty() {
+                true => tracing::warn!(
+                    "[OPEN] listening on {local_addr} without authentication: anyone who can reach this port can list and read every file served (--allow CIDR limits who may ask)"
+                ),
+                false => tracing::warn!(
+                    "[OPEN] listening on {local_addr} without authentication: any host in {} can list and read every file served",
+                    allowed.join(", ")
+                ),
+            }
+        }
         if cfg.generated.is_some() && uring_offered && !generated::shmem_huge_pages() {
             tracing::info!(
                 "generated files are in 4 KiB pages (shared memory huge pages are off: /sys/kernel/mm/transparent_hugepage/shmem_enabled): they are copied, not spliced; `advise` there lets them splice like cached files"

@@ -37,6 +37,8 @@ pub struct ServerStats {
     pub busy: AtomicU64,
     /// Sessions that gave their place to a new request: no progress while the server was full.
     pub evicted: AtomicU64,
+    /// Datagrams dropped unread because their source is outside `--allow`.
+    pub not_allowed: AtomicU64,
     /// Requests dropped because their source IP was over its request rate.
     pub rate_limited: AtomicU64,
     /// ACKs applied to a session's sender state.

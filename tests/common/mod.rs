@@ -325,13 +325,18 @@ pub fn serve_with(dir: &Path, extra: &[&str], stdout: Stdio) -> Serve {
     serve_args(&args, stdout)
 }
 
-/// `ringblast serve --bind 127.0.0.1:0` with exactly `args` (no --dir, no --engine), once it
-/// is listening.
+/// `ringblast serve --bind 127.0.0.1:0` (unless `args` binds elsewhere) with exactly `args`
+/// (no --dir, no --engine), once it is listening.
 pub fn serve_args(args: &[&str], stdout: Stdio) -> Serve {
     let log = tempfile::NamedTempFile::new().unwrap();
+    let bind: &[&str] = if args.contains(&"--bind") {
+        &[]
+    } else {
+        &["--bind", "127.0.0.1:0"]
+    };
     let child = Command::new(BIN)
         .arg("serve")
-        .args(["--bind", "127.0.0.1:0"])
+        .args(bind)
         .args(args)
         .stdout(stdout)
         .stderr(Stdio::from(log.reopen().unwrap()))
