@@ -35,6 +35,7 @@ pub mod message;
 pub mod pacer;
 pub mod repair;
 pub mod rtt;
+pub mod seal;
 pub mod sender;
 #[cfg(test)]
 pub mod sim;
@@ -83,6 +84,8 @@ pub(crate) mod kind {
     pub const FEEDBACK: u8 = 16;
     pub const GROUP_END: u8 = 17;
     pub const REPAIR: u8 = 18;
+    /// A sealed (authenticated, encrypted) datagram: `seal.rs`.
+    pub const SEALED: u8 = 19;
 }
 
 /// Why a datagram was rejected. Receivers count these and drop the datagram.
