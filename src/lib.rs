@@ -31,6 +31,7 @@
 
 pub mod cli;
 pub mod client;
+pub mod keys;
 
 /// For tests: one that cannot run on this machine (no io_uring, no root for namespaces, no
 /// GSO, no python3) says why and is skipped; under CI (`RINGBLAST_CI=1`, set by `.ci/run`),

@@ -597,8 +597,9 @@ fn transmissions_are_bounded_and_one_more_file_goes_by_unicast() {
     assert_eq!(joined, max);
 }
 
-/// Issue 22.1: a generated file goes by multicast like one on disk: three members, every copy
-/// the generated sequence, the file multicast once, nothing by unicast.
+/// Issue 22.1: a generated file goes by multicast like one on disk: two members, every copy
+/// the generated sequence, the file multicast once, nothing by unicast. (Small: it runs
+/// beside the lossy tests, whose repairs it must not starve of CPU.)
 #[test]
 fn a_generated_file_is_multicast_like_one_on_disk() {
     if !loopback_multicast() {
@@ -618,10 +619,10 @@ fn a_generated_file_is_multicast_like_one_on_disk() {
     );
     let out = tempfile::tempdir().unwrap();
     let o = Command::new(BIN)
-        .args(["get", "gen-6MiB", "--server", &srv.server(), "--multicast"])
+        .args(["get", "gen-2MiB", "--server", &srv.server(), "--multicast"])
         .args([
             "--clients",
-            "3",
+            "2",
             "--quiet",
             "--timeout",
             "10s",
@@ -634,10 +635,15 @@ fn a_generated_file_is_multicast_like_one_on_disk() {
         .unwrap();
     assert!(o.status.success(), "{o:?}");
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
-    let mut want = vec![0u8; 6 << 20];
+    let mut want = vec![0u8; 2 << 20];
     ringblast::protocol::generated::fill(0, &mut want);
     for (i, c) in copies(&v).iter().enumerate() {
-        assert!(std::fs::read(out.path().join(format!("gen-6MiB.{}", i + 1))).unwrap() == want);
+        let copy = out.path().join(format!("gen-2MiB.{}", i + 1));
+        let listing: Vec<_> = std::fs::read_dir(out.path()).unwrap().collect();
+        assert!(
+            std::fs::read(&copy).ok() == Some(want.clone()),
+            "{copy:?}: {listing:?}"
+        );
         assert!(c["multicast"]["sources"].as_u64().unwrap() > 0, "{c}");
         assert_eq!(c["multicast"]["unicast_datagrams"], 0, "{c}");
     }

@@ -32,6 +32,7 @@ pub mod layout;
 pub mod limits;
 pub mod loss;
 pub mod message;
+pub mod noise;
 pub mod pacer;
 pub mod repair;
 pub mod rtt;
