@@ -179,3 +179,58 @@ fn a_get_chooses_its_engine_and_one_not_offered_is_refused() {
     );
     one.stop();
 }
+
+/// Issue 22.1: a generated file goes by multicast like one on disk: two members, every copy
+/// the generated sequence, the file multicast once, nothing by unicast. (Here, not beside
+/// tests/multicast.rs's lossy tests, whose repairs it would compete with for CPU.)
+#[test]
+fn a_generated_file_is_multicast_like_one_on_disk() {
+    if !common::loopback_multicast() {
+        return;
+    }
+    let g = format!(
+        "239.255.99.{}:{}",
+        1 + std::process::id() % 250,
+        common::free_port()
+    );
+    let srv = common::serve_args(
+        &[
+            "--generated",
+            "--multicast",
+            &g,
+            "--multicast-if",
+            "127.0.0.1",
+        ],
+        std::process::Stdio::null(),
+    );
+    let out = tempfile::tempdir().unwrap();
+    let o = std::process::Command::new(common::BIN)
+        .args(["get", "gen-2MiB", "--server", &srv.server(), "--multicast"])
+        .args([
+            "--clients",
+            "2",
+            "--quiet",
+            "--timeout",
+            "10s",
+            "--json",
+            "-",
+            "--out",
+        ])
+        .arg(out.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let mut want = vec![0u8; 2 << 20];
+    ringblast::protocol::generated::fill(0, &mut want);
+    for (i, c) in v["clients"].as_array().unwrap().iter().enumerate() {
+        let copy = out.path().join(format!("gen-2MiB.{}", i + 1));
+        let listing: Vec<_> = std::fs::read_dir(out.path()).unwrap().collect();
+        assert!(
+            std::fs::read(&copy).ok() == Some(want.clone()),
+            "{copy:?}: {listing:?}"
+        );
+        assert!(c["multicast"]["sources"].as_u64().unwrap() > 0, "{c}");
+        assert_eq!(c["multicast"]["unicast_datagrams"], 0, "{c}");
+    }
+}

@@ -479,6 +479,10 @@ fn another_protocol_version_is_named_both_ways() {
     let crc = crc32c::crc32c(&hello[..body]);
     hello[body..].copy_from_slice(&crc.to_be_bytes());
     let c = RawClient::new(srv.local_addr());
+    // Patient: the other tests of this binary can keep 2 cores busy for seconds.
+    c.sock
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     c.sock.send(&hello).unwrap();
     let mut buf = [0u8; 2048];
     let n = c.sock.recv(&mut buf).unwrap();

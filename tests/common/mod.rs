@@ -381,3 +381,31 @@ pub fn wait_up(server: &str) -> Output {
         }
     }
 }
+
+/// Whether loopback carries multicast, turning it on if it may.
+#[allow(dead_code)]
+pub fn loopback_multicast() -> bool {
+    let flags = |c: &mut Command| {
+        c.output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).contains("MULTICAST"))
+            .unwrap_or(false)
+    };
+    let show = || {
+        let mut c = Command::new("ip");
+        c.args(["link", "show", "lo"]);
+        c
+    };
+    if flags(&mut show()) {
+        return true;
+    }
+    let _ = Command::new("ip")
+        .args(["link", "set", "lo", "multicast", "on"])
+        .output();
+    if flags(&mut show()) {
+        return true;
+    }
+    ringblast::skip(
+        "loopback has no MULTICAST flag and it cannot be set (root: ip link set lo multicast on)",
+    );
+    false
+}
