@@ -32,8 +32,10 @@ pub enum Command {
     List(serve::ListArgs),
     /// Fetch FILE with N sub-clients at once; each copy is verified before it is kept.
     Get(get::GetArgs),
-    /// The lab's experiment matrix: clients x sizes for each engine and mode, repeated;
-    /// writes results.csv, results.json, throughput.svg, loss.svg and prints the medians.
+    /// The lab's experiment matrix: clients x sizes for each engine and mode, repeated, on
+    /// loopback, against a server on another host (--server) or across a path it builds
+    /// (--path veth:1500, router:1gbit); writes results.csv, results.json and plots, prints
+    /// the medians and the uring/threads ratios (--compare sets two runs side by side).
     Bench(tools::BenchArgs),
     /// A UDP relay that impairs traffic both ways (no netem needed): forwards each client's
     /// flow to the server and back, and prints what it did when stopped (Ctrl-C).
