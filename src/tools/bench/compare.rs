@@ -39,12 +39,62 @@ impl Compared {
     }
 }
 
-fn read(dir: &Path) -> anyhow::Result<ResultsFile> {
+/// A result directory's cells, from this release's results.json or an earlier one (before
+/// paths, sources and spreads were written: the path is unnamed, the source files, the
+/// spread unknown, i.e. the median alone).
+fn read(dir: &Path) -> anyhow::Result<(ResultsFile, Vec<Cell>)> {
     let path = dir.join("results.json");
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("cannot read {} (a bench --out directory?)", path.display()))?;
-    serde_json::from_str(&text)
-        .with_context(|| format!("{} is not a bench results file", path.display()))
+    let not_results = || format!("{} is not a bench results file", path.display());
+    if let Ok(file) = serde_json::from_str::<ResultsFile>(&text) {
+        let cells = file.medians.clone();
+        return Ok((file, cells));
+    }
+    let v: serde_json::Value = serde_json::from_str(&text).with_context(not_results)?;
+    let medians = v["medians"].as_array().with_context(not_results)?;
+    let text_of = |m: &serde_json::Value, k: &str, default: &str| {
+        m[k].as_str().unwrap_or(default).to_string()
+    };
+    let mut cells = Vec::new();
+    for m in medians {
+        let goodput = m["goodput_bps"].as_f64().with_context(not_results)?;
+        let mut cell: Cell = serde_json::from_value(serde_json::json!({
+            "path": text_of(m, "path", ""),
+            "source": text_of(m, "source", "files"),
+            "engine": text_of(m, "engine", "uring"),
+            "mode": text_of(m, "mode", "reliable"),
+            "delivery": text_of(m, "delivery", "unicast"),
+            "size_bytes": m["size_bytes"].as_u64().unwrap_or(0),
+            "clients": m["clients"].as_u64().unwrap_or(0),
+            "reps": m["reps"].as_u64().unwrap_or(0),
+            "goodput_bps": goodput,
+            "goodput_min_bps": m["goodput_min_bps"].as_f64().unwrap_or(goodput),
+            "goodput_max_bps": m["goodput_max_bps"].as_f64().unwrap_or(goodput),
+            "per_client_bps": 0.0, "per_client_min_bps": 0.0, "per_client_max_bps": 0.0,
+            "bytes_lost": 0.0, "loss_pct": 0.0, "loss_min_pct": 0.0, "loss_max_pct": 0.0,
+            "retransmitted": 0.0, "server_cpu_s_per_gb": null, "p99_one_way_delay_us": 0.0,
+            "duration_s": 0.0, "server_bytes_sent": null, "all_intact_every_rep": false,
+            "reps_intact": 0,
+        }))
+        .with_context(not_results)?;
+        cell.key.path = text_of(m, "path", "");
+        cells.push(cell);
+    }
+    let file = ResultsFile {
+        path: v["path"].as_str().unwrap_or("(not recorded)").to_string(),
+        server: v["server"].as_str().unwrap_or("(not recorded)").to_string(),
+        client_machine: v["client_machine"]
+            .as_str()
+            .or(v["machine"].as_str())
+            .unwrap_or("(not recorded)")
+            .to_string(),
+        server_machine: String::new(),
+        runs: Vec::new(),
+        medians: Vec::new(),
+        ratios: Vec::new(),
+    };
+    Ok((file, cells))
 }
 
 /// The cell's key without its path: cells of two paths compare.
@@ -83,8 +133,8 @@ pub fn compare_cells(a: &[Cell], b: &[Cell]) -> Vec<Compared> {
 
 /// The comparison of two result directories, as a table for people.
 pub fn compare(dir_a: &Path, dir_b: &Path) -> anyhow::Result<String> {
-    let (a, b) = (read(dir_a)?, read(dir_b)?);
-    let rows = compare_cells(&a.medians, &b.medians);
+    let ((a, a_cells), (b, b_cells)) = (read(dir_a)?, read(dir_b)?);
+    let rows = compare_cells(&a_cells, &b_cells);
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -216,5 +266,29 @@ mod tests {
         );
         let missing = compare(a.path(), &a.path().join("nope")).unwrap_err();
         assert!(format!("{missing:#}").contains("a bench --out directory"));
+        // results.json of an earlier release (no path, source or spread) still compare.
+        let old = |goodput_bps: f64| {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(
+                dir.path().join("results.json"),
+                format!(
+                    r#"{{"machine": "2 cores", "runs": [], "medians": [{{"engine": "uring",
+                    "mode": "reliable", "size_bytes": 100, "clients": 1, "reps": 3,
+                    "goodput_bps": {goodput_bps:.1}}}]}}"#
+                ),
+            )
+            .unwrap();
+            dir
+        };
+        let (old_a, old_b) = (old(100.0 * 8.0 * MIB), old(110.0 * 8.0 * MIB));
+        let text = compare(old_a.path(), old_b.path()).unwrap();
+        let row = text
+            .lines()
+            .find(|l| l.contains(" uring ") && l.contains("files"))
+            .unwrap_or_else(|| panic!("{text}"));
+        assert!(
+            row.contains("100.0 (100.0-100.0)") && row.contains("1.10") && row.contains("apart"),
+            "{row}"
+        );
     }
 }

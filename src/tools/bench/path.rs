@@ -141,20 +141,25 @@ impl Drop for Testbed {
             let _ = c.wait();
         }
         for ns in &self.namespaces {
-            // Anything still running inside goes first (a namespace with processes lingers).
-            if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
-                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                    if let Ok(pid) = pid.parse::<i32>() {
-                        let _ = nix::sys::signal::kill(
-                            nix::unistd::Pid::from_raw(pid),
-                            nix::sys::signal::Signal::SIGKILL,
-                        );
-                    }
-                }
-            }
-            let _ = ip(&["netns", "del", ns]);
+            remove_namespace(ns);
         }
     }
+}
+
+/// Removes namespace `ns`, what still runs inside first (a namespace with processes lives on
+/// after `ip netns del`).
+fn remove_namespace(ns: &str) {
+    if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
+        for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            if let Ok(pid) = pid.parse::<i32>() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+    let _ = ip(&["netns", "del", ns]);
 }
 
 /// Removes the namespaces of benches whose process is gone (killed before they could).
@@ -171,7 +176,7 @@ fn remove_stale() {
         };
         let pid: String = rest.chars().take_while(char::is_ascii_digit).collect();
         if !pid.is_empty() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            let _ = ip(&["netns", "del", name]);
+            remove_namespace(name);
         }
     }
 }
