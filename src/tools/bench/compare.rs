@@ -97,30 +97,57 @@ fn read(dir: &Path) -> anyhow::Result<(ResultsFile, Vec<Cell>)> {
     Ok((file, cells))
 }
 
-/// The cell's key without its path: cells of two paths compare.
-fn same_point(a: &CellKey, b: &CellKey) -> bool {
-    CellKey {
+/// The cell's key without its path (cells of two paths compare) and, with `any_source`,
+/// without its source.
+fn same_point(a: &CellKey, b: &CellKey, any_source: bool) -> bool {
+    let strip = |k: &CellKey| CellKey {
         path: String::new(),
-        ..a.clone()
-    } == CellKey {
-        path: String::new(),
-        ..b.clone()
-    }
+        source: if any_source {
+            String::new()
+        } else {
+            k.source.clone()
+        },
+        ..k.clone()
+    };
+    strip(a) == strip(b)
 }
 
-/// Every cell of A, then those only B has.
+/// Every cell of A with B's of the same point, then those only B has. A point measured from
+/// one source in A and another in B (files on one path, generated on the other) is compared,
+/// its source shown as `A/B`, when neither side has it from the same source.
 pub fn compare_cells(a: &[Cell], b: &[Cell]) -> Vec<Compared> {
     let spread = |c: &Cell| (c.goodput_bps, c.goodput_min_bps, c.goodput_max_bps);
+    let twin = |ca: &Cell| -> Option<&Cell> {
+        b.iter()
+            .find(|cb| same_point(&ca.key, &cb.key, false))
+            .or_else(|| {
+                let exact_elsewhere =
+                    |cb: &Cell| a.iter().any(|x| same_point(&x.key, &cb.key, false));
+                b.iter()
+                    .find(|cb| same_point(&ca.key, &cb.key, true) && !exact_elsewhere(cb))
+            })
+    };
+    let mut matched: Vec<&CellKey> = Vec::new();
     let mut out: Vec<Compared> = a
         .iter()
-        .map(|ca| Compared {
-            key: ca.key.clone(),
-            a: Some(spread(ca)),
-            b: b.iter().find(|cb| same_point(&ca.key, &cb.key)).map(spread),
+        .map(|ca| {
+            let cb = twin(ca);
+            let mut key = ca.key.clone();
+            if let Some(cb) = cb {
+                matched.push(&cb.key);
+                if cb.key.source != ca.key.source {
+                    key.source = format!("{}/{}", ca.key.source, cb.key.source);
+                }
+            }
+            Compared {
+                key,
+                a: Some(spread(ca)),
+                b: cb.map(spread),
+            }
         })
         .collect();
     for cb in b {
-        if !a.iter().any(|ca| same_point(&ca.key, &cb.key)) {
+        if !matched.contains(&&cb.key) {
             out.push(Compared {
                 key: cb.key.clone(),
                 a: None,
@@ -150,7 +177,7 @@ pub fn compare(dir_a: &Path, dir_b: &Path) -> anyhow::Result<String> {
     );
     let _ = writeln!(
         s,
-        "{:>9} {:>8} {:>9} {:>9} {:>10} {:>7} {:>24} {:>24} {:>7}  spreads",
+        "{:>15} {:>8} {:>9} {:>9} {:>10} {:>7} {:>24} {:>24} {:>7}  spreads",
         "source",
         "engine",
         "mode",
@@ -171,7 +198,7 @@ pub fn compare(dir_a: &Path, dir_b: &Path) -> anyhow::Result<String> {
         let k = &r.key;
         let _ = writeln!(
             s,
-            "{:>9} {:>8} {:>9} {:>9} {:>10} {:>7} {:>24} {:>24} {:>7}  {}",
+            "{:>15} {:>8} {:>9} {:>9} {:>10} {:>7} {:>24} {:>24} {:>7}  {}",
             k.source,
             k.engine,
             k.mode,
@@ -290,5 +317,12 @@ mod tests {
             row.contains("100.0 (100.0-100.0)") && row.contains("1.10") && row.contains("apart"),
             "{row}"
         );
+        // Files in A, generated in B: the point still compares, both sources named.
+        let text = compare(old_a.path(), b.path()).unwrap();
+        let row = text
+            .lines()
+            .find(|l| l.contains("files/generated") && l.contains(" uring "))
+            .unwrap_or_else(|| panic!("{text}"));
+        assert!(row.contains("1.10"), "{row}");
     }
 }
