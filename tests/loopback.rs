@@ -504,7 +504,9 @@ fn another_protocol_version_is_named_both_ways() {
     std::thread::spawn(move || {
         let mut buf = [0u8; 2048];
         while let Ok((_, from)) = future.recv_from(&mut buf) {
-            let _ = future.send_to(b"RB\x07\x02future", from);
+            let mut msg = b"RB\x07\x02future".to_vec();
+            msg.extend_from_slice(&crc32c::crc32c(&msg).to_be_bytes());
+            let _ = future.send_to(&msg, from);
         }
     });
     let mut cfg = GetConfig::new(addr, "f");

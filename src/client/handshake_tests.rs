@@ -293,10 +293,14 @@ fn a_refused_token_is_renewed_a_few_times() {
 #[test]
 fn another_protocol_version_is_named() {
     let mut s = Hs::new();
-    let e =
-        s.h.on_datagram(b"RB\x09\x02 from the future", s.t0, &mut s.out)
-            .unwrap_err();
+    let mut future = b"RB\x09\x02 from the future".to_vec();
+    future.extend_from_slice(&crc32c::crc32c(&future).to_be_bytes());
+    let e = s.h.on_datagram(&future, s.t0, &mut s.out).unwrap_err();
     assert!(e.to_string().contains("version 9"), "{e}");
+    // The same bytes damaged on the way (CRC wrong): dropped, not believed.
+    let mut s = Hs::new();
+    future[10] ^= 1;
+    assert!(s.h.on_datagram(&future, s.t0, &mut s.out).is_ok());
 }
 
 /// At most [`MAX_HANDSHAKES`] places; each taken is given back.

@@ -122,33 +122,57 @@ fn control_messages_round_trip() {
 fn rejects_foreign_and_future_datagrams() {
     assert_eq!(Message::parse(b"LIST"), Err(WireError::BadMagic));
     assert_eq!(
-        Message::parse(b"RB\x07\x01abcdefgh"),
+        Message::parse(&with_crc(b"RB\x07\x01abcdefgh")),
         Err(WireError::BadVersion(7))
     );
     assert_eq!(
-        Message::parse(b"RB\x04\x01abcdefgh"),
+        Message::parse(&with_crc(b"RB\x04\x01abcdefgh")),
         Err(WireError::BadVersion(4))
     );
     // Version 5 (before the engine in GET), 4 (before multicast), 3 (before padded LISTs), 2 (before BUSY) and 1 (before the datagram size was
     // negotiated) are others.
     assert_eq!(
-        Message::parse(b"RB\x03\x01abcdefgh"),
+        Message::parse(&with_crc(b"RB\x03\x01abcdefgh")),
         Err(WireError::BadVersion(3))
     );
     assert_eq!(
-        Message::parse(b"RB\x02\x01abcdefgh"),
+        Message::parse(&with_crc(b"RB\x02\x01abcdefgh")),
         Err(WireError::BadVersion(2))
     );
     assert_eq!(
-        Message::parse(b"RB\x01\x01abcdefgh"),
+        Message::parse(&with_crc(b"RB\x01\x01abcdefgh")),
         Err(WireError::BadVersion(1))
     );
-    assert_eq!(crate::protocol::foreign_version(b"RB\x01\x01"), Some(1));
-    assert_eq!(crate::protocol::foreign_version(b"RB\x02\x01"), Some(2));
-    assert_eq!(crate::protocol::foreign_version(b"RB\x03\x01"), Some(3));
-    assert_eq!(crate::protocol::foreign_version(b"RB\x04\x01"), Some(4));
-    assert_eq!(crate::protocol::foreign_version(b"RB\x05\x01"), Some(5));
-    assert_eq!(crate::protocol::foreign_version(b"RB\x06\x01"), None);
+    assert_eq!(
+        crate::protocol::foreign_version(&with_crc(b"RB\x01\x01")),
+        Some(1)
+    );
+    assert_eq!(
+        crate::protocol::foreign_version(&with_crc(b"RB\x02\x01")),
+        Some(2)
+    );
+    assert_eq!(
+        crate::protocol::foreign_version(&with_crc(b"RB\x03\x01")),
+        Some(3)
+    );
+    assert_eq!(
+        crate::protocol::foreign_version(&with_crc(b"RB\x04\x01")),
+        Some(4)
+    );
+    assert_eq!(
+        crate::protocol::foreign_version(&with_crc(b"RB\x05\x01")),
+        Some(5)
+    );
+    assert_eq!(
+        crate::protocol::foreign_version(&with_crc(b"RB\x06\x01")),
+        None
+    );
+    // A datagram of this version with its version byte flipped on the way: corruption, not
+    // another release (its CRC fails).
+    let mut flipped = with_crc(b"RB\x06\x01abcdefgh");
+    flipped[2] ^= 0x20;
+    assert_eq!(crate::protocol::foreign_version(&flipped), None);
+    assert_eq!(Message::parse(&flipped), Err(WireError::BadChecksum));
     assert_eq!(crate::protocol::foreign_version(b"XX\x01\x01"), None);
     assert_eq!(
         Message::parse(&with_crc(b"RB\x06\xEE")),

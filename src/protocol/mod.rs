@@ -148,17 +148,36 @@ pub fn peek_kind(buf: &[u8]) -> Result<u8, WireError> {
         return Err(WireError::BadMagic);
     }
     if buf[common::VERSION] != VERSION {
+        // Believed only when intact: a bit flipped on the way is corruption, not a peer of
+        // another release (which would end the transfer).
+        if !trailer_intact(buf) {
+            return Err(WireError::BadChecksum);
+        }
         return Err(WireError::BadVersion(buf[common::VERSION]));
     }
     Ok(buf[common::KIND])
 }
 
-/// The version a ringblast datagram of another version claims (magic right, version not
-/// ours): the peer runs another release of ringblast.
+/// Whether `buf` ends in the CRC32C of the rest, as every control message of every version
+/// does (a DATA datagram carries its CRC in its header instead: it never passes).
+fn trailer_intact(buf: &[u8]) -> bool {
+    buf.len() >= field::common::BODY + 4 && {
+        let (body, crc) = buf.split_at(buf.len() - 4);
+        crc32c::crc32c(body).to_be_bytes() == crc
+    }
+}
+
+/// The version an intact ringblast control message of another version claims (magic right,
+/// CRC32C trailer right, version not ours): the peer runs another release of ringblast. A
+/// datagram whose version byte was flipped on the way fails its CRC and is not one.
 pub fn foreign_version(buf: &[u8]) -> Option<u8> {
     use field::common;
     let v = *buf.get(common::VERSION)?;
-    (buf.len() >= common::BODY && buf[common::MAGIC] == MAGIC && v != VERSION).then_some(v)
+    (buf.len() >= common::BODY
+        && buf[common::MAGIC] == MAGIC
+        && v != VERSION
+        && trailer_intact(buf))
+    .then_some(v)
 }
 
 /// True when the datagram claims to be `DATA` (header checks only).
