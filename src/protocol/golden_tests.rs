@@ -346,6 +346,40 @@ fn join_feedback_group_end() {
     );
 }
 
+/// The handshake's three messages (issue 23; docs/PROTOCOL.md, "Sealed datagrams").
+#[test]
+fn handshake_messages() {
+    pinned(
+        Message::HandshakeInit {
+            token: TOKEN,
+            nonce: 0x0102_0304_0506_0708,
+            noise: b"e-key",
+        },
+        control(
+            &format!("5242 06 14 {TOKEN_HEX} 0102030405060708 0005 652d6b6579"),
+            Some(1200),
+        ),
+    );
+    pinned(
+        Message::HandshakeReply {
+            nonce: 0x0102_0304_0506_0708,
+            conn: 0x1122_3344,
+            noise: b"e,ee,s,es",
+        },
+        control(
+            "5242 06 15 0102030405060708 11223344 0009 652c65652c732c6573",
+            None,
+        ),
+    );
+    pinned(
+        Message::HandshakeFinish {
+            conn: 0x1122_3344,
+            noise: b"s,se",
+        },
+        control("5242 06 16 11223344 0004 732c7365", None),
+    );
+}
+
 /// A group's repair datagram: laid out like the data header, kind 18, its CRC computed the
 /// same way.
 #[test]

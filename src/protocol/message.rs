@@ -92,6 +92,23 @@ pub enum Message<'a> {
     /// blocks; with `last`, no more repairs come by multicast (what is missing is fetched by
     /// unicast).
     GroupEnd { group: u32, blocks: u32, last: bool },
+    /// C→S `HS_INIT token:[24] nonce:u64 noise_len:u16 noise padding…` (total length >=
+    /// [`HELLO_MIN_LEN`]): the first Noise handshake message (`protocol/noise.rs`). Issue 23,
+    /// not served yet.
+    HandshakeInit {
+        token: [u8; TOKEN_LEN],
+        nonce: u64,
+        noise: &'a [u8],
+    },
+    /// S→C `HS_REPLY nonce:u64 conn:u32 noise_len:u16 noise`: the second, with the connection
+    /// the server gave the client (its sealed datagrams' `conn`).
+    HandshakeReply {
+        nonce: u64,
+        conn: u32,
+        noise: &'a [u8],
+    },
+    /// C→S `HS_FINISH conn:u32 noise_len:u16 noise`: the third (the client's static key).
+    HandshakeFinish { conn: u32, noise: &'a [u8] },
 }
 
 /// Cursor over untrusted bytes: every read is bounds-checked.
@@ -130,6 +147,16 @@ impl<'a> Reader<'a> {
         a.copy_from_slice(self.take(N)?);
         Ok(a)
     }
+    /// Length-prefixed (u16) bytes, at most [`MAX_HANDSHAKE_MESSAGE`] of them.
+    ///
+    /// [`MAX_HANDSHAKE_MESSAGE`]: super::noise::MAX_HANDSHAKE_MESSAGE
+    fn bytes16(&mut self, what: &'static str) -> Result<&'a [u8], WireError> {
+        let len = self.u16()? as usize;
+        if len > super::noise::MAX_HANDSHAKE_MESSAGE {
+            return Err(WireError::Malformed(what));
+        }
+        self.take(len)
+    }
     /// A length-prefixed (u8) UTF-8 string.
     fn str8(&mut self, what: &'static str) -> Result<&'a str, WireError> {
         let len = self.u8()? as usize;
@@ -148,6 +175,14 @@ fn header(out: &mut Vec<u8>, k: u8) {
     out.extend_from_slice(&MAGIC);
     out.push(VERSION);
     out.push(k);
+}
+
+/// `noise` with its u16 length (at most [`super::noise::MAX_HANDSHAKE_MESSAGE`] bytes: the
+/// handshake writes no more).
+fn put_bytes16(out: &mut Vec<u8>, noise: &[u8]) {
+    let n = noise.len().min(super::noise::MAX_HANDSHAKE_MESSAGE);
+    out.extend_from_slice(&(n as u16).to_be_bytes());
+    out.extend_from_slice(&noise[..n]);
 }
 
 fn put_str8(out: &mut Vec<u8>, s: &str, max: usize) {
@@ -359,6 +394,29 @@ impl<'a> Message<'a> {
                     _ => return Err(WireError::Malformed("GROUP_END last")),
                 },
             },
+            kind::HS_INIT => {
+                if buf.len() + 4 < HELLO_MIN_LEN {
+                    return Err(WireError::Malformed("HS_INIT shorter than 1200 bytes"));
+                }
+                let token = r.array()?;
+                let nonce = r.u64()?;
+                let noise = r.bytes16("handshake message")?;
+                // The rest is padding, deliberately ignored.
+                return Ok(Message::HandshakeInit {
+                    token,
+                    nonce,
+                    noise,
+                });
+            }
+            kind::HS_REPLY => Message::HandshakeReply {
+                nonce: r.u64()?,
+                conn: r.u32()?,
+                noise: r.bytes16("handshake message")?,
+            },
+            kind::HS_FINISH => Message::HandshakeFinish {
+                conn: r.u32()?,
+                noise: r.bytes16("handshake message")?,
+            },
             kind::DATA | kind::REPAIR => {
                 return Err(WireError::Malformed(
                     "DATA and REPAIR are not control messages",
@@ -553,6 +611,32 @@ impl<'a> Message<'a> {
                 out.extend_from_slice(&group.to_be_bytes());
                 out.extend_from_slice(&blocks.to_be_bytes());
                 out.push(*last as u8);
+            }
+            Message::HandshakeInit {
+                token,
+                nonce,
+                noise,
+            } => {
+                let start = out.len();
+                header(out, kind::HS_INIT);
+                out.extend_from_slice(token);
+                out.extend_from_slice(&nonce.to_be_bytes());
+                put_bytes16(out, noise);
+                // Padded like HELLO: the reply stays within three times the request.
+                if out.len() < start + HELLO_MIN_LEN - 4 {
+                    out.resize(start + HELLO_MIN_LEN - 4, 0);
+                }
+            }
+            Message::HandshakeReply { nonce, conn, noise } => {
+                header(out, kind::HS_REPLY);
+                out.extend_from_slice(&nonce.to_be_bytes());
+                out.extend_from_slice(&conn.to_be_bytes());
+                put_bytes16(out, noise);
+            }
+            Message::HandshakeFinish { conn, noise } => {
+                header(out, kind::HS_FINISH);
+                out.extend_from_slice(&conn.to_be_bytes());
+                put_bytes16(out, noise);
             }
         }
     }

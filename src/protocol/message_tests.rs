@@ -290,7 +290,7 @@ proptest! {
     }
 
     #[test]
-    fn control_parser_never_panics_on_valid_prefix(kind in 1u8..=19, rest in proptest::collection::vec(any::<u8>(), 0..600)) {
+    fn control_parser_never_panics_on_valid_prefix(kind in 1u8..=22, rest in proptest::collection::vec(any::<u8>(), 0..600)) {
         let mut body = vec![b'R', b'B', VERSION, kind];
         body.extend_from_slice(&rest);
         // A valid trailer, so the field parsers (not just the checksum) meet random bytes.
@@ -300,6 +300,21 @@ proptest! {
             let again = m.to_vec();
             prop_assert_eq!(Message::parse(&again).unwrap(), m);
         }
+    }
+
+    /// The handshake's messages round-trip whatever they carry (up to the largest Noise
+    /// message), the first is padded like HELLO, the reply fits three times it.
+    #[test]
+    fn handshake_messages_round_trip(nonce: u64, conn: u32,
+                                     noise in proptest::collection::vec(any::<u8>(), 0..=crate::protocol::noise::MAX_HANDSHAKE_MESSAGE)) {
+        let init = Message::HandshakeInit { token: [7; TOKEN_LEN], nonce, noise: &noise }.to_vec();
+        prop_assert!(init.len() >= HELLO_MIN_LEN);
+        prop_assert_eq!(Message::parse(&init).unwrap(), Message::HandshakeInit { token: [7; TOKEN_LEN], nonce, noise: &noise });
+        let reply = Message::HandshakeReply { nonce, conn, noise: &noise }.to_vec();
+        prop_assert!(reply.len() <= 3 * init.len());
+        prop_assert_eq!(Message::parse(&reply).unwrap(), Message::HandshakeReply { nonce, conn, noise: &noise });
+        let finish = Message::HandshakeFinish { conn, noise: &noise }.to_vec();
+        prop_assert_eq!(Message::parse(&finish).unwrap(), Message::HandshakeFinish { conn, noise: &noise });
     }
 
     #[test]

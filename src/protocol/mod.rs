@@ -87,6 +87,10 @@ pub(crate) mod kind {
     pub const REPAIR: u8 = 18;
     /// A sealed (authenticated, encrypted) datagram: `seal.rs`.
     pub const SEALED: u8 = 19;
+    /// The three messages of the handshake before sealed datagrams: `noise.rs`.
+    pub const HS_INIT: u8 = 20;
+    pub const HS_REPLY: u8 = 21;
+    pub const HS_FINISH: u8 = 22;
 }
 
 /// Why a datagram was rejected. Receivers count these and drop the datagram.

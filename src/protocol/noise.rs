@@ -249,6 +249,59 @@ mod tests {
         assert_eq!(s.write(&mut buf), Err(HandshakeError::OutOfTurn));
     }
 
+    /// The three messages carried as HS_INIT, HS_REPLY and HS_FINISH, encoded and parsed on
+    /// the way: the handshake finishes, and the server's answer to a 1200-byte HS_INIT is a
+    /// fraction of it (the 3x amplification bound).
+    #[test]
+    fn the_handshake_crosses_the_wire_in_its_messages() {
+        use super::super::Message;
+        let (ck, sk) = (StaticKey::generate(), StaticKey::generate());
+        let mut c = Handshake::initiator(&ck, b"p").unwrap();
+        let mut s = Handshake::responder(&sk, b"p").unwrap();
+        let mut buf = [0u8; MAX_HANDSHAKE_MESSAGE];
+        let n = c.write(&mut buf).unwrap();
+        let init = Message::HandshakeInit {
+            token: [1; super::super::TOKEN_LEN],
+            nonce: 9,
+            noise: &buf[..n],
+        }
+        .to_vec();
+        let Message::HandshakeInit { noise, .. } = Message::parse(&init).unwrap() else {
+            panic!("not an HS_INIT");
+        };
+        s.read(noise).unwrap();
+        let n = s.write(&mut buf).unwrap();
+        let reply = Message::HandshakeReply {
+            nonce: 9,
+            conn: 77,
+            noise: &buf[..n],
+        }
+        .to_vec();
+        assert!(
+            reply.len() * 3 <= init.len(),
+            "{} vs {}",
+            reply.len(),
+            init.len()
+        );
+        let Message::HandshakeReply { noise, .. } = Message::parse(&reply).unwrap() else {
+            panic!("not an HS_REPLY");
+        };
+        c.read(noise).unwrap();
+        assert_eq!(c.peer(), Some(sk.public));
+        let n = c.write(&mut buf).unwrap();
+        let finish = Message::HandshakeFinish {
+            conn: 77,
+            noise: &buf[..n],
+        }
+        .to_vec();
+        let Message::HandshakeFinish { noise, .. } = Message::parse(&finish).unwrap() else {
+            panic!("not an HS_FINISH");
+        };
+        s.read(noise).unwrap();
+        assert!(c.is_finished() && s.is_finished());
+        assert_eq!(s.peer(), Some(ck.public));
+    }
+
     /// A man in the middle with its own key finishes a handshake with the client, but the
     /// key the client learns is not the server's: the pin check (the caller's) catches it.
     #[test]
