@@ -127,6 +127,15 @@ pub enum SourceArg {
     Generated,
 }
 
+impl From<SourceArg> for bench::Source {
+    fn from(s: SourceArg) -> bench::Source {
+        match s {
+            SourceArg::Files => bench::Source::Files,
+            SourceArg::Generated => bench::Source::Generated,
+        }
+    }
+}
+
 impl From<&BenchArgs> for BenchConfig {
     fn from(a: &BenchArgs) -> BenchConfig {
         let remote = a.server.is_some() || a.path != PathSpec::Loopback;
@@ -153,14 +162,7 @@ impl From<&BenchArgs> for BenchConfig {
             sources: match (a.sources.is_empty(), remote) {
                 (true, false) => vec![bench::Source::Files],
                 (true, true) => vec![bench::Source::Generated],
-                (false, _) => a
-                    .sources
-                    .iter()
-                    .map(|s| match s {
-                        SourceArg::Files => bench::Source::Files,
-                        SourceArg::Generated => bench::Source::Generated,
-                    })
-                    .collect(),
+                (false, _) => a.sources.iter().map(|&s| s.into()).collect(),
             },
             path: a.path_name.clone().unwrap_or_else(|| match a.server {
                 Some(addr) => format!("to {addr}"),
@@ -270,10 +272,7 @@ impl BenchArgs {
             if files {
                 self.sources
                     .iter()
-                    .map(|s| match s {
-                        SourceArg::Files => "files",
-                        SourceArg::Generated => "generated",
-                    })
+                    .map(|&s| bench::Source::from(s).as_str())
                     .collect::<Vec<_>>()
                     .join(",")
             } else {

@@ -377,7 +377,7 @@ impl Session {
             }
         };
         let stats = &self.ctx.stats;
-        stats.add_send_latency(&hists.send_latency_us, summary.gso_segments);
+        stats.add_finished_session(&hists.send_latency_us, summary.gso_segments);
         stats
             .bytes_sent
             .fetch_add(summary.bytes_sent, Ordering::Relaxed);

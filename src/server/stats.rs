@@ -9,10 +9,10 @@ use crate::report::hist::Hist;
 #[derive(Debug, Default)]
 pub struct ServerStats {
     /// The send latency of every session finished since it was last taken
-    /// ([`ServerStats::take_send_latency`]): `bench` reads it per run.
+    /// ([`ServerStats::take_finished_sessions`]): `bench` reads it per run.
     send_latency_us: Mutex<Option<Hist>>,
     /// The most datagrams one send carried (UDP GSO) in a session finished since it was last
-    /// taken ([`ServerStats::take_send_latency`]).
+    /// taken ([`ServerStats::take_finished_sessions`]).
     max_gso_segments: AtomicU64,
     pub sessions_active: AtomicU64,
     pub sessions_started: AtomicU64,
@@ -55,7 +55,7 @@ pub struct ServerStats {
 
 impl ServerStats {
     /// Adds a finished session's send latency histogram and its largest GSO batch.
-    pub fn add_send_latency(&self, h: &Hist, gso_segments: u64) {
+    pub fn add_finished_session(&self, h: &Hist, gso_segments: u64) {
         self.max_gso_segments
             .fetch_max(gso_segments, std::sync::atomic::Ordering::Relaxed);
         let mut all = self
@@ -65,9 +65,9 @@ impl ServerStats {
         all.get_or_insert_with(Hist::latency_us).merge(h);
     }
 
-    /// The send latency of the sessions finished since the last call and the most datagrams
-    /// one of their sends carried, and a fresh start.
-    pub fn take_send_latency(&self) -> (Hist, u64) {
+    /// What the sessions finished since the last call recorded: their send latency and the
+    /// most datagrams one of their sends carried; and a fresh start.
+    pub fn take_finished_sessions(&self) -> (Hist, u64) {
         let gso = self
             .max_gso_segments
             .swap(0, std::sync::atomic::Ordering::Relaxed);

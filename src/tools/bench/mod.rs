@@ -358,7 +358,7 @@ impl Target<'_> {
     fn sessions(&self, sessions: Option<(&Path, u64)>) -> ServerRecord {
         match (self, sessions) {
             (Target::Local(server), _) => {
-                let (h, gso) = server.stats().take_send_latency();
+                let (h, gso) = server.stats().take_finished_sessions();
                 ServerRecord {
                     hist: Some(h),
                     sessions: Vec::new(),
@@ -394,9 +394,15 @@ struct ServerRecord {
 /// The send latency percentiles and largest GSO batch of the sessions `serve --json` wrote to
 /// `path` after byte `from`.
 fn sessions_since(path: &Path, from: u64) -> ServerRecord {
-    let text = std::fs::read(path).unwrap_or_default();
-    let new = text.get(from as usize..).unwrap_or_default();
-    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(new)
+    // Only what this run appended: the file grows with every run of the matrix.
+    let mut new = Vec::new();
+    if let Ok(mut f) = std::fs::File::open(path) {
+        use std::io::{Read, Seek, SeekFrom};
+        if f.seek(SeekFrom::Start(from)).is_ok() {
+            let _ = f.read_to_end(&mut new);
+        }
+    }
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&new)
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect();
@@ -452,13 +458,12 @@ struct Point<'a> {
     rep: usize,
 }
 
-/// One transfer; its copies' and the server's histograms are merged into `hists`.
+/// One transfer, and its copies' and the server's histograms.
 fn one_run(
     target: Target<'_>,
     cfg: &BenchConfig,
     p: &Point<'_>,
-    hists: &mut CellHists,
-) -> anyhow::Result<Run> {
+) -> anyhow::Result<(Run, CellHists)> {
     let Point {
         source,
         engine,
@@ -505,14 +510,8 @@ fn one_run(
     for r in &reports {
         run_hists.merge(&r.hists);
     }
-    hists.client.merge(&run_hists);
     let record = target.sessions(cfg.server_sessions.as_deref().map(|p| (p, sessions_from)));
     let gso_segments = record.gso_segments;
-    hists.merge(CellHists {
-        client: ClientHists::default(),
-        server: record.hist,
-        server_sessions: record.sessions,
-    });
     let delay = run_hists.one_way_delay_us.summary();
     let wall = reports.iter().map(|r| r.duration_s).fold(0.0, f64::max);
     let sender = |f: fn(&crate::protocol::Status) -> u32| -> u64 {
@@ -523,7 +522,7 @@ fn one_run(
                 .collect(),
         ) as u64
     };
-    Ok(Run {
+    let run = Run {
         path: cfg.path.clone(),
         server: target.addr().to_string(),
         source: source.as_str(),
@@ -560,7 +559,13 @@ fn one_run(
         sender_min_rtt_us: sender(|s| s.min_rtt_us),
         gso_segments,
         error: reports.iter().find_map(|r| r.error.clone()),
-    })
+    };
+    let hists = CellHists {
+        client: run_hists,
+        server: record.hist,
+        server_sessions: record.sessions,
+    };
+    Ok((run, hists))
 }
 
 /// What a bench measured: a row per run and the medians per cell.
@@ -673,8 +678,7 @@ pub fn run(cfg: &BenchConfig) -> anyhow::Result<Results> {
                             if stopped(cfg) {
                                 break 'matrix;
                             }
-                            let mut h = CellHists::default();
-                            let r = one_run(target, cfg, &point, &mut h)?;
+                            let (r, h) = one_run(target, cfg, &point)?;
                             if stopped(cfg) {
                                 // Cut short by the stop: not a measurement.
                                 break 'matrix;
