@@ -208,12 +208,12 @@ fn sealing(c: &mut Criterion) {
         for len in [1452usize, 61_440] {
             g.throughput(Throughput::Bytes(len as u64));
             let mut buf = vec![0xA5u8; SEALED_HEADER_LEN + len + TAG_LEN];
-            let mut s = Sealer::new(&k, 1, 0);
+            let s = Sealer::new(&k, 1, 0);
             g.bench_function(format!("seal {cipher:?} {len} B"), |b| {
                 b.iter(|| black_box(s.seal_in_place(&mut buf, len).unwrap()))
             });
             // Opening: a fresh datagram each time (a packet number opens once).
-            let mut s = Sealer::new(&k, 1, 0);
+            let s = Sealer::new(&k, 1, 0);
             let mut o = Opener::new(&k, 1, 0);
             g.bench_function(format!("open {cipher:?} {len} B"), |b| {
                 b.iter_batched_ref(

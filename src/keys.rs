@@ -1,7 +1,8 @@
-//! Key files (issue 23; the formats, not wired into `serve` and `get` yet): a static key pair
-//! (`FILE`, private, mode 600, and `FILE.pub`, one line), the server's authorized client keys
-//! (one per line, with the files each may read), and the client's known servers (trust on
-//! first use, a loud refusal when a key changes, as ssh does).
+//! Key files: a static key pair (`FILE`, private, mode 600, and `FILE.pub`, one line), the
+//! server's authorized client keys (one per line, with the files each may read), the client's
+//! known servers (trust on first use, a loud refusal when a key changes, as ssh does), and a
+//! pre-shared key (`keygen --psk`) for the simplest case; and what each side holds of them
+//! ([`ServerSecurity`], [`ClientSecurity`]).
 //!
 //! ```text
 //! FILE       ringblast-x25519-private 5f0c...(64 hex digits)
@@ -9,6 +10,7 @@
 //! authorized ringblast-x25519 9a1b... files=gen-*,100MiB.bin alice@lab
 //!            ringblast-x25519 77c0... bob (every file)
 //! known      lab-server:6969 ringblast-x25519 3e4f...
+//! psk        ringblast-psk 0d9e...(64 hex digits)
 //! ```
 
 use std::io::Write;
@@ -17,7 +19,7 @@ use std::path::Path;
 
 use anyhow::Context;
 
-use crate::protocol::noise::StaticKey;
+use crate::protocol::noise::{StaticKey, PSK_LEN};
 
 /// The first word of a public key line.
 pub const PUBLIC_TAG: &str = "ringblast-x25519";
@@ -61,17 +63,7 @@ pub fn parse_public(line: &str) -> Result<([u8; 32], &str), String> {
 /// replaced) and `path.pub` (the public line and `comment`).
 pub fn write_key_pair(path: &Path, comment: &str) -> anyhow::Result<StaticKey> {
     let key = StaticKey::generate();
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| {
-            format!(
-                "cannot create {} (an existing key is never replaced)",
-                path.display()
-            )
-        })?;
+    let mut f = create_private(path)?;
     writeln!(f, "{PRIVATE_TAG} {}", hex(&key.private))
         .with_context(|| format!("cannot write {}", path.display()))?;
     let public = path.with_extension(match path.extension() {
@@ -81,6 +73,21 @@ pub fn write_key_pair(path: &Path, comment: &str) -> anyhow::Result<StaticKey> {
     std::fs::write(&public, format!("{} {comment}\n", public_line(&key.public)))
         .with_context(|| format!("cannot write {}", public.display()))?;
     Ok(key)
+}
+
+/// A new file for a secret: mode 600 from its creation, never replacing one.
+fn create_private(path: &Path) -> anyhow::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| {
+            format!(
+                "cannot create {} (an existing key is never replaced)",
+                path.display()
+            )
+        })
 }
 
 /// Reads a private key file; refused when others may read it (as ssh does).
@@ -240,6 +247,197 @@ impl KnownServers {
     }
 }
 
+/// The first word of a pre-shared key file.
+pub const PSK_TAG: &str = "ringblast-psk";
+
+/// Writes a new pre-shared key to `path` (created mode 600; an existing file is never
+/// replaced): give the same file to the server (`serve --psk`) and its clients (`get --psk`).
+pub fn write_psk(path: &Path) -> anyhow::Result<()> {
+    let key: [u8; PSK_LEN] = rand::random();
+    let mut f = create_private(path)?;
+    writeln!(f, "{PSK_TAG} {}", hex(&key))
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+/// Reads a pre-shared key file; refused when others may read it.
+pub fn read_psk(path: &Path) -> anyhow::Result<[u8; PSK_LEN]> {
+    let md = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if md.permissions().mode() & 0o077 != 0 {
+        anyhow::bail!(
+            "{}: permissions {:o} are too open, a pre-shared key must be readable by its owner only (chmod 600)",
+            path.display(),
+            md.permissions().mode() & 0o777
+        );
+    }
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    text.trim()
+        .strip_prefix(PSK_TAG)
+        .and_then(|r| unhex32(r.trim()))
+        .with_context(|| {
+            format!(
+                "{} is not a ringblast pre-shared key (ringblast keygen --psk)",
+                path.display()
+            )
+        })
+}
+
+/// Reads a public key file (`FILE.pub`, or any line `ringblast-x25519 HEX`).
+pub fn read_public(path: &Path) -> anyhow::Result<[u8; 32]> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let line = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#'))
+        .unwrap_or("");
+    parse_public(line)
+        .map(|(k, _)| k)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+/// Reads the server's authorized keys file.
+pub fn read_authorized(path: &Path) -> anyhow::Result<Authorized> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Authorized::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+/// A key's short name for logs and errors: its first 16 hex digits.
+pub fn fingerprint(key: &[u8; 32]) -> String {
+    hex(&key[..8])
+}
+
+/// What a server that authenticates its clients holds (`serve --identity --authorized`, or
+/// `--psk`).
+#[derive(Debug)]
+pub struct ServerSecurity {
+    pub identity: StaticKey,
+    /// Who may read what; `None` in pre-shared-key mode (the key alone authorizes, every file).
+    pub authorized: Option<Authorized>,
+    pub psk: Option<[u8; PSK_LEN]>,
+}
+
+impl ServerSecurity {
+    /// What the client holding `key` may read: `None` if it may not connect at all.
+    pub fn client(&self, key: &[u8; 32]) -> Option<AuthorizedKey> {
+        match &self.authorized {
+            Some(a) => a.find(key).cloned(),
+            // Pre-shared key: finishing the handshake proved the client holds it.
+            None => Some(AuthorizedKey {
+                key: *key,
+                files: None,
+                comment: "pre-shared key".into(),
+            }),
+        }
+    }
+}
+
+/// How a client decides the server's key is the right one.
+#[derive(Debug)]
+pub enum ServerTrust {
+    /// `--server-key FILE.pub`: this key, and no other.
+    Pinned([u8; 32]),
+    /// The known-servers file: trust on first use (recorded), refuse a changed key.
+    Known {
+        path: std::path::PathBuf,
+        /// How the server is named in the file (`host:port` as given).
+        name: String,
+        known: std::sync::Mutex<KnownServers>,
+    },
+    /// Pre-shared key without a pin: holding the key is the server's proof.
+    Psk,
+}
+
+/// What a client that authenticates holds (`get --identity`, `--psk`).
+#[derive(Debug)]
+pub struct ClientSecurity {
+    pub identity: StaticKey,
+    pub psk: Option<[u8; PSK_LEN]>,
+    pub trust: ServerTrust,
+}
+
+/// The default known-servers file: `$RINGBLAST_KNOWN_SERVERS`, else
+/// `$XDG_CONFIG_HOME/ringblast/known_servers`, else `~/.config/ringblast/known_servers`.
+pub fn default_known_servers() -> Option<std::path::PathBuf> {
+    if let Some(p) = std::env::var_os("RINGBLAST_KNOWN_SERVERS") {
+        return Some(p.into());
+    }
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".config")))?;
+    Some(base.join("ringblast").join("known_servers"))
+}
+
+impl ServerTrust {
+    /// The known-servers file at `path` (absent: empty), the server named `name` in it.
+    pub fn known(path: std::path::PathBuf, name: String) -> anyhow::Result<ServerTrust> {
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        };
+        let known =
+            KnownServers::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        Ok(ServerTrust::Known {
+            path,
+            name,
+            known: std::sync::Mutex::new(known),
+        })
+    }
+
+    /// Whether the server that proved `key` in the handshake is the one meant; a key met for
+    /// the first time is recorded (and said, once). The error is for the user, loud.
+    pub fn check(&self, key: &[u8; 32]) -> Result<(), String> {
+        match self {
+            ServerTrust::Psk => Ok(()),
+            ServerTrust::Pinned(k) if k == key => Ok(()),
+            ServerTrust::Pinned(k) => Err(format!(
+                "the server's key is {}, not the pinned {} (--server-key): refusing to talk to it (someone may be impersonating it)",
+                fingerprint(key),
+                fingerprint(k)
+            )),
+            ServerTrust::Known { path, name, known } => {
+                let mut known = known.lock().unwrap_or_else(|e| e.into_inner());
+                match known.check(name, key) {
+                    Trust::Known => Ok(()),
+                    Trust::Changed { recorded } => Err(format!(
+                        "WARNING: THE KEY OF SERVER {name} HAS CHANGED: it was {}, it is now {}. Someone may be impersonating it, or it was given a new key. Refusing to go on. If the change is expected, remove its line from {}.",
+                        fingerprint(&recorded),
+                        fingerprint(key),
+                        path.display()
+                    )),
+                    Trust::New => {
+                        let line = known.remember(name, key);
+                        if let Some(dir) = path.parent() {
+                            let _ = std::fs::create_dir_all(dir);
+                        }
+                        let wrote = std::fs::OpenOptions::new()
+                            .create(true)
+                            .append(true)
+                            .open(path)
+                            .and_then(|mut f| f.write_all(line.as_bytes()));
+                        match wrote {
+                            Ok(()) => tracing::warn!(
+                                "first contact with {name}: its key {} is now recorded in {} (trust on first use; a changed key will be refused)",
+                                fingerprint(key),
+                                path.display()
+                            ),
+                            Err(e) => tracing::warn!(
+                                "first contact with {name}: its key {} could not be recorded in {}: {e}",
+                                fingerprint(key),
+                                path.display()
+                            ),
+                        }
+                        Ok(())
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -299,6 +497,41 @@ mod tests {
             let e = Authorized::parse(bad).unwrap_err();
             assert!(e.contains(why), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn the_known_servers_file_records_a_first_key_and_refuses_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub").join("known_servers");
+        let (k1, k2) = (StaticKey::generate().public, StaticKey::generate().public);
+        let t = ServerTrust::known(path.clone(), "lab:6969".into()).unwrap();
+        t.check(&k1).unwrap();
+        t.check(&k1).unwrap();
+        // Recorded once, and a new process reads it back.
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        let t = ServerTrust::known(path.clone(), "lab:6969".into()).unwrap();
+        t.check(&k1).unwrap();
+        let e = t.check(&k2).unwrap_err();
+        assert!(e.contains("HAS CHANGED") && e.contains("lab:6969"), "{e}");
+        let pinned = ServerTrust::Pinned(k1);
+        assert!(pinned.check(&k1).is_ok());
+        assert!(pinned.check(&k2).unwrap_err().contains("not the pinned"));
+    }
+
+    #[test]
+    fn a_pre_shared_key_is_written_private_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("psk");
+        write_psk(&path).unwrap();
+        let k = read_psk(&path).unwrap();
+        assert_ne!(k, [0; PSK_LEN]);
+        assert!(write_psk(&path).is_err());
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert!(read_psk(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("too open"));
     }
 
     #[test]

@@ -940,7 +940,7 @@ fn ctrl_c_while_generating_leaves_nothing_and_unfinished_names_are_not_served() 
     std::fs::write(dir.path().join(".x.bin.1.generating"), b"half").unwrap();
     std::fs::write(dir.path().join("real.bin"), b"whole").unwrap();
     let srv = server(dir.path(), |_| {});
-    let files = client::list(srv.local_addr(), Duration::from_secs(2)).unwrap();
+    let files = client::list(srv.local_addr(), Duration::from_secs(2), None).unwrap();
     assert_eq!(files, vec![("real.bin".to_string(), 5)]);
     let mut g = GetConfig::new(srv.local_addr(), ".x.bin.1.generating");
     g.timeout = Duration::from_secs(2);

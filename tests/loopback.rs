@@ -187,7 +187,7 @@ fn list_shows_regular_files_with_sizes() {
     std::fs::create_dir(served.path().join("sub")).unwrap();
     std::os::unix::fs::symlink("/etc/passwd", served.path().join("link")).unwrap();
     let srv = server(served.path(), |_| {});
-    let files = client::list(srv.local_addr(), Duration::from_secs(2)).unwrap();
+    let files = client::list(srv.local_addr(), Duration::from_secs(2), None).unwrap();
     assert_eq!(files, vec![("a".into(), 5), ("b".into(), 0)]);
 }
 
@@ -498,13 +498,13 @@ fn another_protocol_version_is_named_both_ways() {
     }
     assert_eq!(srv.stats().version_mismatch.load(Ordering::Relaxed), 1);
 
-    // A newer server (version 7) answering this client.
+    // A newer server (version 8) answering this client.
     let future = UdpSocket::bind("127.0.0.1:0").unwrap();
     let addr = future.local_addr().unwrap();
     std::thread::spawn(move || {
         let mut buf = [0u8; 2048];
         while let Ok((_, from)) = future.recv_from(&mut buf) {
-            let mut msg = b"RB\x07\x02future".to_vec();
+            let mut msg = b"RB\x08\x02future".to_vec();
             msg.extend_from_slice(&crc32c::crc32c(&msg).to_be_bytes());
             let _ = future.send_to(&msg, from);
         }
@@ -515,7 +515,7 @@ fn another_protocol_version_is_named_both_ways() {
     let r = &client::get(&cfg).unwrap()[0];
     let e = r.error.as_deref().unwrap();
     assert!(
-        e.contains("protocol version 7") && e.contains("speaks 6"),
+        e.contains("protocol version 8") && e.contains("speaks 7"),
         "{e}"
     );
     assert!(t.elapsed() < Duration::from_secs(2));

@@ -2,6 +2,7 @@
 //! the config of what it runs, with every value checked by its parser (`values.rs`).
 
 pub mod get;
+pub mod security;
 pub mod serve;
 pub mod tools;
 pub mod values;
@@ -40,6 +41,9 @@ pub enum Command {
     /// A UDP relay that impairs traffic both ways (no netem needed): forwards each client's
     /// flow to the server and back, and prints what it did when stopped (Ctrl-C).
     Relay(tools::RelayArgs),
+    /// Make a key pair (FILE, FILE.pub) for serve --identity / get --identity, or a
+    /// pre-shared key (--psk).
+    Keygen(security::KeygenArgs),
     /// One command: generate a file, serve it on loopback, fetch it with 5 sub-clients and
     /// print the lab's table.
     ///
@@ -99,6 +103,7 @@ pub fn main() -> ExitCode {
         Command::Bench(a) => a.run(),
         Command::Relay(a) => a.run(),
         Command::Demo(a) => a.run(),
+        Command::Keygen(a) => a.run(),
     };
     match result {
         Ok(code) => code,

@@ -177,6 +177,18 @@ pub struct ServeArgs {
     /// (e.g. 200ms, 0); later ones join the running transmission.
     #[arg(long, default_value = "200ms", value_parser = values::duration_or_zero, requires = "multicast")]
     multicast_gather: Duration,
+    #[command(flatten)]
+    security: super::security::ServeSecurityArgs,
+}
+
+impl ServeArgs {
+    /// The server's config, its key files read.
+    pub fn config(self) -> anyhow::Result<ServerConfig> {
+        let security = self.security.security()?;
+        let mut cfg = ServerConfig::from(self);
+        cfg.security = security;
+        Ok(cfg)
+    }
 }
 
 impl From<ServeArgs> for ServerConfig {
@@ -228,7 +240,7 @@ impl ServeArgs {
     pub fn run(self) -> anyhow::Result<ExitCode> {
         logging::init("info");
         let stop = crate::sys::stop_on_signals();
-        let server = Server::start(self.into())?;
+        let server = Server::start(self.config()?)?;
         while !stop.load(std::sync::atomic::Ordering::Acquire) && server.is_running() {
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
@@ -248,12 +260,15 @@ pub struct ListArgs {
     /// Give up after this long without an answer (e.g. 5, 500ms).
     #[arg(long, value_parser = values::duration, default_value = "5s")]
     timeout: Duration,
+    #[command(flatten)]
+    security: super::security::ClientSecurityArgs,
 }
 
 impl ListArgs {
     pub fn run(self) -> anyhow::Result<ExitCode> {
         logging::init("warn");
-        let files = client::list(self.server, self.timeout)?;
+        let security = self.security.security(self.server)?;
+        let files = client::list(self.server, self.timeout, security.as_deref())?;
         for (name, size) in &files {
             // A name is the server's to choose: control characters are shown escaped, never
             // sent to the terminal.

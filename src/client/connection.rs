@@ -7,7 +7,11 @@ use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use super::ClientError;
+use crate::keys::ClientSecurity;
+use crate::protocol::noise::{Handshake as NoiseHandshake, HandshakeError, MAX_HANDSHAKE_MESSAGE};
+use crate::protocol::seal::{Cipher, Opener, Sealer, SEALED_HEADER_LEN, TAG_LEN};
 use crate::protocol::{foreign_version, ErrorCode, Message, MAX_DATAGRAM, TOKEN_LEN, VERSION};
+use crate::server::secure::prologue;
 use crate::sys::recvmmsg::is_timeout;
 use crate::sys::socket;
 
@@ -21,6 +25,11 @@ pub(super) struct Connection {
     pub(super) server: SocketAddr,
     buf: Vec<u8>,
     out: Vec<u8>,
+    /// Once authenticated: requests go sealed, only sealed answers are believed, and the
+    /// handshake's third message goes before each request until one is answered.
+    sealer: Option<Sealer>,
+    opener: Option<Opener>,
+    finish: Vec<u8>,
 }
 
 /// What a reply means to the request waiting for it.
@@ -37,13 +46,78 @@ impl Connection {
             server,
             buf: vec![0; MAX_DATAGRAM + 1],
             out: Vec::with_capacity(2048),
+            sealer: None,
+            opener: None,
+            finish: Vec::new(),
         })
     }
 
     pub(super) fn send(&mut self, msg: &Message<'_>) -> Result<(), ClientError> {
         self.out.clear();
+        let Some(sealer) = &self.sealer else {
+            msg.encode(&mut self.out);
+            return send_to_server(&self.sock, self.server, &self.out);
+        };
+        if !self.finish.is_empty() {
+            send_to_server(&self.sock, self.server, &self.finish)?;
+        }
+        self.out.resize(SEALED_HEADER_LEN, 0);
         msg.encode(&mut self.out);
+        let len = self.out.len() - SEALED_HEADER_LEN;
+        self.out.resize(self.out.len() + TAG_LEN, 0);
+        if sealer.seal_in_place(&mut self.out, len).is_err() {
+            return Ok(());
+        }
         send_to_server(&self.sock, self.server, &self.out)
+    }
+
+    /// Authenticates (the handshake after the token): the server's key checked as `sec`
+    /// says, then every request sealed.
+    pub(super) fn authenticate(
+        &mut self,
+        sec: &ClientSecurity,
+        token: [u8; TOKEN_LEN],
+        timeout: Duration,
+    ) -> Result<(), ClientError> {
+        let server = self.server;
+        let failed = |e: HandshakeError| ClientError::Auth {
+            server,
+            why: format!("the server's handshake failed ({e})"),
+        };
+        let mut noise = NoiseHandshake::initiator(&sec.identity, &prologue(), sec.psk.as_ref())
+            .map_err(failed)?;
+        let mut buf = [0u8; MAX_HANDSHAKE_MESSAGE];
+        let n = noise.write(&mut buf).map_err(failed)?;
+        let nonce: u64 = rand::random();
+        let init = Message::HandshakeInit {
+            token,
+            nonce,
+            noise: &buf[..n],
+        };
+        let reply = self.request(
+            &init,
+            timeout,
+            "waiting for the server's handshake",
+            |m| match m {
+                Message::HandshakeReply {
+                    nonce: n,
+                    conn,
+                    noise,
+                } if *n == nonce => Reply::Done(Ok((*conn, noise.to_vec()))),
+                Message::Error {
+                    request_id,
+                    code,
+                    text,
+                } if *request_id == nonce as u32 => Reply::Done(Err(server_error(*code, text))),
+                _ => Reply::Ignore,
+            },
+        )??;
+        let (conn, msg) = reply;
+        let done = finish_handshake(noise, sec, server, conn, &msg)?;
+        self.finish = done.finish;
+        self.sealer = Some(done.sealer);
+        self.opener = Some(done.opener);
+        Ok(())
     }
 
     /// Sends `msg` and waits for a reply `accept` takes, resending with backoff; fails after
@@ -76,14 +150,25 @@ impl Connection {
                 }
                 Err(e) => return Err(e.into()),
             };
-            if let Some(theirs) = foreign_version(&self.buf[..n]) {
+            let plain = match &mut self.opener {
+                Some(o) => match o.open_in_place(&mut self.buf[..n]) {
+                    // Answered: the server has the connection.
+                    Ok(len) => {
+                        self.finish.clear();
+                        SEALED_HEADER_LEN..SEALED_HEADER_LEN + len
+                    }
+                    Err(_) => continue,
+                },
+                None => 0..n,
+            };
+            if let Some(theirs) = foreign_version(&self.buf[plain.clone()]) {
                 return Err(ClientError::Version {
                     server: self.server,
                     theirs,
                     ours: VERSION,
                 });
             }
-            let Ok(reply) = Message::parse(&self.buf[..n]) else {
+            let Ok(reply) = Message::parse(&self.buf[plain]) else {
                 continue;
             };
             match accept(&reply) {
@@ -105,6 +190,78 @@ impl Connection {
                 _ => Reply::Ignore,
             },
         )
+    }
+}
+
+/// The client's first handshake message: the Noise state and the encoded (padded) HS_INIT.
+pub(super) fn begin_handshake(
+    sec: &ClientSecurity,
+    token: [u8; TOKEN_LEN],
+    nonce: u64,
+) -> Result<(NoiseHandshake, Vec<u8>), HandshakeError> {
+    let mut noise = NoiseHandshake::initiator(&sec.identity, &prologue(), sec.psk.as_ref())?;
+    let mut buf = [0u8; MAX_HANDSHAKE_MESSAGE];
+    let n = noise.write(&mut buf)?;
+    let init = Message::HandshakeInit {
+        token,
+        nonce,
+        noise: &buf[..n],
+    }
+    .to_vec();
+    Ok((noise, init))
+}
+
+/// What the client has once the server's handshake message checked out.
+pub(super) struct Handshaken {
+    /// The encoded HS_FINISH (sent in plaintext until a sealed answer comes).
+    pub(super) finish: Vec<u8>,
+    pub(super) sealer: Sealer,
+    pub(super) opener: Opener,
+}
+
+/// The server's handshake message `msg` for connection `conn`: read, the server's key checked
+/// as `sec` says (pinned, known, first met), the third message and the keys made.
+pub(super) fn finish_handshake(
+    mut noise: NoiseHandshake,
+    sec: &ClientSecurity,
+    server: SocketAddr,
+    conn: u32,
+    msg: &[u8],
+) -> Result<Handshaken, ClientError> {
+    let failed = |e| handshake_failed(sec, server, e);
+    noise.read(msg).map_err(failed)?;
+    let key = noise
+        .peer()
+        .ok_or_else(|| failed(HandshakeError::OutOfTurn))?;
+    sec.trust
+        .check(&key)
+        .map_err(|why| ClientError::Auth { server, why })?;
+    let mut buf = [0u8; MAX_HANDSHAKE_MESSAGE];
+    let n = noise.write(&mut buf).map_err(failed)?;
+    let finish = Message::HandshakeFinish {
+        conn,
+        noise: &buf[..n],
+    }
+    .to_vec();
+    let keys = noise.finish(Cipher::Aes128Gcm).map_err(failed)?;
+    Ok(Handshaken {
+        finish,
+        sealer: Sealer::new(&keys.send, conn, 0),
+        opener: Opener::new(&keys.receive, conn, 0),
+    })
+}
+
+fn handshake_failed(sec: &ClientSecurity, server: SocketAddr, e: HandshakeError) -> ClientError {
+    ClientError::Auth {
+        server,
+        why: format!(
+            "the server's handshake failed ({e}){}",
+            if sec.psk.is_some() {
+                ": does it hold the same pre-shared key (--psk)?"
+            } else {
+                ""
+            }
+        ),
     }
 }
 

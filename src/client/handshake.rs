@@ -15,10 +15,13 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use super::connection::{begin_handshake, finish_handshake};
 use super::connection::{next_backoff, server_error, Resend};
 use super::edge::Outbox;
 use super::window::window_for_buffer;
 use super::{ClientError, GetConfig};
+use crate::protocol::noise::Handshake as NoiseHandshake;
+use crate::protocol::seal::Opener;
 use crate::protocol::{
     foreign_version, get_flags, ErrorCode, Join, Message, Meta, DATA_HEADER_LEN, TOKEN_LEN,
 };
@@ -134,6 +137,15 @@ enum Phase {
         busy: Backoff,
         renewals: u8,
     },
+    /// HS_INIT sent (an authenticating client); waiting for HS_REPLY.
+    Secure {
+        nonce: u64,
+        token: [u8; TOKEN_LEN],
+        noise: Box<NoiseHandshake>,
+        req: Resend,
+        busy: Backoff,
+        renewals: u8,
+    },
     /// GET sent; waiting for META.
     Get { get: GetRequest, req: Resend },
     /// META came without the JOIN a multicast GET asked for: the GET goes once more (the
@@ -173,6 +185,13 @@ pub(super) struct Handshake {
     /// The multicast group the server put this copy in (a `JOIN` before the META).
     pub(super) join: Option<Join>,
     rng: StdRng,
+    /// The encoded HS_INIT, for resends.
+    init_bytes: Vec<u8>,
+    /// The encoded HS_FINISH: resent with the GET until the server answers it (sealed).
+    finish_bytes: Vec<u8>,
+    /// The opener of the server's sealed datagrams, once the handshake made one: the
+    /// sub-client takes it (from then on only sealed datagrams are believed).
+    pub(super) opener: Option<Opener>,
 }
 
 impl Handshake {
@@ -204,6 +223,9 @@ impl Handshake {
             busy_retries: 0,
             join: None,
             rng: StdRng::seed_from_u64(seed),
+            init_bytes: Vec::new(),
+            finish_bytes: Vec::new(),
+            opener: None,
         };
         h.hello(Backoff::default(), 0, now, out);
         h
@@ -219,6 +241,65 @@ impl Handshake {
             renewals,
         };
         out.push(&Message::Hello { nonce });
+    }
+
+    /// With a token, an authenticating client begins its handshake (HS_INIT, padded like
+    /// HELLO); an open one asks for the file.
+    fn with_token(&mut self, get: GetRequest, busy: Backoff, now: Instant, out: &mut Outbox) {
+        let Some(sec) = self.cfg.security.clone() else {
+            return self.send_get(get, now, out);
+        };
+        let nonce: u64 = self.rng.random();
+        let Ok((noise, init)) = begin_handshake(&sec, get.token, nonce) else {
+            // Cannot happen with a valid key; the copy would only wait out its timeout.
+            self.phase = Phase::Done;
+            return;
+        };
+        self.init_bytes = init;
+        out.push_bytes(&self.init_bytes);
+        self.phase = Phase::Secure {
+            nonce,
+            token: get.token,
+            noise: Box::new(noise),
+            req: Resend::new(now, "waiting for the server's handshake"),
+            busy,
+            renewals: get.renewals,
+        };
+    }
+
+    /// The server's handshake message: its key checked (pinned, known, or first met), the
+    /// third message and the keys made, and the GET sent sealed.
+    fn on_reply(
+        &mut self,
+        conn: u32,
+        noise_msg: &[u8],
+        now: Instant,
+        out: &mut Outbox,
+    ) -> Result<(), ClientError> {
+        let Phase::Secure {
+            noise,
+            renewals,
+            token,
+            ..
+        } = std::mem::replace(&mut self.phase, Phase::Done)
+        else {
+            unreachable!("an HS_REPLY is taken in the secure phase only")
+        };
+        let sec = self.cfg.security.clone().expect("a secure handshake");
+        let done = finish_handshake(*noise, &sec, self.cfg.server, conn, noise_msg)?;
+        self.finish_bytes = done.finish;
+        out.push_plain(&self.finish_bytes);
+        out.seal_with(done.sealer);
+        self.opener = Some(done.opener);
+        let get = GetRequest {
+            token,
+            request_id: self.rng.random(),
+            busy: Backoff::default(),
+            waiting_since: None,
+            renewals,
+        };
+        self.send_get(get, now, out);
+        Ok(())
     }
 
     fn send_get(&mut self, get: GetRequest, now: Instant, out: &mut Outbox) {
@@ -252,7 +333,9 @@ impl Handshake {
     pub(super) fn deadline(&self) -> Option<Instant> {
         let timeout = self.cfg.timeout;
         match &self.phase {
-            Phase::Token { req, .. } | Phase::Get { req, .. } => Some(req.deadline(timeout)),
+            Phase::Token { req, .. } | Phase::Get { req, .. } | Phase::Secure { req, .. } => {
+                Some(req.deadline(timeout))
+            }
             Phase::Busy { until, .. } | Phase::Joining { until, .. } => Some(*until),
             Phase::Done => None,
         }
@@ -279,8 +362,17 @@ impl Handshake {
                     out.push(&Message::Hello { nonce: *nonce });
                 }
             }
+            Phase::Secure { req, .. } => {
+                if due(req, &self.together, now, timeout, server)? {
+                    out.push_bytes(&self.init_bytes);
+                }
+            }
             Phase::Get { req, .. } => {
                 if due(req, &self.together, now, timeout, server)? {
+                    // The server may not have the connection yet (its third message lost).
+                    if !self.finish_bytes.is_empty() {
+                        out.push_plain(&self.finish_bytes);
+                    }
                     out.push_bytes(&self.get_bytes);
                 }
             }
@@ -332,10 +424,52 @@ impl Handshake {
                     waiting_since: None,
                     renewals: *renewals,
                 };
-                self.send_get(get, now, out);
+                self.with_token(get, Backoff::default(), now, out);
             }
             (
-                Phase::Token { nonce, .. },
+                Phase::Secure { nonce, .. },
+                Message::HandshakeReply {
+                    nonce: n,
+                    conn,
+                    noise,
+                },
+            ) if n == *nonce => {
+                self.on_reply(conn, noise, now, out)?;
+            }
+            (
+                Phase::Secure {
+                    nonce, renewals, ..
+                },
+                Message::Error {
+                    request_id,
+                    code,
+                    text,
+                },
+            ) if request_id == *nonce as u32 => {
+                if code == ErrorCode::BadToken && *renewals < TOKEN_RENEWALS {
+                    let renewals = *renewals + 1;
+                    self.hello(Backoff::default(), renewals, now, out);
+                } else {
+                    return Err(server_error(code, text));
+                }
+            }
+            // A key the server does not know is told before any GET is answered (sealed:
+            // only the server could have said it).
+            (
+                Phase::Get { .. },
+                Message::Error {
+                    request_id: 0,
+                    code: ErrorCode::NotAuthorized,
+                    text,
+                },
+            ) if out.is_sealing() => {
+                return Err(ClientError::Auth {
+                    server: self.cfg.server,
+                    why: crate::report::escape(text),
+                });
+            }
+            (
+                Phase::Token { nonce, .. } | Phase::Secure { nonce, .. },
                 Message::Busy {
                     request_id,
                     retry_after_ms,
@@ -424,8 +558,10 @@ impl Handshake {
     fn busy(&mut self, asked: Duration, text: &str, now: Instant) -> Result<(), ClientError> {
         let (mut backoff, mut again) = match std::mem::replace(&mut self.phase, Phase::Done) {
             Phase::Get { get, .. } => (get.busy, Again::Get(get)),
-            Phase::Token { busy, renewals, .. } => (busy, Again::Hello { busy, renewals }),
-            _ => unreachable!("busy is an answer to GET or HELLO"),
+            Phase::Token { busy, renewals, .. } | Phase::Secure { busy, renewals, .. } => {
+                (busy, Again::Hello { busy, renewals })
+            }
+            _ => unreachable!("busy is an answer to GET, HELLO or HS_INIT"),
         };
         let since = *backoff.since.get_or_insert(now);
         let waited = now.saturating_duration_since(since);

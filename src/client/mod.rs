@@ -119,6 +119,8 @@ pub struct GetConfig {
     pub multicast: bool,
     /// The server's send engine to ask for (`get --engine`); `None`: the server's default.
     pub engine: Option<crate::server::engine::EngineKind>,
+    /// Authenticate (`get --identity`, `--psk`) and have every datagram sealed; `None`: open.
+    pub security: Option<Arc<crate::keys::ClientSecurity>>,
 }
 
 impl GetConfig {
@@ -146,6 +148,7 @@ impl GetConfig {
             stop: None,
             multicast: false,
             engine: None,
+            security: None,
         }
     }
 }
@@ -182,6 +185,8 @@ pub enum ClientError {
     /// The server answered WAIT (preparing the file) for too long.
     #[error("{server} kept asking to wait for {secs:.0} s (preparing the file): given up")]
     Waited { server: SocketAddr, secs: f64 },
+    #[error("{server}: {why}")]
+    Auth { server: SocketAddr, why: String },
     #[error("{server} refused the connection: no server is listening there (or it stopped)")]
     Refused { server: SocketAddr },
     /// What the server said.
@@ -243,9 +248,17 @@ pub enum ClientError {
 }
 
 /// `ringblast list`: the server's files and sizes.
-pub fn list(server: SocketAddr, timeout: Duration) -> Result<Vec<(String, u64)>, ClientError> {
+/// The files `server` serves (to this client: with `security`, those its key may read).
+pub fn list(
+    server: SocketAddr,
+    timeout: Duration,
+    security: Option<&crate::keys::ClientSecurity>,
+) -> Result<Vec<(String, u64)>, ClientError> {
     let mut conn = Connection::open(server)?;
     let token = conn.token(timeout)?;
+    if let Some(sec) = security {
+        conn.authenticate(sec, token, timeout)?;
+    }
     let mut files = Vec::new();
     loop {
         let start = files.len() as u32;

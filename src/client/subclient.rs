@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::edge::{After, Batch, Outbox};
+use super::edge::{unseal, After, Batch, Outbox, Plain, Unsealed};
 use super::handshake::{Handshake, Together};
 use super::receive::{DataIo, DataReceiver, Progress};
 use super::sink::Sink;
@@ -19,6 +19,7 @@ use super::window::window_for_buffer;
 use super::write::WriteEngine;
 use super::{copy_path, ClientError, GetConfig, Verify};
 use crate::protocol::layout::{datagram_count, manifest_hash};
+use crate::protocol::seal::{Opener, SEAL_OVERHEAD};
 use crate::protocol::{DoneStatus, Message, Meta, DATA_HEADER_LEN, MAX_DATAGRAMS, MIN_PAYLOAD};
 use crate::report::copy::{ClientHists, CopyReport};
 use crate::report::live::Live;
@@ -67,6 +68,11 @@ pub(super) struct SubClient {
     temp: Option<PathBuf>,
     phase: Phase,
     start: Instant,
+    /// Opens the server's sealed datagrams once the handshake authenticated it: from then
+    /// on, nothing unsealed is believed.
+    opener: Option<Opener>,
+    /// Reused: where the plaintexts of an opened batch lie.
+    plain: Vec<Plain>,
 }
 
 enum Phase {
@@ -148,6 +154,36 @@ impl SubClient {
             temp: None,
             phase: Phase::New { retry_at: now },
             start: now,
+            opener: None,
+            plain: Vec::new(),
+        }
+    }
+
+    /// A batch as the socket received it: opened first where the connection is sealed
+    /// (what does not open is counted and dropped), then [`SubClient::on_batch`].
+    pub(super) fn on_received(&mut self, batch: &mut dyn Batch, read_ns: u64, now: Instant) {
+        let Some(opener) = &mut self.opener else {
+            return self.on_batch(batch, read_ns, now);
+        };
+        let mut plain = std::mem::take(&mut self.plain);
+        self.report.unauthenticated += unseal(opener, batch, &mut plain);
+        self.on_batch(
+            &Unsealed {
+                batch: &*batch,
+                plain: &plain,
+            },
+            read_ns,
+            now,
+        );
+        self.plain = plain;
+    }
+
+    /// The handshake made the connection's keys: take the opener.
+    fn take_opener(&mut self) {
+        if let Phase::Handshake(h) = &mut self.phase {
+            if let Some(o) = h.opener.take() {
+                self.opener = Some(o);
+            }
         }
     }
 
@@ -300,8 +336,13 @@ impl SubClient {
                         if !matches!(meta, Ok(None)) {
                             break 'batch;
                         }
+                        if h.opener.is_some() {
+                            // Sealed from here on: the rest of this batch was not.
+                            break 'batch;
+                        }
                     }
                 }
+                self.take_opener();
                 match meta {
                     Ok(None) => return,
                     Ok(Some(meta)) => match self.begin_data(meta, read_ns, now) {
@@ -433,7 +474,13 @@ impl SubClient {
     /// directory).
     fn prepare(&mut self, meta: &Meta, facts: SocketFacts) -> Result<Sink, ClientError> {
         let cfg = self.cfg.clone();
-        check_meta(&cfg, meta, facts.max_datagram)?;
+        // A sealed datagram carries the seal around the DATA datagram.
+        let seal = if self.opener.is_some() {
+            SEAL_OVERHEAD
+        } else {
+            0
+        };
+        check_meta(&cfg, meta, facts.max_datagram.saturating_sub(seal))?;
         self.report.began = true;
         self.report.file_size = meta.file_size;
         self.report.datagram_size = meta.payload_size as usize + DATA_HEADER_LEN;
@@ -541,6 +588,7 @@ impl SubClient {
                 e @ (ClientError::ServerSilent { .. }
                 | ClientError::Refused { .. }
                 | ClientError::Version { .. }
+                | ClientError::Auth { .. }
                 | ClientError::Busy { .. }),
             ) => self.shared.together.give_up(e),
             Err(_) => {}

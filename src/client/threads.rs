@@ -139,9 +139,9 @@ impl Driven {
     }
 
     /// A batch arrived in `batch`.
-    fn on_batch(&mut self, batch: &RecvBatch) {
+    fn on_batch(&mut self, batch: &mut RecvBatch) {
         let (now, read_ns) = (Instant::now(), unix_ns());
-        self.sub.on_batch(batch, read_ns, now);
+        self.sub.on_received(batch, read_ns, now);
         self.flush();
     }
 

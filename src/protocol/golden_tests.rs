@@ -46,21 +46,21 @@ fn hello_retry_list_listing() {
         Message::Hello {
             nonce: 0x0102_0304_0506_0708,
         },
-        control("5242 06 01 0102030405060708", Some(1200)),
+        control("5242 07 01 0102030405060708", Some(1200)),
     );
     pinned(
         Message::Retry {
             nonce: 0x0102_0304_0506_0708,
             token: TOKEN,
         },
-        control(&format!("5242 06 02 0102030405060708 {TOKEN_HEX}"), None),
+        control(&format!("5242 07 02 0102030405060708 {TOKEN_HEX}"), None),
     );
     pinned(
         Message::List {
             token: TOKEN,
             start: 0x0000_0102,
         },
-        control(&format!("5242 06 03 {TOKEN_HEX} 00000102"), Some(1200)),
+        control(&format!("5242 07 03 {TOKEN_HEX} 00000102"), Some(1200)),
     );
     pinned(
         Message::Listing {
@@ -75,7 +75,7 @@ fn hello_retry_list_listing() {
             ],
         },
         control(
-            "5242 06 04 00000002 00000001 0002 \
+            "5242 07 04 00000002 00000001 0002 \
              0000000000000102 02 6162 \
              0000000000000007 00",
             None,
@@ -96,7 +96,7 @@ fn get_meta_wait_busy_error() {
             name: "f.bin",
         },
         control(
-            &format!("5242 06 05 {TOKEN_HEX} 0a0b0c0d 01 02000000 05c0 01 05 662e62696e"),
+            &format!("5242 07 05 {TOKEN_HEX} 0a0b0c0d 01 02000000 05c0 01 05 662e62696e"),
             None,
         ),
     );
@@ -112,7 +112,7 @@ fn get_meta_wait_busy_error() {
             name: "gen-1GiB",
         },
         control(
-            &format!("5242 06 05 {TOKEN_HEX} 00000001 00 00000000 0000 05 08 67656e2d31476942"),
+            &format!("5242 07 05 {TOKEN_HEX} 00000001 00 00000000 0000 05 08 67656e2d31476942"),
             None,
         ),
     );
@@ -128,7 +128,7 @@ fn get_meta_wait_busy_error() {
         }),
         control(
             &format!(
-                "5242 06 06 0a0b0c0d 11223344 0000000100000000 0000f000 00 {} {}",
+                "5242 07 06 0a0b0c0d 11223344 0000000100000000 0000f000 00 {} {}",
                 "11".repeat(32),
                 "22".repeat(32)
             ),
@@ -139,7 +139,7 @@ fn get_meta_wait_busy_error() {
         Message::Wait {
             request_id: 0x0a0b_0c0d,
         },
-        control("5242 06 07 0a0b0c0d", None),
+        control("5242 07 07 0a0b0c0d", None),
     );
     pinned(
         Message::Busy {
@@ -147,9 +147,10 @@ fn get_meta_wait_busy_error() {
             retry_after_ms: 200,
             text: "full",
         },
-        control("5242 06 0e 0a0b0c0d 000000c8 04 66756c6c", None),
+        control("5242 07 0e 0a0b0c0d 000000c8 04 66756c6c", None),
     );
-    // Error codes: 1 not found ... 9 other version, 10 evicted (4 is unused: busy is BUSY).
+    // Error codes: 1 not found ... 9 other version, 10 evicted, 11 engine not offered, 12-14
+    // authentication (4 is unused: busy is BUSY).
     for (code, byte) in [
         (ErrorCode::NotFound, "01"),
         (ErrorCode::BadName, "02"),
@@ -161,6 +162,9 @@ fn get_meta_wait_busy_error() {
         (ErrorCode::BadVersion, "09"),
         (ErrorCode::Evicted, "0a"),
         (ErrorCode::EngineNotOffered, "0b"),
+        (ErrorCode::AuthRequired, "0c"),
+        (ErrorCode::NotAuthorized, "0d"),
+        (ErrorCode::NoAuth, "0e"),
     ] {
         pinned(
             Message::Error {
@@ -168,10 +172,10 @@ fn get_meta_wait_busy_error() {
                 code,
                 text: "no",
             },
-            control(&format!("5242 06 08 0a0b0c0d {byte} 02 6e6f"), None),
+            control(&format!("5242 07 08 0a0b0c0d {byte} 02 6e6f"), None),
         );
     }
-    assert!(Message::parse(&control("5242 06 08 0a0b0c0d 04 00", None)).is_err());
+    assert!(Message::parse(&control("5242 07 08 0a0b0c0d 04 00", None)).is_err());
 }
 
 #[test]
@@ -200,7 +204,7 @@ fn ack_done_end_status() {
             .with_ranges(&ranges, &mut scratch),
         ),
         control(
-            "5242 06 09 11223344 00000005 00001005 00000101 000000f0 00000003 \
+            "5242 07 09 11223344 00000005 00001005 00000101 000000f0 00000003 \
              1122334455667788 00000400 01 0002 \
              00000005 00000002 00000100 00000001",
             None,
@@ -211,14 +215,14 @@ fn ack_done_end_status() {
             session: 0x1122_3344,
             status: DoneStatus::Incomplete,
         },
-        control("5242 06 0a 11223344 01", None),
+        control("5242 07 0a 11223344 01", None),
     );
     pinned(
         Message::End {
             session: 0x1122_3344,
             datagrams: 0x0001_0000,
         },
-        control("5242 06 0b 11223344 00010000", None),
+        control("5242 07 0b 11223344 00010000", None),
     );
     pinned(
         Message::Status(Status {
@@ -234,7 +238,7 @@ fn ack_done_end_status() {
             spurious: 7,
         }),
         control(
-            "5242 06 0d 11223344 000000003b9aca00 0000000000000102 \
+            "5242 07 0d 11223344 000000003b9aca00 0000000000000102 \
              00000001 00000002 00000003 00000004 00000005 00000006 00000007",
             None,
         ),
@@ -256,7 +260,7 @@ fn the_data_header() {
     };
     let mut out = [0u8; DATA_HEADER_LEN];
     h.emit(crc32c::crc32c(payload), &mut out);
-    let before = hex("5242 06 0c 01 00 0010 11223344");
+    let before = hex("5242 07 0c 01 00 0010 11223344");
     let after = hex("0000000100000000 1122334455667788");
     let crc = crc32c::crc32c(&[&payload[..], &before, &after].concat());
     let want = [before, crc.to_be_bytes().to_vec(), after].concat();
@@ -282,7 +286,7 @@ fn join_feedback_group_end() {
             feedback_ms: 20,
         }),
         control(
-            "5242 06 0f 0a0b0c0d 11223344 55667788 04 efff4d01 1b58 0100 0040 00000003 0014",
+            "5242 07 0f 0a0b0c0d 11223344 55667788 04 efff4d01 1b58 0100 0040 00000003 0014",
             None,
         ),
     );
@@ -298,7 +302,7 @@ fn join_feedback_group_end() {
             feedback_ms: 100,
         }),
         control(
-            "5242 06 0f 00000001 00000002 00000003 06 ff150000000000000000000000000077 \
+            "5242 07 0f 00000001 00000002 00000003 06 ff150000000000000000000000000077 \
              1b58 0006 0004 00000000 0064",
             None,
         ),
@@ -331,7 +335,7 @@ fn join_feedback_group_end() {
             ),
         ),
         control(
-            "5242 06 10 11223344 55667788 00000007 0000000c 0102030405060708 0002 \
+            "5242 07 10 11223344 55667788 00000007 0000000c 0102030405060708 0002 \
              00000007 0003 0000 00000009 0001 0005",
             None,
         ),
@@ -342,11 +346,11 @@ fn join_feedback_group_end() {
             blocks: 512,
             last: true,
         },
-        control("5242 06 11 55667788 00000200 01", None),
+        control("5242 07 11 55667788 00000200 01", None),
     );
 }
 
-/// The handshake's three messages (issue 23; docs/PROTOCOL.md, "Sealed datagrams").
+/// The handshake's three messages (issue 23; docs/PROTOCOL.md, "Authenticated connections").
 #[test]
 fn handshake_messages() {
     pinned(
@@ -356,7 +360,7 @@ fn handshake_messages() {
             noise: b"e-key",
         },
         control(
-            &format!("5242 06 14 {TOKEN_HEX} 0102030405060708 0005 652d6b6579"),
+            &format!("5242 07 14 {TOKEN_HEX} 0102030405060708 0005 652d6b6579"),
             Some(1200),
         ),
     );
@@ -367,7 +371,7 @@ fn handshake_messages() {
             noise: b"e,ee,s,es",
         },
         control(
-            "5242 06 15 0102030405060708 11223344 0009 652c65652c732c6573",
+            "5242 07 15 0102030405060708 11223344 0009 652c65652c732c6573",
             None,
         ),
     );
@@ -376,7 +380,7 @@ fn handshake_messages() {
             conn: 0x1122_3344,
             noise: b"s,se",
         },
-        control("5242 06 16 11223344 0004 732c7365", None),
+        control("5242 07 16 11223344 0004 732c7365", None),
     );
 }
 
@@ -397,7 +401,7 @@ fn the_repair_header() {
     };
     let mut out = [0u8; DATA_HEADER_LEN];
     h.emit(crc32c::crc32c(shard), &mut out);
-    let before = hex("5242 06 12 00 00 0008 55667788");
+    let before = hex("5242 07 12 00 00 0008 55667788");
     let after = hex("00000102 0003 0100 1122334455667788");
     let crc = crc32c::crc32c(&[&shard[..], &before, &after].concat());
     let want = [before, crc.to_be_bytes().to_vec(), after].concat();

@@ -122,8 +122,13 @@ fn control_messages_round_trip() {
 fn rejects_foreign_and_future_datagrams() {
     assert_eq!(Message::parse(b"LIST"), Err(WireError::BadMagic));
     assert_eq!(
-        Message::parse(&with_crc(b"RB\x07\x01abcdefgh")),
-        Err(WireError::BadVersion(7))
+        Message::parse(&with_crc(b"RB\x08\x01abcdefgh")),
+        Err(WireError::BadVersion(8))
+    );
+    // Version 6 (before authentication) is another.
+    assert_eq!(
+        Message::parse(&with_crc(b"RB\x06\x01abcdefgh")),
+        Err(WireError::BadVersion(6))
     );
     assert_eq!(
         Message::parse(&with_crc(b"RB\x04\x01abcdefgh")),
@@ -165,17 +170,21 @@ fn rejects_foreign_and_future_datagrams() {
     );
     assert_eq!(
         crate::protocol::foreign_version(&with_crc(b"RB\x06\x01")),
+        Some(6)
+    );
+    assert_eq!(
+        crate::protocol::foreign_version(&with_crc(b"RB\x07\x01")),
         None
     );
     // A datagram of this version with its version byte flipped on the way: corruption, not
     // another release (its CRC fails).
-    let mut flipped = with_crc(b"RB\x06\x01abcdefgh");
+    let mut flipped = with_crc(b"RB\x07\x01abcdefgh");
     flipped[2] ^= 0x20;
     assert_eq!(crate::protocol::foreign_version(&flipped), None);
     assert_eq!(Message::parse(&flipped), Err(WireError::BadChecksum));
     assert_eq!(crate::protocol::foreign_version(b"XX\x01\x01"), None);
     assert_eq!(
-        Message::parse(&with_crc(b"RB\x06\xEE")),
+        Message::parse(&with_crc(b"RB\x07\xEE")),
         Err(WireError::UnknownKind(0xEE))
     );
     assert_eq!(

@@ -25,6 +25,13 @@ pub enum ErrorCode {
     Evicted,
     /// The GET named a send engine this server does not offer (`serve --engines`).
     EngineNotOffered,
+    /// This server authenticates its clients: a LIST or GET must come after a handshake
+    /// (`get --identity`, `--psk`), sealed.
+    AuthRequired,
+    /// The client's key is not among the server's authorized keys, or may not read the file.
+    NotAuthorized,
+    /// This server does not authenticate (open mode): it has no key to handshake with.
+    NoAuth,
 }
 
 impl ErrorCode {
@@ -40,6 +47,9 @@ impl ErrorCode {
             ErrorCode::BadVersion => 9,
             ErrorCode::Evicted => 10,
             ErrorCode::EngineNotOffered => 11,
+            ErrorCode::AuthRequired => 12,
+            ErrorCode::NotAuthorized => 13,
+            ErrorCode::NoAuth => 14,
         }
     }
     pub(super) fn from_u8(v: u8) -> Result<Self, WireError> {
@@ -54,6 +64,9 @@ impl ErrorCode {
             9 => ErrorCode::BadVersion,
             10 => ErrorCode::Evicted,
             11 => ErrorCode::EngineNotOffered,
+            12 => ErrorCode::AuthRequired,
+            13 => ErrorCode::NotAuthorized,
+            14 => ErrorCode::NoAuth,
             _ => return Err(WireError::Malformed("error code")),
         })
     }

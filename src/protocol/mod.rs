@@ -13,7 +13,7 @@
 //! ```text
 //!  0      2        3      4
 //!  +------+--------+------+
-//!  | "RB" | ver=6  | kind |
+//!  | "RB" | ver=7  | kind |
 //!  +------+--------+------+
 //! ```
 
@@ -62,8 +62,9 @@ pub const MAGIC: [u8; 2] = *b"RB";
 /// 4: `LIST` padded like `HELLO` (its answer at most three times its size), data only after
 /// the client's first `ACK` of the session, a token good for one `GET`, `ERROR` code 10.
 /// Version 5: multicast (`GET` flags, `JOIN`, `FEEDBACK`, `GROUP_END`, `REPAIR`). Version 6:
-/// the engine a `GET` asks for (flags bits 1-2), `ERROR` code 11.
-pub const VERSION: u8 = 6;
+/// the engine a `GET` asks for (flags bits 1-2), `ERROR` code 11. Version 7: authenticated,
+/// encrypted connections (`HS_INIT`, `HS_REPLY`, `HS_FINISH`, `SEALED`; `ERROR` codes 12-14).
+pub const VERSION: u8 = 7;
 
 /// Message kinds (byte 3).
 pub(crate) mod kind {

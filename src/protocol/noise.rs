@@ -21,6 +21,12 @@ use super::seal::{Cipher, DirectionKey};
 /// The Noise protocol name; also the prologue's first part, so a peer speaking anything else
 /// fails the handshake.
 pub const PATTERN: &str = "Noise_XX_25519_AESGCM_SHA256";
+/// The pre-shared-key mode's (`--psk`): the same three messages, the key mixed in with the
+/// third (XXpsk3), so only peers holding it finish; the static keys are then whatever each
+/// side has (a fresh one per run where it has none), and the key alone authorizes.
+pub const PSK_PATTERN: &str = "Noise_XXpsk3_25519_AESGCM_SHA256";
+/// Bytes of a pre-shared key.
+pub const PSK_LEN: usize = 32;
 /// Largest handshake message (the second: 32 + 48 + 16 bytes, and a payload).
 pub const MAX_HANDSHAKE_MESSAGE: usize = 1024;
 
@@ -52,6 +58,14 @@ impl StaticKey {
 
 fn builder() -> Builder<'static> {
     Builder::new(PATTERN.parse().expect("a valid Noise pattern"))
+}
+
+/// The builder of a handshake: XX, or XXpsk3 with `psk`.
+fn builder_for(psk: Option<&[u8; PSK_LEN]>) -> Result<Builder<'_>, snow::Error> {
+    match psk {
+        None => Ok(builder()),
+        Some(k) => Builder::new(PSK_PATTERN.parse().expect("a valid Noise pattern")).psk(3, k),
+    }
 }
 
 /// Why a handshake failed.
@@ -87,29 +101,39 @@ pub struct Handshake {
 impl Handshake {
     /// The client's side. `prologue` binds context both sides must agree on (the protocol
     /// version, the server's address as the client dialled it is not: NATs change it).
-    pub fn initiator(local: &StaticKey, prologue: &[u8]) -> Result<Handshake, HandshakeError> {
-        let state = builder()
-            .local_private_key(&local.private)
-            .and_then(|b| b.prologue(prologue))
-            .and_then(|b| b.build_initiator())
-            .map_err(noise)?;
-        Ok(Handshake {
-            state,
-            initiator: true,
-        })
+    pub fn initiator(
+        local: &StaticKey,
+        prologue: &[u8],
+        psk: Option<&[u8; PSK_LEN]>,
+    ) -> Result<Handshake, HandshakeError> {
+        Self::new(local, prologue, psk, true)
     }
 
     /// The server's side.
-    pub fn responder(local: &StaticKey, prologue: &[u8]) -> Result<Handshake, HandshakeError> {
-        let state = builder()
-            .local_private_key(&local.private)
+    pub fn responder(
+        local: &StaticKey,
+        prologue: &[u8],
+        psk: Option<&[u8; PSK_LEN]>,
+    ) -> Result<Handshake, HandshakeError> {
+        Self::new(local, prologue, psk, false)
+    }
+
+    fn new(
+        local: &StaticKey,
+        prologue: &[u8],
+        psk: Option<&[u8; PSK_LEN]>,
+        initiator: bool,
+    ) -> Result<Handshake, HandshakeError> {
+        let b = builder_for(psk)
+            .and_then(|b| b.local_private_key(&local.private))
             .and_then(|b| b.prologue(prologue))
-            .and_then(|b| b.build_responder())
             .map_err(noise)?;
-        Ok(Handshake {
-            state,
-            initiator: false,
-        })
+        let state = match initiator {
+            true => b.build_initiator(),
+            false => b.build_responder(),
+        }
+        .map_err(noise)?;
+        Ok(Handshake { state, initiator })
     }
 
     /// Writes this side's next message into `out`; returns its length.
@@ -207,8 +231,8 @@ mod tests {
     #[test]
     fn a_handshake_gives_both_sides_the_peer_key_and_matching_seals() {
         let (ck, sk) = (StaticKey::generate(), StaticKey::generate());
-        let mut c = Handshake::initiator(&ck, b"ringblast 6").unwrap();
-        let mut s = Handshake::responder(&sk, b"ringblast 6").unwrap();
+        let mut c = Handshake::initiator(&ck, b"ringblast 6", None).unwrap();
+        let mut s = Handshake::responder(&sk, b"ringblast 6", None).unwrap();
         run(&mut c, &mut s).unwrap();
         let (c, s) = (
             c.finish(Cipher::Aes128Gcm).unwrap(),
@@ -219,7 +243,7 @@ mod tests {
         assert_ne!(c.send.key, c.receive.key, "a key per direction");
         // What the client seals, the server opens, and the other way round.
         for (from, to) in [(&c.send, &s.receive), (&s.send, &c.receive)] {
-            let mut sealer = Sealer::new(from, 5, 0);
+            let sealer = Sealer::new(from, 5, 0);
             let mut opener = Opener::new(to, 5, 0);
             let mut d = vec![0u8; SEALED_HEADER_LEN + 3 + TAG_LEN];
             d[SEALED_HEADER_LEN..SEALED_HEADER_LEN + 3].copy_from_slice(b"GET");
@@ -233,19 +257,19 @@ mod tests {
         let (ck, sk) = (StaticKey::generate(), StaticKey::generate());
         let mut buf = [0u8; MAX_HANDSHAKE_MESSAGE];
         // The second message altered on the way: the client refuses it.
-        let mut c = Handshake::initiator(&ck, b"p").unwrap();
-        let mut s = Handshake::responder(&sk, b"p").unwrap();
+        let mut c = Handshake::initiator(&ck, b"p", None).unwrap();
+        let mut s = Handshake::responder(&sk, b"p", None).unwrap();
         let n = c.write(&mut buf).unwrap();
         s.read(&buf[..n]).unwrap();
         let n = s.write(&mut buf).unwrap();
         buf[n - 1] ^= 1;
         assert!(matches!(c.read(&buf[..n]), Err(HandshakeError::Noise(_))));
         // Peers that disagree on the prologue (another protocol version) never finish.
-        let mut c = Handshake::initiator(&ck, b"ringblast 6").unwrap();
-        let mut s = Handshake::responder(&sk, b"ringblast 7").unwrap();
+        let mut c = Handshake::initiator(&ck, b"ringblast 6", None).unwrap();
+        let mut s = Handshake::responder(&sk, b"ringblast 7", None).unwrap();
         assert!(run(&mut c, &mut s).is_err());
         // Out of turn.
-        let mut s = Handshake::responder(&sk, b"p").unwrap();
+        let mut s = Handshake::responder(&sk, b"p", None).unwrap();
         assert_eq!(s.write(&mut buf), Err(HandshakeError::OutOfTurn));
     }
 
@@ -256,8 +280,8 @@ mod tests {
     fn the_handshake_crosses_the_wire_in_its_messages() {
         use super::super::Message;
         let (ck, sk) = (StaticKey::generate(), StaticKey::generate());
-        let mut c = Handshake::initiator(&ck, b"p").unwrap();
-        let mut s = Handshake::responder(&sk, b"p").unwrap();
+        let mut c = Handshake::initiator(&ck, b"p", None).unwrap();
+        let mut s = Handshake::responder(&sk, b"p", None).unwrap();
         let mut buf = [0u8; MAX_HANDSHAKE_MESSAGE];
         let n = c.write(&mut buf).unwrap();
         let init = Message::HandshakeInit {
@@ -302,6 +326,27 @@ mod tests {
         assert_eq!(s.peer(), Some(ck.public));
     }
 
+    #[test]
+    fn a_pre_shared_key_finishes_only_between_holders() {
+        let (ck, sk) = (StaticKey::generate(), StaticKey::generate());
+        let (k1, k2) = ([7u8; PSK_LEN], [8u8; PSK_LEN]);
+        let mut c = Handshake::initiator(&ck, b"p", Some(&k1)).unwrap();
+        let mut s = Handshake::responder(&sk, b"p", Some(&k1)).unwrap();
+        run(&mut c, &mut s).unwrap();
+        let (c, s) = (
+            c.finish(Cipher::Aes128Gcm).unwrap(),
+            s.finish(Cipher::Aes128Gcm).unwrap(),
+        );
+        assert_eq!(c.send.key, s.receive.key);
+        // Another key, or none on one side: the third message is refused.
+        let mut c = Handshake::initiator(&ck, b"p", Some(&k1)).unwrap();
+        let mut s = Handshake::responder(&sk, b"p", Some(&k2)).unwrap();
+        assert!(run(&mut c, &mut s).is_err());
+        let mut c = Handshake::initiator(&ck, b"p", None).unwrap();
+        let mut s = Handshake::responder(&sk, b"p", Some(&k1)).unwrap();
+        assert!(run(&mut c, &mut s).is_err());
+    }
+
     /// A man in the middle with its own key finishes a handshake with the client, but the
     /// key the client learns is not the server's: the pin check (the caller's) catches it.
     #[test]
@@ -311,8 +356,8 @@ mod tests {
             StaticKey::generate(),
             StaticKey::generate(),
         );
-        let mut c = Handshake::initiator(&ck, b"p").unwrap();
-        let mut m = Handshake::responder(&mitm, b"p").unwrap();
+        let mut c = Handshake::initiator(&ck, b"p", None).unwrap();
+        let mut m = Handshake::responder(&mitm, b"p", None).unwrap();
         run(&mut c, &mut m).unwrap();
         assert_eq!(c.peer(), Some(mitm.public));
         assert_ne!(c.peer(), Some(sk.public));

@@ -23,6 +23,8 @@
 //! 61440-byte ones at 9.0 GiB/s (opening 5.0 and 9.6), ChaCha20-Poly1305 at 1.8 and 2.5 GiB/s
 //! (1.9 and 2.5): AES-GCM is 2.7-3.7x faster here. ChaCha20-Poly1305 stays for CPUs without.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey, NONCE_LEN};
 
 use super::{kind, MAGIC, VERSION};
@@ -31,6 +33,8 @@ use super::{kind, MAGIC, VERSION};
 pub const SEALED_HEADER_LEN: usize = 17;
 /// The AEAD tag after it.
 pub const TAG_LEN: usize = 16;
+/// Bytes sealing adds to a datagram.
+pub const SEAL_OVERHEAD: usize = SEALED_HEADER_LEN + TAG_LEN;
 /// Packet numbers a sealer hands out at most: far below where either AEAD weakens, and a
 /// bound a connection rekeys (or ends) before.
 pub const MAX_PACKET_NUMBER: u64 = 1 << 62;
@@ -103,13 +107,15 @@ fn less_safe(k: &DirectionKey) -> LessSafeKey {
     )
 }
 
-/// Seals this side's datagrams: each gets the next packet number.
+/// Seals this side's datagrams: each gets the next packet number. Shared (`&self`) by the
+/// threads that send to one peer (the server's control thread and the engine worker of the
+/// peer's session): the packet number is taken atomically, so no two datagrams get the same.
 pub struct Sealer {
     key: LessSafeKey,
     iv: [u8; NONCE_LEN],
     conn: u32,
     phase: u8,
-    next_pn: u64,
+    next_pn: AtomicU64,
 }
 
 impl Sealer {
@@ -119,28 +125,34 @@ impl Sealer {
             iv: k.iv,
             conn,
             phase,
-            next_pn: 0,
+            next_pn: AtomicU64::new(0),
         }
     }
 
     /// Packet numbers used so far.
     pub fn sealed(&self) -> u64 {
-        self.next_pn
+        self.next_pn.load(Ordering::Relaxed).min(MAX_PACKET_NUMBER)
+    }
+
+    /// The connection it seals for.
+    pub fn connection(&self) -> u32 {
+        self.conn
     }
 
     /// Seals in place: `buf[SEALED_HEADER_LEN..SEALED_HEADER_LEN + len]` holds the message;
     /// the header is written before it and the tag after it. Returns the datagram's length.
     /// Nothing is allocated.
-    pub fn seal_in_place(&mut self, buf: &mut [u8], len: usize) -> Result<usize, SealError> {
+    pub fn seal_in_place(&self, buf: &mut [u8], len: usize) -> Result<usize, SealError> {
         let total = SEALED_HEADER_LEN + len + TAG_LEN;
         if buf.len() < total {
             return Err(SealError::NoRoom);
         }
-        if self.next_pn >= MAX_PACKET_NUMBER {
+        // Taken once, whoever else seals at the same time; past the limit it stays past it.
+        let pn = self.next_pn.fetch_add(1, Ordering::Relaxed);
+        if pn >= MAX_PACKET_NUMBER {
+            self.next_pn.store(MAX_PACKET_NUMBER, Ordering::Relaxed);
             return Err(SealError::Exhausted);
         }
-        let pn = self.next_pn;
-        self.next_pn += 1;
         let (head, rest) = buf.split_at_mut(SEALED_HEADER_LEN);
         head[..2].copy_from_slice(&MAGIC);
         head[2] = VERSION;
@@ -258,7 +270,7 @@ mod tests {
     }
 
     /// Seals `msg` with `s` into a fresh buffer.
-    fn seal(s: &mut Sealer, msg: &[u8]) -> Vec<u8> {
+    fn seal(s: &Sealer, msg: &[u8]) -> Vec<u8> {
         let mut buf = vec![0u8; SEALED_HEADER_LEN + msg.len() + TAG_LEN];
         buf[SEALED_HEADER_LEN..SEALED_HEADER_LEN + msg.len()].copy_from_slice(msg);
         let n = s.seal_in_place(&mut buf, msg.len()).unwrap();
@@ -276,28 +288,22 @@ mod tests {
     fn both_ciphers_seal_and_open_and_nothing_else_opens() {
         for cipher in [Cipher::Aes128Gcm, Cipher::ChaCha20Poly1305] {
             let k = keys(cipher, 7);
-            let (mut s, mut o) = (Sealer::new(&k, 42, 0), Opener::new(&k, 42, 0));
-            let d = seal(&mut s, b"a ringblast message");
+            let (s, mut o) = (Sealer::new(&k, 42, 0), Opener::new(&k, 42, 0));
+            let d = seal(&s, b"a ringblast message");
             assert_eq!(Opener::connection_of(&d), Some(42));
             assert_eq!(open(&mut o, &d).unwrap(), b"a ringblast message");
             // The same datagram again: a replay.
             assert_eq!(open(&mut o, &d), Err(OpenError::Replayed));
             // Another key, another connection, another phase.
             let mut other = Opener::new(&keys(cipher, 8), 42, 0);
-            assert_eq!(
-                open(&mut other, &seal(&mut s, b"x")),
-                Err(OpenError::Forged)
-            );
+            assert_eq!(open(&mut other, &seal(&s, b"x")), Err(OpenError::Forged));
             let mut elsewhere = Opener::new(&k, 43, 0);
             assert_eq!(
-                open(&mut elsewhere, &seal(&mut s, b"x")),
+                open(&mut elsewhere, &seal(&s, b"x")),
                 Err(OpenError::NotOurs)
             );
             let mut later = Opener::new(&k, 42, 1);
-            assert_eq!(
-                open(&mut later, &seal(&mut s, b"x")),
-                Err(OpenError::NotOurs)
-            );
+            assert_eq!(open(&mut later, &seal(&s, b"x")), Err(OpenError::NotOurs));
             assert_eq!(
                 open(&mut o, &d[..SEALED_HEADER_LEN + TAG_LEN - 1]),
                 Err(OpenError::Truncated)
@@ -308,16 +314,16 @@ mod tests {
     #[test]
     fn a_sealer_numbers_every_datagram_and_stops_before_reuse() {
         let k = keys(Cipher::Aes128Gcm, 1);
-        let mut s = Sealer::new(&k, 1, 0);
-        let a = seal(&mut s, b"same bytes");
-        let b = seal(&mut s, b"same bytes");
+        let s = Sealer::new(&k, 1, 0);
+        let a = seal(&s, b"same bytes");
+        let b = seal(&s, b"same bytes");
         // A resend of the same message is a new packet number and another ciphertext.
         assert_ne!(a[9..17], b[9..17]);
         assert_ne!(a[SEALED_HEADER_LEN..], b[SEALED_HEADER_LEN..]);
         assert_eq!(s.sealed(), 2);
         let mut small = [0u8; SEALED_HEADER_LEN + TAG_LEN + 3];
         assert_eq!(s.seal_in_place(&mut small, 4), Err(SealError::NoRoom));
-        s.next_pn = MAX_PACKET_NUMBER;
+        s.next_pn.store(MAX_PACKET_NUMBER, Ordering::Relaxed);
         assert_eq!(
             s.seal_in_place(&mut [0u8; 64], 1),
             Err(SealError::Exhausted)
@@ -327,9 +333,9 @@ mod tests {
     #[test]
     fn reordering_within_the_window_opens_once_and_older_is_refused() {
         let k = keys(Cipher::ChaCha20Poly1305, 3);
-        let (mut s, mut o) = (Sealer::new(&k, 9, 0), Opener::new(&k, 9, 0));
+        let (s, mut o) = (Sealer::new(&k, 9, 0), Opener::new(&k, 9, 0));
         let all: Vec<Vec<u8>> = (0..REPLAY_WINDOW + 10)
-            .map(|i| seal(&mut s, &i.to_be_bytes()))
+            .map(|i| seal(&s, &i.to_be_bytes()))
             .collect();
         // 5 first, then 0..5 late: each once.
         assert!(open(&mut o, &all[5]).is_ok());
@@ -358,8 +364,8 @@ mod tests {
         ) {
             let cipher = if chacha { Cipher::ChaCha20Poly1305 } else { Cipher::Aes128Gcm };
             let k = keys(cipher, 5);
-            let (mut s, mut o) = (Sealer::new(&k, 77, 0), Opener::new(&k, 77, 0));
-            let d = seal(&mut s, &msg);
+            let (s, mut o) = (Sealer::new(&k, 77, 0), Opener::new(&k, 77, 0));
+            let d = seal(&s, &msg);
             let mut bad = d.clone();
             let i = flip.index(bad.len());
             bad[i] ^= 1 << bit;
@@ -389,8 +395,8 @@ mod tests {
         #[test]
         fn each_packet_number_opens_at_most_once(order in proptest::collection::vec(0u64..64, 1..200)) {
             let k = keys(Cipher::Aes128Gcm, 2);
-            let mut s = Sealer::new(&k, 3, 0);
-            let all: Vec<Vec<u8>> = (0..64u64).map(|i| seal(&mut s, &i.to_be_bytes())).collect();
+            let s = Sealer::new(&k, 3, 0);
+            let all: Vec<Vec<u8>> = (0..64u64).map(|i| seal(&s, &i.to_be_bytes())).collect();
             let mut o = Opener::new(&k, 3, 0);
             let mut opened = std::collections::HashSet::new();
             for &i in &order {

@@ -105,6 +105,9 @@ pub struct CopyReport {
     pub corrupt: u64,
     /// Datagrams that were not valid for this session.
     pub malformed: u64,
+    /// Datagrams dropped because they did not open (a sealed connection): unsealed, forged,
+    /// replayed, or for another connection.
+    pub unauthenticated: u64,
     /// `recvmmsg` calls that returned something (with GRO, each may carry many datagrams).
     pub recv_calls: u64,
     /// Times the server answered "busy" before it took this copy.

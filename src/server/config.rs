@@ -75,6 +75,9 @@ pub struct ServerConfig {
     /// Only these source addresses are answered (`serve --allow`); empty: every address.
     /// Datagrams from others are dropped unread and counted.
     pub allow: Vec<super::admission::Cidr>,
+    /// Authenticate clients and seal every datagram (`serve --identity --authorized`, or
+    /// `--psk`); `None`: open mode.
+    pub security: Option<std::sync::Arc<crate::keys::ServerSecurity>>,
 }
 
 impl Default for ServerConfig {
@@ -102,6 +105,7 @@ impl Default for ServerConfig {
             token_lifetime: DEFAULT_TOKEN_LIFETIME,
             multicast: None,
             allow: Vec::new(),
+            security: None,
         }
     }
 }
@@ -141,6 +145,16 @@ impl ServerConfig {
                     MAX_SPLICE_PAYLOAD
                 );
             }
+        }
+        if self.security.is_some() && self.legacy {
+            anyhow::bail!(
+                "--legacy cannot be combined with --authorized or --psk: the lab's protocol has no authentication, so it would hand every file to anyone"
+            );
+        }
+        if self.security.is_some() && self.send_path == SendPath::Splice {
+            anyhow::bail!(
+                "--send-path splice cannot seal datagrams (the kernel attaches the file's pages as they are): use sendmsg or auto with --authorized or --psk"
+            );
         }
         if self.workers == 0
             || self.max_sessions == 0

@@ -20,11 +20,13 @@ use super::group::{log_summary, GroupSummary, Groups};
 use super::legacy::Legacy;
 use super::log_budget::LogBudget;
 use super::scanner::{ScanJob, Scanned, Scanner};
+use super::secure::{client_name, FinishOutcome, InitOutcome, SealedDrop, Secure};
 use super::session::{CloseReason, Session, SessionCtx, SessionSummary};
 use super::stats::ServerStats;
 use super::table::{Entry, SessionTable};
 use super::ServerConfig;
 use crate::protocol::layout::{snap_datagram_size, DatagramSize};
+use crate::protocol::seal::{OpenError, Opener, Sealer, SEALED_HEADER_LEN, SEAL_OVERHEAD, TAG_LEN};
 use crate::protocol::sender::{SenderConfig, SenderState};
 use crate::protocol::token::TokenKey;
 use crate::protocol::{
@@ -66,6 +68,8 @@ struct PendingGet {
     engine: EngineKind,
     /// The GET's length: its answer (JOIN and META) may be at most three times as long.
     request_len: usize,
+    /// The authenticated connection it came on (sealed), if any.
+    conn: Option<u32>,
 }
 
 pub(super) struct Control {
@@ -101,6 +105,8 @@ pub(super) struct Control {
     out: Vec<u8>,
     /// Multicast transmissions (`serve --multicast`).
     groups: Option<Groups>,
+    /// Authenticated connections (`serve --authorized`, `--psk`); `None`: open mode.
+    secure: Option<Secure>,
 }
 
 #[path = "control_get.rs"]
@@ -178,6 +184,7 @@ impl Control {
         };
         let (summaries_tx, summaries) = mpsc::channel();
         Ok(Control {
+            secure: cfg.security.clone().map(Secure::new),
             groups,
             legacy,
             requests: RequestBudgets::new(cfg.requests_per_ip),
@@ -211,7 +218,8 @@ impl Control {
             match batch.recv(&self.sock) {
                 Ok(n) => {
                     for i in 0..n {
-                        let (Some(src), Some(dgram)) = (batch.source(i), batch.datagram(i)) else {
+                        let src = batch.source(i);
+                        let (Some(src), Some(dgram)) = (src, batch.datagram_mut(i)) else {
                             self.stats.malformed.fetch_add(1, Ordering::Relaxed);
                             continue;
                         };
@@ -281,9 +289,35 @@ impl Control {
         );
     }
 
+    /// Sends `msg` to `to`: sealed with its connection's key where it has one (all but the
+    /// handshake's own plaintext answers).
     fn send(&mut self, to: SocketAddr, msg: &Message<'_>) {
+        let sealer = match msg {
+            Message::Retry { .. } | Message::HandshakeReply { .. } => None,
+            _ => self.secure.as_ref().and_then(|s| s.sealer_of(to)).cloned(),
+        };
+        match sealer {
+            Some(sealer) => self.send_sealed(to, msg, &sealer),
+            None => {
+                self.out.clear();
+                msg.encode(&mut self.out);
+                self.send_out(to);
+            }
+        }
+    }
+
+    fn send_sealed(&mut self, to: SocketAddr, msg: &Message<'_>, sealer: &Sealer) {
         self.out.clear();
+        self.out.resize(SEALED_HEADER_LEN, 0);
         msg.encode(&mut self.out);
+        let len = self.out.len() - SEALED_HEADER_LEN;
+        self.out.resize(self.out.len() + TAG_LEN, 0);
+        if sealer.seal_in_place(&mut self.out, len).is_ok() {
+            self.send_out(to);
+        }
+    }
+
+    fn send_out(&mut self, to: SocketAddr) {
         // A full socket buffer or an unreachable client is the client's problem: it retries.
         let _ = socket::retry_eintr(|| self.sock.send_to(&self.out, to));
     }
@@ -326,7 +360,7 @@ impl Control {
         false
     }
 
-    fn handle(&mut self, src: SocketAddr, dgram: &[u8]) {
+    fn handle(&mut self, src: SocketAddr, dgram: &mut [u8]) {
         // Outside --allow: not read, not answered (the lab's protocol included).
         if !self.cfg.allow.is_empty() && !self.cfg.allow.iter().any(|c| c.contains(src.ip())) {
             self.stats.not_allowed.fetch_add(1, Ordering::Relaxed);
@@ -336,6 +370,10 @@ impl Control {
                 });
             return;
         }
+        if Opener::connection_of(dgram).is_some() {
+            return self.sealed(src, dgram);
+        }
+        let dgram: &[u8] = dgram;
         let msg = match Message::parse(dgram) {
             Ok(m) => m,
             Err(WireError::BadMagic) if self.legacy.is_some() => {
@@ -368,6 +406,7 @@ impl Control {
             Message::Hello { nonce } => Some(*nonce as u32),
             Message::List { .. } => Some(0),
             Message::Get { request_id, .. } => Some(*request_id),
+            Message::HandshakeInit { nonce, .. } => Some(*nonce as u32),
             _ => None,
         };
         if request_id.is_some() && !self.admit(src, request_id) {
@@ -378,13 +417,178 @@ impl Control {
                 let token = self.tokens.mint(&src, unix_ns() / 1000);
                 self.send(src, &Message::Retry { nonce, token });
             }
+            Message::HandshakeInit {
+                token,
+                nonce,
+                noise,
+            } => self.handshake_init(src, token, nonce, noise),
+            Message::HandshakeFinish { conn, noise } => self.handshake_finish(src, conn, noise),
+            // A server that authenticates reads nothing else in plaintext: a request is told
+            // how to ask, the rest (ACK, DONE, FEEDBACK: a session's) is dropped unread.
+            _ if self.secure.is_some() => {
+                self.stats.unauthenticated.fetch_add(1, Ordering::Relaxed);
+                if let Some(id) = request_id {
+                    self.error(
+                        src,
+                        id,
+                        ErrorCode::AuthRequired,
+                        "this server authenticates its clients: ask with get --identity KEY (ringblast keygen; the server must list its public key in --authorized) or --psk FILE",
+                    );
+                }
+            }
+            msg => self.dispatch(src, msg, dgram.len(), None),
+        }
+    }
+
+    /// A sealed datagram: opened with its connection's key (or dropped and counted), then
+    /// handled as the message it carries, on behalf of that connection's client.
+    fn sealed(&mut self, src: SocketAddr, dgram: &mut [u8]) {
+        let Some(secure) = self.secure.as_mut() else {
+            // Open mode has no connections.
+            self.stats.unsealed_drops.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let opened = match secure.open(src, dgram, Instant::now()) {
+            Ok(o) => o,
+            Err(why) => {
+                let st = &self.stats;
+                st.unsealed_drops.fetch_add(1, Ordering::Relaxed);
+                match why {
+                    SealedDrop::Open(OpenError::Forged) => {
+                        st.forged.fetch_add(1, Ordering::Relaxed);
+                    }
+                    SealedDrop::Open(OpenError::Replayed | OpenError::TooOld) => {
+                        st.replayed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => {}
+                }
+                return;
+            }
+        };
+        let inner = &dgram[SEALED_HEADER_LEN..SEALED_HEADER_LEN + opened.len];
+        let msg = match Message::parse(inner) {
+            Ok(m) => m,
+            Err(_) => {
+                self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        };
+        let request_id = match &msg {
+            Message::List { .. } => Some(0),
+            Message::Get { request_id, .. } => Some(*request_id),
+            _ => None,
+        };
+        if request_id.is_some() && !self.admit(src, request_id) {
+            return;
+        }
+        self.dispatch(src, msg, inner.len(), Some(opened.conn));
+    }
+
+    /// The first handshake message, from an address its token validates: one handshake per
+    /// token; its reply is a tenth of the (padded) request.
+    fn handshake_init(
+        &mut self,
+        src: SocketAddr,
+        token: [u8; TOKEN_LEN],
+        nonce: u64,
+        noise: &[u8],
+    ) {
+        let id = nonce as u32;
+        let Some(secure) = self.secure.as_mut() else {
+            self.error(
+                src,
+                id,
+                ErrorCode::NoAuth,
+                "this server does not authenticate clients (open mode: anyone may read its files); ask without --identity or --psk",
+            );
+            return;
+        };
+        // Its reply was lost: the same reply again.
+        if let Some(reply) = secure.repeated_init(src, nonce) {
+            self.out = reply;
+            self.send_out(src);
+            return;
+        }
+        if !self.token_ok(src, &token) {
+            self.error(src, id, ErrorCode::BadToken, "bad token");
+            return;
+        }
+        if self.spent.spend(&token, src, id).is_err() {
+            self.stats.bad_tokens.fetch_add(1, Ordering::Relaxed);
+            self.error(
+                src,
+                id,
+                ErrorCode::BadToken,
+                "token already used: ask for a new one",
+            );
+            return;
+        }
+        self.stats.handshakes.fetch_add(1, Ordering::Relaxed);
+        let secure = self.secure.as_mut().expect("checked above");
+        match secure.init(src, nonce, noise, Instant::now()) {
+            InitOutcome::Reply(reply) => {
+                self.out = reply;
+                self.send_out(src);
+            }
+            InitOutcome::Busy => {
+                self.stats.busy.fetch_add(1, Ordering::Relaxed);
+                self.busy(src, id, BUSY_RETRY_AFTER, "too many handshakes in progress");
+            }
+            InitOutcome::Refused => {
+                self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// The third handshake message: the client's key, checked. A key not authorized is told
+    /// so, sealed (the client can believe it), and gets nothing else.
+    fn handshake_finish(&mut self, src: SocketAddr, conn: u32, noise: &[u8]) {
+        let Some(secure) = self.secure.as_mut() else {
+            self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        match secure.finish(src, conn, noise, Instant::now()) {
+            FinishOutcome::Connected { id, new: true } => {
+                self.stats.connections.fetch_add(1, Ordering::Relaxed);
+                if let Some(c) = secure.connection(id) {
+                    tracing::debug!("[AUTH] {src}: key {} connected", client_name(&c.client));
+                }
+            }
+            FinishOutcome::Connected { .. } => {}
+            FinishOutcome::Unauthorized { key, sealer } => {
+                self.stats.keys_refused.fetch_add(1, Ordering::Relaxed);
+                let fp = crate::keys::fingerprint(&key);
+                self.refusals
+                    .log("for keys not authorized", Instant::now(), || {
+                        format!("{src}: key {fp} is not in --authorized: refused")
+                    });
+                let text = format!(
+                    "this server does not know your key {fp}: its operator must add your public key (FILE.pub of ringblast keygen) to its --authorized file"
+                );
+                let msg = Message::Error {
+                    request_id: 0,
+                    code: ErrorCode::NotAuthorized,
+                    text: &text,
+                };
+                self.send_sealed(src, &msg, &sealer);
+            }
+            FinishOutcome::Dropped => {
+                self.stats.unsealed_drops.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// A message handled the same whether it came in plaintext (open mode) or sealed on
+    /// connection `conn` (its client authenticated: no token needed, its key's files only).
+    fn dispatch(&mut self, src: SocketAddr, msg: Message<'_>, len: usize, conn: Option<u32>) {
+        match msg {
             Message::List { token, start } => {
-                if !self.token_ok(src, &token) {
+                if conn.is_none() && !self.token_ok(src, &token) {
                     // Small on purpose: an unvalidated address gets less than it sent.
                     self.error(src, 0, ErrorCode::BadToken, "bad token");
                     return;
                 }
-                self.list(src, start, dgram.len());
+                self.list(src, start, len, conn);
             }
             Message::Get {
                 token,
@@ -395,13 +599,19 @@ impl Control {
                 flags,
                 name,
             } => {
-                if !self.token_ok(src, &token) {
+                if let Some(c) = conn {
+                    if !self.may_read(src, c, request_id, name) {
+                        return;
+                    }
+                } else if !self.token_ok(src, &token) {
                     self.error(src, request_id, ErrorCode::BadToken, "bad token");
                     return;
                 }
                 // One token, one request: a token seen on the wire and replayed in its
-                // owner's name (a spoofed source) starts nothing.
-                if let Err(why) = self.spent.spend(&token, src, request_id) {
+                // owner's name (a spoofed source) starts nothing. (A sealed GET needs none:
+                // its connection was validated, and its replays never open.)
+                if conn.is_some() {
+                } else if let Err(why) = self.spent.spend(&token, src, request_id) {
                     self.stats.bad_tokens.fetch_add(1, Ordering::Relaxed);
                     let text = match why {
                         Spent::Used => "token already used: ask for a new one",
@@ -428,9 +638,14 @@ impl Control {
                     self.error(src, request_id, ErrorCode::EngineNotOffered, &text);
                     return;
                 }
-                let engine_path = self.send_path_of(engine);
+                // A sealed session's payloads are copied (to be encrypted): never spliced, so
+                // its datagrams may be as large as the path takes.
+                let engine_path = match conn {
+                    Some(_) => SendPath::Sendmsg,
+                    None => self.send_path_of(engine),
+                };
                 let (payload_size, send_path) =
-                    match self.datagram_size_for(src, max_datagram, engine_path) {
+                    match self.datagram_size_for(src, max_datagram, engine_path, conn.is_some()) {
                         Ok(size) => (
                             (size - DATA_HEADER_LEN) as u32,
                             engine_path.for_datagram(size),
@@ -450,9 +665,13 @@ impl Control {
                     send_path,
                     // A server without a group serves by unicast: the client sees no JOIN
                     // and says so.
-                    multicast: flags & get_flags::MULTICAST != 0 && self.groups.is_some(),
-                    request_len: dgram.len(),
+                    // (A sealed session has no group key to share yet: unicast.)
+                    multicast: flags & get_flags::MULTICAST != 0
+                        && self.groups.is_some()
+                        && conn.is_none(),
+                    request_len: len,
                     engine,
+                    conn,
                 });
             }
             Message::Ack(ack) => self.ack(src, &ack),
@@ -516,6 +735,7 @@ impl Control {
         peer: SocketAddr,
         client_max: u16,
         send_path: SendPath,
+        sealed: bool,
     ) -> Result<usize, String> {
         let ours = match self.cfg.datagram_size {
             DatagramSize::Fixed(n) => n,
@@ -527,6 +747,12 @@ impl Control {
         let size = match client_max as usize {
             0 => ours,
             theirs => ours.min(snap_datagram_size(theirs)),
+        };
+        // A sealed datagram carries the seal's header and tag around the DATA datagram.
+        let size = if sealed {
+            size.saturating_sub(SEAL_OVERHEAD)
+        } else {
+            size
         };
         if size < MIN_DATAGRAM {
             return Err(format!(
@@ -567,6 +793,30 @@ impl Control {
                 None
             }
         }
+    }
+
+    /// Whether connection `conn`'s key may read `name`; if not, the client is told and the
+    /// refusal logged.
+    fn may_read(&mut self, src: SocketAddr, conn: u32, request_id: u32, name: &str) -> bool {
+        let Some(c) = self.secure.as_ref().and_then(|s| s.connection(conn)) else {
+            return false;
+        };
+        if c.client.may_read(name) {
+            return true;
+        }
+        let who = client_name(&c.client);
+        self.stats.files_refused.fetch_add(1, Ordering::Relaxed);
+        self.refusals
+            .log("for files a key may not read", Instant::now(), || {
+                crate::report::escape(&format!(
+                    "{src}: key {who} asked for {name:?}, which its files= do not name"
+                ))
+            });
+        let text = format!(
+            "your key may not read {name} (the server's --authorized names the files it may)"
+        );
+        self.error(src, request_id, ErrorCode::NotAuthorized, &text);
+        false
     }
 
     /// A group member's `FEEDBACK`: from its session's address, it keeps the session alive

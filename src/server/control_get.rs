@@ -7,17 +7,33 @@ impl Control {
     /// One page of the file list, at most three times as long as the `LIST` that asked
     /// (`request_len`, padded to 1200 bytes by the client): a token replayed in someone
     /// else's name cannot make the answer an amplifier.
-    pub(super) fn list(&mut self, src: SocketAddr, start: u32, request_len: usize) {
-        let files = match self.catalog.list() {
+    /// On a connection (`conn`), only the files its key may read are listed.
+    pub(super) fn list(
+        &mut self,
+        src: SocketAddr,
+        start: u32,
+        request_len: usize,
+        conn: Option<u32>,
+    ) {
+        let mut files = match self.catalog.list() {
             Ok(f) => f,
             Err(e) => {
                 self.error(src, 0, ErrorCode::Internal, &format!("cannot list: {e}"));
                 return;
             }
         };
+        if let Some(c) = conn {
+            match self.secure.as_ref().and_then(|s| s.connection(c)) {
+                Some(c) => files.retain(|(name, _)| c.client.may_read(name)),
+                None => return,
+            }
+        }
         let mut entries = Vec::new();
-        // 3x the request, less the LISTING's own header, counts and trailer.
-        let mut room = (3 * request_len).min(MAX_DATAGRAM).saturating_sub(18);
+        // 3x the request, less the LISTING's own header, counts and trailer (and the seal).
+        let seal = if conn.is_some() { SEAL_OVERHEAD } else { 0 };
+        let mut room = (3 * request_len)
+            .min(MAX_DATAGRAM)
+            .saturating_sub(18 + seal);
         for (name, size) in files.iter().skip(start as usize) {
             let need = 9 + name.len();
             if need > room {
@@ -186,7 +202,9 @@ impl Control {
         }
         let id = self.sessions.new_id();
         let now = Instant::now();
-        let datagram_size = file.payload_size as usize + DATA_HEADER_LEN;
+        let datagram_size = file.payload_size as usize
+            + DATA_HEADER_LEN
+            + if req.conn.is_some() { SEAL_OVERHEAD } else { 0 };
         let max_window = (self.cfg.max_window_bytes / file.payload_size as u64).max(1);
         let window =
             (req.window_bytes / file.payload_size).clamp(1, max_window.min(u32::MAX as u64) as u32);
@@ -214,11 +232,28 @@ impl Control {
             SendPath::Auto if file.small_pages => SendPath::Sendmsg,
             p => p,
         };
-        let session =
-            Arc::new(Session::new(id, req.peer, file, state, ctx).with_send_path(send_path));
+        // A request that came sealed is answered sealed, or not at all (its connection went
+        // while the file was scanned).
+        let sealer = match req.conn {
+            Some(c) => match self.secure.as_ref().and_then(|s| s.connection(c)) {
+                Some(c) => Some(c.sealer.clone()),
+                None => return,
+            },
+            None => None,
+        };
+        let client = req
+            .conn
+            .and_then(|c| self.secure.as_ref()?.connection(c))
+            .map(|c| format!(", key {}", client_name(&c.client)))
+            .unwrap_or_default();
+        let session = Arc::new(
+            Session::new(id, req.peer, file, state, ctx)
+                .with_send_path(send_path)
+                .with_sealer(sealer),
+        );
         session.heard();
         tracing::info!(
-            "[TRANSFER] session {:08x}: sending {} ({} bytes, {} mode, engine {}, {}-byte datagrams, {} send path, window {} datagrams, congestion control {}) to {}",
+            "[TRANSFER] session {:08x}: sending {} ({} bytes, {} mode, engine {}, {}-byte datagrams, {} send path, window {} datagrams, congestion control {}) to {}{}",
             id,
             crate::report::escape(&session.file.name),
             session.file.size,
@@ -232,7 +267,11 @@ impl Control {
                 Mode::Reliable => self.cfg.cc.as_str(),
                 Mode::Blast => "none (blast)",
             },
-            req.peer
+            req.peer,
+            match &session.sealer {
+                Some(_) => format!(" (sealed{client})"),
+                None => String::new(),
+            }
         );
         let rate = self.cfg.acks_per_session;
         self.sessions.insert(

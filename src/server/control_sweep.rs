@@ -151,6 +151,12 @@ impl Control {
         }
         if self.sweeps % EVICT_SWEEPS == 0 {
             self.catalog.evict_stale();
+            if let Some(secure) = &mut self.secure {
+                // A connection outlives its sessions by twice the idle timeout (a client
+                // between two copies keeps it), then goes.
+                let busy: HashSet<SocketAddr> = self.sessions.sessions().map(|s| s.peer).collect();
+                secure.sweep(now, self.cfg.idle_timeout * 2, |p| busy.contains(&p));
+            }
         }
         if self.sweeps % 2 == 0 {
             // Only to clients that have shown they receive at their address.

@@ -19,6 +19,7 @@ pub mod group;
 pub mod legacy;
 mod log_budget;
 pub mod scanner;
+pub mod secure;
 pub mod session;
 pub mod stats;
 mod table;
@@ -143,7 +144,19 @@ impl Server {
             rcvbuf / 1024,
             sndbuf / 1024
         );
-        if !local_addr.ip().is_loopback() {
+        if let Some(sec) = &cfg.security {
+            match (&sec.authorized, &sec.psk) {
+                (Some(a), _) => tracing::info!(
+                    "[AUTH] clients authenticate (Noise XX, X25519) and every datagram is sealed (AES-128-GCM); this server's key is {}; {} authorized",
+                    crate::keys::fingerprint(&sec.identity.public),
+                    crate::report::plural(a.keys.len() as u64, "client key")
+                ),
+                (None, _) => tracing::info!(
+                    "[AUTH] clients authenticate with the pre-shared key (Noise XXpsk3) and every datagram is sealed (AES-128-GCM); this server's key is {}",
+                    crate::keys::fingerprint(&sec.identity.public)
+                ),
+            }
+        } else if !local_addr.ip().is_loopback() {
             // Said once, where the operator looks first: what binding beyond this host means.
             let allowed: Vec<String> = cfg.allow.iter().map(|c| c.to_string()).collect();
             match allowed.is_empty() {

@@ -20,6 +20,7 @@ use super::catalog::ScannedFile;
 use super::engine::{EngineKind, SendPath};
 use super::stats::ServerStats;
 use crate::protocol::layout::payload_len;
+use crate::protocol::seal::{Sealer, SEAL_OVERHEAD};
 use crate::protocol::sender::SenderState;
 use crate::protocol::{data_flags, DataHeader, Message, Mode, Status, DATA_HEADER_LEN};
 use crate::report::hist::{Percentiles, SendHists};
@@ -50,8 +51,10 @@ pub struct SessionSummary {
     pub datagrams_sent: u64,
     pub retransmitted: u64,
     pub send_errors: u64,
-    /// Bytes per datagram on the wire, header included.
+    /// Bytes per datagram on the wire, header included (and the seal's, where sealed).
     pub datagram_size: usize,
+    /// Every datagram was sealed (an authenticated connection).
+    pub sealed: bool,
     /// Most datagrams one send carried (UDP GSO; 1 without it).
     pub gso_segments: u64,
     /// `sendmsg`/`sendto` calls made.
@@ -169,6 +172,8 @@ pub struct Session {
     pub told_client: AtomicBool,
     /// The multicast transmission the client is a member of (`serve --multicast`).
     pub group: OnceLock<crate::protocol::Join>,
+    /// Seals every datagram to the client (its authenticated connection's key); `None`: open.
+    pub sealer: Option<Arc<Sealer>>,
 }
 
 impl Session {
@@ -207,7 +212,28 @@ impl Session {
             pumps: AtomicU64::new(0),
             told_client: AtomicBool::new(false),
             group: OnceLock::new(),
+            sealer: None,
         }
+    }
+
+    /// Seals the session's datagrams with `sealer` (its payloads then go by `sendmsg`: the
+    /// kernel cannot splice what must be encrypted first).
+    pub fn with_sealer(mut self, sealer: Option<Arc<Sealer>>) -> Self {
+        if sealer.is_some() {
+            self.send_path = SendPath::Sendmsg;
+        }
+        self.sealer = sealer;
+        self
+    }
+
+    /// Bytes per datagram on the wire: [`Session::datagram_size`], sealed where it is.
+    pub fn wire_size(&self) -> usize {
+        self.datagram_size()
+            + if self.sealer.is_some() {
+                SEAL_OVERHEAD
+            } else {
+                0
+            }
     }
 
     /// Sets how the session's payloads go (its payload size must suit it: `payload_size`).
@@ -350,7 +376,8 @@ impl Session {
                 datagrams_sent: st.datagrams_sent,
                 retransmitted: st.retransmitted,
                 send_errors: self.send_errors.load(Ordering::Relaxed),
-                datagram_size: self.datagram_size(),
+                datagram_size: self.wire_size(),
+                sealed: self.sealer.is_some(),
                 // One datagram per call where no GSO batch was recorded (threads).
                 gso_segments: self
                     .gso_segments

@@ -49,6 +49,22 @@ pub struct ServerStats {
     pub resend_checks: AtomicU64,
     /// Datagrams in another version of the ringblast protocol (also counted as malformed).
     pub version_mismatch: AtomicU64,
+    /// Sealed datagrams dropped: unknown connection, wrong address, forged (altered, or
+    /// another key), replayed or too old.
+    pub unsealed_drops: AtomicU64,
+    /// Of those, the ones that failed authentication (forged or another key).
+    pub forged: AtomicU64,
+    /// Of those, authentic ones seen before (replays) or older than the replay window.
+    pub replayed: AtomicU64,
+    /// Plaintext requests a server that authenticates refused, or plaintext session messages
+    /// it dropped unread.
+    pub unauthenticated: AtomicU64,
+    /// Handshakes begun, connections made, keys refused.
+    pub handshakes: AtomicU64,
+    pub connections: AtomicU64,
+    pub keys_refused: AtomicU64,
+    /// Requests for a file the client's key may not read.
+    pub files_refused: AtomicU64,
     /// Panics caught in one session's or one message's handling (a bug: the rest went on).
     pub panics: AtomicU64,
 }

@@ -144,6 +144,16 @@ impl RecvBatch {
         Some(&self.bufs.as_slice()[i * SLOT_SIZE..i * SLOT_SIZE + self.lens[i]])
     }
 
+    /// Datagram `i` of the last batch, to change in place (a sealed one is opened where it
+    /// lies); `None` as for [`RecvBatch::datagram`].
+    pub fn datagram_mut(&mut self, i: usize) -> Option<&mut [u8]> {
+        if i >= self.count || self.truncated[i] {
+            return None;
+        }
+        let len = self.lens[i];
+        Some(&mut self.bufs.as_mut_slice()[i * SLOT_SIZE..i * SLOT_SIZE + len])
+    }
+
     /// The datagrams in buffer `i`: one, or with `UDP_GRO` every `segment size` bytes (the last
     /// may be shorter). Empty if the buffer was truncated.
     pub fn segments(&self, i: usize) -> impl Iterator<Item = &[u8]> {

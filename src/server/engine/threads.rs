@@ -20,6 +20,7 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 
 use super::{panic_text, Engine};
 use crate::protocol::layout::payload_len;
+use crate::protocol::seal::{SEALED_HEADER_LEN, SEAL_OVERHEAD};
 use crate::protocol::sender::NextDatagram;
 use crate::protocol::{Mode, DATA_HEADER_LEN, MAX_DATAGRAM};
 use crate::report::hist::SendHists;
@@ -144,7 +145,13 @@ fn run_session(
     hists: &mut SendHists,
 ) {
     let file = &session.file;
-    let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut wire = vec![0u8; MAX_DATAGRAM + SEAL_OVERHEAD];
+    // A sealed session's message goes after the seal's header, and is sealed in place.
+    let at = if session.sealer.is_some() {
+        SEALED_HEADER_LEN
+    } else {
+        0
+    };
     let mut end = Vec::with_capacity(DATA_HEADER_LEN);
     loop {
         if shutdown.load(Ordering::Acquire) {
@@ -171,7 +178,7 @@ fn run_session(
             }) => {
                 let len = payload_len(file.size, file.payload_size, index as u64);
                 let offset = index as u64 * file.payload_size as u64;
-                let (header, payload) = buf.split_at_mut(DATA_HEADER_LEN);
+                let (header, payload) = wire[at..].split_at_mut(DATA_HEADER_LEN);
                 // The lab's read(): the next chunk of the file into the send buffer.
                 if let Err(e) = file.file.read_exact_at(&mut payload[..len], offset) {
                     let reason = if file.check_changed() {
@@ -192,7 +199,7 @@ fn run_session(
             }
             Some(NextDatagram::End) => {
                 session.end_marker(&mut end);
-                buf[..end.len()].copy_from_slice(&end);
+                wire[at..at + end.len()].copy_from_slice(&end);
                 end.len()
             }
             None => {
@@ -208,9 +215,22 @@ fn run_session(
                 continue;
             }
         };
+        let len = match &session.sealer {
+            Some(sealer) => match sealer.seal_in_place(&mut wire, len) {
+                Ok(n) => n,
+                Err(e) => {
+                    session.fail(
+                        CloseReason::Failed,
+                        format!("cannot seal: {e:?} (a new connection is due)"),
+                    );
+                    break;
+                }
+            },
+            None => len,
+        };
         // The lab's sendto(): one blocking call per datagram.
         let t = Instant::now();
-        if retry_eintr(|| sock.send_to(&buf[..len], session.peer)).is_err() {
+        if retry_eintr(|| sock.send_to(&wire[..len], session.peer)).is_err() {
             session.send_errors.fetch_add(1, Ordering::Relaxed);
         }
         hists.send_latency_us.record(t.elapsed().as_micros() as u64);

@@ -42,6 +42,10 @@ pub(super) struct Slot {
     msg: libc::msghdr,
     /// When its send was queued, for the completion-latency histogram.
     queued_at: Instant,
+    /// Sealed sessions: one whole sealed datagram per segment, `wire` bytes apart (the file's
+    /// bytes are read into it and encrypted in place); empty for open sessions.
+    sealed: Box<[u8]>,
+    wire: usize,
 }
 
 impl Slot {
@@ -69,6 +73,37 @@ impl Slot {
         self.iovs += 2;
         self.indices[self.segments] = index;
         self.segments += 1;
+    }
+
+    /// A sealed datagram as the next segment: `fill` writes it into this slot's own bytes
+    /// for that segment (at most `wire` of them) and returns its length, or `None` (nothing
+    /// pushed: it could not be made).
+    pub(super) fn push_sealed(
+        &mut self,
+        index: u32,
+        fill: impl FnOnce(&mut [u8]) -> Option<usize>,
+    ) -> Option<usize> {
+        let seg = &mut self.sealed[self.segments * self.wire..(self.segments + 1) * self.wire];
+        let len = fill(seg)?;
+        self.iov[self.iovs] = libc::iovec {
+            iov_base: seg.as_mut_ptr().cast(),
+            iov_len: len,
+        };
+        self.iovs += 1;
+        self.indices[self.segments] = index;
+        self.segments += 1;
+        Some(len)
+    }
+
+    /// The sealed segments pushed so far: each one's datagram index and its bytes (as long as
+    /// the sealed datagram will be).
+    pub(super) fn sealed_segments(&mut self) -> impl Iterator<Item = (u32, &mut [u8])> {
+        let lens = self.iov[..self.iovs].iter().map(|v| v.iov_len);
+        self.sealed
+            .chunks_mut(self.wire.max(1))
+            .zip(lens)
+            .zip(self.indices[..self.segments].iter().copied())
+            .map(|((seg, len), index)| (index, &mut seg[..len]))
     }
 
     /// A whole small datagram (an END marker, at most a header's length) as the only segment,
@@ -139,7 +174,13 @@ impl Ring {
             EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLET, token),
         )?;
         let dest = Box::new(SockaddrStorage::from(session.peer));
-        let datagram_size = session.datagram_size() as u16;
+        // GSO cuts a send into datagrams of this size: sealed ones are longer.
+        let wire = session.wire_size();
+        let sealed_bytes = if session.sealer.is_some() {
+            wire * max_segments
+        } else {
+            0
+        };
         let mut slots: Box<[Slot]> = (0..slot_count)
             .map(|_| Slot {
                 headers: vec![[0; DATA_HEADER_LEN]; max_segments].into_boxed_slice(),
@@ -158,6 +199,8 @@ impl Ring {
                 // SAFETY: msghdr is plain old data; zero is valid (null pointers, 0 lengths).
                 msg: unsafe { std::mem::zeroed() },
                 queued_at: Instant::now(),
+                sealed: vec![0; sealed_bytes].into_boxed_slice(),
+                wire,
             })
             .collect();
         for slot in slots.iter_mut() {
@@ -165,7 +208,7 @@ impl Ring {
             slot.msg.msg_namelen = dest.len();
             slot.msg.msg_iov = slot.iov.as_mut_ptr();
             if max_segments > 1 {
-                cmsg::put_gso(&mut slot.msg, &mut slot.cmsg, datagram_size);
+                cmsg::put_gso(&mut slot.msg, &mut slot.cmsg, wire as u16);
             }
         }
         Ok(Ring {
@@ -210,14 +253,13 @@ impl Ring {
         Some(slot)
     }
 
-    /// Queues the send of the slot [`Ring::free_slot`] gave (if it holds anything) on `sock`.
-    pub(super) fn push(&mut self, sock: RawFd, now: Instant) {
-        let Some(i) = self.book.peek_free() else {
-            return;
-        };
+    /// Queues the send of the slot [`Ring::free_slot`] gave (if it holds anything) on `sock`;
+    /// returns its index. Its bytes may still be written (sealed) until the next submit.
+    pub(super) fn push(&mut self, sock: RawFd, now: Instant) -> Option<u16> {
+        let i = self.book.peek_free()?;
         let slot = &mut self.slots[i as usize];
         if slot.segments == 0 {
-            return;
+            return None;
         }
         slot.msg.msg_iovlen = slot.iovs;
         // One datagram needs no segmentation: its send carries no UDP_SEGMENT.
@@ -231,8 +273,11 @@ impl Ring {
             .build()
             .user_data(i as u64);
         // SAFETY: the kernel copies the msghdr, the iovec array, the control message and the
-        // address when it consumes the SQE (IORING_FEAT_SUBMIT_STABLE, checked in `new`); what
-        // the iovecs point at must live until the completion: this slot's headers (boxed, not
+        // address when it consumes the SQE (IORING_FEAT_SUBMIT_STABLE, checked in `new`; no
+        // SQPOLL: only `io_uring_enter` consumes it, so a sealed slot's bytes are still ours to
+        // write between this push and the submit); what
+        // the iovecs point at must live until the completion: this slot's headers and sealed
+        // datagrams (boxed, not
         // reused before the completion is reaped: the SlotBook hands the slot out only then,
         // and `Drop` frees slots only when nothing is in flight) and payloads in the session's
         // map (the ring holds the session, whose file holds the map). The queue has room: one
@@ -244,6 +289,18 @@ impl Ring {
                 .expect("one SQE per free slot");
         }
         self.book.take();
+        Some(i)
+    }
+
+    /// The sealed segments of the slots `which` (queued, not yet submitted): each one's
+    /// datagram index and bytes, to read payloads into and seal.
+    pub(super) fn sealed_segments_of(&mut self, which: &[u16]) -> Vec<(u32, &mut [u8])> {
+        self.slots
+            .iter_mut()
+            .enumerate()
+            .filter(|(i, _)| which.contains(&(*i as u16)))
+            .flat_map(|(_, s)| s.sealed_segments())
+            .collect()
     }
 
     /// Submits whatever is queued: how many entries the kernel took, or why it took none

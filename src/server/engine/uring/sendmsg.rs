@@ -8,8 +8,14 @@ use std::time::Instant;
 use super::session_ring::{next_datagram, SessionRing};
 use super::END_SEGMENT;
 use crate::protocol::sender::NextDatagram;
+use std::io::IoSliceMut;
+
+use nix::sys::uio::preadv;
+
+use super::ring::Ring;
+use crate::protocol::seal::{SEALED_HEADER_LEN, SEAL_OVERHEAD, TAG_LEN};
 use crate::protocol::{Mode, DATA_HEADER_LEN};
-use crate::server::session::CloseReason;
+use crate::server::session::{CloseReason, Session};
 
 impl SessionRing {
     /// Fills free slots with what the session may send now and submits them (see
@@ -25,6 +31,7 @@ impl SessionRing {
         let session = self.session.clone();
         let file = &session.file;
         let datagram_size = session.datagram_size();
+        let wire_size = session.wire_size();
         let max_segments = self.ring.max_segments();
         let mut pushed = 0;
         let mut deadline = None;
@@ -38,6 +45,28 @@ impl SessionRing {
                         break;
                     };
                     match next {
+                        NextDatagram::Data {
+                            index,
+                            retransmit,
+                            send_ts_ns,
+                        } if session.sealer.is_some() => {
+                            // The header now; the payloads of the whole batch are read and
+                            // sealed once it is full (`seal_slot`).
+                            let len = slot
+                                .push_sealed(index, |buf| {
+                                    let plain = &mut buf[SEALED_HEADER_LEN..];
+                                    let header = (&mut plain[..DATA_HEADER_LEN])
+                                        .try_into()
+                                        .expect("a 32-byte header");
+                                    let len =
+                                        session.data_header(index, retransmit, send_ts_ns, header);
+                                    Some(SEAL_OVERHEAD + DATA_HEADER_LEN + len)
+                                })
+                                .unwrap_or(0);
+                            if len < wire_size {
+                                break;
+                            }
+                        }
                         NextDatagram::Data {
                             index,
                             retransmit,
@@ -62,7 +91,17 @@ impl SessionRing {
                         }
                         NextDatagram::End => {
                             session.end_marker(&mut self.scratch);
-                            slot.push_small(END_SEGMENT, &self.scratch);
+                            match &session.sealer {
+                                Some(sealer) => {
+                                    let end = &self.scratch;
+                                    slot.push_sealed(END_SEGMENT, |buf| {
+                                        buf[SEALED_HEADER_LEN..SEALED_HEADER_LEN + end.len()]
+                                            .copy_from_slice(end);
+                                        sealer.seal_in_place(buf, end.len()).ok()
+                                    });
+                                }
+                                None => slot.push_small(END_SEGMENT, &self.scratch),
+                            }
                             break;
                         }
                     }
@@ -71,7 +110,10 @@ impl SessionRing {
                 if segments == 0 {
                     break;
                 }
-                self.ring.push(sock, now);
+                let queued = self.ring.push(sock, now);
+                if session.sealer.is_some() {
+                    self.to_seal.extend(queued);
+                }
                 self.hists.send_calls += 1;
                 session
                     .gso_segments
@@ -90,6 +132,97 @@ impl SessionRing {
         if pushed > 0 {
             self.hists.batch.record(pushed as u64);
         }
+        // Sealed outside the sender's lock (the control thread applies ACKs meanwhile), and
+        // before the submit: the kernel has not seen these slots yet.
+        if !self.to_seal.is_empty() {
+            let slots = std::mem::take(&mut self.to_seal);
+            if let Err((reason, why)) = seal_queued(&mut self.ring, &session, &slots) {
+                session.fail(reason, why);
+            }
+            self.to_seal = slots;
+            self.to_seal.clear();
+        }
         (self.submit(), deadline)
     }
+}
+
+/// Reads and seals the data datagrams of the queued slots `slots`, by the worker that drives
+/// the session: sessions spread over the workers, and so does their sealing. (A pool that
+/// sealed one session's batch on the other cores was tried: on this project's 2-vCPU VM, its
+/// client on the same machine, one sealed copy ran at 1429 MiB/s with it and 1497 without,
+/// medians of 5 over a veth of MTU 1500.) On failure every one of their bytes is zeroed, so
+/// nothing of the plaintext goes out (the caller fails the session).
+fn seal_queued(
+    ring: &mut Ring,
+    session: &Session,
+    slots: &[u16],
+) -> Result<(), (CloseReason, String)> {
+    let mut segs = ring.sealed_segments_of(slots);
+    // An END marker's segment was sealed when it was pushed.
+    segs.retain(|(i, _)| *i != END_SEGMENT);
+    let result = seal_segments(session, &mut segs);
+    drop(segs);
+    if result.is_err() {
+        for (_, seg) in ring.sealed_segments_of(slots) {
+            seg.fill(0);
+        }
+    }
+    result
+}
+
+/// Data datagrams of a sealed session (their headers written): their payloads read from the
+/// file, one `preadv` per run of consecutive datagrams (a file cut short is an error here, not
+/// a fault: nothing reads the map in user space), then each sealed in place.
+fn seal_segments(
+    session: &Session,
+    segs: &mut [(u32, &mut [u8])],
+) -> Result<(), (CloseReason, String)> {
+    let sealer = session.sealer.as_ref().expect("a sealed session");
+    let file = &session.file;
+    let payload_size = file.payload_size as u64;
+    let from = DATA_HEADER_LEN + SEALED_HEADER_LEN;
+    let read_failed = |e: String| {
+        let reason = if file.check_changed() {
+            CloseReason::FileChanged
+        } else {
+            CloseReason::Failed
+        };
+        (reason, format!("cannot read {}: {e}", file.name))
+    };
+    {
+        let mut segs = segs.iter_mut().peekable();
+        while let Some((first, seg)) = segs.next() {
+            let first = *first;
+            let mut want = seg.len() - from - TAG_LEN;
+            let mut iov = vec![IoSliceMut::new(&mut seg[from..from + want])];
+            let mut next = first + 1;
+            while let Some((i, _)) = segs.peek() {
+                if *i != next {
+                    break;
+                }
+                let (_, seg) = segs.next().expect("peeked");
+                let len = seg.len() - from - TAG_LEN;
+                want += len;
+                iov.push(IoSliceMut::new(&mut seg[from..from + len]));
+                next += 1;
+            }
+            let got = preadv(&file.file, &mut iov, (first as u64 * payload_size) as i64)
+                .map_err(|e| read_failed(e.to_string()))?;
+            if got != want {
+                return Err(read_failed(format!(
+                    "{got} of {want} bytes read: it was cut short"
+                )));
+            }
+        }
+    }
+    for (_, seg) in segs.iter_mut() {
+        let len = seg.len() - SEAL_OVERHEAD;
+        sealer.seal_in_place(seg, len).map_err(|e| {
+            (
+                CloseReason::Failed,
+                format!("cannot seal: {e:?} (a new connection is due)"),
+            )
+        })?;
+    }
+    Ok(())
 }

@@ -29,6 +29,8 @@ pub(super) struct SessionRing {
     /// Reused: the datagrams whose sends just completed.
     pub(super) departed: Vec<u32>,
     pub(super) hists: SendHists,
+    /// Reused: the slots of a sealed session queued this pump, to seal before the submit.
+    pub(super) to_seal: Vec<u16>,
     /// Whether UDP GSO works on the engine's socket: one failed GSO send (a device without
     /// checksum offload) turns it off for every session, not each session in turn.
     gso_works: Arc<AtomicBool>,
@@ -52,7 +54,7 @@ impl SessionRing {
         gso_works: Arc<AtomicBool>,
     ) -> io::Result<Self> {
         let gso = session.gso_allowed() && gso_works.load(Ordering::Relaxed);
-        let max_segments = gso_segments(gso, session.datagram_size());
+        let max_segments = gso_segments(gso, session.wire_size());
         let slot_count = if max_segments > 1 { GSO_SLOTS } else { SLOTS };
         let ring = Ring::new(session.clone(), slot_count, max_segments, epoll, token)?;
         Ok(SessionRing {
@@ -62,6 +64,7 @@ impl SessionRing {
             departed: Vec::new(),
             scratch: Vec::with_capacity(crate::protocol::DATA_HEADER_LEN),
             hists: SendHists::default(),
+            to_seal: Vec::new(),
             gso_works,
         })
     }
@@ -194,7 +197,7 @@ pub(super) fn next_datagram(
 pub(super) fn too_big(session: &Session) -> String {
     format!(
         "{}-byte datagrams do not fit the path MTU to {}: use a smaller --datagram-size (or auto)",
-        session.datagram_size(),
+        session.wire_size(),
         session.peer
     )
 }
