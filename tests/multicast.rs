@@ -583,3 +583,51 @@ fn transmissions_are_bounded_and_one_more_file_goes_by_unicast() {
     }
     assert_eq!(joined, max);
 }
+
+/// A server that authenticates its clients seals its transmission with a key of its own,
+/// which each member gets sealed with its connection's key (GROUP_KEY before JOIN): the
+/// members take the file from the group, whole; every group datagram was sealed (a member
+/// counts none unauthenticated), and the log says both the connection and the group were.
+#[test]
+fn sealed_members_take_the_file_from_the_group_with_its_key() {
+    if !common::loopback_multicast() {
+        return;
+    }
+    let keys = tempfile::tempdir().unwrap();
+    let k = |n: &str| keys.path().join(n).to_str().unwrap().to_string();
+    ringblast::keys::write_key_pair(Path::new(&k("server")), "server").unwrap();
+    ringblast::keys::write_key_pair(Path::new(&k("member")), "member").unwrap();
+    std::fs::copy(k("member.pub"), k("authorized")).unwrap();
+    let (group, port) = group();
+    let (dir, out, data) = setup(8 << 20);
+    let (server_key, authorized) = (k("server"), k("authorized"));
+    let mut srv = group_server(
+        dir.path(),
+        &group,
+        port,
+        &["--identity", &server_key, "--authorized", &authorized],
+    );
+    let (member, pin) = (k("member"), k("server.pub"));
+    let (o, v) = get(
+        &srv.server(),
+        3,
+        out.path(),
+        &["--identity", &member, "--server-key", &pin],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for (i, c) in copies(&v).iter().enumerate() {
+        assert!(
+            file_copy(out.path(), 3, i + 1) == data,
+            "copy {} differs",
+            i + 1
+        );
+        let m = &c["multicast"];
+        assert!(
+            m["sources"].as_u64().unwrap() > 0,
+            "nothing from the group: {m}"
+        );
+        assert_eq!(c["unauthenticated"].as_u64(), Some(0), "{c}");
+    }
+    let log = srv.stop();
+    assert!(log.contains("[GROUP") && log.contains("sealed"), "{log}");
+}

@@ -159,9 +159,6 @@ impl GetArgs {
         cfg.multicast = self.multicast;
         cfg.engine = self.engine.map(Into::into);
         cfg.security = self.security.security(self.server)?;
-        if cfg.security.is_some() && self.multicast {
-            anyhow::bail!("--multicast cannot be sealed yet: an authenticated copy goes by unicast (drop --multicast)");
-        }
         cfg.verify = self.verify.map_or(
             if self.discard {
                 Verify::Manifest

@@ -8,10 +8,11 @@ use std::time::{Duration, Instant};
 
 use super::ClientError;
 use crate::keys::ClientSecurity;
-use crate::protocol::noise::{Handshake as NoiseHandshake, HandshakeError, MAX_HANDSHAKE_MESSAGE};
+use crate::protocol::noise::{
+    prologue, Handshake as NoiseHandshake, HandshakeError, MAX_HANDSHAKE_MESSAGE,
+};
 use crate::protocol::seal::{Cipher, Opener, Sealer, SEALED_HEADER_LEN, TAG_LEN};
 use crate::protocol::{foreign_version, ErrorCode, Message, MAX_DATAGRAM, TOKEN_LEN, VERSION};
-use crate::server::secure::prologue;
 use crate::sys::recvmmsg::is_timeout;
 use crate::sys::socket;
 

@@ -184,6 +184,8 @@ pub(super) struct Handshake {
     pub(super) busy_retries: u32,
     /// The multicast group the server put this copy in (a `JOIN` before the META).
     pub(super) join: Option<Join>,
+    /// A sealed transmission's key (`GROUP_KEY`, before its JOIN): group, key, IV.
+    pub(super) group_key: Option<(u32, [u8; 16], [u8; 12])>,
     rng: StdRng,
     /// The encoded HS_INIT, for resends.
     init_bytes: Vec<u8>,
@@ -222,6 +224,7 @@ impl Handshake {
             get_bytes: Vec::new(),
             busy_retries: 0,
             join: None,
+            group_key: None,
             rng: StdRng::seed_from_u64(seed),
             init_bytes: Vec::new(),
             finish_bytes: Vec::new(),
@@ -520,6 +523,17 @@ impl Handshake {
                     return Err(server_error(code, text));
                 }
             }
+            // A sealed transmission's key comes before its JOIN (only ever sealed: once
+            // sealing, nothing else reaches here).
+            (Phase::Get { .. } | Phase::Joining { .. }, Message::GroupKey { group, key, iv })
+                if self.cfg.multicast && out.is_sealing() =>
+            {
+                self.group_key = Some((group, key, iv));
+            }
+            // A sealed connection's JOIN without its key is not one (the key was lost: the
+            // META that follows without a JOIN asks again).
+            (_, Message::Join(j))
+                if out.is_sealing() && self.group_key.is_none_or(|(g, ..)| g != j.group) => {}
             // The group comes before the META that completes the answer.
             (Phase::Get { get, .. }, Message::Join(j))
                 if j.request_id == get.request_id && self.cfg.multicast =>

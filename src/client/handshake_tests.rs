@@ -365,3 +365,90 @@ fn a_multicast_get_takes_the_join_before_its_meta_and_asks_again_if_it_was_lost(
     assert_eq!(s.timer(303).unwrap(), Some(meta(id)));
     assert_eq!(s.h.join, None);
 }
+
+/// An authenticating client: HS_INIT after the token (resent on silence), the server's
+/// handshake message checked against the pin, HS_FINISH in plaintext and the GET sealed, both
+/// resent until a sealed answer; a server with another key is refused before anything else.
+#[test]
+fn an_authenticating_client_checks_the_server_key_before_it_asks_for_anything() {
+    use crate::keys::{ClientSecurity, ServerTrust};
+    use crate::protocol::noise::prologue;
+    use crate::protocol::noise::{Handshake as Noise, StaticKey, MAX_HANDSHAKE_MESSAGE};
+    use crate::protocol::seal::{Cipher, Opener, SEALED_HEADER_LEN};
+
+    let (client, server, impostor) = (
+        StaticKey::generate(),
+        StaticKey::generate(),
+        StaticKey::generate(),
+    );
+    for (answering, pinned_ok) in [(&server, true), (&impostor, false)] {
+        let mut c = GetConfig::clone(&cfg());
+        c.security = Some(Arc::new(ClientSecurity {
+            identity: client.clone(),
+            psk: None,
+            trust: ServerTrust::Pinned(server.public),
+        }));
+        let mut hs = Hs::with(Arc::new(c));
+        let d = hs.out.drain().pop().unwrap();
+        let Ok(Message::Hello { nonce }) = Message::parse(&d) else {
+            panic!("no HELLO")
+        };
+        let token = [4; TOKEN_LEN];
+        assert_eq!(hs.answer(Message::Retry { nonce, token }, 1).unwrap(), None);
+        let init = hs.out.drain().pop().unwrap();
+        assert!(init.len() >= crate::protocol::HELLO_MIN_LEN, "padded");
+        let Ok(Message::HandshakeInit {
+            token: t,
+            nonce,
+            noise,
+        }) = Message::parse(&init)
+        else {
+            panic!("no HS_INIT")
+        };
+        assert_eq!(t, token);
+        // Silence: the same HS_INIT again.
+        hs.timer(150).unwrap();
+        assert_eq!(hs.out.drain(), vec![init.clone()]);
+        // The server's side.
+        let mut s = Noise::responder(answering, &prologue(), None).unwrap();
+        s.read(noise).unwrap();
+        let mut buf = [0u8; MAX_HANDSHAKE_MESSAGE];
+        let n = s.write(&mut buf).unwrap();
+        let reply = Message::HandshakeReply {
+            nonce,
+            conn: 42,
+            noise: &buf[..n],
+        };
+        let r = hs.answer(reply, 200);
+        if !pinned_ok {
+            let e = r.unwrap_err().to_string();
+            assert!(e.contains("not the pinned"), "{e}");
+            assert!(hs.out.drain().is_empty(), "nothing after a wrong key");
+            continue;
+        }
+        r.unwrap();
+        let sent = hs.out.drain();
+        assert_eq!(sent.len(), 2, "HS_FINISH and the sealed GET");
+        let Ok(Message::HandshakeFinish { conn: 42, noise }) = Message::parse(&sent[0]) else {
+            panic!("no HS_FINISH")
+        };
+        s.read(noise).unwrap();
+        assert_eq!(s.peer(), Some(client.public));
+        let keys = s.finish(Cipher::Aes128Gcm).unwrap();
+        let mut open = Opener::new(&keys.receive, 42, 0);
+        let mut get = sent[1].clone();
+        let len = open.open_in_place(&mut get).unwrap();
+        assert!(matches!(
+            Message::parse(&get[SEALED_HEADER_LEN..SEALED_HEADER_LEN + len]),
+            Ok(Message::Get { .. })
+        ));
+        assert!(hs.h.opener.is_some(), "the sub-client gets the opener");
+        // Unanswered: HS_FINISH and the GET again (a new packet number).
+        hs.timer(400).unwrap();
+        let again = hs.out.drain();
+        assert_eq!(again.len(), 2);
+        assert_eq!(again[0], sent[0]);
+        let mut get2 = again[1].clone();
+        assert!(open.open_in_place(&mut get2).is_ok());
+    }
+}

@@ -71,6 +71,8 @@ pub(super) struct SubClient {
     /// Opens the server's sealed datagrams once the handshake authenticated it: from then
     /// on, nothing unsealed is believed.
     opener: Option<Opener>,
+    /// Opens a sealed multicast transmission's datagrams (its key came sealed, `GROUP_KEY`).
+    group_opener: Option<Opener>,
     /// Reused: where the plaintexts of an opened batch lie.
     plain: Vec<Plain>,
 }
@@ -155,14 +157,31 @@ impl SubClient {
             phase: Phase::New { retry_at: now },
             start: now,
             opener: None,
+            group_opener: None,
             plain: Vec::new(),
         }
     }
 
-    /// A batch as the socket received it: opened first where the connection is sealed
-    /// (what does not open is counted and dropped), then [`SubClient::on_batch`].
-    pub(super) fn on_received(&mut self, batch: &mut dyn Batch, read_ns: u64, now: Instant) {
-        let Some(opener) = &mut self.opener else {
+    /// A batch as a socket received it (`group`: the multicast group's socket): opened
+    /// first where the connection is sealed (what does not open is counted and dropped), then
+    /// [`SubClient::on_batch`].
+    pub(super) fn on_received(
+        &mut self,
+        batch: &mut dyn Batch,
+        group: bool,
+        read_ns: u64,
+        now: Instant,
+    ) {
+        let opener = match group {
+            true => &mut self.group_opener,
+            false => &mut self.opener,
+        };
+        let Some(opener) = opener else {
+            if group && self.opener.is_some() {
+                // A sealed connection believes no plaintext group datagram.
+                self.report.unauthenticated += batch.len() as u64;
+                return;
+            }
             return self.on_batch(batch, read_ns, now);
         };
         let mut plain = std::mem::take(&mut self.plain);
@@ -425,6 +444,12 @@ impl SubClient {
         };
         self.report.busy_retries = h.busy_retries;
         let join = h.join;
+        if let (Some(j), Some((group, key, iv))) = (join, h.group_key) {
+            if j.group == group {
+                let key = crate::protocol::seal::DirectionKey::aes128(key, iv);
+                self.group_opener = Some(Opener::new(&key, group, 0));
+            }
+        }
         self.leave_handshake();
         let facts = *self
             .socket

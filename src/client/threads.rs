@@ -138,10 +138,10 @@ impl Driven {
         }
     }
 
-    /// A batch arrived in `batch`.
-    fn on_batch(&mut self, batch: &mut RecvBatch) {
+    /// A batch arrived in `batch` (`group`: on the group socket).
+    fn on_batch(&mut self, batch: &mut RecvBatch, group: bool) {
         let (now, read_ns) = (Instant::now(), unix_ns());
-        self.sub.on_received(batch, read_ns, now);
+        self.sub.on_received(batch, group, read_ns, now);
         self.flush();
     }
 
@@ -288,7 +288,7 @@ fn drive_one(mut s: Driven, batch: &mut RecvBatch) -> Vec<CopyReport> {
         }
         let empty_at = match batch.recv(&s.sock) {
             Ok(_) => {
-                s.on_batch(batch);
+                s.on_batch(batch, false);
                 None
             }
             Err(e) if is_timeout(&e) => Some(unix_ns()),
@@ -320,7 +320,7 @@ fn drain(s: &mut Driven, batch: &mut RecvBatch, group: bool) -> bool {
         };
         match r {
             Ok(n) => {
-                s.on_batch(batch);
+                s.on_batch(batch, group);
                 if n < BATCH {
                     return true;
                 }

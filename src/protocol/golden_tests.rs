@@ -382,6 +382,17 @@ fn handshake_messages() {
         },
         control("5242 07 16 11223344 0004 732c7365", None),
     );
+    pinned(
+        Message::GroupKey {
+            group: 0x5566_7788,
+            key: [0x11; 16],
+            iv: [0x22; 12],
+        },
+        control(
+            "5242 07 17 55667788 11111111111111111111111111111111 222222222222222222222222",
+            None,
+        ),
+    );
 }
 
 /// A group's repair datagram: laid out like the data header, kind 18, its CRC computed the

@@ -109,6 +109,14 @@ pub enum Message<'a> {
     },
     /// C→S `HS_FINISH conn:u32 noise_len:u16 noise`: the third (the client's static key).
     HandshakeFinish { conn: u32, noise: &'a [u8] },
+    /// S→C `GROUP_KEY group:u32 key:[16] iv:[12]`, only ever sealed, before the `JOIN` of a
+    /// sealed multicast transmission: the AES-128-GCM key and IV its group datagrams are
+    /// sealed with (connection id: the group).
+    GroupKey {
+        group: u32,
+        key: [u8; 16],
+        iv: [u8; 12],
+    },
 }
 
 /// Cursor over untrusted bytes: every read is bounds-checked.
@@ -394,6 +402,11 @@ impl<'a> Message<'a> {
                     _ => return Err(WireError::Malformed("GROUP_END last")),
                 },
             },
+            kind::GROUP_KEY => Message::GroupKey {
+                group: r.u32()?,
+                key: r.take(16)?.try_into().expect("16 bytes"),
+                iv: r.take(12)?.try_into().expect("12 bytes"),
+            },
             kind::HS_INIT => {
                 if buf.len() + 4 < HELLO_MIN_LEN {
                     return Err(WireError::Malformed("HS_INIT shorter than 1200 bytes"));
@@ -637,6 +650,12 @@ impl<'a> Message<'a> {
                 header(out, kind::HS_FINISH);
                 out.extend_from_slice(&conn.to_be_bytes());
                 put_bytes16(out, noise);
+            }
+            Message::GroupKey { group, key, iv } => {
+                header(out, kind::GROUP_KEY);
+                out.extend_from_slice(&group.to_be_bytes());
+                out.extend_from_slice(key);
+                out.extend_from_slice(iv);
             }
         }
     }

@@ -299,7 +299,7 @@ proptest! {
     }
 
     #[test]
-    fn control_parser_never_panics_on_valid_prefix(kind in 1u8..=22, rest in proptest::collection::vec(any::<u8>(), 0..600)) {
+    fn control_parser_never_panics_on_valid_prefix(kind in 1u8..=23, rest in proptest::collection::vec(any::<u8>(), 0..600)) {
         let mut body = vec![b'R', b'B', VERSION, kind];
         body.extend_from_slice(&rest);
         // A valid trailer, so the field parsers (not just the checksum) meet random bytes.
@@ -324,6 +324,11 @@ proptest! {
         prop_assert_eq!(Message::parse(&reply).unwrap(), Message::HandshakeReply { nonce, conn, noise: &noise });
         let finish = Message::HandshakeFinish { conn, noise: &noise }.to_vec();
         prop_assert_eq!(Message::parse(&finish).unwrap(), Message::HandshakeFinish { conn, noise: &noise });
+        let key: [u8; 16] = std::array::from_fn(|i| noise.get(i).copied().unwrap_or(i as u8));
+        let iv: [u8; 12] = std::array::from_fn(|i| (nonce >> (i % 8)) as u8);
+        let gk = Message::GroupKey { group: conn, key, iv };
+        let bytes = gk.to_vec();
+        prop_assert_eq!(Message::parse(&bytes).unwrap(), gk);
     }
 
     #[test]

@@ -63,7 +63,8 @@ pub const MAGIC: [u8; 2] = *b"RB";
 /// the client's first `ACK` of the session, a token good for one `GET`, `ERROR` code 10.
 /// Version 5: multicast (`GET` flags, `JOIN`, `FEEDBACK`, `GROUP_END`, `REPAIR`). Version 6:
 /// the engine a `GET` asks for (flags bits 1-2), `ERROR` code 11. Version 7: authenticated,
-/// encrypted connections (`HS_INIT`, `HS_REPLY`, `HS_FINISH`, `SEALED`; `ERROR` codes 12-14).
+/// encrypted connections (`HS_INIT`, `HS_REPLY`, `HS_FINISH`, `SEALED`, `GROUP_KEY`; `ERROR`
+/// codes 12-14).
 pub const VERSION: u8 = 7;
 
 /// Message kinds (byte 3).
@@ -92,6 +93,8 @@ pub(crate) mod kind {
     pub const HS_INIT: u8 = 20;
     pub const HS_REPLY: u8 = 21;
     pub const HS_FINISH: u8 = 22;
+    /// A sealed multicast transmission's key, sealed to each member.
+    pub const GROUP_KEY: u8 = 23;
 }
 
 /// Why a datagram was rejected. Receivers count these and drop the datagram.

@@ -27,6 +27,12 @@ pub const PATTERN: &str = "Noise_XX_25519_AESGCM_SHA256";
 pub const PSK_PATTERN: &str = "Noise_XXpsk3_25519_AESGCM_SHA256";
 /// Bytes of a pre-shared key.
 pub const PSK_LEN: usize = 32;
+
+/// The prologue both sides bind: the protocol and its version (a peer of another version
+/// never finishes a handshake with this one).
+pub fn prologue() -> Vec<u8> {
+    format!("ringblast {}", super::VERSION).into_bytes()
+}
 /// Largest handshake message (the second: 32 + 48 + 16 bytes, and a payload).
 pub const MAX_HANDSHAKE_MESSAGE: usize = 1024;
 

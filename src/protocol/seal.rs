@@ -93,6 +93,17 @@ pub struct DirectionKey {
     pub iv: [u8; NONCE_LEN],
 }
 
+impl DirectionKey {
+    /// An AES-128-GCM key and IV (a sealed multicast transmission's, `GROUP_KEY`).
+    pub fn aes128(key: [u8; 16], iv: [u8; NONCE_LEN]) -> DirectionKey {
+        DirectionKey {
+            cipher: Cipher::Aes128Gcm,
+            key: key.to_vec(),
+            iv,
+        }
+    }
+}
+
 fn nonce(iv: &[u8; NONCE_LEN], pn: u64) -> Nonce {
     let mut n = *iv;
     for (b, p) in n[4..].iter_mut().zip(pn.to_be_bytes()) {

@@ -160,7 +160,7 @@ impl Control {
         }
         let groups = match cfg.multicast.clone() {
             Some(m) => {
-                let g = Groups::new(m, stats.clone()).map_err(|e| {
+                let g = Groups::new(m, stats.clone(), cfg.security.is_some()).map_err(|e| {
                     anyhow::anyhow!(
                         "cannot send to multicast group {}: {e}",
                         cfg.multicast
@@ -665,10 +665,7 @@ impl Control {
                     send_path,
                     // A server without a group serves by unicast: the client sees no JOIN
                     // and says so.
-                    // (A sealed session has no group key to share yet: unicast.)
-                    multicast: flags & get_flags::MULTICAST != 0
-                        && self.groups.is_some()
-                        && conn.is_none(),
+                    multicast: flags & get_flags::MULTICAST != 0 && self.groups.is_some(),
                     request_len: len,
                     engine,
                     conn,

@@ -284,7 +284,10 @@ impl Control {
         // JOIN and META together stay within three times the GET (as every answer to a
         // request does): too short a GET (a one- or two-letter name, an IPv6 group) goes
         // by unicast.
-        let fits = |g: &Groups| g.join_len() + crate::protocol::META_LEN <= 3 * req.request_len;
+        // (A sealed GET comes from an authenticated client: no amplification to bound.)
+        let fits = |g: &Groups| {
+            req.conn.is_some() || g.join_len() + crate::protocol::META_LEN <= 3 * req.request_len
+        };
         if req.multicast && self.groups.as_ref().is_some_and(fits) {
             let groups = self.groups.as_mut().expect("checked");
             if let Some(join) = groups.join(&session.file, req.mode, id, req.request_id, now) {
@@ -302,7 +305,16 @@ impl Control {
     }
 
     pub(super) fn meta(&mut self, s: &Session, request_id: u32) {
-        // A member learns its group before its META: a META alone means unicast.
+        // A member learns its group before its META: a META alone means unicast. A sealed
+        // transmission's key goes first (sealed to this member alone).
+        if let Some((key, iv)) = s
+            .group
+            .get()
+            .and_then(|j| self.groups.as_ref()?.seal_key(j.group))
+        {
+            let group = s.group.get().map_or(0, |j| j.group);
+            self.send(s.peer, &Message::GroupKey { group, key, iv });
+        }
         if let Some(join) = s.group.get() {
             self.send(
                 s.peer,

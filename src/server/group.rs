@@ -27,6 +27,7 @@ use super::catalog::ScannedFile;
 use super::stats::ServerStats;
 use crate::protocol::fec::{BlockEncoder, BlockPlan};
 use crate::protocol::group_tx::{feedback_interval, GroupSend, GroupSender, GroupTxStats};
+use crate::protocol::seal::{DirectionKey, Sealer, SEALED_HEADER_LEN, SEAL_OVERHEAD, TAG_LEN};
 use crate::protocol::{
     data_flags, unix_ns, DataHeader, Feedback, Join, Message, Mode, RepairHeader, DATA_HEADER_LEN,
     MAX_DATAGRAM,
@@ -77,6 +78,9 @@ struct Transmission {
     sender: Mutex<GroupSender>,
     stop: AtomicBool,
     thread: OnceLock<std::thread::Thread>,
+    /// The AES-128-GCM key and IV its datagrams are sealed with (a server that authenticates
+    /// its clients), sent to each member sealed with its own connection's key (`GROUP_KEY`).
+    seal_key: Option<([u8; 16], [u8; 12])>,
 }
 
 impl Transmission {
@@ -100,10 +104,16 @@ pub(super) struct Groups {
     settled: Vec<(u32, u64, u64)>,
     /// Bytes of a JOIN for this group on the wire.
     join_len: usize,
+    /// Seal every transmission (the server authenticates its clients).
+    sealed: bool,
 }
 
 impl Groups {
-    pub(super) fn new(cfg: MulticastConfig, stats: Arc<ServerStats>) -> io::Result<Groups> {
+    pub(super) fn new(
+        cfg: MulticastConfig,
+        stats: Arc<ServerStats>,
+        sealed: bool,
+    ) -> io::Result<Groups> {
         let sock = multicast::group_sender(cfg.group, cfg.ttl, cfg.interface)?;
         let gso = crate::sys::socket::gso_supported(&sock);
         let join_len = Message::Join(Join {
@@ -120,6 +130,7 @@ impl Groups {
         .len();
         Ok(Groups {
             join_len,
+            sealed,
             cfg,
             stats,
             sock: Arc::new(sock),
@@ -140,6 +151,11 @@ impl Groups {
         self.join_len
     }
 
+    /// The key and IV transmission `group` seals with, if it does.
+    pub(super) fn seal_key(&self, group: u32) -> Option<([u8; 16], [u8; 12])> {
+        self.live.get(&group).and_then(|(t, _)| t.seal_key)
+    }
+
     /// Adds unicast session `session` (of GET `request_id`) to a transmission of `file` in
     /// `mode`, starting one if none is open: the `JOIN` to send, or `None` when this file
     /// cannot go by multicast (an odd payload size at the 65507-byte maximum, whose repair
@@ -154,7 +170,8 @@ impl Groups {
         now: Instant,
     ) -> Option<Join> {
         let plan = BlockPlan::for_file(file.size, file.payload_size);
-        if plan.shard_bytes() + DATA_HEADER_LEN > MAX_DATAGRAM || file.datagrams() == 0 {
+        let seal = if self.sealed { SEAL_OVERHEAD } else { 0 };
+        if plan.shard_bytes() + DATA_HEADER_LEN + seal > MAX_DATAGRAM || file.datagrams() == 0 {
             return None;
         }
         let key = (file.name.clone(), file.payload_size, mode);
@@ -206,6 +223,9 @@ impl Groups {
         if mode == Mode::Blast {
             sender = sender.without_repairs();
         }
+        let seal_key = self
+            .sealed
+            .then(|| (rand::random::<[u8; 16]>(), rand::random::<[u8; 12]>()));
         let tx = Arc::new(Transmission {
             id,
             key,
@@ -214,8 +234,10 @@ impl Groups {
             sender: Mutex::new(sender),
             stop: AtomicBool::new(false),
             thread: OnceLock::new(),
+            seal_key,
         });
         let run = Run {
+            sealer: seal_key.map(|(key, iv)| Sealer::new(&DirectionKey::aes128(key, iv), id, 0)),
             tx: tx.clone(),
             file: file.clone(),
             sock: self.sock.clone(),
@@ -231,7 +253,7 @@ impl Groups {
             Ok(h) => {
                 let _ = tx.thread.set(h.thread().clone());
                 tracing::info!(
-                    "[GROUP {id:08x}] {} to {} ({} mode, {}-byte datagrams, blocks of {} + up to {} repairs, {:.0} Mbit/s), starting in {} ms",
+                    "[GROUP {id:08x}] {} to {} ({} mode, {}-byte datagrams, blocks of {} + up to {} repairs, {:.0} Mbit/s{}), starting in {} ms",
                     crate::report::escape(&file.name),
                     self.cfg.group,
                     mode.as_str(),
@@ -239,6 +261,11 @@ impl Groups {
                     plan.k,
                     plan.parity,
                     self.cfg.rate_bps as f64 / 1e6,
+                    if seal_key.is_some() {
+                        ", sealed with a group key each member gets sealed"
+                    } else {
+                        ""
+                    },
                     self.cfg.gather.as_millis()
                 );
                 self.live.insert(id, (tx.clone(), h));
@@ -467,6 +494,8 @@ const TAKE: usize = 64;
 const MAX_SLEEP: Duration = Duration::from_millis(20);
 
 struct Run {
+    /// Seals each datagram with the transmission's key (connection id: the group).
+    sealer: Option<Sealer>,
     tx: Arc<Transmission>,
     file: Arc<ScannedFile>,
     sock: Arc<UdpSocket>,
@@ -524,9 +553,24 @@ impl Run {
             };
             for &send in &sends {
                 dgram.clear();
+                // A sealed datagram's message goes after the seal's header.
+                let at = if self.sealer.is_some() {
+                    SEALED_HEADER_LEN
+                } else {
+                    0
+                };
+                dgram.resize(at, 0);
                 if let Err(e) = self.datagram(send, &mut blocks, &mut dgram) {
                     error = Some(e.to_string());
                     break;
+                }
+                if let Some(sealer) = &self.sealer {
+                    let len = dgram.len() - at;
+                    dgram.resize(dgram.len() + TAG_LEN, 0);
+                    if let Err(e) = sealer.seal_in_place(&mut dgram, len) {
+                        error = Some(format!("cannot seal: {e:?}"));
+                        break;
+                    }
                 }
                 bytes += dgram.len() as u64;
                 datagrams += 1;

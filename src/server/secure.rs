@@ -18,9 +18,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::keys::{fingerprint, AuthorizedKey, ServerSecurity};
-use crate::protocol::noise::{Handshake, MAX_HANDSHAKE_MESSAGE};
+use crate::protocol::noise::{prologue, Handshake, MAX_HANDSHAKE_MESSAGE};
 use crate::protocol::seal::{Cipher, OpenError, Opener, Sealer};
-use crate::protocol::{Message, VERSION};
+use crate::protocol::Message;
 
 /// Handshakes waiting for their third message at once.
 pub const MAX_HANDSHAKES: usize = 4096;
@@ -28,11 +28,6 @@ pub const MAX_HANDSHAKES: usize = 4096;
 pub const HANDSHAKE_LIFETIME: Duration = Duration::from_secs(10);
 /// Connections at once.
 pub const MAX_CONNECTIONS: usize = 65_536;
-
-/// The Noise prologue both sides bind: the protocol and its version.
-pub fn prologue() -> Vec<u8> {
-    format!("ringblast {VERSION}").into_bytes()
-}
 
 struct PendingHandshake {
     peer: SocketAddr,
