@@ -24,6 +24,14 @@
 //! At the end the whole file is checked against the server's manifest (and BLAKE3) hash and
 //! the copy renamed into place, or removed.
 //!
+//! **Sealed** (`serve --authorized`/`--psk`, `get --identity`/`--psk`): after the token, a
+//! Noise handshake ([`protocol::noise`]) authenticates both sides ([`keys`]: the server's
+//! authorized keys, the client's pin or known servers) and gives each direction a key; from
+//! then on every datagram of both paths is a [`protocol::seal`]ed one (the server's
+//! [`server::secure`] table holds the connections; the uring engine reads each payload into
+//! its send slot and encrypts it there, the client opens each segment of a batch before its
+//! logic sees it).
+//!
 //! [`report`] turns what both sides counted into the lab's table, JSON and live lines;
 //! [`tools`] holds `demo`, `bench` and `relay`; [`cli`] the command line. Raw syscalls live in
 //! [`sys`] and the io_uring engine; everything else is safe code (docs/ARCHITECTURE.md).

@@ -247,3 +247,68 @@ fn the_labs_python_client_gets_whole_files_across_a_link() {
     assert!(got.status.success(), "{got:?}");
     common::lab_copies_whole(&text, out.path(), 2, &data);
 }
+
+/// Sealed over an Ethernet path: datagrams of the path's size with the seal inside it
+/// (1472 bytes on the wire), GSO sending and GRO receiving them many at a time, each segment
+/// sealed and opened on its own; every copy whole.
+#[test]
+fn sealed_datagrams_fit_the_path_and_still_go_64k_at_a_time() {
+    let Some(mut hosts) = Hosts::two(1500) else {
+        return;
+    };
+    let keys = tempfile::tempdir().unwrap();
+    let k = |n: &str| keys.path().join(n).to_str().unwrap().to_string();
+    ringblast::keys::write_key_pair(Path::new(&k("server")), "server").unwrap();
+    ringblast::keys::write_key_pair(Path::new(&k("client")), "client").unwrap();
+    std::fs::copy(k("client.pub"), k("authorized")).unwrap();
+    let (dir, data) = served(16 << 20);
+    serve(
+        &mut hosts,
+        dir.path(),
+        &format!("{SERVER_V4}:6969"),
+        &["--identity", &k("server"), "--authorized", &k("authorized")],
+    );
+    let out = tempfile::tempdir().unwrap();
+    let (v, err) = get(
+        &hosts,
+        &format!("{SERVER_V4}:6969"),
+        &[
+            "--out",
+            out.path().to_str().unwrap(),
+            "--clients",
+            "3",
+            "--identity",
+            &k("client"),
+            "--server-key",
+            &k("server.pub"),
+        ],
+    );
+    assert_eq!(v["all_intact"], true, "{v} {err}");
+    let mut datagrams = 0;
+    let mut calls = 0;
+    for (i, c) in v["clients"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(
+            std::fs::read(out.path().join(format!("f.bin.{}", i + 1))).unwrap(),
+            data
+        );
+        assert_eq!(c["datagram_size"], 1472, "{c}");
+        assert_eq!(c["unauthenticated"], 0, "{c}");
+        datagrams += c["datagrams_received"].as_u64().unwrap();
+        calls += c["recv_calls"].as_u64().unwrap();
+    }
+    let s = summaries(&mut hosts);
+    assert_eq!(s.len(), 3, "{s:?}");
+    for x in &s {
+        assert_eq!(x["sealed"], true, "{x}");
+        assert_eq!(x["datagram_size"], 1472, "{x}");
+        if engine_arg() == "uring" {
+            assert!(x["gso_segments"].as_u64().unwrap() > 10, "{x}");
+        }
+    }
+    if engine_arg() == "uring" {
+        assert!(
+            calls * 4 < datagrams,
+            "{calls} receive calls for {datagrams} datagrams"
+        );
+    }
+}

@@ -600,3 +600,38 @@ fn the_command_line_makes_keys_and_serves_and_fetches_sealed() {
     assert!(log.contains("[AUTH]") && log.contains("sealed"), "{log}");
     assert!(!log.contains("[OPEN]"), "{log}");
 }
+
+/// The lab's baseline engine seals as the io_uring one does: the same copy, whole, from a
+/// server offering both.
+#[test]
+fn both_engines_seal() {
+    use ringblast::server::engine::EngineKind;
+    if common::no_uring() {
+        return;
+    }
+    let s = setup(40 * MAX_PAYLOAD + 9, |c| {
+        c.engine = EngineKind::Uring;
+        c.engines = vec![EngineKind::Uring, EngineKind::Threads];
+    });
+    for engine in [EngineKind::Threads, EngineKind::Uring] {
+        let r = get(
+            s.server.local_addr(),
+            "f",
+            s.out.path(),
+            Some(pinned(&s.alice, &s.server_key)),
+            |g| {
+                g.engine = Some(engine);
+                g.clients = 2;
+            },
+        );
+        for c in &r {
+            assert!(c.ok(), "{engine:?}: {c:?}");
+            assert_eq!(std::fs::read(c.path.as_ref().unwrap()).unwrap(), s.data);
+            assert_eq!(c.unauthenticated, 0);
+        }
+    }
+    assert_eq!(
+        s.server.stats().sessions_completed.load(Ordering::Relaxed),
+        4
+    );
+}

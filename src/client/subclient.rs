@@ -508,7 +508,8 @@ impl SubClient {
         check_meta(&cfg, meta, facts.max_datagram.saturating_sub(seal))?;
         self.report.began = true;
         self.report.file_size = meta.file_size;
-        self.report.datagram_size = meta.payload_size as usize + DATA_HEADER_LEN;
+        // On the wire: the seal's header and tag too, where sealed.
+        self.report.datagram_size = meta.payload_size as usize + DATA_HEADER_LEN + seal;
         let Some(dir) = &cfg.out_dir else {
             return Ok(Sink::discard());
         };

@@ -7,7 +7,9 @@
 //! applies `ACK`s to their sender state and wakes the engine, times out silent clients, and
 //! logs what engines report back. Scanning a file (`catalog.rs`, `scanner.rs`) takes time
 //! proportional to its size, so it runs on an scanner thread; a client asking meanwhile is told
-//! to `WAIT`. `legacy.rs` answers the lab's text protocol when asked to.
+//! to `WAIT`. `legacy.rs` answers the lab's text protocol when asked to. `secure.rs` holds
+//! the handshakes and authenticated connections of a server that authenticates its clients
+//! (`--authorized`, `--psk`): then everything after the handshake goes sealed.
 
 pub mod admission;
 pub mod catalog;

@@ -170,6 +170,9 @@ fn seal_queued(
     result
 }
 
+/// Payloads read by one `preadv` at most (a GSO batch's worth).
+const READ_RUN: usize = 64;
+
 /// Data datagrams of a sealed session (their headers written): their payloads read from the
 /// file, one `preadv` per run of consecutive datagrams (a file cut short is an error here, not
 /// a fault: nothing reads the map in user space), then each sealed in place.
@@ -190,24 +193,30 @@ fn seal_segments(
         (reason, format!("cannot read {}: {e}", file.name))
     };
     {
+        // Up to READ_RUN payloads per preadv, their iovecs on the stack: nothing allocated.
+        let mut iov: [IoSliceMut; READ_RUN] = std::array::from_fn(|_| IoSliceMut::new(&mut []));
         let mut segs = segs.iter_mut().peekable();
         while let Some((first, seg)) = segs.next() {
             let first = *first;
             let mut want = seg.len() - from - TAG_LEN;
-            let mut iov = vec![IoSliceMut::new(&mut seg[from..from + want])];
-            let mut next = first + 1;
+            iov[0] = IoSliceMut::new(&mut seg[from..from + want]);
+            let mut n = 1;
             while let Some((i, _)) = segs.peek() {
-                if *i != next {
+                if n == READ_RUN || *i != first + n as u32 {
                     break;
                 }
                 let (_, seg) = segs.next().expect("peeked");
                 let len = seg.len() - from - TAG_LEN;
                 want += len;
-                iov.push(IoSliceMut::new(&mut seg[from..from + len]));
-                next += 1;
+                iov[n] = IoSliceMut::new(&mut seg[from..from + len]);
+                n += 1;
             }
-            let got = preadv(&file.file, &mut iov, (first as u64 * payload_size) as i64)
-                .map_err(|e| read_failed(e.to_string()))?;
+            let got = preadv(
+                &file.file,
+                &mut iov[..n],
+                (first as u64 * payload_size) as i64,
+            )
+            .map_err(|e| read_failed(e.to_string()))?;
             if got != want {
                 return Err(read_failed(format!(
                     "{got} of {want} bytes read: it was cut short"
