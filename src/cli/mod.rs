@@ -41,6 +41,9 @@ pub enum Command {
     /// A UDP relay that impairs traffic both ways (no netem needed): forwards each client's
     /// flow to the server and back, and prints what it did when stopped (Ctrl-C).
     Relay(tools::RelayArgs),
+    /// List the sessions in a trace `serve --trace` wrote, or plot one (--svg): rates, RTT,
+    /// inflight, resends and the controller's states against time.
+    Trace(tools::TraceArgs),
     /// Make a key pair (FILE, FILE.pub) for serve --identity / get --identity, or a
     /// pre-shared key (--psk).
     Keygen(security::KeygenArgs),
@@ -104,6 +107,7 @@ pub fn main() -> ExitCode {
         Command::Relay(a) => a.run(),
         Command::Demo(a) => a.run(),
         Command::Keygen(a) => a.run(),
+        Command::Trace(a) => a.run(),
     };
     match result {
         Ok(code) => code,

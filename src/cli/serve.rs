@@ -179,6 +179,15 @@ pub struct ServeArgs {
     multicast_gather: Duration,
     #[command(flatten)]
     security: super::security::ServeSecurityArgs,
+    /// Write each session's sender state over time to FILE, one JSON object per line: the
+    /// controller's state, pacing and delivery rates, RTT, inflight and window, losses and
+    /// resends, after an ACK at most every --trace-every and when the session ends. `ringblast
+    /// trace FILE --svg OUT` plots it.
+    #[arg(long, value_name = "FILE")]
+    trace: Option<PathBuf>,
+    /// How often a session is sampled at most for --trace (e.g. 10ms, 1ms, 100ms).
+    #[arg(long, value_parser = values::duration, default_value = "10ms", requires = "trace")]
+    trace_every: Duration,
 }
 
 impl ServeArgs {
@@ -207,6 +216,7 @@ impl From<ServeArgs> for ServerConfig {
             }),
             bind: a.bind,
             allow: a.allow,
+            trace: a.trace.map(|p| (p, a.trace_every)),
             engine: engines.first().copied().unwrap_or(a.engine.into()),
             engines,
             workers: a.workers.unwrap_or(defaults.workers),

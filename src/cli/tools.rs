@@ -450,3 +450,56 @@ impl DemoArgs {
         })
     }
 }
+
+#[derive(Args)]
+pub struct TraceArgs {
+    /// A trace `serve --trace FILE` wrote.
+    file: PathBuf,
+    /// The session to plot (8 hex digits, as logs show it) [default: the one with the most
+    /// samples].
+    #[arg(long)]
+    session: Option<String>,
+    /// Plot the session into this SVG: rates, RTT, inflight and window, resends and loss
+    /// events against time, and the controller's state changes. Without it, the sessions in
+    /// the file are listed.
+    #[arg(long, value_name = "OUT")]
+    svg: Option<PathBuf>,
+    /// A second title line for the plot: where it was measured.
+    #[arg(long, default_value = "")]
+    title: String,
+}
+
+impl TraceArgs {
+    pub fn run(self) -> anyhow::Result<ExitCode> {
+        let (by, bad) = crate::tools::trace::read(&self.file)?;
+        if bad > 0 {
+            eprintln!(
+                "{bad} lines of {} could not be read (skipped)",
+                self.file.display()
+            );
+        }
+        let Some(svg) = self.svg else {
+            for (id, lines) in &by {
+                println!("{}", crate::tools::trace::describe(id, lines));
+            }
+            if by.is_empty() {
+                eprintln!("(no samples in {})", self.file.display());
+            }
+            return Ok(ExitCode::SUCCESS);
+        };
+        let (id, lines) = match &self.session {
+            Some(id) => by
+                .get_key_value(id.to_lowercase().as_str())
+                .ok_or_else(|| anyhow::anyhow!("no session {id} in {}", self.file.display()))?,
+            None => by
+                .iter()
+                .max_by_key(|(_, l)| l.len())
+                .ok_or_else(|| anyhow::anyhow!("no samples in {}", self.file.display()))?,
+        };
+        std::fs::write(&svg, crate::tools::trace::plot(&self.title, id, lines))
+            .with_context(|| format!("cannot write {}", svg.display()))?;
+        println!("{}", crate::tools::trace::describe(id, lines));
+        println!("plotted into {}", svg.display());
+        Ok(ExitCode::SUCCESS)
+    }
+}

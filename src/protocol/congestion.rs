@@ -226,6 +226,9 @@ pub struct Bbr {
     last_round_min_rtt: Option<Duration>,
     /// RTT samples in the current round.
     round_rtt_samples: u32,
+    /// Since when every RTT sample has been above Startup's queue limit (and how many):
+    /// a queue that persists ends Startup mid-round.
+    queued_since: Option<(Instant, u32)>,
     /// Datagrams delivered and lost in the current round.
     round_delivered: u64,
     round_lost: u64,
@@ -267,6 +270,7 @@ impl Bbr {
             round_min_rtt: None,
             last_round_min_rtt: None,
             round_rtt_samples: 0,
+            queued_since: None,
         }
     }
 
@@ -382,19 +386,36 @@ impl Bbr {
             self.last_round_min_rtt = self.round_min_rtt.take();
             self.round_rtt_samples = 0;
         }
+        let threshold = queue_threshold(self.min_rtt_cached);
+        let limit = self.min_rtt_cached + threshold;
         if let Some(r) = ev.rtt {
             self.round_min_rtt = Some(self.round_min_rtt.map_or(r, |m| m.min(r)));
             self.round_rtt_samples += 1;
+            self.queued_since = match self.queued_since {
+                _ if r <= limit => None,
+                None => Some((ev.now, 1)),
+                Some((t, n)) => Some((t, n + 1)),
+            };
         }
         // A queue building in Startup (even the lowest RTT of a round's first samples well
         // above the path's minimum, as HyStart++ tells): the pipe is full, before it overflows.
         // Not waiting for the round to end: Startup sends twice what the path takes meanwhile.
-        let limit = self.min_rtt_cached + queue_threshold(self.min_rtt_cached);
         let this_round = self
             .round_min_rtt
             .filter(|_| self.round_rtt_samples >= HYSTART_SAMPLES);
         let queued = |m: Option<Duration>| m.is_some_and(|m| m > limit);
-        if !self.filled_pipe && (queued(self.last_round_min_rtt) || queued(this_round)) {
+        // Nor for the next round to begin: a round's early samples, taken before the queue
+        // grew, keep its minimum low to its end, and on a long path that is a whole round of
+        // sending at twice the path's rate into a queue that may be far shorter (issue 24: the
+        // 200 ms relay path's 8 MiB queue overflowed while its RTT had stood 16 ms over the
+        // minimum for 250 ms). Every sample above the limit for as long as the limit itself
+        // (and HYSTART_SAMPLES of them) is a queue, not jitter.
+        let persistent = self.queued_since.is_some_and(|(t, n)| {
+            n >= HYSTART_SAMPLES && ev.now.saturating_duration_since(t) >= threshold
+        });
+        if !self.filled_pipe
+            && (queued(self.last_round_min_rtt) || queued(this_round) || persistent)
+        {
             self.filled_pipe = true;
             return;
         }
@@ -635,5 +656,69 @@ mod tests {
             "a queue in a round's first samples ends Startup"
         );
         assert_ne!(b.state, BbrState::Startup);
+    }
+
+    /// Issue 24: a round whose first samples were clean, then a queue that stays: Startup
+    /// ends once it has stood as long as the limit, within the round (the round's minimum,
+    /// the clean samples included, would have waited for the next round).
+    #[test]
+    fn startup_ends_on_a_queue_that_persists_within_a_round() {
+        let t0 = Instant::now();
+        let mut b = Bbr::new(1400, t0, 1);
+        let mut rtt = RttEstimator::default();
+        // A 200 ms path, one ACK a millisecond.
+        let step = Duration::from_millis(1);
+        let mut delivered = 0;
+        let mut feed = |b: &mut Bbr, rtt: &mut RttEstimator, ms: u64| {
+            delivered += 1;
+            ack(
+                b,
+                rtt,
+                t0 + step * delivered as u32,
+                delivered,
+                Duration::from_millis(ms),
+            );
+        };
+        // Clean until well into round 3.
+        while b.round < 3 {
+            feed(&mut b, &mut rtt, 200);
+        }
+        for _ in 0..20 {
+            feed(&mut b, &mut rtt, 200);
+        }
+        let round = b.round;
+        assert_eq!(b.state, BbrState::Startup);
+        // The queue grows past the 16 ms limit and stays: 10 ms of it is not yet enough...
+        for _ in 0..10 {
+            feed(&mut b, &mut rtt, 230);
+        }
+        assert_eq!(b.state, BbrState::Startup, "a queue of 10 ms may be jitter");
+        // ...16 ms is, in the same round.
+        for _ in 0..7 {
+            feed(&mut b, &mut rtt, 230);
+        }
+        assert_eq!(b.round, round, "the round has not ended");
+        assert!(
+            b.filled_pipe,
+            "a persistent queue ends Startup within the round"
+        );
+        // A sample back under the limit starts the count again.
+        let mut c = Bbr::new(1400, t0, 1);
+        let mut rtt = RttEstimator::default();
+        for i in 1..400u64 {
+            let ms = if i < 200 || i % 3 == 0 { 200 } else { 230 };
+            ack(
+                &mut c,
+                &mut rtt,
+                t0 + step * i as u32,
+                i,
+                Duration::from_millis(ms),
+            );
+        }
+        assert_eq!(
+            c.state,
+            BbrState::Startup,
+            "interrupted high samples are jitter"
+        );
     }
 }

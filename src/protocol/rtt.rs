@@ -8,6 +8,9 @@ use std::time::{Duration, Instant};
 pub const MIN_RTO: Duration = Duration::from_millis(2);
 /// Retransmission timeout before the first RTT sample.
 pub const INITIAL_RTO: Duration = Duration::from_millis(100);
+/// Longest timeout before the first sample that a handshake may ask for (RFC 9002's initial
+/// PTO is about this: 3 x 333 ms).
+pub const MAX_SEEDED_RTO: Duration = Duration::from_secs(1);
 /// How long a minimum RTT sample stays the minimum: after that BBR drains the queue to
 /// measure it again (ProbeRTT). 5 s, as BBR v2: flows sharing a bottleneck converge at each.
 pub const MIN_RTT_WINDOW: Duration = Duration::from_secs(5);
@@ -27,6 +30,9 @@ pub struct RttEstimator {
     min_rtt_stamp: Option<Instant>,
     /// The lowest sample since the minimum expired.
     fresh_min: Option<Duration>,
+    /// The timeout before the first sample, when the handshake gave a hint of the path
+    /// ([`RttEstimator::seed_timeout`]).
+    initial_rto: Option<Duration>,
 }
 
 impl RttEstimator {
@@ -54,6 +60,15 @@ impl RttEstimator {
                 self.refresh_min_rtt(now);
             }
         }
+    }
+
+    /// The time from the first META to the receiver's first ACK: an upper bound of the
+    /// path's RTT (the receiver may have taken a while to answer, or answered a later copy),
+    /// so it only ever lengthens the timeout before the first sample, to what RFC 6298 makes
+    /// of a first sample (3x) and at most [`MAX_SEEDED_RTO`]; it is no sample (not the
+    /// minimum, not the smoothed RTT).
+    pub fn seed_timeout(&mut self, handshake: Duration) {
+        self.initial_rto = Some((3 * handshake).clamp(INITIAL_RTO, MAX_SEEDED_RTO));
     }
 
     /// Zero before the first sample.
@@ -84,7 +99,7 @@ impl RttEstimator {
     /// Current retransmission timeout: SRTT + 4 RTTVAR, at least [`MIN_RTO`].
     pub fn rto(&self) -> Duration {
         if self.srtt_us == 0.0 {
-            return INITIAL_RTO;
+            return self.initial_rto.unwrap_or(INITIAL_RTO);
         }
         Duration::from_micros((self.srtt_us + 4.0 * self.rttvar_us) as u64).max(MIN_RTO)
     }
@@ -93,6 +108,27 @@ impl RttEstimator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_handshake_on_a_long_path_lengthens_the_first_timeout_only() {
+        let t0 = Instant::now();
+        let mut r = RttEstimator::default();
+        // A 200 ms handshake: 600 ms before the first sample (100 ms would fire before any
+        // ACK of the first flight can come back, resending it all for nothing).
+        r.seed_timeout(Duration::from_millis(200));
+        assert_eq!(r.rto(), Duration::from_millis(600));
+        assert_eq!((r.srtt(), r.min_rtt()), (Duration::ZERO, None));
+        // A loopback handshake never shortens it; a META lost and answered much later does
+        // not stretch it past a second.
+        let mut lo = RttEstimator::default();
+        lo.seed_timeout(Duration::from_micros(40));
+        assert_eq!(lo.rto(), INITIAL_RTO);
+        lo.seed_timeout(Duration::from_secs(3));
+        assert_eq!(lo.rto(), MAX_SEEDED_RTO);
+        // The first real sample takes over.
+        r.sample(Duration::from_millis(10), t0);
+        assert_eq!(r.rto(), Duration::from_millis(30));
+    }
 
     #[test]
     fn rto_follows_the_samples_with_a_floor_and_min_rtt_expires() {

@@ -142,6 +142,9 @@ pub struct SenderState {
     /// then nothing is sent, so a GET in someone else's name (a replayed token) gets that
     /// address no more than the META answer.
     validated: bool,
+    /// When the META first went: the wait from it to the first ACK seeds the timeout before
+    /// the first RTT sample.
+    meta_at: Option<Instant>,
     /// When the receiver last reported new data (or, in blast mode, when sending ended):
     /// what "no progress" is measured from.
     last_progress: Instant,
@@ -242,6 +245,7 @@ impl SenderState {
             busy_hold: Duration::ZERO,
             bad_acks: 0,
             validated: false,
+            meta_at: None,
             last_progress: now,
             resends: if cfg.mode == Mode::Reliable {
                 vec![0; total as usize]
@@ -297,9 +301,22 @@ impl SenderState {
     }
 
     /// The receiver's first ACK came from the session's address: data may flow.
+    /// The META answering the GET went at `now`. The first one counts: whichever copy the
+    /// first ACK answers, the wait from the first is an upper bound of the path's RTT (on a
+    /// long path the client's GET is resent before the first META is back, and a later copy's
+    /// wait would be too short).
+    pub fn meta_sent(&mut self, now: Instant) {
+        self.meta_at.get_or_insert(now);
+    }
+
     pub fn validate(&mut self, now: Instant) {
         if !self.validated {
             self.validated = true;
+            // A path's RTT at most (the receiver answers META at once, unless busy): the
+            // timeout before the first sample is never shorter than it takes.
+            if let Some(at) = self.meta_at {
+                self.rtt.seed_timeout(now.saturating_duration_since(at));
+            }
             self.last_progress = now;
             // Timing starts when sending can: the wait for the ACK is not a path's RTT.
             self.last_ack_at = now;
@@ -394,6 +411,11 @@ impl SenderState {
             retransmitted: self.retransmitted.min(u32::MAX as u64) as u32,
             spurious: self.spurious.min(u32::MAX as u64) as u32,
         }
+    }
+
+    /// Datagrams known delivered.
+    pub fn delivered(&self) -> u64 {
+        self.delivered
     }
 
     /// The controller's state name (`startup`, `probe_bw`, ...).

@@ -659,3 +659,42 @@ fn after_a_group_only_what_the_receiver_lacks_is_sent() {
     assert_eq!(indices(&again, true), vec![50]);
     assert!(indices(&again, false).is_empty());
 }
+
+/// Issue 24: on a 200 ms path the first flight's ACKs come 200 ms after it left; with the
+/// 100 ms timeout of a sender that knows nothing of the path, it was resent in full before
+/// they could (15 spurious resends at the start of the trace in
+/// docs/experiments/trace-200ms). The META's round trip to the first ACK says the path is
+/// long: no probe before the first flight's ACKs can come back.
+#[test]
+fn the_handshake_round_trip_keeps_the_first_flight_from_being_resent_early() {
+    let t0 = Instant::now();
+    let rtt = Duration::from_millis(200);
+    for (seeded, probes_before_ack) in [(true, 0), (false, 1)] {
+        let mut s = SenderState::new(
+            SenderConfig {
+                mode: Mode::Reliable,
+                file_size: 1000 * P as u64,
+                payload_size: P,
+                window: 1000,
+                cc: CcKind::Bbr,
+                rate_cap_bps: None,
+                seed: 1,
+            },
+            t0,
+            EPOCH_NS,
+        );
+        if seeded {
+            s.meta_sent(t0);
+            // The client's GET came again before the META was back: the first META counts.
+            s.meta_sent(t0 + rtt / 2);
+        }
+        let t1 = t0 + rtt;
+        s.validate(t1);
+        let first = drain(&mut s, t1);
+        assert!(!first.is_empty());
+        // Just before the first flight's ACK can be back.
+        let _ = drain(&mut s, t1 + rtt - Duration::from_millis(1));
+        assert_eq!(s.probes, probes_before_ack, "seeded {seeded}");
+        assert_eq!(s.retransmitted, 0);
+    }
+}

@@ -78,6 +78,9 @@ pub struct ServerConfig {
     /// Authenticate clients and seal every datagram (`serve --identity --authorized`, or
     /// `--psk`); `None`: open mode.
     pub security: Option<std::sync::Arc<crate::keys::ServerSecurity>>,
+    /// Write each session's sender state over time to this file (`serve --trace`), a sample
+    /// per session at most this often.
+    pub trace: Option<(PathBuf, Duration)>,
 }
 
 impl Default for ServerConfig {
@@ -106,6 +109,7 @@ impl Default for ServerConfig {
             multicast: None,
             allow: Vec::new(),
             security: None,
+            trace: None,
         }
     }
 }

@@ -24,6 +24,7 @@ use super::secure::{client_name, FinishOutcome, InitOutcome, SealedDrop, Secure}
 use super::session::{CloseReason, Session, SessionCtx, SessionSummary};
 use super::stats::ServerStats;
 use super::table::{Entry, SessionTable};
+use super::trace::{Sample, Tracer};
 use super::ServerConfig;
 use crate::protocol::layout::{snap_datagram_size, DatagramSize};
 use crate::protocol::seal::{OpenError, Opener, Sealer, SEALED_HEADER_LEN, SEAL_OVERHEAD, TAG_LEN};
@@ -107,6 +108,8 @@ pub(super) struct Control {
     groups: Option<Groups>,
     /// Authenticated connections (`serve --authorized`, `--psk`); `None`: open mode.
     secure: Option<Secure>,
+    /// `serve --trace`: each session's sender state over time.
+    tracer: Option<Tracer>,
 }
 
 #[path = "control_get.rs"]
@@ -183,7 +186,15 @@ impl Control {
             None => None,
         };
         let (summaries_tx, summaries) = mpsc::channel();
+        let tracer = match &cfg.trace {
+            Some((path, every)) => Some(
+                Tracer::create(path, *every)
+                    .map_err(|e| anyhow::anyhow!("cannot write the trace: {e}"))?,
+            ),
+            None => None,
+        };
         Ok(Control {
+            tracer,
             secure: cfg.security.clone().map(Secure::new),
             groups,
             legacy,
@@ -270,6 +281,15 @@ impl Control {
         }
         self.report_settled();
         self.scanner.stop();
+        if let Some(t) = self.tracer.take() {
+            match t.finish() {
+                Ok((written, 0)) => tracing::info!("[TRACE] {written} samples written"),
+                Ok((written, dropped)) => tracing::warn!(
+                    "[TRACE] {written} samples written, {dropped} dropped (the writer fell behind: a longer --trace-every)"
+                ),
+                Err(e) => tracing::warn!("[TRACE] the trace could not be written: {e}"),
+            }
+        }
         let st = &self.stats;
         let n = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         tracing::info!(
@@ -905,15 +925,44 @@ impl Control {
             })
             .flatten()
             .map(Duration::from_nanos);
-        let checks = {
+        let trace_due = self.tracer.as_ref().is_some_and(|t| {
+            entry
+                .traced_at
+                .is_none_or(|at| now.saturating_duration_since(at) >= t.every)
+        });
+        if trace_due {
+            entry.traced_at = Some(now);
+        }
+        let (checks, sample) = {
             let mut st = s.state();
             // The first ACK from the session's address shows the client receives there:
             // data may flow from now on.
             st.validate(now);
             let before = st.resend_checks;
             st.on_ack(ack, rtt, ack.flags & ack_flags::IDLE != 0, now);
-            st.resend_checks - before
+            let sample = trace_due.then(|| {
+                (
+                    st.status(s.id),
+                    st.cc_state(),
+                    st.datagrams_sent,
+                    st.delivered(),
+                )
+            });
+            (st.resend_checks - before, sample)
         };
+        if let (Some(t), Some((status, state, sent, acked))) = (&self.tracer, sample) {
+            t.record(Sample {
+                t_ms: t.t_ms(now),
+                state: match s.mode {
+                    Mode::Blast => "blast",
+                    Mode::Reliable => state,
+                },
+                sent,
+                acked,
+                status,
+                end: false,
+            });
+        }
         self.stats.acks.fetch_add(1, Ordering::Relaxed);
         self.stats
             .resend_checks

@@ -278,6 +278,7 @@ impl Control {
             Entry {
                 session: session.clone(),
                 acks: RateBudget::new(rate, rate / 10.0, now),
+                traced_at: None,
             },
             req.request_id,
         );
@@ -324,6 +325,7 @@ impl Control {
                 }),
             );
         }
+        s.state().meta_sent(Instant::now());
         let f = &s.file;
         let meta = Message::Meta(Meta {
             request_id,

@@ -10,6 +10,16 @@ impl Control {
     pub(super) fn report_finished(&mut self) {
         use crate::report::{bits_per_second, escape, plural, MIB};
         while let Ok(s) = self.summaries.try_recv() {
+            if let Some(t) = &self.tracer {
+                t.record(Sample {
+                    t_ms: t.t_ms(Instant::now()),
+                    state: "end",
+                    sent: s.datagrams_sent,
+                    acked: s.datagrams_acked,
+                    status: s.congestion,
+                    end: true,
+                });
+            }
             if let (Some(g), Ok(id)) = (&mut self.groups, u32::from_str_radix(&s.session, 16)) {
                 g.leave(id, s.bytes_sent);
             }

@@ -25,6 +25,7 @@ pub mod secure;
 pub mod session;
 pub mod stats;
 mod table;
+pub mod trace;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};

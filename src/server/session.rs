@@ -49,6 +49,8 @@ pub struct SessionSummary {
     pub outcome: &'static str,
     pub bytes_sent: u64,
     pub datagrams_sent: u64,
+    /// Datagrams the client confirmed.
+    pub datagrams_acked: u64,
     pub retransmitted: u64,
     pub send_errors: u64,
     /// Bytes per datagram on the wire, header included (and the seal's, where sealed).
@@ -374,6 +376,7 @@ impl Session {
                 outcome: reason.as_str(),
                 bytes_sent: st.bytes_sent,
                 datagrams_sent: st.datagrams_sent,
+                datagrams_acked: st.delivered(),
                 retransmitted: st.retransmitted,
                 send_errors: self.send_errors.load(Ordering::Relaxed),
                 datagram_size: self.wire_size(),

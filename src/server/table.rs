@@ -18,6 +18,8 @@ pub(super) struct Entry {
     pub session: Arc<Session>,
     /// Its ACK budget: ACKs beyond it are dropped unread.
     pub acks: RateBudget,
+    /// When it was last sampled for `serve --trace`.
+    pub traced_at: Option<Instant>,
 }
 
 #[derive(Default)]

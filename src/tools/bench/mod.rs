@@ -16,7 +16,7 @@
 //! `ip link set lo multicast on`): the time until all N copies are done and the bytes the
 //! server sent, against N.
 
-mod chart;
+pub(crate) mod chart;
 pub mod compare;
 mod output;
 pub mod path;
