@@ -248,16 +248,23 @@ impl Handshake {
 
     /// With a token, an authenticating client begins its handshake (HS_INIT, padded like
     /// HELLO); an open one asks for the file.
-    fn with_token(&mut self, get: GetRequest, busy: Backoff, now: Instant, out: &mut Outbox) {
+    fn with_token(
+        &mut self,
+        get: GetRequest,
+        busy: Backoff,
+        now: Instant,
+        out: &mut Outbox,
+    ) -> Result<(), ClientError> {
         let Some(sec) = self.cfg.security.clone() else {
-            return self.send_get(get, now, out);
+            self.send_get(get, now, out);
+            return Ok(());
         };
         let nonce: u64 = self.rng.random();
-        let Ok((noise, init)) = begin_handshake(&sec, get.token, nonce) else {
-            // Cannot happen with a valid key; the copy would only wait out its timeout.
-            self.phase = Phase::Done;
-            return;
-        };
+        let (noise, init) =
+            begin_handshake(&sec, get.token, nonce).map_err(|e| ClientError::Auth {
+                server: self.cfg.server,
+                why: format!("cannot begin a handshake: {e}"),
+            })?;
         self.init_bytes = init;
         out.push_bytes(&self.init_bytes);
         self.phase = Phase::Secure {
@@ -268,6 +275,7 @@ impl Handshake {
             busy,
             renewals: get.renewals,
         };
+        Ok(())
     }
 
     /// The server's handshake message: its key checked (pinned, known, or first met), the
@@ -427,7 +435,7 @@ impl Handshake {
                     waiting_since: None,
                     renewals: *renewals,
                 };
-                self.with_token(get, Backoff::default(), now, out);
+                self.with_token(get, Backoff::default(), now, out)?;
             }
             (
                 Phase::Secure { nonce, .. },

@@ -337,6 +337,13 @@ impl Control {
         }
     }
 
+    /// Sends bytes encoded already (a handshake reply), as they are.
+    fn send_bytes(&mut self, to: SocketAddr, bytes: &[u8]) {
+        self.out.clear();
+        self.out.extend_from_slice(bytes);
+        self.send_out(to);
+    }
+
     fn send_out(&mut self, to: SocketAddr) {
         // A full socket buffer or an unreachable client is the client's problem: it retries.
         let _ = socket::retry_eintr(|| self.sock.send_to(&self.out, to));
@@ -525,8 +532,7 @@ impl Control {
         };
         // Its reply was lost: the same reply again.
         if let Some(reply) = secure.repeated_init(src, nonce) {
-            self.out = reply;
-            self.send_out(src);
+            self.send_bytes(src, &reply);
             return;
         }
         if !self.token_ok(src, &token) {
@@ -546,14 +552,7 @@ impl Control {
         self.stats.handshakes.fetch_add(1, Ordering::Relaxed);
         let secure = self.secure.as_mut().expect("checked above");
         match secure.init(src, nonce, noise, Instant::now()) {
-            InitOutcome::Reply(reply) => {
-                self.out = reply;
-                self.send_out(src);
-            }
-            InitOutcome::Busy => {
-                self.stats.busy.fetch_add(1, Ordering::Relaxed);
-                self.busy(src, id, BUSY_RETRY_AFTER, "too many handshakes in progress");
-            }
+            InitOutcome::Reply(reply) => self.send_bytes(src, &reply),
             InitOutcome::Refused => {
                 self.stats.malformed.fetch_add(1, Ordering::Relaxed);
             }
@@ -630,8 +629,11 @@ impl Control {
                 // One token, one request: a token seen on the wire and replayed in its
                 // owner's name (a spoofed source) starts nothing. (A sealed GET needs none:
                 // its connection was validated, and its replays never open.)
-                if conn.is_some() {
-                } else if let Err(why) = self.spent.spend(&token, src, request_id) {
+                let spent = match conn {
+                    Some(_) => Ok(()),
+                    None => self.spent.spend(&token, src, request_id),
+                };
+                if let Err(why) = spent {
                     self.stats.bad_tokens.fetch_add(1, Ordering::Relaxed);
                     let text = match why {
                         Spent::Used => "token already used: ask for a new one",

@@ -188,6 +188,15 @@ impl Control {
     }
 
     pub(super) fn create_session(&mut self, req: PendingGet, file: Arc<ScannedFile>) {
+        // A request that came sealed is answered sealed, or not at all (its connection went
+        // while the file was scanned), before any other session gives up its place for it.
+        let sealer = match req.conn {
+            Some(c) => match self.secure.as_ref().and_then(|s| s.connection(c)) {
+                Some(c) => Some(c.sealer.clone()),
+                None => return,
+            },
+            None => None,
+        };
         if !self.make_room(&req) {
             return;
         }
@@ -231,15 +240,6 @@ impl Control {
         let send_path = match req.send_path {
             SendPath::Auto if file.small_pages => SendPath::Sendmsg,
             p => p,
-        };
-        // A request that came sealed is answered sealed, or not at all (its connection went
-        // while the file was scanned).
-        let sealer = match req.conn {
-            Some(c) => match self.secure.as_ref().and_then(|s| s.connection(c)) {
-                Some(c) => Some(c.sealer.clone()),
-                None => return,
-            },
-            None => None,
         };
         let client = req
             .conn

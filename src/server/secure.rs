@@ -52,8 +52,6 @@ pub struct Connection {
 pub enum InitOutcome {
     /// Send this `HS_REPLY`.
     Reply(Vec<u8>),
-    /// Too many handshakes in progress from everyone: the client is told busy.
-    Busy,
     /// The Noise message was refused (counted; not answered).
     Refused,
 }
@@ -137,10 +135,8 @@ impl Secure {
         noise: &[u8],
         now: Instant,
     ) -> InitOutcome {
+        // Full: the oldest handshake makes room (as a SYN cache does).
         self.expire_handshakes(now);
-        if self.pending.len() >= MAX_HANDSHAKES {
-            return InitOutcome::Busy;
-        }
         let sec = &self.security;
         let Ok(mut hs) = Handshake::responder(&sec.identity, &prologue(), sec.psk.as_ref()) else {
             return InitOutcome::Refused;
