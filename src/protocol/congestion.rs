@@ -392,7 +392,10 @@ impl Bbr {
             self.round_min_rtt = Some(self.round_min_rtt.map_or(r, |m| m.min(r)));
             self.round_rtt_samples += 1;
             self.queued_since = match self.queued_since {
-                _ if r <= limit => None,
+                // The first round's samples are of the initial window, sent in one burst
+                // before any rate was known: the queue it makes at a slow bottleneck (16
+                // loopback datagrams at 100 Mbit/s are 80 ms of it) says nothing of the pipe.
+                _ if r <= limit || self.round < 2 => None,
                 None => Some((ev.now, 1)),
                 Some((t, n)) => Some((t, n + 1)),
             };
@@ -702,6 +705,14 @@ mod tests {
             b.filled_pipe,
             "a persistent queue ends Startup within the round"
         );
+        // The initial window's own burst, queued at a slow bottleneck, is not a full pipe.
+        let mut d = Bbr::new(1400, t0, 1);
+        let mut rtt = RttEstimator::default();
+        for i in 1..=16u64 {
+            ack(&mut d, &mut rtt, t0 + step * i as u32 * 5, i, Duration::from_millis(200 + 5 * i));
+        }
+        assert_eq!(d.round, 1);
+        assert_eq!(d.state, BbrState::Startup, "the first flight's queue ended Startup");
         // A sample back under the limit starts the count again.
         let mut c = Bbr::new(1400, t0, 1);
         let mut rtt = RttEstimator::default();
