@@ -709,10 +709,20 @@ mod tests {
         let mut d = Bbr::new(1400, t0, 1);
         let mut rtt = RttEstimator::default();
         for i in 1..=16u64 {
-            ack(&mut d, &mut rtt, t0 + step * i as u32 * 5, i, Duration::from_millis(200 + 5 * i));
+            ack(
+                &mut d,
+                &mut rtt,
+                t0 + step * i as u32 * 5,
+                i,
+                Duration::from_millis(200 + 5 * i),
+            );
         }
         assert_eq!(d.round, 1);
-        assert_eq!(d.state, BbrState::Startup, "the first flight's queue ended Startup");
+        assert_eq!(
+            d.state,
+            BbrState::Startup,
+            "the first flight's queue ended Startup"
+        );
         // A sample back under the limit starts the count again.
         let mut c = Bbr::new(1400, t0, 1);
         let mut rtt = RttEstimator::default();
