@@ -9,7 +9,7 @@
 //! when the server stops.
 //!
 //! ```text
-//! {"t_ms":1532.118,"session":"5f0c22a1","state":"bbr startup","sent":18211,"acked":15000,
+//! {"t_ms":1532.118,"session":"5f0c22a1","state":"startup","sent":18211,"acked":15000,
 //!  "pacing_bps":812000000,"delivery_bps":790000000,"srtt_us":201520,"min_rtt_us":200310,
 //!  "inflight":13040,"cwnd":14230,"loss_events":0,"retransmitted":0,"spurious":0}
 //! ```
@@ -39,7 +39,8 @@ pub const DEFAULT_EVERY: Duration = Duration::from_millis(10);
 pub struct Sample {
     /// Milliseconds since the server started.
     pub t_ms: f64,
-    /// The controller and its state (`bbr startup`, `bbr probe_bw`, `fixed`, `blast`).
+    /// The controller's state (BBR's `startup`, `drain`, `probe_bw`, `probe_rtt`; `fixed`;
+    /// `blast` for a blast-mode session; `end` in its last sample).
     pub state: &'static str,
     /// Datagrams sent so far (resends included) and known delivered.
     pub sent: u64,
@@ -136,7 +137,7 @@ mod tests {
         for i in 0..100u32 {
             t.record(Sample {
                 t_ms: i as f64,
-                state: "bbr startup",
+                state: "startup",
                 sent: i as u64 * 10,
                 acked: i as u64 * 9,
                 status: Status {
@@ -156,7 +157,7 @@ mod tests {
         assert_eq!(lines.len(), 100);
         assert_eq!(lines[7]["session"], "0000abcd");
         assert_eq!(lines[7]["inflight"], 7);
-        assert_eq!(lines[7]["state"], "bbr startup");
+        assert_eq!(lines[7]["state"], "startup");
         assert!(lines[7].get("end").is_none());
         assert_eq!(lines[99]["end"], true);
     }
