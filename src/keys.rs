@@ -92,30 +92,35 @@ fn create_private(path: &Path) -> anyhow::Result<std::fs::File> {
 
 /// Reads a private key file; refused when others may read it (as ssh does).
 pub fn read_private(path: &Path) -> anyhow::Result<StaticKey> {
+    let private = read_secret(
+        path,
+        PRIVATE_TAG,
+        "a private key",
+        "a ringblast private key (ringblast keygen)",
+    )?;
+    Ok(StaticKey {
+        public: x25519_public(&private),
+        private,
+    })
+}
+
+/// The 32 bytes of a secret file `TAG HEX` (`what` names it in the refusal of a file others may
+/// read, `kind` in the refusal of one that is not such a file).
+fn read_secret(path: &Path, tag: &str, what: &str, kind: &str) -> anyhow::Result<[u8; 32]> {
     let md = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
     if md.permissions().mode() & 0o077 != 0 {
         anyhow::bail!(
-            "{}: permissions {:o} are too open, a private key must be readable by its owner only (chmod 600)",
+            "{}: permissions {:o} are too open, {what} must be readable by its owner only (chmod 600)",
             path.display(),
             md.permissions().mode() & 0o777
         );
     }
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let private = text
-        .trim()
-        .strip_prefix(PRIVATE_TAG)
+    text.trim()
+        .strip_prefix(tag)
         .and_then(|r| unhex32(r.trim()))
-        .with_context(|| {
-            format!(
-                "{} is not a ringblast private key (ringblast keygen)",
-                path.display()
-            )
-        })?;
-    Ok(StaticKey {
-        public: x25519_public(&private),
-        private,
-    })
+        .with_context(|| format!("{} is not {kind}", path.display()))
 }
 
 /// The public key of an X25519 private key.
@@ -262,25 +267,12 @@ pub fn write_psk(path: &Path) -> anyhow::Result<()> {
 
 /// Reads a pre-shared key file; refused when others may read it.
 pub fn read_psk(path: &Path) -> anyhow::Result<[u8; PSK_LEN]> {
-    let md = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
-    if md.permissions().mode() & 0o077 != 0 {
-        anyhow::bail!(
-            "{}: permissions {:o} are too open, a pre-shared key must be readable by its owner only (chmod 600)",
-            path.display(),
-            md.permissions().mode() & 0o777
-        );
-    }
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    text.trim()
-        .strip_prefix(PSK_TAG)
-        .and_then(|r| unhex32(r.trim()))
-        .with_context(|| {
-            format!(
-                "{} is not a ringblast pre-shared key (ringblast keygen --psk)",
-                path.display()
-            )
-        })
+    read_secret(
+        path,
+        PSK_TAG,
+        "a pre-shared key",
+        "a ringblast pre-shared key (ringblast keygen --psk)",
+    )
 }
 
 /// Reads a public key file (`FILE.pub`, or any line `ringblast-x25519 HEX`).
