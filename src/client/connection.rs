@@ -11,7 +11,7 @@ use crate::keys::ClientSecurity;
 use crate::protocol::noise::{
     prologue, Handshake as NoiseHandshake, HandshakeError, MAX_HANDSHAKE_MESSAGE,
 };
-use crate::protocol::seal::{Cipher, Opener, Sealer, SEALED_HEADER_LEN, TAG_LEN};
+use crate::protocol::seal::{Cipher, Opener, Sealer, SEALED_HEADER_LEN};
 use crate::protocol::{foreign_version, ErrorCode, Message, MAX_DATAGRAM, TOKEN_LEN, VERSION};
 use crate::sys::recvmmsg::is_timeout;
 use crate::sys::socket;
@@ -64,9 +64,7 @@ impl Connection {
         }
         self.out.resize(SEALED_HEADER_LEN, 0);
         msg.encode(&mut self.out);
-        let len = self.out.len() - SEALED_HEADER_LEN;
-        self.out.resize(self.out.len() + TAG_LEN, 0);
-        if sealer.seal_in_place(&mut self.out, len).is_err() {
+        if sealer.seal_vec(&mut self.out).is_err() {
             return Ok(());
         }
         send_to_server(&self.sock, self.server, &self.out)

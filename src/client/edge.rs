@@ -7,7 +7,7 @@
 
 use std::collections::VecDeque;
 
-use crate::protocol::seal::{Opener, Sealer, SEALED_HEADER_LEN, TAG_LEN};
+use crate::protocol::seal::{Opener, Sealer, SEALED_HEADER_LEN};
 use crate::protocol::Message;
 use crate::sys::recvmmsg::RecvBatch;
 
@@ -158,20 +158,16 @@ impl Outbox {
 
     /// Queues `msg`, encoded (and sealed, once sealing).
     pub(super) fn push(&mut self, msg: &Message<'_>) {
-        let mut buf = self.spare.pop().unwrap_or_default();
-        buf.clear();
-        let at = self.start(&mut buf);
+        let mut buf = self.start();
         msg.encode(&mut buf);
-        self.finish(buf, at);
+        self.finish(buf);
     }
 
     /// Queues bytes already encoded (a request resent), sealed once sealing.
     pub(super) fn push_bytes(&mut self, bytes: &[u8]) {
-        let mut buf = self.spare.pop().unwrap_or_default();
-        buf.clear();
-        let at = self.start(&mut buf);
+        let mut buf = self.start();
         buf.extend_from_slice(bytes);
-        self.finish(buf, at);
+        self.finish(buf);
     }
 
     /// Queues bytes as they are, never sealed (the handshake's last message).
@@ -182,22 +178,19 @@ impl Outbox {
         self.queue.push_back(buf);
     }
 
-    /// Room for the seal's header, where sealing: where the message starts.
-    fn start(&self, buf: &mut Vec<u8>) -> usize {
-        match self.sealer {
-            Some(_) => {
-                buf.resize(SEALED_HEADER_LEN, 0);
-                SEALED_HEADER_LEN
-            }
-            None => 0,
+    /// A spare buffer for the next message, with room for the seal's header where sealing.
+    fn start(&mut self) -> Vec<u8> {
+        let mut buf = self.spare.pop().unwrap_or_default();
+        buf.clear();
+        if self.sealer.is_some() {
+            buf.resize(SEALED_HEADER_LEN, 0);
         }
+        buf
     }
 
-    fn finish(&mut self, mut buf: Vec<u8>, at: usize) {
+    fn finish(&mut self, mut buf: Vec<u8>) {
         if let Some(s) = &self.sealer {
-            let len = buf.len() - at;
-            buf.resize(buf.len() + TAG_LEN, 0);
-            if s.seal_in_place(&mut buf, len).is_err() {
+            if s.seal_vec(&mut buf).is_err() {
                 // Out of packet numbers (2^62): nothing more goes on this connection.
                 return;
             }

@@ -181,6 +181,19 @@ impl Sealer {
     }
 }
 
+impl Sealer {
+    /// Seals a growable buffer: `out` holds [`SEALED_HEADER_LEN`] bytes of room for the
+    /// header, then the message; the tag is appended and all of it sealed in place.
+    pub fn seal_vec(&self, out: &mut Vec<u8>) -> Result<(), SealError> {
+        let len = out
+            .len()
+            .checked_sub(SEALED_HEADER_LEN)
+            .ok_or(SealError::NoRoom)?;
+        out.resize(out.len() + TAG_LEN, 0);
+        self.seal_in_place(out, len).map(drop)
+    }
+}
+
 /// Opens the other side's datagrams, each packet number once.
 pub struct Opener {
     key: LessSafeKey,
@@ -334,6 +347,15 @@ mod tests {
         assert_eq!(s.sealed(), 2);
         let mut small = [0u8; SEALED_HEADER_LEN + TAG_LEN + 3];
         assert_eq!(s.seal_in_place(&mut small, 4), Err(SealError::NoRoom));
+        // A growable buffer: the room, the message, then the tag appended.
+        let mut v = vec![0u8; SEALED_HEADER_LEN];
+        v.extend_from_slice(b"grown");
+        let t = Sealer::new(&k, 2, 0);
+        t.seal_vec(&mut v).unwrap();
+        assert_eq!(v.len(), SEALED_HEADER_LEN + 5 + TAG_LEN);
+        let mut o = Opener::new(&k, 2, 0);
+        assert_eq!(o.open_in_place(&mut v), Ok(5));
+        assert_eq!(t.seal_vec(&mut vec![0u8; 3]), Err(SealError::NoRoom));
         s.next_pn.store(MAX_PACKET_NUMBER, Ordering::Relaxed);
         assert_eq!(
             s.seal_in_place(&mut [0u8; 64], 1),

@@ -27,7 +27,7 @@ use super::table::{Entry, SessionTable};
 use super::trace::{Sample, Tracer};
 use super::ServerConfig;
 use crate::protocol::layout::{snap_datagram_size, DatagramSize};
-use crate::protocol::seal::{OpenError, Opener, Sealer, SEALED_HEADER_LEN, SEAL_OVERHEAD, TAG_LEN};
+use crate::protocol::seal::{OpenError, Opener, Sealer, SEALED_HEADER_LEN, SEAL_OVERHEAD};
 use crate::protocol::sender::{SenderConfig, SenderState};
 use crate::protocol::token::TokenKey;
 use crate::protocol::{
@@ -330,9 +330,7 @@ impl Control {
         self.out.clear();
         self.out.resize(SEALED_HEADER_LEN, 0);
         msg.encode(&mut self.out);
-        let len = self.out.len() - SEALED_HEADER_LEN;
-        self.out.resize(self.out.len() + TAG_LEN, 0);
-        if sealer.seal_in_place(&mut self.out, len).is_ok() {
+        if sealer.seal_vec(&mut self.out).is_ok() {
             self.send_out(to);
         }
     }

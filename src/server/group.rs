@@ -27,7 +27,7 @@ use super::catalog::ScannedFile;
 use super::stats::ServerStats;
 use crate::protocol::fec::{BlockEncoder, BlockPlan};
 use crate::protocol::group_tx::{feedback_interval, GroupSend, GroupSender, GroupTxStats};
-use crate::protocol::seal::{DirectionKey, Sealer, SEALED_HEADER_LEN, SEAL_OVERHEAD, TAG_LEN};
+use crate::protocol::seal::{DirectionKey, Sealer, SEALED_HEADER_LEN, SEAL_OVERHEAD};
 use crate::protocol::{
     data_flags, unix_ns, DataHeader, Feedback, Join, Message, Mode, RepairHeader, DATA_HEADER_LEN,
     MAX_DATAGRAM,
@@ -554,20 +554,15 @@ impl Run {
             for &send in &sends {
                 dgram.clear();
                 // A sealed datagram's message goes after the seal's header.
-                let at = if self.sealer.is_some() {
-                    SEALED_HEADER_LEN
-                } else {
-                    0
-                };
-                dgram.resize(at, 0);
+                if self.sealer.is_some() {
+                    dgram.resize(SEALED_HEADER_LEN, 0);
+                }
                 if let Err(e) = self.datagram(send, &mut blocks, &mut dgram) {
                     error = Some(e.to_string());
                     break;
                 }
                 if let Some(sealer) = &self.sealer {
-                    let len = dgram.len() - at;
-                    dgram.resize(dgram.len() + TAG_LEN, 0);
-                    if let Err(e) = sealer.seal_in_place(&mut dgram, len) {
+                    if let Err(e) = sealer.seal_vec(&mut dgram) {
                         error = Some(format!("cannot seal: {e:?}"));
                         break;
                     }
