@@ -180,10 +180,10 @@ impl<'a> Ack<'a> {
 }
 
 /// The sender's congestion controller, as it reports itself (`STATUS`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Status {
     /// In JSON as logs show it: 8 hex digits.
-    #[serde(serialize_with = "session_hex")]
+    #[serde(serialize_with = "session_hex", deserialize_with = "hex_session")]
     pub session: u32,
     /// The rate the sender paces at, bits/s.
     pub pacing_bps: u64,
@@ -205,6 +205,13 @@ pub struct Status {
 /// A session id as every report shows it: 8 hex digits.
 fn session_hex<S: serde::Serializer>(id: &u32, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&format!("{id:08x}"))
+}
+
+/// A session id read back from its 8 hex digits (`ringblast trace` reads what `serve --trace`
+/// wrote).
+fn hex_session<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let s = <std::borrow::Cow<'de, str> as serde::Deserialize>::deserialize(d)?;
+    u32::from_str_radix(&s, 16).map_err(serde::de::Error::custom)
 }
 
 /// File description sent by the server in answer to `GET`.

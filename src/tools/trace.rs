@@ -12,27 +12,19 @@ use anyhow::Context;
 use serde::Deserialize;
 
 use super::bench::chart::esc;
+use crate::protocol::Status;
 
-/// One line of a trace, as `server::trace::Sample` writes it.
+/// One line of a trace, as `server::trace::Sample` writes it: the sender's `STATUS` and when.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Line {
     pub t_ms: f64,
-    pub session: String,
     pub state: String,
     #[serde(default)]
     pub sent: u64,
     #[serde(default)]
     pub acked: u64,
-    pub pacing_bps: u64,
-    pub delivery_bps: u64,
-    pub srtt_us: u32,
-    pub min_rtt_us: u32,
-    pub inflight: u32,
-    pub cwnd: u32,
-    pub loss_events: u32,
-    pub retransmitted: u32,
-    #[serde(default)]
-    pub spurious: u32,
+    #[serde(flatten)]
+    pub status: Status,
     #[serde(default)]
     pub end: bool,
 }
@@ -46,7 +38,10 @@ pub fn read(path: &Path) -> anyhow::Result<(BTreeMap<String, Vec<Line>>, usize)>
     let mut bad = 0;
     for l in text.lines().filter(|l| !l.trim().is_empty()) {
         match serde_json::from_str::<Line>(l) {
-            Ok(x) => by.entry(x.session.clone()).or_default().push(x),
+            Ok(x) => by
+                .entry(format!("{:08x}", x.status.session))
+                .or_default()
+                .push(x),
             Err(_) => bad += 1,
         }
     }
@@ -73,7 +68,7 @@ pub fn describe(session: &str, lines: &[Line]) -> String {
         lines.len(),
         first.t_ms,
         last.t_ms,
-        last.retransmitted,
+        last.status.retransmitted,
         last.sent,
         states.join(" > ")
     )
@@ -123,8 +118,10 @@ pub fn plot(title: &str, session: &str, lines: &[Line]) -> String {
             title: "rate",
             unit: "Mbit/s",
             series: [
-                ("pacing", &|l: &Line| l.pacing_bps as f64 / 1e6),
-                ("delivery estimate", &|l: &Line| l.delivery_bps as f64 / 1e6),
+                ("pacing", &|l: &Line| l.status.pacing_bps as f64 / 1e6),
+                ("delivery estimate", &|l: &Line| {
+                    l.status.delivery_bps as f64 / 1e6
+                }),
             ],
             cap: Some(3.0),
         },
@@ -132,8 +129,8 @@ pub fn plot(title: &str, session: &str, lines: &[Line]) -> String {
             title: "round trip",
             unit: "ms",
             series: [
-                ("smoothed RTT", &|l: &Line| l.srtt_us as f64 / 1e3),
-                ("min RTT", &|l: &Line| l.min_rtt_us as f64 / 1e3),
+                ("smoothed RTT", &|l: &Line| l.status.srtt_us as f64 / 1e3),
+                ("min RTT", &|l: &Line| l.status.min_rtt_us as f64 / 1e3),
             ],
             cap: None,
         },
@@ -141,8 +138,8 @@ pub fn plot(title: &str, session: &str, lines: &[Line]) -> String {
             title: "in flight",
             unit: "datagrams",
             series: [
-                ("inflight", &|l: &Line| l.inflight as f64),
-                ("window", &|l: &Line| l.cwnd as f64),
+                ("inflight", &|l: &Line| l.status.inflight as f64),
+                ("window", &|l: &Line| l.status.cwnd as f64),
             ],
             cap: None,
         },
@@ -150,8 +147,8 @@ pub fn plot(title: &str, session: &str, lines: &[Line]) -> String {
             title: "resent so far",
             unit: "datagrams",
             series: [
-                ("resent", &|l: &Line| l.retransmitted as f64),
-                ("spurious", &|l: &Line| l.spurious as f64),
+                ("resent", &|l: &Line| l.status.retransmitted as f64),
+                ("spurious", &|l: &Line| l.status.spurious as f64),
             ],
             cap: None,
         },
@@ -247,9 +244,9 @@ pub fn plot(title: &str, session: &str, lines: &[Line]) -> String {
         }
         if pi == 3 {
             // A tick at the bottom for each new loss event.
-            let mut last = lines.first().map_or(0, |l| l.loss_events);
+            let mut last = lines.first().map_or(0, |l| l.status.loss_events);
             for l in lines {
-                if l.loss_events > last {
+                if l.status.loss_events > last {
                     let _ = writeln!(
                         s,
                         r##"<line x1="{0:.1}" x2="{0:.1}" y1="{1}" y2="{2}" stroke="#ff7f0e" stroke-width="1.5"/>"##,
@@ -257,7 +254,7 @@ pub fn plot(title: &str, session: &str, lines: &[Line]) -> String {
                         bottom,
                         bottom - 10.0
                     );
-                    last = l.loss_events;
+                    last = l.status.loss_events;
                 }
             }
             let ly = top + 76.0;
@@ -332,19 +329,21 @@ mod tests {
     fn line(t: f64, state: &str, losses: u32) -> Line {
         Line {
             t_ms: t,
-            session: "0000abcd".into(),
             state: state.into(),
             sent: t as u64 * 10,
             acked: t as u64 * 9,
-            pacing_bps: (t * 1e6) as u64,
-            delivery_bps: (t * 9e5) as u64,
-            srtt_us: 200_000,
-            min_rtt_us: 199_000,
-            inflight: t as u32,
-            cwnd: t as u32 + 5,
-            loss_events: losses,
-            retransmitted: losses * 3,
-            spurious: 0,
+            status: Status {
+                session: 0xabcd,
+                pacing_bps: (t * 1e6) as u64,
+                delivery_bps: (t * 9e5) as u64,
+                srtt_us: 200_000,
+                min_rtt_us: 199_000,
+                inflight: t as u32,
+                cwnd: t as u32 + 5,
+                loss_events: losses,
+                retransmitted: losses * 3,
+                spurious: 0,
+            },
             end: false,
         }
     }
