@@ -93,8 +93,8 @@ pub enum Message<'a> {
     /// unicast).
     GroupEnd { group: u32, blocks: u32, last: bool },
     /// C→S `HS_INIT token:[24] nonce:u64 noise_len:u16 noise padding…` (total length >=
-    /// [`HELLO_MIN_LEN`]): the first Noise handshake message (`protocol/noise.rs`). Issue 23,
-    /// not served yet.
+    /// [`HELLO_MIN_LEN`]): the first Noise handshake message (`protocol/noise.rs`), sent with
+    /// a token like a GET.
     HandshakeInit {
         token: [u8; TOKEN_LEN],
         nonce: u64,

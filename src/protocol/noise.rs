@@ -1,4 +1,4 @@
-//! The handshake before sealed datagrams (issue 23; socket-free, not wired yet): Noise XX with
+//! The handshake before sealed datagrams (`serve --authorized`/`--psk`): Noise XX with
 //! X25519, AES-GCM and SHA-256 (`snow`), three messages:
 //!
 //! ```text
