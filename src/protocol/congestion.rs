@@ -7,8 +7,11 @@
 //! minimum RTT (the min over 10 s), paces at a gain times that bandwidth and keeps about two
 //! bandwidth-delay products in flight. Random loss does not lower its estimate, so a lossy
 //! long path keeps its rate; a queue that builds raises the RTT it sees and its ProbeRTT phase
-//! drains it, which is how flows sharing a bottleneck converge. `Fixed` paces at a set rate (or
-//! not at all) for experiments. Pure: the sender feeds it events with the caller's clock.
+//! drains it, which is how flows sharing a bottleneck converge. Startup also knows the
+//! bottleneck's capacity as packet trains measure it ([`train`](super::train)), and paces no
+//! further than just past it: its doubling cannot overshoot by more than a tenth of a
+//! bandwidth-delay product before the queue shows. `Fixed` paces at a set rate (or not at
+//! all) for experiments. Pure: the sender feeds it events with the caller's clock.
 
 use std::time::{Duration, Instant};
 
@@ -41,6 +44,11 @@ const PHASE_BURSTS: u32 = 4;
 const CRUISE_DRAIN_GAIN: f64 = 0.9;
 /// RTT samples of a round that tell Startup a queue is building (HyStart++'s N_RTT_SAMPLE).
 const HYSTART_SAMPLES: u32 = 8;
+/// Startup paces at most this much above the bottleneck capacity its packet trains measured
+/// (or above the delivery rate, if that is higher): doubling up to the capacity, then a
+/// gentle probe past it, so the queue it builds in the round trip before its ACKs show it
+/// (a tenth of the path's bandwidth-delay product) fits even a queue far shorter than one.
+const STARTUP_CAPACITY_GAIN: f64 = 1.1;
 /// ProbeRTT lasts this long at half a BDP.
 const PROBE_RTT_TIME: Duration = Duration::from_millis(200);
 /// The window covers at least this much time at the estimated bandwidth, however short the
@@ -78,6 +86,9 @@ pub struct AckEvent {
     pub sample: Option<RateSample>,
     /// The RTT this ACK measured, if it did.
     pub rtt: Option<Duration>,
+    /// The bottleneck's capacity a packet train it closed measured, bytes per second
+    /// (see [`train`](super::train)).
+    pub capacity: Option<f64>,
 }
 
 /// Which controller a session uses.
@@ -149,6 +160,14 @@ impl Controller {
     pub fn delivery_rate(&self) -> f64 {
         match self {
             Controller::Bbr(b) => b.max_bw(),
+            Controller::Fixed => 0.0,
+        }
+    }
+
+    /// The bottleneck capacity packet trains measured lately, bytes per second (0: none).
+    pub fn capacity(&self) -> f64 {
+        match self {
+            Controller::Bbr(b) => b.capacity(),
             Controller::Fixed => 0.0,
         }
     }
@@ -232,6 +251,8 @@ pub struct Bbr {
     /// Datagrams delivered and lost in the current round.
     round_delivered: u64,
     round_lost: u64,
+    /// (round, max capacity a packet train measured in it), bytes/s, like `bw_samples`.
+    capacity_samples: [(u64, f64); BW_WINDOW_ROUNDS as usize],
 }
 
 impl Bbr {
@@ -271,7 +292,13 @@ impl Bbr {
             last_round_min_rtt: None,
             round_rtt_samples: 0,
             queued_since: None,
+            capacity_samples: [(0, 0.0); BW_WINDOW_ROUNDS as usize],
         }
+    }
+
+    /// The bottleneck's capacity its packet trains measured lately, bytes/s (0: none).
+    pub fn capacity(&self) -> f64 {
+        windowed_max(&self.capacity_samples, self.bw_round)
     }
 
     /// Bottleneck bandwidth estimate, bytes/s.
@@ -311,6 +338,14 @@ impl Bbr {
                 slot.1 = slot.1.max(s.delivery_rate);
             }
         }
+        if let Some(c) = ev.capacity.filter(|c| c.is_finite() && *c > 0.0) {
+            let r = self.bw_round;
+            let slot = &mut self.capacity_samples[(r % BW_WINDOW_ROUNDS) as usize];
+            if slot.0 != r {
+                *slot = (r, 0.0);
+            }
+            slot.1 = slot.1.max(c);
+        }
         self.update_ack_aggregation(ev);
         self.check_full_pipe(ev);
         self.update_state(ev, rtt);
@@ -327,13 +362,24 @@ impl Bbr {
                 self.pacing_rate = HIGH_GAIN * INITIAL_CWND * self.mss / r.as_secs_f64();
             }
         }
-        // Pacing: gain x bandwidth; during Startup only ever up.
+        // Pacing: gain x bandwidth; during Startup only ever up...
         let bw = self.max_bw();
         if bw > 0.0 {
             let rate = self.pacing_gain * bw;
             if self.filled_pipe || rate > self.pacing_rate {
                 self.pacing_rate = rate;
             }
+        }
+        // ...but not far past the capacity its trains measured (issue 24): doubling each
+        // round, Startup sends up to twice the bottleneck's rate for the round trip before
+        // the queue it builds shows, a third of a bandwidth-delay product more than a tail-drop
+        // queue of a third of one holds (1 Gbit/s x 200 ms behind 8 MiB lost 3-8% of a
+        // 256 MiB transfer). The capacity is the path's, not this flow's share: with others
+        // on the bottleneck it bounds nothing, and the queue's delay ends Startup as before.
+        let capacity = self.capacity();
+        if self.state == BbrState::Startup && capacity > 0.0 {
+            let ceiling = STARTUP_CAPACITY_GAIN * capacity.max(bw);
+            self.pacing_rate = self.pacing_rate.min(ceiling);
         }
         self.set_cwnd(ev);
     }
@@ -616,6 +662,7 @@ mod tests {
                 prior_delivered: delivered.saturating_sub(20),
             }),
             rtt: Some(r),
+            capacity: None,
         };
         b.on_ack(&ev, rtt);
     }
@@ -659,6 +706,65 @@ mod tests {
             "a queue in a round's first samples ends Startup"
         );
         assert_ne!(b.state, BbrState::Startup);
+    }
+
+    /// Issue 24: Startup paces no further than just past the capacity its packet trains
+    /// measured, or the delivery rate if that is higher (the capacity was under-measured);
+    /// once the pipe is full, the capacity bounds nothing.
+    #[test]
+    fn startup_paces_no_further_than_just_past_the_measured_capacity() {
+        let t0 = Instant::now();
+        let mut b = Bbr::new(1400, t0, 1);
+        let mut rtt = RttEstimator::default();
+        let step = Duration::from_millis(1);
+        let capacity = 2e6;
+        let mut delivered = 0u64;
+        let mut feed = |b: &mut Bbr, rtt: &mut RttEstimator, rate: f64, cap: Option<f64>| {
+            delivered += 1;
+            let now = t0 + step * delivered as u32;
+            let r = Duration::from_millis(100);
+            rtt.sample(r, now);
+            let ev = AckEvent {
+                now,
+                delivered,
+                newly_delivered: 1,
+                newly_lost: 0,
+                inflight: 20,
+                sample: Some(RateSample {
+                    delivery_rate: rate,
+                    app_limited: false,
+                    prior_delivered: delivered.saturating_sub(20),
+                }),
+                rtt: Some(r),
+                capacity: cap,
+            };
+            b.on_ack(&ev, rtt);
+        };
+        // No train measured: gain x the delivery rate, as ever.
+        feed(&mut b, &mut rtt, 1e6, None);
+        assert!(
+            (b.pacing_rate - HIGH_GAIN * 1e6).abs() < 1.0,
+            "{}",
+            b.pacing_rate
+        );
+        // A train says 2 MB/s: 2.885 MB/s would be 44% past it.
+        feed(&mut b, &mut rtt, 1e6, Some(capacity));
+        assert!((b.pacing_rate - STARTUP_CAPACITY_GAIN * capacity).abs() < 1.0);
+        // Deliveries past the capacity measured: it was under-measured, Startup probes on.
+        feed(&mut b, &mut rtt, 2.5e6, None);
+        assert_eq!(b.state, BbrState::Startup);
+        assert!((b.pacing_rate - STARTUP_CAPACITY_GAIN * 2.5e6).abs() < 1.0);
+        // Out of Startup the ceiling is gone: ProbeBW's gains apply to the estimate.
+        b.filled_pipe = true;
+        feed(&mut b, &mut rtt, 2.5e6, Some(capacity));
+        assert_ne!(b.state, BbrState::Startup);
+        feed(&mut b, &mut rtt, 2.5e6, Some(capacity));
+        assert!(
+            (b.pacing_rate - b.pacing_gain * 2.5e6).abs() < 1.0,
+            "{} at gain {}",
+            b.pacing_rate,
+            b.pacing_gain
+        );
     }
 
     /// Issue 24: a round whose first samples were clean, then a queue that stays: Startup

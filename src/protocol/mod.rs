@@ -6,7 +6,8 @@
 //!   its byte ranges named once in [`field`] (golden byte vectors pin every kind);
 //! - [`limits`]: the numbers both sides agree on; [`layout`]: how a file maps onto datagrams;
 //! - [`token`]: stateless address validation; [`sender`], [`congestion`] and [`pacer`]: what
-//!   to send next, and when; [`loss`]: the receiver's record of what arrived.
+//!   to send next, and when ([`train`]: the bottleneck's capacity from the ACKs); [`loss`]:
+//!   the receiver's record of what arrived.
 //!
 //! Every datagram starts with the same 4 bytes; all integers are big-endian:
 //!
@@ -41,6 +42,7 @@ pub mod sender;
 #[cfg(test)]
 pub mod sim;
 pub mod token;
+pub mod train;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

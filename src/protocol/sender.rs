@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use super::congestion::{CcKind, Controller, RttEstimator};
 use super::layout::{datagram_count, payload_len};
 use super::pacer::{burst_for, Pacer};
+use super::train::Trains;
 use super::{Ack, Mode, Status};
 
 /// Blast mode repeats its END marker this many times, this far apart, against its loss.
@@ -102,6 +103,8 @@ pub struct SenderState {
     /// `serve --rate`, bits/s.
     rate_cap_bps: Option<u64>,
     records: VecDeque<SendRecord>,
+    /// Trains in the ACKs: the bottleneck's capacity.
+    trains: Trains,
     delivered: u64,
     delivered_time: Instant,
     first_sent_time: Instant,
@@ -221,6 +224,7 @@ impl SenderState {
             pacer,
             rate_cap_bps: cfg.rate_cap_bps,
             records: VecDeque::new(),
+            trains: Trains::default(),
             delivered: 0,
             delivered_time: now,
             first_sent_time: now,
@@ -416,6 +420,12 @@ impl SenderState {
     /// Datagrams known delivered.
     pub fn delivered(&self) -> u64 {
         self.delivered
+    }
+
+    /// The bottleneck capacity the session's packet trains measured lately, bits/s.
+    pub fn capacity_bps(&self) -> Option<u64> {
+        let c = self.cc.capacity();
+        (c > 0.0).then_some((c * 8.0) as u64)
     }
 
     /// The controller's state name (`startup`, `probe_bw`, ...).

@@ -75,6 +75,16 @@ impl SenderState {
         } else {
             None
         };
+        // The echoed datagram arrived the ACK's hold before the ACK left; the way back takes
+        // about as long for every ACK, so arrival times compare.
+        let capacity = (echo_ok && ack.echo_ts_ns != 0)
+            .then(|| {
+                let held = Duration::from_micros(ack.echo_delay_us as u64);
+                let arrived = now.checked_sub(held)?;
+                self.trains.on_echo(ack.echo_ts_ns, arrived, received)
+            })
+            .flatten()
+            .map(|per_s| per_s * self.payload_size as f64);
         // Spurious retransmissions: every duplicate the receiver counted. Reordering was
         // taken for loss: widen the window.
         if ack.duplicates > self.duplicates_seen {
@@ -102,6 +112,7 @@ impl SenderState {
             inflight: self.inflight(),
             sample,
             rtt,
+            capacity,
         };
         self.cc.on_ack(&ev, &mut self.rtt);
         self.update_pacer(now);

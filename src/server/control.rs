@@ -946,11 +946,13 @@ impl Control {
                     st.cc_state(),
                     st.datagrams_sent,
                     st.delivered(),
+                    st.capacity_bps(),
                 )
             });
             (st.resend_checks - before, sample)
         };
-        if let (Some(t), Some((status, state, sent, acked))) = (&self.tracer, sample) {
+        if let (Some(t), Some((status, state, sent, acked, capacity_bps))) = (&self.tracer, sample)
+        {
             t.record(Sample {
                 t_ms: t.t_ms(now),
                 state: match s.mode {
@@ -960,6 +962,7 @@ impl Control {
                 sent,
                 acked,
                 status,
+                capacity_bps,
                 end: false,
             });
         }

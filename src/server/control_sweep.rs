@@ -17,6 +17,7 @@ impl Control {
                     sent: s.datagrams_sent,
                     acked: s.datagrams_acked,
                     status: s.congestion,
+                    capacity_bps: None,
                     end: true,
                 });
             }

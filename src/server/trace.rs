@@ -11,7 +11,8 @@
 //! ```text
 //! {"t_ms":1532.118,"session":"5f0c22a1","state":"startup","sent":18211,"acked":15000,
 //!  "pacing_bps":812000000,"delivery_bps":790000000,"srtt_us":201520,"min_rtt_us":200310,
-//!  "inflight":13040,"cwnd":14230,"loss_events":0,"retransmitted":0,"spurious":0}
+//!  "inflight":13040,"cwnd":14230,"loss_events":0,"retransmitted":0,"spurious":0,
+//!  "capacity_bps":1000000000}
 //! ```
 
 use std::fs::File;
@@ -47,6 +48,10 @@ pub struct Sample {
     pub acked: u64,
     #[serde(flatten)]
     pub status: Status,
+    /// The bottleneck capacity the sender's packet trains measured lately, bits/s (none yet,
+    /// or not known in the last sample).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capacity_bps: Option<u64>,
     /// The session's last sample (it ended).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub end: bool,
@@ -145,6 +150,7 @@ mod tests {
                     inflight: i,
                     ..Status::default()
                 },
+                capacity_bps: (i > 50).then_some(1_000_000_000),
                 end: i == 99,
             });
         }

@@ -26,6 +26,8 @@ pub struct Line {
     #[serde(flatten)]
     pub status: Status,
     #[serde(default)]
+    pub capacity_bps: Option<u64>,
+    #[serde(default)]
     pub end: bool,
 }
 
@@ -80,7 +82,7 @@ const GAP: f64 = 34.0;
 const LEFT: f64 = 80.0;
 const RIGHT: f64 = 170.0;
 const TOP: f64 = 92.0;
-const COLORS: [&str; 2] = ["#1f77b4", "#d62728"];
+const COLORS: [&str; 3] = ["#1f77b4", "#d62728", "#2ca02c"];
 
 fn nice_max(max: f64) -> f64 {
     if max.is_nan() || max <= 0.0 {
@@ -94,7 +96,7 @@ fn nice_max(max: f64) -> f64 {
         .unwrap_or(10.0 * mag)
 }
 
-/// A series of a panel: its name and its value at a line.
+/// A series of a panel: its name and its value at a line (NaN: none there, a gap).
 type Series<'a> = (&'a str, &'a dyn Fn(&Line) -> f64);
 
 /// A panel: `series` (name, value of a line) drawn against time, `unit` on its axis, which
@@ -103,7 +105,7 @@ type Series<'a> = (&'a str, &'a dyn Fn(&Line) -> f64);
 struct Panel<'a> {
     title: &'a str,
     unit: &'a str,
-    series: [Series<'a>; 2],
+    series: &'a [Series<'a>],
     cap: Option<f64>,
 }
 
@@ -117,10 +119,13 @@ pub fn plot(title: &str, session: &str, lines: &[Line]) -> String {
         Panel {
             title: "rate",
             unit: "Mbit/s",
-            series: [
+            series: &[
                 ("pacing", &|l: &Line| l.status.pacing_bps as f64 / 1e6),
                 ("delivery estimate", &|l: &Line| {
                     l.status.delivery_bps as f64 / 1e6
+                }),
+                ("capacity (trains)", &|l: &Line| {
+                    l.capacity_bps.map_or(f64::NAN, |c| c as f64 / 1e6)
                 }),
             ],
             cap: Some(3.0),
@@ -128,7 +133,7 @@ pub fn plot(title: &str, session: &str, lines: &[Line]) -> String {
         Panel {
             title: "round trip",
             unit: "ms",
-            series: [
+            series: &[
                 ("smoothed RTT", &|l: &Line| l.status.srtt_us as f64 / 1e3),
                 ("min RTT", &|l: &Line| l.status.min_rtt_us as f64 / 1e3),
             ],
@@ -137,7 +142,7 @@ pub fn plot(title: &str, session: &str, lines: &[Line]) -> String {
         Panel {
             title: "in flight",
             unit: "datagrams",
-            series: [
+            series: &[
                 ("inflight", &|l: &Line| l.status.inflight as f64),
                 ("window", &|l: &Line| l.status.cwnd as f64),
             ],
@@ -146,7 +151,7 @@ pub fn plot(title: &str, session: &str, lines: &[Line]) -> String {
         Panel {
             title: "resent so far",
             unit: "datagrams",
-            series: [
+            series: &[
                 ("resent", &|l: &Line| l.status.retransmitted as f64),
                 ("spurious", &|l: &Line| l.status.spurious as f64),
             ],
@@ -175,6 +180,7 @@ pub fn plot(title: &str, session: &str, lines: &[Line]) -> String {
         let all = lines
             .iter()
             .flat_map(|l| p.series.iter().map(move |(_, f)| f(l)))
+            .filter(|v| !v.is_nan())
             .fold(0.0, f64::max);
         let second = lines.iter().map(|l| (p.series[1].1)(l)).fold(0.0, f64::max);
         let ymax = nice_max(match p.cap {
@@ -216,14 +222,24 @@ pub fn plot(title: &str, session: &str, lines: &[Line]) -> String {
         );
         for (si, (name, f)) in p.series.iter().enumerate() {
             let mut d = String::new();
-            for (i, l) in lines.iter().enumerate() {
+            let mut gap = true;
+            for l in lines {
+                let v = f(l);
+                if v.is_nan() {
+                    gap = true;
+                    continue;
+                }
                 let _ = write!(
                     d,
                     "{}{:.1},{:.1} ",
-                    if i == 0 { "M" } else { "L" },
+                    if gap { "M" } else { "L" },
                     x(l.t_ms),
-                    y(f(l))
+                    y(v)
                 );
+                gap = false;
+            }
+            if d.is_empty() {
+                continue;
             }
             let _ = writeln!(
                 s,
@@ -344,6 +360,8 @@ mod tests {
                 retransmitted: losses * 3,
                 spurious: 0,
             },
+            // Measured from the sixth sample on.
+            capacity_bps: (t >= 50.0).then_some(1_000_000_000),
             end: false,
         }
     }
@@ -360,9 +378,22 @@ mod tests {
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
         assert_eq!(
             svg.matches("<path").count(),
-            8,
-            "two lines in each of four panels"
+            9,
+            "two lines in each of four panels, and the capacity"
         );
+        // The capacity's line starts where it was first measured.
+        let capacity = svg
+            .lines()
+            .find(|l| l.contains("#2ca02c") && l.contains("<path"));
+        let first_x: f64 = capacity
+            .unwrap()
+            .split(['M', ','])
+            .nth(1)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(first_x > LEFT + 1.0, "{first_x}");
         // Two states: two dashed lines, each named.
         assert_eq!(svg.matches("stroke-dasharray").count(), 2);
         assert!(svg.contains(">startup<") && svg.contains(">probe_bw<"));
