@@ -49,6 +49,16 @@ const HYSTART_SAMPLES: u32 = 8;
 /// gentle probe past it, so the queue it builds in the round trip before its ACKs show it
 /// (a tenth of the path's bandwidth-delay product) fits even a queue far shorter than one.
 const STARTUP_CAPACITY_GAIN: f64 = 1.1;
+/// Until the pipe is full (Startup, Drain), a delivery-rate sample counts for no more than this
+/// factor of the capacity packet trains measured. A sample spans a round trip, and a token
+/// bucket whose burst outlasts the round trip delivers that burst at the line's rate: through
+/// `tc tbf rate 100mbit burst 256kb` at 60 µs the samples said 11 Gbit/s, and the sender
+/// paced at it for half a second (7-17% of a 32 MiB copy resent). A train spans 2 ms at least,
+/// long enough to see the rate the bucket lets through. The margin covers a train measured
+/// low (the ACKs' jitter). Not later: on a path whose bottleneck is the hosts' CPUs (loopback,
+/// veth) a sender preempted between stamping datagrams and sending them makes a train of its
+/// own, and a bound from it would hold a flow at a tenth of its rate for ten rounds.
+const CAPACITY_BW_BOUND: f64 = 1.25;
 /// ProbeRTT lasts this long at half a BDP.
 const PROBE_RTT_TIME: Duration = Duration::from_millis(200);
 /// The window covers at least this much time at the estimated bandwidth, however short the
@@ -329,13 +339,21 @@ impl Bbr {
         // a 20 ms RTT) would age the estimate out: the filter neither takes its samples nor
         // counts its rounds.
         if let Some(s) = ev.sample.filter(|_| self.state != BbrState::ProbeRtt) {
-            if s.delivery_rate >= self.max_bw() || !s.app_limited {
+            // Until the pipe is full, no sample counts for more than the capacity allows.
+            let capacity = self.capacity();
+            let rate = match self.state {
+                BbrState::Startup | BbrState::Drain if capacity > 0.0 => {
+                    s.delivery_rate.min(CAPACITY_BW_BOUND * capacity)
+                }
+                _ => s.delivery_rate,
+            };
+            if rate >= self.max_bw() || !s.app_limited {
                 let r = self.bw_round;
                 let slot = &mut self.bw_samples[(r % BW_WINDOW_ROUNDS) as usize];
                 if slot.0 != r {
                     *slot = (r, 0.0);
                 }
-                slot.1 = slot.1.max(s.delivery_rate);
+                slot.1 = slot.1.max(rate);
             }
         }
         if let Some(c) = ev.capacity.filter(|c| c.is_finite() && *c > 0.0) {
@@ -345,6 +363,13 @@ impl Bbr {
                 *slot = (r, 0.0);
             }
             slot.1 = slot.1.max(c);
+            // What was sampled before the capacity was known is held to it too.
+            if matches!(self.state, BbrState::Startup | BbrState::Drain) {
+                let bound = CAPACITY_BW_BOUND * self.capacity();
+                for slot in &mut self.bw_samples {
+                    slot.1 = slot.1.min(bound);
+                }
+            }
         }
         self.update_ack_aggregation(ev);
         self.check_full_pipe(ev);
@@ -765,6 +790,67 @@ mod tests {
             b.pacing_rate,
             b.pacing_gain
         );
+    }
+
+    /// Issue 24: a token bucket whose burst outlasts the round trip (`tbf rate 100mbit burst
+    /// 256kb` at 60 µs) delivers it at the line's rate, and the delivery-rate samples said
+    /// 11 Gbit/s. Until the pipe is full they count for no more than the capacity trains
+    /// measured allows, those taken before a train was measured included; later they count.
+    #[test]
+    fn a_token_buckets_burst_is_not_taken_for_bandwidth_in_startup() {
+        let t0 = Instant::now();
+        let mut b = Bbr::new(1440, t0, 1);
+        let mut rtt = RttEstimator::default();
+        let mut delivered = 0u64;
+        let mut feed = |b: &mut Bbr, rtt: &mut RttEstimator, rate: f64, cap: Option<f64>| {
+            delivered += 10;
+            let now = t0 + Duration::from_millis(delivered);
+            let r = Duration::from_micros(60);
+            rtt.sample(r, now);
+            let ev = AckEvent {
+                now,
+                delivered,
+                newly_delivered: 10,
+                newly_lost: 0,
+                inflight: 0,
+                sample: Some(RateSample {
+                    delivery_rate: rate,
+                    app_limited: false,
+                    prior_delivered: delivered.saturating_sub(20),
+                }),
+                rtt: Some(r),
+                capacity: cap,
+            };
+            b.on_ack(&ev, rtt);
+        };
+        let burst = 11e9 / 8.0;
+        let link = 100e6 / 8.0;
+        feed(&mut b, &mut rtt, burst, None);
+        assert_eq!(b.max_bw(), burst, "nothing known yet");
+        // The first train: the estimate is held to the bound at once...
+        feed(&mut b, &mut rtt, link, Some(link));
+        assert_eq!(b.state, BbrState::Startup);
+        assert!(
+            (b.max_bw() - CAPACITY_BW_BOUND * link).abs() < 1.0,
+            "{}",
+            b.max_bw()
+        );
+        // ...and so is every later sample until the pipe is full.
+        feed(&mut b, &mut rtt, burst, None);
+        assert!(
+            (b.max_bw() - CAPACITY_BW_BOUND * link).abs() < 1.0,
+            "{}",
+            b.max_bw()
+        );
+        assert!(b.pacing_rate <= STARTUP_CAPACITY_GAIN * CAPACITY_BW_BOUND * link + 1.0);
+        // In ProbeBW a faster delivery is a faster path (the hosts' CPUs may have been the
+        // bottleneck a train measured, and were busy then): it counts.
+        b.filled_pipe = true;
+        feed(&mut b, &mut rtt, link, None);
+        feed(&mut b, &mut rtt, link, None);
+        assert_eq!(b.state, BbrState::ProbeBw);
+        feed(&mut b, &mut rtt, 4.0 * link, None);
+        assert_eq!(b.max_bw(), 4.0 * link);
     }
 
     /// Issue 24: a round whose first samples were clean, then a queue that stays: Startup
