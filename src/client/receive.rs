@@ -524,10 +524,14 @@ impl DataReceiver {
             }) => self.session_gone = Some(crate::report::escape(text)),
             Ok(Message::Status(st)) if st.session == self.meta.session => {
                 // The window follows the path: a few bandwidth-delay products as the sender
-                // measures them (never shrinking: credit granted stays granted).
+                // measures them (never shrinking: credit granted stays granted). At the rate it
+                // paces, if higher: in Startup the delivery estimate is a round trip behind the
+                // pacing rate, and reaches here 100 ms later still on a 200 ms path; a window
+                // sized from it alone held a Startup at 1 Gbit/s and 1% loss at its credit for
+                // 150-200 ms behind each hole (issue 24).
                 let rtt = Duration::from_micros(st.srtt_us as u64);
                 let want = window_for_path(
-                    st.delivery_bps,
+                    st.delivery_bps.max(st.pacing_bps),
                     rtt,
                     self.meta.payload_size,
                     self.window_max,

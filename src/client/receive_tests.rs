@@ -305,6 +305,29 @@ fn the_senders_status_grows_the_window() {
     assert_eq!(r.rx.status.map(|s| s.srtt_us), Some(10_000));
 }
 
+/// Issue 24: in Startup the pacing rate runs a round trip (and up to 2.9x) ahead of the
+/// delivery estimate; the window is sized from whichever is higher, or a hole holds a
+/// Startup at its credit.
+#[test]
+fn a_status_sizes_the_window_from_the_pacing_rate_when_higher() {
+    let m = meta(100_000, Mode::Reliable);
+    let mut r = Rx::new(&m, 8);
+    let bps = 8 * P as u64 * 10; // 10 datagrams a second
+    let status = Message::Status(Status {
+        session: SESSION,
+        delivery_bps: bps,
+        pacing_bps: 3 * bps,
+        srtt_us: 1_000_000,
+        ..Default::default()
+    })
+    .to_vec();
+    r.batch(vec![good(0), status], 0).unwrap();
+    r.timer(Some(3), 3).unwrap();
+    let a = r.acks().pop().unwrap();
+    // 4 x 30 datagrams a second x 1 s (from the delivery estimate alone: 40).
+    assert_eq!(a.credit_limit, 1 + 120, "{a:?}");
+}
+
 /// The server ending the session (an ERROR) ends the copy with its words, escaped.
 #[test]
 fn a_session_the_server_ended_ends_the_copy_with_its_words() {
