@@ -20,6 +20,12 @@ pub const MIN_TRAIN_SPAN: Duration = Duration::from_millis(2);
 /// Datagrams are a train when they arrived at least this many times further apart than they
 /// left: the path, not the sender, spaced them.
 const SPREAD: u128 = 2;
+/// A bottleneck spaces a train evenly; a stall (a relay, a sender or a host that stopped for a
+/// while) leaves a gap and then a burst. A train some stretch of which arrived this many times
+/// faster than the whole is no measure of a bottleneck.
+const UNEVEN: f64 = 3.0;
+/// The shortest stretch of a train timed on its own: ACKs come every 200 µs or more.
+const MIN_STRETCH: Duration = Duration::from_micros(250);
 
 #[derive(Debug, Clone, Copy)]
 struct Mark {
@@ -32,6 +38,10 @@ struct Mark {
 #[derive(Debug, Clone, Default)]
 pub struct Trains {
     start: Option<Mark>,
+    /// Where the current stretch of the train began, and the fastest stretch so far
+    /// (datagrams per second).
+    stretch: Option<Mark>,
+    fastest: f64,
 }
 
 impl Trains {
@@ -45,7 +55,7 @@ impl Trains {
             received,
         };
         let Some(start) = self.start else {
-            self.start = Some(mark);
+            self.begin(mark);
             return None;
         };
         if sent_ns == start.sent_ns {
@@ -54,7 +64,7 @@ impl Trains {
         }
         if sent_ns < start.sent_ns || received <= start.received || arrived <= start.arrived {
             // Out of order, or nothing counted in between: begin again from here.
-            self.start = Some(mark);
+            self.begin(mark);
             return None;
         }
         let sent_span = (sent_ns - start.sent_ns) as u128;
@@ -62,21 +72,65 @@ impl Trains {
         if sent_span * SPREAD > arrival_span.as_nanos() {
             // Spaced by the sender (its pacing, its pauses), not by the path: no train here,
             // but one may begin.
-            self.start = Some(mark);
+            self.begin(mark);
             return None;
+        }
+        if let Some(s) = self.stretch.filter(|s| arrived >= s.arrived + MIN_STRETCH) {
+            let rate =
+                received.saturating_sub(s.received) as f64 / (arrived - s.arrived).as_secs_f64();
+            self.fastest = self.fastest.max(rate);
+            self.stretch = Some(mark);
         }
         if arrival_span < MIN_TRAIN_SPAN {
             // A train, too short yet to time.
             return None;
         }
+        let rate = (received - start.received) as f64 / arrival_span.as_secs_f64();
+        if self.fastest > UNEVEN * rate {
+            // A gap, then a burst: something stalled, and no bottleneck was measured. What
+            // follows may be a train again.
+            self.begin(mark);
+            return None;
+        }
         // The train goes on: later ACKs time it over a longer span.
-        Some((received - start.received) as f64 / arrival_span.as_secs_f64())
+        Some(rate)
+    }
+
+    fn begin(&mut self, mark: Mark) {
+        self.start = Some(mark);
+        self.stretch = Some(mark);
+        self.fastest = 0.0;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(
+            std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(2000)
+        ))]
+
+        /// Whatever echoes, holds and counts a receiver reports (the sender clamps the count
+        /// to what it sent, and a hold to 10 s; nothing else), no panic, and a capacity is
+        /// finite, positive, and no more than the count allows over the shortest span.
+        #[test]
+        fn any_acks_give_sane_capacities(
+            acks in proptest::collection::vec((any::<u64>(), 0u64..20_000_000, 0u64..1 << 32), 0..60)
+        ) {
+            let t0 = Instant::now();
+            let mut t = Trains::default();
+            for (sent_ns, arrived_ns, received) in acks {
+                let arrived = t0 + Duration::from_nanos(arrived_ns);
+                if let Some(c) = t.on_echo(sent_ns, arrived, received) {
+                    prop_assert!(c.is_finite() && c > 0.0);
+                    prop_assert!(c <= (1u64 << 32) as f64 / MIN_TRAIN_SPAN.as_secs_f64());
+                }
+            }
+        }
+    }
 
     const MS: u64 = 1_000_000;
 
@@ -139,6 +193,29 @@ mod tests {
         }
         let s = last.expect("a sample");
         assert!((s - 2000.0).abs() < 1.0, "{s}");
+    }
+
+    /// A burst sent at once that waited 100 ms in a stalled relay and then came out at 1 Gbit/s
+    /// is no 24 Mbit/s bottleneck (issue 24: such a train held a gigabit flow at 30 Mbit/s).
+    #[test]
+    fn a_stall_then_a_burst_is_no_train() {
+        let t0 = Instant::now();
+        let mut t = Trains::default();
+        // 10 datagrams arrive evenly, one every 0.1 ms, then nothing for 100 ms, then 200 at
+        // one every 12 µs, acknowledged every second one.
+        let mut at = Vec::new();
+        for k in 1..=10u64 {
+            at.push((k, Duration::from_micros(100 * k)));
+        }
+        for k in 11..=210u64 {
+            at.push((k, Duration::from_micros(101_000 + 12 * (k - 10))));
+        }
+        for (k, d) in at.into_iter().filter(|(k, _)| k % 2 == 0) {
+            // The burst after the stall is a train of its own, at the rate it came out at.
+            if let Some(s) = t.on_echo(1_000 + k, t0 + d, k) {
+                assert!(s > 50_000.0, "datagram {k}: {s} datagrams/s");
+            }
+        }
     }
 
     #[test]
