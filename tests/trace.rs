@@ -114,7 +114,11 @@ fn a_trace_follows_each_session_and_plots() {
     assert!(plot.status.success(), "{plot:?}");
     let drawn = std::fs::read_to_string(&svg).unwrap();
     assert!(drawn.starts_with("<svg") && drawn.contains("relay 40 ms"));
-    assert_eq!(drawn.matches("<path").count(), 8);
+    // Two lines in each of four panels, and the capacity's where packet trains measured it.
+    let measured = std::fs::read_to_string(&trace)
+        .unwrap()
+        .contains("\"capacity_bps\"");
+    assert_eq!(drawn.matches("<path").count(), 8 + measured as usize);
     let missing = run(&[
         "trace",
         trace_arg,

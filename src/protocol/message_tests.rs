@@ -289,9 +289,7 @@ fn error_text_is_truncated_on_a_char_boundary() {
 
 proptest! {
     // 2000 cases in CI; PROPTEST_CASES=N for a long fuzzing run (docs/RELIABILITY.md).
-    #![proptest_config(ProptestConfig::with_cases(
-        std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(2000)
-    ))]
+    #![proptest_config(ProptestConfig::with_cases(crate::protocol::proptest_cases()))]
 
     #[test]
     fn control_parser_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..1500)) {

@@ -46,6 +46,16 @@ pub mod train;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+/// Cases each property test of a network parser runs: 2000 in CI, `PROPTEST_CASES=N` for a long
+/// fuzzing run (docs/RELIABILITY.md, "Fuzzing").
+#[cfg(test)]
+pub(crate) fn proptest_cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000)
+}
+
 use thiserror::Error;
 
 pub use data::{data_flags, DataHeader};

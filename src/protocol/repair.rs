@@ -95,9 +95,7 @@ mod tests {
     use proptest::prelude::*;
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(
-            std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(2000)
-        ))]
+        #![proptest_config(ProptestConfig::with_cases(crate::protocol::proptest_cases()))]
 
         #[test]
         fn repair_parser_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {

@@ -109,9 +109,7 @@ mod tests {
     use proptest::prelude::*;
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(
-            std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(2000)
-        ))]
+        #![proptest_config(ProptestConfig::with_cases(crate::protocol::proptest_cases()))]
 
         /// Whatever echoes, holds and counts a receiver reports (the sender clamps the count
         /// to what it sent, and a hold to 10 s; nothing else), no panic, and a capacity is
