@@ -47,7 +47,8 @@ pub struct Trains {
 impl Trains {
     /// An ACK whose echo left at `sent_ns` (the sender's send timestamp) and arrived at
     /// `arrived` (the ACK's arrival less its hold), with `received` distinct datagrams in by
-    /// then. Returns the capacity a train it ends measured, datagrams per second.
+    /// then. Returns the capacity the train this ACK belongs to measured so far (from its
+    /// first ACK to this one, 2 ms at least), datagrams per second.
     pub fn on_echo(&mut self, sent_ns: u64, arrived: Instant, received: u64) -> Option<f64> {
         let mark = Mark {
             sent_ns,
