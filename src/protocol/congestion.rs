@@ -350,21 +350,11 @@ impl Bbr {
                 _ => s.delivery_rate,
             };
             if rate >= self.max_bw() || !s.app_limited {
-                let r = self.bw_round;
-                let slot = &mut self.bw_samples[(r % BW_WINDOW_ROUNDS) as usize];
-                if slot.0 != r {
-                    *slot = (r, 0.0);
-                }
-                slot.1 = slot.1.max(rate);
+                windowed_insert(&mut self.bw_samples, self.bw_round, rate);
             }
         }
         if let Some(c) = ev.capacity.filter(|c| c.is_finite() && *c > 0.0) {
-            let r = self.bw_round;
-            let slot = &mut self.capacity_samples[(r % BW_WINDOW_ROUNDS) as usize];
-            if slot.0 != r {
-                *slot = (r, 0.0);
-            }
-            slot.1 = slot.1.max(c);
+            windowed_insert(&mut self.capacity_samples, self.bw_round, c);
             // What was sampled before the capacity was known is held to it too.
             if matches!(self.state, BbrState::Startup | BbrState::Drain) {
                 let bound = CAPACITY_BW_BOUND * self.capacity();
@@ -445,11 +435,7 @@ impl Bbr {
         }
         self.ack_epoch_delivered += ev.newly_delivered as f64;
         let extra = (self.ack_epoch_delivered - expected).max(0.0);
-        let slot = &mut self.extra_acked[(self.round % BW_WINDOW_ROUNDS) as usize];
-        if slot.0 != self.round {
-            *slot = (self.round, 0.0);
-        }
-        slot.1 = slot.1.max(extra);
+        windowed_insert(&mut self.extra_acked, self.round, extra);
     }
 
     fn check_full_pipe(&mut self, ev: &AckEvent) {
@@ -659,6 +645,16 @@ fn queue_threshold(min_rtt: Duration) -> Duration {
 /// unequal stay so.
 fn standing_threshold(min_rtt: Duration) -> Duration {
     (min_rtt / 4).clamp(MIN_PIPE_TIME, Duration::from_millis(16))
+}
+
+/// Takes `value` into `round`'s slot of a max filter over [`BW_WINDOW_ROUNDS`] rounds (the
+/// slot of a round that long ago starts over).
+fn windowed_insert(slots: &mut [(u64, f64); BW_WINDOW_ROUNDS as usize], round: u64, value: f64) {
+    let slot = &mut slots[(round % BW_WINDOW_ROUNDS) as usize];
+    if slot.0 != round {
+        *slot = (round, 0.0);
+    }
+    slot.1 = slot.1.max(value);
 }
 
 fn windowed_max(slots: &[(u64, f64)], round: u64) -> f64 {

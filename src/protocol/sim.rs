@@ -487,19 +487,15 @@ mod tests {
     fn startup_fills_a_long_path_without_overflowing_a_short_queue() {
         for (loss, seed) in [(0.0, 1), (0.01, 2), (0.01, 3)] {
             let l = Link {
-                rate_bps: 1e9,
                 queue_bytes: 8 << 20,
-                delay: Duration::from_millis(100),
                 loss,
-                reorder: 0.0,
-                reorder_hold: Duration::ZERO,
+                ..link(1e9, 200, 0)
             };
             let f = Flow {
-                start: Duration::ZERO,
                 datagrams: 4096,
                 payload: 65475,
-                cc: CcKind::Bbr,
                 window: 1600,
+                ..bulk(0)
             };
             let r = &run(&l, &[f], Duration::from_secs(20), seed)[0];
             let done = r.complete_at.expect("the copy completes");
