@@ -4,7 +4,7 @@
 //! Each client address gets its own upstream socket connected to the server, so the server
 //! sees one flow per client (as through a NAT). What happens to each datagram is decided by
 //! the pure model in `impair.rs`; this file owns the sockets, the datagrams held until their
-//! release time, and one thread with one `poll` loop (the [`Forwarder`]).
+//! release time, and one thread with one `ppoll` loop (the [`Forwarder`]).
 
 pub mod impair;
 
