@@ -61,6 +61,14 @@ const STARTUP_CAPACITY_GAIN: f64 = 1.1;
 /// veth) a sender preempted between stamping datagrams and sending them makes a train of its
 /// own, and a bound from it would hold a flow at a tenth of its rate for ten rounds.
 const CAPACITY_BW_BOUND: f64 = 1.25;
+/// Once a train has measured the bottleneck and a paced round has shown the path empty,
+/// Startup skips to its last doubling: it paces at half the capacity, with a window of a
+/// bandwidth-delay product at it. Doubling from the initial window takes log2(capacity /
+/// initial rate) round trips (six at 1 Gbit/s x 200 ms from 16 datagrams of 64 KB, 1.5 s of a
+/// 10 s copy). Half, not all of it: the capacity a train measures is the path's, not the
+/// share left by flows that arrived between the quiet round and this one; what is left is
+/// found as ever, by the delivery rate, in a round that asks for at most twice it.
+const STARTUP_JUMP: f64 = 0.5;
 /// ProbeRTT lasts this long at half a BDP.
 const PROBE_RTT_TIME: Duration = Duration::from_millis(200);
 /// The window covers at least this much time at the estimated bandwidth, however short the
@@ -255,6 +263,13 @@ pub struct Bbr {
     /// The lowest RTT sampled in the current round, and in the last complete one.
     round_min_rtt: Option<Duration>,
     last_round_min_rtt: Option<Duration>,
+    /// The highest RTT sampled in the current round.
+    round_max_rtt: Option<Duration>,
+    /// This ACK ended a round that was paced (the second or later), sampled (8 RTTs at
+    /// least), and saw no queue grow ([`jump_tolerance`]): Startup may jump.
+    quiet_round: bool,
+    /// Startup has jumped once.
+    jumped: bool,
     /// RTT samples in the current round.
     round_rtt_samples: u32,
     /// Since when every RTT sample has been above Startup's queue limit (and how many):
@@ -302,6 +317,9 @@ impl Bbr {
             round_lost: 0,
             round_min_rtt: None,
             last_round_min_rtt: None,
+            round_max_rtt: None,
+            quiet_round: false,
+            jumped: false,
             round_rtt_samples: 0,
             queued_since: None,
             capacity_samples: [(0, 0.0); BW_WINDOW_ROUNDS as usize],
@@ -399,6 +417,21 @@ impl Bbr {
             self.pacing_rate = self.pacing_rate.min(ceiling);
         }
         self.set_cwnd(ev);
+        // A round of paced sending, after a train measured the bottleneck, whose RTT never
+        // rose: nothing else fills the path, and the doublings to half its capacity can be
+        // skipped (once).
+        if self.state == BbrState::Startup
+            && self.quiet_round
+            && !self.jumped
+            && capacity > 0.0
+            && self.rtt_known
+        {
+            self.jumped = true;
+            let floor = STARTUP_JUMP * capacity;
+            self.pacing_rate = self.pacing_rate.max(floor);
+            let window = STARTUP_CWND_GAIN * floor * self.min_rtt_cached.as_secs_f64() / self.mss;
+            self.cwnd = self.cwnd.max(window);
+        }
     }
 
     fn update_round(&mut self, ev: &AckEvent) {
@@ -439,7 +472,14 @@ impl Bbr {
     }
 
     fn check_full_pipe(&mut self, ev: &AckEvent) {
+        self.quiet_round = false;
         if self.round_start {
+            let max = self.round_max_rtt.take();
+            self.quiet_round = self.round >= 3
+                && self.round_rtt_samples >= HYSTART_SAMPLES
+                && max.is_some_and(|m| {
+                    m <= self.min_rtt_cached + jump_tolerance(self.min_rtt_cached)
+                });
             self.round_lost = 0;
             self.round_delivered = 0;
             self.last_round_min_rtt = self.round_min_rtt.take();
@@ -449,6 +489,7 @@ impl Bbr {
         let limit = self.min_rtt_cached + threshold;
         if let Some(r) = ev.rtt {
             self.round_min_rtt = Some(self.round_min_rtt.map_or(r, |m| m.min(r)));
+            self.round_max_rtt = Some(self.round_max_rtt.map_or(r, |m| m.max(r)));
             self.round_rtt_samples += 1;
             self.queued_since = match self.queued_since {
                 // The first round's samples are of the initial window, sent in one burst
@@ -629,6 +670,15 @@ impl Bbr {
     }
 }
 
+/// How far above the minimum a paced round's highest RTT may stand and still show an empty
+/// path: a 64th of it (3 ms at 200 ms), at least 1 ms (the batching of hosts and the
+/// serialisation of 64 KB datagrams). A flow arriving on a full path grows the queue by its
+/// own rate every round: at 1 Gbit/s x 200 ms its second round (100 Mbit/s) grows the RTT
+/// by 20 ms.
+fn jump_tolerance(min_rtt: Duration) -> Duration {
+    (min_rtt / 64).max(Duration::from_millis(1))
+}
+
 /// How much an RTT must exceed the minimum to say a queue stands: a quarter of the minimum,
 /// between 4 and 16 ms (HyStart++, RFC 9406). The floor absorbs the jitter of hosts that
 /// send, receive and acknowledge in batches (hundreds of microseconds on loopback or veth).
@@ -790,6 +840,46 @@ mod tests {
             b.pacing_rate,
             b.pacing_gain
         );
+    }
+
+    /// Issue 24: a train measured the bottleneck (here 100 MB/s) after the first flight, and
+    /// the first paced round saw no queue grow: Startup skips to its last doubling (half the
+    /// capacity, a window of one BDP at it) instead of doubling from the initial window. A
+    /// round whose RTT grew (another flow fills the path: the capacity is not this flow's to
+    /// take) keeps it doubling.
+    #[test]
+    fn startup_jumps_to_half_the_capacity_after_a_quiet_round() {
+        let capacity = 1e8;
+        for rise_ms in [0u64, 4] {
+            let t0 = Instant::now();
+            let mut b = Bbr::new(1400, t0, 1);
+            let mut rtt = RttEstimator::default();
+            let before_jump = |b: &Bbr| b.pacing_rate < 0.5 * capacity;
+            for n in 1..=45u64 {
+                let now = t0 + Duration::from_millis(5 * n);
+                // Round 2 (acks 21-40) is the first paced one: its RTT rises or stays.
+                let r = if (21..=40).contains(&n) {
+                    Duration::from_millis(100 + rise_ms * (n - 20) / 20)
+                } else {
+                    Duration::from_millis(100)
+                };
+                let rate = 1e6 * 2f64.powf(n as f64 / 20.0);
+                let cap = (n == 3).then_some(capacity);
+                feed(&mut b, &mut rtt, now, (n, 1, 20), rate, r, cap);
+                if n <= 40 {
+                    assert!(before_jump(&b), "ack {n}: {}", b.pacing_rate);
+                }
+            }
+            assert_eq!(b.state, BbrState::Startup);
+            if rise_ms == 0 {
+                assert!(b.pacing_rate >= 0.5 * capacity, "{}", b.pacing_rate);
+                let bdp = capacity * 0.1 / 1400.0;
+                assert!(b.cwnd >= bdp, "{} < {bdp}", b.cwnd);
+            } else {
+                assert!(before_jump(&b), "RTT grew 4 ms: {}", b.pacing_rate);
+                assert!(b.cwnd < 100.0, "{}", b.cwnd);
+            }
+        }
     }
 
     /// Issue 24: a token bucket whose burst outlasts the round trip (`tbf rate 100mbit burst

@@ -13,6 +13,8 @@ pub const MAX_SEEDED_RTO: Duration = Duration::from_millis(500);
 /// How long a minimum RTT sample stays the minimum: after that BBR drains the queue to
 /// measure it again (ProbeRTT). 5 s, as BBR v2: flows sharing a bottleneck converge at each.
 pub const MIN_RTT_WINDOW: Duration = Duration::from_secs(5);
+/// A sample within this fraction of the minimum (1/64) confirms it (restarts its window).
+const MIN_RTT_SLACK: u32 = 64;
 
 /// Smoothed round-trip time, its variation (RFC 6298), and the minimum over a window.
 ///
@@ -46,6 +48,16 @@ impl RttEstimator {
         }
         if self.min_rtt.is_none_or(|m| rtt <= m) {
             self.min_rtt = Some(rtt);
+            self.min_rtt_stamp = Some(now);
+            self.fresh_min = None;
+            return;
+        }
+        // Within a 64th of the minimum, the path was as good as empty: the minimum stands
+        // confirmed, and there is no queue for a ProbeRTT to drain. An exact repeat is rare
+        // on a path of hundreds of milliseconds (its samples jitter by the hosts' batching
+        // and the bottleneck's serialisation: 200.6-202 ms in ProbeBW on a 200 ms relay), and
+        // each 5 s a ProbeRTT held the window at half a BDP for 0.3 s (issue 24).
+        if self.min_rtt.is_some_and(|m| rtt <= m + m / MIN_RTT_SLACK) {
             self.min_rtt_stamp = Some(now);
             self.fresh_min = None;
             return;
@@ -154,5 +166,30 @@ mod tests {
         r.refresh_min_rtt(later);
         assert_eq!(r.min_rtt(), Some(Duration::from_millis(2)));
         assert!(!r.min_rtt_expired(later));
+    }
+
+    /// Issue 24: on a 200 ms path the samples of an empty pipe jitter by a millisecond or
+    /// two; one within a 64th of the minimum confirms it, and no ProbeRTT is due. One just
+    /// past that (a queue of 4 ms) does not, and the minimum expires as before.
+    #[test]
+    fn a_sample_close_to_the_minimum_confirms_it() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut r = RttEstimator::default();
+        r.sample(ms(200), t0);
+        let mut t = t0;
+        for _ in 0..4 {
+            t += MIN_RTT_WINDOW - ms(1);
+            r.sample(Duration::from_micros(202_900), t);
+            assert!(!r.min_rtt_expired(t + ms(1)));
+            assert_eq!(r.min_rtt(), Some(ms(200)));
+        }
+        r.sample(ms(204), t + ms(1));
+        assert!(r.min_rtt_expired(t + MIN_RTT_WINDOW + ms(1)));
+        // Loopback's microseconds: the slack is a 64th, not a floor (30 us of 20 is a queue).
+        let mut lo = RttEstimator::default();
+        lo.sample(Duration::from_micros(20), t0);
+        lo.sample(Duration::from_micros(30), t0 + MIN_RTT_WINDOW - ms(1));
+        assert!(lo.min_rtt_expired(t0 + MIN_RTT_WINDOW + ms(1)));
     }
 }

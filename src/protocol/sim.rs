@@ -506,10 +506,11 @@ mod tests {
                 r.queue_drops,
                 resent * 100.0
             );
-            // Not bought with a slower start: 256 MiB at 1 Gbit/s is 2.15 s, and Startup's
-            // doubling from 16 datagrams takes about five round trips.
+            // Not bought with a slower start: 256 MiB at 1 Gbit/s is 2.15 s. Doubling from 16
+            // datagrams all the way took 3.13-3.31 s; skipping to the last doubling once a
+            // quiet round showed the path empty (issue 24) 2.95-3.12 s.
             assert!(
-                done <= Duration::from_millis(3400),
+                done <= Duration::from_millis(3150),
                 "loss {loss}: done in {done:?}"
             );
         }
