@@ -263,10 +263,12 @@ pub struct Bbr {
     /// The lowest RTT sampled in the current round, and in the last complete one.
     round_min_rtt: Option<Duration>,
     last_round_min_rtt: Option<Duration>,
-    /// The highest RTT sampled in the current round.
-    round_max_rtt: Option<Duration>,
-    /// This ACK ended a round that was paced (the second or later), sampled (8 RTTs at
-    /// least), and saw no queue grow ([`jump_tolerance`]): Startup may jump.
+    /// RTT samples of the current round that saw no queue ([`jump_tolerance`]), and whether
+    /// one did.
+    round_quiet_samples: u32,
+    round_queued: bool,
+    /// The current round is paced (the second or later), and its first 8 samples saw no
+    /// queue grow: Startup may jump.
     quiet_round: bool,
     /// Startup has jumped once.
     jumped: bool,
@@ -317,7 +319,8 @@ impl Bbr {
             round_lost: 0,
             round_min_rtt: None,
             last_round_min_rtt: None,
-            round_max_rtt: None,
+            round_quiet_samples: 0,
+            round_queued: false,
             quiet_round: false,
             jumped: false,
             round_rtt_samples: 0,
@@ -472,14 +475,9 @@ impl Bbr {
     }
 
     fn check_full_pipe(&mut self, ev: &AckEvent) {
-        self.quiet_round = false;
         if self.round_start {
-            let max = self.round_max_rtt.take();
-            self.quiet_round = self.round >= 3
-                && self.round_rtt_samples >= HYSTART_SAMPLES
-                && max.is_some_and(|m| {
-                    m <= self.min_rtt_cached + jump_tolerance(self.min_rtt_cached)
-                });
+            self.round_quiet_samples = 0;
+            self.round_queued = false;
             self.round_lost = 0;
             self.round_delivered = 0;
             self.last_round_min_rtt = self.round_min_rtt.take();
@@ -487,9 +485,17 @@ impl Bbr {
         }
         let threshold = queue_threshold(self.min_rtt_cached);
         let limit = self.min_rtt_cached + threshold;
+        self.quiet_round = false;
         if let Some(r) = ev.rtt {
             self.round_min_rtt = Some(self.round_min_rtt.map_or(r, |m| m.min(r)));
-            self.round_max_rtt = Some(self.round_max_rtt.map_or(r, |m| m.max(r)));
+            if r <= self.min_rtt_cached + jump_tolerance(self.min_rtt_cached) {
+                self.round_quiet_samples += 1;
+                self.quiet_round = self.round >= 2
+                    && !self.round_queued
+                    && self.round_quiet_samples == HYSTART_SAMPLES;
+            } else {
+                self.round_queued = true;
+            }
             self.round_rtt_samples += 1;
             self.queued_since = match self.queued_since {
                 // The first round's samples are of the initial window, sent in one burst
@@ -843,14 +849,14 @@ mod tests {
     }
 
     /// Issue 24: a train measured the bottleneck (here 100 MB/s) after the first flight, and
-    /// the first paced round saw no queue grow: Startup skips to its last doubling (half the
+    /// the first 8 RTT samples of the first paced round saw no queue grow: Startup skips to its last doubling (half the
     /// capacity, a window of one BDP at it) instead of doubling from the initial window. A
     /// round whose RTT grew (another flow fills the path: the capacity is not this flow's to
     /// take) keeps it doubling.
     #[test]
     fn startup_jumps_to_half_the_capacity_after_a_quiet_round() {
         let capacity = 1e8;
-        for rise_ms in [0u64, 4] {
+        for rise_ms in [0u64, 8] {
             let t0 = Instant::now();
             let mut b = Bbr::new(1400, t0, 1);
             let mut rtt = RttEstimator::default();
@@ -866,8 +872,11 @@ mod tests {
                 let rate = 1e6 * 2f64.powf(n as f64 / 20.0);
                 let cap = (n == 3).then_some(capacity);
                 feed(&mut b, &mut rtt, now, (n, 1, 20), rate, r, cap);
-                if n <= 40 {
+                // Round 2's 8th sample (ack 28) is the first that can show it quiet.
+                if n < 28 {
                     assert!(before_jump(&b), "ack {n}: {}", b.pacing_rate);
+                } else if rise_ms == 0 {
+                    assert!(!before_jump(&b), "ack {n}: {}", b.pacing_rate);
                 }
             }
             assert_eq!(b.state, BbrState::Startup);
@@ -876,7 +885,7 @@ mod tests {
                 let bdp = capacity * 0.1 / 1400.0;
                 assert!(b.cwnd >= bdp, "{} < {bdp}", b.cwnd);
             } else {
-                assert!(before_jump(&b), "RTT grew 4 ms: {}", b.pacing_rate);
+                assert!(before_jump(&b), "RTT grew 8 ms: {}", b.pacing_rate);
                 assert!(b.cwnd < 100.0, "{}", b.cwnd);
             }
         }
