@@ -12,7 +12,9 @@
 //! further than just past it: measured right, its last round trip before the queue shows
 //! sends a tenth of a bandwidth-delay product more than the path takes, not a third or more;
 //! and until the pipe is full no delivery sample counts for much more than that capacity (a
-//! token bucket's burst is not bandwidth). `Fixed` paces at a set rate (or not at all) for
+//! token bucket's burst is not bandwidth). Once a paced round shows the path empty (its RTT
+//! never rose), Startup skips to its last doubling, half that capacity, instead of doubling
+//! there from 16 datagrams. `Fixed` paces at a set rate (or not at all) for
 //! experiments. Pure: the sender feeds it events with the caller's clock.
 
 use std::time::{Duration, Instant};
