@@ -678,8 +678,8 @@ impl Bbr {
     }
 }
 
-/// How far above the minimum a paced round's highest RTT may stand and still show an empty
-/// path: a 64th of it (3 ms at 200 ms), at least 1 ms (the batching of hosts and the
+/// How far above the minimum the RTT samples of a paced round may stand and still show an
+/// empty path: a 64th of it (3 ms at 200 ms), at least 1 ms (the batching of hosts and the
 /// serialisation of 64 KB datagrams). A flow arriving on a full path grows the queue by its
 /// own rate every round: at 1 Gbit/s x 200 ms its second round (100 Mbit/s) grows the RTT
 /// by 20 ms.
@@ -851,10 +851,10 @@ mod tests {
     }
 
     /// Issue 24: a train measured the bottleneck (here 100 MB/s) after the first flight, and
-    /// the first 8 RTT samples of the first paced round saw no queue grow: Startup skips to its last doubling (half the
-    /// capacity, a window of one BDP at it) instead of doubling from the initial window. A
-    /// round whose RTT grew (another flow fills the path: the capacity is not this flow's to
-    /// take) keeps it doubling.
+    /// the first 8 RTT samples of the first paced round saw no queue grow: Startup skips to
+    /// its last doubling (half the capacity, a window of one BDP at it) instead of doubling
+    /// from the initial window. A round whose RTT grew (another flow fills the path: the
+    /// capacity is not this flow's to take) keeps it doubling.
     #[test]
     fn startup_jumps_to_half_the_capacity_after_a_quiet_round() {
         let capacity = 1e8;

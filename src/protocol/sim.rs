@@ -508,7 +508,7 @@ mod tests {
             );
             // Not bought with a slower start: 256 MiB at 1 Gbit/s is 2.15 s. Doubling from 16
             // datagrams all the way took 3.13-3.31 s; skipping to the last doubling once a
-            // quiet round showed the path empty (issue 24) 2.95-3.12 s.
+            // quiet round showed the path empty (issue 24) 2.81-2.98 s.
             assert!(
                 done <= Duration::from_millis(3150),
                 "loss {loss}: done in {done:?}"
