@@ -6,6 +6,19 @@
 # count).
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 
+# build_bin: builds the release binary (quietly) and sets BIN to it.
+build_bin() {
+  cargo build --release -q
+  BIN=$PWD/target/release/ringblast
+}
+
+# scratch_dir: a fresh directory in WORK, removed, and every background job of the script
+# killed, when the script exits (for scripts that need no other cleanup).
+scratch_dir() {
+  WORK=$(mktemp -d)
+  trap 'kill $(jobs -p) 2> /dev/null || true; rm -rf "$WORK"' EXIT
+}
+
 # CPU time (user + system) process $1 has used so far, in clock ticks of $HZ per second.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 HZ=$(getconf CLK_TCK)

@@ -18,10 +18,8 @@ FILE=${FILE:-gen-1GiB} PORT=${PORT:-7310}
 cd "$(dirname "$0")/.."
 # shellcheck source=lib.sh
 . benches/lib.sh
-cargo build --release -q
-BIN=$PWD/target/release/ringblast
-WORK=$(mktemp -d)
-trap 'kill $(jobs -p) 2> /dev/null || true; rm -rf "$WORK"' EXIT
+build_bin
+scratch_dir
 TRACE_ARGS=()
 [ -n "${TRACE:-}" ] && TRACE_ARGS=(--trace "$TRACE")
 "$BIN" serve --generated --bind "127.0.0.1:$PORT" "${TRACE_ARGS[@]}" > "$WORK/serve.log" 2>&1 &

@@ -9,27 +9,25 @@ SIZE=${1:-65476500}; CLIENTS=${2:-1}
 cd "$(dirname "$0")/.."
 # shellcheck source=lib.sh
 . benches/lib.sh
-cargo build --release -q
-BIN=$PWD/target/release/ringblast
-DIR=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$DIR"' EXIT
-mkdir "$DIR/files"
-make_file "$DIR/files/f.bin" "$SIZE"
-$BIN serve --dir "$DIR/files" --bind 127.0.0.1:7200 > "$DIR/serve.log" 2>&1 &
-wait_server "$DIR/serve.log" 1
+build_bin
+scratch_dir
+mkdir "$WORK/files"
+make_file "$WORK/files/f.bin" "$SIZE"
+$BIN serve --dir "$WORK/files" --bind 127.0.0.1:7200 > "$WORK/serve.log" 2>&1 &
+wait_server "$WORK/serve.log" 1
 echo "| loss (each way) | goodput MiB/s (median) | duration s (median) | retransmitted / file datagrams (median) | runs |"
 echo "|---|---|---|---|---|"
 for loss in 0 0.01 0.05 0.2; do
   rows=()
   for seed in 1 2 3 4 5; do
     $BIN relay --listen 127.0.0.1:7201 --to 127.0.0.1:7200 --loss $loss --reorder 0.02 \
-      --duplicate 0.02 --corrupt 0.02 --seed $seed --duration 60 > "$DIR/relay.txt" 2>&1 &
+      --duplicate 0.02 --corrupt 0.02 --seed $seed --duration 60 > "$WORK/relay.txt" 2>&1 &
     RELAY=$!
     sleep 0.2
-    rm -f "$DIR/r.json"
-    $BIN get f.bin --server 127.0.0.1:7201 --discard --clients "$CLIENTS" --timeout 20 --json "$DIR/r.json" > /dev/null || true
+    rm -f "$WORK/r.json"
+    $BIN get f.bin --server 127.0.0.1:7201 --discard --clients "$CLIENTS" --timeout 20 --json "$WORK/r.json" > /dev/null || true
     kill -INT $RELAY; wait $RELAY 2>/dev/null || true
-    rows+=("$(get_json "$DIR/r.json" "d['goodput_bps'] / 8 / MiB, max(x['duration_s'] for x in c), sum(x['retransmitted'] for x in c) / max(sum(x['datagrams_expected'] for x in c), 1), all(x['hash_ok'] for x in c)" || echo "0 0 0 False")")
+    rows+=("$(get_json "$WORK/r.json" "d['goodput_bps'] / 8 / MiB, max(x['duration_s'] for x in c), sum(x['retransmitted'] for x in c) / max(sum(x['datagrams_expected'] for x in c), 1), all(x['hash_ok'] for x in c)" || echo "0 0 0 False")")
   done
   printf '%s\n' "${rows[@]}" | python3 -c "
 import sys, statistics as st
