@@ -15,6 +15,8 @@ set -euo pipefail
 SEEDS=${1:-5}
 RATE=${RATE:-1G} DELAY=${DELAY:-100ms} LOSS=${LOSS:-1} QUEUE=${QUEUE:-8MiB}
 FILE=${FILE:-gen-1GiB} PORT=${PORT:-7310}
+# A trace file named relative to where the script was started.
+[ -n "${TRACE:-}" ] && TRACE=$(realpath -m "$TRACE")
 cd "$(dirname "$0")/.."
 # shellcheck source=lib.sh
 . benches/lib.sh
