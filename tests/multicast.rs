@@ -362,7 +362,10 @@ fn lan_run_on(
         .arg(dir.path())
         .args(["--bind", &server])
         .args(["--multicast", group, "--multicast-if", sender])
-        .args(["--multicast-rate", rate, "--multicast-gather", "500ms"])
+        // Every receiver's GET within the gathering: a host losing 20% may lose its RETRY or
+        // META and ask again (100, 200, 400 ms later); at 500 ms one such host once came after
+        // the group had started and took the whole file by unicast as a late joiner.
+        .args(["--multicast-rate", rate, "--multicast-gather", "2s"])
         .stdout(Stdio::null())
         .stderr(Stdio::from(log.reopen().unwrap()));
     lan.spawn(cmd);
