@@ -110,6 +110,19 @@ impl Rx {
             .on_timer(&mut io, timeout, empty_at, T0_NS + ms * 1_000_000, now)
     }
 
+    /// Datagram 0 and the sender's `status` (for this session) arrive together; the ACK the
+    /// timer then sends.
+    fn ack_after_status(&mut self, status: Status) -> AckSeen {
+        let status = Message::Status(Status {
+            session: SESSION,
+            ..status
+        })
+        .to_vec();
+        self.batch(vec![good(0), status], 0).unwrap();
+        self.timer(Some(3), 3).unwrap();
+        self.acks().pop().unwrap()
+    }
+
     /// The ACKs queued since the last look.
     fn acks(&mut self) -> Vec<AckSeen> {
         self.out
@@ -290,16 +303,11 @@ fn blast_mode_ends_at_its_end_marker_once_drained() {
 fn the_senders_status_grows_the_window() {
     let m = meta(100_000, Mode::Reliable);
     let mut r = Rx::new(&m, 8);
-    let status = Message::Status(Status {
-        session: SESSION,
+    let a = r.ack_after_status(Status {
         delivery_bps: 1_000_000_000,
         srtt_us: 10_000,
         ..Default::default()
-    })
-    .to_vec();
-    r.batch(vec![good(0), status], 0).unwrap();
-    r.timer(Some(3), 3).unwrap();
-    let a = r.acks().pop().unwrap();
+    });
     // 4 x 1 Gbit/s x 10 ms is 5000 datagrams, past this receiver's most (8 x 64).
     assert_eq!(a.credit_limit, 1 + 8 * 64, "{a:?}");
     assert_eq!(r.rx.status.map(|s| s.srtt_us), Some(10_000));
@@ -313,17 +321,12 @@ fn a_status_sizes_the_window_from_the_pacing_rate_when_higher() {
     let m = meta(100_000, Mode::Reliable);
     let mut r = Rx::new(&m, 8);
     let bps = 8 * P as u64 * 10; // 10 datagrams a second
-    let status = Message::Status(Status {
-        session: SESSION,
+    let a = r.ack_after_status(Status {
         delivery_bps: bps,
         pacing_bps: 3 * bps,
         srtt_us: 1_000_000,
         ..Default::default()
-    })
-    .to_vec();
-    r.batch(vec![good(0), status], 0).unwrap();
-    r.timer(Some(3), 3).unwrap();
-    let a = r.acks().pop().unwrap();
+    });
     // 4 x 30 datagrams a second x 1 s (from the delivery estimate alone: 40).
     assert_eq!(a.credit_limit, 1 + 120, "{a:?}");
 }

@@ -596,7 +596,8 @@ impl Bbr {
             }
             _ => {}
         }
-        // ProbeRTT: every 5 s without a new minimum, drain to half a BDP for 200 ms.
+        // ProbeRTT: every 5 s without a new minimum (or a sample close to it: RttEstimator),
+        // drain to half a BDP for 200 ms.
         if self.state != BbrState::ProbeRtt && rtt.min_rtt_expired(ev.now) {
             self.state = BbrState::ProbeRtt;
             self.pacing_gain = 1.0;

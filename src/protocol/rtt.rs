@@ -46,18 +46,13 @@ impl RttEstimator {
             self.rttvar_us = 0.75 * self.rttvar_us + 0.25 * (self.srtt_us - s).abs();
             self.srtt_us = 0.875 * self.srtt_us + 0.125 * s;
         }
-        if self.min_rtt.is_none_or(|m| rtt <= m) {
-            self.min_rtt = Some(rtt);
-            self.min_rtt_stamp = Some(now);
-            self.fresh_min = None;
-            return;
-        }
-        // Within a 64th of the minimum, the path was as good as empty: the minimum stands
-        // confirmed, and there is no queue for a ProbeRTT to drain. An exact repeat is rare
-        // on a path of hundreds of milliseconds (its samples jitter by the hosts' batching
-        // and the bottleneck's serialisation: 200.6-202 ms in ProbeBW on a 200 ms relay), and
-        // each 5 s a ProbeRTT held the window at half a BDP for 0.3 s (issue 24).
-        if self.min_rtt.is_some_and(|m| rtt <= m + m / MIN_RTT_SLACK) {
+        // A new minimum; or within a 64th of it, the path was as good as empty: the minimum
+        // stands confirmed, and there is no queue for a ProbeRTT to drain. An exact repeat is
+        // rare on a path of hundreds of milliseconds (its samples jitter by the hosts'
+        // batching and the bottleneck's serialisation: 200.6-202 ms in ProbeBW on a 200 ms
+        // relay), and each 5 s a ProbeRTT held the window at half a BDP for 0.3 s (issue 24).
+        if self.min_rtt.is_none_or(|m| rtt <= m + m / MIN_RTT_SLACK) {
+            self.min_rtt = Some(self.min_rtt.map_or(rtt, |m| m.min(rtt)));
             self.min_rtt_stamp = Some(now);
             self.fresh_min = None;
             return;
