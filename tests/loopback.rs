@@ -695,13 +695,28 @@ impl SmallDisk {
         Some(SmallDisk(dir))
     }
 
+    /// Remounts the disk read-only. The kernel refuses (busy) while a file removed from it is
+    /// still open anywhere, so this also checks that the failed copy left no descriptor
+    /// behind; it tries for a second, since a process another test is starting holds a copy
+    /// of this process's descriptors until it runs its program.
     fn read_only(&self) {
-        let ok = std::process::Command::new("mount")
-            .args(["-o", "remount,ro"])
-            .arg(self.0.path())
-            .status()
-            .unwrap();
-        assert!(ok.success());
+        let t = Instant::now();
+        loop {
+            let out = std::process::Command::new("mount")
+                .args(["-o", "remount,ro"])
+                .arg(self.0.path())
+                .output()
+                .unwrap();
+            if out.status.success() {
+                return;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(1),
+                "cannot remount read-only: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 

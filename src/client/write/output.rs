@@ -35,8 +35,27 @@ pub(crate) struct Output {
     has_failed: AtomicBool,
     /// Jobs queued and not yet done (a staged chunk of a hashed copy is two: its write and
     /// a hash).
-    outstanding: Mutex<u64>,
+    outstanding: Arc<Outstanding>,
+}
+
+/// A copy's jobs still out, apart from the copy: a job lets go of its [`Output`] (and so,
+/// maybe last, of the file) before it counts itself done, so that once [`Output::finish`]
+/// returns no writer thread holds the file open (a failed copy's name is removed then, and a
+/// file removed but still open keeps its file system busy: it cannot be remounted, say).
+pub(super) struct Outstanding {
+    jobs: Mutex<u64>,
     settled: Condvar,
+}
+
+impl Outstanding {
+    /// A queued job is done (however it ended).
+    pub(super) fn settle(&self) {
+        let mut jobs = lock(&self.jobs);
+        *jobs -= 1;
+        if *jobs == 0 {
+            self.settled.notify_all();
+        }
+    }
 }
 
 impl Output {
@@ -62,8 +81,10 @@ impl Output {
             direct_bytes: AtomicU64::new(0),
             failed: Mutex::new(None),
             has_failed: AtomicBool::new(false),
-            outstanding: Mutex::new(0),
-            settled: Condvar::new(),
+            outstanding: Arc::new(Outstanding {
+                jobs: Mutex::new(0),
+                settled: Condvar::new(),
+            }),
         })
     }
 
@@ -184,17 +205,13 @@ impl Output {
     }
 
     fn queue(&self, job: Job) {
-        *lock(&self.outstanding) += 1;
+        *lock(&self.outstanding.jobs) += 1;
         self.engine.pools().queue(job);
     }
 
-    /// A queued job is done (however it ended).
-    pub(super) fn settle(&self) {
-        let mut outstanding = lock(&self.outstanding);
-        *outstanding -= 1;
-        if *outstanding == 0 {
-            self.settled.notify_all();
-        }
+    /// What a job counts itself done on.
+    pub(super) fn outstanding(&self) -> Arc<Outstanding> {
+        self.outstanding.clone()
     }
 
     /// Hashes the ready chunks in order (a hashing job).
@@ -208,14 +225,12 @@ impl Output {
     /// the first error, if any, and the content hash when there is one: of the whole copy if
     /// every chunk was handed on ([`super::Chunks::finish`] checks that).
     pub(crate) fn finish(&self) -> Result<Option<[u8; 32]>, Failure> {
-        let mut outstanding = lock(&self.outstanding);
-        while *outstanding > 0 {
-            outstanding = self
-                .settled
-                .wait(outstanding)
-                .unwrap_or_else(|e| e.into_inner());
+        let tally = &self.outstanding;
+        let mut jobs = lock(&tally.jobs);
+        while *jobs > 0 {
+            jobs = tally.settled.wait(jobs).unwrap_or_else(|e| e.into_inner());
         }
-        drop(outstanding);
+        drop(jobs);
         if let Some(e) = self.error() {
             return Err(e);
         }

@@ -5,7 +5,7 @@ use std::io;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 
-use super::output::Output;
+use super::output::{Output, Outstanding};
 use super::stock::Staged;
 use super::{lock, HASHING, WRITING};
 
@@ -24,14 +24,6 @@ pub(super) enum Job {
     Write(Arc<Output>, u64, Arc<Staged>),
     /// Hash the chunks that are ready, in order.
     Hash(Arc<Output>),
-}
-
-impl Job {
-    fn output(&self) -> &Arc<Output> {
-        match self {
-            Job::Write(out, ..) | Job::Hash(out) => out,
-        }
-    }
 }
 
 /// The two queues.
@@ -88,15 +80,23 @@ fn run(rx: &Mutex<Receiver<Job>>) {
 }
 
 fn run_job(job: Job) {
-    let out = job.output().clone();
     // The job is settled however it ends, even by a panic: `finish` must not wait forever.
     let doing = match job {
         Job::Write(..) => WRITING,
         Job::Hash(_) => HASHING,
     };
-    let _settle = Settle(&out, doing);
-    match job {
-        Job::Write(_, k, staged) => {
+    let (out, write) = match job {
+        Job::Write(out, k, staged) => (out, Some((k, staged))),
+        Job::Hash(out) => (out, None),
+    };
+    let settle = Settle {
+        tally: out.outstanding(),
+        out: Some(out),
+        doing,
+    };
+    let out = settle.out.as_deref().expect("held until the guard drops");
+    match write {
+        Some((k, staged)) => {
             if !out.has_failed() {
                 let n = out.chunk_len(k);
                 if let Err(e) = out.write_staged(k, &staged.bytes()[..n]) {
@@ -104,20 +104,25 @@ fn run_job(job: Job) {
                 }
             }
         }
-        Job::Hash(_) => out.hash_ready(),
+        None => out.hash_ready(),
     }
 }
 
-/// Counts a job of its output's as done when dropped; a job that panicked fails the copy
-/// with what it was doing.
-struct Settle<'a>(&'a Output, &'static str);
+/// Counts a job as done when dropped, after letting go of its copy (see [`Outstanding`]); a
+/// job that panicked fails the copy with what it was doing.
+struct Settle {
+    tally: Arc<Outstanding>,
+    out: Option<Arc<Output>>,
+    doing: &'static str,
+}
 
-impl Drop for Settle<'_> {
+impl Drop for Settle {
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            self.0
-                .fail(self.1, io::Error::other("a writer thread panicked"));
+        if let Some(out) = self.out.take() {
+            if std::thread::panicking() {
+                out.fail(self.doing, io::Error::other("a writer thread panicked"));
+            }
         }
-        self.0.settle();
+        self.tally.settle();
     }
 }

@@ -235,3 +235,21 @@ fn an_unfinished_copy_has_no_hash() {
     assert!(chunks.finish().is_err(), "the last chunk never came");
     drop(out);
 }
+
+#[test]
+fn once_a_copy_is_finished_no_writer_thread_holds_its_file() {
+    // A failed copy's name is removed when `finish` returns; a writer thread still holding
+    // the file then would keep a removed file open (its file system busy) a moment longer.
+    // A job lets go of the copy before it counts itself done, so nothing but the copy's own
+    // two holders (here and its chunks) is left, whatever the threads' timing.
+    let data = pattern(3 * CHUNK as usize);
+    for round in 0..20 {
+        let (_dir, _, out, mut chunks) = writer(&engine(), data.len(), true, true);
+        for piece in data.chunks(CHUNK as usize) {
+            let at = piece.as_ptr() as usize - data.as_ptr() as usize;
+            chunks.write_run(at as u64, &[IoSlice::new(piece)]).unwrap();
+        }
+        out.finish().unwrap();
+        assert_eq!(Arc::strong_count(&out), 2, "round {round}");
+    }
+}
