@@ -71,6 +71,30 @@ const CAPACITY_BW_BOUND: f64 = 1.25;
 /// share left by flows that arrived between the quiet round and this one; what is left is
 /// found as ever, by the delivery rate, in a round that asks for at most twice it.
 const STARTUP_JUMP: f64 = 0.5;
+/// A capacity Startup's delivery rate keeps running into, on a path without a queue, is wrong:
+/// once this many rounds in a row (the first at least [`LONG_ROUND`]) and
+/// [`CAPACITY_DISPROOF_TIME`] have had samples cut to [`CAPACITY_BW_BOUND`] of it and no
+/// queue, Startup forgets it and doubles on. A packet train is a bottleneck's only when the
+/// bottleneck spaced it: on this project's VM the relay and the receiver stall for a few
+/// milliseconds now and then, and 30-90 datagrams that arrived over 2.5-3.5 ms made trains
+/// of 70-290 Mbit/s on a 1 Gbit/s path behind `tbf` (whose 256 KB bucket lets the sender's
+/// bursts through unspaced: no real train comes). Held to a quarter past such a capacity,
+/// the delivery rate stopped growing, Startup took that for a full pipe (and 5% random loss
+/// for its overflow), and ProbeBW's quarter per 8 round trips took minutes to reach the
+/// link's rate (issue 24: a 256 MiB copy at 200 ms ran for minutes).
+const CAPACITY_DISPROOF_ROUNDS: u32 = 3;
+/// ...and at least this long: longer than a token bucket's burst keeps a delivery rate above
+/// the capacity at the pace Startup's ceiling allows (256 KB at 100 Mbit/s took 55 ms), so
+/// that such a burst does not disprove a capacity that was right.
+const CAPACITY_DISPROOF_TIME: Duration = Duration::from_millis(200);
+/// Rounds at least this long that ran into the capacity's bound are not a plateau of the
+/// delivery rate (they do not end Startup) but evidence against the capacity. Shorter ones
+/// end Startup as a plateau does: on a path of microseconds (loopback, veth, whose CPUs make
+/// trains of their own) ProbeBW, where no capacity bounds anything, is milliseconds away.
+const LONG_ROUND: Duration = Duration::from_millis(20);
+/// Datagrams Drain must deliver (over half a round trip at least) to take its measure of the
+/// bottleneck ([`Bbr::calibrate_after_drain`]).
+const DRAIN_DELIVERIES: u64 = 32;
 /// ProbeRTT lasts this long at half a BDP.
 const PROBE_RTT_TIME: Duration = Duration::from_millis(200);
 /// The window covers at least this much time at the estimated bandwidth, however short the
@@ -284,6 +308,19 @@ pub struct Bbr {
     round_lost: u64,
     /// (round, max capacity a packet train measured in it), bytes/s, like `bw_samples`.
     capacity_samples: [(u64, f64); BW_WINDOW_ROUNDS as usize],
+    /// A delivery-rate sample of the current round was cut to the capacity's bound.
+    round_clamped: bool,
+    /// Since when (the end of the first), and how many, Startup's rounds in a row were cut
+    /// to the capacity's bound ([`CAPACITY_DISPROOF_ROUNDS`]).
+    clamped_rounds: Option<(Instant, u32)>,
+    /// Trains measuring no more than this say nothing (bytes/s): a capacity this low was
+    /// disproven in Startup.
+    capacity_floor: f64,
+    /// Startup ended on a queue (its RTT) or on its overflow (loss), not on a plateau: in
+    /// Drain the bottleneck is busy.
+    exit_queued: bool,
+    /// When Drain began, and the datagrams delivered by then.
+    drain_start: (Instant, u64),
 }
 
 impl Bbr {
@@ -328,6 +365,11 @@ impl Bbr {
             round_rtt_samples: 0,
             queued_since: None,
             capacity_samples: [(0, 0.0); BW_WINDOW_ROUNDS as usize],
+            round_clamped: false,
+            clamped_rounds: None,
+            capacity_floor: 0.0,
+            exit_queued: false,
+            drain_start: (now, 0),
         }
     }
 
@@ -368,7 +410,9 @@ impl Bbr {
             let capacity = self.capacity();
             let rate = match self.state {
                 BbrState::Startup | BbrState::Drain if capacity > 0.0 => {
-                    s.delivery_rate.min(CAPACITY_BW_BOUND * capacity)
+                    let bound = CAPACITY_BW_BOUND * capacity;
+                    self.round_clamped |= s.delivery_rate > bound;
+                    s.delivery_rate.min(bound)
                 }
                 _ => s.delivery_rate,
             };
@@ -376,12 +420,16 @@ impl Bbr {
                 windowed_insert(&mut self.bw_samples, self.bw_round, rate);
             }
         }
-        if let Some(c) = ev.capacity.filter(|c| c.is_finite() && *c > 0.0) {
+        let measured = ev
+            .capacity
+            .filter(|c| c.is_finite() && *c > self.capacity_floor);
+        if let Some(c) = measured {
             windowed_insert(&mut self.capacity_samples, self.bw_round, c);
             // What was sampled before the capacity was known is held to it too.
             if matches!(self.state, BbrState::Startup | BbrState::Drain) {
                 let bound = CAPACITY_BW_BOUND * self.capacity();
                 for slot in &mut self.bw_samples {
+                    self.round_clamped |= slot.1 > bound;
                     slot.1 = slot.1.min(bound);
                 }
             }
@@ -444,6 +492,16 @@ impl Bbr {
         if let Some(s) = ev.sample {
             let long_enough = ev.now.saturating_duration_since(self.round_stamp) >= MIN_ROUND_TIME;
             if s.prior_delivered >= self.next_round_delivered && long_enough {
+                // The round that ends: were its samples cut to the capacity's bound? (See
+                // LONG_ROUND: a streak begins with a long round.)
+                let long = ev.now.saturating_duration_since(self.round_stamp) >= LONG_ROUND;
+                self.clamped_rounds = match self.clamped_rounds {
+                    _ if !self.round_clamped || self.state != BbrState::Startup => None,
+                    Some((t, n)) => Some((t, n + 1)),
+                    None if long => Some((ev.now, 1)),
+                    None => None,
+                };
+                self.round_clamped = false;
                 self.round_stamp = ev.now;
                 self.next_round_delivered = ev.delivered;
                 self.round += 1;
@@ -474,6 +532,14 @@ impl Bbr {
         self.ack_epoch_delivered += ev.newly_delivered as f64;
         let extra = (self.ack_epoch_delivered - expected).max(0.0);
         windowed_insert(&mut self.extra_acked, self.round, extra);
+    }
+
+    /// Forgets a capacity Startup has shown wrong ([`CAPACITY_DISPROOF_ROUNDS`]): no bound,
+    /// no ceiling, and trains measuring no more than the delivery rate it held down are noise.
+    fn disprove_capacity(&mut self) {
+        self.capacity_floor = CAPACITY_BW_BOUND * self.capacity();
+        self.capacity_samples = [(0, 0.0); BW_WINDOW_ROUNDS as usize];
+        self.clamped_rounds = None;
     }
 
     fn check_full_pipe(&mut self, ev: &AckEvent) {
@@ -528,6 +594,7 @@ impl Bbr {
             && (queued(self.last_round_min_rtt) || queued(this_round) || persistent)
         {
             self.filled_pipe = true;
+            self.exit_queued = true;
             return;
         }
         self.round_delivered += ev.newly_delivered;
@@ -543,6 +610,7 @@ impl Bbr {
             && lost * 50 > lost + delivered
         {
             self.filled_pipe = true;
+            self.exit_queued = true;
             return;
         }
         if self.filled_pipe || !self.round_start || ev.sample.is_none_or(|s| s.app_limited) {
@@ -551,6 +619,17 @@ impl Bbr {
         if self.max_bw() >= self.full_bw * 1.25 {
             self.full_bw = self.max_bw();
             self.full_bw_rounds = 0;
+            return;
+        }
+        // A plateau of Startup's own making: the capacity's bound cut the round's samples,
+        // and the round's RTT showed no queue (that would have ended Startup above). Evidence
+        // against the capacity, not a full pipe.
+        if let Some((since, rounds)) = self.clamped_rounds {
+            if rounds >= CAPACITY_DISPROOF_ROUNDS
+                && ev.now.saturating_duration_since(since) >= CAPACITY_DISPROOF_TIME
+            {
+                self.disprove_capacity();
+            }
             return;
         }
         self.full_bw_rounds += 1;
@@ -564,10 +643,14 @@ impl Bbr {
         match self.state {
             BbrState::Startup if self.filled_pipe => {
                 self.state = BbrState::Drain;
+                self.drain_start = (ev.now, ev.delivered);
                 self.pacing_gain = 1.0 / HIGH_GAIN;
                 self.cwnd_gain = HIGH_GAIN;
             }
-            BbrState::Drain if ev.inflight as f64 <= bdp => self.enter_probe_bw(ev.now),
+            BbrState::Drain if ev.inflight as f64 <= bdp => {
+                self.calibrate_after_drain(ev);
+                self.enter_probe_bw(ev.now);
+            }
             BbrState::ProbeBw => {
                 if let Some(r) = ev.rtt {
                     let m = &mut self.cycle_min_rtt[0];
@@ -647,6 +730,31 @@ impl Bbr {
             _ => return false,
         };
         lowest > self.min_rtt_cached + standing_threshold(self.min_rtt_cached)
+    }
+
+    /// Drain after a queue (or its overflow) ended Startup: what it delivered came out of a
+    /// busy bottleneck, at the bottleneck's rate, and an estimate above that rate is not the
+    /// path's. Delivery-rate samples of a round trip each carried a token bucket's burst
+    /// (`tbf rate 100mbit burst 256kb` at 100 ms: 110 Mbit/s for a link that carries 97 of
+    /// payload), and some of Drain's own too; ProbeBW cruising at such an estimate grew a
+    /// queue of 10 Mbit/s until it overflowed, once a second for the ten rounds the estimate
+    /// lasted (issue 24: 1,350 datagrams resent of 22,800, twice the overshoot of Startup
+    /// itself, once the pacer stopped falling short of its rate). What Drain delivered over
+    /// its whole span is the bottleneck's rate, whatever any one sample says.
+    fn calibrate_after_drain(&mut self, ev: &AckEvent) {
+        let (t0, delivered0) = self.drain_start;
+        let span = ev.now.saturating_duration_since(t0);
+        let delivered = ev.delivered.saturating_sub(delivered0);
+        if !self.exit_queued
+            || delivered < DRAIN_DELIVERIES
+            || span < MIN_ROUND_TIME.max(self.min_rtt_cached / 2)
+        {
+            return;
+        }
+        let rate = delivered as f64 * self.mss / span.as_secs_f64();
+        for slot in &mut self.bw_samples {
+            slot.1 = slot.1.min(rate);
+        }
     }
 
     fn enter_probe_bw(&mut self, now: Instant) {
@@ -938,6 +1046,80 @@ mod tests {
         assert_eq!(b.state, BbrState::ProbeBw);
         next(&mut b, &mut rtt, 4.0 * link, None);
         assert_eq!(b.max_bw(), 4.0 * link);
+    }
+
+    /// Issue 24: a train measured far below the path (a stall of the relay or the receiver
+    /// spread it out; here 240 Mbit/s on a 1 Gbit/s path of 200 ms that never queues) holds
+    /// Startup's delivery rate to a quarter past it. On a long path such rounds are not a
+    /// plateau: Startup stays, and after three of them forgets the capacity and doubles on to
+    /// the link (before, it ended at 300 Mbit/s and ProbeBW took minutes to find the rest).
+    /// On a path of milliseconds the same rounds are a plateau, as they were.
+    #[test]
+    fn a_capacity_startup_keeps_running_into_without_a_queue_is_forgotten() {
+        let link = 1e9 / 8.0;
+        let bogus = 30e6;
+        for rtt_ms in [200u64, 2] {
+            let t0 = Instant::now();
+            let mut b = Bbr::new(1400, t0, 1);
+            let mut rtt = RttEstimator::default();
+            let r = Duration::from_millis(rtt_ms);
+            // 20 ACKs a round trip, the delivery rate doubling each, up to what was paced a
+            // round trip before, and the link.
+            let step = r / 20;
+            let mut paced = std::collections::VecDeque::new();
+            let mut most_in_startup: f64 = 0.0;
+            for n in 1..=400u64 {
+                let now = t0 + step * n as u32;
+                paced.push_back((now, b.pacing_rate));
+                while paced.len() > 20 {
+                    paced.pop_front();
+                }
+                let doubling = 1e5 * 2f64.powf(n as f64 / 20.0);
+                let rate = doubling.min(paced[0].1).min(link);
+                let cap = (n == 100).then_some(bogus);
+                feed(&mut b, &mut rtt, now, (n, 1, 20), rate, r, cap);
+                if b.state == BbrState::Startup {
+                    most_in_startup = most_in_startup.max(b.max_bw());
+                }
+                if n > 100 && b.filled_pipe {
+                    break;
+                }
+            }
+            assert!(b.filled_pipe, "{rtt_ms} ms: Startup never ended");
+            if rtt_ms == 200 {
+                assert!(
+                    most_in_startup >= 0.9 * link,
+                    "Startup ended at {} Mbit/s",
+                    most_in_startup * 8e-6
+                );
+                assert_eq!(b.capacity(), 0.0, "the capacity was forgotten");
+                assert!(b.capacity_floor >= bogus, "{}", b.capacity_floor);
+            } else {
+                assert!(
+                    most_in_startup <= CAPACITY_BW_BOUND * bogus + 1.0,
+                    "2 ms: {}",
+                    most_in_startup
+                );
+            }
+        }
+        // A right capacity whose samples a token bucket's burst carried past the bound for
+        // less than CAPACITY_DISPROOF_TIME, then the link's rate: kept.
+        let t0 = Instant::now();
+        let mut b = Bbr::new(1400, t0, 1);
+        let mut rtt = RttEstimator::default();
+        let r = Duration::from_millis(100);
+        let cap = 12.5e6;
+        for n in 1..=120u64 {
+            let now = t0 + Duration::from_millis(5 * n);
+            let rate = if n < 60 { 2.0 * cap } else { cap };
+            let train = (n == 40).then_some(cap);
+            feed(&mut b, &mut rtt, now, (n, 1, 20), rate, r, train);
+        }
+        assert_eq!(
+            b.capacity(),
+            cap,
+            "a bucket's burst disproved a right capacity"
+        );
     }
 
     /// Issue 24: a round whose first samples were clean, then a queue that stays: Startup
