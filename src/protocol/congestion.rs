@@ -1122,6 +1122,61 @@ mod tests {
         );
     }
 
+    /// Issue 24: Startup ended on a queue with an estimate a token bucket inflated (samples
+    /// of 110 Mbit/s where the link carries 97 of payload); Drain delivered at the link's
+    /// rate over its span, whatever its own samples said, and ProbeBW starts from that rate.
+    #[test]
+    fn probe_bw_starts_from_what_drain_delivered_after_a_queue() {
+        let t0 = Instant::now();
+        let mut b = Bbr::new(1400, t0, 1);
+        let mut rtt = RttEstimator::default();
+        let inflated = 110e6 / 8.0;
+        let link = 97e6 / 8.0;
+        let mut delivered = 0u64;
+        let mut now = t0;
+        // Startup, doubling each round to the inflated rate, then a queue of 30 ms that
+        // persists: the pipe is full.
+        while b.state == BbrState::Startup {
+            delivered += 1;
+            now += Duration::from_millis(5);
+            let ms = if delivered <= 60 { 100 } else { 130 };
+            let r = Duration::from_millis(ms);
+            let rate = inflated * 2f64.powf((delivered.min(60) as f64 - 60.0) / 20.0);
+            feed(&mut b, &mut rtt, now, (delivered, 1, 2000), rate, r, None);
+            assert!(delivered < 200, "Startup never ended");
+        }
+        assert_eq!(b.state, BbrState::Drain);
+        assert!(b.exit_queued);
+        // Drain: 80 ms of deliveries at the link's rate (one ACK a millisecond), samples
+        // still inflated, the queue draining; then inflight at the BDP ends it.
+        let per_ms = link * 1e-3 / 1400.0;
+        let start = delivered;
+        for ms in 1..=80u64 {
+            now += Duration::from_millis(1);
+            let d = start + (per_ms * ms as f64) as u64;
+            let newly = d - delivered;
+            delivered = d;
+            let inflight = if ms < 80 { 2000 } else { 10 };
+            let r = Duration::from_millis(120);
+            feed(
+                &mut b,
+                &mut rtt,
+                now,
+                (d, newly, inflight),
+                inflated,
+                r,
+                None,
+            );
+        }
+        assert_eq!(b.state, BbrState::ProbeBw);
+        let bw = b.max_bw();
+        assert!(
+            (bw - link).abs() < 0.03 * link,
+            "ProbeBW starts at {:.1} Mbit/s",
+            bw * 8e-6
+        );
+    }
+
     /// Issue 24: a round whose first samples were clean, then a queue that stays: Startup
     /// ends once it has stood as long as the limit, within the round (the round's minimum,
     /// the clean samples included, would have waited for the next round).
