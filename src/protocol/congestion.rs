@@ -76,7 +76,7 @@ const STARTUP_JUMP: f64 = 0.5;
 /// [`CAPACITY_DISPROOF_TIME`] have had samples cut to [`CAPACITY_BW_BOUND`] of it and no
 /// queue, Startup forgets it and doubles on. A packet train is a bottleneck's only when the
 /// bottleneck spaced it: on this project's VM the relay and the receiver stall for a few
-/// milliseconds now and then, and 30-90 datagrams that arrived over 2.5-3.5 ms made trains
+/// milliseconds now and then, and 20-220 datagrams that arrived over 2.3-11 ms made trains
 /// of 70-290 Mbit/s on a 1 Gbit/s path behind `tbf` (whose 256 KB bucket lets the sender's
 /// bursts through unspaced: no real train comes). Held to a quarter past such a capacity,
 /// the delivery rate stopped growing, Startup took that for a full pipe (and 5% random loss
@@ -736,11 +736,11 @@ impl Bbr {
     /// busy bottleneck, at the bottleneck's rate, and an estimate above that rate is not the
     /// path's. Delivery-rate samples of a round trip each carried a token bucket's burst
     /// (`tbf rate 100mbit burst 256kb` at 100 ms: 110 Mbit/s for a link that carries 97 of
-    /// payload), and some of Drain's own too; ProbeBW cruising at such an estimate grew a
-    /// queue of 10 Mbit/s until it overflowed, once a second for the ten rounds the estimate
-    /// lasted (issue 24: 1,350 datagrams resent of 22,800, twice the overshoot of Startup
-    /// itself, once the pacer stopped falling short of its rate). What Drain delivered over
-    /// its whole span is the bottleneck's rate, whatever any one sample says.
+    /// payload), and some of Drain's own too, and ProbeBW cruising at such an estimate grows a
+    /// queue until it overflows. What Drain delivered over its whole span is the bottleneck's
+    /// rate, whatever any one sample says. (ProbeBW's own probes can carry the bucket's burst
+    /// again once a drain phase has let it refill: docs/RELIABILITY.md, "The slow runs,
+    /// fixed".)
     fn calibrate_after_drain(&mut self, ev: &AckEvent) {
         let (t0, delivered0) = self.drain_start;
         let span = ev.now.saturating_duration_since(t0);
