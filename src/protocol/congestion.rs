@@ -428,10 +428,7 @@ impl Bbr {
             // What was sampled before the capacity was known is held to it too.
             if matches!(self.state, BbrState::Startup | BbrState::Drain) {
                 let bound = CAPACITY_BW_BOUND * self.capacity();
-                for slot in &mut self.bw_samples {
-                    self.round_clamped |= slot.1 > bound;
-                    slot.1 = slot.1.min(bound);
-                }
+                self.round_clamped |= self.cap_bw(bound);
             }
         }
         self.update_ack_aggregation(ev);
@@ -751,10 +748,17 @@ impl Bbr {
         {
             return;
         }
-        let rate = delivered as f64 * self.mss / span.as_secs_f64();
+        self.cap_bw(delivered as f64 * self.mss / span.as_secs_f64());
+    }
+
+    /// Holds every bandwidth sample to at most `limit` (bytes/s); whether that cut any.
+    fn cap_bw(&mut self, limit: f64) -> bool {
+        let mut cut = false;
         for slot in &mut self.bw_samples {
-            slot.1 = slot.1.min(rate);
+            cut |= slot.1 > limit;
+            slot.1 = slot.1.min(limit);
         }
+        cut
     }
 
     fn enter_probe_bw(&mut self, now: Instant) {
