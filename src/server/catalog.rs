@@ -116,6 +116,12 @@ impl ScannedFile {
         changed
     }
 
+    /// Marks the file changed (its map found shorter than the file was): it stays changed,
+    /// and the next GET of it scans and maps it anew.
+    pub fn mark_changed(&self) {
+        self.changed.store(true, Ordering::Relaxed);
+    }
+
     /// Reads datagram `index`'s payload back from the file (pread, never the map) and checks
     /// it against the CRC it was scanned with: false, and the file marked changed, when it no
     /// longer matches (written in place with its identity intact: what repeated repairs of one

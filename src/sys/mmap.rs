@@ -1,18 +1,26 @@
-//! Read-only memory maps of served files, read only by the kernel.
+//! Read-only memory maps of served files.
 //!
 //! A mapped file that another process truncates raises SIGBUS on any user-space read past its
-//! new end, and nothing can make such a read safe. So this module never reads the map and
-//! hands out no `&[u8]` of it: only [`MapRange`]s, which become the iovecs of a `sendmsg`. The
-//! kernel reading a vanished page fails that one send with `EFAULT`; the process lives on.
+//! new end. So this module hands out no `&[u8]` of a map: the open path gets [`MapRange`]s,
+//! which become the iovecs of a `sendmsg` (the kernel reading a vanished page fails that one
+//! send with `EFAULT`; the process lives on), and the sealed path reads through
+//! [`MappedFile::read`], under a SIGBUS guard (`sys::sigbus`) that turns a vanished page into
+//! an error for that read instead of the end of the process.
 #![allow(unsafe_code)]
 
 use std::fs::File;
 use std::io;
+use std::sync::atomic::AtomicBool;
+
+use super::sigbus::{self, GuardError};
 
 /// A whole file mapped read-only and pre-faulted by the kernel: page faults on this VM cost
 /// microseconds each, and the send path should meet none.
 pub struct MappedFile {
     map: memmap2::Mmap,
+    /// A guarded read found a page gone: the file was truncated, and the vanished pages now
+    /// read as zeros. Every later [`MappedFile::read`] is refused.
+    poisoned: AtomicBool,
 }
 
 /// A byte range of a [`MappedFile`], for the kernel to read (an iovec): never a slice.
@@ -75,7 +83,10 @@ impl MappedFile {
                 io::ErrorKind::UnexpectedEof,
                 "the file is shorter than when it was opened (truncated meanwhile)",
             )),
-            _ => Ok(MappedFile { map }),
+            _ => Ok(MappedFile {
+                map,
+                poisoned: AtomicBool::new(false),
+            }),
         }
     }
 
@@ -85,6 +96,22 @@ impl MappedFile {
 
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
+    }
+
+    /// Hands `read` the `len` bytes at `start` and returns its result, or an error if the file
+    /// is now shorter than the map (a page of the range, or of an earlier read, was gone:
+    /// `read` saw zeros there, and its result is dropped). Panics if the range is not inside
+    /// the map (a bug in the caller's arithmetic). Not to be nested.
+    pub fn read<R>(
+        &self,
+        start: usize,
+        len: usize,
+        read: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R, GuardError> {
+        let range = self.range(start, len);
+        // SAFETY: the range is inside this map (checked by `range`), which is read-only, shared
+        // and borrowed (so mapped) for the whole call; `poisoned` is this map's flag.
+        unsafe { sigbus::guarded(range.base, range.len, &self.poisoned, read) }
     }
 
     /// The `len` bytes at `start`, for the kernel to read. Panics if they are not inside the
@@ -173,20 +200,108 @@ mod tests {
             assert_eq!((r.len(), r.iovec().iov_len), (5904, 5904));
             return;
         }
+        let (status, out) = in_child(
+            "mapping_a_file_truncated_meanwhile_fails_cleanly_without_sigbus",
+            "RINGBLAST_MMAP_CHILD",
+        );
+        assert!(status.success(), "child died: {status:?}\n{out}");
+    }
+
+    /// Runs the test `name` of this module again in a child process with `env` set; returns
+    /// how the child ended and what it printed.
+    fn in_child(name: &str, env: &str) -> (std::process::ExitStatus, String) {
         let out = std::process::Command::new(std::env::current_exe().unwrap())
             .args([
                 "--exact",
-                "sys::mmap::tests::mapping_a_file_truncated_meanwhile_fails_cleanly_without_sigbus",
+                &format!("sys::mmap::tests::{name}"),
                 "--nocapture",
             ])
-            .env("RINGBLAST_MMAP_CHILD", "1")
+            .env(env, "1")
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "child died: {:?}\n{}",
+        (
             out.status,
-            String::from_utf8_lossy(&out.stdout)
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    }
+
+    /// The sealed send path reads the map in user space: a file truncated under it is an
+    /// error for that read (and every later read of the map), not SIGBUS; the pages still
+    /// there read as they are. In a child process, so a regression kills only the child.
+    #[test]
+    fn a_guarded_read_of_a_truncated_file_is_an_error_not_sigbus() {
+        if std::env::var("RINGBLAST_GUARD_CHILD").is_ok() {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("f");
+            let data: Vec<u8> = (0..64 << 10).map(|i| (i % 251) as u8).collect();
+            std::fs::write(&path, &data).unwrap();
+            let m = MappedFile::map(&File::open(&path).unwrap(), data.len() as u64).unwrap();
+            let sum = |b: &[u8]| b.iter().map(|&x| x as u64).sum::<u64>();
+            let whole = sum(&data[1000..30_000]);
+            assert_eq!(m.read(1000, 29_000, sum), Ok(whole));
+            // Cut to 8 KiB: the first two pages stay, the rest are gone.
+            File::options()
+                .write(true)
+                .open(&path)
+                .unwrap()
+                .set_len(8192)
+                .unwrap();
+            assert_eq!(m.read(0, 8192, sum), Ok(sum(&data[..8192])));
+            assert_eq!(m.read(8000, 1000, sum), Err(GuardError::CutShort));
+            // Poisoned: even the pages that are still there are refused now.
+            assert_eq!(m.read(0, 100, sum), Err(GuardError::CutShort));
+            // Another map of the same file (the rescan) reads what is there.
+            let again = MappedFile::map(&File::open(&path).unwrap(), 8192).unwrap();
+            assert_eq!(again.read(0, 8192, sum), Ok(sum(&data[..8192])));
+            println!("guarded reads survived");
+            return;
+        }
+        let (status, out) = in_child(
+            "a_guarded_read_of_a_truncated_file_is_an_error_not_sigbus",
+            "RINGBLAST_GUARD_CHILD",
+        );
+        assert!(
+            status.success() && out.contains("guarded reads survived"),
+            "child: {status:?}\n{out}"
+        );
+    }
+
+    /// The guard catches only the reads it guards: a SIGBUS anywhere else ends the process
+    /// as it did before the handler was installed.
+    #[test]
+    fn a_sigbus_outside_a_guarded_read_still_ends_the_process() {
+        use std::os::unix::process::ExitStatusExt;
+        if std::env::var("RINGBLAST_UNGUARDED_CHILD").is_ok() {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("f");
+            std::fs::write(&path, vec![3u8; 64 << 10]).unwrap();
+            let m = MappedFile::map(&File::open(&path).unwrap(), 64 << 10).unwrap();
+            // Dies without leaving a core file behind.
+            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0).unwrap();
+            // Installs the handler.
+            assert_eq!(m.read(0, 10, |b| b[0]), Ok(3));
+            File::options()
+                .write(true)
+                .open(&path)
+                .unwrap()
+                .set_len(0)
+                .unwrap();
+            let p = m.range(40_000, 1).base;
+            // SAFETY: deliberately reads a page the truncation removed, unguarded: the
+            // process must die of SIGBUS here (the test's parent checks that it did).
+            let v = unsafe { std::ptr::read_volatile(p) };
+            println!("read {v} past the end and lived");
+            return;
+        }
+        let (status, out) = in_child(
+            "a_sigbus_outside_a_guarded_read_still_ends_the_process",
+            "RINGBLAST_UNGUARDED_CHILD",
+        );
+        assert_eq!(
+            status.signal(),
+            Some(libc::SIGBUS),
+            "child: {status:?}\n{out}"
         );
     }
 

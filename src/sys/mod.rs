@@ -10,6 +10,7 @@ pub mod hugebuf;
 pub mod mmap;
 pub mod multicast;
 pub mod recvmmsg;
+pub mod sigbus;
 pub mod socket;
 pub mod splice;
 

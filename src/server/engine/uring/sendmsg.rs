@@ -8,12 +8,9 @@ use std::time::Instant;
 use super::session_ring::{next_datagram, SessionRing};
 use super::END_SEGMENT;
 use crate::protocol::sender::NextDatagram;
-use std::io::IoSliceMut;
-
-use nix::sys::uio::preadv;
 
 use super::ring::Ring;
-use crate::protocol::seal::{SEALED_HEADER_LEN, SEAL_OVERHEAD, TAG_LEN};
+use crate::protocol::seal::{SealError, SEALED_HEADER_LEN, SEAL_OVERHEAD};
 use crate::protocol::{Mode, DATA_HEADER_LEN};
 use crate::server::session::{CloseReason, Session};
 
@@ -170,68 +167,43 @@ fn seal_queued(
     result
 }
 
-/// Payloads read by one `preadv` at most (a GSO batch's worth).
-const READ_RUN: usize = 64;
-
-/// Data datagrams of a sealed session (their headers written): their payloads read from the
-/// file, one `preadv` per run of consecutive datagrams (a file cut short is an error here, not
-/// a fault: nothing reads the map in user space), then each sealed in place.
+/// Data datagrams of a sealed session (their headers written), each sealed straight from the
+/// file's map: the AEAD reads the payload where it lies and writes it encrypted into the
+/// datagram (one copy, where reading it into the datagram first and sealing it there made two:
+/// a sealed 1 GiB over a veth of MTU 1500 went from 0.63 to 0.49 server CPU-seconds per GB).
+/// The map is read under the SIGBUS guard (`sys::sigbus`): a file truncated meanwhile is an
+/// error for the session, not the end of the server.
 fn seal_segments(
     session: &Session,
     segs: &mut [(u32, &mut [u8])],
 ) -> Result<(), (CloseReason, String)> {
     let sealer = session.sealer.as_ref().expect("a sealed session");
     let file = &session.file;
-    let payload_size = file.payload_size as u64;
-    let from = DATA_HEADER_LEN + SEALED_HEADER_LEN;
-    let read_failed = |e: String| {
-        let reason = if file.check_changed() {
-            CloseReason::FileChanged
-        } else {
-            CloseReason::Failed
-        };
-        (reason, format!("cannot read {}: {e}", file.name))
+    let payload_size = file.payload_size as usize;
+    let cannot_seal = |e: SealError| {
+        (
+            CloseReason::Failed,
+            format!("cannot seal: {e:?} (a new connection is due)"),
+        )
     };
-    {
-        // Up to READ_RUN payloads per preadv, their iovecs on the stack: nothing allocated.
-        let mut iov: [IoSliceMut; READ_RUN] = std::array::from_fn(|_| IoSliceMut::new(&mut []));
-        let mut segs = segs.iter_mut().peekable();
-        while let Some((first, seg)) = segs.next() {
-            let first = *first;
-            let mut want = seg.len() - from - TAG_LEN;
-            iov[0] = IoSliceMut::new(&mut seg[from..from + want]);
-            let mut n = 1;
-            while let Some((i, _)) = segs.peek() {
-                if n == READ_RUN || *i != first + n as u32 {
-                    break;
-                }
-                let (_, seg) = segs.next().expect("peeked");
-                let len = seg.len() - from - TAG_LEN;
-                want += len;
-                iov[n] = IoSliceMut::new(&mut seg[from..from + len]);
-                n += 1;
-            }
-            let got = preadv(
-                &file.file,
-                &mut iov[..n],
-                (first as u64 * payload_size) as i64,
-            )
-            .map_err(|e| read_failed(e.to_string()))?;
-            if got != want {
-                return Err(read_failed(format!(
-                    "{got} of {want} bytes read: it was cut short"
-                )));
-            }
-        }
-    }
-    for (_, seg) in segs.iter_mut() {
-        let len = seg.len() - SEAL_OVERHEAD;
-        sealer.seal_in_place(seg, len).map_err(|e| {
-            (
-                CloseReason::Failed,
-                format!("cannot seal: {e:?} (a new connection is due)"),
-            )
-        })?;
+    for (index, seg) in segs.iter_mut() {
+        let len = seg.len() - SEAL_OVERHEAD - DATA_HEADER_LEN;
+        let sealed = match &file.map {
+            Some(map) if len > 0 => map
+                .read(*index as usize * payload_size, len, |payload| {
+                    sealer.seal_from(seg, DATA_HEADER_LEN, payload)
+                })
+                .map_err(|e| {
+                    // Its pages are gone: a map of the file as it is now is needed.
+                    file.mark_changed();
+                    (
+                        CloseReason::FileChanged,
+                        format!("cannot read {}: {}", file.name, std::io::Error::from(e)),
+                    )
+                })?,
+            _ => sealer.seal_from(seg, DATA_HEADER_LEN, &[]),
+        };
+        sealed.map_err(cannot_seal)?;
     }
     Ok(())
 }
