@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::edge::Outbox;
+use crate::protocol::data::payload_crc;
 use crate::protocol::fec::BlockPlan;
 use crate::protocol::group_rx::GroupReceiver;
 use crate::protocol::{Feedback, Join, Meta, RepairHeader};
@@ -132,7 +133,7 @@ impl GroupPart {
         let Ok((h, shard)) = RepairHeader::parse(d) else {
             return false;
         };
-        if h.group != self.join.group || !RepairHeader::crc_ok(d, crc32c::crc32c(shard)) {
+        if h.group != self.join.group || !RepairHeader::crc_ok(d, payload_crc(shard)) {
             return false;
         }
         self.heard(now);

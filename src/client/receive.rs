@@ -13,6 +13,7 @@ use super::group::{GroupPart, Left};
 use super::sink::Sink;
 use super::window::window_for_path;
 use super::ClientError;
+use crate::protocol::data::payload_crc;
 use crate::protocol::layout::{datagram_count, payload_len};
 use crate::protocol::loss::{LossTracker, RepairClock};
 use crate::protocol::{
@@ -425,7 +426,7 @@ impl DataReceiver {
             self.counts.duplicates += 1;
             return None;
         }
-        let crc = crc32c::crc32c(payload);
+        let crc = payload_crc(payload);
         if !DataHeader::crc_ok(d, crc) {
             self.counts.corrupt += 1;
             return None;
@@ -461,7 +462,7 @@ impl DataReceiver {
                 continue;
             }
             self.tracker.insert(i);
-            self.crcs[index as usize] = crc32c::crc32c(&payload);
+            self.crcs[index as usize] = payload_crc(&payload);
             self.counts.bytes_intact += payload.len() as u64;
             self.counts.rebuilt += 1;
             let offset = index * self.meta.payload_size as u64;

@@ -103,6 +103,16 @@ impl DataHeader {
     }
 }
 
+/// CRC32C of a payload (or a repair shard): what a data header's CRC and the manifest are
+/// built from. crc-fast folds it with the CPU's carry-less multiplies (VPCLMULQDQ, AVX-512
+/// where present): 29 GB/s on a 1440-byte payload and 58 GB/s on a 65440-byte one on this
+/// project's VM (one core, 2026-12-06), where the crc32c crate's three-way `crc32` instruction
+/// loop ran at 14 and 26; the receiver checks every payload it gets, so this was 19-23% of a
+/// sealed client's CPU. Same function, same values (test below).
+pub fn payload_crc(payload: &[u8]) -> u32 {
+    crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, payload) as u32
+}
+
 /// CRC32C of payload ‖ header-without-crc, chained from the payload's CRC (the data and the
 /// repair header put their CRC in the same place).
 pub(super) fn header_crc(payload_crc: u32, header: &[u8]) -> u32 {
@@ -114,6 +124,16 @@ pub(super) fn header_crc(payload_crc: u32, header: &[u8]) -> u32 {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    proptest! {
+        /// The fast payload CRC is CRC32C: the crc32c crate's value for any bytes, whatever
+        /// their length and alignment.
+        #[test]
+        fn the_payload_crc_is_crc32c(bytes in proptest::collection::vec(any::<u8>(), 0..5000), skip in 0usize..16) {
+            let b = &bytes[skip.min(bytes.len())..];
+            prop_assert_eq!(payload_crc(b), crc32c::crc32c(b));
+        }
+    }
 
     #[test]
     fn data_header_round_trip_and_crc() {

@@ -105,7 +105,7 @@ pub fn name_for(size: u64) -> String {
         (1 << 10, "KiB"),
     ];
     for (mult, unit) in units {
-        if size >= mult && size % mult == 0 {
+        if size >= mult && size.is_multiple_of(mult) {
             return format!("{PREFIX}{}{unit}", size / mult);
         }
     }

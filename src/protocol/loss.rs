@@ -76,7 +76,7 @@ impl LossTracker {
             let word = self.bits[i as usize / 64] >> (i % 64);
             let ones = (!word).trailing_zeros().min(64 - i % 64);
             i += ones;
-            if ones == 0 || i % 64 != 0 {
+            if ones == 0 || !i.is_multiple_of(64) {
                 break;
             }
         }

@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use thiserror::Error;
 
 use super::generated::GeneratedStore;
+use crate::protocol::data::payload_crc;
 use crate::protocol::layout::{datagram_count, manifest_hash, payload_len, validate_name, BadName};
 use crate::sys::hugebuf::HugeBuf;
 use crate::sys::mmap::{MapRange, MappedFile};
@@ -132,7 +133,7 @@ impl ScannedFile {
         let ok = self
             .file
             .read_exact_at(&mut buf, index as u64 * self.payload_size as u64)
-            .is_ok_and(|()| self.crcs.get(index as usize) == Some(&crc32c::crc32c(&buf)));
+            .is_ok_and(|()| self.crcs.get(index as usize) == Some(&payload_crc(&buf)));
         if !ok {
             self.changed.store(true, Ordering::Relaxed);
         }
@@ -200,7 +201,7 @@ pub fn digest(file: &File, len: u64, payload_size: u32) -> std::io::Result<(Vec<
         std::thread::scope(|s| {
             let c = s.spawn(|| {
                 data.chunks(payload_size as usize)
-                    .map(crc32c::crc32c)
+                    .map(payload_crc)
                     .collect::<Vec<u32>>()
             });
             h.update_rayon(data);

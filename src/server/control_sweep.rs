@@ -157,10 +157,10 @@ impl Control {
             l.flush_log(now);
         }
         self.sweeps += 1;
-        if self.sweeps % SHED_LOG_SWEEPS == 0 {
+        if self.sweeps.is_multiple_of(SHED_LOG_SWEEPS) {
             self.log_shedding();
         }
-        if self.sweeps % EVICT_SWEEPS == 0 {
+        if self.sweeps.is_multiple_of(EVICT_SWEEPS) {
             self.catalog.evict_stale();
             if let Some(secure) = &mut self.secure {
                 // A connection outlives its sessions by twice the idle timeout (a client
@@ -169,7 +169,7 @@ impl Control {
                 secure.sweep(now, self.cfg.idle_timeout * 2, |p| busy.contains(&p));
             }
         }
-        if self.sweeps % 2 == 0 {
+        if self.sweeps.is_multiple_of(2) {
             // Only to clients that have shown they receive at their address.
             let statuses: Vec<_> = self
                 .sessions

@@ -25,6 +25,7 @@ use nix::sys::socket::SockaddrStorage;
 
 use super::catalog::ScannedFile;
 use super::stats::ServerStats;
+use crate::protocol::data::payload_crc;
 use crate::protocol::fec::{BlockEncoder, BlockPlan};
 use crate::protocol::group_tx::{feedback_interval, GroupSend, GroupSender, GroupTxStats};
 use crate::protocol::seal::{DirectionKey, Sealer, SEALED_HEADER_LEN, SEAL_OVERHEAD};
@@ -441,7 +442,7 @@ impl Blocks {
         self.file.file.read_exact_at(&mut data, start)?;
         for (j, i) in range.enumerate() {
             let s = &data[j * p as usize..((j + 1) * p as usize).min(data.len())];
-            if self.file.crcs.get(i as usize) != Some(&crc32c::crc32c(s)) {
+            if self.file.crcs.get(i as usize) != Some(&payload_crc(s)) {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
                     "the file changed since it was scanned",
@@ -636,7 +637,7 @@ impl Run {
                     k,
                     send_ts_ns: unix_ns(),
                 }
-                .emit(crc32c::crc32c(shard), &mut header);
+                .emit(payload_crc(shard), &mut header);
                 out.extend_from_slice(&header);
                 out.extend_from_slice(shard);
             }

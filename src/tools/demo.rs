@@ -102,7 +102,7 @@ fn remove_stale_generating(dir: &Path) {
 
 /// Name of the generated file for a size, e.g. `100MiB.bin`.
 pub fn file_name(size: u64) -> String {
-    if size % (1 << 20) == 0 {
+    if size.is_multiple_of(1 << 20) {
         format!("{}MiB.bin", size >> 20)
     } else {
         format!("{size}B.bin")
