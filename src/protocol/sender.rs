@@ -72,6 +72,8 @@ struct SendRecord {
     delivered_time: Instant,
     first_sent_time: Instant,
     app_limited: bool,
+    /// The pacer's rate when it was sent (bits/s; 0: not paced).
+    paced_bps: u64,
 }
 
 /// Sender state of one session.
@@ -589,6 +591,7 @@ impl SenderState {
                 delivered_time: self.delivered_time,
                 first_sent_time: self.first_sent_time,
                 app_limited: self.delivered < self.app_limited_until,
+                paced_bps: self.pacer.as_ref().map_or(0, |p| p.rate_bps()),
             });
         }
         self.datagrams_sent += 1;

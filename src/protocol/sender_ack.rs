@@ -9,6 +9,17 @@ use crate::protocol::congestion::{AckEvent, RateSample};
 use crate::protocol::pacer::burst_for;
 use crate::protocol::{Ack, Mode};
 
+/// A delivery-rate sample shows at most this much more than the pacer's rate when the
+/// sample's datagram was sent. Over a span of whole pacing quanta a sender delivers no faster
+/// than it sends; a sample that says otherwise spans a single burst (the first flight after
+/// an idle stretch, ProbeRTT's end, or Startup's first rounds, a GSO batch at line rate): it
+/// measures the link's line rate, or a token bucket's refilled burst, not the path's rate.
+/// Taken whole, such a sample lifted the estimate behind `tbf rate 100mbit burst 256kb` from
+/// 160 to 3300 Mbit/s after a ProbeRTT, and the window it sized overflowed the router's queue.
+/// Growth stays possible (the bound rises with the pacing rate), a step at a time: ProbeBW's
+/// probes send at 1.25x, Startup's at 2.89x.
+const SAMPLE_PACE_BOUND: f64 = 1.25;
+
 impl SenderState {
     /// Applies a receiver's `ACK`. `rtt`: the sample its echoed timestamp gives, if any.
     /// `receiver_idle`: the receiver's socket was empty when it sent this ACK, so anything
@@ -137,8 +148,12 @@ impl SenderState {
         if interval <= 0.0 || delivered == 0 {
             return None;
         }
+        let mut delivery_rate = delivered as f64 * self.payload_size as f64 / interval;
+        if r.paced_bps > 0 {
+            delivery_rate = delivery_rate.min(SAMPLE_PACE_BOUND * r.paced_bps as f64 / 8.0);
+        }
         Some(RateSample {
-            delivery_rate: delivered as f64 * self.payload_size as f64 / interval,
+            delivery_rate,
             app_limited: r.app_limited,
             prior_delivered: r.delivered,
         })

@@ -505,6 +505,54 @@ fn a_flight_sent_after_an_idle_gap_is_measured_from_its_own_first_send() {
     );
 }
 
+/// Issue 24: a flight that leaves at once after an idle stretch (here 20 ms) and is
+/// delivered within 100 µs measures a burst, not the path: behind a token bucket the first
+/// flight after a ProbeRTT measured 3300 Mbit/s where the flow paced at 160 (and the link
+/// carried 95). No sample counts for more than 1.25x the pace its datagram left at (that a
+/// flow still grows: `a_flight_sent_after_an_idle_gap_is_measured_from_its_own_first_send`).
+#[test]
+fn a_burst_after_an_idle_stretch_counts_for_no_more_than_its_pace() {
+    let t0 = Instant::now();
+    let mut s = sender(Mode::Reliable, 1_000_000, 1_000_000, CcKind::Bbr, t0);
+    let mut t = t0;
+    let mut next = 0u32;
+    for flight in 0..8 {
+        let (paced, before) = (
+            s.status(1).pacing_bps as f64,
+            s.status(1).delivery_bps as f64,
+        );
+        let sent = drain(&mut s, t);
+        assert!(!sent.is_empty());
+        next += sent.len() as u32;
+        ack(
+            &mut s,
+            AckSpec {
+                next,
+                credit: 1_000_000,
+                seen: next,
+                received: next,
+                echo: ts_of(&sent, next - 1),
+                ranges: &[],
+                idle: true,
+            },
+            t + Duration::from_micros(100),
+        );
+        let bw = s.status(1).delivery_bps as f64;
+        let burst = sent.len() as f64 * P as f64 * 8.0 / 100e-6;
+        assert!(
+            bw <= before.max(1.25 * paced) * 1.001,
+            "flight {flight}: {} datagrams sent at {:.0} Mbit/s, delivered in 100 µs \
+             ({:.0} Mbit/s): estimate {:.0} Mbit/s (was {:.0})",
+            sent.len(),
+            paced / 1e6,
+            burst / 1e6,
+            bw / 1e6,
+            before / 1e6
+        );
+        t += Duration::from_millis(20);
+    }
+}
+
 #[test]
 fn a_probe_timeout_with_credit_sends_new_data_not_a_retransmission() {
     // A receiver that is only slow (a thread among a thousand on two cores): the probe
