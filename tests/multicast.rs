@@ -143,31 +143,44 @@ fn members_get_whole_copies_with_losses_rebuilt_from_repairs() {
     };
     let (dir, out, data) = setup(32 << 20);
     let mut srv = group_server(dir.path(), &group, port, &[]);
-    let (o, v) = get(&srv.server(), 3, out.path(), &[]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Every member's losses made good, and some by the group's repairs: in one fetch of two.
+    // (Members whose feedback all comes after the group's linger fetch everything by unicast,
+    // as designed: on 2 cores with this binary's other tests beside them, 3 runs in 37 saw
+    // all three members starved so, and no repair went out.)
     let mut rebuilt_in_all = 0;
-    for (i, c) in copies(&v).iter().enumerate() {
-        assert!(
-            file_copy(out.path(), 3, i + 1) == data,
-            "copy {} differs",
-            i + 1
-        );
-        let m = &c["multicast"];
-        assert!(m["sources"].as_u64().unwrap() > 0, "{m}");
-        // Its losses were made good: rebuilt from repairs, or fetched by unicast when its
-        // feedback came after the group's linger (a member starved of CPU by the tests
-        // running beside it: seen 1 run in 8 on 2 cores, before and after issue 22).
-        let (rebuilt, unicast) = (
-            m["rebuilt"].as_u64().unwrap(),
-            m["unicast_datagrams"].as_u64().unwrap(),
-        );
-        assert!(rebuilt + unicast > 0, "nothing lost was made good: {m}");
-        rebuilt_in_all += rebuilt;
-        assert_eq!(m["fallback"], Value::Null, "{m}");
+    for attempt in 1..=2 {
+        let (o, v) = get(&srv.server(), 3, out.path(), &[]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        for (i, c) in copies(&v).iter().enumerate() {
+            assert!(
+                file_copy(out.path(), 3, i + 1) == data,
+                "copy {} differs",
+                i + 1
+            );
+            let m = &c["multicast"];
+            assert!(m["sources"].as_u64().unwrap() > 0, "{m}");
+            // Its losses were made good: rebuilt from repairs, or fetched by unicast when its
+            // feedback came after the group's linger (a member starved of CPU by the tests
+            // running beside it: seen 1 run in 8 on 2 cores, before and after issue 22).
+            let (rebuilt, unicast) = (
+                m["rebuilt"].as_u64().unwrap(),
+                m["unicast_datagrams"].as_u64().unwrap(),
+            );
+            assert!(rebuilt + unicast > 0, "nothing lost was made good: {m}");
+            rebuilt_in_all += rebuilt;
+            assert_eq!(m["fallback"], Value::Null, "{m}");
+        }
+        if rebuilt_in_all > 0 {
+            break;
+        }
+        eprintln!("attempt {attempt}: the group's repairs rebuilt nothing (every member's feedback late): {v}");
+        for i in 1..=3 {
+            let _ = std::fs::remove_file(out.path().join(format!("{NAME}.{i}")));
+        }
     }
     assert!(
         rebuilt_in_all > 0,
-        "the group's repairs rebuilt nothing: {v}"
+        "the group's repairs rebuilt nothing, twice"
     );
     // The group's end is logged once the transmission lingered.
     let t = Instant::now();
