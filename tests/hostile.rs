@@ -487,16 +487,8 @@ fn a_file_rewritten_in_place_with_its_times_restored_ends_the_session() {
     }
     let (r, took) = getter.join().unwrap();
     let e = r.error.clone().unwrap_or_default();
-    // The session's byte count is added when it closes (its counters are final once it is no
-    // longer active).
-    let closing = Instant::now();
-    while srv.stats().sessions_active.load(Ordering::Acquire) > 0 {
-        assert!(
-            closing.elapsed() < Duration::from_secs(5),
-            "session not closed"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    // The session's byte count is added when it closes.
+    common::wait_sessions_closed(&srv);
     eprintln!(
         "measured: rewritten in place, times restored: client told after {:.2} s, {} bytes sent for a {size}-byte file",
         took.as_secs_f64(),

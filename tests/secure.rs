@@ -100,20 +100,6 @@ fn error_of(reports: &[CopyReport]) -> String {
     reports[0].error.clone().unwrap_or_default()
 }
 
-/// Waits (up to 5 s) until the server holds no session: a client is done when its copy is
-/// whole, the server when the client's last acknowledgement reaches it, a moment later. The
-/// session's counters are final once it is no longer active (Release/Acquire).
-fn wait_sessions_closed(server: &Server) {
-    let t = Instant::now();
-    while server.stats().sessions_active.load(Ordering::Acquire) > 0 {
-        assert!(
-            t.elapsed() < Duration::from_secs(5),
-            "sessions still open 5 s after their copies were whole"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 #[test]
 fn an_authorized_key_gets_its_files_sealed_and_sees_only_those() {
     let s = setup(300 * MAX_PAYLOAD + 77, |_| {});
@@ -129,7 +115,7 @@ fn an_authorized_key_gets_its_files_sealed_and_sees_only_those() {
         assert!(r.ok(), "{r:?}");
         assert_eq!(std::fs::read(r.path.as_ref().unwrap()).unwrap(), s.data);
     }
-    wait_sessions_closed(&s.server);
+    common::wait_sessions_closed(&s.server);
     let st = s.server.stats();
     assert_eq!(st.connections.load(Ordering::Relaxed), 3);
     assert_eq!(st.sessions_completed.load(Ordering::Relaxed), 3);
@@ -416,7 +402,7 @@ fn datagrams_of_an_earlier_session_replayed_start_nothing_and_send_nothing() {
     );
     assert!(r[0].ok(), "{r:?}");
     let st = s.server.stats();
-    wait_sessions_closed(&s.server);
+    common::wait_sessions_closed(&s.server);
     let (started, bytes) = (
         st.sessions_started.load(Ordering::Relaxed),
         st.bytes_sent.load(Ordering::Relaxed),
@@ -641,7 +627,7 @@ fn both_engines_seal() {
             assert_eq!(c.unauthenticated, 0);
         }
     }
-    wait_sessions_closed(&s.server);
+    common::wait_sessions_closed(&s.server);
     assert_eq!(
         s.server.stats().sessions_completed.load(Ordering::Relaxed),
         4

@@ -85,6 +85,29 @@ fn ack_held(s: &mut SenderState, a: AckSpec<'_>, held_us: u32, now: Instant) {
     s.on_ack(&ack, Some(Duration::from_micros(100)), a.idle, now);
 }
 
+/// Sends what the sender lets out at `t` (a flight) and acknowledges all of it 100 µs later,
+/// from a receiver that then has nothing more; `next` counts the datagrams so far. Returns
+/// the flight.
+fn ack_flight(s: &mut SenderState, next: &mut u32, t: Instant) -> Vec<NextDatagram> {
+    let sent = drain(s, t);
+    assert!(!sent.is_empty());
+    *next += sent.len() as u32;
+    ack(
+        s,
+        AckSpec {
+            next: *next,
+            credit: u32::MAX,
+            seen: *next,
+            received: *next,
+            echo: ts_of(&sent, *next - 1),
+            ranges: &[],
+            idle: true,
+        },
+        t + Duration::from_micros(100),
+    );
+    sent
+}
+
 #[test]
 fn credit_window_limits_new_data() {
     let t0 = Instant::now();
@@ -477,23 +500,7 @@ fn a_flight_sent_after_an_idle_gap_is_measured_from_its_own_first_send() {
     let mut next = 0u32;
     let mut last_flight = 0;
     for _ in 0..6 {
-        let sent = drain(&mut s, t);
-        assert!(!sent.is_empty());
-        last_flight = sent.len() as u32;
-        next += last_flight;
-        ack(
-            &mut s,
-            AckSpec {
-                next,
-                credit: 100_000,
-                seen: next,
-                received: next,
-                echo: ts_of(&sent, next - 1),
-                ranges: &[],
-                idle: true,
-            },
-            t + Duration::from_micros(100),
-        );
+        last_flight = ack_flight(&mut s, &mut next, t).len() as u32;
         t += Duration::from_millis(3);
     }
     let bw = s.status(1).delivery_bps as f64 / 8.0;
@@ -521,22 +528,7 @@ fn a_burst_after_an_idle_stretch_counts_for_no_more_than_its_pace() {
             s.status(1).pacing_bps as f64,
             s.status(1).delivery_bps as f64,
         );
-        let sent = drain(&mut s, t);
-        assert!(!sent.is_empty());
-        next += sent.len() as u32;
-        ack(
-            &mut s,
-            AckSpec {
-                next,
-                credit: 1_000_000,
-                seen: next,
-                received: next,
-                echo: ts_of(&sent, next - 1),
-                ranges: &[],
-                idle: true,
-            },
-            t + Duration::from_micros(100),
-        );
+        let sent = ack_flight(&mut s, &mut next, t);
         let bw = s.status(1).delivery_bps as f64;
         let burst = sent.len() as f64 * P as f64 * 8.0 / 100e-6;
         assert!(

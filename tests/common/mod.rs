@@ -409,3 +409,23 @@ pub fn loopback_multicast() -> bool {
     );
     false
 }
+
+/// Waits (up to 5 s) until `server` holds no session: a client is done when its copy is
+/// whole, the server when the client's last acknowledgement reaches it, a moment later (or
+/// when it ends the session itself). A session's counters (bytes sent, how it ended) are
+/// added when it closes: final once it is no longer active (Release/Acquire).
+pub fn wait_sessions_closed(server: &Server) {
+    let t = std::time::Instant::now();
+    while server
+        .stats()
+        .sessions_active
+        .load(std::sync::atomic::Ordering::Acquire)
+        > 0
+    {
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(5),
+            "sessions still open 5 s after their copies ended"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
