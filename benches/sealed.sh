@@ -6,6 +6,8 @@
 #     127.0.0.1:$SSH_PORT, the file in /dev/shm, copied to /dev/null);
 #   - two hosts (two network namespaces, a veth pair of MTU $MTU): ringblast open vs sealed,
 #     and iperf3 TCP (-R, -n 1G, unencrypted);
+#   - for scale, one iperf3 UDP sender on loopback (-u -b 0 -l 65507, 3 s): no protocol, no
+#     encryption, and its CPU seconds per GB;
 # and for each ringblast case the CPU seconds per GB of the server (utime+stime of its process,
 # from /proc) and of the client (bash's `time` of the get).
 # Usage: benches/sealed.sh [RUNS]   (root; installs openssh-server and iperf3 if missing)
@@ -102,10 +104,19 @@ for _ in $(seq "$RUNS"); do
   "${SCP[@]}" "root@127.0.0.1:/dev/shm/ringblast-sealed-1GiB" /dev/null
   add scp "$(awk -v s="$s" -v e="$(date +%s.%N)" 'BEGIN {printf "%.3f", 1073741824 / 1e9 / (e - s)}')"
 done
+# No protocol at all, for scale: one iperf3 UDP sender's core blasting 65507-byte datagrams
+# (what one sealed session's worker also does, before it encrypts).
+iperf3 -s -p 5298 -1 > /dev/null 2>&1 &
+sleep 0.5
+iperf3 -c 127.0.0.1 -p 5298 -u -b 0 -l 65507 -t 3 -J > "$WORK/iperf-u.json" 2> /dev/null || true
 echo "-- loopback"
 row lo_open "ringblast open"
 row lo_sealed "ringblast sealed (AES-128-GCM)"
 printf '%-44s %6.2f GB/s  (runs: %s)\n' "scp -c aes128-gcm@openssh.com (key auth)" "$(med scp)" "$(printf '%.2f ' ${V[scp]})"
+if [ -s "$WORK/iperf-u.json" ]; then
+  printf '%-44s %6.2f GB/s  (one run, 3 s)  CPU s/GB: sender %.2f\n' "no protocol: iperf3 -u -b 0 -l 65507" \
+    "$(iperf3_rate < "$WORK/iperf-u.json" | awk '{print $1 / 1e9}')" "$(iperf3_cpu_per_gb < "$WORK/iperf-u.json")"
+fi
 python3 -c "
 o, s, c = $(med lo_open), $(med lo_sealed), $(med scp)
 print(f'sealed / open: {s / o:.2f}x (target >= 0.5); sealed / scp: {s / c:.1f}x (target >= 8)')"
