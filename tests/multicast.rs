@@ -108,6 +108,27 @@ fn copies(v: &Value) -> Vec<Value> {
     v["clients"].as_array().cloned().unwrap_or_default()
 }
 
+/// Each client's report in `v`, once its copy in `out` (of `clients`) is checked whole and
+/// its report shows datagrams from the group: the `multicast` part of each.
+fn whole_from_the_group(out: &Path, clients: usize, data: &[u8], v: &Value) -> Vec<Value> {
+    copies(v)
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| {
+            assert!(
+                file_copy(out, clients, i + 1) == data,
+                "copy {} differs",
+                i + 1
+            );
+            assert!(
+                c["multicast"]["sources"].as_u64().unwrap() > 0,
+                "nothing from the group: {c}"
+            );
+            c
+        })
+        .collect()
+}
+
 fn file_copy(out: &Path, clients: usize, i: usize) -> Vec<u8> {
     let name = if clients == 1 {
         NAME.to_string()
@@ -151,14 +172,8 @@ fn members_get_whole_copies_with_losses_rebuilt_from_repairs() {
     for attempt in 1..=2 {
         let (o, v) = get(&srv.server(), 3, out.path(), &[]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        for (i, c) in copies(&v).iter().enumerate() {
-            assert!(
-                file_copy(out.path(), 3, i + 1) == data,
-                "copy {} differs",
-                i + 1
-            );
+        for c in whole_from_the_group(out.path(), 3, &data, &v) {
             let m = &c["multicast"];
-            assert!(m["sources"].as_u64().unwrap() > 0, "{m}");
             // Its losses were made good: rebuilt from repairs, or fetched by unicast when its
             // feedback came after the group's linger (a member starved of CPU by the tests
             // running beside it: seen 1 run in 8 on 2 cores, before and after issue 22).
@@ -631,17 +646,7 @@ fn sealed_members_take_the_file_from_the_group_with_its_key() {
         &["--identity", &member, "--server-key", &pin],
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    for (i, c) in copies(&v).iter().enumerate() {
-        assert!(
-            file_copy(out.path(), 3, i + 1) == data,
-            "copy {} differs",
-            i + 1
-        );
-        let m = &c["multicast"];
-        assert!(
-            m["sources"].as_u64().unwrap() > 0,
-            "nothing from the group: {m}"
-        );
+    for c in whole_from_the_group(out.path(), 3, &data, &v) {
         assert_eq!(c["unauthenticated"].as_u64(), Some(0), "{c}");
     }
     let log = srv.stop();

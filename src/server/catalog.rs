@@ -112,13 +112,14 @@ impl ScannedFile {
             Err(_) => true,
         };
         if changed {
-            self.changed.store(true, Ordering::Relaxed);
+            self.mark_changed();
         }
         changed
     }
 
-    /// Marks the file changed (its map found shorter than the file was): it stays changed,
-    /// and the next GET of it scans and maps it anew.
+    /// Marks the file changed (its identity moved, its bytes no longer match their CRCs, or
+    /// its map was found shorter than the file was): it stays changed, and the next GET of it
+    /// scans and maps it anew.
     pub fn mark_changed(&self) {
         self.changed.store(true, Ordering::Relaxed);
     }
@@ -135,7 +136,7 @@ impl ScannedFile {
             .read_exact_at(&mut buf, index as u64 * self.payload_size as u64)
             .is_ok_and(|()| self.crcs.get(index as usize) == Some(&payload_crc(&buf)));
         if !ok {
-            self.changed.store(true, Ordering::Relaxed);
+            self.mark_changed();
         }
         ok
     }
