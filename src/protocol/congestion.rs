@@ -14,8 +14,11 @@
 //! and until the pipe is full no delivery sample counts for much more than that capacity (a
 //! token bucket's burst is not bandwidth). Once a paced round shows the path empty (its RTT
 //! never rose), Startup skips to its last doubling, half that capacity, instead of doubling
-//! there from 16 datagrams. `Fixed` paces at a set rate (or not at all) for
-//! experiments. Pure: the sender feeds it events with the caller's clock.
+//! there from 16 datagrams. Once the pipe is full, a round trip that overflows the
+//! bottleneck's queue (loss past 2% while the RTT shows the queue) holds the window below what
+//! the path held then (BBR v2's inflight_hi), which pacing at an estimate a token bucket
+//! inflated would not. `Fixed` paces at a set rate (or not at all) for experiments. Pure: the
+//! sender feeds it events with the caller's clock.
 
 use std::time::{Duration, Instant};
 
@@ -95,6 +98,18 @@ const LONG_ROUND: Duration = Duration::from_millis(20);
 /// Datagrams Drain must deliver (over half a round trip at least) to take its measure of the
 /// bottleneck ([`Bbr::calibrate_after_drain`]).
 const DRAIN_DELIVERIES: u64 = 32;
+/// A round trip that lost more than one datagram in this many (and at least
+/// [`OVERFLOW_MIN_LOST`]) while its RTT showed a queue overflowed the bottleneck's queue
+/// (BBR v2's loss threshold, 2%).
+const OVERFLOW_LOSS_DIVISOR: u64 = 50;
+const OVERFLOW_MIN_LOST: u64 = 8;
+/// After an overflow the window is held to this fraction of what was in flight when it
+/// showed ([`Bbr::inflight_hi`]).
+const OVERFLOW_BETA: f64 = 0.85;
+/// A probe that ends without an overflow raises the bound by this fraction of it, doubling
+/// with each clean probe after (BBR v3's ProbeBW_UP: slowly at first where the last
+/// overflow was, then fast where the path has grown).
+const INFLIGHT_HI_GROWTH: f64 = 1.0 / 16.0;
 /// ProbeRTT lasts this long at half a BDP.
 const PROBE_RTT_TIME: Duration = Duration::from_millis(200);
 /// The window covers at least this much time at the estimated bandwidth, however short the
@@ -321,6 +336,20 @@ pub struct Bbr {
     exit_queued: bool,
     /// When Drain began, and the datagrams delivered by then.
     drain_start: (Instant, u64),
+    /// How much may be in flight, datagrams, as the last overflow of the bottleneck's queue
+    /// taught (infinite until one): BBR v2's inflight_hi.
+    inflight_hi: f64,
+    /// What the next clean probe adds to it, as a fraction of it.
+    hi_growth: f64,
+    /// No overflow counts again before this round (the losses of what was in flight when
+    /// the last one was seen are still being found).
+    hi_quiet_until: u64,
+    /// The current probe phase has seen no overflow.
+    probe_clean: bool,
+    /// The highest RTT sampled in the current round.
+    round_max_rtt: Duration,
+    /// The current probe phase has had the window up against its bound.
+    probe_bound_reached: bool,
 }
 
 impl Bbr {
@@ -370,6 +399,12 @@ impl Bbr {
             capacity_floor: 0.0,
             exit_queued: false,
             drain_start: (now, 0),
+            inflight_hi: f64::INFINITY,
+            hi_growth: INFLIGHT_HI_GROWTH,
+            hi_quiet_until: 0,
+            probe_clean: false,
+            round_max_rtt: Duration::ZERO,
+            probe_bound_reached: false,
         }
     }
 
@@ -433,6 +468,7 @@ impl Bbr {
         }
         self.update_ack_aggregation(ev);
         self.check_full_pipe(ev);
+        self.check_overflow(ev);
         self.update_state(ev, rtt);
         let min_rtt = Self::min_rtt(rtt);
         self.min_rtt_cached = min_rtt;
@@ -547,11 +583,13 @@ impl Bbr {
             self.round_delivered = 0;
             self.last_round_min_rtt = self.round_min_rtt.take();
             self.round_rtt_samples = 0;
+            self.round_max_rtt = Duration::ZERO;
         }
         let threshold = queue_threshold(self.min_rtt_cached);
         let limit = self.min_rtt_cached + threshold;
         self.quiet_round = false;
         if let Some(r) = ev.rtt {
+            self.round_max_rtt = self.round_max_rtt.max(r);
             self.round_min_rtt = Some(self.round_min_rtt.map_or(r, |m| m.min(r)));
             if r <= self.min_rtt_cached + jump_tolerance(self.min_rtt_cached) {
                 self.round_quiet_samples += 1;
@@ -635,6 +673,59 @@ impl Bbr {
         }
     }
 
+    /// The bottleneck's queue overflowed: more than one datagram in
+    /// [`OVERFLOW_LOSS_DIVISOR`] of this round lost while its RTT showed a queue (random loss
+    /// on an empty path is not overflow). Pacing alone does not keep a queue from overflowing
+    /// when the estimate is high: behind a token bucket every probe's samples carry the
+    /// bucket's refill (`tbf rate 100mbit burst 256kb` at 100 ms: 104-112 Mbit/s estimated
+    /// where the link carries 96), and cruising there fills any queue, where a window would
+    /// not. The window is held below what the path held when it overflowed
+    /// ([`OVERFLOW_BETA`]), but never below what the estimated bandwidth needs, and a probe
+    /// that caused it ends.
+    ///
+    /// What the path held: what was in flight, or (if less) the bottleneck's rate times the
+    /// round's highest RTT, the full queue's (Little's law). Overflow is found a round trip
+    /// after it happens, and a sender whose rate was growing (Startup, the overflow Drain
+    /// finds) has more in flight by then than the path held.
+    fn check_overflow(&mut self, ev: &AckEvent) {
+        let (lost, delivered) = (self.round_lost, self.round_delivered);
+        let limit = self.min_rtt_cached + queue_threshold(self.min_rtt_cached);
+        if !matches!(self.state, BbrState::Drain | BbrState::ProbeBw)
+            || self.round < self.hi_quiet_until
+            || self.round_max_rtt <= limit
+            || lost < OVERFLOW_MIN_LOST
+            || lost * OVERFLOW_LOSS_DIVISOR <= lost + delivered
+        {
+            return;
+        }
+        let in_flight = (ev.inflight + ev.newly_lost) as f64;
+        let held = self.max_bw() * self.round_max_rtt.as_secs_f64() / self.mss;
+        self.inflight_hi = (OVERFLOW_BETA * in_flight.min(held)).max(self.window_floor());
+        self.hi_growth = INFLIGHT_HI_GROWTH;
+        self.hi_quiet_until = self.round + 2;
+        self.probe_clean = false;
+        if self.state == BbrState::ProbeBw && self.pacing_gain > 1.0 {
+            self.cycle = 1;
+            self.cycle_stamp = ev.now;
+            self.pacing_gain = CYCLE_GAINS[1];
+        }
+    }
+
+    /// The least window the bandwidth estimate needs: a pipe of it, and the ACKs' aggregation.
+    fn window_floor(&self) -> f64 {
+        self.pipe() + windowed_max(&self.extra_acked, self.round) + 3.0
+    }
+
+    /// How far `inflight_hi` holds the window: at it, or during a probe a step past it.
+    fn inflight_bound(&self) -> f64 {
+        let hi = self.inflight_hi.max(self.window_floor());
+        if self.state == BbrState::ProbeBw && self.pacing_gain > 1.0 {
+            hi * (1.0 + self.hi_growth)
+        } else {
+            hi
+        }
+    }
+
     fn update_state(&mut self, ev: &AckEvent, rtt: &mut RttEstimator) {
         let bdp = self.bdp();
         match self.state {
@@ -655,11 +746,28 @@ impl Bbr {
                 }
                 let elapsed = ev.now.saturating_duration_since(self.cycle_stamp);
                 let gain = CYCLE_GAINS[self.cycle];
+                // A probe held by inflight_hi has probed as far as it may.
+                let probe_full = (gain * bdp).min(self.inflight_bound() - 1.0);
+                if gain > 1.0 && ev.inflight as f64 >= self.inflight_bound() - 1.0 {
+                    self.probe_bound_reached = true;
+                }
                 let next = elapsed > self.phase_time()
-                    && (gain <= 1.0 || ev.newly_lost > 0 || ev.inflight as f64 >= gain * bdp)
+                    && (gain <= 1.0 || ev.newly_lost > 0 || ev.inflight as f64 >= probe_full)
                     || (gain < 1.0 && ev.inflight as f64 <= bdp);
                 if next {
+                    if gain > 1.0
+                        && self.probe_clean
+                        && self.probe_bound_reached
+                        && self.inflight_hi.is_finite()
+                    {
+                        // Probed a step past the bound without overflowing: the bound moves
+                        // there, and the next step is twice as long.
+                        self.inflight_hi = self.inflight_bound();
+                        self.hi_growth = (2.0 * self.hi_growth).min(1.0);
+                    }
                     self.cycle = (self.cycle + 1) % CYCLE_GAINS.len();
+                    self.probe_clean = CYCLE_GAINS[self.cycle] > 1.0;
+                    self.probe_bound_reached = false;
                     self.cycle_stamp = ev.now;
                     if self.cycle == 0 {
                         self.cycle_min_rtt = [None, self.cycle_min_rtt[0]];
@@ -770,6 +878,8 @@ impl Bbr {
         self.cycle = if r == 0 { 0 } else { r + 1 };
         self.cycle_stamp = now;
         self.pacing_gain = CYCLE_GAINS[self.cycle];
+        self.probe_clean = self.pacing_gain > 1.0;
+        self.probe_bound_reached = false;
     }
 
     fn set_cwnd(&mut self, ev: &AckEvent) {
@@ -781,6 +891,7 @@ impl Bbr {
         let extra = windowed_max(&self.extra_acked, self.round);
         let target = (self.cwnd_gain * self.pipe() + extra + 3.0).max(MIN_CWND);
         if self.filled_pipe {
+            let target = target.min(self.inflight_bound());
             self.cwnd = (self.cwnd + ev.newly_delivered as f64).min(target);
         } else if self.cwnd < target || ev.delivered < 4 * INITIAL_CWND as u64 {
             // Startup: grow with every delivery, but not past gain x the BDP measured so far
@@ -1261,5 +1372,134 @@ mod tests {
             BbrState::Startup,
             "interrupted high samples are jitter"
         );
+    }
+
+    /// A flow cruising in ProbeBW on a 100 ms path, fed ACKs one a millisecond.
+    struct Cruise {
+        b: Bbr,
+        rtt: RttEstimator,
+        now: Instant,
+        delivered: u64,
+    }
+
+    impl Cruise {
+        /// At `link` bytes/s (its state set directly, a window of two BDPs).
+        fn new(link: f64) -> Cruise {
+            let now = Instant::now();
+            let mut b = Bbr::new(1400, now, 1);
+            let mut rtt = RttEstimator::default();
+            rtt.sample(Duration::from_millis(100), now);
+            b.min_rtt_cached = Duration::from_millis(100);
+            b.filled_pipe = true;
+            windowed_insert(&mut b.bw_samples, b.bw_round, link);
+            b.enter_probe_bw(now);
+            b.cycle = 2;
+            b.pacing_gain = 1.0;
+            b.cwnd = 2.0 * b.bdp();
+            Cruise {
+                b,
+                rtt,
+                now,
+                delivered: 0,
+            }
+        }
+
+        /// Feeds `rounds` round trips of 100 ms (each ACK delivering a 100th of a BDP,
+        /// rounded down so that no ACK aggregation builds, and the first `lost_per_round`
+        /// of each round's 100 one datagram found lost) with every RTT sample `r` and
+        /// `inflight` in flight (`None`: the whole window); returns the largest window seen
+        /// from the second round on.
+        fn rounds(
+            &mut self,
+            rounds: u64,
+            lost_per_round: u64,
+            r: Duration,
+            inflight: Option<u64>,
+        ) -> f64 {
+            let b = &mut self.b;
+            let per_ack = (b.bdp() / 100.0).floor() as u64;
+            let mut widest = 0f64;
+            for ms in 0..rounds * 100 {
+                self.now += Duration::from_millis(1);
+                self.delivered += per_ack;
+                self.rtt.sample(r, self.now);
+                let ev = AckEvent {
+                    now: self.now,
+                    delivered: self.delivered,
+                    newly_delivered: per_ack,
+                    newly_lost: u64::from(ms % 100 < lost_per_round),
+                    inflight: inflight.unwrap_or(b.cwnd as u64),
+                    sample: Some(RateSample {
+                        delivery_rate: b.max_bw(),
+                        app_limited: false,
+                        prior_delivered: self.delivered.saturating_sub(100 * per_ack),
+                    }),
+                    rtt: Some(r),
+                    capacity: None,
+                };
+                b.on_ack(&ev, &mut self.rtt);
+                if ms >= 100 {
+                    widest = widest.max(b.cwnd);
+                }
+            }
+            widest
+        }
+    }
+
+    /// Issue 24: behind `tbf rate 100mbit burst 256kb latency 50ms` at 100 ms, ProbeBW's
+    /// estimate carries the bucket's refill and cruising at it overflows the queue (the
+    /// window, two BDPs, never held it). Once a round loses more than 2% while the RTT shows
+    /// the queue full, the window stays below what the path held then: the bottleneck's rate
+    /// times the full queue's RTT (here less than what was in flight), less 15%; and it
+    /// grows again only by probes that reach it without overflowing.
+    #[test]
+    fn an_overflow_holds_the_window_below_what_the_path_held() {
+        let link = 97e6 / 8.0;
+        let mut c = Cruise::new(link);
+        let bdp = c.b.bdp();
+        // The queue full (170 ms), 1.9 BDPs in flight, 3% of each round lost.
+        let full = Duration::from_millis(170);
+        let lost = (0.03 * bdp) as u64;
+        c.rounds(2, lost, full, Some((1.9 * bdp) as u64));
+        let b = &c.b;
+        let held = link * 0.170 / 1400.0;
+        assert!(
+            (b.inflight_hi - OVERFLOW_BETA * held).abs() < 2.0,
+            "bound {:.0}, the path held {held:.0}",
+            b.inflight_hi
+        );
+        assert!(b.cwnd <= b.inflight_hi + 1.0, "window {:.0}", b.cwnd);
+        // Cruising on, window-limited, without loss, for a cycle: the window stays held but
+        // for its probe, a sixteenth past it, which (clean) moves the bound there.
+        let hi = b.inflight_hi;
+        let ms = Duration::from_millis(100);
+        let widest = c.rounds(8, 0, ms, None);
+        let step = hi * (1.0 + INFLIGHT_HI_GROWTH);
+        assert!(widest <= step + 1.0, "window {widest:.0}, bound {hi:.0}");
+        assert!(
+            (c.b.inflight_hi - step).abs() < 1.0,
+            "bound {:.0} after a clean probe from {hi:.0}",
+            c.b.inflight_hi
+        );
+        // The next probe takes twice the step.
+        c.rounds(8, 0, ms, None);
+        let next = step * (1.0 + 2.0 * INFLIGHT_HI_GROWTH);
+        assert!(
+            (c.b.inflight_hi - next).abs() < 1.0,
+            "{:.0}",
+            c.b.inflight_hi
+        );
+    }
+
+    /// Random loss on a path without a queue (the RTT at its minimum) is no overflow: 5% of
+    /// every round lost, the window stays two BDPs.
+    #[test]
+    fn random_loss_without_a_queue_bounds_no_window() {
+        let mut c = Cruise::new(97e6 / 8.0);
+        let bdp = c.b.bdp();
+        let lost = (0.05 * bdp) as u64;
+        c.rounds(5, lost, Duration::from_millis(101), Some(bdp as u64));
+        assert!(c.b.inflight_hi.is_infinite());
+        assert!(c.b.cwnd >= 2.0 * bdp - 1.0, "window {:.0}", c.b.cwnd);
     }
 }
