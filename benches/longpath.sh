@@ -10,11 +10,13 @@
 #   env: RATE=1G DELAY=100ms (one way: 200 ms RTT) LOSS=1 (%) QUEUE=8MiB FILE=gen-1GiB
 #        TRACE=FILE (`serve --trace FILE`: the sender's state over time, every session; plot
 #        one with `ringblast trace FILE --svg OUT --session ID`)
+#        PATH_MEMORY=0 (`serve --path-memory`: 0, the default here, starts every run cold,
+#        the seeds independent; 10m lets each run start from what the one before learned)
 # The lossy 100 ms path: DELAY=50ms benches/longpath.sh 20
 set -euo pipefail
 SEEDS=${1:-5}
 RATE=${RATE:-1G} DELAY=${DELAY:-100ms} LOSS=${LOSS:-1} QUEUE=${QUEUE:-8MiB}
-FILE=${FILE:-gen-1GiB} PORT=${PORT:-7310}
+FILE=${FILE:-gen-1GiB} PORT=${PORT:-7310} PATH_MEMORY=${PATH_MEMORY:-0}
 # A trace file named relative to where the script was started.
 [ -n "${TRACE:-}" ] && TRACE=$(realpath -m "$TRACE")
 cd "$(dirname "$0")/.."
@@ -24,7 +26,8 @@ build_bin
 scratch_dir
 TRACE_ARGS=()
 [ -n "${TRACE:-}" ] && TRACE_ARGS=(--trace "$TRACE")
-"$BIN" serve --generated --bind "127.0.0.1:$PORT" "${TRACE_ARGS[@]}" > "$WORK/serve.log" 2>&1 &
+"$BIN" serve --generated --bind "127.0.0.1:$PORT" --path-memory "$PATH_MEMORY" "${TRACE_ARGS[@]}" \
+  > "$WORK/serve.log" 2>&1 &
 wait_server "$WORK/serve.log"
 "$BIN" get "$FILE" --server "127.0.0.1:$PORT" --discard --timeout 60 > /dev/null
 # RATE as bits per second: 1G, 500M, 100M, 1.5G.
@@ -47,6 +50,8 @@ for seed in $(seq "$SEEDS"); do
   rm -f "$WORK/r.json"
   "$BIN" get "$FILE" --server "127.0.0.1:$((PORT + 1))" --discard --timeout 20 \
     --json "$WORK/r.json" > "$WORK/get.txt" 2>&1 || true
+  # (A moment for the client's last ACK, in the relay's delay, to reach the server.)
+  sleep 0.3
   kill -INT "$relay" 2> /dev/null || true
   wait "$relay" 2> /dev/null || true
   if [ ! -s "$WORK/r.json" ]; then

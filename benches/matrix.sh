@@ -12,7 +12,10 @@
 #          (RTT 0, loss 0: this kernel has no netem, and the relay only carries UDP).
 # The relay's delay and loss apply in each direction (ACKs are lost too).
 # Usage: benches/matrix.sh   env: KIND=relay|tbf RATES="100 1000" (Mbit/s) RTTS="0 20 100 200"
-#        (ms) LOSSES="0 0.1 1 2 5" (%) SEEDS=5; prints a Markdown table, one row per cell.
+#        (ms) LOSSES="0 0.1 1 2 5" (%) SEEDS=5 PATH_MEMORY=0 (`serve --path-memory`: 0, the
+#        default here, starts every run cold, the seeds independent; 10m lets each run start
+#        from what the one before on the same RTT learned); prints a Markdown table, one row
+#        per cell.
 # Needs root, iproute2 and iperf3 for KIND=tbf.
 set -euo pipefail
 KIND=${KIND:-relay}
@@ -20,6 +23,7 @@ RATES=${RATES:-100 1000}
 RTTS=${RTTS:-0 20 100 200}
 LOSSES=${LOSSES:-0 0.1 1 2 5}
 SEEDS=${SEEDS:-5}
+PATH_MEMORY=${PATH_MEMORY:-0}
 cd "$(dirname "$0")/.."
 # shellcheck source=lib.sh
 . benches/lib.sh
@@ -42,12 +46,13 @@ for r in $RATES; do
   f="$WORK/f$(size_mib "$r").bin"
   make_file "$f" $(($(size_mib "$r") << 20))
 done
-$IN_S "$BIN" serve --dir "$WORK" --bind "${SERVER/10.78.1.1/[::]}" > "$WORK/serve.log" 2>&1 &
+$IN_S "$BIN" serve --dir "$WORK" --bind "${SERVER/10.78.1.1/[::]}" --path-memory "$PATH_MEMORY" \
+  > "$WORK/serve.log" 2>&1 &
 SERVE_PID=$!
 disown
 wait_server "$WORK/serve.log"
 
-echo "machine: $(nproc) cores, kernel $(uname -r); bottleneck: $KIND; $SEEDS seeds a cell"
+echo "machine: $(nproc) cores, kernel $(uname -r); bottleneck: $KIND; $SEEDS seeds a cell; serve --path-memory $PATH_MEMORY"
 echo
 echo "| bottleneck | RTT | loss | goodput % of link (median) | retransmitted % (median) | runs intact | iperf3 TCP % of link |"
 echo "|---|---|---|---|---|---|---|"
@@ -75,7 +80,12 @@ for rate in $RATES; do
         fi
         $IN_C "$BIN" get "$file" --server "$to" --discard --timeout 20 --json "$WORK/r.json" \
           > /dev/null 2>&1 || true
-        if [ -n "${RP:-}" ]; then kill -INT "$RP" 2>/dev/null || true; wait "$RP" 2>/dev/null || true; RP=; fi
+        # (A moment for the client's last ACK, still in the relay's delay, to reach the
+        # server: the session ends complete, not timed out, and its path is remembered.)
+        if [ -n "${RP:-}" ]; then
+          sleep 0.3
+          kill -INT "$RP" 2>/dev/null || true; wait "$RP" 2>/dev/null || true; RP=
+        fi
         read -r gp ov intact < <(python3 -c "
 import json
 try:

@@ -136,6 +136,7 @@ fn batch_building(c: &mut Criterion) {
                         cc: CcKind::Bbr,
                         rate_cap_bps: None,
                         seed: 1,
+                        path: None,
                     },
                     Instant::now(),
                     1,

@@ -102,6 +102,13 @@ pub struct ServeArgs {
     /// the receiver's credit allows, paced only at --rate (for experiments).
     #[arg(long, value_enum, default_value_t = CcArg::Bbr)]
     cc: CcArg,
+    /// Keep what a session learned of the path to its client's host (the rate it sustained,
+    /// its RTT, the window an overflow taught it) this long, for the next session to that
+    /// host to start from if its first RTT matches: on long paths Startup then paces no
+    /// further than just past that rate instead of doubling past it into the queue. 0: every
+    /// session starts cold (independent runs of an experiment). Paths under 20 ms are not kept.
+    #[arg(long, value_parser = values::duration_or_zero, default_value = "10m")]
+    path_memory: Duration,
     /// Drop a session whose client has been silent this long (e.g. 10, 2.5s, 500ms).
     #[arg(long, value_parser = values::duration, default_value = "10s")]
     idle_timeout: Duration,
@@ -224,6 +231,7 @@ impl From<ServeArgs> for ServerConfig {
             gso: !a.no_gso,
             send_path: a.send_path.into(),
             idle_timeout: a.idle_timeout,
+            path_memory: a.path_memory,
             rate_bps: a.rate,
             cc: a.cc.into(),
             max_sessions: a.max_sessions,

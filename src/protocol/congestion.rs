@@ -110,6 +110,12 @@ const OVERFLOW_BETA: f64 = 0.85;
 /// with each clean probe after (BBR v3's ProbeBW_UP: slowly at first where the last
 /// overflow was, then fast where the path has grown).
 const INFLIGHT_HI_GROWTH: f64 = 1.0 / 16.0;
+/// A path is remembered ([`PathRecord`]) only if its round trip is at least this long
+/// ([`LONG_ROUND`]): on a path of microseconds Startup is over in microseconds, and the
+/// bottleneck is the hosts' CPUs, whose rate one session's share says little about.
+const REMEMBERED_MIN_RTT: Duration = LONG_ROUND;
+/// ProbeBW must have lasted this many minimum RTTs for its average to be remembered.
+const REMEMBERED_ROUNDS: u32 = 4;
 /// ProbeRTT lasts this long at half a BDP.
 const PROBE_RTT_TIME: Duration = Duration::from_millis(200);
 /// The window covers at least this much time at the estimated bandwidth, however short the
@@ -152,6 +158,41 @@ pub struct AckEvent {
     pub capacity: Option<f64>,
 }
 
+/// What a session learned of its path, for the next session to the same host to start from
+/// (as TCP's metrics cache keeps a destination's ssthresh, and QUIC's Careful Resume its
+/// rate): the delivery rate it sustained once the pipe was full, its minimum RTT, and the
+/// window an overflow of the bottleneck's queue taught it, if one did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PathRecord {
+    /// Bytes per second delivered over ProbeBW (and ProbeRTT), from its start to the last ACK.
+    pub rate: f64,
+    pub min_rtt: Duration,
+    /// Bytes ([`Bbr::inflight_hi`] at the session's datagram size).
+    pub inflight_hi: Option<f64>,
+}
+
+impl PathRecord {
+    /// Whether a round trip of `rtt` is the recorded path's: within an eighth of its minimum
+    /// (2 ms at least). A queue that others keep standing, or another route, is not.
+    pub fn matches(&self, rtt: Duration) -> bool {
+        let tolerance = (self.min_rtt / 8).max(Duration::from_millis(2));
+        rtt.abs_diff(self.min_rtt) <= tolerance
+    }
+
+    /// Two records of one path: what either sustained or held (concurrent sessions each
+    /// learned their share), its lowest RTT.
+    pub fn merge(&self, other: &PathRecord) -> PathRecord {
+        PathRecord {
+            rate: self.rate.max(other.rate),
+            min_rtt: self.min_rtt.min(other.min_rtt),
+            inflight_hi: match (self.inflight_hi, other.inflight_hi) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                _ => None,
+            },
+        }
+    }
+}
+
 /// Which controller a session uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CcKind {
@@ -185,6 +226,31 @@ impl Controller {
         match kind {
             CcKind::Bbr => Controller::Bbr(Box::new(Bbr::new(mss, now, seed))),
             CcKind::Fixed => Controller::Fixed,
+        }
+    }
+
+    /// Starts from what an earlier session learned of the path, if the first RTT sample
+    /// says it is the same path ([`Bbr::recall`]).
+    pub fn recall(&mut self, path: PathRecord) {
+        if let Controller::Bbr(b) = self {
+            b.remembered = Some(path);
+        }
+    }
+
+    /// The rate of an earlier session's record of the path this one started from, bytes/s
+    /// (the first RTT matched it).
+    pub fn recalled_rate(&self) -> Option<f64> {
+        match self {
+            Controller::Bbr(b) => b.recalled,
+            Controller::Fixed => None,
+        }
+    }
+
+    /// What this session learned of its path, if it learned enough to remember.
+    pub fn path_record(&self) -> Option<PathRecord> {
+        match self {
+            Controller::Bbr(b) => b.path_record(),
+            Controller::Fixed => None,
         }
     }
 
@@ -225,7 +291,8 @@ impl Controller {
         }
     }
 
-    /// The bottleneck capacity packet trains measured lately, bytes per second (0: none).
+    /// The bottleneck capacity packet trains measured lately (or a remembered path's rate),
+    /// bytes per second (0: none).
     pub fn capacity(&self) -> f64 {
         match self {
             Controller::Bbr(b) => b.capacity(),
@@ -350,6 +417,17 @@ pub struct Bbr {
     round_max_rtt: Duration,
     /// The current probe phase has had the window up against its bound.
     probe_bound_reached: bool,
+    /// What an earlier session learned of the path, until the first RTT sample confirms it
+    /// (then it is taken, and this is `None`) or not (dropped).
+    remembered: Option<PathRecord>,
+    /// The capacity a confirmed record gave Startup, bytes/s (0: none, or disproven).
+    recalled_capacity: f64,
+    /// The rate of the record the session started from, if one was confirmed.
+    recalled: Option<f64>,
+    /// When ProbeBW first began and the datagrams delivered by then; the last ACK's time and
+    /// delivered count: what the session sustained, for [`PathRecord::rate`].
+    probe_bw_start: Option<(Instant, u64)>,
+    last_ack: (Instant, u64),
 }
 
 impl Bbr {
@@ -405,12 +483,18 @@ impl Bbr {
             probe_clean: false,
             round_max_rtt: Duration::ZERO,
             probe_bound_reached: false,
+            remembered: None,
+            recalled_capacity: 0.0,
+            recalled: None,
+            probe_bw_start: None,
+            last_ack: (now, 0),
         }
     }
 
-    /// The bottleneck's capacity its packet trains measured lately, bytes/s (0: none).
+    /// The bottleneck's capacity its packet trains measured lately, or the rate of a
+    /// remembered path it started from (until disproven), bytes/s (0: none).
     pub fn capacity(&self) -> f64 {
-        windowed_max(&self.capacity_samples, self.bw_round)
+        windowed_max(&self.capacity_samples, self.bw_round).max(self.recalled_capacity)
     }
 
     /// Bottleneck bandwidth estimate, bytes/s.
@@ -436,6 +520,7 @@ impl Bbr {
     fn on_ack(&mut self, ev: &AckEvent, rtt: &mut RttEstimator) {
         let min_rtt = Self::min_rtt(rtt);
         self.min_rtt_cached = min_rtt;
+        self.last_ack = (ev.now, ev.delivered);
         self.update_round(ev);
         // ProbeRTT's deliberately low rate says nothing about the path, and its rounds (10 at
         // a 20 ms RTT) would age the estimate out: the filter neither takes its samples nor
@@ -481,6 +566,7 @@ impl Bbr {
             if let Some(r) = ev.rtt.filter(|r| !r.is_zero()) {
                 self.rtt_known = true;
                 self.pacing_rate = HIGH_GAIN * INITIAL_CWND * self.mss / r.as_secs_f64();
+                self.recall(r);
             }
         }
         // Pacing: gain x bandwidth; during Startup only ever up...
@@ -572,6 +658,7 @@ impl Bbr {
     fn disprove_capacity(&mut self) {
         self.capacity_floor = CAPACITY_BW_BOUND * self.capacity();
         self.capacity_samples = [(0, 0.0); BW_WINDOW_ROUNDS as usize];
+        self.recalled_capacity = 0.0;
         self.clamped_rounds = None;
     }
 
@@ -709,6 +796,46 @@ impl Bbr {
             self.cycle_stamp = ev.now;
             self.pacing_gain = CYCLE_GAINS[1];
         }
+    }
+
+    /// The session's first RTT sample `r`: if an earlier session's record of the path
+    /// matches it, Startup takes the rate that session sustained as the bottleneck's capacity
+    /// (packet trains measure none through a token bucket until the sender already exceeds
+    /// it, a round trip before it can know): it paces no further than just past it, counts no
+    /// sample for much more, skips to half of it after a quiet round, and forgets it as it
+    /// forgets a wrong train's ([`CAPACITY_DISPROOF_ROUNDS`]) if the path has grown. The
+    /// window an overflow taught that session holds this one's from the start of ProbeBW.
+    fn recall(&mut self, r: Duration) {
+        let Some(path) = self.remembered.take().filter(|p| p.matches(r)) else {
+            return;
+        };
+        self.recalled_capacity = path.rate;
+        self.recalled = Some(path.rate);
+        if let Some(hi) = path.inflight_hi {
+            self.inflight_hi = hi / self.mss;
+        }
+    }
+
+    /// What this session learned of its path: nothing on a path shorter than
+    /// [`REMEMBERED_MIN_RTT`], or before [`REMEMBERED_ROUNDS`] round trips of ProbeBW.
+    fn path_record(&self) -> Option<PathRecord> {
+        let (t0, d0) = self.probe_bw_start?;
+        let (t1, d1) = self.last_ack;
+        let span = t1.saturating_duration_since(t0);
+        if self.min_rtt_cached < REMEMBERED_MIN_RTT
+            || span < self.min_rtt_cached * REMEMBERED_ROUNDS
+            || d1 <= d0
+        {
+            return None;
+        }
+        Some(PathRecord {
+            rate: (d1 - d0) as f64 * self.mss / span.as_secs_f64(),
+            min_rtt: self.min_rtt_cached,
+            inflight_hi: self
+                .inflight_hi
+                .is_finite()
+                .then_some(self.inflight_hi * self.mss),
+        })
     }
 
     /// The least window the bandwidth estimate needs: a pipe of it, and the ACKs' aggregation.
@@ -871,6 +998,7 @@ impl Bbr {
 
     fn enter_probe_bw(&mut self, now: Instant) {
         self.state = BbrState::ProbeBw;
+        self.probe_bw_start.get_or_insert(self.last_ack);
         self.cwnd_gain = 2.0;
         // Start anywhere but in the drain phase, at random: flows whose phases line up
         // never trade bandwidth (one's drain is what another's probe picks up).
@@ -1501,5 +1629,62 @@ mod tests {
         c.rounds(5, lost, Duration::from_millis(101), Some(bdp as u64));
         assert!(c.b.inflight_hi.is_infinite());
         assert!(c.b.cwnd >= 2.0 * bdp - 1.0, "window {:.0}", c.b.cwnd);
+    }
+
+    /// A remembered path counts only if the session's first RTT sample is the recorded
+    /// path's: then Startup has its rate as the capacity, and the window its bound.
+    #[test]
+    fn a_remembered_path_is_taken_only_if_the_first_rtt_matches() {
+        let path = PathRecord {
+            rate: 12e6,
+            min_rtt: Duration::from_millis(100),
+            inflight_hi: Some(1400.0 * 1300.0),
+        };
+        for (ms, taken) in [(100, true), (110, true), (114, false), (40, false)] {
+            let t0 = Instant::now();
+            let mut b = Bbr::new(1400, t0, 1);
+            let mut rtt = RttEstimator::default();
+            b.remembered = Some(path);
+            let r = Duration::from_millis(ms);
+            feed(&mut b, &mut rtt, t0 + r, (1, 1, 15), 1e5, r, None);
+            assert!(b.remembered.is_none());
+            if taken {
+                assert_eq!(b.capacity(), 12e6, "{ms} ms");
+                assert!((b.inflight_hi - 1300.0).abs() < 1e-6);
+                // Startup paces no further than just past it.
+                assert!(b.pacing_rate <= STARTUP_CAPACITY_GAIN * 12e6 + 1.0);
+            } else {
+                assert_eq!(b.capacity(), 0.0, "{ms} ms");
+                assert!(b.inflight_hi.is_infinite());
+            }
+        }
+    }
+
+    /// What a session remembers: the rate ProbeBW sustained (to its last ACK), on a path of
+    /// 20 ms or more, after 4 round trips of it.
+    #[test]
+    fn a_session_remembers_what_probe_bw_sustained_on_a_long_path() {
+        let link = 97e6 / 8.0;
+        let mut c = Cruise::new(link);
+        // Cruise::new entered ProbeBW before any ACK: its start is the session's.
+        assert!(c.b.path_record().is_none(), "nothing sustained yet");
+        c.rounds(3, 0, Duration::from_millis(100), None);
+        assert!(c.b.path_record().is_none(), "3 round trips are too few");
+        c.rounds(2, 0, Duration::from_millis(100), None);
+        let p = c.b.path_record().expect("5 round trips of ProbeBW");
+        let per_ack = (c.b.bdp() / 100.0).floor();
+        let delivered = per_ack * 1400.0 / 1e-3;
+        assert!(
+            (p.rate - delivered).abs() < 0.01 * delivered,
+            "{} vs {delivered}",
+            p.rate
+        );
+        assert_eq!(p.min_rtt, Duration::from_millis(100));
+        assert_eq!(p.inflight_hi, None);
+        // A path of 10 ms is not remembered.
+        let mut short = Cruise::new(link);
+        short.b.min_rtt_cached = Duration::from_millis(10);
+        short.rounds(5, 0, Duration::from_millis(10), None);
+        assert!(short.b.path_record().is_none());
     }
 }

@@ -16,7 +16,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use super::congestion::{CcKind, Controller, RttEstimator};
+use super::congestion::{CcKind, Controller, PathRecord, RttEstimator};
 use super::layout::{datagram_count, payload_len};
 use super::pacer::{burst_for, Pacer};
 use super::train::Trains;
@@ -175,6 +175,9 @@ pub struct SenderConfig {
     pub rate_cap_bps: Option<u64>,
     /// Seeds the controller's randomness (its probing phases).
     pub seed: u64,
+    /// What an earlier session learned of the path to this receiver (`serve` keeps them per
+    /// host), for the controller to start from if the path is the same.
+    pub path: Option<PathRecord>,
 }
 
 impl SenderState {
@@ -187,7 +190,13 @@ impl SenderState {
         };
         // Blast mode is the lab's: as fast as it goes (or at --rate), no control loop.
         let cc = match cfg.mode {
-            Mode::Reliable => Controller::new(cfg.cc, cfg.payload_size, now, cfg.seed),
+            Mode::Reliable => {
+                let mut cc = Controller::new(cfg.cc, cfg.payload_size, now, cfg.seed);
+                if let Some(p) = cfg.path {
+                    cc.recall(p);
+                }
+                cc
+            }
             Mode::Blast => Controller::Fixed,
         };
         let datagram = cfg.payload_size as usize + super::DATA_HEADER_LEN;
@@ -424,7 +433,20 @@ impl SenderState {
         self.delivered
     }
 
-    /// The bottleneck capacity the session's packet trains measured lately, bits/s.
+    /// The rate (bytes/s) of an earlier session's record of the path that this one started
+    /// from, if its first RTT matched.
+    pub fn recalled_rate(&self) -> Option<f64> {
+        self.cc.recalled_rate()
+    }
+
+    /// What the session learned of its path, for the next session to the same host
+    /// ([`PathRecord`]).
+    pub fn path_record(&self) -> Option<PathRecord> {
+        self.cc.path_record()
+    }
+
+    /// The bottleneck capacity the session's packet trains measured lately (or the rate of a
+    /// remembered path it started from), bits/s.
     pub fn capacity_bps(&self) -> Option<u64> {
         let c = self.cc.capacity();
         (c > 0.0).then_some((c * 8.0) as u64)

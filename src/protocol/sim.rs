@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use super::congestion::CcKind;
+use super::congestion::{CcKind, PathRecord};
 use super::loss::LossTracker;
 use super::sender::{NextDatagram, SenderConfig, SenderState};
 use super::{Ack, Mode, NackRange, MAX_NACK_RANGES};
@@ -98,6 +98,8 @@ pub struct Flow {
     pub payload: u32,
     pub cc: CcKind,
     pub window: u32,
+    /// What an earlier flow learned of the path, to start from.
+    pub path: Option<PathRecord>,
 }
 
 /// What a flow did.
@@ -116,6 +118,8 @@ pub struct FlowResult {
     pub complete_at: Option<Duration>,
     /// Bytes delivered per second of simulated time, from each flow's start.
     pub delivered_by_second: Vec<u64>,
+    /// What the flow learned of the path, at its end (or the simulation's).
+    pub path: Option<PathRecord>,
     /// The sender's view every 250 ms: (time, status, controller state, the capacity its
     /// trains measured, bits/s).
     pub trace: Vec<(Duration, super::Status, &'static str, Option<u64>)>,
@@ -253,6 +257,7 @@ pub fn run(link: &Link, flows: &[Flow], duration: Duration, seed: u64) -> Vec<Fl
                             cc: f.cc,
                             rate_cap_bps: None,
                             seed: i as u64 + seed,
+                            path: f.path,
                         },
                         at,
                         unix,
@@ -407,6 +412,7 @@ pub fn run(link: &Link, flows: &[Flow], duration: Duration, seed: u64) -> Vec<Fl
     }
     for (i, r) in receivers.iter().enumerate() {
         results[i].duplicates = r.duplicates as u64;
+        results[i].path = senders[i].as_ref().and_then(|s| s.path_record());
     }
     results
 }
@@ -464,6 +470,7 @@ mod tests {
             payload: 1440,
             cc: CcKind::Bbr,
             window: 200_000,
+            path: None,
         }
     }
 
@@ -615,6 +622,7 @@ mod tests {
             payload: 1440,
             cc: CcKind::Bbr,
             window: 200_000,
+            path: None,
         };
         let r = run(
             &l,
@@ -655,6 +663,80 @@ mod tests {
             "{later} queue drops after 3 s ({} in all), {:.1} Mbit/s",
             r.queue_drops,
             g / 1e6
+        );
+    }
+
+    /// `f` alone on `l` for up to 30 s, starting from `path`.
+    fn alone(l: &Link, f: Flow, path: Option<PathRecord>, seed: u64) -> FlowResult {
+        run(l, &[Flow { path, ..f }], Duration::from_secs(30), seed).remove(0)
+    }
+
+    /// Issue 24: the router's `tbf rate 100mbit burst 256kb latency 50ms` at 100 and 200 ms,
+    /// 32 MiB copies. A cold Startup doubles past the link before its RTT can show the queue
+    /// (the bucket hides the crossing, and no packet train forms before it): 668 and 1,342
+    /// datagrams dropped (2.9% and 5.8%). The next copy to the same host starts from what the
+    /// first learned ([`PathRecord`]): it paces no further than just past the rate the first
+    /// sustained, skips to half of it after a quiet round, and holds its window below the
+    /// first's overflow, and drops nothing, sooner done.
+    #[test]
+    fn a_copy_that_remembers_the_path_does_not_overshoot_it() {
+        for rtt in [100, 200] {
+            let l = Link {
+                queue_bytes: 625_000 + 262_144,
+                bucket_bytes: 262_144,
+                ..link(100e6, rtt, 0)
+            };
+            let f = Flow {
+                datagrams: (32 << 20) / 1440 + 1,
+                ..bulk(0)
+            };
+            let cold = &alone(&l, f, None, 1);
+            let path = cold.path.expect("the first copy learned its path");
+            let warm = &alone(&l, f, Some(path), 2);
+            let (t_cold, t_warm) = (cold.complete_at.unwrap(), warm.complete_at.unwrap());
+            let payload_rate = 100e6 / 8.0 * 1440.0 / 1500.0;
+            assert!(
+                (0.9..=1.05).contains(&(path.rate / payload_rate)),
+                "{rtt} ms: remembered {:.1} Mbit/s",
+                path.rate * 8e-6
+            );
+            assert!(
+                cold.queue_drops > 0,
+                "{rtt} ms: the cold start overshot no queue"
+            );
+            assert!(
+                warm.queue_drops == 0 && t_warm <= t_cold,
+                "{rtt} ms: warm {} queue drops, done in {t_warm:?} (cold {} in {t_cold:?})",
+                warm.queue_drops,
+                cold.queue_drops
+            );
+        }
+    }
+
+    /// A record of a path that has since grown tenfold (100 Mbit/s remembered, 1 Gbit/s now,
+    /// the same 100 ms): Startup runs into the remembered rate with no queue, forgets it
+    /// (as a wrong packet train's capacity) and doubles on; the copy costs a few round trips
+    /// more than a cold one (128 MiB: 2.08 s cold, 2.29 s), not the seconds ProbeBW's 1.25x
+    /// per cycle of 8 round trips would take from 100 Mbit/s.
+    #[test]
+    fn a_remembered_rate_the_path_outgrew_is_forgotten() {
+        let l = link(1e9, 100, 50);
+        let f = Flow {
+            datagrams: (128 << 20) / 1440,
+            ..bulk(0)
+        };
+        let stale = PathRecord {
+            rate: 100e6 / 8.0,
+            min_rtt: Duration::from_millis(100),
+            inflight_hi: None,
+        };
+        let cold = &alone(&l, f, None, 1);
+        let warm = &alone(&l, f, Some(stale), 1);
+        let (t_cold, t_warm) = (cold.complete_at.unwrap(), warm.complete_at.unwrap());
+        // 2.08 s cold, 2.29 s from the stale record.
+        assert!(
+            t_warm <= t_cold + Duration::from_millis(500),
+            "cold {t_cold:?}, from a stale record {t_warm:?}"
         );
     }
 }

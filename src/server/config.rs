@@ -81,6 +81,9 @@ pub struct ServerConfig {
     /// Write each session's sender state over time to this file (`serve --trace`), a sample
     /// per session at most this often.
     pub trace: Option<(PathBuf, Duration)>,
+    /// How long what a session learned of the path to its host is kept for the next session
+    /// to that host to start from (`serve --path-memory`; zero: not kept).
+    pub path_memory: Duration,
 }
 
 impl Default for ServerConfig {
@@ -110,6 +113,7 @@ impl Default for ServerConfig {
             allow: Vec::new(),
             security: None,
             trace: None,
+            path_memory: super::paths::DEFAULT_PATH_MEMORY,
         }
     }
 }

@@ -19,6 +19,7 @@ use super::engine::{panic_text, EngineKind, Engines, SendPath};
 use super::group::{log_summary, GroupSummary, Groups};
 use super::legacy::Legacy;
 use super::log_budget::LogBudget;
+use super::paths::PathMemory;
 use super::scanner::{ScanJob, Scanned, Scanner};
 use super::secure::{client_name, FinishOutcome, InitOutcome, SealedDrop, Secure};
 use super::session::{CloseReason, Session, SessionCtx, SessionSummary};
@@ -110,6 +111,8 @@ pub(super) struct Control {
     secure: Option<Secure>,
     /// `serve --trace`: each session's sender state over time.
     tracer: Option<Tracer>,
+    /// What sessions learned of the paths to their hosts (`None`: `--path-memory 0`).
+    paths: Option<PathMemory>,
 }
 
 #[path = "control_get.rs"]
@@ -194,6 +197,7 @@ impl Control {
             None => None,
         };
         Ok(Control {
+            paths: (!cfg.path_memory.is_zero()).then(|| PathMemory::new(cfg.path_memory)),
             tracer,
             secure: cfg.security.clone().map(Secure::new),
             groups,

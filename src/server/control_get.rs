@@ -226,6 +226,10 @@ impl Control {
                 cc: self.cfg.cc,
                 rate_cap_bps: self.cfg.rate_bps,
                 seed: rand::random(),
+                path: self
+                    .paths
+                    .as_ref()
+                    .and_then(|m| m.recall(req.peer.ip(), now)),
             },
             now,
             unix_ns(),

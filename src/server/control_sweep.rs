@@ -21,18 +21,28 @@ impl Control {
                     end: true,
                 });
             }
+            if let (Some(m), Some((host, record))) = (&mut self.paths, s.path) {
+                m.remember(host, record, Instant::now());
+            }
             if let (Some(g), Ok(id)) = (&mut self.groups, u32::from_str_radix(&s.session, 16)) {
                 g.leave(id, s.bytes_sent);
             }
-            let mut problems = String::new();
+            // What went wrong, and what else is worth a word.
+            let mut notes = String::new();
             if s.send_errors > 0 {
-                problems += &format!(", {}", plural(s.send_errors, "send error"));
+                notes += &format!(", {}", plural(s.send_errors, "send error"));
             }
             if let Some(p) = &s.gso_fallback {
-                problems += &format!("; {p}");
+                notes += &format!("; {p}");
             }
             if let Some(p) = &s.problem {
-                problems += &format!(": {p}");
+                notes += &format!(": {p}");
+            }
+            if let Some(bps) = s.path_recalled_bps {
+                notes += &format!(
+                    "; started from the path's record ({})",
+                    bits_per_second(bps)
+                );
             }
             tracing::info!(
                 "[SESSION {}] {} {} to {} ({} {}): {}; {} bytes in {:.3} s ({:.1} MiB/s), {} of {} bytes, {} resent ({} spurious), {}, {}{}",
@@ -52,7 +62,7 @@ impl Control {
                 s.congestion.spurious,
                 plural(s.congestion.loss_events as u64, "loss event"),
                 plural(s.probes, "probe"),
-                problems,
+                notes,
             );
             let pacing = match s.congestion.pacing_bps {
                 0 => "unpaced".to_string(),

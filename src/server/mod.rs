@@ -20,6 +20,7 @@ pub mod generated;
 pub mod group;
 pub mod legacy;
 mod log_budget;
+pub mod paths;
 pub mod scanner;
 pub mod secure;
 pub mod session;

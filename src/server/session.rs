@@ -87,6 +87,13 @@ pub struct SessionSummary {
     /// What went wrong, when the engine ended the session on an error.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,
+    /// The rate an earlier session to the same host had sustained, bits/s, which this one
+    /// started from (`serve --path-memory`: its first RTT matched that session's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path_recalled_bps: Option<f64>,
+    /// What the session learned of the path to its client's host, for the next.
+    #[serde(skip)]
+    pub path: Option<(std::net::IpAddr, crate::protocol::congestion::PathRecord)>,
 }
 
 /// Why a session ended.
@@ -404,6 +411,9 @@ impl Session {
                 probes: st.probes,
                 bad_acks: st.bad_acks,
                 problem: self.problem.get().cloned(),
+                path_recalled_bps: st.recalled_rate().map(|r| r * 8.0),
+                // However it ended: a client that vanished had the path it had until then.
+                path: st.path_record().map(|r| (self.peer.ip(), r)),
             }
         };
         let stats = &self.ctx.stats;
@@ -422,6 +432,9 @@ impl Session {
             CloseReason::TimedOut => stats.sessions_timed_out.fetch_add(1, Ordering::Relaxed),
             _ => stats.sessions_failed.fetch_add(1, Ordering::Relaxed),
         };
+        if summary.path_recalled_bps.is_some() {
+            stats.paths_recalled.fetch_add(1, Ordering::Relaxed);
+        }
         // Last (Release), so whoever sees no session active (Acquire) also sees how each ended.
         stats.sessions_active.fetch_sub(1, Ordering::Release);
         // The control thread may be gone (shutdown): then nobody is listening.

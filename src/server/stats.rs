@@ -19,6 +19,9 @@ pub struct ServerStats {
     pub sessions_completed: AtomicU64,
     pub sessions_timed_out: AtomicU64,
     pub sessions_failed: AtomicU64,
+    /// Sessions that started from what an earlier one learned of the path to their host
+    /// (`serve --path-memory`; the first RTT matched).
+    pub paths_recalled: AtomicU64,
     pub bytes_sent: AtomicU64,
     /// Bytes sent to multicast groups (sources, repairs, end markers).
     pub group_bytes_sent: AtomicU64,

@@ -48,8 +48,9 @@ pub struct Sample {
     pub acked: u64,
     #[serde(flatten)]
     pub status: Status,
-    /// The bottleneck capacity the sender's packet trains measured lately, bits/s (none yet,
-    /// or not known in the last sample).
+    /// The bottleneck capacity the sender's packet trains measured lately (or a remembered
+    /// path's rate: `serve --path-memory`), bits/s (none yet, or not known in the last
+    /// sample).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub capacity_bps: Option<u64>,
     /// The session's last sample (it ended).

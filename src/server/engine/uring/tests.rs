@@ -22,6 +22,7 @@ fn blast(file_size: u64, payload_size: u32) -> SenderConfig {
         cc: CcKind::Fixed,
         rate_cap_bps: None,
         seed: 0,
+        path: None,
     }
 }
 
