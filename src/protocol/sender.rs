@@ -160,6 +160,11 @@ pub struct SenderState {
     /// The receiver takes the file from a multicast group first: its first ACK says what
     /// the group delivered (see [`SenderState::join_group`]).
     after_group: bool,
+    /// What an earlier session learned of the path, until the first ACK says whether this
+    /// session may start from it ([`SenderState::settle_path`]).
+    path_pending: Option<PathRecord>,
+    /// Whether the session was the only one to its host at its first ACK (`None`: not told).
+    started_alone: Option<bool>,
 }
 
 /// What a session is told at creation.
@@ -176,7 +181,8 @@ pub struct SenderConfig {
     /// Seeds the controller's randomness (its probing phases).
     pub seed: u64,
     /// What an earlier session learned of the path to this receiver (`serve` keeps them per
-    /// host), for the controller to start from if the path is the same.
+    /// host), for the controller to start from if the path is the same and the session alone
+    /// to its host ([`SenderState::settle_path`]).
     pub path: Option<PathRecord>,
 }
 
@@ -190,13 +196,7 @@ impl SenderState {
         };
         // Blast mode is the lab's: as fast as it goes (or at --rate), no control loop.
         let cc = match cfg.mode {
-            Mode::Reliable => {
-                let mut cc = Controller::new(cfg.cc, cfg.payload_size, now, cfg.seed);
-                if let Some(p) = cfg.path {
-                    cc.recall(p);
-                }
-                cc
-            }
+            Mode::Reliable => Controller::new(cfg.cc, cfg.payload_size, now, cfg.seed),
             Mode::Blast => Controller::Fixed,
         };
         let datagram = cfg.payload_size as usize + super::DATA_HEADER_LEN;
@@ -269,6 +269,8 @@ impl SenderState {
             },
             suspects: Vec::new(),
             after_group: false,
+            path_pending: cfg.path,
+            started_alone: None,
         }
     }
 
@@ -433,6 +435,21 @@ impl SenderState {
         self.delivered
     }
 
+    /// Whether this session is the only one to its host, told at each ACK; the first answer
+    /// counts. Only a session alone starts from the record of its path it was given (the
+    /// record is one session's rate: N sessions that all started from it would start N times
+    /// as fast and overflow what a cold start would not), and only one that started alone
+    /// leaves a record ([`SenderState::path_record`]: a share is not the path's rate).
+    pub fn settle_path(&mut self, alone: bool) {
+        if self.started_alone.is_some() {
+            return;
+        }
+        self.started_alone = Some(alone);
+        if let Some(p) = self.path_pending.take().filter(|_| alone) {
+            self.cc.recall(p);
+        }
+    }
+
     /// The rate (bytes/s) of an earlier session's record of the path that this one started
     /// from, if its first RTT matched.
     pub fn recalled_rate(&self) -> Option<f64> {
@@ -440,9 +457,11 @@ impl SenderState {
     }
 
     /// What the session learned of its path, for the next session to the same host
-    /// ([`PathRecord`]).
+    /// ([`PathRecord`]), if it started alone to its host.
     pub fn path_record(&self) -> Option<PathRecord> {
-        self.cc.path_record()
+        self.cc
+            .path_record()
+            .filter(|_| self.started_alone == Some(true))
     }
 
     /// The bottleneck capacity the session's packet trains measured lately (or the rate of a
