@@ -104,9 +104,10 @@ pub struct ServeArgs {
     cc: CcArg,
     /// Keep what a session learned of the path to its client's host (the rate it sustained,
     /// its RTT, the window an overflow taught it) this long, for the next session to that
-    /// host to start from if its first RTT matches: on long paths Startup then paces no
-    /// further than just past that rate instead of doubling past it into the queue. 0: every
-    /// session starts cold (independent runs of an experiment). Paths under 20 ms are not kept.
+    /// host to start from if its first RTT matches and no other session to that host is open:
+    /// on long paths Startup then paces no further than just past that rate instead of
+    /// doubling past it into the queue. 0: every session starts cold (independent runs of an
+    /// experiment). Paths under 20 ms are not kept.
     #[arg(long, value_parser = values::duration_or_zero, default_value = "10m")]
     path_memory: Duration,
     /// Drop a session whose client has been silent this long (e.g. 10, 2.5s, 500ms).
