@@ -838,9 +838,15 @@ impl Bbr {
         })
     }
 
-    /// The least window the bandwidth estimate needs: a pipe of it, and the ACKs' aggregation.
+    /// The window for `gain` pipes of the bandwidth estimate, with the ACKs' aggregation on
+    /// top ([`Bbr::set_cwnd`]'s target at the current gain).
+    fn window_at(&self, gain: f64) -> f64 {
+        gain * self.pipe() + windowed_max(&self.extra_acked, self.round) + 3.0
+    }
+
+    /// The least window the bandwidth estimate needs: one pipe of it, and the aggregation.
     fn window_floor(&self) -> f64 {
-        self.pipe() + windowed_max(&self.extra_acked, self.round) + 3.0
+        self.window_at(1.0)
     }
 
     /// How far `inflight_hi` holds the window: at it, or during a probe a step past it.
@@ -1016,8 +1022,7 @@ impl Bbr {
             self.cwnd = (0.5 * self.bdp()).max(MIN_CWND);
             return;
         }
-        let extra = windowed_max(&self.extra_acked, self.round);
-        let target = (self.cwnd_gain * self.pipe() + extra + 3.0).max(MIN_CWND);
+        let target = self.window_at(self.cwnd_gain).max(MIN_CWND);
         if self.filled_pipe {
             let target = target.min(self.inflight_bound());
             self.cwnd = (self.cwnd + ev.newly_delivered as f64).min(target);

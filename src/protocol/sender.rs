@@ -435,15 +435,17 @@ impl SenderState {
         self.delivered
     }
 
-    /// Whether this session is the only one to its host, told at each ACK; the first answer
-    /// counts. Only a session alone starts from the record of its path it was given (the
-    /// record is one session's rate: N sessions that all started from it would start N times
-    /// as fast and overflow what a cold start would not), and only one that started alone
-    /// leaves a record ([`SenderState::path_record`]: a share is not the path's rate).
-    pub fn settle_path(&mut self, alone: bool) {
+    /// Whether this session is the only one to its host, asked at its first ACK (`alone` is
+    /// called then, and never again). Only a session alone starts from the record of its
+    /// path it was given (the record is one session's rate: N sessions that all started from
+    /// it would start N times as fast and overflow what a cold start would not), and only one
+    /// that started alone leaves a record ([`SenderState::path_record`]: a share is not the
+    /// path's rate).
+    pub fn settle_path(&mut self, alone: impl FnOnce() -> bool) {
         if self.started_alone.is_some() {
             return;
         }
+        let alone = alone();
         self.started_alone = Some(alone);
         if let Some(p) = self.path_pending.take().filter(|_| alone) {
             self.cc.recall(p);

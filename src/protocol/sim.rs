@@ -404,7 +404,7 @@ pub fn run(link: &Link, flows: &[Flow], duration: Duration, seed: u64) -> Vec<Fl
                     .filter(|s| !s.is_complete())
                     .count();
                 let s = senders[flow].as_mut().expect("acked");
-                s.settle_path(running <= 1);
+                s.settle_path(|| running <= 1);
                 s.on_ack(&a, rtt, ack.idle, at);
                 results[flow].spurious = s.spurious;
                 let tr = &mut results[flow].trace;

@@ -899,8 +899,6 @@ impl Control {
 
     fn ack(&mut self, src: SocketAddr, ack: &Ack<'_>) {
         let now = Instant::now();
-        // A remembered path is one session's: a session shares its host's with none.
-        let alone = self.sessions.of_ip(src.ip()) <= 1;
         let entry = self.sessions.of_peer(src, ack.session);
         // A session the server ended: say why, not just that it is gone.
         if let Some((code, text)) = entry
@@ -944,7 +942,9 @@ impl Control {
             // The first ACK from the session's address shows the client receives there:
             // data may flow from now on.
             st.validate(now);
-            st.settle_path(alone);
+            // A remembered path is one session's: a session shares its host's with none
+            // (asked at the first ACK only).
+            st.settle_path(|| self.sessions.of_ip(src.ip()) <= 1);
             let before = st.resend_checks;
             st.on_ack(ack, rtt, ack.flags & ack_flags::IDLE != 0, now);
             let sample = trace_due.then(|| {
