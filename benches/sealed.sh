@@ -8,6 +8,9 @@
 #     and iperf3 TCP (-R, -n 1G, unencrypted);
 #   - for scale, one iperf3 UDP sender on loopback (-u -b 0 -l 65507, 3 s): no protocol, no
 #     encryption, and its CPU seconds per GB;
+#   - the floor (examples/sealed_floor.rs, 2 s per case, each round): no protocol, one thread
+#     sealing and sending, one receiving and opening; the two cores' ceiling its CPU costs
+#     give (2 / the CPU seconds per GB of both), against what 8x scp asks;
 # and for each ringblast case the CPU seconds per GB of the server (utime+stime of its process,
 # from /proc) and of the client (bash's `time` of the get).
 # Usage: benches/sealed.sh [RUNS]   (root; installs openssh-server and iperf3 if missing)
@@ -24,6 +27,8 @@ if ! command -v iperf3 > /dev/null || [ ! -x /usr/sbin/sshd ]; then
   apt-get update -q > /dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q iperf3 openssh-server > /dev/null
 fi
 cargo build --release -q
+cargo build --release -q --example sealed_floor
+FLOOR=$PWD/target/release/examples/sealed_floor
 BIN=${BIN:-$PWD/target/release/ringblast}
 # shellcheck source=netns-lib.sh
 . benches/netns-lib.sh
@@ -103,6 +108,10 @@ for _ in $(seq "$RUNS"); do
   s=$(date +%s.%N)
   "${SCP[@]}" "root@127.0.0.1:/dev/shm/ringblast-sealed-1GiB" /dev/null
   add scp "$(awk -v s="$s" -v e="$(date +%s.%N)" 'BEGIN {printf "%.3f", 1073741824 / 1e9 / (e - s)}')"
+  # The floor: what any sealed copy between two processes must do to each byte, and no more.
+  "$FLOOR" 2 > "$WORK/floor.txt"
+  read -r rate ceiling < <(sed -n 's/^sealed.*received *\([0-9.]*\) GB.*ceiling \([0-9.]*\) GB.*/\1 \2/p' "$WORK/floor.txt")
+  add floor "$rate"; add ceiling "$ceiling"
 done
 # No protocol at all, for scale: one iperf3 UDP sender's core blasting 65507-byte datagrams
 # (what one sealed session's worker also does, before it encrypts).
@@ -120,6 +129,11 @@ fi
 python3 -c "
 o, s, c = $(med lo_open), $(med lo_sealed), $(med scp)
 print(f'sealed / open: {s / o:.2f}x (target >= 0.5); sealed / scp: {s / c:.1f}x (target >= 8)')"
+printf '%-44s %6.2f GB/s  (runs: %s)\n' "floor: sealed, no protocol (sealed_floor)" "$(med floor)" "$(printf '%.2f ' ${V[floor]})"
+printf '%-44s %6.2f GB/s  (runs: %s)\n' "sealed ceiling of two cores (floor's costs)" "$(med ceiling)" "$(printf '%.2f ' ${V[ceiling]})"
+python3 -c "
+s, c, f, top = $(med lo_sealed), $(med scp), $(med floor), $(med ceiling)
+print(f'sealed / the floor: {s / f:.2f}x; 8x scp asks {8 * c:.2f} GB/s, the ceiling is {top / c:.1f}x scp')"
 
 # ---- two hosts ----
 serve $S 7401; NOPEN_PID=$SERVE_PID
