@@ -110,8 +110,11 @@ for _ in $(seq "$RUNS"); do
   add scp "$(awk -v s="$s" -v e="$(date +%s.%N)" 'BEGIN {printf "%.3f", 1073741824 / 1e9 / (e - s)}')"
   # The floor: what any sealed copy between two processes must do to each byte, and no more.
   "$FLOOR" 2 > "$WORK/floor.txt"
-  read -r rate ceiling < <(sed -n 's/^sealed.*received *\([0-9.]*\) GB.*ceiling \([0-9.]*\) GB.*/\1 \2/p' "$WORK/floor.txt")
-  add floor "$rate"; add ceiling "$ceiling"
+  if read -r rate ceiling < <(sed -n 's/^sealed.*received *\([0-9.]*\) GB.*ceiling \([0-9.]*\) GB.*/\1 \2/p' "$WORK/floor.txt"); then
+    add floor "$rate"; add ceiling "$ceiling"
+  else
+    echo "the floor printed no sealed line: $(cat "$WORK/floor.txt")" >&2
+  fi
 done
 # No protocol at all, for scale: one iperf3 UDP sender's core blasting 65507-byte datagrams
 # (what one sealed session's worker also does, before it encrypts).

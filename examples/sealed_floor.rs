@@ -176,7 +176,14 @@ fn blast(
     Ok((sent, received))
 }
 
-fn main() -> io::Result<()> {
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("sealed_floor: {e}");
+        std::process::exit(2);
+    }
+}
+
+fn run() -> io::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let number = |i: usize, default: f64| -> io::Result<f64> {
         args.get(i).map_or(Ok(default), |s| {
@@ -187,8 +194,13 @@ fn main() -> io::Result<()> {
             })
         })
     };
-    let seconds = number(0, 3.0)?;
-    let senders = number(1, 1.0)?.max(1.0) as usize;
+    let (seconds, senders) = (number(0, 3.0)?, number(1, 1.0)?);
+    if !(0.1..=600.0).contains(&seconds) || !(1.0..=16.0).contains(&senders) {
+        return Err(io::Error::other(
+            "SECONDS from 0.1 to 600, SENDERS from 1 to 16 (usage: sealed_floor [SECONDS] [SENDERS])",
+        ));
+    }
+    let senders = senders as usize;
     // Pages touched now: the blast measures reading memory, not faulting it in.
     let image: Arc<Vec<u8>> = Arc::new((0..IMAGE).map(|i| (i * 31 % 251) as u8).collect());
     println!(
