@@ -342,6 +342,13 @@ impl SenderState {
         }
     }
 
+    /// This state, validated at `now` after a handshake of `rtt` (its META sent `rtt` before:
+    /// the simulator's sessions, whose first timeout is seeded as a server's are).
+    pub fn handshaken(mut self, now: Instant, rtt: Duration) -> Self {
+        self.meta_sent(now.checked_sub(rtt).unwrap_or(now));
+        self.validated(now)
+    }
+
     /// This state, validated at `now` (a sender whose receiver needs no proof: tests, tools).
     pub fn validated(mut self, now: Instant) -> Self {
         self.validate(now);
