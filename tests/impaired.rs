@@ -242,8 +242,8 @@ fn blast_without_end_marker_ends_by_timeout_and_counts_loss_exactly() {
 
 /// Issue 24: a second copy to the same host, over a path whose round trip matches the first
 /// copy's, starts from what the first learned of it (`serve --path-memory`, on by default),
-/// two copies at once do not; with `--path-memory 0` every copy starts cold. (What it changes is the simulator's to
-/// show: `a_copy_that_remembers_the_path_does_not_overshoot_it`.)
+/// two copies at once do not; with `--path-memory 0` every copy starts cold. (What it changes
+/// is the simulator's to show: `a_copy_that_remembers_the_path_does_not_overshoot_it`.)
 #[test]
 fn a_second_copy_alone_over_a_long_path_starts_from_what_the_first_learned() {
     for (keep, recalled) in [(Duration::from_secs(600), 1), (Duration::ZERO, 0)] {

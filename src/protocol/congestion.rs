@@ -100,7 +100,8 @@ const LONG_ROUND: Duration = Duration::from_millis(20);
 const DRAIN_DELIVERIES: u64 = 32;
 /// A round trip that lost more than one datagram in this many (and at least
 /// [`OVERFLOW_MIN_LOST`]) while its RTT showed a queue overflowed the bottleneck's queue
-/// (BBR v2's loss threshold, 2%).
+/// (BBR v2's loss threshold, 2%); in Startup, once the delivery rate stopped growing, it ends
+/// Startup.
 const OVERFLOW_LOSS_DIVISOR: u64 = 50;
 const OVERFLOW_MIN_LOST: u64 = 8;
 /// After an overflow the window is held to this fraction of what was in flight when it
@@ -725,12 +726,7 @@ impl Bbr {
         // (and more than a handful) says the pipe is full (BBR v2's startup exit), at once,
         // once the delivery rate has stopped growing (random loss on a path with room to
         // spare must not end Startup early).
-        let (lost, delivered) = (self.round_lost, self.round_delivered);
-        if !self.filled_pipe
-            && self.full_bw_rounds >= 1
-            && lost >= 8
-            && lost * 50 > lost + delivered
-        {
+        if !self.filled_pipe && self.full_bw_rounds >= 1 && self.round_lost_past_threshold() {
             self.filled_pipe = true;
             self.exit_queued = true;
             return;
@@ -760,6 +756,14 @@ impl Bbr {
         }
     }
 
+    /// This round trip so far lost more than one datagram in [`OVERFLOW_LOSS_DIVISOR`] (2%),
+    /// and at least [`OVERFLOW_MIN_LOST`]: Startup's exit on loss, and with a queue in its RTT
+    /// an overflow ([`Bbr::check_overflow`]).
+    fn round_lost_past_threshold(&self) -> bool {
+        let (lost, delivered) = (self.round_lost, self.round_delivered);
+        lost >= OVERFLOW_MIN_LOST && lost * OVERFLOW_LOSS_DIVISOR > lost + delivered
+    }
+
     /// The bottleneck's queue overflowed: more than one datagram in
     /// [`OVERFLOW_LOSS_DIVISOR`] of this round lost while its RTT showed a queue (random loss
     /// on an empty path is not overflow). Pacing alone does not keep a queue from overflowing
@@ -775,13 +779,11 @@ impl Bbr {
     /// after it happens, and a sender whose rate was growing (Startup, the overflow Drain
     /// finds) has more in flight by then than the path held.
     fn check_overflow(&mut self, ev: &AckEvent) {
-        let (lost, delivered) = (self.round_lost, self.round_delivered);
         let limit = self.min_rtt_cached + queue_threshold(self.min_rtt_cached);
         if !matches!(self.state, BbrState::Drain | BbrState::ProbeBw)
             || self.round < self.hi_quiet_until
             || self.round_max_rtt <= limit
-            || lost < OVERFLOW_MIN_LOST
-            || lost * OVERFLOW_LOSS_DIVISOR <= lost + delivered
+            || !self.round_lost_past_threshold()
         {
             return;
         }

@@ -714,10 +714,10 @@ mod tests {
     /// Issue 24: the router's `tbf rate 100mbit burst 256kb latency 50ms` at 100 and 200 ms,
     /// 32 MiB copies. A cold Startup doubles past the link before its RTT can show the queue
     /// (the bucket hides the crossing, and no packet train forms before it): 671 and 1,437
-    /// datagrams dropped (2.9% and 6.2% of the file's). The next copy to the same host starts from what the
-    /// first learned ([`PathRecord`]): it paces no further than just past the rate the first
-    /// sustained, skips to half of it after a quiet round, and holds its window below the
-    /// first's overflow, and drops nothing, sooner done.
+    /// datagrams dropped (2.9% and 6.2% of the file's). The next copy to the same host starts
+    /// from what the first learned ([`PathRecord`]): it paces no further than just past the
+    /// rate the first sustained, skips to half of it after a quiet round, and holds its window
+    /// below the first's overflow, and drops nothing, sooner done.
     #[test]
     fn a_copy_that_remembers_the_path_does_not_overshoot_it() {
         for rtt in [100, 200] {
